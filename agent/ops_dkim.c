@@ -1,0 +1,17 @@
+/* ops_dkim.c - PLACEHOLDER until its owner lands it: every op answers unavailable. */
+#include "agent/ops.h"
+json_t *
+op_dkim_records(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	return reply_error("unavailable", "not built yet");
+}
+json_t *
+op_dkim_keygen(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	return reply_error("unavailable", "not built yet");
+}
+json_t *
+op_dkim_check(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	return reply_error("unavailable", "not built yet");
+}

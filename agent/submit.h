@@ -1,0 +1,19 @@
+/*
+ * submit.h - the one path into the queue: DKIM-sign, then durably enqueue.
+ * Only after it returns 0 may the caller answer "ok".
+ */
+#ifndef OTPMAIL_SUBMIT_H
+#define OTPMAIL_SUBMIT_H
+
+#include <jansson.h>
+#include "agent/otpmaild.h"
+#include "queue/queue.h"
+
+/*
+ * msg is a complete message with CRLF line ends.  Returns 0 with id set, or
+ * -1 with *err a reply object (unavailable / bad_request).
+ */
+int	submit_message(struct otpmaild *, const struct q_envelope *tmpl,
+	    const char *msg, size_t len, char id[QUEUE_ID_LEN + 1], json_t **err);
+
+#endif

@@ -1,0 +1,2 @@
+/* placeholder: replaced by the dkim/ implementation */
+typedef int dkim_placeholder_t;

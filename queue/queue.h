@@ -1,0 +1,179 @@
+/*
+ * queue.h - the durable spool and the scheduler (public interface of queue/).
+ *
+ * queue/ knows the filesystem only.  The agent enqueues signed messages,
+ * delivery workers lease due messages, report per-recipient outcomes, and
+ * admins steer the queue.  Every call is thread-safe.
+ */
+#ifndef OTPMAIL_QUEUE_H
+#define OTPMAIL_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define QUEUE_ID_LEN	24	/* hex chars: time-sortable, unique forever */
+#define QUEUE_REPLY_MAX	512	/* bytes of remote reply kept per recipient */
+
+/* Outcomes of every queue call; they map onto the protocol's errors. */
+enum q_status {
+	Q_OK = 0,
+	Q_TEMPFAIL,		/* I/O error: try again later ("unavailable") */
+	Q_NOSPACE,		/* below the free-space floor ("unavailable") */
+	Q_BADINPUT,		/* caller error ("bad_request") */
+	Q_NOTFOUND,		/* no such id ("not_found") */
+	Q_BUSY,			/* being delivered right now; retry shortly */
+};
+
+enum q_class {
+	Q_CLASS_OTP = 0,	/* first in line, seconds apart, dies at expiry */
+	Q_CLASS_DEFAULT,	/* minutes doubling to an hour, 5 days, DSN */
+	Q_CLASS_COUNT
+};
+
+enum q_rcpt_state {
+	Q_RCPT_PENDING = 0,	/* not yet tried */
+	Q_RCPT_DEFERRED,	/* tried, temporary failure, will retry */
+	Q_RCPT_DELIVERED,	/* 2xx from the remote (or the sandbox) */
+	Q_RCPT_FAILED,		/* permanent failure */
+	Q_RCPT_EXPIRED,		/* lifetime over before delivery */
+};
+
+/* The overall state of a message (derived; used by list filters). */
+enum q_msg_state {
+	Q_MSG_QUEUED = 0,	/* waiting for its first attempt */
+	Q_MSG_DELIVERING,	/* leased by a worker now */
+	Q_MSG_DEFERRED,		/* some recipient deferred, retry scheduled */
+	Q_MSG_HELD,		/* held by an admin */
+	Q_MSG_DONE,		/* every recipient final (kept for status) */
+};
+
+struct q_rcpt {
+	char		*addr;
+	enum q_rcpt_state state;
+	int		 attempts;
+	time_t		 last_attempt;
+	char		*reply;		/* last remote reply or reason; may be NULL */
+};
+
+struct q_envelope {
+	char		 id[QUEUE_ID_LEN + 1];
+	enum q_class	 klass;
+	char		*sender;	/* "" = null sender (a bounce) */
+	size_t		 nrcpt;
+	struct q_rcpt	*rcpts;
+	time_t		 created;
+	time_t		 expires;	/* lifetime end; OTP: code expiry */
+	time_t		 next_attempt;
+	int		 attempts;	/* delivery attempts of the message */
+	int		 held;
+	int		 flags;		/* Q_F_* */
+	size_t		 size;		/* bytes of the message body */
+	char		*last_error;	/* human reason of the last deferral */
+	char		*tag;		/* opaque caller tag (e.g. "otp"), may be NULL */
+	uint32_t	 client_uid;	/* who submitted it */
+	enum q_msg_state state;		/* filled on read/list */
+};
+
+#define Q_F_BOUNCE	0x01	/* this message is a DSN: never bounce it */
+#define Q_F_8BIT	0x02	/* body has 8-bit bytes: needs 8BITMIME */
+#define Q_F_NOTIFIED	0x04	/* the DSN for it has been generated */
+
+/* Schedule of one class; all values are config keys. */
+struct q_class_params {
+	int		 retry_min;	/* seconds before the first retry */
+	int		 retry_max;	/* the doubling stops here */
+	int		 lifetime;	/* default lifetime (s) if expires==0 */
+	double		 jitter;	/* +- fraction, e.g. 0.2 */
+};
+
+struct queue_params {
+	const char	*dir;		/* <state_dir>/spool */
+	struct q_class_params klass[Q_CLASS_COUNT];
+	uint64_t	 min_free_bytes;	/* enqueue refuses below this */
+	uint64_t	 min_free_inodes;
+	int		 keep_done;	/* seconds a finished message stays listable */
+	const char	*bounce_from;	/* MAILER-DAEMON@host for DSNs */
+	const char	*hostname;	/* Reporting-MTA in DSNs */
+	/* Log sink for recovery, quarantine, I/O failures; may be NULL. */
+	void		(*log)(int prio, const char *line);
+};
+
+struct queue;
+
+/* Opens (creating) the spool, removes temporary files, quarantines what
+ * does not parse into corrupt/, and rebuilds the schedule. */
+struct queue	*queue_open(const struct queue_params *, char *err, size_t errlen);
+void		 queue_close(struct queue *);
+
+/*
+ * Durably enqueues one message: body and envelope are on disk (fsync of the
+ * files and of the directory) before this returns Q_OK.  The template gives
+ * class, sender, recipients, expires (0 = class lifetime), flags, tag and
+ * client_uid; the id is written to id_out.
+ */
+enum q_status	 queue_enqueue(struct queue *, const struct q_envelope *tmpl,
+		    const char *data, size_t len, char id_out[QUEUE_ID_LEN + 1]);
+
+/*
+ * Delivery side.  queue_lease blocks up to wait_ms for a due message that is
+ * not held, not leased, and whose class is not paused; it returns Q_OK and a
+ * copy of its envelope (only its pending/deferred recipients are to be tried),
+ * or Q_NOTFOUND on timeout / shutdown.  OTP class comes first.  Expired
+ * messages are never leased: the queue finishes them itself (Q_RCPT_EXPIRED,
+ * DSN for the default class).
+ */
+enum q_status	 queue_lease(struct queue *, int wait_ms, struct q_envelope **);
+/* Reads the body of a message (as enqueued). */
+enum q_status	 queue_body(struct queue *, const char *id, char **data, size_t *len);
+/*
+ * Ends a lease: env->rcpts[i].state/reply/last_attempt carry this attempt's
+ * outcome (DELIVERED / DEFERRED / FAILED), env->last_error a summary.  The
+ * queue writes it atomically, reschedules with backoff and jitter if anything
+ * is deferred, builds one DSN for failures of a non-bounce default-class
+ * message, and frees env.
+ */
+enum q_status	 queue_release_lease(struct queue *, struct q_envelope *env);
+/* Wakes every lease waiter (shutdown). */
+void		 queue_shutdown(struct queue *);
+
+/* Status and admin operations. */
+enum q_status	 queue_get(struct queue *, const char *id, struct q_envelope **);
+struct q_filter {
+	int		 state;		/* -1 any, else enum q_msg_state */
+	int		 klass;		/* -1 any */
+	const char	*domain;	/* recipient domain, NULL any */
+	const char	*sender;	/* NULL any */
+	time_t		 older_than;	/* created before (0 = no bound) */
+	time_t		 younger_than;	/* created after (0 = no bound) */
+	const char	*after_id;	/* paging: ids > this, NULL = start */
+	size_t		 limit;		/* max results (0 = 100) */
+};
+/* Results sorted by id (= by age); *more tells whether the page was cut. */
+enum q_status	 queue_list(struct queue *, const struct q_filter *,
+		    struct q_envelope ***out, size_t *n, int *more);
+enum q_status	 queue_hold(struct queue *, const char *id);
+enum q_status	 queue_unhold(struct queue *, const char *id);
+enum q_status	 queue_delete(struct queue *, const char *id);
+/* Makes deferred messages due now: one id, a recipient domain, or all (both NULL). */
+enum q_status	 queue_flush(struct queue *, const char *id, const char *domain, size_t *count);
+void		 queue_pause(struct queue *, int paused);
+int		 queue_paused(struct queue *);
+
+struct q_stats {
+	size_t		 by_state[Q_MSG_DONE + 1];
+	size_t		 by_class[Q_CLASS_COUNT];
+	uint64_t	 delivered, deferred, failed, expired, bounces;	/* since start */
+	time_t		 oldest;	/* created time of the oldest live message, 0 none */
+};
+void		 queue_stats(struct queue *, struct q_stats *);
+
+void		 q_envelope_free(struct q_envelope *);
+void		 q_envelope_list_free(struct q_envelope **, size_t);
+const char	*q_class_name(enum q_class);
+int		 q_class_parse(const char *);		/* -1 if unknown */
+const char	*q_rcpt_state_name(enum q_rcpt_state);
+const char	*q_msg_state_name(enum q_msg_state);
+int		 q_msg_state_parse(const char *);	/* -1 if unknown */
+
+#endif

@@ -1,0 +1,121 @@
+/*
+ * store.h - one-time codes and rate limits in Berkeley DB (public interface
+ * of store/).
+ *
+ * The database never holds an address or a code in clear: records are keyed
+ * by HMAC(secret, normalised address | purpose) and hold HMACs of codes.
+ * Every call takes the current time so tests can inject a clock.  All calls
+ * are thread-safe (one environment, DB_THREAD).
+ */
+#ifndef OTPMAIL_STORE_H
+#define OTPMAIL_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define OTP_CODE_MAX	12
+#define OTP_ID_LEN	32	/* hex of a random 16-byte issue id */
+
+enum s_status {
+	S_OK = 0,
+	S_TEMPFAIL,		/* database trouble ("unavailable") */
+	S_BADINPUT,		/* ("bad_request") */
+	S_RATE_LIMITED,		/* res.limit names it, res.retry_after set */
+	S_INVALID,		/* wrong code ("invalid_code"), attempts_left set */
+	S_EXPIRED,		/* codes existed but all expired ("expired") */
+	S_LOCKED,		/* address locked out ("locked"), retry_after set */
+	S_NOTFOUND,		/* no outstanding code ("not_found") */
+};
+
+enum otp_alphabet {
+	OTP_ALPHA_DIGITS = 0,	/* 0-9 */
+	OTP_ALPHA_ALNUM,	/* unambiguous upper-case: no 0 O 1 I L */
+};
+
+struct store_params {
+	const char	*dir;		/* <state_dir>/db: the BDB environment */
+	const char	*secret_file;	/* 32 random bytes, mode 0600, created if absent */
+	const char	*old_secret_file; /* optional previous secret (rotation), NULL */
+	int		 code_length;	/* 4..12, default 6 */
+	enum otp_alphabet alphabet;
+	int		 ttl;		/* default 300 s */
+	int		 max_ttl;	/* a request's ttl may not exceed this */
+	int		 keep_codes;	/* outstanding codes per address+purpose, default 3 */
+	int		 resend_cooldown;	/* s between issues per address+purpose, 30 */
+	int		 max_per_address_hour;	/* 10 */
+	int		 max_per_client_minute;	/* per client uid */
+	int		 max_global_per_second;	/* 0 = no cap */
+	int		 max_failures_per_code;	/* 5 */
+	int		 lockout_after;		/* consecutive failures before lock-out starts, 10 */
+	int		 lockout_base;		/* first lock-out (s), doubling, 60 */
+	int		 lockout_max;		/* longest lock-out (s), 3600 */
+	int		 max_consecutive_failures;	/* hard cap, <= 100 (NIST) */
+	int		 durable;	/* 1: commits sync the log (default) */
+	void		(*log)(int prio, const char *line);	/* may be NULL */
+};
+
+struct store;
+
+struct store	*store_open(const struct store_params *, char *err, size_t errlen);
+void		 store_close(struct store *);
+
+struct otp_request {
+	const char	*addr;		/* validated by the caller */
+	const char	*purpose;	/* "login" if NULL */
+	const char	*context;	/* opaque binding, NULL = none */
+	int		 ttl;		/* 0 = default */
+	uint32_t	 client_uid;
+	time_t		 now;
+};
+
+struct otp_result {
+	char		 code[OTP_CODE_MAX + 1];	/* only from store_otp_issue */
+	char		 issue_id[OTP_ID_LEN + 1];	/* names this code in later calls */
+	time_t		 expires_at;
+	int		 ttl;
+	int		 resend_after;	/* seconds until another issue is allowed */
+	const char	*limit;		/* name of the limit hit (static string) */
+	int		 retry_after;	/* seconds, with S_RATE_LIMITED / S_LOCKED */
+	int		 attempts_left;	/* with S_INVALID */
+};
+
+/*
+ * Issuing is two steps so that a crash can never leave a stored code without
+ * its mail under a cooldown, nor a mail whose code does not verify:
+ *  1. store_otp_issue checks every limit, creates the code and commits it
+ *     durably as "pending": it verifies, but does not start the cooldown.
+ *  2. the caller composes and durably enqueues the mail, then calls
+ *     store_otp_mark_sent (the cooldown starts), or store_otp_cancel if the
+ *     enqueue failed (the code is removed and the limits given back).
+ */
+enum s_status	 store_otp_issue(struct store *, const struct otp_request *, struct otp_result *);
+enum s_status	 store_otp_mark_sent(struct store *, const struct otp_request *,
+		    const char *issue_id, const char *queue_id);
+enum s_status	 store_otp_cancel(struct store *, const struct otp_request *, const char *issue_id);
+
+/* A success consumes every outstanding code of the address+purpose. */
+enum s_status	 store_otp_verify(struct store *, const struct otp_request *,
+		    const char *code, struct otp_result *);
+/* Kills the outstanding codes; *count says how many. */
+enum s_status	 store_otp_revoke(struct store *, const struct otp_request *, int *count);
+/* Queue id of the newest code's mail for an address+purpose (message.status). */
+enum s_status	 store_otp_last_mail(struct store *, const struct otp_request *,
+		    char *queue_id, size_t len);
+
+/* Deletes expired records and counters; *count says how many. */
+enum s_status	 store_sweep(struct store *, time_t now, size_t *count);
+/* Checkpoint and log removal; call every minute or so. */
+enum s_status	 store_checkpoint(struct store *);
+
+/* Keyed pseudonym of an address for logs: 16 hex chars. */
+void		 store_pseudonym(struct store *, const char *addr, char out[17]);
+
+/* Random code of the configured shape (exposed for tests). */
+int		 otp_code_generate(enum otp_alphabet, int length, char *out);
+/* Normalises a code a person typed: trims spaces, upper-cases; -1 if bad. */
+int		 otp_code_normalise(enum otp_alphabet, int length, const char *in, char *out);
+
+const char	*s_status_error(enum s_status);	/* protocol error code */
+
+#endif
