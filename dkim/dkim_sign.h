@@ -64,6 +64,19 @@ int		 dkim_keygen(enum dkim_alg, int bits, const char *keyfile,
 /* TXT record value for a loaded key file (malloc'd), NULL with err on failure. */
 char		*dkim_key_record(const char *keyfile, enum dkim_alg, char *err, size_t errlen);
 
+/* The loaded keys, for dkim.records / dkim.check (no private material). */
+struct dkim_key_info {
+	const char	*domain;	/* lower case */
+	const char	*selector;
+	enum dkim_alg	 alg;
+	const char	*keyfile;
+	int		 bits;		/* RSA modulus bits; 256 for Ed25519 */
+	const char	*txt;		/* TXT record value to publish */
+};
+size_t		 dkim_signer_nkeys(const struct dkim_signer *);
+/* Fills *ki (pointers valid until the signer is freed); -1 if i is out of range. */
+int		 dkim_signer_key(const struct dkim_signer *, size_t i, struct dkim_key_info *ki);
+
 const char	*dkim_alg_name(enum dkim_alg);
 int		 dkim_alg_parse(const char *);	/* -1 if unknown */
 

@@ -1,0 +1,40 @@
+/*
+ * dkim_int.h - what the files of dkim/ share and nobody else needs: the
+ * loaded key, the key file checks and the TXT record builder.
+ */
+#ifndef OTPMAIL_DKIM_INT_H
+#define OTPMAIL_DKIM_INT_H
+
+#include <stddef.h>
+#include <openssl/evp.h>
+
+#include "dkim/dkim_sign.h"
+
+#define DKIM_KEY_MAX_FILE	(64 * 1024)	/* a 16k-bit RSA PEM is ~12 KiB */
+#define DKIM_RSA_MIN_BITS	1024
+#define DKIM_RSA_MAX_BITS	8192
+
+/* A private key read from its file, checked against its algorithm. */
+struct dkim_key {
+	char		*domain;	/* lower case */
+	char		*selector;
+	char		*keyfile;
+	enum dkim_alg	 alg;
+	int		 bits;		/* RSA modulus / 256 for Ed25519 */
+	unsigned char	*pem;		/* normalized PKCS#8 PEM, NUL-terminated */
+	size_t		 pemlen;
+	char		*txt;		/* "v=DKIM1; k=...; p=..." */
+};
+
+/*
+ * Reads and checks keyfile (mode, size, parse, algorithm) and fills pem,
+ * bits and txt of k.  Errors name the file, never the key material.
+ */
+int	dkim_key_load(struct dkim_key *k, const char *keyfile, enum dkim_alg alg,
+	    int check_mode, char *err, size_t errlen);
+void	dkim_key_clear(struct dkim_key *k);
+
+/* The TXT record value for a key (malloc'd) or NULL. */
+char	*dkim_key_txt(EVP_PKEY *pkey, enum dkim_alg alg);
+
+#endif

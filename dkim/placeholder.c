@@ -1,2 +1,0 @@
-/* placeholder: replaced by the dkim/ implementation */
-typedef int dkim_placeholder_t;
