@@ -32,7 +32,7 @@ hook (also on SIGTERM).  Traffic stays on 127.0.0.0/8.
               extra_main=None)
       A private Postfix instance (own config, queue and data directories)
       whose only listener is smtpd on addr:port.  It accepts mail for
-      `domains` (virtual mailboxes: user@dom -> Maildir dom/user/) and refuses
+      `domains` (one Maildir; Msg.rcpt from Delivered-To:) and refuses
       relaying elsewhere.  tls=True offers STARTTLS with cert (a Cert; a
       self-signed one for hostname by default); tls=False offers no STARTTLS.
       smtpd_tls_received_header is on, so a message received over TLS has
