@@ -6,6 +6,7 @@
 #ifndef OTPMAIL_OTPMAILD_H
 #define OTPMAIL_OTPMAILD_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -18,6 +19,7 @@ struct store;
 struct queue;
 struct dkim_signer;
 struct delivery;
+struct otp_templates;
 
 struct otpmaild {
 	struct config		*cfg;
@@ -25,6 +27,8 @@ struct otpmaild {
 	struct queue		*queue;
 	struct dkim_signer	*dkim;
 	struct delivery		*delivery;
+	struct otp_templates	*templates;	/* OTP mail templates (otp_mail.c) */
+	pthread_rwlock_t	 reload_lock;	/* held for reading around dkim/templates use */
 	char			*state_dir;	/* absolute */
 	char			*hostname;	/* effective EHLO / Message-ID name */
 	time_t			 started;

@@ -1,0 +1,76 @@
+/*
+ * submit.c - the one path into the queue: DKIM-sign the message for its
+ * From domain, then hand it to the spool, which returns only once the
+ * message is on disk.  What is spooled is exactly what will be sent.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/log.h"
+#include "agent/message.h"
+#include "agent/submit.h"
+#include "dkim/dkim_sign.h"
+
+int
+submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *msg,
+    size_t len, char id[QUEUE_ID_LEN + 1], json_t **err)
+{
+	struct q_envelope env = *tmpl;
+	const char *sdomain = NULL;
+	char *sig = NULL, dkerr[256] = "";
+	enum dkim_status ds = DKIM_SIGN_NOKEY;
+	enum q_status qs;
+	struct buf b;
+
+	if (len > d->cfg->message_size_limit) {
+		*err = reply_error("bad_request", "message of %zu bytes is larger than "
+		    "message_size_limit (%zu)", len, d->cfg->message_size_limit);
+		return -1;
+	}
+	buf_init(&b);
+	pthread_rwlock_rdlock(&d->reload_lock);
+	if (d->dkim != NULL)
+		ds = dkim_sign_message(d->dkim, msg, len, &sig, &sdomain, dkerr, sizeof(dkerr));
+	pthread_rwlock_unlock(&d->reload_lock);
+	switch (ds) {
+	case DKIM_SIGN_OK:
+		if (sig != NULL)
+			buf_adds(&b, sig);
+		free(sig);
+		break;
+	case DKIM_SIGN_NOKEY:
+		log_msg(LOG_DEBUG, "event=dkim_unsigned reason=\"no key for the From domain\"");
+		break;
+	case DKIM_SIGN_BADMSG:
+		*err = reply_error("bad_request", "message cannot be signed: %s", dkerr);
+		return -1;
+	case DKIM_SIGN_ERROR:
+		log_msg(LOG_ERR, "event=dkim_error detail=\"%s\"", dkerr);
+		*err = reply_error("unavailable", "DKIM signing failed; try again later");
+		return -1;
+	}
+	buf_add(&b, msg, len);
+	if (msg_is_8bit(msg, len))
+		env.flags |= Q_F_8BIT;
+	qs = queue_enqueue(d->queue, &env, b.data, b.len, id);
+	buf_free(&b);
+	switch (qs) {
+	case Q_OK:
+		log_msg(LOG_INFO, "event=queued id=%s class=%s rcpts=%zu size=%zu dkim=%s uid=%u",
+		    id, q_class_name(env.klass), env.nrcpt, len,
+		    ds == DKIM_SIGN_OK && sdomain ? sdomain : "none", (unsigned)env.client_uid);
+		return 0;
+	case Q_NOSPACE:
+		*err = reply_error("unavailable", "the spool is below its free-space "
+		    "floor (queue_min_free_space); try again later");
+		break;
+	case Q_BADINPUT:
+		*err = reply_error("bad_request", "the queue refused the message");
+		break;
+	default:
+		*err = reply_error("unavailable", "the spool could not store the "
+		    "message; try again later");
+		break;
+	}
+	return -1;
+}
