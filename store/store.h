@@ -57,6 +57,8 @@ struct store_params {
 
 struct store;
 
+/* Fills every field with its default (dir and secret_file stay NULL). */
+void		 store_params_defaults(struct store_params *);
 struct store	*store_open(const struct store_params *, char *err, size_t errlen);
 void		 store_close(struct store *);
 
@@ -78,6 +80,9 @@ struct otp_result {
 	const char	*limit;		/* name of the limit hit (static string) */
 	int		 retry_after;	/* seconds, with S_RATE_LIMITED / S_LOCKED */
 	int		 attempts_left;	/* with S_INVALID */
+	/* Added by the store work: queue id of the code's mail (matched code on
+	 * verify, newest code otherwise), "" if unknown; for logs. */
+	char		 queue_id[33];
 };
 
 /*
@@ -99,6 +104,9 @@ enum s_status	 store_otp_verify(struct store *, const struct otp_request *,
 		    const char *code, struct otp_result *);
 /* Kills the outstanding codes; *count says how many. */
 enum s_status	 store_otp_revoke(struct store *, const struct otp_request *, int *count);
+/* Added by the store work: clears an address's failure count and lock-out
+ * (an admin action; at the hard cap the lock-out lasts until this). */
+enum s_status	 store_otp_unlock(struct store *, const struct otp_request *);
 /* Queue id of the newest code's mail for an address+purpose (message.status). */
 enum s_status	 store_otp_last_mail(struct store *, const struct otp_request *,
 		    char *queue_id, size_t len);

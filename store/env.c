@@ -1,0 +1,152 @@
+/*
+ * env.c - the Berkeley DB environment of the store: open with recovery
+ * (DB_REGISTER runs it after a crashed opener), the primary database and
+ * its expiry index, deadlock retry helpers, checkpoints and log removal.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <time.h>
+
+#include "store/store_int.h"
+
+static void	env_errcall(const DB_ENV *, const char *, const char *);
+
+void
+store_logf(struct store *s, int prio, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+
+	if (s == NULL || s->p.log == NULL)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	s->p.log(prio, line);
+}
+
+static void
+env_errcall(const DB_ENV *env, const char *pfx, const char *msg)
+{
+	struct store *s = env->app_private;
+
+	store_logf(s, LOG_ERR, "event=store.db_error msg=\"%s\"", msg);
+}
+
+int
+store_retryable(int err)
+{
+	return err == DB_LOCK_DEADLOCK || err == DB_LOCK_NOTGRANTED;
+}
+
+void
+store_backoff(int attempt)
+{
+	struct timespec ts;
+
+	if (attempt < 2)
+		return;
+	ts.tv_sec = 0;
+	ts.tv_nsec = (long)(attempt < 10 ? attempt : 10) * 100000L;
+	nanosleep(&ts, NULL);
+}
+
+uint32_t
+store_commit_flags(struct store *s, int durable)
+{
+	if (!durable || !s->p.durable)
+		return DB_TXN_WRITE_NOSYNC;
+	return 0;
+}
+
+int
+store_env_open(struct store *s, char *err, size_t errlen)
+{
+	uint32_t flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
+	    DB_INIT_MPOOL | DB_THREAD | DB_RECOVER | DB_REGISTER;
+	DB_TXN *txn = NULL;
+	int r;
+
+	if (mkdir(s->p.dir, 0700) == -1 && errno != EEXIST) {
+		snprintf(err, errlen, "store: mkdir %s: %s", s->p.dir, strerror(errno));
+		return -1;
+	}
+	if ((r = db_env_create(&s->env, 0)) != 0)
+		goto dberr;
+	s->env->app_private = s;
+	s->env->set_errcall(s->env, env_errcall);
+	s->env->set_lk_detect(s->env, DB_LOCK_DEFAULT);
+	s->env->set_cachesize(s->env, 0, 32 * 1024 * 1024, 1);
+	s->env->set_lg_bsize(s->env, 4 * 1024 * 1024);
+	s->env->set_lk_max_locks(s->env, 20000);
+	s->env->set_lk_max_objects(s->env, 20000);
+	s->env->set_lk_max_lockers(s->env, 20000);
+	s->env->set_tx_max(s->env, 1000);
+	if (!s->p.durable)
+		s->env->set_flags(s->env, DB_TXN_WRITE_NOSYNC, 1);
+	if ((r = s->env->open(s->env, s->p.dir, flags, 0600)) != 0)
+		goto dberr;
+	s->env->log_set_config(s->env, DB_LOG_AUTO_REMOVE, 1);
+
+	if ((r = db_create(&s->db, s->env, 0)) != 0 ||
+	    (r = db_create(&s->exp, s->env, 0)) != 0)
+		goto dberr;
+	/* Small pages: BDB locks pages, and records are keyed at random. */
+	s->db->set_pagesize(s->db, 2048);
+	s->exp->set_flags(s->exp, DB_DUP | DB_DUPSORT);
+	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		goto dberr;
+	if ((r = s->db->open(s->db, txn, "otp.db", NULL, DB_BTREE,
+	    DB_CREATE | DB_THREAD, 0600)) != 0)
+		goto dberr;
+	if ((r = s->exp->open(s->exp, txn, "expiry.db", NULL, DB_BTREE,
+	    DB_CREATE | DB_THREAD, 0600)) != 0)
+		goto dberr;
+	if ((r = s->db->associate(s->db, txn, s->exp, store_exp_callback, 0)) != 0)
+		goto dberr;
+	r = txn->commit(txn, 0);
+	txn = NULL;
+	if (r != 0)
+		goto dberr;
+	return 0;
+dberr:
+	snprintf(err, errlen, "store: %s: %s", s->p.dir, db_strerror(r));
+	if (txn != NULL)
+		txn->abort(txn);
+	store_env_close(s);
+	return -1;
+}
+
+void
+store_env_close(struct store *s)
+{
+	/* The secondary first: it is associated with the primary. */
+	if (s->exp != NULL)
+		s->exp->close(s->exp, 0);
+	if (s->db != NULL)
+		s->db->close(s->db, 0);
+	if (s->env != NULL)
+		s->env->close(s->env, 0);
+	s->exp = NULL;
+	s->db = NULL;
+	s->env = NULL;
+}
+
+enum s_status
+store_checkpoint(struct store *s)
+{
+	int r;
+
+	if ((r = s->env->txn_checkpoint(s->env, 0, 0, 0)) != 0) {
+		store_logf(s, LOG_ERR, "event=store.checkpoint error=\"%s\"",
+		    db_strerror(r));
+		return S_TEMPFAIL;
+	}
+	/* With DB_LOG_AUTO_REMOVE the checkpoint lets BDB drop old logs. */
+	s->env->log_archive(s->env, NULL, DB_ARCH_REMOVE);
+	return S_OK;
+}

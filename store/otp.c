@@ -1,0 +1,1028 @@
+/*
+ * otp.c - one-time code records: open/close of the store, issue (two steps:
+ * pending, then mark_sent or cancel), verify, revoke, unlock.  Records are
+ * keyed by HMACs and hold only HMACs of codes; each operation is one short
+ * transaction, retried on deadlock.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include "store/store_int.h"
+
+/* Everything an operation needs, derived before its transaction. */
+struct op {
+	const struct otp_request *q;
+	struct otp_result *res;
+	const char	*purpose;
+	uint8_t		 okey[2][KEY_MAX];	/* [0] current secret, [1] old */
+	uint8_t		 akey[KEY_MAX];
+	uint8_t		 ctxh[1 + SHA256_DIGEST_LENGTH];
+	int		 nkeys;
+	uint64_t	 now;
+	int		 ttl;
+	uint8_t		 issue_id[16];	/* mark_sent, cancel */
+	const char	*queue_id;
+	const char	*code;		/* verify: as typed */
+	/* outcome */
+	enum s_status	 st;
+	int		 abort;		/* roll the transaction back */
+	int		 took_global;
+	int		 count;
+	int		 lockout;	/* verify: this failure started a lock-out */
+};
+
+typedef int (*op_fn)(struct store *, DB_TXN *, struct op *);
+
+static int	op_prepare(struct store *, const struct otp_request *, struct otp_result *,
+		    struct op *);
+static enum s_status op_run(struct store *, op_fn, struct op *, int durable, const char *);
+static int	rec_get(struct store *, DB_TXN *, const uint8_t *key, uint8_t *buf,
+		    size_t len, uint32_t *got, int rmw);
+static int	rec_put(struct store *, DB_TXN *, const uint8_t *key, const uint8_t *v,
+		    size_t len);
+static int	rec_del(struct store *, DB_TXN *, const uint8_t *key);
+static int	otp_load(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *,
+		    int *found);
+static int	otp_save(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *);
+static int	addr_load(struct store *, DB_TXN *, const uint8_t *key, struct addr_rec *);
+static int	addr_save(struct store *, DB_TXN *, const uint8_t *key, struct addr_rec *);
+static void	otp_drop(struct otp_rec *, int i);
+static void	code_mac(const uint8_t *secret, const char *code, const uint8_t *ctxh,
+		    uint8_t out[STORE_MAC_LEN]);
+static int	locked_retry(struct store *, const struct addr_rec *, uint64_t now);
+static int	issue_txn(struct store *, DB_TXN *, struct op *);
+static int	mark_txn(struct store *, DB_TXN *, struct op *);
+static int	cancel_txn(struct store *, DB_TXN *, struct op *);
+static int	verify_txn(struct store *, DB_TXN *, struct op *);
+static int	revoke_txn(struct store *, DB_TXN *, struct op *);
+static int	unlock_txn(struct store *, DB_TXN *, struct op *);
+static int	last_txn(struct store *, DB_TXN *, struct op *);
+static int	hex_decode16(const char *, uint8_t out[16]);
+static void	hex_encode(const uint8_t *, size_t, char *);
+
+/* ---- encoding ---- */
+
+uint64_t
+get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	int i;
+
+	for (i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+void
+put_be64(uint8_t *p, uint64_t v)
+{
+	int i;
+
+	for (i = 7; i >= 0; i--) {
+		p[i] = v & 0xff;
+		v >>= 8;
+	}
+}
+
+static uint32_t
+get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void
+put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = v >> 24;
+	p[1] = v >> 16;
+	p[2] = v >> 8;
+	p[3] = v;
+}
+
+int
+otp_rec_decode(const void *v, size_t len, struct otp_rec *o)
+{
+	const uint8_t *p = v;
+	int i;
+
+	memset(o, 0, sizeof(*o));
+	if (len < OTP_REC_HDR)
+		return -1;
+	o->purge = get_be64(p);
+	o->last_sent = get_be64(p + 8);
+	o->ncodes = p[16];
+	if (o->ncodes > STORE_KEEP_MAX ||
+	    len != OTP_REC_HDR + (size_t)o->ncodes * OTP_CODE_SZ) {
+		o->ncodes = 0;
+		return -1;
+	}
+	p += OTP_REC_HDR;
+	for (i = 0; i < o->ncodes; i++, p += OTP_CODE_SZ) {
+		struct otp_code_rec *c = &o->codes[i];
+
+		memcpy(c->mac, p, STORE_MAC_LEN);
+		memcpy(c->issue_id, p + 32, 16);
+		c->issued = get_be64(p + 48);
+		c->expires = get_be64(p + 56);
+		c->failures = get_be32(p + 64);
+		c->sent = p[68];
+		memcpy(c->queue_id, p + 69, STORE_QID_MAX);
+		c->queue_id[STORE_QID_MAX] = '\0';
+	}
+	return 0;
+}
+
+size_t
+otp_rec_encode(const struct otp_rec *o, uint8_t *out)
+{
+	uint8_t *p = out;
+	int i;
+
+	put_be64(p, o->purge);
+	put_be64(p + 8, o->last_sent);
+	p[16] = (uint8_t)o->ncodes;
+	p += OTP_REC_HDR;
+	for (i = 0; i < o->ncodes; i++, p += OTP_CODE_SZ) {
+		const struct otp_code_rec *c = &o->codes[i];
+
+		memcpy(p, c->mac, STORE_MAC_LEN);
+		memcpy(p + 32, c->issue_id, 16);
+		put_be64(p + 48, c->issued);
+		put_be64(p + 56, c->expires);
+		put_be32(p + 64, c->failures);
+		p[68] = c->sent;
+		memset(p + 69, 0, STORE_QID_MAX);
+		memcpy(p + 69, c->queue_id, strnlen(c->queue_id, STORE_QID_MAX));
+	}
+	return (size_t)(p - out);
+}
+
+void
+addr_rec_decode(const void *v, size_t len, struct addr_rec *a)
+{
+	const uint8_t *p = v;
+
+	memset(a, 0, sizeof(*a));
+	if (len != ADDR_REC_SZ)
+		return;
+	a->purge = get_be64(p);
+	a->hour_start = get_be64(p + 8);
+	a->hour_count = get_be32(p + 16);
+	a->failures = get_be32(p + 20);
+	a->lockout_until = get_be64(p + 24);
+}
+
+size_t
+addr_rec_encode(const struct addr_rec *a, uint8_t *p)
+{
+	put_be64(p, a->purge);
+	put_be64(p + 8, a->hour_start);
+	put_be32(p + 16, a->hour_count);
+	put_be32(p + 20, a->failures);
+	put_be64(p + 24, a->lockout_until);
+	return ADDR_REC_SZ;
+}
+
+static void
+hex_encode(const uint8_t *in, size_t n, char *out)
+{
+	static const char hx[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		out[2 * i] = hx[in[i] >> 4];
+		out[2 * i + 1] = hx[in[i] & 15];
+	}
+	out[2 * n] = '\0';
+}
+
+static int
+hex_decode16(const char *s, uint8_t out[16])
+{
+	int i, hi, lo;
+
+	if (s == NULL || strlen(s) != 32)
+		return -1;
+	for (i = 0; i < 16; i++) {
+		hi = OPENSSL_hexchar2int((unsigned char)s[2 * i]);
+		lo = OPENSSL_hexchar2int((unsigned char)s[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+/* ---- database access ---- */
+
+static int
+rec_get(struct store *s, DB_TXN *txn, const uint8_t *key, uint8_t *buf, size_t len,
+    uint32_t *got, int rmw)
+{
+	DBT k, v;
+	int r;
+
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	k.data = (void *)key;
+	k.size = KEY_MAX;
+	v.data = buf;
+	v.ulen = (uint32_t)len;
+	v.flags = DB_DBT_USERMEM;
+	r = s->db->get(s->db, txn, &k, &v, rmw ? DB_RMW : 0);
+	*got = r == 0 ? v.size : 0;
+	return r;
+}
+
+static int
+rec_put(struct store *s, DB_TXN *txn, const uint8_t *key, const uint8_t *val, size_t len)
+{
+	DBT k, v;
+
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	k.data = (void *)key;
+	k.size = KEY_MAX;
+	v.data = (void *)val;
+	v.size = (uint32_t)len;
+	return s->db->put(s->db, txn, &k, &v, 0);
+}
+
+static int
+rec_del(struct store *s, DB_TXN *txn, const uint8_t *key)
+{
+	DBT k;
+	int r;
+
+	memset(&k, 0, sizeof(k));
+	k.data = (void *)key;
+	k.size = KEY_MAX;
+	r = s->db->del(s->db, txn, &k, 0);
+	return r == DB_NOTFOUND ? 0 : r;
+}
+
+static int
+otp_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct otp_rec *o, int *found)
+{
+	uint8_t buf[REC_MAX];
+	uint32_t n;
+	int r;
+
+	*found = 0;
+	memset(o, 0, sizeof(*o));
+	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	if (r == DB_NOTFOUND)
+		return 0;
+	if (r != 0)
+		return r;
+	*found = 1;
+	if (otp_rec_decode(buf, n, o) == -1)
+		store_logf(s, LOG_WARNING, "event=store.corrupt_record action=reset");
+	return 0;
+}
+
+/* Recomputes the purge time; deletes the record once nothing in it matters. */
+static int
+otp_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct otp_rec *o)
+{
+	uint8_t buf[REC_MAX];
+	uint64_t purge = 0;
+	int i;
+
+	if (o->last_sent)
+		purge = o->last_sent + (uint64_t)s->p.resend_cooldown;
+	for (i = 0; i < o->ncodes; i++)
+		if (o->codes[i].expires > purge)
+			purge = o->codes[i].expires;
+	if (o->ncodes == 0 && (o->last_sent == 0 || s->p.resend_cooldown <= 0))
+		return rec_del(s, txn, key);
+	o->purge = purge;
+	return rec_put(s, txn, key, buf, otp_rec_encode(o, buf));
+}
+
+static int
+addr_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct addr_rec *a)
+{
+	uint8_t buf[ADDR_REC_SZ + 8];
+	uint32_t n;
+	int r;
+
+	memset(a, 0, sizeof(*a));
+	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	if (r == DB_NOTFOUND)
+		return 0;
+	if (r != 0)
+		return r;
+	addr_rec_decode(buf, n, a);
+	return 0;
+}
+
+static int
+addr_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct addr_rec *a)
+{
+	uint8_t buf[ADDR_REC_SZ];
+	uint64_t purge;
+
+	/*
+	 * Consecutive failures are forgotten only by a success (or an admin
+	 * unlock): a record with failures is never swept, so the hard cap
+	 * holds however slowly an attacker guesses.
+	 */
+	if (a->failures > 0 || a->lockout_until == STORE_FOREVER)
+		purge = STORE_FOREVER;
+	else {
+		purge = a->hour_count ? a->hour_start + 3600 : 0;
+		if (a->lockout_until > purge)
+			purge = a->lockout_until;
+		if (purge == 0)
+			return rec_del(s, txn, key);
+	}
+	a->purge = purge;
+	return rec_put(s, txn, key, buf, addr_rec_encode(a, buf));
+}
+
+static void
+otp_drop(struct otp_rec *o, int i)
+{
+	memmove(&o->codes[i], &o->codes[i + 1],
+	    (size_t)(o->ncodes - i - 1) * sizeof(o->codes[0]));
+	o->ncodes--;
+}
+
+/* HMAC(secret, code 0 flag H(context)): the code is bound to its context. */
+static void
+code_mac(const uint8_t *secret, const char *code, const uint8_t *ctxh,
+    uint8_t out[STORE_MAC_LEN])
+{
+	uint8_t b[2 + SHA256_DIGEST_LENGTH];
+
+	b[0] = 0;
+	memcpy(b + 1, ctxh, 1 + SHA256_DIGEST_LENGTH);
+	store_mac(secret, code, strlen(code), b, sizeof(b), out);
+}
+
+/* Seconds left of a lock-out, 0 if none. */
+static int
+locked_retry(struct store *s, const struct addr_rec *a, uint64_t now)
+{
+	if (a->lockout_until == STORE_FOREVER)
+		return s->p.lockout_max > 0 ? s->p.lockout_max : 3600;
+	if (a->lockout_until > now)
+		return (int)(a->lockout_until - now);
+	return 0;
+}
+
+/* ---- the operation runner ---- */
+
+static int
+op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
+    struct op *op)
+{
+	char buf[STORE_ADDR_MAX + 1 + STORE_PURPOSE_MAX + 1];
+	size_t alen, plen, clen, i;
+	const char *c;
+
+	memset(op, 0, sizeof(*op));
+	op->q = q;
+	op->res = res;
+	if (res != NULL) {
+		memset(res, 0, sizeof(*res));
+		res->attempts_left = -1;
+	}
+	if (q == NULL || q->addr == NULL)
+		return -1;
+	op->purpose = q->purpose != NULL ? q->purpose : "login";
+	alen = strnlen(q->addr, STORE_ADDR_MAX + 1);
+	plen = strnlen(op->purpose, STORE_PURPOSE_MAX + 1);
+	if (alen == 0 || alen > STORE_ADDR_MAX || plen == 0 || plen > STORE_PURPOSE_MAX)
+		return -1;
+	for (c = op->purpose; *c; c++)
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+		    *c == '-' || *c == '_' || *c == '.'))
+			return -1;
+	for (i = 0; i < alen; i++) {
+		unsigned char ch = (unsigned char)q->addr[i];
+
+		if (ch <= ' ' || ch == 0x7f)
+			return -1;
+		buf[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
+	}
+	buf[alen] = '\0';
+	memcpy(buf + alen + 1, op->purpose, plen);
+
+	/* Context: 0 for none, 1 | SHA-256 of it otherwise. */
+	if (q->context != NULL) {
+		clen = strnlen(q->context, STORE_CONTEXT_MAX + 1);
+		if (clen > STORE_CONTEXT_MAX)
+			return -1;
+		op->ctxh[0] = 1;
+		SHA256((const unsigned char *)q->context, clen, op->ctxh + 1);
+	}
+	op->nkeys = s->has_old ? 2 : 1;
+	op->okey[0][0] = op->okey[1][0] = REC_OTP;
+	store_mac(s->secret, buf, alen + 1 + plen, NULL, 0, op->okey[0] + 1);
+	if (s->has_old)
+		store_mac(s->old_secret, buf, alen + 1 + plen, NULL, 0, op->okey[1] + 1);
+	op->akey[0] = REC_ADDR;
+	store_mac(s->secret, buf, alen + 1, NULL, 0, op->akey + 1);
+	op->now = q->now > 0 ? (uint64_t)q->now : 0;
+	return 0;
+}
+
+static enum s_status
+op_run(struct store *s, op_fn fn, struct op *op, int durable, const char *what)
+{
+	DB_TXN *txn;
+	int attempt, r = 0;
+
+	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
+		op->st = S_OK;
+		op->abort = 0;
+		op->count = 0;
+		op->lockout = 0;
+		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+			break;
+		r = fn(s, txn, op);
+		if (r == 0 && !op->abort) {
+			r = txn->commit(txn, store_commit_flags(s, durable));
+			if (r == 0)
+				return op->st;
+			break;
+		}
+		txn->abort(txn);
+		if (op->took_global) {
+			rl_global_give(s, op->now);
+			op->took_global = 0;
+		}
+		if (r == 0)
+			return op->st;
+		if (!store_retryable(r))
+			break;
+		store_backoff(attempt);
+	}
+	if (op->took_global) {
+		rl_global_give(s, op->now);
+		op->took_global = 0;
+	}
+	store_logf(s, LOG_ERR, "event=store.%s error=\"%s\"", what, db_strerror(r));
+	return S_TEMPFAIL;
+}
+
+/* ---- open / close ---- */
+
+void
+store_params_defaults(struct store_params *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->code_length = 6;
+	p->alphabet = OTP_ALPHA_DIGITS;
+	p->ttl = 300;
+	p->max_ttl = 3600;
+	p->keep_codes = 3;
+	p->resend_cooldown = 30;
+	p->max_per_address_hour = 10;
+	p->max_per_client_minute = 0;
+	p->max_global_per_second = 0;
+	p->max_failures_per_code = 5;
+	p->lockout_after = 10;
+	p->lockout_base = 60;
+	p->lockout_max = 3600;
+	p->max_consecutive_failures = 100;
+	p->durable = 1;
+}
+
+struct store *
+store_open(const struct store_params *p, char *err, size_t errlen)
+{
+	struct store *s;
+
+	if (p->dir == NULL || p->secret_file == NULL) {
+		snprintf(err, errlen, "store: dir and secret_file are required");
+		return NULL;
+	}
+	if (p->code_length < 4 || p->code_length > OTP_CODE_MAX ||
+	    (p->alphabet != OTP_ALPHA_DIGITS && p->alphabet != OTP_ALPHA_ALNUM) ||
+	    p->ttl < 1 || p->max_ttl < p->ttl || p->keep_codes < 1 ||
+	    p->keep_codes > STORE_KEEP_MAX || p->max_failures_per_code < 1 ||
+	    p->max_consecutive_failures < 1 || p->max_consecutive_failures > 100 ||
+	    p->lockout_after < 1 || p->lockout_base < 1 ||
+	    p->lockout_max < p->lockout_base || p->resend_cooldown < 0 ||
+	    p->max_per_address_hour < 0 || p->max_per_client_minute < 0 ||
+	    p->max_global_per_second < 0) {
+		snprintf(err, errlen, "store: parameter out of range (code length 4-12, "
+		    "keep_codes 1-%d, max_consecutive_failures 1-100, ttl <= max_ttl, "
+		    "lockout_base <= lockout_max)", STORE_KEEP_MAX);
+		return NULL;
+	}
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		snprintf(err, errlen, "store: out of memory");
+		return NULL;
+	}
+	s->p = *p;
+	pthread_mutex_init(&s->glock, NULL);
+	if (store_secret_load(p->secret_file, 1, s->secret, err, errlen) == -1)
+		goto fail;
+	if (p->old_secret_file != NULL && p->old_secret_file[0] != '\0') {
+		if (store_secret_load(p->old_secret_file, 0, s->old_secret, err,
+		    errlen) == -1)
+			goto fail;
+		s->has_old = 1;
+	}
+	if (store_env_open(s, err, errlen) == -1)
+		goto fail;
+	return s;
+fail:
+	OPENSSL_cleanse(s->secret, sizeof(s->secret));
+	OPENSSL_cleanse(s->old_secret, sizeof(s->old_secret));
+	pthread_mutex_destroy(&s->glock);
+	free(s);
+	return NULL;
+}
+
+void
+store_close(struct store *s)
+{
+	if (s == NULL)
+		return;
+	store_env_close(s);
+	OPENSSL_cleanse(s->secret, sizeof(s->secret));
+	OPENSSL_cleanse(s->old_secret, sizeof(s->old_secret));
+	pthread_mutex_destroy(&s->glock);
+	free(s);
+}
+
+const char *
+s_status_error(enum s_status st)
+{
+	switch (st) {
+	case S_OK:		return "ok";
+	case S_TEMPFAIL:	return "unavailable";
+	case S_BADINPUT:	return "bad_request";
+	case S_RATE_LIMITED:	return "rate_limited";
+	case S_INVALID:		return "invalid_code";
+	case S_EXPIRED:		return "expired";
+	case S_LOCKED:		return "locked";
+	case S_NOTFOUND:	return "not_found";
+	}
+	return "unavailable";
+}
+
+void
+store_pseudonym(struct store *s, const char *addr, char out[17])
+{
+	char buf[16 + STORE_ADDR_MAX];
+	uint8_t mac[STORE_MAC_LEN];
+	size_t n = strnlen(addr, STORE_ADDR_MAX), i;
+
+	memcpy(buf, "pseudonym", 10);
+	for (i = 0; i < n; i++)
+		buf[10 + i] = (char)(addr[i] >= 'A' && addr[i] <= 'Z' ?
+		    addr[i] + ('a' - 'A') : addr[i]);
+	store_mac(s->secret, buf, 10 + n, NULL, 0, mac);
+	hex_encode(mac, 8, out);
+}
+
+/* ---- issue ---- */
+
+static int
+issue_txn(struct store *s, DB_TXN *txn, struct op *op)
+{
+	struct otp_result *res = op->res;
+	struct otp_rec o, old;
+	struct otp_code_rec *c;
+	struct addr_rec a;
+	uint64_t now = op->now;
+	int r, found, retry, i;
+
+	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+		return r;
+	if ((retry = locked_retry(s, &a, now)) > 0) {
+		op->st = S_LOCKED;
+		res->limit = "address_lockout";
+		res->retry_after = retry;
+		return 0;
+	}
+	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
+		return r;
+	/* Pending codes do not hold the cooldown: a crash before the mail
+	 * was queued must never block the resend. */
+	retry = 0;
+	if (o.last_sent && now < o.last_sent + (uint64_t)s->p.resend_cooldown)
+		retry = (int)(o.last_sent + (uint64_t)s->p.resend_cooldown - now);
+	if (op->nkeys == 2) {
+		if ((r = otp_load(s, txn, op->okey[1], &old, &found)) != 0)
+			return r;
+		if (old.last_sent &&
+		    now < old.last_sent + (uint64_t)s->p.resend_cooldown &&
+		    (int)(old.last_sent + (uint64_t)s->p.resend_cooldown - now) > retry)
+			retry = (int)(old.last_sent + (uint64_t)s->p.resend_cooldown - now);
+	}
+	if (retry > 0) {
+		op->st = S_RATE_LIMITED;
+		res->limit = "resend_cooldown";
+		res->retry_after = retry;
+		return 0;
+	}
+	if ((retry = rl_window_check(a.hour_start, a.hour_count,
+	    (uint32_t)s->p.max_per_address_hour, 3600, now)) > 0) {
+		op->st = S_RATE_LIMITED;
+		res->limit = "address_hourly";
+		res->retry_after = retry;
+		return 0;
+	}
+	if ((r = rl_client_check(s, txn, op->q->client_uid, now, 1, &retry)) != 0)
+		return r;
+	if (retry > 0) {
+		op->st = S_RATE_LIMITED;
+		res->limit = "client_minute";
+		res->retry_after = retry;
+		return 0;
+	}
+	if (rl_global_take(s, now, &retry) == -1) {
+		op->abort = 1;	/* the client window was taken */
+		op->st = S_RATE_LIMITED;
+		res->limit = "global_rate";
+		res->retry_after = retry;
+		return 0;
+	}
+	op->took_global = 1;
+
+	/* Expired and dead codes go; the oldest goes if the record is full. */
+	for (i = 0; i < o.ncodes; )
+		if (o.codes[i].expires <= now ||
+		    o.codes[i].failures >= (uint32_t)s->p.max_failures_per_code)
+			otp_drop(&o, i);
+		else
+			i++;
+	while (o.ncodes >= s->p.keep_codes)
+		otp_drop(&o, 0);
+	c = &o.codes[o.ncodes++];
+	memset(c, 0, sizeof(*c));
+	if (otp_code_generate(s->p.alphabet, s->p.code_length, res->code) == -1 ||
+	    RAND_bytes(c->issue_id, sizeof(c->issue_id)) != 1) {
+		op->abort = 1;
+		op->st = S_TEMPFAIL;
+		return 0;
+	}
+	code_mac(s->secret, res->code, op->ctxh, c->mac);
+	c->issued = now;
+	c->expires = now + (uint64_t)op->ttl;
+	if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
+		return r;
+	rl_window_take(&a.hour_start, &a.hour_count, 3600, now);
+	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
+		return r;
+
+	hex_encode(c->issue_id, sizeof(c->issue_id), res->issue_id);
+	res->expires_at = (time_t)c->expires;
+	res->ttl = op->ttl;
+	res->resend_after = s->p.resend_cooldown;
+	retry = rl_window_check(a.hour_start, a.hour_count,
+	    (uint32_t)s->p.max_per_address_hour, 3600, now);
+	if (retry > res->resend_after)
+		res->resend_after = retry;
+	return 0;
+}
+
+enum s_status
+store_otp_issue(struct store *s, const struct otp_request *q, struct otp_result *res)
+{
+	struct op op;
+	enum s_status st;
+
+	if (op_prepare(s, q, res, &op) == -1)
+		return S_BADINPUT;
+	op.ttl = q->ttl > 0 ? q->ttl : s->p.ttl;
+	if (op.ttl > s->p.max_ttl)
+		return S_BADINPUT;
+	st = op_run(s, issue_txn, &op, 1, "issue");
+	if (st != S_OK)
+		OPENSSL_cleanse(res->code, sizeof(res->code));
+	return st;
+}
+
+/* ---- mark_sent / cancel ---- */
+
+static int
+mark_txn(struct store *s, DB_TXN *txn, struct op *op)
+{
+	struct otp_rec o;
+	int r, found, i;
+
+	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
+		return r;
+	for (i = 0; i < o.ncodes; i++)
+		if (memcmp(o.codes[i].issue_id, op->issue_id, 16) == 0)
+			break;
+	if (i == o.ncodes) {
+		op->st = S_NOTFOUND;
+		return 0;
+	}
+	o.codes[i].sent = 1;
+	snprintf(o.codes[i].queue_id, sizeof(o.codes[i].queue_id), "%s",
+	    op->queue_id ? op->queue_id : "");
+	o.last_sent = op->now;
+	return otp_save(s, txn, op->okey[0], &o);
+}
+
+enum s_status
+store_otp_mark_sent(struct store *s, const struct otp_request *q, const char *issue_id,
+    const char *queue_id)
+{
+	struct op op;
+
+	if (op_prepare(s, q, NULL, &op) == -1 || hex_decode16(issue_id, op.issue_id) == -1 ||
+	    (queue_id != NULL && strlen(queue_id) > STORE_QID_MAX))
+		return S_BADINPUT;
+	op.queue_id = queue_id;
+	/* Losing this to an OS crash only loses the cooldown: no sync. */
+	return op_run(s, mark_txn, &op, 0, "mark_sent");
+}
+
+static int
+cancel_txn(struct store *s, DB_TXN *txn, struct op *op)
+{
+	struct otp_rec o;
+	struct addr_rec a;
+	int r, found, i;
+
+	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
+		return r;
+	for (i = 0; i < o.ncodes; i++)
+		if (memcmp(o.codes[i].issue_id, op->issue_id, 16) == 0)
+			break;
+	if (i == o.ncodes) {
+		op->st = S_NOTFOUND;
+		return 0;
+	}
+	otp_drop(&o, i);
+	if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
+		return r;
+	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+		return r;
+	rl_window_give(a.hour_start, &a.hour_count, 3600, op->now);
+	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
+		return r;
+	op->count = 1;
+	return rl_client_give(s, txn, op->q->client_uid, op->now);
+}
+
+enum s_status
+store_otp_cancel(struct store *s, const struct otp_request *q, const char *issue_id)
+{
+	struct op op;
+	enum s_status st;
+
+	if (op_prepare(s, q, NULL, &op) == -1 || hex_decode16(issue_id, op.issue_id) == -1)
+		return S_BADINPUT;
+	st = op_run(s, cancel_txn, &op, 1, "cancel");
+	if (st == S_OK)
+		rl_global_give(s, op.now);
+	return st;
+}
+
+/* ---- verify ---- */
+
+static int
+verify_txn(struct store *s, DB_TXN *txn, struct op *op)
+{
+	struct otp_result *res = op->res;
+	struct otp_rec o[2];
+	struct addr_rec a;
+	uint8_t mac[2][STORE_MAC_LEN];
+	char code[OTP_CODE_MAX + 1];
+	const struct otp_code_rec *newest = NULL, *matched = NULL;
+	uint32_t maxf = (uint32_t)s->p.max_failures_per_code;
+	int r, found, k, i, live = 0, expired = 0, wellformed, left, lock;
+	uint64_t now = op->now, until;
+
+	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+		return r;
+	if ((lock = locked_retry(s, &a, now)) > 0) {
+		op->st = S_LOCKED;
+		res->limit = "address_lockout";
+		res->retry_after = lock;
+		return 0;
+	}
+	for (k = 0; k < op->nkeys; k++)
+		if ((r = otp_load(s, txn, op->okey[k], &o[k], &found)) != 0)
+			return r;
+	wellformed = otp_code_normalise(s->p.alphabet, s->p.code_length, op->code,
+	    code) == 0;
+	if (wellformed) {
+		code_mac(s->secret, code, op->ctxh, mac[0]);
+		if (op->nkeys == 2)
+			code_mac(s->old_secret, code, op->ctxh, mac[1]);
+	}
+	/* Every live code is compared, in constant time, whatever matches. */
+	for (k = 0; k < op->nkeys; k++)
+		for (i = 0; i < o[k].ncodes; i++) {
+			const struct otp_code_rec *c = &o[k].codes[i];
+
+			if (c->expires <= now) {
+				expired++;
+				continue;
+			}
+			if (c->failures >= maxf)
+				continue;
+			live++;
+			if (newest == NULL || c->issued >= newest->issued)
+				newest = c;
+			if (wellformed && CRYPTO_memcmp(c->mac, mac[k], STORE_MAC_LEN) == 0)
+				matched = c;
+		}
+	if (live == 0) {
+		op->st = expired ? S_EXPIRED : S_NOTFOUND;
+		return 0;
+	}
+	if (matched != NULL) {
+		snprintf(res->queue_id, sizeof(res->queue_id), "%s", matched->queue_id);
+		hex_encode(matched->issue_id, 16, res->issue_id);
+		res->expires_at = (time_t)matched->expires;
+		/* Success consumes every code of the address+purpose. */
+		for (k = 0; k < op->nkeys; k++)
+			if ((r = rec_del(s, txn, op->okey[k])) != 0)
+				return r;
+		if (a.failures || a.lockout_until) {
+			a.failures = 0;
+			a.lockout_until = 0;
+			if ((r = addr_save(s, txn, op->akey, &a)) != 0)
+				return r;
+		}
+		op->st = S_OK;
+		return 0;
+	}
+
+	snprintf(res->queue_id, sizeof(res->queue_id), "%s", newest->queue_id);
+	left = 0;
+	for (k = 0; k < op->nkeys; k++) {
+		for (i = 0; i < o[k].ncodes; ) {
+			struct otp_code_rec *c = &o[k].codes[i];
+
+			if (c->expires > now && c->failures < maxf) {
+				c->failures++;
+				if (c->failures >= maxf) {
+					otp_drop(&o[k], i);	/* dead */
+					continue;
+				}
+				if ((int)(maxf - c->failures) > left)
+					left = (int)(maxf - c->failures);
+			}
+			i++;
+		}
+		if ((r = otp_save(s, txn, op->okey[k], &o[k])) != 0)
+			return r;
+	}
+	if (a.failures < UINT32_MAX)
+		a.failures++;
+	if (a.failures >= (uint32_t)s->p.max_consecutive_failures) {
+		a.lockout_until = STORE_FOREVER;
+		op->lockout = 1;
+	} else if (a.failures >= (uint32_t)s->p.lockout_after) {
+		unsigned shift = a.failures - (uint32_t)s->p.lockout_after;
+
+		until = (uint64_t)s->p.lockout_base << (shift > 20 ? 20 : shift);
+		if (until > (uint64_t)s->p.lockout_max)
+			until = (uint64_t)s->p.lockout_max;
+		a.lockout_until = now + until;
+		op->lockout = 1;
+	}
+	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
+		return r;
+	if (op->lockout) {
+		res->limit = "address_lockout";
+		res->retry_after = locked_retry(s, &a, now);
+	}
+	res->attempts_left = left;
+	op->st = S_INVALID;
+	return 0;
+}
+
+enum s_status
+store_otp_verify(struct store *s, const struct otp_request *q, const char *code,
+    struct otp_result *res)
+{
+	struct op op;
+
+	if (op_prepare(s, q, res, &op) == -1 || code == NULL)
+		return S_BADINPUT;
+	op.code = code;
+	return op_run(s, verify_txn, &op, 1, "verify");
+}
+
+/* ---- revoke, unlock, last mail ---- */
+
+static int
+revoke_txn(struct store *s, DB_TXN *txn, struct op *op)
+{
+	struct otp_rec o;
+	int r, found, k, i;
+
+	for (k = 0; k < op->nkeys; k++) {
+		if ((r = otp_load(s, txn, op->okey[k], &o, &found)) != 0)
+			return r;
+		for (i = 0; i < o.ncodes; i++)
+			if (o.codes[i].expires > op->now)
+				op->count++;
+		if (!found || o.ncodes == 0)
+			continue;
+		/* The cooldown stays: a revoke is no way around it. */
+		o.ncodes = 0;
+		if ((r = otp_save(s, txn, op->okey[k], &o)) != 0)
+			return r;
+	}
+	op->st = S_OK;
+	return 0;
+}
+
+enum s_status
+store_otp_revoke(struct store *s, const struct otp_request *q, int *count)
+{
+	struct op op;
+	enum s_status st;
+
+	if (op_prepare(s, q, NULL, &op) == -1)
+		return S_BADINPUT;
+	st = op_run(s, revoke_txn, &op, 1, "revoke");
+	if (count)
+		*count = st == S_OK ? op.count : 0;
+	return st;
+}
+
+static int
+unlock_txn(struct store *s, DB_TXN *txn, struct op *op)
+{
+	struct addr_rec a;
+	int r;
+
+	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+		return r;
+	a.failures = 0;
+	a.lockout_until = 0;
+	op->st = S_OK;
+	return addr_save(s, txn, op->akey, &a);
+}
+
+enum s_status
+store_otp_unlock(struct store *s, const struct otp_request *q)
+{
+	struct op op;
+
+	if (op_prepare(s, q, NULL, &op) == -1)
+		return S_BADINPUT;
+	return op_run(s, unlock_txn, &op, 1, "unlock");
+}
+
+static int
+last_txn(struct store *s, DB_TXN *txn, struct op *op)
+{
+	struct otp_rec o;
+	uint8_t buf[REC_MAX];
+	uint64_t best = 0;
+	uint32_t n;
+	int r, k, i, found = 0;
+
+	for (k = 0; k < op->nkeys; k++) {
+		r = rec_get(s, txn, op->okey[k], buf, sizeof(buf), &n, 0);
+		if (r == DB_NOTFOUND)
+			continue;
+		if (r != 0)
+			return r;
+		if (otp_rec_decode(buf, n, &o) == -1)
+			continue;
+		for (i = 0; i < o.ncodes; i++)
+			if (o.codes[i].sent && o.codes[i].queue_id[0] &&
+			    (!found || o.codes[i].issued >= best)) {
+				snprintf(op->res->queue_id, sizeof(op->res->queue_id),
+				    "%s", o.codes[i].queue_id);
+				best = o.codes[i].issued;
+				found = 1;
+			}
+	}
+	op->st = found ? S_OK : S_NOTFOUND;
+	return 0;
+}
+
+enum s_status
+store_otp_last_mail(struct store *s, const struct otp_request *q, char *queue_id,
+    size_t len)
+{
+	struct otp_result res;
+	struct op op;
+	enum s_status st;
+
+	if (op_prepare(s, q, &res, &op) == -1 || len == 0)
+		return S_BADINPUT;
+	st = op_run(s, last_txn, &op, 0, "last_mail");
+	if (st == S_OK)
+		snprintf(queue_id, len, "%s", res.queue_id);
+	return st;
+}

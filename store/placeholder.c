@@ -1,2 +1,0 @@
-/* placeholder: replaced by the store/ implementation */
-typedef int store_placeholder_t;

@@ -1,0 +1,127 @@
+/*
+ * store_int.h - internals shared by the files of store/: the handle, the
+ * record layouts and the helpers each file provides.  Not for other folders.
+ */
+#ifndef OTPMAIL_STORE_INT_H
+#define OTPMAIL_STORE_INT_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <db.h>
+
+#include "store/store.h"
+
+#define STORE_SECRET_LEN	32
+#define STORE_MAC_LEN		32
+#define STORE_KEEP_MAX		10	/* hard bound on keep_codes */
+#define STORE_PURPOSE_MAX	32
+#define STORE_CONTEXT_MAX	1024
+#define STORE_ADDR_MAX		320
+#define STORE_QID_MAX		24	/* queue ids are 24 hex chars */
+#define STORE_RETRIES		50	/* deadlock retries per operation */
+#define STORE_FOREVER		UINT64_MAX	/* purge time of a record kept for good */
+
+/* One-byte prefixes of the primary keys. */
+#define REC_OTP		'O'	/* 'O' + HMAC(secret, lower(addr) 0 purpose) */
+#define REC_ADDR	'A'	/* 'A' + HMAC(secret, lower(addr) 0) */
+#define REC_CLIENT	'C'	/* 'C' + uid (4 bytes, big-endian) */
+#define KEY_MAX		(1 + STORE_MAC_LEN)
+
+/* A code as stored: only its MAC. */
+struct otp_code_rec {
+	uint8_t		 mac[STORE_MAC_LEN];	/* HMAC(secret, code 0 H(context)) */
+	uint8_t		 issue_id[16];
+	uint64_t	 issued;
+	uint64_t	 expires;
+	uint32_t	 failures;
+	uint8_t		 sent;			/* 0 = pending, 1 = mail enqueued */
+	char		 queue_id[STORE_QID_MAX + 1];
+};
+
+/* Outstanding codes of an address+purpose. */
+struct otp_rec {
+	uint64_t	 purge;		/* sweep may delete the record after this */
+	uint64_t	 last_sent;	/* cooldown starts here (mark_sent) */
+	int		 ncodes;
+	struct otp_code_rec codes[STORE_KEEP_MAX];
+};
+
+/* Address-level state: hourly issue window and consecutive failures. */
+struct addr_rec {
+	uint64_t	 purge;
+	uint64_t	 hour_start;
+	uint32_t	 hour_count;
+	uint32_t	 failures;	/* consecutive failed verifies */
+	uint64_t	 lockout_until;	/* STORE_FOREVER at the hard cap */
+};
+
+/* Per client uid issue window. */
+struct client_rec {
+	uint64_t	 purge;
+	uint64_t	 win_start;
+	uint32_t	 count;
+};
+
+#define OTP_REC_HDR	(8 + 8 + 1)
+#define OTP_CODE_SZ	(STORE_MAC_LEN + 16 + 8 + 8 + 4 + 1 + STORE_QID_MAX)
+#define OTP_REC_MAX	(OTP_REC_HDR + STORE_KEEP_MAX * OTP_CODE_SZ)
+#define ADDR_REC_SZ	(8 + 8 + 4 + 4 + 8)
+#define CLIENT_REC_SZ	(8 + 8 + 4)
+#define REC_MAX		OTP_REC_MAX
+
+struct store {
+	struct store_params p;
+	DB_ENV		*env;
+	DB		*db;		/* primary: every record */
+	DB		*exp;		/* secondary: purge time -> record */
+	uint8_t		 secret[STORE_SECRET_LEN];
+	uint8_t		 old_secret[STORE_SECRET_LEN];
+	int		 has_old;
+	pthread_mutex_t	 glock;		/* the global rate window */
+	uint64_t	 g_sec;
+	uint32_t	 g_count;
+};
+
+/* env.c */
+int	store_env_open(struct store *, char *err, size_t errlen);
+void	store_env_close(struct store *);
+void	store_logf(struct store *, int prio, const char *fmt, ...)
+	    __attribute__((format(printf, 3, 4)));
+/* 1 if err is a lock conflict worth a retry. */
+int	store_retryable(int err);
+void	store_backoff(int attempt);
+/* Commit flags for a change that must be durable / may skip the sync. */
+uint32_t store_commit_flags(struct store *, int durable);
+
+/* secret.c */
+int	store_secret_load(const char *path, int create, uint8_t out[STORE_SECRET_LEN],
+	    char *err, size_t errlen);
+void	store_mac(const uint8_t key[STORE_SECRET_LEN], const void *a, size_t alen,
+	    const void *b, size_t blen, uint8_t out[STORE_MAC_LEN]);
+
+/* otp.c: record (de)serialisation, shared with sweep.c */
+int	otp_rec_decode(const void *, size_t, struct otp_rec *);
+size_t	otp_rec_encode(const struct otp_rec *, uint8_t *out);
+void	addr_rec_decode(const void *, size_t, struct addr_rec *);
+size_t	addr_rec_encode(const struct addr_rec *, uint8_t *out);
+uint64_t get_be64(const uint8_t *);
+void	put_be64(uint8_t *, uint64_t);
+
+/* ratelimit.c */
+/* 0 if allowed, else retry_after (s) of the window. */
+int	rl_window_check(uint64_t start, uint32_t count, uint32_t max, uint64_t window,
+	    uint64_t now);
+void	rl_window_take(uint64_t *start, uint32_t *count, uint64_t window, uint64_t now);
+void	rl_window_give(uint64_t start, uint32_t *count, uint64_t window, uint64_t now);
+int	rl_client_check(struct store *, DB_TXN *, uint32_t uid, uint64_t now,
+	    int take, int *retry_after);
+int	rl_client_give(struct store *, DB_TXN *, uint32_t uid, uint64_t now);
+int	rl_global_take(struct store *, uint64_t now, int *retry_after);
+void	rl_global_give(struct store *, uint64_t now);
+void	client_rec_decode(const void *, size_t, struct client_rec *);
+size_t	client_rec_encode(const struct client_rec *, uint8_t *out);
+
+/* sweep.c */
+int	store_exp_callback(DB *, const DBT *, const DBT *, DBT *);
+
+#endif

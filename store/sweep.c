@@ -1,0 +1,111 @@
+/*
+ * sweep.c - data minimisation: every record starts with its purge time,
+ * indexed by a secondary database (8-byte big-endian time, sorted
+ * duplicates); the sweep walks that index from the start up to now and
+ * deletes the dead records, a short transaction per batch.
+ */
+#include <string.h>
+#include <syslog.h>
+
+#include "store/store_int.h"
+
+#define SWEEP_BATCH	200
+
+int
+store_exp_callback(DB *sec, const DBT *key, const DBT *val, DBT *out)
+{
+	if (val->size < 8)
+		return DB_DONOTINDEX;
+	/* Records kept for good (a capped lockout) stay out of the index. */
+	if (get_be64(val->data) == STORE_FOREVER)
+		return DB_DONOTINDEX;
+	memset(out, 0, sizeof(*out));
+	out->data = val->data;	/* the first 8 bytes: big-endian purge time */
+	out->size = 8;
+	return 0;
+}
+
+static int	sweep_batch(struct store *, uint64_t now, size_t *n, int *more);
+
+static int
+sweep_batch(struct store *s, uint64_t now, size_t *n, int *more)
+{
+	uint8_t kbuf[8], pkbuf[KEY_MAX], vbuf[REC_MAX];
+	DB_TXN *txn = NULL;
+	DBC *c = NULL;
+	DBT k, pk, v;
+	size_t done = 0;
+	int r;
+
+	*more = 0;
+	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		return r;
+	if ((r = s->exp->cursor(s->exp, txn, &c, 0)) != 0)
+		goto out;
+	memset(&k, 0, sizeof(k));
+	memset(&pk, 0, sizeof(pk));
+	memset(&v, 0, sizeof(v));
+	put_be64(kbuf, 0);
+	k.data = kbuf;
+	k.size = 8;
+	k.ulen = sizeof(kbuf);
+	k.flags = DB_DBT_USERMEM;
+	pk.data = pkbuf;
+	pk.ulen = sizeof(pkbuf);
+	pk.flags = DB_DBT_USERMEM;
+	v.data = vbuf;
+	v.ulen = sizeof(vbuf);
+	v.flags = DB_DBT_USERMEM;
+	r = c->pget(c, &k, &pk, &v, DB_SET_RANGE | DB_RMW);
+	while (r == 0) {
+		if (k.size != 8 || get_be64(kbuf) > now)
+			break;
+		if (done == SWEEP_BATCH) {
+			*more = 1;
+			break;
+		}
+		/* Deleting through the secondary removes the primary too. */
+		if ((r = c->del(c, 0)) != 0)
+			goto out;
+		done++;
+		r = c->pget(c, &k, &pk, &v, DB_NEXT | DB_RMW);
+	}
+	if (r == DB_NOTFOUND)
+		r = 0;
+out:
+	if (c != NULL)
+		c->close(c);
+	if (r == 0) {
+		r = txn->commit(txn, DB_TXN_WRITE_NOSYNC);
+		if (r == 0)
+			*n += done;
+	} else
+		txn->abort(txn);
+	return r;
+}
+
+enum s_status
+store_sweep(struct store *s, time_t now, size_t *count)
+{
+	int attempt = 0, more = 1, r;
+	size_t n = 0;
+
+	while (more) {
+		r = sweep_batch(s, (uint64_t)now, &n, &more);
+		if (r != 0 && store_retryable(r) && ++attempt < STORE_RETRIES) {
+			store_backoff(attempt);
+			more = 1;
+			continue;
+		}
+		if (r != 0) {
+			store_logf(s, LOG_ERR, "event=store.sweep error=\"%s\"",
+			    db_strerror(r));
+			if (count)
+				*count = n;
+			return S_TEMPFAIL;
+		}
+	}
+	if (count)
+		*count = n;
+	return S_OK;
+}

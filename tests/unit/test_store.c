@@ -1,0 +1,693 @@
+/*
+ * test_store.c - the OTP store (store/otp.c and friends) with an injected
+ * clock: single use, expiry, context and purpose binding, every limit and
+ * its retry_after, resend keeping the last codes, per-code failures,
+ * lock-out growth and the hard cap, secret rotation and file mode, pending
+ * and cancel, revoke, sweep, reopen, concurrency, and no clear text on disk.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "store/store_int.h"
+#include "tests/unit/tap.h"
+
+static char root[256], dbdir[300], secret[300], oldsecret[300];
+static time_t T0 = 1800000000;
+
+static struct store *open_with(const struct store_params *);
+static struct store *open_default(struct store_params *);
+static void	req(struct otp_request *, const char *addr, const char *purpose,
+		    const char *ctx, time_t now);
+static enum s_status issue_sent(struct store *, struct otp_request *, char *code);
+static size_t	count_records(struct store *);
+static int	grep_dir(const char *dir, const char *needle);
+static void	wipe(void);
+
+static void
+wipe(void)
+{
+	char cmd[600];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'/db '%s'/secret* ", root, root);
+	if (system(cmd) != 0)
+		diag("cleanup failed");
+}
+
+static struct store *
+open_with(const struct store_params *p)
+{
+	char err[512];
+	struct store *s;
+
+	s = store_open(p, err, sizeof(err));
+	if (s == NULL)
+		diag("store_open: %s", err);
+	return s;
+}
+
+static struct store *
+open_default(struct store_params *p)
+{
+	store_params_defaults(p);
+	p->dir = dbdir;
+	p->secret_file = secret;
+	p->durable = 0;		/* unit tests: no fsync per commit */
+	return open_with(p);
+}
+
+static void
+req(struct otp_request *q, const char *addr, const char *purpose, const char *ctx,
+    time_t now)
+{
+	memset(q, 0, sizeof(*q));
+	q->addr = addr;
+	q->purpose = purpose;
+	q->context = ctx;
+	q->now = now;
+	q->client_uid = 1000;
+}
+
+/* Issues and marks sent, as ops_otp.c does; code gets the clear code. */
+static enum s_status
+issue_sent(struct store *s, struct otp_request *q, char *code)
+{
+	struct otp_result res;
+	enum s_status st;
+
+	st = store_otp_issue(s, q, &res);
+	if (st != S_OK)
+		return st;
+	if (code)
+		strcpy(code, res.code);
+	return store_otp_mark_sent(s, q, res.issue_id, "0123456789abcdef01234567");
+}
+
+static size_t
+count_records(struct store *s)
+{
+	DBC *c;
+	DBT k, v;
+	size_t n = 0;
+
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	k.flags = v.flags = DB_DBT_MALLOC;
+	if (s->db->cursor(s->db, NULL, &c, 0) != 0)
+		return (size_t)-1;
+	while (c->get(c, &k, &v, DB_NEXT) == 0) {
+		n++;
+		free(k.data);
+		free(v.data);
+	}
+	c->close(c);
+	return n;
+}
+
+/* 1 if any file under dir holds needle. */
+static int
+grep_dir(const char *dir, const char *needle)
+{
+	char path[1024], *buf;
+	struct dirent *e;
+	struct stat st;
+	DIR *d;
+	FILE *f;
+	int hit = 0;
+	size_t nl = strlen(needle);
+
+	if ((d = opendir(dir)) == NULL)
+		return -1;
+	while ((e = readdir(d)) != NULL && !hit) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (stat(path, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size == 0)
+			continue;
+		if ((f = fopen(path, "rb")) == NULL)
+			continue;
+		buf = malloc((size_t)st.st_size);
+		if (buf && fread(buf, 1, (size_t)st.st_size, f) == (size_t)st.st_size &&
+		    memmem(buf, (size_t)st.st_size, needle, nl) != NULL)
+			hit = 1;
+		free(buf);
+		fclose(f);
+	}
+	closedir(d);
+	return hit;
+}
+
+static void
+test_basic(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result res, vr;
+	struct store *s;
+	struct stat st;
+	char code[16];
+
+	wipe();
+	s = open_default(&p);
+	ok(s != NULL, "open creates the environment");
+	ok(stat(secret, &st) == 0 && (st.st_mode & 0777) == 0600 && st.st_size == 32,
+	    "secret created: 32 bytes, mode 0600");
+
+	req(&q, "Alice@Example.org", NULL, NULL, T0);
+	is_int(store_otp_issue(s, &q, &res), S_OK, "issue");
+	is_int((long)strlen(res.code), 6, "default code length 6");
+	ok(strspn(res.code, "0123456789") == 6, "default alphabet digits");
+	is_int(res.ttl, 300, "default ttl 300");
+	is_int((long)(res.expires_at - T0), 300, "expires_at = now + ttl");
+	is_int((long)strlen(res.issue_id), 32, "issue id 32 hex");
+	is_int(res.resend_after, 30, "resend_after = cooldown");
+	is_int(store_otp_mark_sent(s, &q, res.issue_id, "abcdef0123456789abcdef01"), S_OK,
+	    "mark_sent");
+	strcpy(code, res.code);
+
+	req(&q, "alice@example.ORG", NULL, NULL, T0 + 10);
+	is_int(store_otp_verify(s, &q, code, &vr), S_OK,
+	    "verify ok (address case-folded, purpose defaults to login)");
+	is_str(vr.queue_id, "abcdef0123456789abcdef01", "verify reports the queue id");
+	is_int(store_otp_verify(s, &q, code, &vr), S_NOTFOUND, "single use: second verify");
+
+	/* bad input */
+	req(&q, "a@b.example", "Login!", NULL, T0);
+	is_int(store_otp_issue(s, &q, &res), S_BADINPUT, "purpose with odd characters refused");
+	req(&q, "a@b.example", NULL, NULL, T0);
+	q.ttl = 3601;
+	is_int(store_otp_issue(s, &q, &res), S_BADINPUT, "ttl above max_ttl refused");
+	q.ttl = 600;
+	is_int(store_otp_issue(s, &q, &res), S_OK, "ttl below max_ttl accepted");
+	is_int(res.ttl, 600, "requested ttl used");
+	store_close(s);
+}
+
+static void
+test_expiry_binding(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char code[16];
+
+	wipe();
+	s = open_default(&p);
+	req(&q, "bob@example.org", NULL, NULL, T0);
+	issue_sent(s, &q, code);
+	q.now = T0 + 300;
+	is_int(store_otp_verify(s, &q, code, &r), S_EXPIRED, "expired at now == expiry");
+	q.now = T0 + 5000;
+	is_int(store_otp_verify(s, &q, code, &r), S_EXPIRED, "still expired later");
+
+	req(&q, "bob@example.org", NULL, NULL, T0 + 6000);
+	issue_sent(s, &q, code);
+	q.now = T0 + 6000 + 299;
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "valid one second before expiry");
+
+	/* context binding */
+	req(&q, "carol@example.org", "login", "session-A", T0);
+	issue_sent(s, &q, code);
+	req(&q, "carol@example.org", "login", "session-B", T0 + 1);
+	is_int(store_otp_verify(s, &q, code, &r), S_INVALID, "other context: invalid");
+	req(&q, "carol@example.org", "login", NULL, T0 + 1);
+	is_int(store_otp_verify(s, &q, code, &r), S_INVALID, "no context: invalid");
+	req(&q, "carol@example.org", "reset", "session-A", T0 + 1);
+	is_int(store_otp_verify(s, &q, code, &r), S_NOTFOUND, "other purpose: not found");
+	req(&q, "carol@example.org", "login", "session-A", T0 + 2);
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "its context: ok");
+	store_close(s);
+}
+
+static void
+test_limits(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char addr[64];
+	int i;
+
+	wipe();
+	store_params_defaults(&p);
+	p.dir = dbdir;
+	p.secret_file = secret;
+	p.durable = 0;
+	p.max_per_client_minute = 3;
+	p.max_global_per_second = 0;
+	s = open_with(&p);
+
+	/* resend cooldown: starts at mark_sent, not at a pending issue */
+	req(&q, "dave@example.org", NULL, NULL, T0);
+	is_int(store_otp_issue(s, &q, &r), S_OK, "issue pending");
+	q.now = T0 + 1;
+	is_int(store_otp_issue(s, &q, &r), S_OK, "a pending code does not hold the cooldown");
+	is_int(store_otp_mark_sent(s, &q, r.issue_id, "q1"), S_OK, "mark sent");
+	q.now = T0 + 6;
+	is_int(store_otp_issue(s, &q, &r), S_RATE_LIMITED, "resend within cooldown refused");
+	is_str(r.limit, "resend_cooldown", "limit named resend_cooldown");
+	is_int(r.retry_after, 25, "retry_after = cooldown left");
+	q.now = T0 + 31;
+	is_int(store_otp_issue(s, &q, &r), S_OK, "resend after cooldown");
+
+	/* client per minute (3): T0 issued 3 times for uid 1000 already */
+	req(&q, "erin@example.org", NULL, NULL, T0 + 40);
+	is_int(store_otp_issue(s, &q, &r), S_RATE_LIMITED, "4th issue of the client in a minute");
+	is_str(r.limit, "client_minute", "limit named client_minute");
+	is_int(r.retry_after, 20, "retry_after = window end");
+	q.client_uid = 1001;
+	is_int(store_otp_issue(s, &q, &r), S_OK, "another client uid is not limited");
+	q.client_uid = 1000;
+	q.now = T0 + 60;
+	is_int(store_otp_issue(s, &q, &r), S_OK, "client window over");
+	store_close(s);
+
+	/* address per hour (10), over several purposes */
+	wipe();
+	s = open_default(&p);
+	for (i = 0; i < 10; i++) {
+		snprintf(addr, sizeof(addr), "p%d", i);
+		req(&q, "frank@example.org", addr, NULL, T0 + i * 100);
+		if (store_otp_issue(s, &q, &r) != S_OK)
+			break;
+	}
+	is_int(i, 10, "10 issues in an hour");
+	is_int(r.resend_after, 3600 - 900, "the 10th says when the next is allowed");
+	req(&q, "FRANK@example.org", "p11", NULL, T0 + 1000);
+	is_int(store_otp_issue(s, &q, &r), S_RATE_LIMITED, "11th in the hour refused");
+	is_str(r.limit, "address_hourly", "limit named address_hourly");
+	is_int(r.retry_after, 2600, "retry_after = hour window end");
+	q.now = T0 + 3600;
+	is_int(store_otp_issue(s, &q, &r), S_OK, "allowed after the hour");
+	store_close(s);
+
+	/* global per second */
+	wipe();
+	store_params_defaults(&p);
+	p.dir = dbdir;
+	p.secret_file = secret;
+	p.durable = 0;
+	p.max_global_per_second = 2;
+	s = open_with(&p);
+	req(&q, "g1@example.org", NULL, NULL, T0);
+	ok(store_otp_issue(s, &q, &r) == S_OK, "global 1/2");
+	q.addr = "g2@example.org";
+	ok(store_otp_issue(s, &q, &r) == S_OK, "global 2/2");
+	q.addr = "g3@example.org";
+	is_int(store_otp_issue(s, &q, &r), S_RATE_LIMITED, "3rd in the second refused");
+	is_str(r.limit, "global_rate", "limit named global_rate");
+	is_int(r.retry_after, 1, "retry_after 1 s");
+	q.now = T0 + 1;
+	is_int(store_otp_issue(s, &q, &r), S_OK, "next second allowed");
+	store_close(s);
+}
+
+static void
+test_resend_and_failures(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char c[4][16];
+	int i;
+
+	wipe();
+	s = open_default(&p);
+	for (i = 0; i < 4; i++) {
+		req(&q, "gina@example.org", NULL, NULL, T0 + i * 30);
+		is_int(issue_sent(s, &q, c[i]), S_OK, "resend");
+	}
+	req(&q, "gina@example.org", NULL, NULL, T0 + 100);
+	if (strcmp(c[0], c[1]) && strcmp(c[0], c[2]) && strcmp(c[0], c[3]))
+		is_int(store_otp_verify(s, &q, c[0], &r), S_INVALID,
+		    "4th code pushed out the 1st (keep 3)");
+	else
+		ok(1, "skip: colliding codes");
+	is_int(r.attempts_left, 4, "attempts_left after one failure");
+	is_int(store_otp_verify(s, &q, c[1], &r), S_OK, "2nd of 4 codes still verifies");
+	is_int(store_otp_verify(s, &q, c[3], &r), S_NOTFOUND, "success consumed them all");
+
+	/* per-code failure limit: 5 */
+	req(&q, "hank@example.org", NULL, NULL, T0);
+	issue_sent(s, &q, c[0]);
+	strcpy(c[1], c[0]);
+	c[1][0] = c[0][0] == '9' ? '0' : c[0][0] + 1;
+	for (i = 1; i <= 5; i++) {
+		is_int(store_otp_verify(s, &q, c[1], &r), S_INVALID, "wrong code");
+		is_int(r.attempts_left, 5 - i, "attempts_left counts down");
+	}
+	is_int(store_otp_verify(s, &q, c[0], &r), S_NOTFOUND,
+	    "after 5 failures the right code is dead");
+	store_close(s);
+}
+
+static void
+test_lockout(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	enum s_status st;
+	char code[16], wrong[16];
+	int i, invalid = 0, locked_seen = 0, success = 0;
+	time_t now;
+	int want[] = {60, 120, 240, 240};
+
+	wipe();
+	store_params_defaults(&p);
+	p.dir = dbdir;
+	p.secret_file = secret;
+	p.durable = 0;
+	p.lockout_after = 3;
+	p.lockout_base = 60;
+	p.lockout_max = 240;
+	p.max_failures_per_code = 1000;
+	p.max_consecutive_failures = 8;
+	p.ttl = 3600;
+	s = open_with(&p);
+	req(&q, "ivan@example.org", NULL, NULL, T0);
+	issue_sent(s, &q, code);
+	q.ttl = 0;
+	strcpy(wrong, code);
+	wrong[0] = code[0] == '9' ? '0' : code[0] + 1;
+	is_int(store_otp_verify(s, &q, wrong, &r), S_INVALID, "failure 1");
+	is_int(store_otp_verify(s, &q, wrong, &r), S_INVALID, "failure 2");
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "success resets the count");
+	issue_sent(s, &q, code);	/* same now: the success dropped the cooldown */
+	now = T0;
+	for (i = 1; i <= 2; i++)
+		store_otp_verify(s, &q, wrong, &r);
+	is_int(store_otp_verify(s, &q, wrong, &r), S_INVALID, "3rd failure still answered");
+	is_str(r.limit, "address_lockout", "3rd failure starts the lock-out");
+	for (i = 0; i < 4; i++) {
+		char msg[80];
+
+		snprintf(msg, sizeof(msg), "lock-out %d s", want[i]);
+		is_int(r.retry_after, want[i], msg);
+		q.now = now + 1;
+		st = store_otp_verify(s, &q, code, &r);
+		is_int(st, S_LOCKED, "verify during lock-out refused, even the right code");
+		is_int(r.retry_after, want[i] - 1, "its retry_after");
+		now += want[i];
+		q.now = now;
+		store_otp_verify(s, &q, wrong, &r);
+	}
+	/* 7 failures so far; the 8th reaches the cap */
+	now += 240;
+	q.now = now;
+	is_int(store_otp_verify(s, &q, wrong, &r), S_INVALID, "8th failure");
+	q.now = now + 100000;
+	is_int(store_otp_verify(s, &q, code, &r), S_LOCKED, "at the cap: locked for good");
+	is_int(store_otp_issue(s, &q, &r), S_LOCKED, "no new code for a locked address");
+	is_int(store_otp_unlock(s, &q), S_OK, "admin unlock");
+	q.now = now + 100001;
+	is_int(issue_sent(s, &q, code), S_OK, "issue after unlock");
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "verify after unlock");
+	store_close(s);
+
+	/* The NIST cap with the defaults: never more than 100 failures. */
+	wipe();
+	s = open_default(&p);
+	now = T0;
+	req(&q, "judy@example.org", NULL, NULL, now);
+	for (i = 0; i < 2000 && locked_seen < 3; i++) {
+		q.now = now;
+		st = store_otp_verify(s, &q, "000000", &r);
+		if (st == S_NOTFOUND || st == S_EXPIRED) {
+			if (issue_sent(s, &q, code) != S_OK)
+				now += 60;
+			continue;
+		}
+		if (st == S_OK)
+			success++;
+		if (st == S_INVALID)
+			invalid++;
+		if (st == S_LOCKED) {
+			if (r.retry_after == p.lockout_max && invalid >= 100)
+				locked_seen++;
+			now += r.retry_after;
+		}
+	}
+	ok(success == 0 || strcmp(code, "000000") == 0, "guessing never succeeded");
+	is_int(invalid, 100, "exactly 100 consecutive failures, then locked for good");
+	store_close(s);
+
+	p.max_consecutive_failures = 101;
+	ok(open_with(&p) == NULL, "max_consecutive_failures > 100 refused");
+}
+
+static void
+test_rotation_pending(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char code[16], code2[16];
+
+	wipe();
+	s = open_default(&p);
+	req(&q, "kim@example.org", NULL, "ctx", T0);
+	issue_sent(s, &q, code);
+	store_close(s);
+	chmod(secret, 0640);
+	ok(open_with(&p) == NULL, "secret readable by the group: refused");
+	chmod(secret, 0600);
+	if (rename(secret, oldsecret) != 0)
+		diag("rename: %s", strerror(errno));
+	s = open_with(&p);
+	q.now = T0 + 5;
+	is_int(store_otp_verify(s, &q, code, &r), S_NOTFOUND,
+	    "new secret without the old one: code unknown");
+	store_close(s);
+	p.old_secret_file = oldsecret;
+	s = open_with(&p);
+	req(&q, "kim@example.org", NULL, "ctx", T0 + 40);
+	is_int(issue_sent(s, &q, code2), S_OK, "issue under the new secret");
+	q.now = T0 + 41;
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "old-secret code verifies after rotation");
+	is_int(store_otp_verify(s, &q, code2, &r), S_NOTFOUND,
+	    "and consumed the new-secret code too");
+	store_close(s);
+	p.old_secret_file = NULL;
+
+	/* pending / cancel give back */
+	wipe();
+	store_params_defaults(&p);
+	p.dir = dbdir;
+	p.secret_file = secret;
+	p.durable = 0;
+	p.max_per_address_hour = 1;
+	p.max_per_client_minute = 1;
+	s = open_with(&p);
+	req(&q, "lee@example.org", NULL, NULL, T0);
+	is_int(store_otp_issue(s, &q, &r), S_OK, "issue (pending)");
+	strcpy(code, r.code);
+	is_int(store_otp_cancel(s, &q, "00000000000000000000000000000000"), S_NOTFOUND,
+	    "cancel of an unknown id");
+	is_int(store_otp_cancel(s, &q, r.issue_id), S_OK, "cancel");
+	is_int(store_otp_verify(s, &q, code, &r), S_NOTFOUND, "cancelled code is gone");
+	is_int(store_otp_issue(s, &q, &r), S_OK, "cancel gave back the hourly and client limits");
+	strcpy(code, r.code);
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "a pending code verifies");
+	store_close(s);
+}
+
+static void
+test_revoke_sweep_reopen(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char code[16], qid[40];
+	int n = -1;
+	size_t swept = 0, before;
+
+	wipe();
+	s = open_default(&p);
+	req(&q, "mia@example.org", NULL, NULL, T0);
+	issue_sent(s, &q, code);
+	q.now = T0 + 30;
+	issue_sent(s, &q, code);
+	is_int(store_otp_last_mail(s, &q, qid, sizeof(qid)), S_OK, "last_mail");
+	is_str(qid, "0123456789abcdef01234567", "last_mail gives the queue id");
+	is_int(store_otp_revoke(s, &q, &n), S_OK, "revoke");
+	is_int(n, 2, "revoke killed 2 codes");
+	is_int(store_otp_verify(s, &q, code, &r), S_NOTFOUND, "revoked code gone");
+	q.now = T0 + 31;
+	is_int(store_otp_issue(s, &q, &r), S_RATE_LIMITED, "revoke keeps the cooldown");
+
+	/* sweep */
+	req(&q, "ned@example.org", NULL, NULL, T0);
+	issue_sent(s, &q, code);
+	req(&q, "olga@example.org", NULL, NULL, T0);
+	issue_sent(s, &q, code);
+	q.now = T0 + 1;
+	store_otp_verify(s, &q, "x", &r);	/* a failure: olga's count is kept */
+	before = count_records(s);
+	ok(before >= 5, "records present before the sweep");
+	is_int(store_sweep(s, T0 + 50, &swept), S_OK, "sweep early");
+	is_int((long)swept, 0, "nothing dead yet");
+	is_int(store_sweep(s, T0 + 3601, &swept), S_OK, "sweep after the hour");
+	is_int((long)count_records(s), 1, "only the address with a failure count remains");
+	is_int((long)swept, (long)before - 1, "sweep reports the count");
+	req(&q, "ned@example.org", NULL, NULL, T0 + 3602);
+	is_int(store_otp_verify(s, &q, code, &r), S_NOTFOUND, "swept code: not found");
+	is_int(store_checkpoint(s), S_OK, "checkpoint");
+
+	/* reopen keeps data */
+	req(&q, "pat@example.org", NULL, NULL, T0);
+	issue_sent(s, &q, code);
+	store_close(s);
+	s = open_default(&p);
+	q.now = T0 + 2;
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "code survives close and reopen");
+	store_close(s);
+}
+
+static void
+test_cleartext(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char code[16], codes[10][16];
+	int i, hit = 0;
+
+	wipe();
+	store_params_defaults(&p);
+	p.dir = dbdir;
+	p.secret_file = secret;
+	p.durable = 1;
+	p.alphabet = OTP_ALPHA_ALNUM;
+	p.code_length = 10;
+	s = open_with(&p);
+	req(&q, "Quinn.Secret-Needle@Example.org", "login", "ctx-needle-42", T0);
+	for (i = 0; i < 10; i++) {
+		q.now = T0 + i * 31;
+		if (issue_sent(s, &q, codes[i]) != S_OK)
+			break;
+	}
+	is_int(i, 10, "10 codes issued");
+	strcpy(code, codes[0]);
+	store_otp_verify(s, &q, "2222222222", &r);
+	store_checkpoint(s);
+	store_close(s);
+	ok(grep_dir(dbdir, "Quinn.Secret-Needle@Example.org") == 0 &&
+	    grep_dir(dbdir, "quinn.secret-needle@example.org") == 0 &&
+	    grep_dir(dbdir, "Secret-Needle") == 0 && grep_dir(dbdir, "secret-needle") == 0,
+	    "no address in the db files (logs included)");
+	ok(grep_dir(dbdir, "ctx-needle-42") == 0, "no context in the db files");
+	for (i = 0; i < 10; i++)
+		if (grep_dir(dbdir, codes[i]) == 1)
+			hit++;
+	is_int(hit, 0, "no code in the db files");
+}
+
+struct race {
+	struct store	*s;
+	const char	*code;
+	time_t		 now;
+	int		 ok;
+	pthread_mutex_t	 mu;
+};
+
+static void *race_thread(void *);
+
+static void *
+race_thread(void *arg)
+{
+	struct race *rc = arg;
+	struct otp_request q;
+	struct otp_result r;
+
+	req(&q, "race@example.org", NULL, NULL, rc->now);
+	enum s_status st = store_otp_verify(rc->s, &q, rc->code, &r);
+
+	if (getenv("RACE_DEBUG"))
+		diag("race: %d", st);
+	if (st == S_OK) {
+		pthread_mutex_lock(&rc->mu);
+		rc->ok++;
+		pthread_mutex_unlock(&rc->mu);
+	}
+	return NULL;
+}
+
+static void
+test_race(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct race rc;
+	pthread_t th[16];
+	char code[16];
+	int i, round, fails = 0;
+
+	struct store *s;
+
+	wipe();
+	s = open_default(&p);
+	for (round = 0; round < 20; round++) {
+		req(&q, "race@example.org", NULL, NULL, T0 + round * 3700);
+		if (issue_sent(s, &q, code) != S_OK) {
+			fails++;
+			continue;
+		}
+		memset(&rc, 0, sizeof(rc));
+		rc.s = s;
+		rc.code = code;
+		rc.now = q.now + 5;
+		pthread_mutex_init(&rc.mu, NULL);
+		for (i = 0; i < 16; i++)
+			pthread_create(&th[i], NULL, race_thread, &rc);
+		for (i = 0; i < 16; i++)
+			pthread_join(th[i], NULL);
+		if (rc.ok != 1)
+			fails++;
+		pthread_mutex_destroy(&rc.mu);
+	}
+	is_int(fails, 0, "16 threads, one code, 20 rounds: exactly one success each");
+	store_close(s);
+}
+
+int
+main(void)
+{
+	char tmpl[] = "/tmp/test_store.XXXXXX";
+
+	if (mkdtemp(tmpl) == NULL) {
+		perror("mkdtemp");
+		return 1;
+	}
+	snprintf(root, sizeof(root), "%s", tmpl);
+	snprintf(dbdir, sizeof(dbdir), "%s/db", root);
+	snprintf(secret, sizeof(secret), "%s/secret", root);
+	snprintf(oldsecret, sizeof(oldsecret), "%s/secret.old", root);
+
+	test_basic();
+	test_expiry_binding();
+	test_limits();
+	test_resend_and_failures();
+	test_lockout();
+	test_rotation_pending();
+	test_revoke_sweep_reopen();
+	test_cleartext();
+	test_race();
+
+	wipe();
+	rmdir(root);
+	return done_testing();
+}
