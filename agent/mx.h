@@ -69,4 +69,35 @@ enum mx_status	 mx_tlsa(struct mx_resolver *, const char *host, int port,
 		    struct tlsa_set **out, char *reason, size_t len);
 void		 tlsa_set_free(struct tlsa_set *);
 
+/* Short name of a status for logs ("tempfail", "nullmx", ...). */
+const char	*mx_status_name(enum mx_status);
+
+/*
+ * The daemon's one resolver, made from cfg on first use (thread-safe);
+ * NULL with err set if it cannot be made.  Freed by mx_resolver_shared_free.
+ */
+struct mx_resolver *mx_resolver_shared(const struct config *, char *err, size_t errlen);
+void		 mx_resolver_shared_free(void);
+/* Bound of one lookup round in milliseconds (default 8000; tests lower it). */
+void		 mx_resolver_set_timeout(struct mx_resolver *, int ms);
+
+/* Answer parsing, exposed for the unit tests (tests/unit/test_mx.c). */
+int		 mx_domain_valid(const char *);
+/* Uncompressed wire name -> text without the trailing dot ("" = root). */
+int		 mx_parse_name(const unsigned char *, size_t len, size_t *used,
+		    char *out, size_t outlen);
+int		 mx_parse_mx_rdata(const unsigned char *, size_t len, int *pref,
+		    char *name, size_t namelen);
+/* Fills rr (rr->data malloc'd) or returns -1. */
+int		 mx_parse_tlsa_rdata(const unsigned char *, size_t len, struct tlsa_rr *);
+/* MX rdata set -> hosts in the order to try (no addresses yet); MX_NULLMX,
+ * MX_BADANSWER.  The hosts array and names are malloc'd. */
+enum mx_status	 mx_hosts_from_rdata(char **data, const int *lens, size_t n,
+		    struct mx_host **hosts, size_t *nhosts, char *reason, size_t len);
+/* Sort by preference, shuffle equal preferences. */
+void		 mx_order(struct mx_host *, size_t);
+/* "[1.2.3.4]", "[IPv6:...]", "[::1]" or a bare address: 0; 1 = not a
+ * literal; -1 = malformed literal. */
+int		 mx_parse_literal(const char *host, int port, struct mx_addr *);
+
 #endif

@@ -1,0 +1,351 @@
+/*
+ * test_mx.c - agent/mx.c without a DNS server: wire-name, MX and TLSA rdata
+ * parsing with crafted (and malformed) bytes, MX ordering and shuffling,
+ * null MX, address literals, resolver setup errors, and the lookup bound
+ * against a silent UDP socket of the test's own.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/config.h"
+#include "agent/delivery.h"
+#include "agent/mx.h"
+#include "agent/otpmaild.h"
+#include "tests/unit/tap.h"
+
+#define W(s) ((const unsigned char *)(s)), (sizeof(s) - 1)
+
+static void
+test_names(void)
+{
+	char out[300];
+	size_t used = 0;
+	char big[300];
+	unsigned char lab[70];
+
+	ok(mx_domain_valid("example.org"), "valid domain");
+	ok(mx_domain_valid("a-b_c.example.org."), "valid domain, trailing dot");
+	ok(!mx_domain_valid(""), "empty domain refused");
+	ok(!mx_domain_valid("a..b"), "empty label refused");
+	ok(!mx_domain_valid(".a"), "leading dot refused");
+	ok(!mx_domain_valid("a b.org"), "space refused");
+	ok(!mx_domain_valid("ex@mple.org"), "@ refused");
+	ok(!mx_domain_valid("example.org.."), "two trailing dots refused");
+	memset(big, 'a', 64);
+	strcpy(big + 64, ".org");
+	ok(!mx_domain_valid(big), "64-byte label refused");
+	memset(big, 'a', 254);
+	for (int i = 63; i < 254; i += 64)
+		big[i] = '.';
+	big[254] = '\0';
+	ok(!mx_domain_valid(big), "254-byte name refused");
+
+	is_int(mx_parse_name(W("\x03mx1\x07" "example\x03org\x00"), &used, out,
+	    sizeof(out)), 0, "wire name parses");
+	is_str(out, "mx1.example.org", "wire name text");
+	is_int(used, 17, "wire name length used");
+	is_int(mx_parse_name(W("\x00"), &used, out, sizeof(out)), 0, "root parses");
+	is_str(out, "", "root is the empty name");
+	is_int(mx_parse_name(W("\x03mx1\x07" "exam"), &used, out, sizeof(out)), -1,
+	    "truncated label refused");
+	is_int(mx_parse_name(W("\x03mx1"), &used, out, sizeof(out)), -1,
+	    "missing root label refused");
+	is_int(mx_parse_name(W("\xc0\x0c"), &used, out, sizeof(out)), -1,
+	    "compression pointer refused");
+	is_int(mx_parse_name(W("\x03m x\x00"), &used, out, sizeof(out)), -1,
+	    "space in label refused");
+	is_int(mx_parse_name(W("\x03m\nx\x00"), &used, out, sizeof(out)), -1,
+	    "newline in label refused");
+	is_int(mx_parse_name(W("\x03mx1\x03org\x00"), &used, out, 5), -1,
+	    "output buffer bound kept");
+	lab[0] = 64;
+	memset(lab + 1, 'a', 64);
+	lab[65] = 0;
+	is_int(mx_parse_name(lab, 66, &used, out, sizeof(out)), -1,
+	    "64-byte wire label refused");
+	is_int(mx_parse_name(W(""), &used, out, sizeof(out)), -1,
+	    "empty rdata refused");
+}
+
+static void
+test_mx_rdata(void)
+{
+	char name[300];
+	int pref = -1;
+
+	is_int(mx_parse_mx_rdata(W("\x00\x0a\x02mx\x07" "example\x03org\x00"), &pref,
+	    name, sizeof(name)), 0, "MX rdata parses");
+	is_int(pref, 10, "MX preference");
+	is_str(name, "mx.example.org", "MX target");
+	is_int(mx_parse_mx_rdata(W("\xff\xff\x00"), &pref, name, sizeof(name)), 0,
+	    "null MX rdata parses");
+	is_int(pref, 65535, "preference is unsigned 16 bits");
+	is_str(name, "", "null MX target is the root");
+	is_int(mx_parse_mx_rdata(W("\x00\x0a\x02mx\x00garbage"), &pref, name,
+	    sizeof(name)), -1, "trailing bytes refused");
+	is_int(mx_parse_mx_rdata(W("\x00\x0a"), &pref, name, sizeof(name)), -1,
+	    "rdata without a name refused");
+	is_int(mx_parse_mx_rdata(W("\x00"), &pref, name, sizeof(name)), -1,
+	    "one-byte rdata refused");
+}
+
+static void
+free_hosts(struct mx_host *h, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(h[i].name);
+	free(h);
+}
+
+static void
+test_hosts(void)
+{
+	char *data[20];
+	int lens[20];
+	struct mx_host *h = NULL;
+	size_t n = 0;
+	char reason[256];
+	int seen_ab = 0, seen_ba = 0;
+	char buf[20][32];
+
+	data[0] = "\x00\x14\x03mx3\x07" "example\x03org";	/* 20 mx3 */
+	lens[0] = 2 + 17;
+	data[1] = "\x00\x0a\x03mx1\x07" "example\x03org";	/* 10 mx1 */
+	lens[1] = 19;
+	data[2] = "\x00\x0a\x03mx2\x07" "example\x03org";	/* 10 mx2 */
+	lens[2] = 19;
+	data[3] = "\x00\x1e\x03MX1\x07" "example\x03org";	/* 30 MX1 duplicate */
+	lens[3] = 19;
+	is_int(mx_hosts_from_rdata(data, lens, 4, &h, &n, reason, sizeof(reason)),
+	    MX_OK, "MX set parses");
+	is_int(n, 3, "duplicate host merged");
+	if (n == 3) {
+		is_int(h[0].pref, 10, "first host has the best preference");
+		is_int(h[1].pref, 10, "second host too");
+		is_str(h[2].name, "mx3.example.org", "worst preference last");
+		ok(strcmp(h[0].name, "mx3.example.org") != 0, "mx3 not first");
+	}
+	free_hosts(h, n);
+
+	/* equal preferences come in both orders */
+	for (int i = 0; i < 200 && !(seen_ab && seen_ba); i++) {
+		if (mx_hosts_from_rdata(data + 1, lens + 1, 2, &h, &n, reason,
+		    sizeof(reason)) != MX_OK || n != 2)
+			break;
+		if (strcmp(h[0].name, "mx1.example.org") == 0)
+			seen_ab = 1;
+		else
+			seen_ba = 1;
+		free_hosts(h, n);
+	}
+	ok(seen_ab && seen_ba, "equal preferences are shuffled");
+
+	data[0] = (char[]){ 0, 0, 0 };	/* preference 0, root target */
+	lens[0] = 3;
+	is_int(mx_hosts_from_rdata(data, lens, 1, &h, &n, reason, sizeof(reason)),
+	    MX_NULLMX, "single . target is a null MX");
+	ok(h == NULL && n == 0, "null MX gives no hosts");
+
+	data[1] = "\x00\x0a\x03mx1\x07" "example\x03org";
+	is_int(mx_hosts_from_rdata(data, lens, 2, &h, &n, reason, sizeof(reason)),
+	    MX_OK, ". among other MX records is skipped");
+	is_int(n, 1, "only the real host remains");
+	free_hosts(h, n);
+
+	data[1] = "\x00\x0a\xc0\x0c";
+	lens[1] = 4;
+	is_int(mx_hosts_from_rdata(data, lens, 2, &h, &n, reason, sizeof(reason)),
+	    MX_BADANSWER, "compressed target is a bad answer");
+	lens[1] = -1;
+	is_int(mx_hosts_from_rdata(data, lens, 2, &h, &n, reason, sizeof(reason)),
+	    MX_BADANSWER, "negative length is a bad answer");
+	is_int(mx_hosts_from_rdata(data, lens, 0, &h, &n, reason, sizeof(reason)),
+	    MX_BADANSWER, "empty set is a bad answer");
+	data[1] = (char[]){ 0, 0, 0 };
+	lens[1] = 3;
+	is_int(mx_hosts_from_rdata(data, lens, 2, &h, &n, reason, sizeof(reason)),
+	    MX_BADANSWER, "two null MX records are a bad answer");
+
+	/* more than the cap: the most preferred are kept */
+	for (int i = 0; i < 20; i++) {
+		buf[i][0] = 0;
+		buf[i][1] = (char)(100 - i);
+		buf[i][2] = 3;
+		snprintf(buf[i] + 3, sizeof(buf[i]) - 3, "h%02d", i);
+		buf[i][6] = 0;
+		data[i] = buf[i];
+		lens[i] = 7;
+	}
+	is_int(mx_hosts_from_rdata(data, lens, 20, &h, &n, reason, sizeof(reason)),
+	    MX_OK, "20 MX records parse");
+	is_int(n, 16, "capped at 16 hosts");
+	if (n == 16) {
+		is_int(h[0].pref, 81, "best preference kept");
+		is_int(h[15].pref, 96, "worst kept is the 16th best");
+	}
+	free_hosts(h, n);
+}
+
+static void
+test_tlsa(void)
+{
+	unsigned char rd[3 + 64];
+	struct tlsa_rr rr;
+
+	memset(rd, 0xab, sizeof(rd));
+	rd[0] = 3; rd[1] = 1; rd[2] = 1;
+	is_int(mx_parse_tlsa_rdata(rd, 35, &rr), 0, "TLSA 3 1 1 parses");
+	ok(rr.usage == 3 && rr.selector == 1 && rr.mtype == 1 && rr.len == 32 &&
+	    rr.data[0] == 0xab, "TLSA fields");
+	free(rr.data);
+	is_int(mx_parse_tlsa_rdata(rd, 34, &rr), -1, "SHA-256 of 31 bytes refused");
+	rd[2] = 2;
+	is_int(mx_parse_tlsa_rdata(rd, 67, &rr), 0, "TLSA 3 1 2 parses");
+	free(rr.data);
+	is_int(mx_parse_tlsa_rdata(rd, 35, &rr), -1, "SHA-512 of 32 bytes refused");
+	rd[2] = 0;
+	is_int(mx_parse_tlsa_rdata(rd, 40, &rr), 0, "full data parses");
+	free(rr.data);
+	is_int(mx_parse_tlsa_rdata(rd, 3, &rr), -1, "TLSA without data refused");
+}
+
+static void
+test_literals(void)
+{
+	struct mx_addr a;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&a.ss;
+	struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&a.ss;
+
+	is_int(mx_parse_literal("[192.0.2.1]", 2525, &a), 0, "IPv4 literal");
+	ok(sin->sin_family == AF_INET && ntohs(sin->sin_port) == 2525 &&
+	    sin->sin_addr.s_addr == htonl(0xc0000201) && a.sslen == sizeof(*sin),
+	    "IPv4 literal address and port");
+	is_int(mx_parse_literal("[IPv6:2001:db8::1]", 25, &a), 0, "IPv6: literal");
+	ok(sin6->sin6_family == AF_INET6 && ntohs(sin6->sin6_port) == 25,
+	    "IPv6 literal family and port");
+	is_int(mx_parse_literal("[::1]", 25, &a), 0, "bracketed IPv6");
+	is_int(mx_parse_literal("10.0.0.5", 25, &a), 0, "bare IPv4");
+	is_int(mx_parse_literal("mx.example.org", 25, &a), 1, "a name is no literal");
+	is_int(mx_parse_literal("[mx.example.org]", 25, &a), -1, "bad literal");
+	is_int(mx_parse_literal("[]", 25, &a), -1, "empty literal");
+	is_int(mx_parse_literal("[192.0.2.1", 25, &a), -1, "unclosed literal");
+}
+
+static void
+test_resolver(void)
+{
+	struct config cfg;
+	struct mx_resolver *r;
+	struct mx_list *l = NULL;
+	struct tlsa_set *t = NULL;
+	struct otpmaild d;
+	char err[256], reason[256], ta[] = "/tmp/test_mx_ta.XXXXXX";
+	struct sockaddr_in sin;
+	socklen_t slen = sizeof(sin);
+	struct timespec t0, t1;
+	long ms;
+	int fd, s;
+	FILE *fp;
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.resolver = "not an address";
+	cfg.dns_trust_anchor = "";
+	ok(mx_resolver_new(&cfg, err, sizeof(err)) == NULL, "bad resolver refused");
+	cfg.resolver = "127.0.0.1@53";
+	cfg.dns_trust_anchor = "/nonexistent/ta";
+	r = mx_resolver_new(&cfg, err, sizeof(err));
+	ok(r == NULL && strstr(err, "/nonexistent/ta") != NULL,
+	    "missing trust anchor file refused");
+	mx_resolver_free(r);
+
+	if ((fd = mkstemp(ta)) != -1 && (fp = fdopen(fd, "w")) != NULL) {
+		fputs("; comment\nexample.net. IN DS 12345 13 2 (\n"
+		    " 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef )\n", fp);
+		fclose(fp);
+	}
+	cfg.dns_trust_anchor = ta;
+	r = mx_resolver_new(&cfg, err, sizeof(err));
+	ok(r != NULL, "multi-line DS trust anchor accepted");
+	mx_resolver_free(r);
+	if ((fp = fopen(ta, "w")) != NULL) {
+		fputs("example.net. IN DS garbage\n", fp);
+		fclose(fp);
+	}
+	r = mx_resolver_new(&cfg, err, sizeof(err));
+	ok(r == NULL, "malformed trust anchor refused");
+	mx_resolver_free(r);
+	unlink(ta);
+
+	/* a DNS server that never answers: bounded, temporary */
+	s = socket(AF_INET, SOCK_DGRAM, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (s == -1 || bind(s, (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
+	    getsockname(s, (struct sockaddr *)&sin, &slen) == -1) {
+		ok(0, "silent DNS socket");
+		return;
+	}
+	snprintf(err, sizeof(err), "127.0.0.1@%d", ntohs(sin.sin_port));
+	cfg.resolver = err;
+	cfg.dns_trust_anchor = "";
+	r = mx_resolver_new(&cfg, reason, sizeof(reason));
+	ok(r != NULL, "resolver on a silent server");
+	if (r == NULL)
+		return;
+	mx_resolver_set_timeout(r, 1500);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	is_int(mx_lookup(r, "example.org", 25, &l, reason, sizeof(reason)),
+	    MX_TEMPFAIL, "silent DNS: MX lookup is a temporary failure");
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	ok(ms >= 1000 && ms < 4000, "silent DNS: bounded by the timeout");
+	diag("took %ld ms: %s", ms, reason);
+	ok(l == NULL, "no list on failure");
+	is_int(mx_tlsa(r, "mx.example.org", 25, &t, reason, sizeof(reason)),
+	    MX_TEMPFAIL, "silent DNS: TLSA lookup is a temporary failure");
+	ok(t == NULL, "no TLSA set on failure");
+	is_int(mx_host(r, "mx.example.org", 25, &l, reason, sizeof(reason)),
+	    MX_TEMPFAIL, "silent DNS: host lookup is a temporary failure");
+
+	/* no DNS needed */
+	is_int(mx_lookup(r, "bad..domain", 25, &l, reason, sizeof(reason)),
+	    MX_NXDOMAIN, "invalid domain is permanent without a query");
+	is_int(mx_host(r, "[192.0.2.7]", 587, &l, reason, sizeof(reason)), MX_OK,
+	    "literal host needs no DNS");
+	ok(l != NULL && l->nhosts == 1 && l->hosts[0].naddr == 1 &&
+	    ntohs(((struct sockaddr_in *)&l->hosts[0].addrs[0].ss)->sin_port) == 587,
+	    "literal host address and port");
+	mx_list_free(l);
+	l = NULL;
+	is_int(mx_lookup(r, "[192.0.2.7]", 25, &l, reason, sizeof(reason)), MX_OK,
+	    "address-literal domain needs no DNS");
+	mx_list_free(l);
+	mx_resolver_free(r);
+
+	memset(&d, 0, sizeof(d));
+	d.cfg = &cfg;
+	cfg.sandbox = 1;
+	is_int(delivery_domain_check(&d, "nx.example.org", reason, sizeof(reason)),
+	    0, "sandbox mode never refuses");
+	close(s);
+}
+
+int
+main(void)
+{
+	test_names();
+	test_mx_rdata();
+	test_hosts();
+	test_tlsa();
+	test_literals();
+	test_resolver();
+	mx_resolver_shared_free();
+	return done_testing();
+}
