@@ -329,7 +329,7 @@ fmt_queue_list(json_t *r)
 	json_t *list = json_object_get(r, "messages"), *e, *rc;
 	time_t now = time(NULL);
 	size_t i, j;
-	char age[16], next[16], rcpt[256];
+	char age[32], next[32], rcpt[256];
 
 	if (!json_is_array(list)) {
 		fmt_generic(r);
