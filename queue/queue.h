@@ -73,6 +73,7 @@ struct q_envelope {
 	char		*tag;		/* opaque caller tag (e.g. "otp"), may be NULL */
 	uint32_t	 client_uid;	/* who submitted it */
 	enum q_msg_state state;		/* filled on read/list */
+	time_t		 finished;	/* when every recipient became final, 0 if not */
 };
 
 #define Q_F_BOUNCE	0x01	/* this message is a DSN: never bounce it */

@@ -1,2 +1,0 @@
-/* placeholder: replaced by the queue/ implementation */
-typedef int queue_placeholder_t;

@@ -1,0 +1,573 @@
+/*
+ * test_spool.c - the on-disk queue: write/read/update round trips, a file
+ * truncated at every byte offset is quarantined and never loaded, garbage
+ * and temporary files, a corrupt body, the free-space floor, ids.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "queue/queue_int.h"
+#include "tests/unit/tap.h"
+
+static char	 tdir[256];
+static int	 nlogs;
+
+static void
+tlog(int prio, const char *line)
+{
+	(void)prio;
+	nlogs++;
+	if (getenv("TEST_VERBOSE"))
+		printf("# log: %s\n", line);
+}
+
+static struct queue *
+topen(uint64_t min_free)
+{
+	struct queue_params p;
+	char err[256];
+	struct queue *q;
+
+	memset(&p, 0, sizeof(p));
+	p.dir = tdir;
+	p.min_free_bytes = min_free;
+	p.keep_done = 3600;
+	p.hostname = "mx.example.net";
+	p.log = tlog;
+	q = queue_open(&p, err, sizeof(err));
+	if (q == NULL)
+		diag("queue_open: %s", err);
+	return q;
+}
+
+static size_t
+count_dir(const char *sub)
+{
+	char path[512];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *dp;
+
+	snprintf(path, sizeof(path), "%s/%s", tdir, sub);
+	if ((dp = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(dp)) != NULL)
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(dp);
+	return n;
+}
+
+static size_t
+count_msgs(void)
+{
+	char sub[32];
+	size_t n = 0;
+	int i;
+
+	for (i = 0; i < Q_NDIRS; i++) {
+		snprintf(sub, sizeof(sub), "msg/%02x", i);
+		n += count_dir(sub);
+	}
+	return n;
+}
+
+static char *
+slurp(const char *path, size_t *len)
+{
+	struct stat st;
+	char *b;
+	int fd;
+
+	if ((fd = open(path, O_RDONLY)) == -1 || fstat(fd, &st) == -1)
+		return NULL;
+	b = malloc((size_t)st.st_size + 1);
+	if (b == NULL || read(fd, b, (size_t)st.st_size) != st.st_size) {
+		free(b);
+		close(fd);
+		return NULL;
+	}
+	close(fd);
+	*len = (size_t)st.st_size;
+	return b;
+}
+
+static int
+spit(const char *path, const char *b, size_t len)
+{
+	int fd, rc;
+
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600)) == -1)
+		return -1;
+	rc = write(fd, b, len) == (ssize_t)len ? 0 : -1;
+	close(fd);
+	return rc;
+}
+
+static const char body[] =
+    "From: App <app@example.org>\r\nTo: a@example.com\r\nSubject: hi\r\n\r\n"
+    "Hello,\r\nline two with % and \xc3\xa9\r\n";
+
+static enum q_status
+enq(struct queue *q, const char *sender, const char *r1, const char *r2,
+    char id[QUEUE_ID_LEN + 1])
+{
+	struct q_rcpt rc[2];
+	struct q_envelope t;
+
+	memset(&t, 0, sizeof(t));
+	memset(rc, 0, sizeof(rc));
+	rc[0].addr = (char *)r1;
+	rc[1].addr = (char *)r2;
+	t.klass = Q_CLASS_DEFAULT;
+	t.sender = (char *)sender;
+	t.rcpts = rc;
+	t.nrcpt = r2 ? 2 : 1;
+	t.tag = "test tag";
+	t.client_uid = 1234;
+	t.flags = Q_F_8BIT;
+	return queue_enqueue(q, &t, body, sizeof(body) - 1, id);
+}
+
+static void
+test_env_text(void)
+{
+	struct q_envelope e, back;
+	struct q_rcpt r[2];
+	char why[128], *txt;
+	size_t len;
+
+	memset(&e, 0, sizeof(e));
+	memset(r, 0, sizeof(r));
+	strcpy(e.id, "0005ff0011223344aabbccdd");
+	e.klass = Q_CLASS_OTP;
+	e.sender = "";
+	e.created = 1700000000;
+	e.expires = 1700000300;
+	e.next_attempt = 1700000010;
+	e.attempts = 3;
+	e.held = 1;
+	e.flags = Q_F_BOUNCE;
+	e.size = 42;
+	e.client_uid = 4294967295u;
+	e.finished = 0;
+	e.tag = NULL;
+	e.last_error = "451 4.7.1 try later\nsecond line %41 - x";
+	r[0].addr = "a@example.com";
+	r[0].state = Q_RCPT_DEFERRED;
+	r[0].attempts = 2;
+	r[0].last_attempt = 1700000005;
+	r[0].reply = "-";
+	r[1].addr = "b@example.com";
+	r[1].state = Q_RCPT_DELIVERED;
+	r[1].reply = "250 2.0.0 ok \xc3\xa9";
+	e.rcpts = r;
+	e.nrcpt = 2;
+	txt = spool_env_format(&e, &len);
+	ok(txt != NULL, "envelope text formats");
+	ok(spool_env_parse(txt, len, &back, why, sizeof(why)) == 0, "envelope text parses back");
+	is_str(back.id, e.id, "id round trip");
+	is_int(back.klass, Q_CLASS_OTP, "class round trip");
+	is_str(back.sender, "", "null sender round trip");
+	ok(back.tag == NULL, "NULL tag stays NULL");
+	is_str(back.last_error, e.last_error, "error with LF and % round trip");
+	is_int(back.client_uid, 4294967295u, "uid round trip");
+	is_int(back.held, 1, "held round trip");
+	is_int(back.next_attempt, 1700000010, "next attempt round trip");
+	is_str(back.rcpts[0].reply, "-", "reply \"-\" is not NULL");
+	is_str(back.rcpts[1].reply, r[1].reply, "8-bit reply round trip");
+	is_int(back.rcpts[0].attempts, 2, "rcpt attempts round trip");
+	is_int(back.rcpts[1].state, Q_RCPT_DELIVERED, "rcpt state round trip");
+	q_envelope_clear(&back);
+	/* every strict rule: a changed byte anywhere either still parses to
+	 * something well-formed or is refused, never crashes (ASan checks) */
+	{
+		size_t i, refused = 0;
+		char *mut = malloc(len);
+
+		for (i = 0; i < len; i++) {
+			memcpy(mut, txt, len);
+			mut[i] = mut[i] == 'x' ? '\n' : 'x';
+			if (spool_env_parse(mut, len, &back, why, sizeof(why)) == -1)
+				refused++;
+			else
+				q_envelope_clear(&back);
+		}
+		ok(refused > len / 2, "most single-byte changes are refused");
+		free(mut);
+	}
+	ok(spool_env_parse(txt, len - 1, &back, why, sizeof(why)) == -1,
+	    "envelope without its end line is refused");
+	free(txt);
+}
+
+static void
+test_round_trip(void)
+{
+	char id[QUEUE_ID_LEN + 1], id2[QUEUE_ID_LEN + 1];
+	struct q_envelope *e, *l;
+	struct queue *q;
+	char *data;
+	size_t len;
+
+	q = topen(0);
+	ok(q != NULL, "queue opens on an empty dir");
+	is_int(enq(q, "app@example.org", "a@example.com", "b@Example.NET", id), Q_OK,
+	    "enqueue ok");
+	ok(qid_valid(id), "id is 24 hex chars");
+	is_int(count_msgs(), 1, "one message file, no state file yet");
+	is_int(count_dir("tmp"), 0, "no temporary file left");
+	ok(queue_get(q, id, &e) == Q_OK, "get after enqueue");
+	is_int(e->state, Q_MSG_QUEUED, "state queued");
+	is_int(e->nrcpt, 2, "two recipients");
+	q_envelope_free(e);
+	queue_close(q);
+
+	q = topen(0);
+	ok(queue_get(q, id, &e) == Q_OK, "found after reopen");
+	is_str(e->sender, "app@example.org", "sender after reopen");
+	is_str(e->rcpts[1].addr, "b@Example.NET", "recipient after reopen");
+	is_str(e->tag, "test tag", "tag after reopen");
+	is_int(e->client_uid, 1234, "uid after reopen");
+	is_int(e->flags, Q_F_8BIT, "flags after reopen");
+	is_int(e->size, sizeof(body) - 1, "size after reopen");
+	q_envelope_free(e);
+	ok(queue_body(q, id, &data, &len) == Q_OK && len == sizeof(body) - 1 &&
+	    memcmp(data, body, len) == 0, "body byte-identical after reopen");
+	free(data);
+
+	/* an update through a lease lands in the state file */
+	queue_pause(q, 0);
+	ok(queue_lease(q, 1000, &l) == Q_OK, "lease it");
+	l->rcpts[0].state = Q_RCPT_DELIVERED;
+	l->rcpts[0].reply = strdup("250 2.0.0 Ok: queued as X");
+	l->rcpts[1].state = Q_RCPT_DEFERRED;
+	l->rcpts[1].reply = strdup("451 4.3.0 greylisted");
+	l->last_error = strdup("b@Example.NET: 451 4.3.0 greylisted");
+	ok(queue_release_lease(q, l) == Q_OK, "release the lease");
+	is_int(count_msgs(), 2, "message file + state file");
+	queue_close(q);
+
+	q = topen(0);
+	ok(queue_get(q, id, &e) == Q_OK, "found after update + reopen");
+	is_int(e->rcpts[0].state, Q_RCPT_DELIVERED, "delivered rcpt persisted");
+	is_str(e->rcpts[0].reply, "250 2.0.0 Ok: queued as X", "reply persisted");
+	is_int(e->rcpts[1].state, Q_RCPT_DEFERRED, "deferred rcpt persisted");
+	is_int(e->rcpts[1].attempts, 1, "rcpt attempts persisted");
+	is_int(e->attempts, 1, "message attempts persisted");
+	is_int(e->state, Q_MSG_DEFERRED, "state deferred");
+	ok(e->next_attempt > time(NULL), "next attempt in the future");
+	is_str(e->last_error, "b@Example.NET: 451 4.3.0 greylisted", "last error persisted");
+	q_envelope_free(e);
+	ok(queue_body(q, id, &data, &len) == Q_OK && len == sizeof(body) - 1,
+	    "body unchanged by updates");
+	free(data);
+	/* a second message sorts after the first */
+	is_int(enq(q, "app@example.org", "c@example.com", NULL, id2), Q_OK, "second enqueue");
+	ok(strcmp(id, id2) < 0, "ids sort by time");
+	ok(queue_delete(q, id) == Q_OK && queue_delete(q, id2) == Q_OK, "delete both");
+	is_int(count_msgs(), 0, "delete removes every file");
+	queue_close(q);
+}
+
+static void
+test_truncation(void)
+{
+	char id[QUEUE_ID_LEN + 1], rel[128], path[512], cpath[512], why[256];
+	struct q_envelope *e;
+	struct queue *q;
+	char *full, *st;
+	size_t len, stlen, off, loaded = 0, listed = 0, quarantined = 0;
+	int n;
+
+	q = topen(0);
+	enq(q, "app@example.org", "a@example.com", NULL, id);
+	ok(queue_lease(q, 1000, &e) == Q_OK, "lease for a state file");
+	e->rcpts[0].state = Q_RCPT_DEFERRED;
+	queue_release_lease(q, e);
+	queue_close(q);
+	spool_path(id, 0, rel, sizeof(rel));
+	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
+	full = slurp(path, &len);
+	ok(full != NULL && len > sizeof(body), "read the message file");
+
+	/* every truncation point of the message file, through the loader */
+	for (off = 0; off < len; off++) {
+		spit(path, full, off);
+		{
+			struct spool sp;
+			char err[64];
+
+			spool_init(&sp, tdir, 0, 0, NULL, err, sizeof(err));
+			if (spool_load(&sp, id, &e, why, sizeof(why)) == 0) {
+				loaded++;
+				q_envelope_free(e);
+			}
+			spool_free(&sp);
+		}
+	}
+	is_int(loaded, 0, "no truncated message file loads (every byte offset)");
+
+	/* and through queue_open: quarantined, never listed */
+	snprintf(cpath, sizeof(cpath), "%s/corrupt", tdir);
+	for (off = 0; off < len; off += (off < 200 ? 1 : 7)) {
+		spit(path, full, off);
+		n = (int)count_dir("corrupt");
+		q = topen(0);
+		if (q == NULL)
+			break;
+		if (queue_get(q, id, &e) == Q_OK) {
+			listed++;
+			q_envelope_free(e);
+		}
+		queue_close(q);
+		if ((int)count_dir("corrupt") > n)
+			quarantined++;
+		/* empty corrupt/ again */
+		{
+			DIR *dp = opendir(cpath);
+			struct dirent *de;
+			char p2[1024];
+
+			while (dp && (de = readdir(dp)) != NULL)
+				if (de->d_name[0] != '.') {
+					snprintf(p2, sizeof(p2), "%s/%s", cpath, de->d_name);
+					unlink(p2);
+				}
+			if (dp)
+				closedir(dp);
+		}
+	}
+	is_int(listed, 0, "queue_open never registers a truncated file");
+	ok(quarantined > 0 && access(path, F_OK) == -1, "truncated files go to corrupt/");
+	diag("%zu truncation points through queue_open, %zu quarantined", quarantined, quarantined);
+
+	/* the state file truncated anywhere: the enqueued envelope is used */
+	spit(path, full, len);
+	spool_path(id, 1, rel, sizeof(rel));
+	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
+	q = topen(0);
+	queue_close(q);
+	st = NULL;
+	/* re-create a state file */
+	q = topen(0);
+	ok(queue_hold(q, id) == Q_OK, "hold writes a state file");
+	queue_close(q);
+	st = slurp(path, &stlen);
+	ok(st != NULL, "read the state file");
+	loaded = 0;
+	for (off = 0; st != NULL && off < stlen; off++) {
+		struct spool sp;
+		char err[64];
+
+		spit(path, st, off);
+		spool_init(&sp, tdir, 0, 0, NULL, err, sizeof(err));
+		if (spool_load(&sp, id, &e, why, sizeof(why)) == 0) {
+			if (e->held == 0)
+				loaded++;	/* fell back to the message file */
+			q_envelope_free(e);
+		}
+		spool_free(&sp);
+	}
+	is_int(loaded, stlen, "a truncated state file falls back to the enqueued envelope");
+	free(st);
+	free(full);
+	q = topen(0);
+	queue_delete(q, id);
+	queue_close(q);
+}
+
+static void
+test_garbage(void)
+{
+	char id[QUEUE_ID_LEN + 1], path[600], rel[128];
+	struct q_envelope *e;
+	struct queue *q;
+	char *data;
+	size_t len, c0;
+	int fd;
+
+	/* temporary files are removed at open */
+	snprintf(path, sizeof(path), "%s/tmp/123.4", tdir);
+	spit(path, "half a message", 14);
+	snprintf(path, sizeof(path), "%s/tmp/999.1", tdir);
+	spit(path, "", 0);
+	q = topen(0);
+	is_int(count_dir("tmp"), 0, "temporary files removed at open");
+
+	/* garbage under a valid id name and under a stray name */
+	is_int(enq(q, "app@example.org", "a@example.com", NULL, id), Q_OK, "a good message");
+	queue_close(q);
+	c0 = count_dir("corrupt");
+	spool_path("0123456789abcdef01234567", 0, rel, sizeof(rel));
+	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
+	spit(path, "OTPQ1 99999999999999999999 1 00000000 00000000\ngarbage", 53);
+	snprintf(path, sizeof(path), "%s/msg/00/notes.txt", tdir);
+	spit(path, "hello", 5);
+	snprintf(path, sizeof(path), "%s/msg/01/ffffffffffffffffffffffff", tdir);
+	fd = open(path, O_WRONLY | O_CREAT, 0600);
+	close(fd);
+	q = topen(0);
+	ok(q != NULL, "queue opens over garbage");
+	is_int(count_dir("corrupt") - c0, 3, "three garbage files quarantined");
+	ok(queue_get(q, id, &e) == Q_OK, "the good message survives");
+	q_envelope_free(e);
+
+	/* a flipped body byte is caught when the body is read */
+	spool_path(id, 0, rel, sizeof(rel));
+	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
+	{
+		char *full = slurp(path, &len);
+
+		full[len - 10] ^= 0x20;
+		spit(path, full, len);
+		free(full);
+	}
+	is_int(queue_body(q, id, &data, &len), Q_NOTFOUND, "corrupt body refused");
+	ok(access(path, F_OK) == -1, "corrupt body quarantined");
+	queue_delete(q, id);
+	queue_close(q);
+}
+
+static void
+test_nospace(void)
+{
+	char id[QUEUE_ID_LEN + 1];
+	struct queue *q;
+	size_t before = count_msgs();
+
+	q = topen((uint64_t)1 << 62);
+	is_int(enq(q, "app@example.org", "a@example.com", NULL, id), Q_NOSPACE,
+	    "below the free-space floor: Q_NOSPACE");
+	is_int(count_msgs(), before, "nothing written");
+	is_int(count_dir("tmp"), 0, "no temporary file");
+	queue_close(q);
+	{
+		struct q_envelope t;
+		struct q_rcpt r = { .addr = "bad addr@example.com" };
+
+		q = topen(0);
+		memset(&t, 0, sizeof(t));
+		t.sender = "a@b.c";
+		t.rcpts = &r;
+		t.nrcpt = 1;
+		is_int(queue_enqueue(q, &t, "x", 1, id), Q_BADINPUT, "space in address refused");
+		r.addr = "ok@example.com";
+		t.sender = "a\r\nb@c";
+		is_int(queue_enqueue(q, &t, "x", 1, id), Q_BADINPUT, "CRLF in sender refused");
+		queue_close(q);
+	}
+}
+
+#define IDT 4
+#define IDN 20000
+static char ids[IDT][IDN][QUEUE_ID_LEN + 1];
+
+static void *
+idthr(void *arg)
+{
+	char (*mine)[QUEUE_ID_LEN + 1] = arg;
+	int i;
+
+	for (i = 0; i < IDN; i++)
+		qid_new(mine[i]);
+	return NULL;
+}
+
+static int
+cmpid(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+static void
+test_ids(void)
+{
+	pthread_t t[IDT];
+	int i, dup = 0, sorted = 1;
+
+	for (i = 0; i < IDT; i++)
+		pthread_create(&t[i], NULL, idthr, ids[i]);
+	for (i = 0; i < IDT; i++)
+		pthread_join(t[i], NULL);
+	for (i = 1; i < IDN; i++)
+		if (strcmp(ids[0][i - 1], ids[0][i]) >= 0)
+			sorted = 0;
+	ok(sorted, "ids of one thread strictly increase");
+	qsort(ids, IDT * IDN, QUEUE_ID_LEN + 1, cmpid);
+	for (i = 1; i < IDT * IDN; i++)
+		if (strcmp(((char (*)[QUEUE_ID_LEN + 1])ids)[i - 1],
+		    ((char (*)[QUEUE_ID_LEN + 1])ids)[i]) == 0)
+			dup++;
+	is_int(dup, 0, "80,000 ids from 4 threads are unique");
+	ok(qid_valid("0123456789abcdef01234567") && !qid_valid("0123456789ABCDEF01234567") &&
+	    !qid_valid("0123") && !qid_valid("../../etc/passwd0000000"), "id validation");
+}
+
+static void
+test_recovery_time(void)
+{
+	char id[QUEUE_ID_LEN + 1];
+	struct timespec a, b;
+	struct q_envelope **v;
+	struct q_filter f = { .state = -1, .klass = -1, .limit = 100000 };
+	struct queue *q;
+	size_t n, i, N = 2000;
+	int more, okc = 1;
+	double secs;
+
+	q = topen(0);
+	queue_pause(q, 1);
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (i = 0; i < N; i++)
+		okc &= enq(q, "app@example.org", "a@example.com", NULL, id) == Q_OK;
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+	ok(okc, "2000 enqueues");
+	diag("enqueue: %zu in %.2f s = %.0f/s (one thread)", N, secs, (double)N / secs);
+	queue_close(q);
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	q = topen(0);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	secs = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+	diag("recovery of %zu messages: %.3f s", N, secs);
+	ok(secs < 5, "recovery of 2000 messages under 5 s");
+	ok(queue_paused(q), "pause survives a restart");
+	ok(queue_list(q, &f, &v, &n, &more) == Q_OK && n == N, "all 2000 listed after reopen");
+	for (i = 0; i < n; i++)
+		queue_delete(q, v[i]->id);
+	q_envelope_list_free(v, n);
+	queue_pause(q, 0);
+	queue_close(q);
+}
+
+int
+main(void)
+{
+	char cmd[600];
+
+	snprintf(tdir, sizeof(tdir), "/tmp/test_spool.XXXXXX");
+	if (mkdtemp(tdir) == NULL)
+		return 1;
+	strcat(tdir, "/spool");
+	test_env_text();
+	test_round_trip();
+	test_truncation();
+	test_garbage();
+	test_nospace();
+	test_ids();
+	test_recovery_time();
+	ok(nlogs > 0, "the log sink was used");
+	snprintf(cmd, sizeof(cmd), "rm -rf '%.*s'", (int)(strlen(tdir) - 6), tdir);
+	if (system(cmd) != 0)
+		diag("cleanup failed");
+	return done_testing();
+}
