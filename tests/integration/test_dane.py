@@ -1,0 +1,201 @@
+#!/usr/bin/python3
+"""test_dane.py - DANE: TLSA records validated by DNSSEC through libunbound.
+
+Starts: NSD on 127.0.2.53:5353 serving two DNSSEC-signed zones
+(ldns-signzone; their DS records are the trust anchor) and one unsigned
+zone (peers.DnsServer); a test CA (openssl); for the daemon part, private
+Postfix instances with STARTTLS on 127.0.2.10:25 and 127.0.2.11:25 and
+otpmaild with `resolver`, `dns_trust_anchor` and `domain_tls_policy dane`.
+
+1. agent/mx.c through tests/integration/mxprobe: TLSA at _25._tcp.<mx> of a
+   signed zone comes back secure with the right data; MX hosts of a signed
+   zone are secure; no TLSA in a signed zone is a secure empty answer; TLSA
+   in an unsigned zone is not secure; a wrong trust anchor (bogus) is a
+   temporary failure, never an insecure answer.
+2. The daemon under `dane`: the TLSA record matches the Postfix certificate
+   -> delivered over TLS; the TLSA record does not match -> deferred and
+   nothing reaches Postfix (never sent in clear).
+"""
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from harness import Daemon, Tap, TOP_BUILDDIR, TOP_SRCDIR  # noqa: E402
+from peers import DnsServer, PostfixPeer, TestCA, Zone, tlsa_rdata  # noqa: E402
+
+MXPROBE = os.path.join(TOP_BUILDDIR, "tests", "integration", "mxprobe")
+DNS_ADDR = "127.0.2.53"
+RESOLVER = DNS_ADDR + "@5353"
+GOOD_MX = "127.0.2.10"
+BAD_MX = "127.0.2.11"
+
+
+def probe(args, anchor):
+    cmd = [MXPROBE, "-r", RESOLVER]
+    if anchor:
+        cmd += ["-a", anchor]
+    r = subprocess.run(cmd + list(args), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, timeout=30)
+    return r.stdout.decode(errors="replace")
+
+
+def field(out, prefix):
+    for line in out.splitlines():
+        if line.startswith(prefix):
+            return line
+    return ""
+
+
+def zones(good_tlsa, bad_tlsa):
+    return [
+        Zone("dane.example.net", [
+            "@ MX 10 mx",
+            "mx A %s" % GOOD_MX,
+            "_25._tcp.mx TLSA %s" % good_tlsa,
+            "notlsa A %s" % GOOD_MX,
+        ], signed=True),
+        Zone("danebad.example.net", [
+            "@ MX 10 mx",
+            "mx A %s" % BAD_MX,
+            "_25._tcp.mx TLSA %s" % bad_tlsa,
+        ], signed=True),
+        Zone("example.org", [
+            "@ MX 10 mx",
+            "mx A %s" % GOOD_MX,
+            "_25._tcp.mx TLSA %s" % good_tlsa,
+        ]),
+    ]
+
+
+def probe_tests(t, dns, good_tlsa):
+    ta = dns.trust_anchor
+    out = probe(["tlsa", "mx.dane.example.net"], ta)
+    want = "rr " + good_tlsa.lower()
+    t.ok("status=ok" in out and "tlsa secure=1 n=1" in out and want in out,
+         "signed zone: TLSA secure with the certificate's digest", out)
+
+    out = probe(["mx", "dane.example.net"], ta)
+    t.ok("status=ok" in out and
+         "host name=mx.dane.example.net pref=10 secure=1" in out,
+         "signed zone: MX host secure", out)
+
+    out = probe(["tlsa", "notlsa.dane.example.net"], ta)
+    t.ok("status=ok" in out and "tlsa secure=1 n=0" in out,
+         "signed zone without TLSA: secure empty answer", out)
+
+    out = probe(["tlsa", "mx.example.org"], ta)
+    t.ok("status=ok" in out and "tlsa secure=0 n=1" in out,
+         "unsigned zone: TLSA present but not secure", out)
+    out = probe(["mx", "example.org"], ta)
+    t.ok("status=ok" in out and "secure=0" in out,
+         "unsigned zone: MX host not secure", out)
+
+    out = probe(["tlsa", "mx.dane.example.net"], None)
+    t.ok("status=ok" in out and "tlsa secure=0" in out,
+         "no trust anchor: signed zone not secure", out)
+
+    # a trust anchor that does not match the zone's key: bogus
+    bad = os.path.join(dns.dir, "bad-anchor")
+    with open(ta) as f, open(bad, "w") as g:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 7 and parts[0] == "dane.example.net.":
+                d = parts[-1]
+                parts[-1] = ("0" if d[0] != "0" else "1") + d[1:]
+            g.write(" ".join(parts) + "\n")
+    out = probe(["tlsa", "mx.dane.example.net"], bad)
+    t.ok("status=tempfail" in out and "DNSSEC" in out,
+         "bogus TLSA answer: temporary failure", out)
+    out = probe(["mx", "dane.example.net"], bad)
+    t.ok("status=tempfail" in out, "bogus MX answer: temporary failure", out)
+
+
+def wait_status(d, qid, pred, timeout):
+    deadline = time.time() + timeout
+    r = None
+    while time.time() < deadline:
+        r = d.call({"op": "message.status", "id": qid})
+        if pred(r):
+            return r, True
+        time.sleep(0.3)
+    return r, False
+
+
+def daemon_tests(t, dns, good, bad):
+    conf = ("sandbox = no\n%s"
+            "hostname = otpmail.example.com\n"
+            "tls_policy = may\n"
+            "domain_tls_policy = dane.example.net dane\n"
+            "domain_tls_policy = danebad.example.net dane\n"
+            "default_retry_min = 60s\n"
+            "smtp_connect_timeout = 5s\n" % dns.conf_extra())
+    try:
+        d = Daemon(conf_extra=conf)
+    except (RuntimeError, OSError) as e:
+        t.skip("daemon DANE delivery", "otpmaild did not start: %s" %
+               str(e).splitlines()[0])
+        return
+    with d, PostfixPeer(GOOD_MX, 25, domains=["dane.example.net"],
+                        hostname="mx.dane.example.net", cert=good) as pg, \
+            PostfixPeer(BAD_MX, 25, domains=["danebad.example.net"],
+                        hostname="mx.danebad.example.net", cert=bad) as pb:
+        r = d.call({"op": "mail.send", "from": "app@sender.example.com",
+                    "to": ["bob@dane.example.net"], "subject": "dane ok",
+                    "text": "hello over DANE\n"})
+        if r.get("error") == "unavailable":
+            t.skip("daemon DANE delivery", "mail.send not built yet")
+            return
+        t.ok(r.get("ok"), "mail.send to the DANE domain accepted", r)
+        try:
+            msgs = pg.wait_for(1, 40)
+            data = msgs[0].data.decode(errors="replace")
+            t.ok("using TLS" in data,
+                 "matching TLSA: delivered, over TLS", data[:800])
+        except RuntimeError as e:
+            t.ok(False, "matching TLSA: delivered, over TLS",
+                 "%s\n%s" % (e, d.log_text()[-3000:]))
+
+        r = d.call({"op": "mail.send", "from": "app@sender.example.com",
+                    "to": ["bob@danebad.example.net"], "subject": "dane bad",
+                    "text": "must not travel\n"})
+        qid = r.get("id")
+        st, seen = wait_status(
+            d, qid, lambda x: "defer" in str(x).lower(), 40)
+        t.ok(seen, "TLSA mismatch: deferred", st)
+        time.sleep(2)
+        t.ok(not pb.messages(), "TLSA mismatch: nothing delivered",
+             pb.log()[-2000:])
+
+
+def main():
+    t = Tap()
+    if os.geteuid() != 0:
+        t.skip("test_dane", "needs root")
+        t.done()
+    if not os.path.exists(MXPROBE):
+        t.ok(False, "mxprobe built", MXPROBE)
+        t.done()
+    with TestCA() as ca:
+        good = ca.issue("mx.dane.example.net")
+        bad = ca.issue("mx.danebad.example.net")
+        other = ca.issue("someone-else.example.net")
+        good_tlsa = tlsa_rdata(good.cert, 3, 1, 1)
+        # danebad publishes the digest of a different key than it serves
+        bad_tlsa = tlsa_rdata(other.cert, 3, 1, 1)
+        with DnsServer(zones(good_tlsa, bad_tlsa), addr=DNS_ADDR,
+                       port=5353) as dns:
+            probe_tests(t, dns, good_tlsa)
+            if os.environ.get("OTPMAIL_MX_PROBE_ONLY"):
+                t.done()
+            if not os.path.exists(os.path.join(TOP_SRCDIR, "agent", "deliver.c")):
+                t.skip("daemon DANE delivery", "delivery not built yet")
+            else:
+                daemon_tests(t, dns, good, bad)
+    t.done()
+
+
+if __name__ == "__main__":
+    main()
