@@ -53,7 +53,8 @@ hook (also on SIGTERM).  Traffic stays on 127.0.0.0/8.
       Accepts TCP connections and never says anything (greeting timeouts).
 
   wait_port(addr, port, timeout=10, banner=True): waits for a listener
-  (and its 220 banner).
+  (and its 220 banner).  port_in_use(addr, port).  Postfix and smtp-sink
+  refuse to start on an address that already answers.
 """
 
 import atexit
@@ -139,6 +140,21 @@ def wait_port(addr, port, timeout=10, banner=True):
             last = e
         time.sleep(0.1)
     raise RuntimeError('no listener on %s:%d (%s)' % (addr, port, last))
+
+
+def port_in_use(addr, port):
+    """True if something accepts TCP connections on addr:port."""
+    try:
+        with socket.create_connection((addr, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _need_free(fx, addr, port):
+    if port_in_use(addr, port):
+        raise RuntimeError('%r: %s:%d is already in use (a stale peer?)' %
+                           (fx, addr, port))
 
 
 class _Fixture:
@@ -522,6 +538,7 @@ class PostfixPeer(_Fixture):
         return os.path.join(self.dir, *a)
 
     def start(self):
+        _need_free(self, self.addr, self.port)
         self.dir = _mkdtemp('otpm-postfix-')
         self._register()
         nobody = pwd.getpwnam('nobody')
@@ -669,6 +686,7 @@ class SmtpSink(_Fixture):
         return 'SmtpSink(%s:%d)' % (self.addr, self.port)
 
     def start(self):
+        _need_free(self, self.addr, self.port)
         if self.dir is None:
             self.dir = _mkdtemp('otpm-sink-')
             nobody = pwd.getpwnam('nobody')
