@@ -86,6 +86,9 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	s->env->set_lk_max_objects(s->env, 20000);
 	s->env->set_lk_max_lockers(s->env, 20000);
 	s->env->set_tx_max(s->env, 1000);
+	/* Spin a little before sleeping on a BDB mutex: its critical
+	 * sections are short and a context switch costs more. */
+	s->env->mutex_set_tas_spins(s->env, 200);
 	if (!s->p.durable)
 		s->env->set_flags(s->env, DB_TXN_WRITE_NOSYNC, 1);
 	if ((r = s->env->open(s->env, s->p.dir, flags, 0600)) != 0)

@@ -52,10 +52,11 @@ static int	rec_del(struct store *, DB_TXN *, const uint8_t *key);
 static int	otp_load(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *,
 		    int *found);
 static int	otp_save(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *);
-static int	addr_load(struct store *, DB_TXN *, const uint8_t *key, struct addr_rec *);
+static int	addr_load(struct store *, DB_TXN *, const uint8_t *key, struct addr_rec *,
+		    int rmw);
 static int	addr_save(struct store *, DB_TXN *, const uint8_t *key, struct addr_rec *);
 static void	otp_drop(struct otp_rec *, int i);
-static void	code_mac(const uint8_t *secret, const char *code, const uint8_t *ctxh,
+static void	code_mac(const struct store_key *, const char *code, const uint8_t *ctxh,
 		    uint8_t out[STORE_MAC_LEN]);
 static int	locked_retry(struct store *, const struct addr_rec *, uint64_t now);
 static int	issue_txn(struct store *, DB_TXN *, struct op *);
@@ -237,7 +238,9 @@ rec_get(struct store *s, DB_TXN *txn, const uint8_t *key, uint8_t *buf, size_t l
 	v.data = buf;
 	v.ulen = (uint32_t)len;
 	v.flags = DB_DBT_USERMEM;
-	r = s->db->get(s->db, txn, &k, &v, rmw ? DB_RMW : 0);
+	/* Plain reads keep no lock to commit: they are re-read with DB_RMW
+	 * before anything is written from them. */
+	r = s->db->get(s->db, txn, &k, &v, rmw ? DB_RMW : DB_READ_COMMITTED);
 	*got = r == 0 ? v.size : 0;
 	return r;
 }
@@ -309,14 +312,14 @@ otp_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct otp_rec *o)
 }
 
 static int
-addr_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct addr_rec *a)
+addr_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct addr_rec *a, int rmw)
 {
 	uint8_t buf[ADDR_REC_SZ + 8];
 	uint32_t n;
 	int r;
 
 	memset(a, 0, sizeof(*a));
-	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	r = rec_get(s, txn, key, buf, sizeof(buf), &n, rmw);
 	if (r == DB_NOTFOUND)
 		return 0;
 	if (r != 0)
@@ -359,14 +362,14 @@ otp_drop(struct otp_rec *o, int i)
 
 /* HMAC(secret, code 0 flag H(context)): the code is bound to its context. */
 static void
-code_mac(const uint8_t *secret, const char *code, const uint8_t *ctxh,
+code_mac(const struct store_key *key, const char *code, const uint8_t *ctxh,
     uint8_t out[STORE_MAC_LEN])
 {
 	uint8_t b[2 + SHA256_DIGEST_LENGTH];
 
 	b[0] = 0;
 	memcpy(b + 1, ctxh, 1 + SHA256_DIGEST_LENGTH);
-	store_mac(secret, code, strlen(code), b, sizeof(b), out);
+	store_mac(key, code, strlen(code), b, sizeof(b), out);
 }
 
 /* Seconds left of a lock-out, 0 if none. */
@@ -428,11 +431,11 @@ op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
 	}
 	op->nkeys = s->has_old ? 2 : 1;
 	op->okey[0][0] = op->okey[1][0] = REC_OTP;
-	store_mac(s->secret, buf, alen + 1 + plen, NULL, 0, op->okey[0] + 1);
+	store_mac(&s->key, buf, alen + 1 + plen, NULL, 0, op->okey[0] + 1);
 	if (s->has_old)
-		store_mac(s->old_secret, buf, alen + 1 + plen, NULL, 0, op->okey[1] + 1);
+		store_mac(&s->old_key, buf, alen + 1 + plen, NULL, 0, op->okey[1] + 1);
 	op->akey[0] = REC_ADDR;
-	store_mac(s->secret, buf, alen + 1, NULL, 0, op->akey + 1);
+	store_mac(&s->key, buf, alen + 1, NULL, 0, op->akey + 1);
 	op->now = q->now > 0 ? (uint64_t)q->now : 0;
 	return 0;
 }
@@ -502,6 +505,7 @@ store_params_defaults(struct store_params *p)
 struct store *
 store_open(const struct store_params *p, char *err, size_t errlen)
 {
+	uint8_t secret[STORE_SECRET_LEN];
 	struct store *s;
 
 	if (p->dir == NULL || p->secret_file == NULL) {
@@ -528,20 +532,28 @@ store_open(const struct store_params *p, char *err, size_t errlen)
 	}
 	s->p = *p;
 	pthread_mutex_init(&s->glock, NULL);
-	if (store_secret_load(p->secret_file, 1, s->secret, err, errlen) == -1)
+	if (store_secret_load(p->secret_file, 1, secret, err, errlen) == -1)
 		goto fail;
+	if (store_key_init(&s->key, secret) == -1)
+		goto nomem;
 	if (p->old_secret_file != NULL && p->old_secret_file[0] != '\0') {
-		if (store_secret_load(p->old_secret_file, 0, s->old_secret, err,
+		if (store_secret_load(p->old_secret_file, 0, secret, err,
 		    errlen) == -1)
 			goto fail;
+		if (store_key_init(&s->old_key, secret) == -1)
+			goto nomem;
 		s->has_old = 1;
 	}
+	OPENSSL_cleanse(secret, sizeof(secret));
 	if (store_env_open(s, err, errlen) == -1)
 		goto fail;
 	return s;
+nomem:
+	snprintf(err, errlen, "store: cannot set up HMAC-SHA256");
 fail:
-	OPENSSL_cleanse(s->secret, sizeof(s->secret));
-	OPENSSL_cleanse(s->old_secret, sizeof(s->old_secret));
+	OPENSSL_cleanse(secret, sizeof(secret));
+	store_key_free(&s->key);
+	store_key_free(&s->old_key);
 	pthread_mutex_destroy(&s->glock);
 	free(s);
 	return NULL;
@@ -553,8 +565,8 @@ store_close(struct store *s)
 	if (s == NULL)
 		return;
 	store_env_close(s);
-	OPENSSL_cleanse(s->secret, sizeof(s->secret));
-	OPENSSL_cleanse(s->old_secret, sizeof(s->old_secret));
+	store_key_free(&s->key);
+	store_key_free(&s->old_key);
 	pthread_mutex_destroy(&s->glock);
 	free(s);
 }
@@ -586,7 +598,7 @@ store_pseudonym(struct store *s, const char *addr, char out[17])
 	for (i = 0; i < n; i++)
 		buf[10 + i] = (char)(addr[i] >= 'A' && addr[i] <= 'Z' ?
 		    addr[i] + ('a' - 'A') : addr[i]);
-	store_mac(s->secret, buf, 10 + n, NULL, 0, mac);
+	store_mac(&s->key, buf, 10 + n, NULL, 0, mac);
 	hex_encode(mac, 8, out);
 }
 
@@ -602,7 +614,7 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	uint64_t now = op->now;
 	int r, found, retry, i;
 
-	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
 		return r;
 	if ((retry = locked_retry(s, &a, now)) > 0) {
 		op->st = S_LOCKED;
@@ -672,7 +684,7 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 		op->st = S_TEMPFAIL;
 		return 0;
 	}
-	code_mac(s->secret, res->code, op->ctxh, c->mac);
+	code_mac(&s->key, res->code, op->ctxh, c->mac);
 	c->issued = now;
 	c->expires = now + (uint64_t)op->ttl;
 	if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
@@ -766,7 +778,7 @@ cancel_txn(struct store *s, DB_TXN *txn, struct op *op)
 	otp_drop(&o, i);
 	if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
 		return r;
-	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
 		return r;
 	rl_window_give(a.hour_start, &a.hour_count, 3600, op->now);
 	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
@@ -804,7 +816,7 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 	int r, found, k, i, live = 0, expired = 0, wellformed, left, lock;
 	uint64_t now = op->now, until;
 
-	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+	if ((r = addr_load(s, txn, op->akey, &a, 0)) != 0)
 		return r;
 	if ((lock = locked_retry(s, &a, now)) > 0) {
 		op->st = S_LOCKED;
@@ -818,9 +830,9 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 	wellformed = otp_code_normalise(s->p.alphabet, s->p.code_length, op->code,
 	    code) == 0;
 	if (wellformed) {
-		code_mac(s->secret, code, op->ctxh, mac[0]);
+		code_mac(&s->key, code, op->ctxh, mac[0]);
 		if (op->nkeys == 2)
-			code_mac(s->old_secret, code, op->ctxh, mac[1]);
+			code_mac(&s->old_key, code, op->ctxh, mac[1]);
 	}
 	/* Every live code is compared, in constant time, whatever matches. */
 	for (k = 0; k < op->nkeys; k++)
@@ -852,6 +864,8 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 			if ((r = rec_del(s, txn, op->okey[k])) != 0)
 				return r;
 		if (a.failures || a.lockout_until) {
+			if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
+				return r;
 			a.failures = 0;
 			a.lockout_until = 0;
 			if ((r = addr_save(s, txn, op->akey, &a)) != 0)
@@ -880,6 +894,18 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 		}
 		if ((r = otp_save(s, txn, op->okey[k], &o[k])) != 0)
 			return r;
+	}
+	/* Read for update only now: a success seldom writes it. */
+	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
+		return r;
+	if ((lock = locked_retry(s, &a, now)) > 0) {
+		/* A concurrent failure locked it meanwhile: this one does not
+		 * count, so the hard cap holds under concurrency too. */
+		op->abort = 1;
+		op->st = S_LOCKED;
+		res->limit = "address_lockout";
+		res->retry_after = lock;
+		return 0;
 	}
 	if (a.failures < UINT32_MAX)
 		a.failures++;
@@ -963,7 +989,7 @@ unlock_txn(struct store *s, DB_TXN *txn, struct op *op)
 	struct addr_rec a;
 	int r;
 
-	if ((r = addr_load(s, txn, op->akey, &a)) != 0)
+	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
 		return r;
 	a.failures = 0;
 	a.lockout_until = 0;

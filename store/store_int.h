@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <db.h>
+#include <openssl/evp.h>
 
 #include "store/store.h"
 
@@ -69,13 +70,19 @@ struct client_rec {
 #define CLIENT_REC_SZ	(8 + 8 + 4)
 #define REC_MAX		OTP_REC_MAX
 
+/* HMAC-SHA256 under one secret, with the padded key blocks pre-hashed. */
+struct store_key {
+	EVP_MD_CTX	*in;
+	EVP_MD_CTX	*out;
+};
+
 struct store {
 	struct store_params p;
 	DB_ENV		*env;
 	DB		*db;		/* primary: every record */
 	DB		*exp;		/* secondary: purge time -> record */
-	uint8_t		 secret[STORE_SECRET_LEN];
-	uint8_t		 old_secret[STORE_SECRET_LEN];
+	struct store_key key;		/* the current secret */
+	struct store_key old_key;	/* the previous one (rotation) */
 	int		 has_old;
 	pthread_mutex_t	 glock;		/* the global rate window */
 	uint64_t	 g_sec;
@@ -96,7 +103,9 @@ uint32_t store_commit_flags(struct store *, int durable);
 /* secret.c */
 int	store_secret_load(const char *path, int create, uint8_t out[STORE_SECRET_LEN],
 	    char *err, size_t errlen);
-void	store_mac(const uint8_t key[STORE_SECRET_LEN], const void *a, size_t alen,
+int	store_key_init(struct store_key *, const uint8_t secret[STORE_SECRET_LEN]);
+void	store_key_free(struct store_key *);
+void	store_mac(const struct store_key *, const void *a, size_t alen,
 	    const void *b, size_t blen, uint8_t out[STORE_MAC_LEN]);
 
 /* otp.c: record (de)serialisation, shared with sweep.c */

@@ -4,33 +4,49 @@
  * duplicates); the sweep walks that index from the start up to now and
  * deletes the dead records, a short transaction per batch.
  */
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
 
 #include "store/store_int.h"
 
 #define SWEEP_BATCH	200
+#define EXP_SHARDS	64
+#define EXP_KEY_LEN	9
 
+/*
+ * Index key: shard (1 byte, from the record's random key) | purge time.
+ * Purge times of new records are all "about now": without shards every
+ * issue and verify would lock the same last page of the index.
+ */
 int
 store_exp_callback(DB *sec, const DBT *key, const DBT *val, DBT *out)
 {
-	if (val->size < 8)
+	uint8_t *k;
+
+	if (val->size < 8 || key->size < 2)
 		return DB_DONOTINDEX;
 	/* Records kept for good (a capped lockout) stay out of the index. */
 	if (get_be64(val->data) == STORE_FOREVER)
 		return DB_DONOTINDEX;
+	if ((k = malloc(EXP_KEY_LEN)) == NULL)
+		return ENOMEM;
+	k[0] = ((const uint8_t *)key->data)[key->size - 1] % EXP_SHARDS;
+	memcpy(k + 1, val->data, 8);
 	memset(out, 0, sizeof(*out));
-	out->data = val->data;	/* the first 8 bytes: big-endian purge time */
-	out->size = 8;
+	out->data = k;
+	out->size = EXP_KEY_LEN;
+	out->flags = DB_DBT_APPMALLOC;
 	return 0;
 }
 
-static int	sweep_batch(struct store *, uint64_t now, size_t *n, int *more);
+static int	sweep_batch(struct store *, int shard, uint64_t now, size_t *n, int *more);
 
 static int
-sweep_batch(struct store *s, uint64_t now, size_t *n, int *more)
+sweep_batch(struct store *s, int shard, uint64_t now, size_t *n, int *more)
 {
-	uint8_t kbuf[8], pkbuf[KEY_MAX], vbuf[REC_MAX];
+	uint8_t kbuf[EXP_KEY_LEN], pkbuf[KEY_MAX], vbuf[REC_MAX];
 	DB_TXN *txn = NULL;
 	DBC *c = NULL;
 	DBT k, pk, v;
@@ -45,9 +61,10 @@ sweep_batch(struct store *s, uint64_t now, size_t *n, int *more)
 	memset(&k, 0, sizeof(k));
 	memset(&pk, 0, sizeof(pk));
 	memset(&v, 0, sizeof(v));
-	put_be64(kbuf, 0);
+	kbuf[0] = (uint8_t)shard;
+	put_be64(kbuf + 1, 0);
 	k.data = kbuf;
-	k.size = 8;
+	k.size = EXP_KEY_LEN;
 	k.ulen = sizeof(kbuf);
 	k.flags = DB_DBT_USERMEM;
 	pk.data = pkbuf;
@@ -58,7 +75,7 @@ sweep_batch(struct store *s, uint64_t now, size_t *n, int *more)
 	v.flags = DB_DBT_USERMEM;
 	r = c->pget(c, &k, &pk, &v, DB_SET_RANGE | DB_RMW);
 	while (r == 0) {
-		if (k.size != 8 || get_be64(kbuf) > now)
+		if (k.size != EXP_KEY_LEN || kbuf[0] != shard || get_be64(kbuf + 1) > now)
 			break;
 		if (done == SWEEP_BATCH) {
 			*more = 1;
@@ -87,11 +104,11 @@ out:
 enum s_status
 store_sweep(struct store *s, time_t now, size_t *count)
 {
-	int attempt = 0, more = 1, r;
+	int attempt = 0, more = 1, shard = 0, r;
 	size_t n = 0;
 
-	while (more) {
-		r = sweep_batch(s, (uint64_t)now, &n, &more);
+	while (shard < EXP_SHARDS) {
+		r = sweep_batch(s, shard, (uint64_t)now, &n, &more);
 		if (r != 0 && store_retryable(r) && ++attempt < STORE_RETRIES) {
 			store_backoff(attempt);
 			more = 1;
@@ -104,6 +121,8 @@ store_sweep(struct store *s, time_t now, size_t *count)
 				*count = n;
 			return S_TEMPFAIL;
 		}
+		if (!more)
+			shard++;
 	}
 	if (count)
 		*count = n;

@@ -15,6 +15,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
 #include "store/store_int.h"
 #include "tests/unit/tap.h"
 
@@ -663,6 +667,32 @@ test_race(void)
 	store_close(s);
 }
 
+static void
+test_mac(void)
+{
+	uint8_t secret[STORE_SECRET_LEN], a[100], b[40], want[32], got[32];
+	unsigned char buf[140];
+	unsigned int len;
+	struct store_key k;
+	int i, bad = 0;
+
+	for (i = 0; i < 200; i++) {
+		RAND_bytes(secret, sizeof(secret));
+		RAND_bytes(a, sizeof(a));
+		RAND_bytes(b, sizeof(b));
+		memcpy(buf, a, (size_t)(i % 100));
+		memcpy(buf + i % 100, b, (size_t)(i % 40));
+		HMAC(EVP_sha256(), secret, sizeof(secret), buf, (size_t)(i % 100 + i % 40),
+		    want, &len);
+		store_key_init(&k, secret);
+		store_mac(&k, a, (size_t)(i % 100), b, (size_t)(i % 40), got);
+		store_key_free(&k);
+		if (memcmp(want, got, 32) != 0)
+			bad++;
+	}
+	is_int(bad, 0, "store_mac equals OpenSSL HMAC-SHA256 (200 random inputs)");
+}
+
 int
 main(void)
 {
@@ -677,6 +707,7 @@ main(void)
 	snprintf(secret, sizeof(secret), "%s/secret", root);
 	snprintf(oldsecret, sizeof(oldsecret), "%s/secret.old", root);
 
+	test_mac();
 	test_basic();
 	test_expiry_binding();
 	test_limits();
