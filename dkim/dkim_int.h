@@ -24,6 +24,7 @@ struct dkim_key {
 	unsigned char	*pem;		/* normalized PKCS#8 PEM, NUL-terminated */
 	size_t		 pemlen;
 	char		*txt;		/* "v=DKIM1; k=...; p=..." */
+	EVP_PKEY	*pkey;		/* parsed once, handed to libopendkim (keycache.c) */
 };
 
 /*
@@ -36,5 +37,14 @@ void	dkim_key_clear(struct dkim_key *k);
 
 /* The TXT record value for a key (malloc'd) or NULL. */
 char	*dkim_key_txt(EVP_PKEY *pkey, enum dkim_alg alg);
+
+/*
+ * keycache.c: the parsed keys libopendkim gets instead of parsing the PEM
+ * again per message.  A signer adds its keys after loading them and
+ * removes them before freeing them.
+ */
+int		 dkim_keycache_add(const struct dkim_key *);
+void		 dkim_keycache_remove(const struct dkim_key *);
+unsigned long	 dkim_keycache_hits(void);	/* tests */
 
 #endif

@@ -16,6 +16,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 
 #include "dkim/dkim_int.h"
@@ -23,6 +24,7 @@
 static int	 dkim_key_read_file(const char *, int, unsigned char **, size_t *,
 		    char *, size_t);
 static char	*dkim_key_b64(const unsigned char *, size_t);
+static int	 dkim_key_warm(EVP_PKEY *, enum dkim_alg);
 
 const char *
 dkim_alg_name(enum dkim_alg alg)
@@ -228,10 +230,16 @@ dkim_key_load(struct dkim_key *k, const char *keyfile, enum dkim_alg alg,
 	if ((k->txt = dkim_key_txt(pkey, alg)) == NULL ||
 	    (k->keyfile = strdup(keyfile)) == NULL)
 		goto nomem;
+	if (dkim_key_warm(pkey, alg) == -1) {
+		ERR_clear_error();
+		snprintf(err, errlen, "dkim key %s: a test signature with the key "
+		    "failed", keyfile);
+		goto fail;
+	}
 
 	BIO_free(out);
 	BIO_free(in);
-	EVP_PKEY_free(pkey);
+	k->pkey = pkey;
 	OPENSSL_cleanse(data, len);
 	free(data);
 	return 0;
@@ -249,6 +257,42 @@ fail:
 	return -1;
 }
 
+/*
+ * One signature at load time proves the key works and does, before the key
+ * is shared by threads, what OpenSSL otherwise does lazily on first use
+ * (the legacy RSA object libopendkim asks for, RSA blinding).
+ */
+static int
+dkim_key_warm(EVP_PKEY *pkey, enum dkim_alg alg)
+{
+	static const unsigned char probe[32] = "otpmail dkim key check";
+	unsigned char sig[1024];
+	size_t siglen = sizeof(sig);
+	EVP_MD_CTX *md;
+	RSA *rsa;
+	int rc = -1;
+
+	if (EVP_PKEY_get_size(pkey) > (int)sizeof(sig))
+		return -1;
+	if (alg == DKIM_ALG_RSA_SHA256) {
+		/* libopendkim signs through the legacy RSA object: make it now */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+		if ((rsa = EVP_PKEY_get1_RSA(pkey)) == NULL)
+			return -1;
+		RSA_free(rsa);
+#pragma GCC diagnostic pop
+	}
+	if ((md = EVP_MD_CTX_new()) == NULL)
+		return -1;
+	if (EVP_DigestSignInit(md, NULL, alg == DKIM_ALG_RSA_SHA256 ?
+	    EVP_sha256() : NULL, NULL, pkey) == 1 &&
+	    EVP_DigestSign(md, sig, &siglen, probe, sizeof(probe)) == 1)
+		rc = 0;
+	EVP_MD_CTX_free(md);
+	return rc;
+}
+
 void
 dkim_key_clear(struct dkim_key *k)
 {
@@ -256,6 +300,7 @@ dkim_key_clear(struct dkim_key *k)
 		OPENSSL_cleanse(k->pem, k->pemlen);
 		free(k->pem);
 	}
+	EVP_PKEY_free(k->pkey);
 	free(k->txt);
 	free(k->keyfile);
 	free(k->domain);

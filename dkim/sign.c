@@ -244,6 +244,12 @@ dkim_signer_new(const struct dkim_params *prm, char *err, size_t errlen)
 		    err, errlen) == -1)
 			goto fail;
 		s->nkeys = i + 1;
+		if (dkim_keycache_add(k) == -1) {
+			dkim_key_clear(k);
+			s->nkeys = i;
+			snprintf(err, errlen, "dkim: out of memory");
+			goto fail;
+		}
 		if ((k->domain = strdup(kc->domain)) == NULL ||
 		    (k->selector = strdup(kc->selector)) == NULL) {
 			snprintf(err, errlen, "dkim: out of memory");
@@ -266,8 +272,10 @@ dkim_signer_free(struct dkim_signer *s)
 
 	if (s == NULL)
 		return;
-	for (i = 0; i < s->nkeys; i++)
+	for (i = 0; i < s->nkeys; i++) {
+		dkim_keycache_remove(&s->keys[i]);
 		dkim_key_clear(&s->keys[i]);
+	}
 	free(s->keys);
 	if (s->lib != NULL)
 		dkim_close(s->lib);
