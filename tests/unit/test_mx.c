@@ -1,11 +1,14 @@
 /*
  * test_mx.c - agent/mx.c without a DNS server: wire-name, MX and TLSA rdata
  * parsing with crafted (and malformed) bytes, MX ordering and shuffling,
- * null MX, address literals, resolver setup errors, and the lookup bound
- * against a silent UDP socket of the test's own.
+ * null MX, address literals, resolver setup errors, the lookup bound
+ * against a silent UDP socket, and concurrent lookups (one of them hanging)
+ * against a small DNS responder in a thread of the test.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,6 +340,246 @@ test_resolver(void)
 	close(s);
 }
 
+
+/* ------------------------------------------------------------ fake DNS */
+
+static int fake_fd = -1;
+static _Atomic int fake_stop;	/* set by main, read by the responder */
+
+/* Appends a wire name for text (no compression). */
+static size_t
+fake_name(unsigned char *p, const char *text)
+{
+	size_t n = 0;
+	const char *s = text, *dot;
+
+	while (*s) {
+		dot = strchr(s, '.');
+		size_t l = dot ? (size_t)(dot - s) : strlen(s);
+		p[n++] = (unsigned char)l;
+		memcpy(p + n, s, l);
+		n += l;
+		s += l;
+		if (*s == '.')
+			s++;
+	}
+	p[n++] = 0;
+	return n;
+}
+
+static size_t
+fake_rr(unsigned char *p, int type, const unsigned char *rd, size_t rdlen)
+{
+	size_t n = 0;
+
+	p[n++] = 0xc0; p[n++] = 12;		/* the question's name */
+	p[n++] = (unsigned char)(type >> 8); p[n++] = (unsigned char)type;
+	p[n++] = 0; p[n++] = 1;
+	p[n++] = 0; p[n++] = 0; p[n++] = 0; p[n++] = 60;
+	p[n++] = (unsigned char)(rdlen >> 8); p[n++] = (unsigned char)rdlen;
+	memcpy(p + n, rd, rdlen);
+	return n + rdlen;
+}
+
+static size_t
+fake_mx(unsigned char *p, int pref, const char *host)
+{
+	unsigned char rd[300];
+	size_t n;
+
+	rd[0] = (unsigned char)(pref >> 8);
+	rd[1] = (unsigned char)pref;
+	n = 2 + (host[0] ? fake_name(rd + 2, host) : (rd[2] = 0, 1));
+	return fake_rr(p, 15, rd, n);
+}
+
+static void *
+fake_dns(void *arg)
+{
+	unsigned char q[512], a[1024];
+	struct sockaddr_storage from;
+	socklen_t flen;
+	struct pollfd pfd = { .fd = fake_fd, .events = POLLIN };
+	char name[300];
+	size_t used, n, an;
+	ssize_t len;
+	int type, rcode;
+	static const unsigned char lo2[4] = { 127, 0, 0, 2 }, lo3[4] = { 127, 0, 0, 3 };
+
+	(void)arg;
+	while (!fake_stop) {
+		if (poll(&pfd, 1, 100) <= 0)
+			continue;
+		flen = sizeof(from);
+		if ((len = recvfrom(fake_fd, q, sizeof(q), 0,
+		    (struct sockaddr *)&from, &flen)) < 17)
+			continue;
+		if (mx_parse_name(q + 12, (size_t)len - 12, &used, name, sizeof(name)) == -1 ||
+		    12 + used + 4 > (size_t)len)
+			continue;
+		type = (q[12 + used] << 8) | q[13 + used];
+		for (char *c = name; *c; c++)	/* 0x20 randomisation, if any */
+			if (*c >= 'A' && *c <= 'Z')
+				*c = (char)(*c - 'A' + 'a');
+		n = 12 + used + 4;
+		memcpy(a, q, n);
+		an = 0;
+		rcode = 0;
+		if (strcmp(name, "slow.example.org") == 0)
+			continue;			/* never answers */
+		if (strcmp(name, "example.org") == 0 && type == 15) {
+			n += fake_mx(a + n, 20, "mx2.example.org");
+			n += fake_mx(a + n, 10, "mx1.example.org");
+			an = 2;
+		} else if (strcmp(name, "null.example.org") == 0 && type == 15) {
+			n += fake_mx(a + n, 0, "");
+			an = 1;
+		} else if (strcmp(name, "bad.example.org") == 0 && type == 15) {
+			n += fake_rr(a + n, 15, (const unsigned char *)"\0\x0a\x05" "ab", 5);
+			an = 1;
+		} else if (strcmp(name, "mx1.example.org") == 0 && type == 1) {
+			n += fake_rr(a + n, 1, lo2, 4);
+			an = 1;
+		} else if (strcmp(name, "mx2.example.org") == 0 && type == 1) {
+			n += fake_rr(a + n, 1, lo3, 4);
+			an = 1;
+		} else if (strcmp(name, "mx1.example.org") != 0 &&
+		    strcmp(name, "mx2.example.org") != 0 &&
+		    strcmp(name, "example.org") != 0 &&
+		    strcmp(name, "null.example.org") != 0 &&
+		    strcmp(name, "bad.example.org") != 0)
+			rcode = 3;
+		a[2] = 0x84 | (q[2] & 0x01);		/* QR AA, RD copied */
+		a[3] = 0x80 | (unsigned char)rcode;	/* RA */
+		a[4] = 0; a[5] = 1;
+		a[6] = 0; a[7] = (unsigned char)an;
+		a[8] = a[9] = a[10] = a[11] = 0;
+		(void)sendto(fake_fd, a, n, 0, (struct sockaddr *)&from, flen);
+	}
+	return NULL;
+}
+
+struct worker {
+	struct mx_resolver *r;
+	const char	*domain;
+	int		 iterations;
+	int		 good;
+	long		 max_ms;
+};
+
+static void *
+worker_run(void *arg)
+{
+	struct worker *w = arg;
+	struct mx_list *l;
+	struct timespec t0, t1;
+	char reason[256];
+	long ms;
+
+	for (int i = 0; i < w->iterations; i++) {
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		enum mx_status st = mx_lookup(w->r, w->domain, 25, &l, reason,
+		    sizeof(reason));
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+		if (ms > w->max_ms)
+			w->max_ms = ms;
+		if (st == MX_OK && l->nhosts == 2 &&
+		    strcmp(l->hosts[0].name, "mx1.example.org") == 0 &&
+		    l->hosts[0].naddr == 1 &&
+		    ((struct sockaddr_in *)&l->hosts[0].addrs[0].ss)->sin_addr.s_addr ==
+		    htonl(0x7f000002) &&
+		    strcmp(l->hosts[1].name, "mx2.example.org") == 0)
+			w->good++;
+		mx_list_free(l);
+	}
+	return NULL;
+}
+
+static void
+test_fake_dns(void)
+{
+	struct sockaddr_in sin;
+	socklen_t slen = sizeof(sin);
+	struct config cfg;
+	struct mx_resolver *r;
+	struct mx_list *l = NULL;
+	pthread_t srv, th[9];
+	struct worker w[9];
+	char spec[64], err[256], reason[256];
+	int i, good = 0;
+	long max_fast = 0;
+
+	fake_fd = socket(AF_INET, SOCK_DGRAM, 0);
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (fake_fd == -1 || bind(fake_fd, (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
+	    getsockname(fake_fd, (struct sockaddr *)&sin, &slen) == -1 ||
+	    pthread_create(&srv, NULL, fake_dns, NULL) != 0) {
+		ok(0, "fake DNS responder");
+		return;
+	}
+	snprintf(spec, sizeof(spec), "127.0.0.1@%d", ntohs(sin.sin_port));
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.resolver = spec;
+	cfg.dns_trust_anchor = "";
+	if ((r = mx_resolver_new(&cfg, err, sizeof(err))) == NULL) {
+		ok(0, "resolver on the fake DNS");
+		goto out;
+	}
+	mx_resolver_set_timeout(r, 2000);
+
+	is_int(mx_lookup(r, "example.org", 25, &l, reason, sizeof(reason)), MX_OK,
+	    "wire answer: MX ok");
+	ok(l != NULL && l->nhosts == 2 && l->hosts[0].pref == 10 &&
+	    strcmp(l->hosts[0].name, "mx1.example.org") == 0 && !l->implicit,
+	    "wire answer: preferred host first");
+	mx_list_free(l);
+	l = NULL;
+	is_int(mx_lookup(r, "null.example.org", 25, &l, reason, sizeof(reason)),
+	    MX_NULLMX, "wire answer: null MX");
+	is_int(mx_lookup(r, "nx.example.org", 25, &l, reason, sizeof(reason)),
+	    MX_NXDOMAIN, "wire answer: NXDOMAIN");
+	{
+		enum mx_status st = mx_lookup(r, "bad.example.org", 25, &l, reason,
+		    sizeof(reason));
+		ok(st == MX_TEMPFAIL || st == MX_BADANSWER,
+		    "malformed MX on the wire: deferred, no crash");
+		diag("malformed MX: %s (%s)", mx_status_name(st), reason);
+	}
+	ok(l == NULL, "no list for failures");
+
+	/* 8 threads share the resolver while a ninth waits on a hanging query */
+	memset(w, 0, sizeof(w));
+	for (i = 0; i < 9; i++) {
+		w[i].r = r;
+		w[i].domain = i == 8 ? "slow.example.org" : "example.org";
+		w[i].iterations = i == 8 ? 1 : 25;
+	}
+	pthread_create(&th[8], NULL, worker_run, &w[8]);
+	for (i = 0; i < 8; i++)
+		pthread_create(&th[i], NULL, worker_run, &w[i]);
+	for (i = 0; i < 9; i++)
+		pthread_join(th[i], NULL);
+	for (i = 0; i < 8; i++) {
+		good += w[i].good;
+		if (w[i].max_ms > max_fast)
+			max_fast = w[i].max_ms;
+	}
+	is_int(good, 200, "200 concurrent lookups, all right");
+	ok(max_fast < 1000, "a hanging query does not slow the others");
+	diag("slowest concurrent lookup %ld ms, hanging one %ld ms", max_fast,
+	    w[8].max_ms);
+	ok(w[8].good == 0 && w[8].max_ms >= 1900 && w[8].max_ms < 4000,
+	    "the hanging query ends at its bound");
+	mx_resolver_free(r);
+out:
+	fake_stop = 1;
+	pthread_join(srv, NULL);
+	close(fake_fd);
+}
+
 int
 main(void)
 {
@@ -346,6 +589,7 @@ main(void)
 	test_tlsa();
 	test_literals();
 	test_resolver();
+	test_fake_dns();
 	mx_resolver_shared_free();
 	return done_testing();
 }
