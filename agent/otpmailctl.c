@@ -85,13 +85,14 @@ static const struct cmd cmds[] = {
 };
 
 static int json_out;
+static int use_colour;	/* only on a terminal, never with NO_COLOR */
 
 static void
 usage(FILE *f)
 {
 	const struct cmd *c;
 
-	fprintf(f, "usage: otpmailctl [-s socket] [--json] <command> [args]\n"
+	fprintf(f, "usage: otpmailctl [-s socket] [--json] [--watch SECS] <command> [args]\n"
 	    "       otpmailctl [-s socket] call '<json request>'   (or '-' for lines on stdin)\n\n"
 	    "commands:\n");
 	for (c = cmds; c->words; c++)
@@ -360,8 +361,17 @@ fmt_queue_list(json_t *r)
 			size_t l = strlen(rcpt);
 			snprintf(rcpt + l, sizeof(rcpt) - l, " (+%zu)", json_array_size(rcpts) - 1);
 		}
-		printf("%-24s %-7s %-10s %5s %4lld %6s  %-30.60s %.70s\n", jstr(e, "id"),
-		    jstr(e, "class"), jstr(e, "state"), age,
+		{
+			const char *st = jstr(e, "state"), *col = "";
+			if (use_colour)
+				col = !strcmp(st, "deferred") ? "\033[33m" :
+				    !strcmp(st, "held") ? "\033[35m" :
+				    !strcmp(st, "delivering") ? "\033[36m" :
+				    !strcmp(st, "done") ? "\033[32m" : "";
+			printf("%-24s %-7s %s%-10s%s ", jstr(e, "id"), jstr(e, "class"),
+			    col, st, *col ? "\033[0m" : "");
+		}
+		printf("%5s %4lld %6s  %-30.60s %.70s\n", age,
 		    (long long)json_integer_value(json_object_get(e, "attempts")), next,
 		    rcpt, jstr(e, "last_error"));
 	}
@@ -552,7 +562,10 @@ main(int argc, char **argv)
 	const struct cmd *c, *best = NULL;
 	json_t **reqs = NULL;
 	size_t nreq = 0, i;
-	int fd, rc, used = 0;
+	int fd, rc, used = 0, watch = 0;
+	const char *nc = getenv("NO_COLOR");
+
+	use_colour = isatty(STDOUT_FILENO) && (nc == NULL || *nc == '\0');
 
 	while (argc > 1 && argv[1][0] == '-') {
 		if (strcmp(argv[1], "-s") == 0 && argc > 2) {
@@ -563,6 +576,15 @@ main(int argc, char **argv)
 			json_out = 1;
 			argc--;
 			argv++;
+		} else if ((strcmp(argv[1], "--watch") == 0 || strcmp(argv[1], "-w") == 0) &&
+		    argc > 2) {
+			watch = atoi(argv[2]);
+			if (watch < 1 || watch > 3600) {
+				fprintf(stderr, "otpmailctl: --watch takes seconds (1-3600)\n");
+				return EX_USAGE;
+			}
+			argc -= 2;
+			argv += 2;
 		} else if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 			usage(stdout);
 			return EX_OK;
@@ -643,11 +665,26 @@ main(int argc, char **argv)
 		}
 		nreq = 1;
 	}
-	if ((fd = ctl_connect(sock)) == -1)
-		rc = EX_UNREACHABLE;
-	else {
-		rc = run(fd, reqs, nreq, best->fmt);
-		close(fd);
+	/* --watch: the same request again every few seconds, screen cleared */
+	for (;;) {
+		if (watch) {
+			char stamp[64];
+			time_t now = time(NULL);
+			strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", localtime(&now));
+			if (isatty(STDOUT_FILENO))
+				printf("\033[H\033[2J");
+			printf("otpmailctl %s  every %ds  %s\n\n", best->words, watch, stamp);
+		}
+		if ((fd = ctl_connect(sock)) == -1)
+			rc = EX_UNREACHABLE;
+		else {
+			rc = run(fd, reqs, nreq, best->fmt);
+			close(fd);
+		}
+		fflush(stdout);
+		if (!watch || rc == EX_UNREACHABLE || rc == EX_FORBIDDEN)
+			break;
+		sleep(watch);
 	}
 	for (i = 0; i < nreq; i++)
 		json_decref(reqs[i]);
