@@ -6,6 +6,7 @@
  * signatures per second.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -500,6 +501,45 @@ test_bad_keys(void)
 	(void)fd;
 }
 
+/* Configured lists (as the config gives them: any case), no oversigning. */
+static void
+test_header_lists(void)
+{
+	static const char *const sh[] = { "Subject", "To", NULL };
+	static const char *const none[] = { NULL };
+	static const char *const over[] = { "Subject", NULL };
+	struct dkim_key_conf kc = { "example.org", "rsa1", DKIM_ALG_RSA_SHA256,
+	    rsa_file };
+	struct dkim_params p;
+	struct dkim_signer *s;
+	char err[256], *sig;
+	const char *m = "From: a@example.org\r\nTo: b@c.example\r\nSubject: s\r\n"
+	    "Date: Thu, 26 Nov 2026 12:00:00 +0000\r\n\r\nbody\r\n";
+
+	memset(&p, 0, sizeof(p));
+	p.keys = &kc;
+	p.nkeys = 1;
+	p.relaxed_header = p.relaxed_body = 1;
+	p.sign_headers = sh;
+	p.oversign_headers = none;
+	s = dkim_signer_new(&p, err, sizeof(err));
+	ok(s != NULL, "signer with a configured header list");
+	sig = s ? sign(s, m, DKIM_SIGN_OK, NULL, "configured list") : NULL;
+	ok(sig && strstr(sig, "h=From:To:Subject;"),
+	    "From is always signed; Date is not in the list; no oversigning");
+	free(sig);
+	dkim_signer_free(s);
+
+	p.oversign_headers = over;
+	s = dkim_signer_new(&p, err, sizeof(err));
+	sig = s ? sign(s, m, DKIM_SIGN_OK, NULL, "oversign Subject") : NULL;
+	if (!ok(sig && strcasestr(sig, "h=From:To:Subject:subject;"),
+	    "oversigning only Subject"))
+		diag("%s", sig ? sig : "(none)");
+	free(sig);
+	dkim_signer_free(s);
+}
+
 static void
 test_keygen(void)
 {
@@ -561,6 +601,61 @@ test_info(struct dkim_signer *s)
 	    "key info: selector, algorithm and record");
 	ok(dkim_signer_key(s, 0, &ki) == 0 && ki.bits == 2048, "RSA bits");
 	ok(dkim_signer_key(s, 3, &ki) == -1, "out of range");
+}
+
+#define THREADS	4
+#define PER_THREAD	40
+
+struct thr {
+	struct dkim_signer	*s;
+	int			 failures;
+	char			*last;
+};
+
+static void *
+thr_main(void *arg)
+{
+	struct thr *t = arg;
+	char err[256], *sig;
+	int i;
+
+	for (i = 0; i < PER_THREAD; i++) {
+		if (dkim_sign_message(t->s, msgs[i % 7].text, strlen(msgs[i % 7].text),
+		    &sig, NULL, err, sizeof(err)) != DKIM_SIGN_OK) {
+			t->failures++;
+			continue;
+		}
+		free(t->last);
+		t->last = sig;
+	}
+	return NULL;
+}
+
+/* One signer, one DKIM_LIB, the cached keys: shared by threads. */
+static void
+test_threads(struct dkim_signer *s)
+{
+	pthread_t th[THREADS];
+	struct thr t[THREADS];
+	int i, fails = 0, verified = 0;
+	size_t last = (PER_THREAD - 1) % 7;
+
+	for (i = 0; i < THREADS; i++) {
+		t[i] = (struct thr){ s, 0, NULL };
+		pthread_create(&th[i], NULL, thr_main, &t[i]);
+	}
+	for (i = 0; i < THREADS; i++) {
+		pthread_join(th[i], NULL);
+		fails += t[i].failures;
+		if (t[i].last && have_verifier &&
+		    verify(t[i].last, msgs[last].text, strlen(msgs[last].text), 2,
+		    NULL) == 0)
+			verified++;
+		free(t[i].last);
+	}
+	is_int(fails, 0, "threads: every signature made");
+	if (have_verifier)
+		is_int(verified, THREADS, "threads: each thread's last message verifies");
 }
 
 static double
@@ -659,6 +754,7 @@ main(void)
 		free(sig);
 	}
 	test_messages(s, "relaxed/relaxed", 2);
+	test_threads(s);
 	test_alterations(s);
 	test_domains(s);
 	dkim_signer_free(s);
@@ -680,6 +776,7 @@ main(void)
 	dkim_signer_free(s);
 
 	test_keygen();
+	test_header_lists();
 	test_bad_keys();
 	if ((b = getenv("DKIM_BENCH")) != NULL)
 		bench(atoi(b));
