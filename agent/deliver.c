@@ -96,7 +96,10 @@ static int	 delivery_transaction(struct job *, struct hop *,
 		    struct smtp_session *, const char *host);
 static size_t	 delivery_pending(const struct job *);
 static struct dest *delivery_dest(struct delivery *, const char *key);
-static int	 delivery_slot(struct delivery *, const char *key, char *why, size_t);
+static int	 delivery_slot(struct delivery *, const char *key,
+		    struct smtp_session **, char *host, size_t hostlen, char *why, size_t);
+static void	 delivery_open_failed(struct job *, struct hop *, const char *name,
+		    const struct mx_addr *, const char *reply);
 static void	 delivery_unslot(struct delivery *, const char *key);
 static struct smtp_session *delivery_pool_take(struct delivery *, const char *key,
 		    char *host, size_t hostlen);
@@ -106,8 +109,8 @@ static void	 delivery_reap(struct delivery *, int all);
 static void	 delivery_rate(struct delivery *, const char *key);
 static void	 delivery_set(struct q_rcpt *, enum q_rcpt_state, const char *reply);
 static void	 delivery_log_attempt(struct job *, struct hop *, const char *host,
-		    struct smtp_session *, const char *result, const char *reply,
-		    size_t nrcpt);
+		    struct smtp_session *, const char *ip, const char *result,
+		    const char *reply, size_t nrcpt);
 static double	 delivery_mono(void);
 static int	 delivery_is_literal(const char *);
 static char	*delivery_read_secret(const char *path, char *err, size_t errlen);
@@ -552,7 +555,7 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 	struct tlsa_set *tlsa;
 	char host[256], reply[SMTP_REPLY_MAX], tlsname[ADDR_DOMAIN_MAX + 1];
 	size_t h, a;
-	int retry;
+	int retry, concluded = 0;
 
 	/* A parked session to the same destination. */
 	while (delivery_pending(j) > 0 && !dl->stopping &&
@@ -561,7 +564,9 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 		if (!retry)
 			return 0;
 	}
-	for (h = 0; h < hop->hosts->nhosts && delivery_pending(j) > 0 && !dl->stopping; h++) {
+	/* A concluded transaction (the peer answered) ends the search. */
+	for (h = 0; h < hop->hosts->nhosts && delivery_pending(j) > 0 &&
+	    !dl->stopping && !concluded; h++) {
 		const struct mx_host *mh = &hop->hosts->hosts[h];
 
 		tlsa = NULL;
@@ -584,7 +589,7 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 				/* RFC 7672 2.2: a failed TLSA lookup makes the host unusable. */
 				snprintf(j->last_temp, sizeof(j->last_temp),
 				    "4.7.5 TLSA lookup for %.255s failed: %s", mh->name, why);
-				delivery_log_attempt(j, hop, mh->name, NULL, "deferred",
+				delivery_log_attempt(j, hop, mh->name, NULL, NULL, "deferred",
 				    j->last_temp, delivery_pending(j));
 				continue;
 			}
@@ -604,50 +609,61 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 			p.auth_user = cfg->smarthost_user;
 			p.auth_pass = dl->auth_pass;
 		}
-		for (a = 0; a < mh->naddr && delivery_pending(j) > 0 && !dl->stopping; a++) {
+		for (a = 0; a < mh->naddr && delivery_pending(j) > 0 && !dl->stopping; ) {
 			const struct mx_addr *ma = &mh->addrs[a];
+			int got = delivery_slot(dl, hop->key, &s, host, sizeof(host),
+			    reply, sizeof(reply));
 
-			if (delivery_slot(dl, hop->key, reply, sizeof(reply)) == -1) {
+			if (got == -1) {
 				snprintf(j->last_temp, sizeof(j->last_temp), "%s", reply);
 				break;
 			}
+			if (got == 1) {
+				/* A session to this destination came free meanwhile. */
+				if (!delivery_transaction(j, hop, s, host))
+					concluded = 1;
+				if (concluded)
+					break;
+				continue;
+			}
+			a++;
 			if (smtp_open(&p, (const struct sockaddr *)&ma->ss, ma->sslen, &s,
 			    reply, sizeof(reply)) != SMTP_OK) {
 				delivery_unslot(dl, hop->key);
-				snprintf(j->last_temp, sizeof(j->last_temp), "%s", reply);
-				{
-					/* Log with the address tried. */
-					char ip[64] = "?";
-					struct smtp_rcpt *r;
-					size_t i;
-
-					getnameinfo((const struct sockaddr *)&ma->ss, ma->sslen,
-					    ip, sizeof(ip), NULL, 0, NI_NUMERICHOST);
-					snprintf(host, sizeof(host), "%s[%s]", mh->name, ip);
-					for (i = 0; i < j->n; i++) {
-						r = &j->r[i];
-						if (r->status == SMTP_TEMP)
-							snprintf(r->reply, sizeof(r->reply), "%s", reply);
-					}
-					delivery_log_attempt(j, hop, host, NULL, "deferred",
-					    reply, delivery_pending(j));
-				}
-				if (otp_early && !j->fallback_done) {
+				delivery_open_failed(j, hop, mh->name, ma, reply);
+				if (otp_early && !j->fallback_done)
 					delivery_fallback(j);
-					if (delivery_pending(j) == 0)
-						break;
-				}
 				continue;
 			}
 			retry = delivery_transaction(j, hop, s, mh->name);
 			if (!retry && delivery_pending(j) > 0 && otp_early && !j->fallback_done)
 				delivery_fallback(j);
-			if (!retry)
+			if (!retry) {
+				concluded = 1;
 				break;
+			}
 		}
 		tlsa_set_free(tlsa);
 	}
 	return 0;
+}
+
+/* A connection or session setup failed: every open recipient gets the reason. */
+static void
+delivery_open_failed(struct job *j, struct hop *hop, const char *name,
+    const struct mx_addr *ma, const char *reply)
+{
+	char ip[64] = "?";
+	size_t i;
+
+	getnameinfo((const struct sockaddr *)&ma->ss, ma->sslen, ip, sizeof(ip),
+	    NULL, 0, NI_NUMERICHOST);
+	snprintf(j->last_temp, sizeof(j->last_temp), "%s", reply);
+	for (i = 0; i < j->n; i++)
+		if (j->r[i].status == SMTP_TEMP)
+			snprintf(j->r[i].reply, sizeof(j->r[i].reply), "%s", reply);
+	delivery_log_attempt(j, hop, name, NULL, ip, "deferred", reply,
+	    delivery_pending(j));
 }
 
 /*
@@ -701,13 +717,14 @@ delivery_transaction(struct job *j, struct hop *hop, struct smtp_session *s,
 			if (sub[x].status == sub[k].status &&
 			    strcmp(sub[x].reply, sub[k].reply) == 0)
 				same++;
-		delivery_log_attempt(j, hop, host, s, sub[k].status == SMTP_OK ?
+		delivery_log_attempt(j, hop, host, s, NULL, sub[k].status == SMTP_OK ?
 		    "delivered" : sub[k].status == SMTP_PERM ? "failed" : "deferred",
 		    sub[k].reply, same);
 	}
 	free(sub);
 	free(map);
-	if (smtp_usable(s) && !dl->stopping &&
+	/* A session that failed at session level is not parked (nor retried). */
+	if (!retry && smtp_usable(s) && !dl->stopping &&
 	    smtp_messages(s) < dl->cfg->session_reuse_max &&
 	    dl->cfg->session_idle_timeout > 0 && smtp_reset(s) == 0) {
 		delivery_pool_put(dl, hop->key, s, host);
@@ -720,7 +737,8 @@ delivery_transaction(struct job *j, struct hop *hop, struct smtp_session *s,
 
 static void
 delivery_log_attempt(struct job *j, struct hop *hop, const char *host,
-    struct smtp_session *s, const char *result, const char *reply, size_t nrcpt)
+    struct smtp_session *s, const char *ip, const char *result, const char *reply,
+    size_t nrcpt)
 {
 	char q[SMTP_REPLY_MAX + 64], hq[300];
 
@@ -728,7 +746,7 @@ delivery_log_attempt(struct job *j, struct hop *hop, const char *host,
 	    "ip=%s tls_policy=%s tls=%s cipher=%s tls_auth=%s result=%s rcpts=%zu "
 	    "reply=%s delay=%lds", j->env->id, q_class_name(j->env->klass),
 	    j->domain, hop->kind, log_quote(host, hq, sizeof(hq)),
-	    s ? smtp_peer_ip(s) : "-", tls_policy_name(j->policy),
+	    s ? smtp_peer_ip(s) : ip ? ip : "-", tls_policy_name(j->policy),
 	    s ? smtp_tls_version(s) : "-", s ? smtp_tls_cipher(s) : "-",
 	    s ? smtp_tls_auth(s) : "-", result, nrcpt, log_quote(reply, q, sizeof(q)),
 	    (long)(time(NULL) - j->env->created));
@@ -753,17 +771,21 @@ delivery_dest(struct delivery *dl, const char *key)
 
 /*
  * Takes a connection slot for key under max_connections_per_domain and
- * max_connections.  When the global cap is reached, an idle session of
- * another destination is closed to make room.
+ * max_connections: 0 with a slot, 1 with an idle session of this
+ * destination in *sp instead (reuse beats a new connection), -1 on timeout
+ * or shutdown.  At the global cap, idle sessions of other destinations are
+ * closed to make room.
  */
 static int
-delivery_slot(struct delivery *dl, const char *key, char *why, size_t whylen)
+delivery_slot(struct delivery *dl, const char *key, struct smtp_session **sp,
+    char *host, size_t hostlen, char *why, size_t whylen)
 {
-	struct idle *victim = NULL;
+	struct idle *victim = NULL, *it;
 	struct dest *de, *o;
 	struct timespec ts;
 	double start = delivery_mono();
 
+	*sp = NULL;
 	pthread_mutex_lock(&dl->mu);
 	for (;;) {
 		if ((de = delivery_dest(dl, key)) == NULL) {
@@ -776,25 +798,34 @@ delivery_slot(struct delivery *dl, const char *key, char *why, size_t whylen)
 			snprintf(why, whylen, "4.3.0 shutting down");
 			return -1;
 		}
+		if ((it = de->idle) != NULL) {
+			de->idle = it->next;
+			pthread_mutex_unlock(&dl->mu);
+			*sp = it->s;
+			snprintf(host, hostlen, "%s", it->host);
+			free(it);
+			return 1;
+		}
 		if (de->active < dl->cfg->max_connections_per_domain &&
 		    dl->active < dl->cfg->max_connections)
 			break;
-		/* Make room by closing an idle session (its own or another's). */
-		for (o = de->idle ? de : dl->dests; o != NULL && victim == NULL; o = o->next)
-			if (o->idle != NULL && (o == de || de->active <
-			    dl->cfg->max_connections_per_domain)) {
-				victim = o->idle;
-				o->idle = victim->next;
-				o->active--;
-				dl->active--;
+		if (de->active < dl->cfg->max_connections_per_domain) {
+			/* Global cap: close another destination's idle session. */
+			for (o = dl->dests; o != NULL && victim == NULL; o = o->next)
+				if (o->idle != NULL) {
+					victim = o->idle;
+					o->idle = victim->next;
+					o->active--;
+					dl->active--;
+				}
+			if (victim != NULL) {
+				pthread_mutex_unlock(&dl->mu);
+				smtp_close(victim->s);
+				free(victim);
+				victim = NULL;
+				pthread_mutex_lock(&dl->mu);
+				continue;
 			}
-		if (victim != NULL) {
-			pthread_mutex_unlock(&dl->mu);
-			smtp_close(victim->s);
-			free(victim);
-			victim = NULL;
-			pthread_mutex_lock(&dl->mu);
-			continue;
 		}
 		if (delivery_mono() - start > DELIVERY_SLOT_WAIT) {
 			pthread_mutex_unlock(&dl->mu);
