@@ -377,8 +377,9 @@ mx_resolver_new(const struct config *cfg, char *err, size_t errlen)
 		if (mx_set_fwd(r->ctx, cfg->resolver, err, errlen) == -1)
 			goto fail;
 	} else if ((rc = ub_ctx_resolvconf(r->ctx, NULL)) != 0) {
-		snprintf(err, errlen, "mx: /etc/resolv.conf: %s", ub_strerror(rc));
-		goto fail;
+		/* no resolv.conf: libunbound recurses from the root itself */
+		log_msg(LOG_WARNING, "event=dns_setup detail=\"/etc/resolv.conf: %s; "
+		    "resolving from the root servers\"", ub_strerror(rc));
 	}
 	if (cfg != NULL && cfg->dns_trust_anchor != NULL &&
 	    cfg->dns_trust_anchor[0] != '\0' &&
