@@ -53,6 +53,8 @@ struct ctl_conn {
 	int		 closing;	/* close once the output is flushed */
 	int		 dead;		/* peer gone: free when not queued */
 	json_t		*final;		/* error to send after the pending answers */
+	int		 subscriber;	/* gets the live event stream (events.tail) */
+	struct ctl_conn	*sub_next;
 	char		*out;
 	size_t		 outlen, outcap;
 	struct ctl_conn	*work_next;
@@ -86,7 +88,14 @@ struct control {
 	pthread_mutex_t	 dmu;
 	struct ctl_conn	**dirty;
 	size_t		 ndirty, capdirty;
+	struct ctl_conn	*subs;		/* events.tail subscribers, under ctl_sub_mu */
 };
+
+#define CTL_TAIL_BACKLOG	(1024 * 1024)	/* a slow subscriber loses events */
+
+/* Guards ctl_tap_owner and every subscriber list: log lines come from any thread. */
+static pthread_mutex_t ctl_sub_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct control *ctl_tap_owner;
 
 static void	*ctl_event_loop(void *);
 static void	*ctl_worker(void *);
@@ -366,6 +375,18 @@ ctl_worker(void *arg)
 
 		reply = ctl_dispatch(ctl->d, &c->peer, r->line, r->len);
 		free(r);
+		if (json_is_true(json_object_get(reply, "_subscribe"))) {
+			json_object_del(reply, "_subscribe");
+			pthread_mutex_lock(&ctl_sub_mu);
+			pthread_mutex_lock(&c->mu);
+			if (!c->dead && !c->subscriber) {
+				c->subscriber = 1;
+				c->sub_next = ctl->subs;
+				ctl->subs = c;
+			}
+			pthread_mutex_unlock(&c->mu);
+			pthread_mutex_unlock(&ctl_sub_mu);
+		}
 
 		/*
 		 * The connection stays "queued" (so the event thread never frees
@@ -588,6 +609,16 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 	c->dead = 1;
 	busy = c->queued;
 	pthread_mutex_unlock(&c->mu);
+	if (c->subscriber) {
+		struct ctl_conn **pp;
+		pthread_mutex_lock(&ctl_sub_mu);
+		for (pp = &ctl->subs; *pp != NULL; pp = &(*pp)->sub_next)
+			if (*pp == c) {
+				*pp = c->sub_next;
+				break;
+			}
+		pthread_mutex_unlock(&ctl_sub_mu);
+	}
 	epoll_ctl(ctl->efd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
@@ -725,7 +756,7 @@ ctl_idle_sweep(struct control *ctl)
 	for (c = ctl->all; c != NULL; c = next) {
 		next = c->all_next;
 		pthread_mutex_lock(&c->mu);
-		idle = !c->queued && c->outlen == 0 &&
+		idle = !c->queued && !c->subscriber && c->outlen == 0 &&
 		    now - c->last_active > ctl->d->cfg->control_idle_timeout;
 		pthread_mutex_unlock(&c->mu);
 		if (idle)
@@ -769,6 +800,39 @@ ctl_event_loop(void *arg)
 		}
 	}
 	return NULL;
+}
+
+/* ---- live event stream ------------------------------------------------ */
+
+/* Log tap: every event line goes to each subscriber as {"event": line}. */
+static void
+ctl_tap(int prio, const char *line)
+{
+	struct control *ctl;
+	struct ctl_conn *c;
+	json_t *ev;
+	char *s;
+
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl = ctl_tap_owner;
+	if (ctl == NULL || ctl->subs == NULL) {
+		pthread_mutex_unlock(&ctl_sub_mu);
+		return;
+	}
+	ev = json_pack("{s:s, s:I}", "event", line, "time", (json_int_t)time(NULL));
+	s = ev ? json_dumps(ev, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+	json_decref(ev);
+	for (c = ctl->subs; s != NULL && c != NULL; c = c->sub_next) {
+		pthread_mutex_lock(&c->mu);
+		if (!c->dead && c->outlen < CTL_TAIL_BACKLOG) {
+			ctl_out_append(c, s, strlen(s));
+			ctl_out_append(c, "\n", 1);
+		}
+		pthread_mutex_unlock(&c->mu);
+		ctl_mark_dirty(ctl, c);
+	}
+	pthread_mutex_unlock(&ctl_sub_mu);
+	free(s);
 }
 
 /* ---- start and stop -------------------------------------------------- */
@@ -841,6 +905,10 @@ control_run(struct control *ctl, char *err, size_t errlen)
 	pthread_mutex_init(&ctl->wmu, NULL);
 	pthread_cond_init(&ctl->wcv, NULL);
 	pthread_mutex_init(&ctl->dmu, NULL);
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl_tap_owner = ctl;
+	pthread_mutex_unlock(&ctl_sub_mu);
+	log_set_tap(ctl_tap);
 	if ((ctl->efd = epoll_create1(EPOLL_CLOEXEC)) == -1 ||
 	    (ctl->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
 		snprintf(err, errlen, "epoll/eventfd: %s", strerror(errno));
@@ -875,6 +943,9 @@ control_stop(struct control *ctl)
 
 	if (ctl == NULL)
 		return;
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl_tap_owner = NULL;
+	pthread_mutex_unlock(&ctl_sub_mu);
 	if (ctl->lfd != -1) {
 		close(ctl->lfd);
 		unlink(ctl->path);

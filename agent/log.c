@@ -14,6 +14,13 @@
 static int log_to_stderr = 1;
 static int log_to_syslog;
 static int log_max = LOG_INFO;
+static void (*log_tap)(int, const char *);
+
+void
+log_set_tap(void (*tap)(int, const char *))
+{
+	log_tap = tap;
+}
 
 void
 log_init(const char *ident, int to_stderr, int to_syslog, const char *level)
@@ -51,10 +58,10 @@ log_vmsg(int prio, const char *fmt, va_list ap)
 	struct timespec ts;
 	struct tm tm;
 
-	if (prio > log_max)
+	if (prio > log_max && (log_tap == NULL || prio > LOG_INFO))
 		return;
 	vsnprintf(line, sizeof(line), fmt, ap);
-	if (log_to_stderr) {
+	if (log_to_stderr && prio <= log_max) {
 		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
 		strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
@@ -62,8 +69,10 @@ log_vmsg(int prio, const char *fmt, va_list ap)
 		fprintf(stderr, "%s.%03ldZ level=%s %s\n", stamp,
 		    ts.tv_nsec / 1000000, log_level_name(prio), line);
 	}
-	if (log_to_syslog)
+	if (log_to_syslog && prio <= log_max)
 		syslog(prio, "%s", line);
+	if (log_tap != NULL && prio <= LOG_INFO)
+		log_tap(prio, line);
 }
 
 void

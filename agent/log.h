@@ -14,6 +14,8 @@ void	log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 void	log_vmsg(int prio, const char *fmt, va_list);
 /* A log sink for the libraries (queue/, store/): one whole line. */
 void	log_line(int prio, const char *line);
+/* A tap sees every line logged at info or above (the live event stream). */
+void	log_set_tap(void (*tap)(int prio, const char *line));
 /* Quotes a value for a key=value line when needed; returns buf. */
 const char *log_quote(const char *value, char *buf, size_t len);
 

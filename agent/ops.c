@@ -15,6 +15,7 @@ const struct ctl_op ctl_ops[] = {
 	{ "version",		ANY,	op_version,		"daemon version" },
 	{ "help",		ANY,	op_help,		"list the operations" },
 	{ "config.show",	ADMIN,	op_config_show,		"effective configuration (secrets elided)" },
+	{ "events.tail",	ADMIN,	op_events_tail,		"live stream of events on this connection" },
 	{ "otp.issue",		APP,	op_otp_issue,		"mail a one-time code to an address" },
 	{ "otp.verify",		APP,	op_otp_verify,		"check a code a person typed" },
 	{ "otp.revoke",		APP,	op_otp_revoke,		"kill the outstanding codes of an address" },

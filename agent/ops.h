@@ -9,7 +9,7 @@
 #include "agent/otpmaild.h"
 
 #define OP(name) json_t *name(struct otpmaild *, const struct ctl_peer *, json_t *)
-OP(op_ping); OP(op_version); OP(op_config_show); OP(op_help);
+OP(op_ping); OP(op_version); OP(op_config_show); OP(op_help); OP(op_events_tail);
 OP(op_mail_send); OP(op_message_status);
 OP(op_queue_list); OP(op_queue_show); OP(op_queue_hold); OP(op_queue_release);
 OP(op_queue_delete); OP(op_queue_flush); OP(op_queue_pause); OP(op_queue_resume);

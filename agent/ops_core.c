@@ -49,3 +49,14 @@ op_config_show(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	json_object_set_new(r, "config", config_to_json(d->cfg));
 	return r;
 }
+
+/* The control layer turns this connection into a subscriber (control.c). */
+json_t *
+op_events_tail(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
+{
+	json_t *r = reply_ok();
+
+	json_object_set_new(r, "streaming", json_true());
+	json_object_set_new(r, "_subscribe", json_true());
+	return r;
+}

@@ -71,6 +71,7 @@ static const struct cmd cmds[] = {
 	{ "queue pause", "queue.pause", "", "", "", fmt_generic, "pause all delivery" },
 	{ "queue resume", "queue.resume", "", "", "", fmt_generic, "resume delivery" },
 	{ "stats", "stats", "", "", "", fmt_generic, "queue and delivery counters" },
+	{ "tail", "events.tail", "", "", "", NULL, "follow the daemon's events live (Ctrl-C ends)" },
 	{ "metrics", "metrics", "", "", "", fmt_text, "Prometheus text exposition" },
 	{ "dkim records", "dkim.records", "", "", "", fmt_zone,
 	    "DNS records to publish (DKIM, SPF, DMARC)" },
@@ -508,7 +509,7 @@ run(int fd, json_t **reqs, size_t n, ctl_fmt fmt)
 	size_t plen = 0, i;
 	json_error_t jerr;
 	json_t *reply;
-	int rc = EX_OK, r;
+	int rc = EX_OK, r, streaming = 0;
 
 	for (i = 0; i < n; i++) {
 		s = json_dumps(reqs[i], JSON_COMPACT);
@@ -533,7 +534,9 @@ run(int fd, json_t **reqs, size_t n, ctl_fmt fmt)
 			continue;
 		}
 		r = exit_code(reply);
-		if (json_out)
+		if (r == EX_OK && json_is_true(json_object_get(reply, "streaming")))
+			streaming = 1;
+		else if (json_out)
 			printf("%s\n", line);
 		else if (r == EX_OK)
 			fmt(reply);
@@ -549,6 +552,20 @@ run(int fd, json_t **reqs, size_t n, ctl_fmt fmt)
 		if (r > rc)
 			rc = r;
 		json_decref(reply);
+		free(line);
+	}
+	/* events.tail: print every event until the daemon goes away */
+	while (streaming && (line = read_line(fd, &pending, &plen)) != NULL) {
+		if (json_out)
+			printf("%s\n", line);
+		else if ((reply = json_loads(line, 0, &jerr)) != NULL) {
+			time_t ts = json_integer_value(json_object_get(reply, "time"));
+			char stamp[32];
+			strftime(stamp, sizeof(stamp), "%H:%M:%S", localtime(&ts));
+			printf("%s %s\n", stamp, jstr(reply, "event"));
+			json_decref(reply);
+		}
+		fflush(stdout);
 		free(line);
 	}
 	free(pending);
