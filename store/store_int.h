@@ -14,7 +14,7 @@
 
 #define STORE_SECRET_LEN	32
 #define STORE_MAC_LEN		32
-#define STORE_KEEP_MAX		10	/* hard bound on keep_codes */
+#define STORE_KEEP_MAX		16	/* hard bound on keep_codes */
 #define STORE_PURPOSE_MAX	32
 #define STORE_CONTEXT_MAX	1024
 #define STORE_ADDR_MAX		320
