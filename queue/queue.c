@@ -893,6 +893,7 @@ drop:
 enum q_status
 queue_body(struct queue *q, const char *id, char **data, size_t *len)
 {
+	enum q_status st;
 	struct qmsg *m;
 
 	*data = NULL;
@@ -904,7 +905,25 @@ queue_body(struct queue *q, const char *id, char **data, size_t *len)
 		return Q_NOTFOUND;
 	}
 	pthread_mutex_unlock(&q->mtx);
-	return spool_read_body(&q->sp, id, data, len);
+	st = spool_read_body(&q->sp, id, data, len);
+	if (st != Q_NOTFOUND)
+		return st;
+	/* The file went to corrupt/ (or vanished): forget the message; a
+	 * lease holder's release then drops it instead of retrying forever. */
+	pthread_mutex_lock(&q->mtx);
+	if ((m = q_find(q, id)) != NULL && !m->deleted) {
+		q_log(q, LOG_ERR, "queue: id=%s dropped: its message file is unreadable", id);
+		if (m->leased) {
+			m->deleted = 1;
+			m->gen++;
+			m = NULL;
+		} else
+			q_unlink(q, m);
+	} else
+		m = NULL;
+	pthread_mutex_unlock(&q->mtx);
+	q_msg_free(m);
+	return Q_NOTFOUND;
 }
 
 void
@@ -934,6 +953,17 @@ q_run_timers_locked(struct queue *q)
 		if (m->leased) {
 			/* its release reschedules it */
 			sched_heap_del(&q->sched.timers, &m->timer);
+			continue;
+		}
+		if (m->env.finished && q_dsn_needed(m)) {
+			/* its DSN is still owed (queueing it failed, or it is
+			 * under way): retry, and keep the message till then */
+			sched_heap_set(&q->sched.timers, &m->timer, now + 60);
+			if ((copy = q_envelope_dup(&m->env)) != NULL) {
+				pthread_mutex_unlock(&q->mtx);
+				q_send_dsn(q, copy);
+				pthread_mutex_lock(&q->mtx);
+			}
 			continue;
 		}
 		if (m->env.finished) {
