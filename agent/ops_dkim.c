@@ -36,6 +36,7 @@ struct dkim_ops_answer {
 };
 
 static int	 dkim_ops_name_ok(const char *, size_t, int);
+static void	 dkim_ops_append(char **, size_t *, const char *);
 static void	 dkim_ops_zone_line(char **, size_t *, const char *, const char *);
 static void	 dkim_ops_add(json_t *, char **, size_t *, const char *, const char *,
 		    const char *, const char *, const char *);
@@ -68,25 +69,36 @@ dkim_ops_name_ok(const char *s, size_t max, int dots)
 	return 1;
 }
 
+/* Appends text to *zone (a malloc'd string, length *zlen). */
+static void
+dkim_ops_append(char **zone, size_t *zlen, const char *text)
+{
+	size_t len = strlen(text);
+	char *n;
+
+	if ((n = realloc(*zone, *zlen + len + 1)) == NULL)
+		return;
+	memcpy(n + *zlen, text, len + 1);
+	*zone = n;
+	*zlen += len;
+}
+
 /* NAME IN TXT "part" "part": values longer than 255 bytes are split. */
 static void
 dkim_ops_zone_line(char **zone, size_t *zlen, const char *name, const char *value)
 {
-	FILE *f;
-	size_t vlen = strlen(value), off;
+	char part[DKIM_OPS_TXT_CHUNK + 4];
+	size_t vlen = strlen(value), off = 0;
 
-	if ((f = open_memstream(zone, zlen)) == NULL)
-		return;
-	fseek(f, 0, SEEK_END);
-	fprintf(f, "%s\tIN\tTXT\t", name);
-	for (off = 0; off < vlen || off == 0; off += DKIM_OPS_TXT_CHUNK) {
-		fprintf(f, "%s\"%.*s\"", off ? " " : "", DKIM_OPS_TXT_CHUNK,
-		    value + off);
-		if (vlen == 0)
-			break;
-	}
-	fprintf(f, "\n");
-	fclose(f);
+	dkim_ops_append(zone, zlen, name);
+	dkim_ops_append(zone, zlen, "\tIN\tTXT\t");
+	do {
+		snprintf(part, sizeof(part), "%s\"%.*s\"", off ? " " : "",
+		    DKIM_OPS_TXT_CHUNK, value + off);
+		dkim_ops_append(zone, zlen, part);
+		off += DKIM_OPS_TXT_CHUNK;
+	} while (off < vlen);
+	dkim_ops_append(zone, zlen, "\n");
 }
 
 static void
@@ -117,7 +129,6 @@ op_dkim_records(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	if (req_str(req, "domain", 0, DKIM_OPS_NAME_MAX, &only, &err) == -1)
 		return err;
 	list = json_array();
-	/* open_memstream needs an existing buffer to append to */
 	if ((zone = strdup("")) == NULL) {
 		json_decref(list);
 		return reply_error("unavailable", "out of memory");
@@ -133,13 +144,7 @@ op_dkim_records(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 			break;
 		if (asprintf(&line, "; DKIM %s key %s (%d bits), file %s\n",
 		    dkim_alg_name(ki.alg), ki.selector, ki.bits, ki.keyfile) != -1) {
-			FILE *f = open_memstream(&zone, &zlen);
-
-			if (f != NULL) {
-				fseek(f, 0, SEEK_END);
-				fputs(line, f);
-				fclose(f);
-			}
+			dkim_ops_append(&zone, &zlen, line);
 			free(line);
 		}
 		dkim_ops_add(list, &zone, &zlen, ki.domain, name, ki.txt, "dkim", NULL);
