@@ -249,7 +249,7 @@ opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid, json_t **er
 }
 
 /* A raw RFC 5322 message: CRLF line ends, a From header, header lines of at
- * most 998 bytes, Date and Message-ID added when missing. */
+ * most 998 bytes, Date and Message-ID added when missing, Bcc removed. */
 static int
 opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t **err)
 {
@@ -282,7 +282,6 @@ opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t
 	}
 	if (in_hdr)
 		hdr_end = n.len;
-	(void)hdr_end;
 	if (!saw_hdr || (v = msg_find_header(n.data, n.len, "From")) == NULL) {
 		buf_free(&n);
 		*err = reply_bad_field("raw", "the message has no From header");
@@ -299,7 +298,23 @@ opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t
 		msg_add_header(out, "Message-ID", mid);
 	}
 	free(v);
-	buf_add(out, n.data, n.len);
+	/* Bcc is for the envelope only: never show it to the recipients. */
+	for (i = 0; i < hdr_end; ) {
+		size_t e = i;
+
+		while (e < hdr_end && n.data[e] != '\n')
+			e++;
+		e = e < hdr_end ? e + 1 : hdr_end;
+		while (e < hdr_end && (n.data[e] == ' ' || n.data[e] == '\t')) {
+			while (e < hdr_end && n.data[e] != '\n')
+				e++;
+			e = e < hdr_end ? e + 1 : hdr_end;
+		}
+		if (e - i < 4 || strncasecmp(n.data + i, "Bcc:", 4) != 0)
+			buf_add(out, n.data + i, e - i);
+		i = e;
+	}
+	buf_add(out, n.data + hdr_end, n.len - hdr_end);
 	buf_free(&n);
 	return 0;
 }

@@ -172,7 +172,8 @@ with Daemon(conf_extra="queue_keep_done = 1h\n") as d:
                 "raw": "From: a@example.org\nX-Long: " + "y" * 1200 + "\n\nbody\n"})
     t.is_(r.get("field"), "raw", "raw with a header line > 998 bytes")
     r = d.call({"op": "mail.send", "from": "app@example.org", "to": ["r1@example.com"],
-                "raw": "From: a@example.org\nSubject: raw\n\nline1\nline2\n"})
+                "raw": "From: a@example.org\nBcc: hidden@example.net,\n other@example.net\n"
+                       "Subject: raw\n\nline1\nline2\nBcc: body line\n"})
     t.ok(r.get("ok"), "raw message accepted", r)
     raw_id = r.get("id")
     r = d.call({"op": "queue.show", "id": raw_id, "body": True})
@@ -180,6 +181,8 @@ with Daemon(conf_extra="queue_keep_done = 1h\n") as d:
     t.ok("\r\nSubject: raw\r\n\r\nline1\r\nline2\r\n" in body and "Date: " in body and
          "Message-ID: " in body and "\n" not in body.replace("\r\n", ""),
          "raw: CRLF line ends, Date and Message-ID added", body[:500])
+    t.ok("hidden@" not in body and "other@" not in body and "Bcc: body line" in body,
+         "raw: the Bcc header (with its continuation) removed, the body untouched", body[:500])
     r = d.call(dict(base, html="<p>hi</p>", headers={"Reply-To": "help@example.org"}))
     t.ok(r.get("ok"), "text + html + extra header accepted", r)
     r = d.call({"op": "queue.show", "id": r.get("id"), "body": True})
@@ -216,3 +219,5 @@ with Daemon(conf_extra="queue_keep_done = 1h\n") as d:
     t.ok(done, "every released message delivered to the sandbox")
     r = d.call({"op": "stats"})
     t.ok(r["totals"]["delivered"] >= N - 3, "stats: delivered total", r)
+
+t.done()
