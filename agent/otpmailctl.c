@@ -491,7 +491,9 @@ build_request(const struct cmd *c, int argc, char **argv)
 		json_object_set_new(req, p, json_string(a));
 		p = strtok_r(NULL, " ", &save);
 	}
-	if (p != NULL && strstr(p, "...") == NULL) {
+	/* "sandbox show --latest" needs no <file>. */
+	if (p != NULL && strstr(p, "...") == NULL &&
+	    !json_is_true(json_object_get(req, "latest"))) {
 		fprintf(stderr, "otpmailctl: missing <%s>\n", p);
 		goto fail;
 	}

@@ -42,7 +42,8 @@ def main():
         tmp = os.path.join(d.state, "sandbox", "tmp")
         t.ok(os.path.isdir(tmp) and not os.listdir(tmp), "nothing left in tmp/")
         data = open(got[0], "rb").read() if got else b""
-        t.ok(b"Subject: Sandbox hello" in data and b".dotted line" in data,
+        t.ok(b"Subject: Sandbox hello" in data and b"first line" in data and
+             re.search(rb"(=2E|\.)dotted line", data),
              "the message as submitted", data[:500])
         t.ok(data.startswith(b"Return-Path: <app@example.com>") and
              b"Delivered-To: dev@example.org" in data.split(b"\n\n")[0].replace(b"\r", b""),
