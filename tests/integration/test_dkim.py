@@ -12,7 +12,9 @@ otpmaild (harness.Daemon) in sandbox mode with RSA + Ed25519 keys.
    copy verifies with python3-dkim (tests/dkim/verify.py) for RSA and
    Ed25519.  A tampered copy fails.
 2. otpmaild with dkim_key lines: mail.send -> the sandbox Maildir copy
-   verifies; with delivery routed to Postfix, the delivered copy verifies.
+   verifies; with delivery routed to Postfix (route = ...), every copy
+   delivered to the Maildir and relayed to smtp-sink verifies, and so does
+   an OTP mail from otp.issue.
 3. dkim.keygen / dkim.records / dkim.check (match, mismatch, missing), and
    `otpmailctl dkim keygen|records`; bad keys stop start-up naming the file.
 """
@@ -304,6 +306,63 @@ def daemon_tests(t, keys, pf, dns):
         t.ok(not r.get("ok"), "dkim.keygen is refused to a non-admin user", r)
 
 
+def daemon_delivery_tests(t, keys, pf, sink):
+    """otpmaild delivers (no sandbox) through Postfix; copies still verify."""
+    if not os.access(os.path.join(TOP_BUILDDIR, "otpmaild"), os.X_OK):
+        t.skip("daemon delivery tests", "otpmaild not built")
+        return
+    with open(os.path.join(TOP_SRCDIR, "agent", "Makefile.inc")) as f:
+        if "agent/deliver.c" not in f.read():
+            t.skip("daemon delivery tests", "delivery not built yet")
+            return
+    n_pf, n_sink = len(pf.messages()), len(sink.messages())
+    conf = ("sandbox = no\nhostname = mail.example.org\ntls_policy = none\n"
+            "route = example.net [%s]:25\nroute = remote.example.com [%s]:25\n"
+            "otp_from = noreply@example.org\n"
+            "default_retry_min = 600s\n" % (PF_ADDR, PF_ADDR) + write_conf_keys(keys))
+    try:
+        d = Daemon(conf_extra=conf)
+    except RuntimeError as e:
+        t.ok(False, "otpmaild starts for delivery", e)
+        return
+    with d:
+        sent = 0
+        for name in ("plain", "multipart", "utf8", "folded", "nonewline", "empty"):
+            raw = MSGS[name].decode().replace("To: user@example.net",
+                                              "To: inbox@example.net")
+            for rcpt in ("inbox@example.net", "far@remote.example.com"):
+                r = d.call({"op": "mail.send", "to": [rcpt],
+                            "from": "noreply@example.org", "raw": raw})
+                t.ok(r.get("ok"), "mail.send %s to %s" % (name, rcpt), r)
+                sent += 1 if r.get("ok") else 0
+        r = d.call({"op": "otp.issue", "to": "inbox@example.net"})
+        otp = bool(r.get("ok"))
+        t.ok(otp, "otp.issue to a Postfix-hosted mailbox",
+             "%s\n%s" % (r, d.log_text()[-1500:]))
+        want_pf = n_pf + sent // 2 + (1 if otp else 0)
+        want_sink = n_sink + sent // 2
+        try:
+            pf.wait_for(want_pf, timeout=60)
+            sink.wait_for(want_sink, timeout=60)
+        except RuntimeError as e:
+            t.diag(str(e)[-1500:])
+            t.diag(d.log_text()[-2000:])
+        got = pf.messages()[n_pf:]
+        dumped = sink.messages()[n_sink:]
+        t.is_(len(got), want_pf - n_pf, "otpmaild -> Postfix -> Maildir: all arrived")
+        t.is_(len(dumped), want_sink - n_sink,
+              "otpmaild -> Postfix -> smtp-sink: all arrived")
+        for m in got:
+            ok, out = verify(keys, m.data)
+            t.ok(ok, "otpmaild-signed copy verifies after Postfix (Maildir)", out)
+        for m in dumped:
+            ok, out = verify(keys, strip_sink_dump(m.data))
+            t.ok(ok, "otpmaild-signed copy verifies after Postfix relay (smtp-sink)", out)
+        if otp:
+            subjects = [m.data for m in got if b"Subject: Your login code" not in m.data]
+            t.ok(len(got) == 7, "the OTP mail arrived", subjects)
+
+
 def bad_key_tests(t, keys, tmp):
     if not os.access(os.path.join(TOP_BUILDDIR, "otpmaild"), os.X_OK):
         t.skip("bad key start-up tests", "otpmaild not built")
@@ -368,6 +427,7 @@ def main():
         dns.start()
         library_through_postfix(t, keys, pf, sink)
         daemon_tests(t, keys, pf, dns)
+        daemon_delivery_tests(t, keys, pf, sink)
         bad_key_tests(t, keys, tmp)
     finally:
         for p in (pf, sink, dns):
