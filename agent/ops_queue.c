@@ -398,9 +398,11 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 			    "Content-Transfer-Encoding: quoted-printable\r\n\r\n");
 			msg_add_qp(&b, text, textlen);
 		} else {
-			msg_message_id("b", boundary, sizeof(boundary));
-			boundary[0] = '=';	/* '=' and '_' never occur in QP bodies' lines as "=_" */
-			boundary[strlen(boundary) - 1] = '_';
+			/* "=_" never starts a quoted-printable line: the boundary
+			 * cannot occur in the parts */
+			msg_message_id("b", mid, sizeof(mid));
+			mid[strcspn(mid, "@")] = '\0';
+			snprintf(boundary, sizeof(boundary), "=_otpmail_%.60s", mid + 1);
 			buf_printf(&b, "Content-Type: multipart/alternative; "
 			    "boundary=\"%s\"\r\n\r\n", boundary);
 			buf_printf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\n"

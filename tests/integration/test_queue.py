@@ -186,8 +186,13 @@ with Daemon(conf_extra="queue_keep_done = 1h\n") as d:
     r = d.call(dict(base, html="<p>hi</p>", headers={"Reply-To": "help@example.org"}))
     t.ok(r.get("ok"), "text + html + extra header accepted", r)
     r = d.call({"op": "queue.show", "id": r.get("id"), "body": True})
-    t.ok("multipart/alternative" in r.get("body", "") and
-         "Reply-To: help@example.org" in r.get("body", ""), "multipart/alternative built")
+    import email
+    em = email.message_from_string(r.get("body", ""))
+    t.ok(em.get_content_type() == "multipart/alternative" and
+         [p.get_content_type() for p in em.get_payload()] == ["text/plain", "text/html"] and
+         em.get_payload()[1].get_payload(decode=True) == b"<p>hi</p>\r\n" and
+         em["Reply-To"] == "help@example.org", "multipart/alternative built (Python email parses it)",
+         r.get("body", "")[:800])
 
     # --- a garbage file in the spool ---------------------------------------
     spool = os.path.join(d.state, "spool")
