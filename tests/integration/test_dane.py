@@ -14,7 +14,9 @@ otpmaild with `resolver`, `dns_trust_anchor` and `domain_tls_policy dane`.
    temporary failure, never an insecure answer.
 2. The daemon under `dane`: the TLSA record matches the Postfix certificate
    -> delivered over TLS; the TLSA record does not match -> deferred and
-   nothing reaches Postfix (never sent in clear).
+   nothing reaches Postfix (never sent in clear); no TLSA in a signed zone,
+   or a TLSA in an unsigned zone -> delivered as `may`; a DANE-TA record
+   (2 0 1) of the test CA -> delivered.
 """
 import os
 import subprocess
@@ -49,13 +51,17 @@ def field(out, prefix):
     return ""
 
 
-def zones(good_tlsa, bad_tlsa):
+def zones(good_tlsa, bad_tlsa, ta_tlsa):
     return [
         Zone("dane.example.net", [
             "@ MX 10 mx",
             "mx A %s" % GOOD_MX,
             "_25._tcp.mx TLSA %s" % good_tlsa,
             "notlsa A %s" % GOOD_MX,
+            "plain MX 10 notlsa",
+            "ta MX 10 mxta",
+            "mxta A %s" % GOOD_MX,
+            "_25._tcp.mxta TLSA %s" % ta_tlsa,
         ], signed=True),
         Zone("danebad.example.net", [
             "@ MX 10 mx",
@@ -130,6 +136,9 @@ def daemon_tests(t, dns, good, bad):
             "tls_policy = may\n"
             "domain_tls_policy = dane.example.net dane\n"
             "domain_tls_policy = danebad.example.net dane\n"
+            "domain_tls_policy = plain.dane.example.net dane\n"
+            "domain_tls_policy = ta.dane.example.net dane\n"
+            "domain_tls_policy = example.org dane\n"
             "default_retry_min = 60s\n"
             "smtp_connect_timeout = 5s\n" % dns.conf_extra())
     try:
@@ -138,7 +147,10 @@ def daemon_tests(t, dns, good, bad):
         t.skip("daemon DANE delivery", "otpmaild did not start: %s" %
                str(e).splitlines()[0])
         return
-    with d, PostfixPeer(GOOD_MX, 25, domains=["dane.example.net"],
+    with d, PostfixPeer(GOOD_MX, 25, domains=["dane.example.net",
+                                              "plain.dane.example.net",
+                                              "ta.dane.example.net",
+                                              "example.org"],
                         hostname="mx.dane.example.net", cert=good) as pg, \
             PostfixPeer(BAD_MX, 25, domains=["danebad.example.net"],
                         hostname="mx.danebad.example.net", cert=bad) as pb:
@@ -165,9 +177,25 @@ def daemon_tests(t, dns, good, bad):
         st, seen = wait_status(
             d, qid, lambda x: "defer" in str(x).lower(), 40)
         t.ok(seen, "TLSA mismatch: deferred", st)
+        t.diag("deferred with: %s" % (st or {}).get("last_error"))
         time.sleep(2)
         t.ok(not pb.messages(), "TLSA mismatch: nothing delivered",
              pb.log()[-2000:])
+
+        # dane without a TLSA record (secure denial) or in an unsigned zone
+        # behaves as "may"; a DANE-TA (2 0 1) record of the CA also matches
+        for n, (to, name) in enumerate((
+                ("carol@plain.dane.example.net", "signed zone, no TLSA: delivered as may"),
+                ("dave@example.org", "unsigned zone: TLSA ignored, delivered as may"),
+                ("erin@ta.dane.example.net", "DANE-TA record of the CA: delivered"))):
+            r = d.call({"op": "mail.send", "from": "app@sender.example.com",
+                        "to": [to], "subject": "dane %d" % n, "text": "hi\n"})
+            try:
+                msgs = pg.wait_for(n + 2, 40)
+                t.ok(any(m.rcpt == to for m in msgs), name)
+            except RuntimeError as e:
+                st, _ = wait_status(d, r.get("id"), lambda x: True, 1)
+                t.ok(False, name, "%s\n%s" % (e, st))
 
 
 def main():
@@ -179,13 +207,14 @@ def main():
         t.ok(False, "mxprobe built", MXPROBE)
         t.done()
     with TestCA() as ca:
-        good = ca.issue("mx.dane.example.net")
+        good = ca.issue("mx.dane.example.net", alt=("mxta.dane.example.net",))
         bad = ca.issue("mx.danebad.example.net")
         other = ca.issue("someone-else.example.net")
         good_tlsa = tlsa_rdata(good.cert, 3, 1, 1)
         # danebad publishes the digest of a different key than it serves
         bad_tlsa = tlsa_rdata(other.cert, 3, 1, 1)
-        with DnsServer(zones(good_tlsa, bad_tlsa), addr=DNS_ADDR,
+        ta_tlsa = tlsa_rdata(ca.ca_file, 2, 0, 1)
+        with DnsServer(zones(good_tlsa, bad_tlsa, ta_tlsa), addr=DNS_ADDR,
                        port=5353) as dns:
             probe_tests(t, dns, good_tlsa)
             if os.environ.get("OTPMAIL_MX_PROBE_ONLY"):
