@@ -25,7 +25,7 @@
 #include "agent/smtp.h"
 #include "queue/queue.h"
 
-#define DELIVERY_KEY_MAX	320
+#define DELIVERY_KEY_MAX	700
 #define DELIVERY_SLOT_WAIT	120	/* seconds a worker waits for a connection slot */
 
 struct idle {
@@ -447,7 +447,13 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 		hop.kind = "route";
 		hop.conf_host = rt->host;
 		hop.port = rt->port;
-		snprintf(hop.key, sizeof(hop.key), "route:%s:%d|%d", rt->host, rt->port, j.policy);
+		/*
+		 * The domain is part of the key: a session verified for one
+		 * domain's name (literal routes check the domain) must never
+		 * carry another domain's mail.
+		 */
+		snprintf(hop.key, sizeof(hop.key), "route:%s:%s:%d|%d", domain, rt->host,
+		    rt->port, j.policy);
 		ms = mx_host(dl->mx, rt->host, rt->port, &list, reason, sizeof(reason));
 	} else if (cfg->smarthost != NULL) {
 		hop.kind = "smarthost";
