@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """test_queue.py - the persistent queue through the real daemon.
 
-Starts: otpmaild (sandbox mode, temp state dir), no network peer.  Pauses
+Starts: otpmaild (sandbox mode, temp state dir); then smtp-sink (peers.py)
+on 127.0.7.2:2525 (hard-rejects RCPT) and 127.0.7.3:2525 (accepts) and a
+second otpmaild (sandbox = no, routes to them, and to 127.0.7.9:2525 where
+nothing listens).  Part 1 pauses
 delivery, submits 1,000+ messages over the control socket (mail.send),
 kill -9s the daemon, restarts it and finds every acknowledged message with
 queue.list paging.  Then: validation of mail.send (addresses, header
@@ -9,12 +12,22 @@ injection, raw messages), message.status, otpmailctl queue list filters
 (domain, class, state, sender, age), hold/release/flush/delete, stats and
 metrics, a garbage file in the spool (quarantined, daemon keeps serving),
 and delivery after resume (sandbox) with the reply in message.status.
+Part 2: a permanent failure gives status "failed" with the remote reply and
+one RFC 3464 DSN from the null sender, delivered to the sender's domain
+and parsed back by Python's email package; an OTP-class message to a dead
+host is "deferred" with the reason, then "expired" at its ttl, with no DSN.
 """
 
 import json
 import os
 
-from harness import Daemon, Tap, wait_for
+import email
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Daemon, Tap, wait_for  # noqa: E402
+from peers import SmtpSink  # noqa: E402
 
 t = Tap()
 N = 1000
@@ -186,7 +199,6 @@ with Daemon(conf_extra="queue_keep_done = 1h\n") as d:
     r = d.call(dict(base, html="<p>hi</p>", headers={"Reply-To": "help@example.org"}))
     t.ok(r.get("ok"), "text + html + extra header accepted", r)
     r = d.call({"op": "queue.show", "id": r.get("id"), "body": True})
-    import email
     em = email.message_from_string(r.get("body", ""))
     t.ok(em.get_content_type() == "multipart/alternative" and
          [p.get_content_type() for p in em.get_payload()] == ["text/plain", "text/html"] and
@@ -224,5 +236,82 @@ with Daemon(conf_extra="queue_keep_done = 1h\n") as d:
     t.ok(done, "every released message delivered to the sandbox")
     r = d.call({"op": "stats"})
     t.ok(r["totals"]["delivered"] >= N - 3, "stats: delivered total", r)
+
+# --- part 2: failures, DSNs, OTP expiry against real SMTP peers -------------
+REJ, ACC, DEAD, PORT = "127.0.7.2", "127.0.7.3", "127.0.7.9", 2525
+conf = ("sandbox = no\n"
+        "route = bad.example.net [%s]:%d\n"
+        "route = example.org [%s]:%d\n"
+        "route = dead.example.net [%s]:%d\n"
+        "otp_retry_min = 1s\notp_retry_max = 1s\n"
+        "smtp_connect_timeout = 2s\n"
+        "bounce_from = MAILER-DAEMON@mx.example.org\n") % (REJ, PORT, ACC, PORT, DEAD, PORT)
+
+
+def status_in(d, qid, states, timeout):
+    last = {}
+
+    def pred():
+        nonlocal last
+        last = d.call({"op": "message.status", "id": qid})
+        return last.get("state") in states
+    return wait_for(pred, timeout, 0.1), last
+
+
+with SmtpSink(REJ, PORT, extra_args=["-f", "RCPT"]) as rej, SmtpSink(ACC, PORT) as acc:
+    with Daemon(conf_extra=conf) as d:
+        r = d.call({"op": "mail.send", "from": "app@example.org",
+                    "to": ["nobody@bad.example.net"], "subject": "will bounce",
+                    "text": "body\n"})
+        t.ok(r.get("ok"), "message to a rejecting host queued", r)
+        fid = r.get("id")
+        okk, st = status_in(d, fid, ("failed",), 30)
+        rc0 = (st.get("recipients") or [{}])[0]
+        t.ok(okk and rc0.get("state") == "failed" and (rc0.get("reply") or "").startswith("5"),
+             "permanent failure: status failed with the 5xx reply", st)
+        wait_for(lambda: acc.messages(), 30)
+        dsn = [m for m in acc.messages() if b"multipart/report" in m.data]
+        t.is_(len(dsn), 1, "one DSN delivered to the sender's domain")
+        if dsn:
+            data = dsn[0].data
+            t.ok(b"X-Mail-Args: <>\n" in data.replace(b"\r", b"") and
+                 b"From: Mail Delivery System <MAILER-DAEMON@mx.example.org>" in data,
+                 "the DSN comes from the null sender, From: bounce_from", data[:300])
+            em = email.message_from_bytes(data)
+            parts = em.get_payload() if em.is_multipart() else []
+            ds = parts[1].get_payload() if len(parts) > 1 else []
+            t.ok(em.get_content_type() == "multipart/report" and len(parts) == 3 and
+                 parts[1].get_content_type() == "message/delivery-status" and
+                 any(b.get("Final-Recipient") == "rfc822; nobody@bad.example.net" and
+                     b.get("Action") == "failed" and (b.get("Status") or "").startswith("5.")
+                     for b in ds[1:]),
+                 "the DSN parses as multipart/report naming the failed recipient",
+                 data[:1500])
+        r = d.call({"op": "queue.show", "id": fid})
+        t.ok("dsn_sent" in r.get("flags", []), "the failed message is marked dsn_sent", r)
+        r = d.call({"op": "queue.list", "sender": "", "limit": 10})
+        bl = [m for m in r.get("messages", []) if m["sender"] == ""]
+        t.ok(len(bl) == 1 and bl[0]["recipients"][0]["to"] == "app@example.org",
+             "the DSN is listed with a null sender, to the original sender", r)
+
+        # OTP class to a dead host: deferred with a reason, then expired, no DSN
+        r = d.call({"op": "mail.send", "from": "app@example.org",
+                    "to": "code@dead.example.net", "subject": "your code",
+                    "text": "123456\n", "class": "otp", "ttl": 4})
+        t.ok(r.get("ok"), "OTP-class message with ttl 4 s queued", r)
+        oid = r.get("id")
+        okk, st = status_in(d, oid, ("deferred",), 15)
+        t.ok(okk and st.get("last_error") and st.get("next_attempt"),
+             "dead host: deferred, with the reason and the next attempt", st)
+        okk, st = status_in(d, oid, ("expired",), 20)
+        rc0 = (st.get("recipients") or [{}])[0]
+        t.ok(okk and rc0.get("state") == "expired" and rc0.get("attempts", 0) >= 1,
+             "after its ttl: expired (a late code is useless)", st)
+        time.sleep(1)
+        t.is_(len([m for m in acc.messages() if b"multipart/report" in m.data]), 1,
+              "no DSN for OTP mail")
+        r = d.call({"op": "stats"})
+        t.ok(r["totals"]["failed"] >= 1 and r["totals"]["bounces"] == 1 and
+             r["totals"]["expired"] >= 1, "stats: failed, expired and bounce totals", r)
 
 t.done()
