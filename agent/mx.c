@@ -26,6 +26,7 @@
 #include "agent/otpmaild.h"
 
 #define MX_TIMEOUT_MS		8000	/* one lookup round, all its queries */
+#define MX_CHECK_TIMEOUT_MS	3000	/* submission check: an app is waiting */
 #define MX_MAX_HOSTS		16	/* MX records used, most preferred first */
 #define MX_MAX_ADDRS		8	/* addresses per family per host */
 #define MX_MAX_TLSA		32
@@ -1065,8 +1066,9 @@ mx_resolver_shared(const struct config *cfg, char *err, size_t errlen)
 	struct mx_resolver *r;
 
 	pthread_mutex_lock(&mx_shared_lock);
-	if (mx_shared == NULL)
-		mx_shared = mx_resolver_new(cfg, err, errlen);
+	if (mx_shared == NULL &&
+	    (mx_shared = mx_resolver_new(cfg, err, errlen)) != NULL)
+		mx_resolver_set_timeout(mx_shared, MX_CHECK_TIMEOUT_MS);
 	r = mx_shared;
 	pthread_mutex_unlock(&mx_shared_lock);
 	return r;

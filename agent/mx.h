@@ -73,8 +73,9 @@ void		 tlsa_set_free(struct tlsa_set *);
 const char	*mx_status_name(enum mx_status);
 
 /*
- * The daemon's one resolver, made from cfg on first use (thread-safe);
- * NULL with err set if it cannot be made.  Freed by mx_resolver_shared_free.
+ * The resolver of the submission-time checks (delivery_domain_check), made
+ * from cfg on first use (thread-safe), lookups bounded to 3 s since an app
+ * waits; NULL with err set if it cannot be made.
  */
 struct mx_resolver *mx_resolver_shared(const struct config *, char *err, size_t errlen);
 void		 mx_resolver_shared_free(void);
