@@ -96,7 +96,8 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	s->env->log_set_config(s->env, DB_LOG_AUTO_REMOVE, 1);
 
 	if ((r = db_create(&s->db, s->env, 0)) != 0 ||
-	    (r = db_create(&s->exp, s->env, 0)) != 0)
+	    (r = db_create(&s->exp, s->env, 0)) != 0 ||
+	    (r = db_create(&s->rate, s->env, 0)) != 0)
 		goto dberr;
 	/* Small pages: BDB locks pages, and records are keyed at random. */
 	s->db->set_pagesize(s->db, 2048);
@@ -110,6 +111,9 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	    DB_CREATE | DB_THREAD, 0600)) != 0)
 		goto dberr;
 	if ((r = s->db->associate(s->db, txn, s->exp, store_exp_callback, 0)) != 0)
+		goto dberr;
+	if ((r = s->rate->open(s->rate, txn, "rate.db", NULL, DB_BTREE,
+	    DB_CREATE | DB_THREAD, 0600)) != 0)
 		goto dberr;
 	r = txn->commit(txn, 0);
 	txn = NULL;
@@ -128,12 +132,15 @@ void
 store_env_close(struct store *s)
 {
 	/* The secondary first: it is associated with the primary. */
+	if (s->rate != NULL)
+		s->rate->close(s->rate, 0);
 	if (s->exp != NULL)
 		s->exp->close(s->exp, 0);
 	if (s->db != NULL)
 		s->db->close(s->db, 0);
 	if (s->env != NULL)
 		s->env->close(s->env, 0);
+	s->rate = NULL;
 	s->exp = NULL;
 	s->db = NULL;
 	s->env = NULL;

@@ -650,16 +650,7 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 		res->retry_after = retry;
 		return 0;
 	}
-	if ((r = rl_client_check(s, txn, op->q->client_uid, now, 1, &retry)) != 0)
-		return r;
-	if (retry > 0) {
-		op->st = S_RATE_LIMITED;
-		res->limit = "client_minute";
-		res->retry_after = retry;
-		return 0;
-	}
 	if (rl_global_take(s, now, &retry) == -1) {
-		op->abort = 1;	/* the client window was taken */
 		op->st = S_RATE_LIMITED;
 		res->limit = "global_rate";
 		res->retry_after = retry;
@@ -710,14 +701,26 @@ store_otp_issue(struct store *s, const struct otp_request *q, struct otp_result 
 	struct op op;
 	enum s_status st;
 
+	int retry;
+
 	if (op_prepare(s, q, res, &op) == -1)
 		return S_BADINPUT;
 	op.ttl = q->ttl > 0 ? q->ttl : s->p.ttl;
 	if (op.ttl > s->p.max_ttl)
 		return S_BADINPUT;
+	/* The client window first, in its own short transaction. */
+	if (rl_client_take(s, q->client_uid, op.now, &retry) != 0)
+		return S_TEMPFAIL;
+	if (retry > 0) {
+		res->limit = "client_minute";
+		res->retry_after = retry;
+		return S_RATE_LIMITED;
+	}
 	st = op_run(s, issue_txn, &op, 1, "issue");
-	if (st != S_OK)
+	if (st != S_OK) {
+		rl_client_give(s, q->client_uid, op.now);
 		OPENSSL_cleanse(res->code, sizeof(res->code));
+	}
 	return st;
 }
 
@@ -781,10 +784,8 @@ cancel_txn(struct store *s, DB_TXN *txn, struct op *op)
 	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
 		return r;
 	rl_window_give(a.hour_start, &a.hour_count, 3600, op->now);
-	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
-		return r;
 	op->count = 1;
-	return rl_client_give(s, txn, op->q->client_uid, op->now);
+	return addr_save(s, txn, op->akey, &a);
 }
 
 enum s_status
@@ -796,8 +797,10 @@ store_otp_cancel(struct store *s, const struct otp_request *q, const char *issue
 	if (op_prepare(s, q, NULL, &op) == -1 || hex_decode16(issue_id, op.issue_id) == -1)
 		return S_BADINPUT;
 	st = op_run(s, cancel_txn, &op, 1, "cancel");
-	if (st == S_OK)
+	if (st == S_OK) {
+		rl_client_give(s, q->client_uid, op.now);
 		rl_global_give(s, op.now);
+	}
 	return st;
 }
 

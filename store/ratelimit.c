@@ -1,14 +1,19 @@
 /*
  * ratelimit.c - the named issue limits: fixed windows anchored at their
  * first event (exact retry_after), per address (kept in the address record
- * by otp.c), per client uid (its own record, same transaction as the issue)
- * and the global per-second cap.
+ * by otp.c), per client uid and the global per-second cap.
  *
- * The global cap lives in memory on purpose: a per-second window means
- * nothing across a restart, and one hot database key would serialise every
- * issue of the daemon behind its log flush.
+ * One app uid issues for every address, so its counter is the one hot key:
+ * kept in the issue's transaction it would hold its lock through every log
+ * flush and serialise all issues (about 1,000/s here).  It lives in its own
+ * database of the same environment instead, taken in a short transaction
+ * before the issue and given back if the issue does not happen; it
+ * survives a crash of the daemon (not of the OS: no sync).  The global
+ * per-second cap lives in memory: such a window means nothing across a
+ * restart.
  */
 #include <string.h>
+#include <syslog.h>
 
 #include "store/store_int.h"
 
@@ -66,27 +71,24 @@ client_rec_encode(const struct client_rec *c, uint8_t *p)
 	return CLIENT_REC_SZ;
 }
 
-static int	rl_client_rw(struct store *, DB_TXN *, uint32_t, uint64_t, int,
-		    int *);
+static int	rl_client_rw(struct store *, DB_TXN *, uint32_t, uint64_t, int, int *);
+static int	rl_client_txn(struct store *, uint32_t, uint64_t, int, int *);
 
-/* mode: 0 check, 1 check and take, 2 give back. */
+/* mode: 1 check and take, 2 give back. */
 static int
 rl_client_rw(struct store *s, DB_TXN *txn, uint32_t uid, uint64_t now, int mode,
     int *retry_after)
 {
-	uint8_t kbuf[5], vbuf[CLIENT_REC_SZ];
+	uint8_t kbuf[4], vbuf[CLIENT_REC_SZ];
 	struct client_rec c;
 	DBT k, v;
 	int r;
 
 	*retry_after = 0;
-	if (s->p.max_per_client_minute <= 0)
-		return 0;
-	kbuf[0] = REC_CLIENT;
-	kbuf[1] = uid >> 24;
-	kbuf[2] = uid >> 16;
-	kbuf[3] = uid >> 8;
-	kbuf[4] = uid;
+	kbuf[0] = uid >> 24;
+	kbuf[1] = uid >> 16;
+	kbuf[2] = uid >> 8;
+	kbuf[3] = uid;
 	memset(&k, 0, sizeof(k));
 	memset(&v, 0, sizeof(v));
 	k.data = kbuf;
@@ -94,7 +96,7 @@ rl_client_rw(struct store *s, DB_TXN *txn, uint32_t uid, uint64_t now, int mode,
 	v.data = vbuf;
 	v.ulen = sizeof(vbuf);
 	v.flags = DB_DBT_USERMEM;
-	r = s->db->get(s->db, txn, &k, &v, mode ? DB_RMW : 0);
+	r = s->rate->get(s->rate, txn, &k, &v, DB_RMW);
 	if (r == DB_NOTFOUND)
 		memset(&c, 0, sizeof(c));
 	else if (r != 0)
@@ -106,7 +108,7 @@ rl_client_rw(struct store *s, DB_TXN *txn, uint32_t uid, uint64_t now, int mode,
 	} else {
 		*retry_after = rl_window_check(c.win_start, c.count,
 		    (uint32_t)s->p.max_per_client_minute, 60, now);
-		if (*retry_after || mode == 0)
+		if (*retry_after)
 			return 0;
 		rl_window_take(&c.win_start, &c.count, 60, now);
 	}
@@ -114,22 +116,87 @@ rl_client_rw(struct store *s, DB_TXN *txn, uint32_t uid, uint64_t now, int mode,
 	v.data = vbuf;
 	v.size = (uint32_t)client_rec_encode(&c, vbuf);
 	v.flags = 0;
-	return s->db->put(s->db, txn, &k, &v, 0);
+	return s->rate->put(s->rate, txn, &k, &v, 0);
 }
 
-int
-rl_client_check(struct store *s, DB_TXN *txn, uint32_t uid, uint64_t now, int take,
-    int *retry_after)
+static int
+rl_client_txn(struct store *s, uint32_t uid, uint64_t now, int mode, int *retry_after)
 {
-	return rl_client_rw(s, txn, uid, now, take ? 1 : 0, retry_after);
+	DB_TXN *txn;
+	int attempt, r = 0;
+
+	*retry_after = 0;
+	if (s->p.max_per_client_minute <= 0)
+		return 0;
+	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
+		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+			break;
+		r = rl_client_rw(s, txn, uid, now, mode, retry_after);
+		if (r == 0)
+			return txn->commit(txn, DB_TXN_WRITE_NOSYNC);
+		txn->abort(txn);
+		if (!store_retryable(r))
+			break;
+		store_backoff(attempt);
+	}
+	store_logf(s, LOG_ERR, "event=store.client_limit error=\"%s\"", db_strerror(r));
+	return r;
 }
 
 int
-rl_client_give(struct store *s, DB_TXN *txn, uint32_t uid, uint64_t now)
+rl_client_take(struct store *s, uint32_t uid, uint64_t now, int *retry_after)
+{
+	return rl_client_txn(s, uid, now, 1, retry_after);
+}
+
+void
+rl_client_give(struct store *s, uint32_t uid, uint64_t now)
 {
 	int unused;
 
-	return rl_client_rw(s, txn, uid, now, 2, &unused);
+	(void)rl_client_txn(s, uid, now, 2, &unused);
+}
+
+/* Client windows are few (one per app uid): a walk of them all is cheap. */
+int
+rl_client_sweep(struct store *s, uint64_t now, size_t *n)
+{
+	uint8_t kbuf[8], vbuf[CLIENT_REC_SZ];
+	struct client_rec c;
+	DB_TXN *txn;
+	DBC *cur = NULL;
+	DBT k, v;
+	int r;
+
+	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		return r;
+	if ((r = s->rate->cursor(s->rate, txn, &cur, 0)) != 0)
+		goto out;
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	k.data = kbuf;
+	k.ulen = sizeof(kbuf);
+	k.flags = DB_DBT_USERMEM;
+	v.data = vbuf;
+	v.ulen = sizeof(vbuf);
+	v.flags = DB_DBT_USERMEM;
+	while ((r = cur->get(cur, &k, &v, DB_NEXT | DB_RMW)) == 0) {
+		client_rec_decode(vbuf, v.size, &c);
+		if (c.purge <= now) {
+			if ((r = cur->del(cur, 0)) != 0)
+				goto out;
+			(*n)++;
+		}
+	}
+	if (r == DB_NOTFOUND)
+		r = 0;
+out:
+	if (cur != NULL)
+		cur->close(cur);
+	if (r == 0)
+		return txn->commit(txn, DB_TXN_WRITE_NOSYNC);
+	txn->abort(txn);
+	return r;
 }
 
 int

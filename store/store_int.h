@@ -25,7 +25,6 @@
 /* One-byte prefixes of the primary keys. */
 #define REC_OTP		'O'	/* 'O' + HMAC(secret, lower(addr) 0 purpose) */
 #define REC_ADDR	'A'	/* 'A' + HMAC(secret, lower(addr) 0) */
-#define REC_CLIENT	'C'	/* 'C' + uid (4 bytes, big-endian) */
 #define KEY_MAX		(1 + STORE_MAC_LEN)
 
 /* A code as stored: only its MAC. */
@@ -56,7 +55,7 @@ struct addr_rec {
 	uint64_t	 lockout_until;	/* STORE_FOREVER at the hard cap */
 };
 
-/* Per client uid issue window. */
+/* Per client uid issue window (rate.db). */
 struct client_rec {
 	uint64_t	 purge;
 	uint64_t	 win_start;
@@ -81,6 +80,7 @@ struct store {
 	DB_ENV		*env;
 	DB		*db;		/* primary: every record */
 	DB		*exp;		/* secondary: purge time -> record */
+	DB		*rate;		/* client uid (4 bytes BE) -> issue window */
 	struct store_key key;		/* the current secret */
 	struct store_key old_key;	/* the previous one (rotation) */
 	int		 has_old;
@@ -122,9 +122,10 @@ int	rl_window_check(uint64_t start, uint32_t count, uint32_t max, uint64_t windo
 	    uint64_t now);
 void	rl_window_take(uint64_t *start, uint32_t *count, uint64_t window, uint64_t now);
 void	rl_window_give(uint64_t start, uint32_t *count, uint64_t window, uint64_t now);
-int	rl_client_check(struct store *, DB_TXN *, uint32_t uid, uint64_t now,
-	    int take, int *retry_after);
-int	rl_client_give(struct store *, DB_TXN *, uint32_t uid, uint64_t now);
+/* Client windows: each call is its own short transaction (see ratelimit.c). */
+int	rl_client_take(struct store *, uint32_t uid, uint64_t now, int *retry_after);
+void	rl_client_give(struct store *, uint32_t uid, uint64_t now);
+int	rl_client_sweep(struct store *, uint64_t now, size_t *n);
 int	rl_global_take(struct store *, uint64_t now, int *retry_after);
 void	rl_global_give(struct store *, uint64_t now);
 void	client_rec_decode(const void *, size_t, struct client_rec *);

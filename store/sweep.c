@@ -124,7 +124,10 @@ store_sweep(struct store *s, time_t now, size_t *count)
 		if (!more)
 			shard++;
 	}
+	for (attempt = 0; (r = rl_client_sweep(s, (uint64_t)now, &n)) != 0 &&
+	    store_retryable(r) && attempt < STORE_RETRIES; attempt++)
+		store_backoff(attempt);
 	if (count)
 		*count = n;
-	return S_OK;
+	return r == 0 ? S_OK : S_TEMPFAIL;
 }

@@ -272,6 +272,15 @@ test_limits(void)
 	q.client_uid = 1000;
 	q.now = T0 + 60;
 	is_int(store_otp_issue(s, &q, &r), S_OK, "client window over");
+	{
+		size_t swept = 0;
+		DB_BTREE_STAT *bs = NULL;
+
+		is_int(store_sweep(s, T0 + 121, &swept), S_OK, "sweep");
+		ok(s->rate->stat(s->rate, NULL, &bs, 0) == 0 && bs->bt_nkeys == 0,
+		    "sweep removes ended client windows");
+		free(bs);
+	}
 	store_close(s);
 
 	/* address per hour (10), over several purposes */

@@ -114,6 +114,9 @@ main(int argc, char **argv)
 	p.dir = argv[1];
 	p.secret_file = secret;
 	p.durable = getenv("BENCH_NOSYNC") ? 0 : 1;
+	/* One client uid for every thread, as one app would be. */
+	p.max_per_client_minute = getenv("BENCH_CLIENT_LIMIT") ?
+	    atoi(getenv("BENCH_CLIENT_LIMIT")) : 0;
 	if ((s = store_open(&p, err, sizeof(err))) == NULL) {
 		fprintf(stderr, "%s\n", err);
 		return 1;
@@ -133,8 +136,9 @@ main(int argc, char **argv)
 		total += w[i].n;
 	}
 	t1 = now_s();
-	printf("issue+mark_sent: %d in %.2f s = %.0f/s (%d threads, durable=%d)\n",
-	    total, t1 - t0, total / (t1 - t0), nt, p.durable);
+	printf("issue+mark_sent: %d in %.2f s = %.0f/s (%d threads, durable=%d, "
+	    "client limit %d/min)\n", total, t1 - t0, total / (t1 - t0), nt, p.durable,
+	    p.max_per_client_minute);
 	all = w;
 	nall = nt;
 	t0 = now_s();
