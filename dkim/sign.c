@@ -454,7 +454,11 @@ fail:
 	return -1;
 }
 
-/* One signature with one key: feed fields and body, append the field. */
+/*
+ * One signature with one key: feed fields and body, append the field.
+ * Returns 0, -1 on a library failure, -2 if the library finds the message
+ * malformed (retrying would not help).
+ */
 static int
 dkim_sign_one(struct dkim_signer *s, const struct dkim_key *k,
     const struct dkim_field *f, size_t nf, const char *body, size_t bodylen,
@@ -514,6 +518,8 @@ libfail:
 	snprintf(err, errlen, "signing for %s/%s failed: %s%s%s", k->domain,
 	    k->selector, dkim_getresultstr(st), why && *why ? ": " : "",
 	    why ? why : "");
+	if (st == DKIM_STAT_SYNTAX)
+		rc = -2;
 	goto out;
 nomem:
 	snprintf(err, errlen, "out of memory");
@@ -586,9 +592,16 @@ dkim_sign_message(struct dkim_signer *s, const char *msg, size_t len,
 	for (i = 0; i < s->nkeys; i++) {
 		if (strcmp(s->keys[i].domain, match->domain) != 0)
 			continue;
-		if (dkim_sign_one(s, &s->keys[i], f, nf, body, bodylen, &out,
-		    err, errlen) == -1)
+		switch (dkim_sign_one(s, &s->keys[i], f, nf, body, bodylen, &out,
+		    err, errlen)) {
+		case 0:
+			break;
+		case -2:
+			rc = DKIM_SIGN_BADMSG;
 			goto out;
+		default:
+			goto out;
+		}
 	}
 	*sig = out.p;
 	out.p = NULL;

@@ -329,6 +329,7 @@ test_domains(struct dkim_signer *s)
 		  NULL },
 		{ " folded first\r\nFrom: a@example.org\r\n", DKIM_SIGN_BADMSG, NULL },
 		{ "From: a@example.org\r\nno colon here\r\n", DKIM_SIGN_BADMSG, NULL },
+		{ "From: a@example.org\r\nBad\001Name: y\r\n", DKIM_SIGN_BADMSG, NULL },
 	};
 	char name[300], msg[512];
 	const char *dom;
