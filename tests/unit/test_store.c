@@ -676,6 +676,48 @@ test_race(void)
 	store_close(s);
 }
 
+/* Linked with -Wl,--wrap=CRYPTO_memcmp: counts the store's comparisons. */
+int	__real_CRYPTO_memcmp(const void *, const void *, size_t);
+int	__wrap_CRYPTO_memcmp(const void *, const void *, size_t);
+static int memcmp_calls;
+
+int
+__wrap_CRYPTO_memcmp(const void *a, const void *b, size_t n)
+{
+	memcmp_calls++;
+	return __real_CRYPTO_memcmp(a, b, n);
+}
+
+static void
+test_constant_time(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char c[3][16], wrongc[16];
+	int i;
+
+	wipe();
+	s = open_default(&p);
+	for (i = 0; i < 3; i++) {
+		req(&q, "ct@example.org", NULL, NULL, T0 + i * 30);
+		issue_sent(s, &q, c[i]);
+	}
+	snprintf(wrongc, sizeof(wrongc), "%06d", (atoi(c[0]) + 1) % 1000000);
+	q.now = T0 + 61;
+	memcmp_calls = 0;
+	if (strcmp(wrongc, c[1]) && strcmp(wrongc, c[2]))
+		is_int(store_otp_verify(s, &q, wrongc, &r), S_INVALID, "wrong code");
+	else
+		ok(1, "skip: colliding codes");
+	is_int(memcmp_calls, 3, "CRYPTO_memcmp against each of the 3 outstanding codes");
+	memcmp_calls = 0;
+	is_int(store_otp_verify(s, &q, c[0], &r), S_OK, "oldest code verifies");
+	is_int(memcmp_calls, 3, "a match on the first code still compares all 3 (no early exit)");
+	store_close(s);
+}
+
 static void
 test_mac(void)
 {
@@ -717,6 +759,7 @@ main(void)
 	snprintf(oldsecret, sizeof(oldsecret), "%s/secret.old", root);
 
 	test_mac();
+	test_constant_time();
 	test_basic();
 	test_expiry_binding();
 	test_limits();
