@@ -108,15 +108,34 @@ def _mkdtemp(prefix, mode=0o755):
     return d
 
 
-def _kill(proc, timeout=5):
-    if proc is None or proc.poll() is not None:
+def _kill(proc, timeout=5, group=False):
+    """Stops proc (and with group, its whole process group: NSD forks)."""
+    if proc is None:
         return
-    proc.terminate()
+    if group:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    elif proc.poll() is None:
+        proc.terminate()
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if group:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def wait_port(addr, port, timeout=10, banner=True):
@@ -317,7 +336,8 @@ class DnsServer(_Fixture):
         self._log = open(os.path.join(self.dir, 'nsd.out'), 'ab')
         self.proc = subprocess.Popen(
             ['nsd', '-d', '-c', os.path.join(self.dir, 'nsd.conf')],
-            stdout=self._log, stderr=subprocess.STDOUT)
+            stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
         deadline = time.time() + 10
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -352,13 +372,13 @@ class DnsServer(_Fixture):
         """Replaces the zones (same signing keys) and restarts the server."""
         if zones is not None:
             self.zones = list(zones)
-        _kill(self.proc)
+        _kill(self.proc, group=True)
         self._log.close()
         self._write_zones()
         self._launch()
 
     def stop(self):
-        _kill(self.proc)
+        _kill(self.proc, group=True)
         self.proc = None
         if getattr(self, '_log', None):
             self._log.close()
