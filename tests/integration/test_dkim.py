@@ -19,6 +19,7 @@ otpmaild (harness.Daemon) in sandbox mode with RSA + Ed25519 keys.
    `otpmailctl dkim keygen|records`; bad keys stop start-up naming the file.
 """
 import os
+import signal
 import smtplib
 import subprocess
 import sys
@@ -234,7 +235,21 @@ def daemon_tests(t, keys, pf, dns):
                     data = f.read()
                 ok, out = verify(keys, data)
                 t.ok(ok, "sandbox copy signed by otpmaild verifies (RSA + Ed25519)", out)
-        # otp.issue mail is signed too (From = otp_from)
+        # reload (SIGHUP) builds a new signer; mail is still signed right
+        if files:
+            before = len(d.sandbox_messages())
+            d.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "event=reloaded" in d.log_text(), 10)
+            r = d.call({"op": "mail.send", "to": ["user@example.net"],
+                        "from": "noreply@example.org", "raw": MSGS["plain"].decode()})
+            after = wait_for(lambda: len(d.sandbox_messages()) > before and
+                             d.sandbox_messages(), 20)
+            ok = False
+            out = "%s\n%s" % (r, d.log_text()[-1500:])
+            if after:
+                with open(after[-1], "rb") as f:
+                    ok, out = verify(keys, f.read())
+            t.ok(ok, "after a reload, mail is signed and verifies", out)
         # dkim.records
         r = d.call({"op": "dkim.records"})
         t.ok(r.get("ok"), "dkim.records answers", r)
