@@ -6,6 +6,18 @@
  * directory grows huge.  Every file is written by spool_write_atomic
  * through tmp/; whatever is read back is untrusted: strict parse, bounded
  * lengths, and anything bad goes to corrupt/ with a log line.
+ *
+ *   message file: "OTPQ1 <envlen> <bodylen> <envcrc32> <bodycrc32>\n"
+ *                 <envelope text> <body> "END\n"
+ *   state file:   "OTPS1 <envlen> <envcrc32>\n" <envelope text> "END\n"
+ *   envelope:     fixed-order lines "v 1", "id", "class", "sender", "created",
+ *                 "expires", "next", "attempts", "held", "flags", "size", "uid",
+ *                 "finished", "tag", "error", "rcpts N", N x "r state attempts
+ *                 last addr reply", "."; strings are "-" (none) or "=" + bytes
+ *                 with %XX for anything but printable ASCII.
+ * The exact file size must match the header, so a file cut at any byte is
+ * refused; recovery reads header + envelope only (the body CRC is checked
+ * when the body is read for delivery).
  */
 #include <dirent.h>
 #include <errno.h>
