@@ -767,6 +767,25 @@ main(void)
 		dkim_signer_free(s);
 	}
 
+	/* reload: a new signer with the same keys, then the old one freed */
+	{
+		struct dkim_signer *a = signer(keys, 3, 1, err, sizeof(err));
+		struct dkim_signer *b = signer(keys, 3, 1, err, sizeof(err));
+		unsigned long h0;
+		char *sig;
+
+		ok(a && b, "two signers with the same keys (reload)");
+		dkim_signer_free(a);
+		h0 = dkim_keycache_hits();
+		sig = b ? sign(b, msgs[0].text, DKIM_SIGN_OK, NULL, "after reload") : NULL;
+		ok(dkim_keycache_hits() == h0 + 2, "the new signer's keys are cached");
+		if (sig && have_verifier)
+			is_int(verify(sig, msgs[0].text, strlen(msgs[0].text), 2, NULL),
+			    0, "after the old signer is freed, signatures verify");
+		free(sig);
+		dkim_signer_free(b);
+	}
+
 	/* a signer with no keys signs nothing */
 	s = signer(NULL, 0, 1, err, sizeof(err));
 	ok(s != NULL, "signer without keys");
