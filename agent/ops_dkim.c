@@ -162,13 +162,17 @@ op_dkim_records(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 				break;
 		if (j < n)
 			continue;
-		if (asprintf(&name, "%s.", ki.domain) != -1 &&
-		    asprintf(&value, "v=spf1 mx a:%s -all", d->hostname) != -1 &&
+		if (d->hostname == NULL || *d->hostname == '\0') {
+			if (asprintf(&value, "v=spf1 mx -all") == -1)
+				value = NULL;
+		} else if (asprintf(&value, "v=spf1 mx a:%s -all", d->hostname) == -1)
+			value = NULL;
+		if (value != NULL && asprintf(&name, "%s.", ki.domain) != -1 &&
 		    asprintf(&note, "suggestion: allows the domain's MX hosts and "
 		    "this host (%s), which delivers directly; add every other "
 		    "host or relay (include:) that sends for %s, and merge with "
-		    "an existing SPF record (only one is allowed)", d->hostname,
-		    ki.domain) != -1)
+		    "an existing SPF record (only one is allowed)",
+		    d->hostname ? d->hostname : "", ki.domain) != -1)
 			dkim_ops_add(list, &zone, &zlen, ki.domain, name, value,
 			    "spf", note);
 		free(name);
