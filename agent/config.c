@@ -764,7 +764,9 @@ config_load(const char *path, char *err, size_t errlen)
 {
 	const struct cfg_key *k;
 	struct config *c;
-	char line[CONFIG_LINE_MAX + 2], msg[512], *key, *val, *eq;
+	char *line = NULL, msg[512], *key, *val, *eq;
+	size_t cap = 0;
+	ssize_t n;
 	FILE *f = NULL;
 	int lineno = 0;
 
@@ -783,15 +785,17 @@ config_load(const char *path, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		goto fail;
 	}
-	while (fgets(line, sizeof(line), f) != NULL) {
+	while ((n = getline(&line, &cap, f)) != -1) {
 		lineno++;
-		if (strlen(line) > CONFIG_LINE_MAX) {
+		if ((size_t)n > CONFIG_LINE_MAX) {
 			snprintf(err, errlen, "%s:%d: line longer than %d bytes", path,
 			    lineno, CONFIG_LINE_MAX);
 			goto fail;
 		}
-		if (memchr(line, '\0', strlen(line)) != NULL)
-			continue;
+		if (memchr(line, '\0', n) != NULL) {
+			snprintf(err, errlen, "%s:%d: NUL byte in line", path, lineno);
+			goto fail;
+		}
 		key = cfg_trim(line);
 		if (*key == '\0' || *key == '#')
 			continue;
@@ -817,6 +821,8 @@ config_load(const char *path, char *err, size_t errlen)
 	}
 	fclose(f);
 	f = NULL;
+	free(line);
+	line = NULL;
 finish:
 	if (cfg_finish(c, msg, sizeof(msg)) == -1) {
 		snprintf(err, errlen, "%s: %s", path ? path : "built-in defaults", msg);
@@ -826,6 +832,7 @@ finish:
 fail:
 	if (f)
 		fclose(f);
+	free(line);
 	config_free(c);
 	return NULL;
 }

@@ -248,7 +248,9 @@ main(int argc, char **argv)
 		goto fail;
 	spool = main_path(d.state_dir, "spool");
 	main_queue_params(d.cfg, &qp, spool);
-	if ((d.queue = queue_open(&qp, err, sizeof(err))) == NULL)
+	d.queue = queue_open(&qp, err, sizeof(err));
+	free(spool);	/* the queue keeps its own copy */
+	if (d.queue == NULL)
 		goto fail;
 	if (d.cfg->ndkim_keys > 0 && (d.dkim = main_dkim(d.cfg, err, sizeof(err))) == NULL)
 		goto fail;

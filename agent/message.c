@@ -84,6 +84,7 @@ buf_take(struct buf *b, size_t *len)
 	char *p;
 
 	buf_grow(b, 0);
+	b->data[b->len] = '\0';	/* an empty buffer was never terminated */
 	p = b->data;
 	if (len != NULL)
 		*len = b->len;

@@ -544,7 +544,18 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 		r[i].code = code;
 		r[i].status = smtp_class(code);
 		if (code == 0 || !s->usable) {
-			/* Lost: everything not yet answered is temporary. */
+			/*
+			 * Lost before DATA: recipients accepted so far got
+			 * nothing either, so they are temporary too.
+			 */
+			size_t j;
+			for (j = 0; j < i; j++)
+				if (r[j].status == SMTP_OK) {
+					r[j].status = SMTP_TEMP;
+					r[j].code = 0;
+					snprintf(r[j].reply, sizeof(r[j].reply),
+					    "connection lost before DATA");
+				}
 			for (; i < n; i++) {
 				r[i].status = SMTP_TEMP;
 				r[i].code = 0;

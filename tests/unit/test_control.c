@@ -94,7 +94,7 @@ main(void)
 	/* field accessors */
 	req = json_loads("{\"s\":\"ab\",\"crlf\":\"a\\r\\nb\",\"nul\":\"a\\u0000b\","
 	    "\"i\":5,\"f\":1.5,\"b\":true,\"l\":[\"x\",\"y\"],\"lbad\":[\"x\",1],"
-	    "\"txt\":\"line1\\nline2\"}", 0, NULL);
+	    "\"txt\":\"line1\\nline2\"}", JSON_ALLOW_NUL, NULL);
 	s = NULL;
 	ok(req_str(req, "s", 1, 10, &s, &e) == 0 && strcmp(s, "ab") == 0, "req_str ok");
 	ok(req_str(req, "s", 1, 1, &s, &e) == -1, "req_str refuses overlong");
