@@ -54,6 +54,7 @@ struct ctl_conn {
 	int		 dead;		/* peer gone: free when not queued */
 	json_t		*final;		/* error to send after the pending answers */
 	int		 subscriber;	/* gets the live event stream (events.tail) */
+	int		 draining;	/* answered and shut down for writing: discard input */
 	struct ctl_conn	*sub_next;
 	char		*out;
 	size_t		 outlen, outcap;
@@ -475,6 +476,16 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c)
 	size_t max = ctl->d->cfg->control_max_line, start, i;
 	ssize_t n;
 
+	if (c->draining) {
+		char junk[4096];
+		/* The peer still sends; swallow it so close sends no RST over
+		 * our last answer.  EOF or error: done. */
+		while ((n = read(c->fd, junk, sizeof(junk))) > 0)
+			;
+		if (n == 0 || errno != EAGAIN)
+			ctl_conn_close(ctl, c);
+		return;
+	}
 	for (;;) {
 		if (c->incap - c->inlen < CTL_READ_CHUNK) {
 			size_t cap = c->incap ? c->incap * 2 : CTL_READ_CHUNK * 2;
@@ -568,6 +579,20 @@ ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 		done_close = 1;
 	pthread_mutex_unlock(&c->mu);
 	if (done_close) {
+		/*
+		 * A lingering close: shut our side, then read and discard
+		 * until the peer closes (or the idle sweep gives up), so the
+		 * error we just sent is not destroyed by a reset.
+		 */
+		if (!c->draining && shutdown(c->fd, SHUT_WR) == 0) {
+			c->draining = 1;
+			c->last_active = time(NULL);
+			ev.events = EPOLLIN;
+			ev.data.ptr = c;
+			epoll_ctl(ctl->efd, EPOLL_CTL_MOD, c->fd, &ev);
+			c->events = EPOLLIN;
+			return;
+		}
 		ctl_conn_close(ctl, c);
 		return;
 	}
@@ -757,7 +782,8 @@ ctl_idle_sweep(struct control *ctl)
 		next = c->all_next;
 		pthread_mutex_lock(&c->mu);
 		idle = !c->queued && !c->subscriber && c->outlen == 0 &&
-		    now - c->last_active > ctl->d->cfg->control_idle_timeout;
+		    now - c->last_active > (c->draining ? 2 :
+		    ctl->d->cfg->control_idle_timeout);
 		pthread_mutex_unlock(&c->mu);
 		if (idle)
 			ctl_conn_close(ctl, c);
