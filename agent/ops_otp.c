@@ -233,10 +233,11 @@ op_otp_verify(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return reply_ok();
 	case S_INVALID:
 		log_msg(LOG_NOTICE, "event=otp.verify result=failed reason=invalid_code "
-		    "id=%s attempts_left=%d %s purpose=%s uid=%u",
+		    "id=%s attempts_left=%d limit=%s %s purpose=%s uid=%u",
 		    res.queue_id[0] ? res.queue_id : "-", res.attempts_left > 0 ?
-		    res.attempts_left : 0, a.who, a.purpose, (unsigned)p->uid);
-		if (res.limit != NULL)
+		    res.attempts_left : 0, res.limit ? res.limit : "-", a.who, a.purpose,
+		    (unsigned)p->uid);
+		if (res.limit != NULL && strcmp(res.limit, "address_lockout") == 0)
 			log_msg(LOG_WARNING, "event=otp.lockout id=%s %s retry_after=%d",
 			    res.queue_id[0] ? res.queue_id : "-", a.who, res.retry_after);
 		break;

@@ -929,6 +929,17 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 	if (op->lockout) {
 		res->limit = "address_lockout";
 		res->retry_after = locked_retry(s, &a, now);
+	} else if (left == 0) {
+		/* Every code is dead: a new one can come after the cooldown. */
+		res->limit = "code_attempts";
+		res->retry_after = 0;
+		for (k = 0; k < op->nkeys; k++)
+			if (o[k].last_sent &&
+			    o[k].last_sent + (uint64_t)s->p.resend_cooldown > now &&
+			    (int)(o[k].last_sent + (uint64_t)s->p.resend_cooldown - now) >
+			    res->retry_after)
+				res->retry_after = (int)(o[k].last_sent +
+				    (uint64_t)s->p.resend_cooldown - now);
 	}
 	res->attempts_left = left;
 	op->st = S_INVALID;

@@ -179,6 +179,8 @@ with Daemon() as d:
                       "purpose": purposes[pi], "code": wrong(code)})
         key = "ok" if ans.get("ok") else ans.get("error")
         counts[key] = counts.get(key, 0) + 1
+        if ans.get("limit") in ("code_attempts", "address_lockout") and key == "invalid_code":
+            counts[ans["limit"]] = counts.get(ans["limit"], 0) + 1
         if key == "not_found" and pi + 1 < len(purposes):
             # this code died after 5 failures: ask for another one
             pi += 1
@@ -190,6 +192,8 @@ with Daemon() as d:
     t.is_(counts.get("ok", 0), 0, "10^4 guesses: no success")
     t.is_(counts.get("invalid_code", 0), 10, "exactly 10 failures counted, then the lock-out")
     t.ok(counts.get("locked", 0) >= 9900, "the rest refused as locked", counts)
+    t.ok(counts.get("code_attempts") == 1 and counts.get("address_lockout") == 1,
+         "the 5th failure names code_attempts, the 10th address_lockout", counts)
     rv = verify(d, "victim@example.org", code, purpose=purposes[pi])
     t.ok(rv.get("error") == "locked" and rv.get("retry_after", 0) > 0,
          "even the right code is refused while locked, with retry_after", rv)

@@ -355,9 +355,14 @@ test_resend_and_failures(void)
 	strcpy(c[1], c[0]);
 	c[1][0] = c[0][0] == '9' ? '0' : c[0][0] + 1;
 	for (i = 1; i <= 5; i++) {
+		q.now = T0 + i;
 		is_int(store_otp_verify(s, &q, c[1], &r), S_INVALID, "wrong code");
 		is_int(r.attempts_left, 5 - i, "attempts_left counts down");
+		if (i < 5)
+			ok(r.limit == NULL, "no limit named while attempts are left");
 	}
+	is_str(r.limit, "code_attempts", "5th failure: limit code_attempts");
+	is_int(r.retry_after, 25, "retry_after = cooldown left for a new code");
 	is_int(store_otp_verify(s, &q, c[0], &r), S_NOTFOUND,
 	    "after 5 failures the right code is dead");
 	store_close(s);
