@@ -32,6 +32,9 @@ struct fake {
 	int		 starttls;	/* answer STARTTLS and handshake */
 	const char	*mail_reply;	/* NULL = 250 */
 	const char	*data_end;	/* NULL = 250; "hang" = never */
+	const char	*ehlo_tls;	/* EHLO reply once TLS is on (NULL = ehlo) */
+	int		 badtls;	/* 220 to STARTTLS, then garbage */
+	int		 v6;		/* listen on ::1 */
 	SSL_CTX		*sctx;
 	pthread_mutex_t	 mu;
 	char		 log[16384];	/* command lines received */
@@ -113,8 +116,29 @@ fake_conn(struct fake *f, int fd)
 			strcat(f->log, "\n");
 		}
 		pthread_mutex_unlock(&f->mu);
-		if (strncasecmp(line, "EHLO", 4) == 0)
+		if (strncasecmp(line, "EHLO", 4) == 0 && c.ssl && f->ehlo_tls)
+			conn_write(&c, f->ehlo_tls);
+		else if (strncasecmp(line, "EHLO", 4) == 0)
 			conn_write(&c, f->ehlo ? f->ehlo : "502 5.5.2 no ESMTP here\r\n");
+		else if (strncasecmp(line, "STARTTLS", 8) == 0 && f->badtls) {
+			conn_write(&c, "220 2.0.0 go ahead\r\n");
+			usleep(100 * 1000);	/* after the reply was read */
+			conn_write(&c, "this is not TLS at all\r\n");
+			break;
+		} else if (strcasecmp(line, "AUTH PLAIN AHVzZXIAc2VjcmV0") == 0)
+			conn_write(&c, "235 2.7.0 ok\r\n");
+		else if (strncasecmp(line, "AUTH PLAIN", 10) == 0)
+			conn_write(&c, "535 5.7.8 bad credentials\r\n");
+		else if (strcasecmp(line, "AUTH LOGIN") == 0) {
+			conn_write(&c, "334 VXNlcm5hbWU6\r\n");
+			if (conn_line(&c, line, sizeof(line)) == -1 || strcmp(line, "dXNlcg==") != 0)
+				break;
+			conn_write(&c, "334 UGFzc3dvcmQ6\r\n");
+			if (conn_line(&c, line, sizeof(line)) == -1)
+				break;
+			conn_write(&c, strcmp(line, "c2VjcmV0") == 0 ? "235 2.7.0 ok\r\n" :
+			    "535 5.7.8 no\r\n");
+		}
 		else if (strncasecmp(line, "HELO", 4) == 0)
 			conn_write(&c, "250 fake\r\n");
 		else if (strncasecmp(line, "STARTTLS", 8) == 0 && f->starttls) {
@@ -208,19 +232,29 @@ static pthread_t
 fake_start(struct fake *f)
 {
 	struct sockaddr_in sin = { .sin_family = AF_INET };
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
 	socklen_t len = sizeof(sin);
 	pthread_t th;
 
 	pthread_mutex_init(&f->mu, NULL);
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
-	if (f->lfd == -1 || bind(f->lfd, (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
+	sin6.sin6_addr = in6addr_loopback;
+	f->lfd = socket(f->v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+	if (f->lfd == -1 || (f->v6 ?
+	    bind(f->lfd, (struct sockaddr *)&sin6, sizeof(sin6)) :
+	    bind(f->lfd, (struct sockaddr *)&sin, sizeof(sin))) == -1 ||
 	    listen(f->lfd, 8) == -1) {
 		perror("fake listen");
 		abort();
 	}
-	getsockname(f->lfd, (struct sockaddr *)&sin, &len);
-	f->port = ntohs(sin.sin_port);
+	if (f->v6) {
+		len = sizeof(sin6);
+		getsockname(f->lfd, (struct sockaddr *)&sin6, &len);
+		f->port = ntohs(sin6.sin6_port);
+	} else {
+		getsockname(f->lfd, (struct sockaddr *)&sin, &len);
+		f->port = ntohs(sin.sin_port);
+	}
 	pthread_create(&th, NULL, fake_main, f);
 	return th;
 }
@@ -229,13 +263,19 @@ static void
 fake_stop(struct fake *f, pthread_t th)
 {
 	struct sockaddr_in sin = { .sin_family = AF_INET };
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6 };
 	int fd;
 
 	f->stop = 1;
 	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	sin.sin_port = htons(f->port);
-	fd = socket(AF_INET, SOCK_STREAM, 0);
-	connect(fd, (struct sockaddr *)&sin, sizeof(sin));	/* wakes accept */
+	sin6.sin6_addr = in6addr_loopback;
+	sin6.sin6_port = htons(f->port);
+	fd = socket(f->v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+	if (f->v6)	/* wakes accept */
+		connect(fd, (struct sockaddr *)&sin6, sizeof(sin6));
+	else
+		connect(fd, (struct sockaddr *)&sin, sizeof(sin));
 	pthread_join(th, NULL);
 	close(fd);
 	close(f->lfd);
@@ -654,6 +694,111 @@ test_tls(SSL_CTX *ctx)
 	SSL_CTX_free(f.sctx);
 }
 
+static void
+test_auth_fallback_v6(SSL_CTX *ctx)
+{
+	struct fake f = { .greeting = "220 relay\r\n", .ehlo = EHLO_TLS, .starttls = 1,
+	    .ehlo_tls = "250-relay\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n" };
+	struct fake l = { .greeting = "220 relay\r\n", .ehlo = EHLO_TLS, .starttls = 1,
+	    .ehlo_tls = "250-relay\r\n250 AUTH LOGIN\r\n" };
+	struct fake b = { .greeting = "220 broken\r\n", .ehlo = EHLO_TLS, .badtls = 1 };
+	struct fake v = { .greeting = "220 six\r\n", .ehlo = EHLO_FULL, .v6 = 1 };
+	struct smtp_rcpt r[1] = { { .addr = "ok@example.org" } };
+	struct sockaddr_in6 sin6;
+	struct smtp_session *s;
+	struct smtp_params p;
+	struct sockaddr_in sin;
+	char reply[512];
+	pthread_t th;
+
+	f.sctx = server_ctx();
+	l.sctx = f.sctx;
+	th = fake_start(&f);
+	fake_addr(&f, &sin);
+	params_init(&p, ctx);
+	p.auth_user = "user";
+	p.auth_pass = "secret";
+	p.policy = TLS_ENCRYPT;
+	if (smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)) == SMTP_OK) {
+		ok(1, "AUTH PLAIN over TLS accepted");
+		smtp_close(s);
+	} else {
+		ok(0, "AUTH PLAIN over TLS accepted");
+		diag("%s", reply);
+	}
+	p.auth_pass = "wrong";
+	is_int(smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)), SMTP_TEMP, "refused credentials: deferred, not failed");
+	ok(strstr(reply, "535") != NULL, "with the 535 reply");
+	p.auth_pass = "secret";
+	p.policy = TLS_NONE;
+	pthread_mutex_lock(&f.mu);
+	f.log[0] = '\0';
+	pthread_mutex_unlock(&f.mu);
+	is_int(smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)), SMTP_TEMP, "AUTH without TLS: refused locally");
+	pthread_mutex_lock(&f.mu);
+	ok(strstr(f.log, "AUTH") == NULL, "no credentials sent in clear");
+	pthread_mutex_unlock(&f.mu);
+	fake_stop(&f, th);
+
+	th = fake_start(&l);
+	fake_addr(&l, &sin);
+	p.policy = TLS_MAY;
+	if (smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)) == SMTP_OK) {
+		ok(1, "AUTH LOGIN over TLS accepted");
+		smtp_close(s);
+	} else {
+		ok(0, "AUTH LOGIN over TLS accepted");
+		diag("%s", reply);
+	}
+	fake_stop(&l, th);
+	p.auth_user = NULL;
+	p.auth_pass = NULL;
+
+	th = fake_start(&b);
+	fake_addr(&b, &sin);
+	p.policy = TLS_MAY;
+	if (smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)) == SMTP_OK) {
+		is_str(smtp_tls_auth(s), "plain-fallback", "may: broken TLS handshake, "
+		    "plain on a new connection");
+		smtp_send(s, "a@example.net", r, 1, "x\r\n", 3, 0);
+		is_int(r[0].status, SMTP_OK, "and the mail goes through");
+		smtp_close(s);
+	} else {
+		ok(0, "may: broken TLS handshake falls back to plain");
+		diag("%s", reply);
+	}
+	is_int(b.naccept, 2, "two connections: TLS attempt, then plain");
+	p.policy = TLS_ENCRYPT;
+	is_int(smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)), SMTP_TEMP, "encrypt: broken handshake defers");
+	is_int(b.naccept, 3, "no plain retry under encrypt");
+	fake_stop(&b, th);
+
+	th = fake_start(&v);
+	memset(&sin6, 0, sizeof(sin6));
+	sin6.sin6_family = AF_INET6;
+	sin6.sin6_addr = in6addr_loopback;
+	sin6.sin6_port = htons(v.port);
+	p.policy = TLS_NONE;
+	if (smtp_open(&p, (struct sockaddr *)&sin6, sizeof(sin6), &s, reply,
+	    sizeof(reply)) == SMTP_OK) {
+		is_str(smtp_peer_ip(s), "::1", "IPv6 peer");
+		smtp_send(s, "a@example.net", r, 1, "x\r\n", 3, 0);
+		is_int(r[0].status, SMTP_OK, "delivered over IPv6");
+		smtp_close(s);
+	} else {
+		ok(0, "IPv6 peer");
+		diag("%s", reply);
+	}
+	fake_stop(&v, th);
+	SSL_CTX_free(f.sctx);
+}
+
 int
 main(void)
 {
@@ -673,6 +818,7 @@ main(void)
 	test_helo_and_mail_fail(ctx);
 	test_timeouts(ctx);
 	test_tls(ctx);
+	test_auth_fallback_v6(ctx);
 	SSL_CTX_free(ctx);
 	unlink(ca_path);
 	X509_free(cert);
