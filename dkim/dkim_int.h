@@ -46,5 +46,7 @@ char	*dkim_key_txt(EVP_PKEY *pkey, enum dkim_alg alg);
 int		 dkim_keycache_add(const struct dkim_key *);
 void		 dkim_keycache_remove(const struct dkim_key *);
 unsigned long	 dkim_keycache_hits(void);	/* tests */
+/* sign.c: blocks libopendkim left behind after dkim_free (tests). */
+unsigned long	 dkim_sign_reclaimed(void);
 
 #endif

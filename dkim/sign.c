@@ -6,6 +6,7 @@
  * PEM itself at dkim_eom; nothing touches the disk per message.
  */
 #include <ctype.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,17 @@ struct dkim_field {
 	size_t		 len;
 };
 
+/*
+ * What libopendkim allocates for one DKIM handle (its memory closure).
+ * libopendkim 2.11 never frees the key context of an Ed25519 signature;
+ * whatever the handle still holds after dkim_free is freed here.
+ */
+struct dkim_arena {
+	void		**p;
+	size_t		 n;
+	size_t		 cap;
+};
+
 struct dkim_buf {
 	char		*p;
 	size_t		 len;
@@ -59,6 +71,79 @@ static int	 dkim_sign_one(struct dkim_signer *, const struct dkim_key *,
 		    const struct dkim_field *, size_t, const char *, size_t,
 		    struct dkim_buf *, char *, size_t);
 static int	 dkim_buf_add(struct dkim_buf *, const char *, size_t);
+static void	*dkim_arena_malloc(void *, size_t);
+static void	 dkim_arena_free(void *, void *);
+static size_t	 dkim_arena_release(struct dkim_arena *);
+
+static unsigned long dkim_arena_reclaimed;	/* tests: blocks freed after dkim_free */
+static pthread_mutex_t dkim_arena_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *
+dkim_arena_malloc(void *closure, size_t len)
+{
+	struct dkim_arena *a = closure;
+	void **n, *p;
+	size_t cap;
+
+	if ((p = malloc(len)) == NULL || a == NULL)
+		return p;			/* library-wide memory: not tracked */
+	if (a->n == a->cap) {
+		cap = a->cap ? a->cap * 2 : 64;
+		if ((n = realloc(a->p, cap * sizeof(*n))) == NULL) {
+			free(p);
+			return NULL;
+		}
+		a->p = n;
+		a->cap = cap;
+	}
+	a->p[a->n++] = p;
+	return p;
+}
+
+static void
+dkim_arena_free(void *closure, void *p)
+{
+	struct dkim_arena *a = closure;
+	size_t i;
+
+	if (p == NULL)
+		return;
+	for (i = a ? a->n : 0; i > 0; i--) {	/* recent blocks die first */
+		if (a->p[i - 1] == p) {
+			a->p[i - 1] = a->p[--a->n];
+			break;
+		}
+	}
+	free(p);
+}
+
+static size_t
+dkim_arena_release(struct dkim_arena *a)
+{
+	size_t i, n = a->n;
+
+	for (i = 0; i < a->n; i++)
+		free(a->p[i]);
+	free(a->p);
+	memset(a, 0, sizeof(*a));
+	if (n > 0) {
+		pthread_mutex_lock(&dkim_arena_lock);
+		dkim_arena_reclaimed += n;
+		pthread_mutex_unlock(&dkim_arena_lock);
+	}
+	return n;
+}
+
+unsigned long
+dkim_sign_reclaimed(void)
+{
+	unsigned long n;
+
+	pthread_mutex_lock(&dkim_arena_lock);
+	n = dkim_arena_reclaimed;
+	pthread_mutex_unlock(&dkim_arena_lock);
+	return n;
+}
 
 static int
 dkim_buf_add(struct dkim_buf *b, const char *p, size_t len)
@@ -171,7 +256,7 @@ dkim_signer_new(const struct dkim_params *prm, char *err, size_t errlen)
 	}
 	s->hcanon = prm->relaxed_header ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
 	s->bcanon = prm->relaxed_body ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
-	if ((s->lib = dkim_init(NULL, NULL)) == NULL) {
+	if ((s->lib = dkim_init(dkim_arena_malloc, dkim_arena_free)) == NULL) {
 		snprintf(err, errlen, "dkim: libopendkim initialization failed");
 		goto fail;
 	}
@@ -464,6 +549,7 @@ dkim_sign_one(struct dkim_signer *s, const struct dkim_key *k,
     const struct dkim_field *f, size_t nf, const char *body, size_t bodylen,
     struct dkim_buf *out, char *err, size_t errlen)
 {
+	struct dkim_arena arena = { NULL, 0, 0 };
 	DKIM *d;
 	DKIM_STAT st;
 	unsigned char *hdr = NULL;
@@ -471,7 +557,7 @@ dkim_sign_one(struct dkim_signer *s, const struct dkim_key *k,
 	const char *why;
 	int rc = -1;
 
-	d = dkim_sign(s->lib, (const unsigned char *)"otpmail", NULL,
+	d = dkim_sign(s->lib, (const unsigned char *)"otpmail", &arena,
 	    (dkim_sigkey_t)k->pem, (const unsigned char *)k->selector,
 	    (const unsigned char *)k->domain, s->hcanon, s->bcanon,
 	    k->alg == DKIM_ALG_ED25519_SHA256 ? DKIM_SIGN_ED25519SHA256 :
@@ -479,6 +565,7 @@ dkim_sign_one(struct dkim_signer *s, const struct dkim_key *k,
 	if (d == NULL) {
 		snprintf(err, errlen, "dkim_sign for %s/%s: %s", k->domain,
 		    k->selector, dkim_getresultstr(st));
+		dkim_arena_release(&arena);
 		return -1;
 	}
 	/* Ed25519 with simple header canonicalization needs no folding (LIBNOTES). */
@@ -525,6 +612,7 @@ nomem:
 	snprintf(err, errlen, "out of memory");
 out:
 	dkim_free(d);
+	dkim_arena_release(&arena);
 	return rc;
 }
 

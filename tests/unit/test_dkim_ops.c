@@ -20,7 +20,7 @@ const char *__lsan_default_suppressions(void);
 const char *
 __lsan_default_suppressions(void)
 {
-	return "leak:dkim_privkey_load\nleak:dkim_key_load\n";
+	return "leak:dkim_key_load\n";
 }
 
 static json_t *
