@@ -19,6 +19,7 @@ const struct ctl_op ctl_ops[] = {
 	{ "otp.issue",		APP,	op_otp_issue,		"mail a one-time code to an address" },
 	{ "otp.verify",		APP,	op_otp_verify,		"check a code a person typed" },
 	{ "otp.revoke",		APP,	op_otp_revoke,		"kill the outstanding codes of an address" },
+	{ "otp.unlock",		ADMIN,	op_otp_unlock,		"clear an address's failure count and lock-out" },
 	{ "mail.send",		APP,	op_mail_send,		"queue a message" },
 	{ "message.status",	APP,	op_message_status,	"delivery state of a queued message" },
 	{ "queue.list",		ADMIN,	op_queue_list,		"list queued messages (filters, paging)" },

@@ -14,7 +14,7 @@ OP(op_mail_send); OP(op_message_status);
 OP(op_queue_list); OP(op_queue_show); OP(op_queue_hold); OP(op_queue_release);
 OP(op_queue_delete); OP(op_queue_flush); OP(op_queue_pause); OP(op_queue_resume);
 OP(op_stats); OP(op_metrics);
-OP(op_otp_issue); OP(op_otp_verify); OP(op_otp_revoke);
+OP(op_otp_issue); OP(op_otp_verify); OP(op_otp_revoke); OP(op_otp_unlock);
 OP(op_dkim_records); OP(op_dkim_keygen); OP(op_dkim_check);
 OP(op_sandbox_list); OP(op_sandbox_show);
 #undef OP

@@ -277,3 +277,28 @@ op_otp_revoke(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	json_object_set_new(r, "revoked", json_integer(n));
 	return r;
 }
+
+/* Admin: after the hard cap of consecutive failures an address stays
+ * locked until this (NIST SP 800-63B: no more than 100). */
+json_t *
+op_otp_unlock(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
+{
+	struct otp_args a;
+	struct otp_request q;
+	json_t *err = NULL;
+	enum s_status st;
+
+	if (otp_args(d, req, &a, &err) == -1)
+		return err;
+	memset(&q, 0, sizeof(q));
+	q.addr = a.to;
+	q.purpose = a.purpose;
+	q.client_uid = (uint32_t)p->uid;
+	q.now = time(NULL);
+	st = store_otp_unlock(d->store, &q);
+	log_msg(st == S_OK ? LOG_NOTICE : LOG_ERR, "event=otp.unlock result=%s %s uid=%u",
+	    s_status_error(st), a.who, (unsigned)p->uid);
+	if (st != S_OK)
+		return otp_store_error(st, NULL);
+	return reply_ok();
+}

@@ -199,6 +199,14 @@ with Daemon() as d:
          "even the right code is refused while locked, with retry_after", rv)
     rv = issue(d, "victim@example.org", purpose="other")
     t.ok(rv.get("error") == "locked", "no new code while locked", rv)
+    rv = d.call_as(65534, {"op": "otp.unlock", "to": "victim@example.org"})
+    t.ok(rv.get("error") in ("forbidden", "permission_denied", "denied") or not rv.get("ok"),
+         "otp.unlock is not for just anyone", rv)
+    rv = d.call({"op": "otp.unlock", "to": "victim@example.org"})
+    t.ok(rv.get("ok") is True, "admin otp.unlock", rv)
+    r, msg, code = issue_code(d, "victim@example.org", purpose="after-unlock")
+    rv = verify(d, "victim@example.org", code or "x", purpose="after-unlock")
+    t.ok(rv.get("ok") is True, "after unlock a new code verifies", rv)
 
     # --- 16 concurrent clients, one code ---
     rounds_ok = 0
