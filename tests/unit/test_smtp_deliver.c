@@ -36,6 +36,10 @@ struct peer {
 	char		 last_rcpts[1024];
 };
 
+/* Connections open at all peers together (the global cap). */
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_cur, g_max;
+
 struct conn_arg {
 	struct peer	*p;
 	int		 fd;
@@ -81,6 +85,10 @@ peer_conn(void *arg)
 	if (++p->cur > p->maxcur)
 		p->maxcur = p->cur;
 	pthread_mutex_unlock(&p->mu);
+	pthread_mutex_lock(&g_mu);
+	if (++g_cur > g_max)
+		g_max = g_cur;
+	pthread_mutex_unlock(&g_mu);
 	if (p->silent) {
 		while (recv(fd, line, sizeof(line), 0) > 0)
 			;
@@ -135,6 +143,9 @@ peer_conn(void *arg)
 			peer_say(fd, "502 no\r\n");
 	}
 out:
+	pthread_mutex_lock(&g_mu);
+	g_cur--;
+	pthread_mutex_unlock(&g_mu);
 	close(fd);
 	pthread_mutex_lock(&p->mu);
 	p->cur--;
@@ -480,6 +491,46 @@ main(void)
 		free(id);
 	}
 	env_close(&e);
+
+	/* Global cap of 1 connection across two destinations, and domain_rate. */
+	usleep(200 * 1000);
+	snprintf(conf, sizeof(conf),
+	    "sandbox = no\ntls_policy = none\n"
+	    "route = a.example [127.0.0.1]:%d\nroute = b.example [127.0.0.1]:%d\n"
+	    "delivery_workers = 4\nmax_connections = 1\nmax_connections_per_domain = 4\n"
+	    "session_idle_timeout = 5s\ndomain_rate = 5\n", a.port, b.port);
+	if (env_open(&e, conf) == 0) {
+		const char *ta[] = { "r@a.example" }, *tb[] = { "r@b.example" };
+		int a0 = peer_get(&a, &a.msgs), b0 = peer_get(&b, &b.msgs);
+
+		pthread_mutex_lock(&g_mu);
+		g_max = g_cur;
+		pthread_mutex_unlock(&g_mu);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		t0 = ts.tv_sec + ts.tv_nsec / 1e9;
+		for (i = 0; i < 12; i++)
+			ids[i] = enqueue(&e, Q_CLASS_DEFAULT, i % 2 ? tb : ta, 1, 0, NULL);
+		n = 0;
+		for (i = 0; i < 12; i++) {
+			env = wait_attempt(&e, ids[i], 15);
+			if (env && env->rcpts[0].state == Q_RCPT_DELIVERED)
+				n++;
+			q_envelope_free(env);
+			free(ids[i]);
+		}
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		is_int(n, 12, "max_connections = 1: all 12 delivered to two destinations");
+		is_int(peer_get(&a, &a.msgs) - a0 + peer_get(&b, &b.msgs) - b0, 12,
+		    "12 transactions");
+		pthread_mutex_lock(&g_mu);
+		ok(g_max <= 1, "never more than one connection open in all");
+		pthread_mutex_unlock(&g_mu);
+		/* 6 per destination at 5/s: the last starts >= 1 s after the first. */
+		ok(ts.tv_sec + ts.tv_nsec / 1e9 - t0 >= 0.95, "domain_rate = 5 spaces the messages");
+		diag("12 messages at 5/s per domain in %.2fs", ts.tv_sec + ts.tv_nsec / 1e9 - t0);
+		env_close(&e);
+	} else
+		ok(0, "cap env");
 
 	/* Sandbox transport. */
 	if (env_open(&e, "sandbox = yes\n") == 0) {
