@@ -55,12 +55,25 @@ store_backoff(int attempt)
 	nanosleep(&ts, NULL);
 }
 
-uint32_t
-store_commit_flags(struct store *s, int durable)
+/*
+ * Commits; a durable commit returns only once the log is on disk.  The
+ * commit record is written without a sync and the log flushed after the
+ * locks are released ("early lock release"): no lock is held through an
+ * fsync, so a hot page never serialises others behind the disk, while the
+ * caller still answers only after its change is durable.  Whoever read the
+ * change meanwhile saw a commit that only an OS crash could undo, and then
+ * the caller never acknowledged it.
+ */
+int
+store_commit(struct store *s, DB_TXN *txn, int durable)
 {
+	int r;
+
+	if ((r = txn->commit(txn, DB_TXN_WRITE_NOSYNC)) != 0)
+		return r;
 	if (!durable || !s->p.durable)
-		return DB_TXN_WRITE_NOSYNC;
-	return 0;
+		return 0;
+	return s->env->log_flush(s->env, NULL);
 }
 
 int

@@ -455,9 +455,10 @@ op_run(struct store *s, op_fn fn, struct op *op, int durable, const char *what)
 			break;
 		r = fn(s, txn, op);
 		if (r == 0 && !op->abort) {
-			r = txn->commit(txn, store_commit_flags(s, durable));
+			r = store_commit(s, txn, durable);
 			if (r == 0)
 				return op->st;
+			/* A failed log flush leaves the outcome unknown. */
 			break;
 		}
 		txn->abort(txn);

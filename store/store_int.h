@@ -97,8 +97,8 @@ void	store_logf(struct store *, int prio, const char *fmt, ...)
 /* 1 if err is a lock conflict worth a retry. */
 int	store_retryable(int err);
 void	store_backoff(int attempt);
-/* Commit flags for a change that must be durable / may skip the sync. */
-uint32_t store_commit_flags(struct store *, int durable);
+/* Commits txn; durable: returns once the log is on disk. */
+int	store_commit(struct store *, DB_TXN *, int durable);
 
 /* secret.c */
 int	store_secret_load(const char *path, int create, uint8_t out[STORE_SECRET_LEN],
