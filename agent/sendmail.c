@@ -9,6 +9,7 @@
 #include <sys/un.h>
 
 #include <errno.h>
+#include <netdb.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,6 +270,24 @@ main(int argc, char **argv)
 		strcpy(host, "localhost");
 	host[sizeof(host) - 1] = '\0';
 	pw = getpwuid(getuid());
+	if (from == NULL) {
+		/* the From header's address, as the envelope sender */
+		struct sm_rcpts hf = { NULL, 0 };
+		sm_header_rcpts(msg, hdrlen, "From", &hf);
+		if (hf.n > 0)
+			from = sender = strdup(hf.v[0]);
+		for (size_t k = 0; k < hf.n; k++)
+			free(hf.v[k]);
+		free(hf.v);
+	}
+	if (from == NULL && strchr(host, '.') == NULL) {
+		struct addrinfo hints = { .ai_flags = AI_CANONNAME }, *ai;
+		if (getaddrinfo(host, NULL, &hints, &ai) == 0) {
+			if (ai->ai_canonname && strlen(ai->ai_canonname) < sizeof(host))
+				strcpy(host, ai->ai_canonname);
+			freeaddrinfo(ai);
+		}
+	}
 	if (from == NULL) {
 		if (asprintf(&sender, "%s@%s", pw ? pw->pw_name : "nobody", host) == -1)
 			return EX_OSERR;
