@@ -11,7 +11,9 @@ and otpmaild (harness.Daemon) with `resolver = 127.0.1.53@5353`.
    SERVFAIL (a zone the server does not serve) and a dead DNS server are
    temporary and bounded, address literals, the submission check.
 2. The daemon delivers through MX: to the preferred MX; to the second MX
-   when the first is down; to the domain itself (implicit MX); null MX and
+   when the first is down; with every MX down it tries every address of
+   every MX, defers, and the retry delivers once one is back; to the domain
+   itself (implicit MX); a dead DNS server defers (4.4.3); null MX and
    NXDOMAIN fail at once (5.1.10 / 5.1.2), otp.issue refuses them with
    bad_address.
 """
@@ -206,6 +208,27 @@ def daemon_tests(t):
         except RuntimeError as e:
             t.ok(False, "first MX down: delivered to the second MX",
                  "%s\n%s" % (e, d.log_text()[-3000:]))
+
+        # every MX down: every address of every MX tried, deferred; the
+        # retry delivers once an MX is back
+        mx2.stop_process()
+        r = send(d, "frank@example.org")
+        qid = r.get("id")
+        st = wait_state(d, qid, ("deferred", "failed", "delivered"), 30)
+        t.ok(st and st.get("state") == "deferred",
+             "every MX down: deferred", st)
+        lines = [l for l in d.log_text().splitlines() if qid and qid in l]
+        tried = [a for a in ("::1", "127.0.1.2", "127.0.1.3")
+                 if any(a in l for l in lines)]
+        t.is_(tried, ["::1", "127.0.1.2", "127.0.1.3"],
+              "every address of every MX tried before deferring")
+        mx2.restart()
+        try:
+            got = mx2.wait_for(2, 40)
+            t.ok(any(m.rcpt == "frank@example.org" for m in got),
+                 "MX back: the retry delivers")
+        except RuntimeError as e:
+            t.ok(False, "MX back: the retry delivers", e)
 
         r = send(d, "dave@implicit.example.org")
         try:
