@@ -254,6 +254,47 @@ with Daemon() as d:
     again = issue(d, "gina@example.org")
     t.ok(again.get("ok"), "issue works after the restart", again)
 
+    # kill -9 in the middle of a stream of issues: every acknowledged one
+    # has its mail delivered after the restart and its code verifies
+    acked = []
+    stop = threading.Event()
+    alock = threading.Lock()
+
+    def issuer(n):
+        i = 0
+        while not stop.is_set():
+            to = "crash%d.%d@example.org" % (n, i)
+            i += 1
+            try:
+                cl = d.client(timeout=5)
+                a = cl.call({"op": "otp.issue", "to": to})
+                cl.close()
+            except (OSError, EOFError, ValueError):
+                return
+            if a.get("ok"):
+                with alock:
+                    acked.append((to, a["id"]))
+    ths = [threading.Thread(target=issuer, args=(n,)) for n in range(4)]
+    for th in ths:
+        th.start()
+    wait_for(lambda: len(acked) >= 40, 20)
+    d.kill9()
+    stop.set()
+    for th in ths:
+        th.join()
+    d.start()
+    good = 0
+    for to, qid in acked:
+        seen_addrs.append(to)
+        m = mail_for(d, qid, timeout=20)
+        cc = code_of(m) if m else None
+        if cc:
+            seen_codes.append(cc)
+        if cc and verify(d, to, cc).get("ok"):
+            good += 1
+    t.is_(good, len(acked), "kill -9 during %d acknowledged issues: every mail delivered "
+          "and every code verifies after restart" % len(acked))
+
     # --- otpmailctl ---
     p = d.ctl("--json", "otp", "issue", "ivy@example.org")
     t.ok(p.returncode == 0 and '"id"' in p.stdout, "otpmailctl otp issue", p.stdout + p.stderr)
