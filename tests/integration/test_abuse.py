@@ -1,0 +1,679 @@
+#!/usr/bin/env python3
+"""test_abuse.py - the control socket under abuse.
+
+Starts: otpmaild (sandbox mode, temp state dir) three times, then once
+more with sandbox = no routing to a real smtp-sink (peers.SmtpSink) on
+127.0.8.2:2525.
+
+(a) 100,000 malformed, overlong, binary, truncated and pipelined-garbage
+    lines from 20 parallel connections, with well-formed requests
+    interleaved: every garbage line gets bad_request (blank lines are
+    skipped by design), every well-formed request its right answer (matched
+    by id), overlong lines cut the connection after an error, the daemon
+    stays up and its VmRSS stays flat (after a warm-up vs the end).
+(b) injection: CR, LF, NUL and overlong values in every field that reaches
+    a header or an SMTP command (otp.issue: to, purpose, context, locale,
+    app; mail.send: from, to, subject, header names and values, raw) are
+    refused with bad_request; tricky values that are accepted (quoted local
+    parts, U+2028/U+0085 in names, "Bcc:" inside a subject, a raw Bcc) add
+    no header, no recipient: the delivered sandbox message has exactly the
+    expected header names, Delivered-To and To, message.status exactly the
+    expected recipients; through smtp-sink each transaction has exactly the
+    expected MAIL FROM / RCPT TO and nothing else.
+(c) 500 idle connections + one active client: ping p99 < 10 ms; past
+    control_max_connections (10) an error answer comes back, not a hang.
+Figures (lines/s, RSS, latencies) are printed as TAP comments.
+"""
+
+import email
+import email.policy
+import email.utils
+import json
+import os
+import random
+import resource
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Daemon, Tap, wait_for  # noqa: E402
+from peers import SmtpSink  # noqa: E402
+
+t = Tap()
+random.seed(int(os.environ.get("ABUSE_SEED", "0")) or None)
+
+MAX_LINE = 65536
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def nofile_at_least(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+        if hard != resource.RLIM_INFINITY and hard < n and os.geteuid() == 0:
+            hard = want = n
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# --------------------------------------------------------------------------
+# (a) garbage flood
+# --------------------------------------------------------------------------
+
+VALID_REQ = [b'{"op":"ping","id":"x"}', b'{"op":"otp.verify","to":"a@example.org",'
+             b'"code":"123456"}', b'{"op":"mail.send","from":"a@example.org","to":'
+             b'["b@example.com"],"subject":"s","text":"t"}']
+# each of these gets bad_request (and nothing else) from the daemon
+FIXED_GARBAGE = [
+    b'[1,2,3]', b'"a string"', b'12345', b'null', b'true', b'{}', b'{"op":12}',
+    b'{"op":null}', b'{"op":"nope"}', b'{"op":"ping","id":{"a":1}}',
+    b'{"op":"ping","id":[1]}', b'{"op":"ping","op":"ping"}', b'{"op":"ping"}{"op":"ping"}',
+    b'{"op":"ping","x":"\\u0000"}', b'{"op":"ping","x":"\\ud800"}', b'{"op":"ping","x":1e99999}',
+    b'{"op":"otp.issue"}', b'{"op":"otp.issue","to":["a@example.org"]}',
+    b'{"op":"otp.issue","to":"not an address"}', b'{"op":"otp.verify","to":"a@example.org"}',
+    b'{"op":"mail.send","to":{"a":1}}', b'{"op":"message.status"}',
+    b'{"op":"message.status","id":17}', b'{"op":"ping",}', b"{'op':'ping'}",
+    b'{"op":"ping"', b'\x00', b'\xff\xfe\xfd', b'\xc0\x80{"op":"ping"}',
+    b'{"op":"\xff\xfe"}', b'{"op":"ping","id":"\xed\xa0\x80"}', b'\x1b[2J\x1b[H',
+    b'GET / HTTP/1.1', b'HELO example.org', b'EHLO x\rMAIL FROM:<a@b>',
+    b'[' * 3000, b'{"a":' * 3000, b'-', b'1e', b'"\\', b'{"op":"ping","x":"\\uZZZZ"}',
+]
+
+
+def garbage_line(rng):
+    """One line (no LF) the daemon must answer with bad_request."""
+    k = rng.random()
+    if k < 0.30:
+        return rng.choice(FIXED_GARBAGE)
+    if k < 0.55:  # truncated JSON: a valid request cut short
+        v = rng.choice(VALID_REQ)
+        return v[:rng.randrange(1, len(v) - 1)]
+    if k < 0.80:  # binary
+        b = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 200)))
+        return b"\xff" + b.replace(b"\n", b"\x01")
+    if k < 0.95:  # long but under control_max_line
+        n = rng.randrange(1000, 20000)
+        return b'{"op":"ping","pad":"' + b"x" * n  # never closed
+    return b'{"op":"mail.send","from":"a@example.org","to":"' + \
+        bytes(rng.choice(b"<>\"\\,;: ") for _ in range(20)) + b'","subject":"s","text":"t"}'
+
+
+def wellformed(rng, tag):
+    """A well-formed request and a check of its answer."""
+    k = rng.randrange(4)
+    if k == 0:
+        return ({"op": "ping", "id": tag},
+                lambda r: r.get("ok") is True and r.get("pong") is True)
+    if k == 1:
+        return ({"op": "version", "id": tag},
+                lambda r: r.get("ok") is True and isinstance(r.get("version"), str))
+    if k == 2:
+        # the queue id doubles as the request id: an unknown id
+        return ({"op": "message.status", "id": tag},
+                lambda r: r.get("ok") is False and r.get("error") in ("not_found",
+                                                                       "bad_request"))
+    return ({"op": "otp.revoke", "id": tag, "to": "flood-%s@example.org" % tag.replace(":", "-")},
+            lambda r: "error" not in r or r.get("error") == "not_found")
+
+
+class Flood:
+    def __init__(self, d):
+        self.d = d
+        self.lock = threading.Lock()
+        self.garbage = 0          # garbage lines sent (all kinds)
+        self.garbage_answered = 0
+        self.garbage_wrong = []   # answers to garbage that are not bad_request
+        self.good = 0
+        self.good_wrong = []
+        self.overlong = 0
+        self.overlong_ok = 0
+        self.truncated = 0
+        self.blank = 0
+        self.errors = []
+
+    def note(self, **kw):
+        with self.lock:
+            for k, v in kw.items():
+                if isinstance(v, list):
+                    getattr(self, k).extend(v)
+                else:
+                    setattr(self, k, getattr(self, k) + v)
+
+    def overlong_once(self):
+        c = self.d.client(timeout=10)
+        try:
+            c.send(b'{"op":"ping","pad":"' + b"y" * (MAX_LINE + 100) + b'"}\n')
+            try:
+                r = c.recv()
+            except (EOFError, OSError):
+                r = {}
+            closed = False
+            try:
+                c.sock.settimeout(5)
+                closed = c.sock.recv(16) == b""
+            except OSError:
+                closed = True
+            ok = r.get("error") == "bad_request" and closed
+        finally:
+            c.close()
+        self.note(overlong=1, overlong_ok=1 if ok else 0)
+
+    def truncated_once(self, rng):
+        c = self.d.client(timeout=10)
+        v = rng.choice(VALID_REQ)
+        c.send(v[:rng.randrange(1, len(v))])
+        c.close()
+        self.note(truncated=1)
+
+    def worker(self, tid, nlines, seed):
+        rng = random.Random(seed)
+        sent = 0
+        conn_no = 0
+        try:
+            while sent < nlines:
+                conn_no += 1
+                c = self.d.client(timeout=30)
+                per_conn = rng.randrange(200, 2000)
+                done_here = 0
+                while done_here < per_conn and sent < nlines:
+                    # one pipelined window (< control_max_pipeline)
+                    window, expect = [], []
+                    nwin = min(rng.randrange(8, 48), nlines - sent + 2)
+                    g = bl = 0
+                    for i in range(nwin):
+                        if rng.random() < 0.08:
+                            tag = "%d:%d:%d" % (tid, conn_no, sent + i)
+                            req, check = wellformed(rng, tag)
+                            window.append(json.dumps(req).encode())
+                            expect.append(("good", tag, check))
+                        elif rng.random() < 0.01:
+                            window.append(rng.choice([b"", b" ", b"\r", b"\t \r"]))
+                            bl += 1
+                        else:
+                            window.append(garbage_line(rng))
+                            expect.append(("bad", None, None))
+                            g += 1
+                    data = b"\n".join(window) + b"\n"
+                    # split the window at random points: partial reads
+                    pos = 0
+                    while pos < len(data):
+                        step = rng.choice([1, 7, 100, 4096, len(data)])
+                        c.sock.sendall(data[pos:pos + step])
+                        pos += step
+                    gw, gwrong = [], []
+                    ga = 0
+                    for kind, tag, check in expect:
+                        r = c.recv()
+                        if kind == "bad":
+                            ga += 1
+                            if r.get("ok") is not False or r.get("error") != "bad_request" \
+                                    or isinstance(r.get("id"), str):
+                                gwrong.append(r)
+                        else:
+                            if r.get("id") != tag or not check(r):
+                                gw.append((tag, r))
+                    self.note(garbage=g + bl, blank=bl, garbage_answered=ga,
+                              garbage_wrong=gwrong[:5],
+                              good=sum(1 for e in expect if e[0] == "good"),
+                              good_wrong=gw[:5])
+                    sent += g + bl
+                    done_here += g + bl
+                if rng.random() < 0.5:
+                    # end the connection in the middle of a line
+                    v = rng.choice(VALID_REQ)
+                    c.sock.sendall(v[:rng.randrange(1, len(v))])
+                    self.note(garbage=1, truncated=1)
+                    sent += 1
+                c.close()
+                if rng.random() < 0.3 and sent < nlines:
+                    self.overlong_once()
+                    self.note(garbage=1)
+                    sent += 1
+        except Exception as e:  # noqa: BLE001 - reported as a failure
+            self.note(errors=["thread %d: %r" % (tid, e)])
+
+    def run(self, total, nconn, seed):
+        per = total // nconn
+        ths = [threading.Thread(target=self.worker, args=(i, per, seed * 1000 + i))
+               for i in range(nconn)]
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join(120)
+        return not any(th.is_alive() for th in ths)
+
+
+def part_a():
+    conf = ("control_max_line = %d\ncontrol_max_connections = 200\n"
+            "request_workers = 4\n" % MAX_LINE)
+    with Daemon(conf_extra=conf) as d:
+        pid = d.pid()
+        rss0 = rss_kb(pid)
+        fl = Flood(d)
+        t0 = time.time()
+        fin1 = fl.run(20000, 20, 1)
+        rss_warm = rss_kb(pid)
+        fin2 = fl.run(80000, 20, 2)
+        elapsed = time.time() - t0
+        rss_end = rss_kb(pid)
+        # the same amount again must not move it either
+        t.ok(fin1 and fin2, "flood threads finished")
+        t.ok(not fl.errors, "no client errors (timeouts, resets mid-window)",
+             "\n".join(fl.errors[:10]))
+        t.diag("flood: %d garbage lines (%d blank, %d overlong, %d truncated), %d "
+               "well-formed, %.1f s, %.0f lines/s" %
+               (fl.garbage, fl.blank, fl.overlong, fl.truncated, fl.good, elapsed,
+                (fl.garbage + fl.good) / elapsed))
+        t.ok(fl.garbage >= 100000, "at least 100,000 garbage lines sent (%d)" % fl.garbage)
+        t.ok(elapsed < 60, "flood finished within 60 s (%.1f s)" % elapsed)
+        t.ok(not fl.garbage_wrong, "every garbage line answered bad_request (%d answers)"
+             % fl.garbage_answered, fl.garbage_wrong[:5])
+        t.ok(fl.good > 5000 and not fl.good_wrong,
+             "every interleaved well-formed request answered correctly (%d)" % fl.good,
+             fl.good_wrong[:5])
+        t.ok(fl.overlong > 0 and fl.overlong_ok == fl.overlong,
+             "overlong lines: bad_request then the connection is closed (%d/%d)" %
+             (fl.overlong_ok, fl.overlong))
+        t.ok(d.alive() and d.call({"op": "ping"}).get("ok"), "the daemon is up and serves")
+        t.diag("VmRSS: start %d kB, after warm-up (20k lines) %d kB, end (100k) %d kB" %
+               (rss0, rss_warm, rss_end))
+        slack = max(8192, rss_warm // 4)
+        t.ok(rss_end <= rss_warm + slack, "RSS flat: end %d kB <= warm-up %d kB + %d kB"
+             % (rss_end, rss_warm, slack))
+        r = d.call({"op": "stats"})
+        t.ok(r.get("ok"), "stats still answers after the flood", r)
+        t.ok("event=crash" not in d.log_text() and "AddressSanitizer" not in d.log_text(),
+             "no crash reports in the log")
+
+
+# --------------------------------------------------------------------------
+# (b) injection
+# --------------------------------------------------------------------------
+
+NUL = "\u0000"   # jansson refuses it at parse time: bad_request too
+BAD_CTL = {"CRLF": "\r\nBcc: evil@example.net", "LF": "\nBcc: evil@example.net",
+           "CR": "\rBcc: evil@example.net", "NUL": NUL + "Bcc: evil@example.net"}
+
+OTP_BASE = {"op": "otp.issue", "to": "inj@example.org"}
+MAIL_BASE = {"op": "mail.send", "from": "app@example.org", "to": "r@example.com",
+             "subject": "s", "text": "t\n"}
+
+
+def refusal_cases():
+    """(name, request) pairs that must be refused with bad_request."""
+    cases = []
+    otp_ok = {"to": "inj@example.org", "purpose": "login", "context": "sess1",
+              "locale": "en", "app": "Acme"}
+    otp_long = {"to": "a" * 250 + "@example.org", "purpose": "p" * 33,
+                "context": "c" * 1025, "locale": "e" * 17, "app": "A" * 65}
+    for f in ("to", "purpose", "context", "locale", "app"):
+        for kind, bad in BAD_CTL.items():
+            cases.append(("otp.issue %s with %s" % (f, kind),
+                          dict(OTP_BASE, **{f: otp_ok[f] + bad})))
+            cases.append(("otp.issue %s with %s inside" % (f, kind),
+                          dict(OTP_BASE, **{f: otp_ok[f][:2] + bad[0] + otp_ok[f][2:]})))
+        cases.append(("otp.issue overlong %s" % f, dict(OTP_BASE, **{f: otp_long[f]})))
+    cases.append(("otp.issue to with SMTP command", dict(
+        OTP_BASE, to="inj@example.org>\r\nRCPT TO:<evil@example.net")))
+    mail_ok = {"from": "App <app@example.org>", "to": "r@example.com", "subject": "hello"}
+    mail_long = {"from": "A" * 600 + " <app@example.org>",
+                 "to": "r" * 250 + "@example.com", "subject": "s" * 999}
+    for f in ("from", "to", "subject"):
+        for kind, bad in BAD_CTL.items():
+            cases.append(("mail.send %s with %s" % (f, kind),
+                          dict(MAIL_BASE, **{f: mail_ok[f] + bad})))
+            cases.append(("mail.send %s with %s inside" % (f, kind),
+                          dict(MAIL_BASE, **{f: mail_ok[f][:2] + bad[0] + mail_ok[f][2:]})))
+        cases.append(("mail.send overlong %s" % f, dict(MAIL_BASE, **{f: mail_long[f]})))
+    cases.append(("mail.send from address with SMTP command", dict(
+        MAIL_BASE, **{"from": "app@example.org> SIZE=1\r\nRCPT TO:<evil@example.net"})))
+    cases.append(("mail.send to list, 2nd entry with CRLF", dict(
+        MAIL_BASE, to=["ok@example.com", "r@example.com\r\nRCPT TO:<evil@example.net>"])))
+    cases.append(("mail.send to list, 2nd entry overlong", dict(
+        MAIL_BASE, to=["ok@example.com", "x" * 300 + "@example.com"])))
+    for kind, bad in BAD_CTL.items():
+        cases.append(("mail.send header name with %s" % kind,
+                      dict(MAIL_BASE, headers={"X-Tag" + bad: "v"})))
+        cases.append(("mail.send header value with %s" % kind,
+                      dict(MAIL_BASE, headers={"X-Tag": "v" + bad})))
+    cases.append(("mail.send header name with a colon",
+                  dict(MAIL_BASE, headers={"X-Tag: v\r\nBcc": "evil@example.net"})))
+    cases.append(("mail.send header name with a space", dict(MAIL_BASE, headers={"X Tag": "v"})))
+    cases.append(("mail.send overlong header name", dict(MAIL_BASE, headers={"X" * 200: "v"})))
+    cases.append(("mail.send overlong header value",
+                  dict(MAIL_BASE, headers={"X-Tag": "v" * 999})))
+    cases.append(("mail.send reserved header Bcc", dict(MAIL_BASE, headers={"bcc": "e@x.net"})))
+    cases.append(("mail.send reserved header To", dict(MAIL_BASE, headers={"TO": "e@x.net"})))
+    raw_base = "From: app@example.org\r\nTo: r@example.com\r\nSubject: raw\r\n"
+    rawm = {"op": "mail.send", "from": "app@example.org", "to": "r@example.com"}
+    cases.append(("mail.send raw with a bare CR in a header", dict(
+        rawm, raw="From: app@example.org\r\nSubject: hi\rBcc: evil@example.net\r\n\r\nbody\r\n")))
+    cases.append(("mail.send raw with a bare CR ending a header line", dict(
+        rawm, raw="From: app@example.org\rTo: evil@example.net\r\n\r\nbody\r\n")))
+    cases.append(("mail.send raw with a header line > 998 bytes", dict(
+        rawm, raw=raw_base + "X-Long: " + "y" * 1000 + "\r\n\r\nbody\r\n")))
+    cases.append(("mail.send raw with a NUL in a header", dict(
+        rawm, raw=raw_base + "X-Nul: a" + NUL + "b\r\n\r\nbody\r\n")))
+    cases.append(("mail.send raw with a NUL in the body", dict(
+        rawm, raw=raw_base + "\r\nbo" + NUL + "dy\r\n")))
+    cases.append(("mail.send raw larger than message_size_limit", dict(
+        rawm, raw=raw_base + "\r\n" + ("z" * 76 + "\r\n") * (1100 * 1024 // 78))))
+    cases.append(("mail.send text larger than message_size_limit", dict(
+        MAIL_BASE, text="z" * (1100 * 1024))))
+    return cases
+
+
+def hdr_names(msg):
+    return sorted(k.lower() for k in msg.keys())
+
+
+def delivered(d, qid, timeout=20):
+    def find():
+        for p in d.sandbox_messages():
+            if qid in os.path.basename(p):
+                return p
+        return None
+    p = wait_for(find, timeout)
+    if not p:
+        return None
+    with open(p, "rb") as f:
+        return email.message_from_bytes(f.read(), policy=email.policy.compat32)
+
+
+def addrs(msg, name):
+    return [a.lower() for _, a in email.utils.getaddresses(msg.get_all(name) or [])]
+
+
+def status_rcpts(d, qid):
+    r = d.call({"op": "message.status", "id": qid})
+    return sorted(x["to"] for x in r.get("recipients", [])), r
+
+
+def accepted_cases():
+    """(name, request, envelope recipients, header To addresses, extra headers)
+    for values that may be accepted but must add nothing."""
+    q1 = '"x>,evil@example.net,<y"@example.com'
+    q2 = '"a\\"b Bcc: evil@example.net"@example.com'
+    return [
+        ("quoted local part holding '>,evil@,<'",
+         dict(MAIL_BASE, to=[q1]), [q1.lower()], None, []),
+        ("plain quoted local part with a space (RFC 5321 allows it)",
+         dict(MAIL_BASE, to=['"john smith"@example.com']), ['"john smith"@example.com'],
+         None, []),
+        ("quoted local part with an escaped quote and 'Bcc:'",
+         dict(MAIL_BASE, to=[q2]), [q2.lower()], None, []),
+        ("subject holding 'Bcc:' and U+2028 / U+0085",
+         dict(MAIL_BASE, subject="hi Bcc: evil@example.net \u2028To: e2@example.net"
+              "\u0085Cc: e3@example.net"), ["r@example.com"], ["r@example.com"], []),
+        ("display name holding U+0085 and 'Bcc:'",
+         dict(MAIL_BASE, **{"from": "Evil\u0085Bcc: e@example.net <app@example.org>"}),
+         ["r@example.com"], ["r@example.com"], []),
+        ("display name with commas and colons",
+         dict(MAIL_BASE, **{"from": "Evil, Bcc: e@example.net <app@example.org>"}),
+         ["r@example.com"], ["r@example.com"], []),
+        ("extra headers whose values hold 'Bcc:' and U+2028",
+         dict(MAIL_BASE, headers={"X-Tag": "a Bcc: e@example.net",
+                                  "X-Uni": "b\u2028Cc: e2@example.net"}),
+         ["r@example.com"], ["r@example.com"], ["x-tag", "x-uni"]),
+        ("two recipients: exactly two",
+         dict(MAIL_BASE, to=["r1@example.com", "r2@example.com"]),
+         ["r1@example.com", "r2@example.com"], ["r1@example.com", "r2@example.com"], []),
+        ("raw message: its Bcc is stripped, only the given envelope",
+         {"op": "mail.send", "from": "app@example.org", "to": ["r@example.com"],
+          "raw": "From: app@example.org\nTo: shown@example.com\nBcc: evil@example.net,\n "
+                 "evil2@example.net\nSubject: raw\n\nbody\nBcc: in the body\n"},
+         ["r@example.com"], ["shown@example.com"], None),
+    ]
+
+
+def otp_accepted_cases():
+    return [
+        ("app holding U+2028 and 'Bcc:'",
+         dict(OTP_BASE, to="o1@example.org", app="Acme\u2028Bcc: evil@example.net")),
+        ("context holding 'Bcc:' and U+0085",
+         dict(OTP_BASE, to="o2@example.org", context="s\u0085Bcc: evil@example.net")),
+        ("locale not known, with U+2028",
+         dict(OTP_BASE, to="o3@example.org", locale="en\u2028x")),
+        ("purpose with dots and dashes",
+         dict(OTP_BASE, to="o4@example.org", purpose="re-set.v2_x")),
+        ("quoted local part as the OTP address",
+         dict(OTP_BASE, to='"o5>,evil@example.net"@example.org')),
+    ]
+
+
+def part_b():
+    conf = ("otp_resend_cooldown = 0\notp_max_per_address_hour = 1000\n"
+            "message_size_limit = 1M\n")
+    with Daemon(conf_extra=conf) as d:
+        c = d.client()
+        for name, req in refusal_cases():
+            try:
+                r = c.call(req)
+            except (EOFError, OSError) as e:
+                r = {"exception": repr(e)}
+                c = d.client()
+            t.ok(r.get("ok") is False and r.get("error") == "bad_request",
+                 "refused with bad_request: %s" % name,
+                 "%r -> %r" % (json.dumps(req)[:300], r))
+        c.close()
+        t.ok(d.alive(), "daemon alive after the injection attempts")
+
+        # accepted values: nothing added ---------------------------------
+        base = d.call(dict(MAIL_BASE))
+        bmsg = delivered(d, base.get("id", "?"))
+        t.ok(bmsg is not None, "a plain mail.send is delivered to the sandbox")
+        base_names = hdr_names(bmsg) if bmsg else []
+        for name, req, env, to_hdr, extra in accepted_cases():
+            r = d.call(req)
+            if not r.get("ok"):
+                t.ok(r.get("error") == "bad_request", "%s: refused (bad_request)" % name, r)
+                continue
+            msg = delivered(d, r["id"])
+            if msg is None:
+                t.ok(False, "%s: delivered" % name)
+                continue
+            got_env = sorted(a.lower() for a in (msg.get_all("Delivered-To") or []))
+            st, sr = status_rcpts(d, r["id"])
+            ok = got_env == sorted(env) and [x.lower() for x in st] == sorted(env)
+            if extra is not None:
+                ok = ok and hdr_names(msg) == sorted(base_names + extra +
+                                                     ["delivered-to"] * (len(env) - 1))
+            else:  # raw: exactly the raw headers plus Date/Message-ID/envelope
+                ok = ok and hdr_names(msg) == sorted(
+                    ["return-path", "delivered-to", "from", "to", "subject", "date",
+                     "message-id"])
+            if to_hdr is not None:
+                ok = ok and addrs(msg, "To") == to_hdr
+            else:
+                ok = ok and len(addrs(msg, "To")) == 1
+            ok = ok and msg.get_all("Bcc") is None and msg.get_all("Cc") is None
+            t.ok(ok, "%s: accepted, exactly the expected headers, To and recipients" % name,
+                 "headers %r\nenvelope %r (want %r)\nstatus %r\nTo %r" %
+                 (hdr_names(msg), got_env, env, st, msg.get_all("To")))
+
+        ob = d.call(dict(OTP_BASE, to="o0@example.org"))
+        omsg = delivered(d, ob.get("id", "?"))
+        t.ok(omsg is not None, "a plain otp.issue is delivered to the sandbox")
+        onames = hdr_names(omsg) if omsg else []
+        for name, req in otp_accepted_cases():
+            r = d.call(req)
+            if not r.get("ok"):
+                t.ok(r.get("error") == "bad_request", "otp.issue %s: refused" % name, r)
+                continue
+            msg = delivered(d, r["id"])
+            if msg is None:
+                t.ok(False, "otp.issue %s: delivered" % name)
+                continue
+            st, _ = status_rcpts(d, r["id"])
+            got_env = [a.lower() for a in (msg.get_all("Delivered-To") or [])]
+            ok = (hdr_names(msg) == onames and got_env == [req["to"].lower()] and
+                  [x.lower() for x in st] == [req["to"].lower()] and
+                  addrs(msg, "To") == [req["to"].lower()])
+            t.ok(ok, "otp.issue %s: accepted, exactly the OTP headers and one recipient"
+                 % name, "headers %r vs %r\nenv %r status %r To %r" %
+                 (hdr_names(msg), onames, got_env, st, msg.get_all("To")))
+
+    # the same accepted values through real SMTP: no extra command -----------
+    addr, port = "127.0.8.2", 2525
+    with SmtpSink(addr, port) as sink:
+        conf = ("sandbox = no\nroute = example.com [%s]:%d\nroute = example.org [%s]:%d\n"
+                "otp_resend_cooldown = 0\notp_max_per_address_hour = 1000\n"
+                "smtp_connect_timeout = 5s\n" % (addr, port, addr, port))
+        with Daemon(conf_extra=conf) as d:
+            want = []
+            for name, req, env, _, _ in accepted_cases():
+                r = d.call(req)
+                if r.get("ok"):
+                    want.append((name, r["id"], sorted(env)))
+            for name, req in otp_accepted_cases():
+                r = d.call(req)
+                if r.get("ok"):
+                    want.append(("otp.issue " + name, r["id"], [req["to"].lower()]))
+            def states():
+                return [d.call({"op": "message.status", "id": q}).get("state")
+                        for _, q, _ in want]
+            wait_for(lambda: all(s in ("delivered", "failed", "expired") for s in states()),
+                     30)
+            st = states()
+            for (name, q, env), s_ in zip(want, st):
+                t.ok(s_ == "delivered", "through SMTP, %s: delivered" % name,
+                     d.call({"op": "message.status", "id": q}))
+            msgs = sink.messages()
+            rcpt_lines, mail_counts = [], []
+            for m in msgs:
+                lines = m.data.replace(b"\r", b"").split(b"\n")
+                mail = [ln for ln in lines if ln.startswith(b"X-Mail-Args:")]
+                mail_counts.append(len(mail))
+                if mail and mail[0].split()[1] == b"<>":
+                    continue  # a DSN for a failed one
+                rcpt_lines += [ln.split(b":", 1)[1].strip().split()[0].decode(
+                    errors="replace")[1:-1].lower() for ln in lines
+                    if ln.startswith(b"X-Rcpt-Args:")]
+            want_rcpts = sorted(a for (_, _, env), s_ in zip(want, st) if s_ == "delivered"
+                                for a in env)
+            t.is_(sorted(rcpt_lines), want_rcpts,
+                  "smtp-sink: exactly the RCPT TO of the delivered ones, no more (%d)" %
+                  len(want_rcpts))
+            t.ok(mail_counts and all(n == 1 for n in mail_counts),
+                 "exactly one MAIL FROM per transaction (%d transactions)" % len(msgs),
+                 mail_counts)
+            log = sink.log()
+            t.ok("evil" not in log.lower(), "the sink's log never saw an injected command",
+                 log[-1500:])
+
+
+# --------------------------------------------------------------------------
+# (c) idle connections and the connection limit
+# --------------------------------------------------------------------------
+
+def part_c():
+    nofile_at_least(4096)
+    conf = "control_max_connections = 1000\ncontrol_idle_timeout = 300s\n"
+    with Daemon(conf_extra=conf) as d:
+        c = d.client(timeout=5)
+
+        def measure(n):
+            lat = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                r = c.call({"op": "ping", "id": i})
+                lat.append(time.perf_counter() - t0)
+                if r.get("id") != i:
+                    return None
+            lat.sort()
+            return lat
+        base = measure(1000)
+        idle = []
+        err = None
+        try:
+            for i in range(500):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(5)
+                s.connect(d.sock)
+                if i % 2:
+                    s.sendall(b'{"op":"pi')  # half a request, then silence
+                idle.append(s)
+        except OSError as e:
+            err = e
+        t.ok(err is None and len(idle) == 500, "500 idle connections held open", err)
+        time.sleep(0.5)
+        lat = measure(2000)
+        t.ok(lat is not None, "the active client gets every answer in order")
+        if lat and base:
+            p = lambda v, q: v[min(len(v) - 1, int(len(v) * q))] * 1000  # noqa: E731
+            t.diag("ping latency without idle: p50 %.3f ms p99 %.3f ms; with 500 idle: "
+                   "p50 %.3f ms p99 %.3f ms max %.3f ms" %
+                   (p(base, .5), p(base, .99), p(lat, .5), p(lat, .99), lat[-1] * 1000))
+            t.ok(p(lat, .99) < 10, "p99 with 500 idle connections < 10 ms (%.3f ms)" %
+                 p(lat, .99))
+        # an idle one still works afterwards
+        s = idle[0]
+        s.sendall(b'{"op":"ping","id":"late"}\n')
+        buf = b""
+        try:
+            while b"\n" not in buf:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError:
+            pass
+        t.ok(b'"late"' in buf and b'"pong": true' in buf.replace(b'":true', b'": true'),
+             "an idle connection still answers later", buf[:200])
+        for s in idle:
+            s.close()
+        c.close()
+        t.ok(d.alive() and d.call({"op": "ping"}).get("ok"), "daemon serves after the idle test")
+
+    with Daemon(conf_extra="control_max_connections = 10\n") as d:
+        held = [d.client(timeout=5) for _ in range(10)]
+        time.sleep(0.3)
+        results = []
+        for _ in range(3):
+            t0 = time.time()
+            try:
+                extra = d.client(timeout=5)
+                try:
+                    extra.send({"op": "ping"})
+                except OSError:
+                    pass
+                try:
+                    r = extra.recv()
+                except (EOFError, OSError) as e:
+                    r = {"exception": repr(e)}
+                extra.close()
+            except OSError as e:
+                r = {"connect_error": repr(e)}
+            results.append((r, time.time() - t0))
+        t.ok(all(r.get("error") == "unavailable" and dt < 5 for r, dt in results),
+             "past control_max_connections (10): an error answer, not a hang",
+             results)
+        held[0].close()
+        t.ok(wait_for(lambda: d.call({"op": "ping"}).get("ok"), 5),
+             "one slot freed: a new client is served")
+        ok = all(h.call({"op": "ping"}).get("ok") for h in held[1:])
+        t.ok(ok, "the held connections were never disturbed")
+        for h in held:
+            h.close()
+
+
+def main():
+    parts = sys.argv[1:] or ["a", "b", "c"]
+    for p in parts:
+        t0 = time.time()
+        {"a": part_a, "b": part_b, "c": part_c}[p]()
+        t.diag("part %s: %.1f s" % (p, time.time() - t0))
+    t.done()
+
+
+if __name__ == "__main__":
+    main()
