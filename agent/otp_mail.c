@@ -50,6 +50,8 @@ static void	otp_render(struct buf *, const char *tmpl, const struct otp_mail_var
 static const char *otp_var(const struct otp_mail_vars *, const char *name, size_t len,
 		    char *tmp, size_t tmplen);
 static const char *otp_default_dir(const char *default_locale);
+static const struct otp_locale *otp_pick(const struct otp_templates *, const char *);
+static int	otp_value_ok(const char *, size_t max);
 
 static int
 otp_locale_name_ok(const char *s)

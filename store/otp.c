@@ -67,6 +67,8 @@ static int	revoke_txn(struct store *, DB_TXN *, struct op *);
 static int	unlock_txn(struct store *, DB_TXN *, struct op *);
 static int	last_txn(struct store *, DB_TXN *, struct op *);
 static int	hex_decode16(const char *, uint8_t out[16]);
+static uint32_t	get_be32(const uint8_t *);
+static void	put_be32(uint8_t *, uint32_t);
 static void	hex_encode(const uint8_t *, size_t, char *);
 
 /* ---- encoding ---- */

@@ -17,6 +17,9 @@
 
 #include "store/store_int.h"
 
+static int	rl_client_rw(struct store *, DB_TXN *, uint32_t, uint64_t, int, int *);
+static int	rl_client_txn(struct store *, uint32_t, uint64_t, int, int *);
+
 int
 rl_window_check(uint64_t start, uint32_t count, uint32_t max, uint64_t window,
     uint64_t now)
@@ -70,9 +73,6 @@ client_rec_encode(const struct client_rec *c, uint8_t *p)
 	p[19] = c->count;
 	return CLIENT_REC_SZ;
 }
-
-static int	rl_client_rw(struct store *, DB_TXN *, uint32_t, uint64_t, int, int *);
-static int	rl_client_txn(struct store *, uint32_t, uint64_t, int, int *);
 
 /* mode: 1 check and take, 2 give back. */
 static int

@@ -15,6 +15,8 @@
 #define EXP_SHARDS	64
 #define EXP_KEY_LEN	9
 
+static int	sweep_batch(struct store *, int shard, uint64_t now, size_t *n, int *more);
+
 /*
  * Index key: shard (1 byte, from the record's random key) | purge time.
  * Purge times of new records are all "about now": without shards every
@@ -40,8 +42,6 @@ store_exp_callback(DB *sec, const DBT *key, const DBT *val, DBT *out)
 	out->flags = DB_DBT_APPMALLOC;
 	return 0;
 }
-
-static int	sweep_batch(struct store *, int shard, uint64_t now, size_t *n, int *more);
 
 static int
 sweep_batch(struct store *s, int shard, uint64_t now, size_t *n, int *more)
