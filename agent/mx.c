@@ -75,6 +75,8 @@ static struct mx_list *mx_list_new(size_t);
 static void	 mx_list_compact(struct mx_list *);
 static void	 mx_host_clear(struct mx_host *);
 static uint32_t	 mx_random(uint32_t);
+static ssize_t	 mx_ublog_write(void *, const char *, size_t);
+static void	 mx_ublog_init(void);
 static int	 mx_pref_cmp(const void *, const void *);
 
 /* ------------------------------------------------------------ parsing */
@@ -349,6 +351,44 @@ mx_random(uint32_t n)
 
 /* ------------------------------------------------------------ resolver */
 
+/*
+ * libunbound logs through one process-wide FILE: route it to the daemon's
+ * log (one event per line) so its errors reach syslog too.
+ */
+static FILE		*mx_ublog;
+static pthread_once_t	 mx_ublog_once = PTHREAD_ONCE_INIT;
+
+static ssize_t
+mx_ublog_write(void *cookie, const char *buf, size_t len)
+{
+	char line[512], q[600];
+	size_t n = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
+	const char *p;
+
+	(void)cookie;
+	memcpy(line, buf, n);
+	line[n] = '\0';
+	line[strcspn(line, "\r\n")] = '\0';
+	/* drop libunbound's "[time] libunbound[pid:tid] " prefix */
+	if ((p = strstr(line, "] ")) != NULL && (p = strstr(p + 2, "] ")) != NULL)
+		p += 2;
+	else
+		p = line;
+	if (*p != '\0')
+		log_msg(LOG_WARNING, "event=dns_library detail=%s",
+		    log_quote(p, q, sizeof(q)));
+	return (ssize_t)len;
+}
+
+static void
+mx_ublog_init(void)
+{
+	cookie_io_functions_t io = { .write = mx_ublog_write };
+
+	if ((mx_ublog = fopencookie(NULL, "w", io)) != NULL)
+		setvbuf(mx_ublog, NULL, _IOLBF, 0);
+}
+
 struct mx_resolver *
 mx_resolver_new(const struct config *cfg, char *err, size_t errlen)
 {
@@ -371,6 +411,9 @@ mx_resolver_new(const struct config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "mx: cannot create the libunbound context");
 		goto fail;
 	}
+	pthread_once(&mx_ublog_once, mx_ublog_init);
+	if (mx_ublog != NULL)
+		(void)ub_ctx_debugout(r->ctx, mx_ublog);
 	/* keep probing a forwarder that timed out once instead of 15 min down */
 	(void)ub_ctx_set_option(r->ctx, "infra-keep-probing:", "yes");
 	(void)ub_ctx_set_option(r->ctx, "infra-host-ttl:", "60");
