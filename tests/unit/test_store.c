@@ -9,10 +9,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -614,6 +616,69 @@ test_cleartext(void)
 	is_int(hit, 0, "no code in the db files");
 }
 
+/* A child issues codes until it is killed with SIGKILL mid-stream; every
+ * code it reported (its issue had returned) must verify after a reopen. */
+static void
+test_crash(void)
+{
+	static char codes[4096][16];
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char addr[64], line[128];
+	int fds[2], i, n = 0, good = 0, status, idx;
+	FILE *in;
+	pid_t pid;
+
+	wipe();
+	if (pipe(fds) == -1)
+		return;
+	if ((pid = fork()) == 0) {
+		close(fds[0]);
+		store_params_defaults(&p);
+		p.dir = dbdir;
+		p.secret_file = secret;
+		p.durable = 1;
+		if ((s = store_open(&p, line, sizeof(line))) == NULL)
+			_exit(1);
+		for (i = 0; i < 4096; i++) {
+			snprintf(addr, sizeof(addr), "crash%d@example.org", i);
+			req(&q, addr, NULL, NULL, T0);
+			if (store_otp_issue(s, &q, &r) != S_OK)
+				_exit(1);
+			snprintf(line, sizeof(line), "%d %s\n", i, r.code);
+			if (write(fds[1], line, strlen(line)) < 0)
+				_exit(1);
+		}
+		_exit(0);
+	}
+	close(fds[1]);
+	in = fdopen(fds[0], "r");
+	while (fgets(line, sizeof(line), in) != NULL) {
+		if (sscanf(line, "%d %15s", &idx, codes[n]) != 2 || idx != n)
+			break;
+		if (++n == 200)
+			kill(pid, SIGKILL);	/* mid-stream, maybe mid-transaction */
+	}
+	fclose(in);
+	waitpid(pid, &status, 0);
+	ok(WIFSIGNALED(status), "writer killed with SIGKILL");
+	s = open_default(&p);
+	ok(s != NULL, "reopen after the crash (recovery through DB_REGISTER)");
+	if (s == NULL)
+		return;
+	for (i = 0; i < n; i++) {
+		snprintf(addr, sizeof(addr), "crash%d@example.org", i);
+		req(&q, addr, NULL, NULL, T0 + 1);
+		if (store_otp_verify(s, &q, codes[i], &r) == S_OK)
+			good++;
+	}
+	ok(n >= 200, "the writer acknowledged at least 200 codes");
+	is_int(good, n, "every acknowledged code verifies after the crash");
+	store_close(s);
+}
+
 struct race {
 	struct store	*s;
 	const char	*code;
@@ -774,6 +839,7 @@ main(void)
 	test_revoke_sweep_reopen();
 	test_cleartext();
 	test_race();
+	test_crash();
 
 	wipe();
 	rmdir(root);
