@@ -46,6 +46,9 @@ char	*dkim_key_txt(EVP_PKEY *pkey, enum dkim_alg alg);
 int		 dkim_keycache_add(const struct dkim_key *);
 void		 dkim_keycache_remove(const struct dkim_key *);
 unsigned long	 dkim_keycache_hits(void);	/* tests */
+/* The key this thread got from the cache since the last mark, or NULL. */
+void		 dkim_keycache_mark(void);
+const EVP_PKEY	*dkim_keycache_given(void);
 /* sign.c: blocks libopendkim left behind after dkim_free (tests). */
 unsigned long	 dkim_sign_reclaimed(void);
 

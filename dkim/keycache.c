@@ -8,8 +8,9 @@
  * This file defines PEM_read_bio_PrivateKey; the dynamic linker binds
  * libopendkim's call to it.  A memory BIO whose bytes are exactly the PEM
  * of a key loaded by a signer gets that key, parsed once at start-up (one
- * more reference, which libopendkim frees like its own); every other call
- * goes to OpenSSL's function unchanged.
+ * more reference, which libopendkim frees like its own - except after an
+ * Ed25519 signature, where sign.c gives it back); every other call goes to
+ * OpenSSL's function unchanged.
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -34,6 +35,7 @@ static pthread_mutex_t		 dkim_cache_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct dkim_cached	*dkim_cache;
 static size_t			 dkim_ncache;
 static unsigned long		 dkim_cache_hits;
+static __thread const EVP_PKEY	*dkim_cache_given;	/* this thread's last hit */
 static pthread_once_t		 dkim_real_once = PTHREAD_ONCE_INIT;
 static dkim_pem_read_fn		 dkim_real_pem_read;
 
@@ -85,6 +87,18 @@ dkim_keycache_remove(const struct dkim_key *k)
 	pthread_mutex_unlock(&dkim_cache_lock);
 }
 
+void
+dkim_keycache_mark(void)
+{
+	dkim_cache_given = NULL;
+}
+
+const EVP_PKEY *
+dkim_keycache_given(void)
+{
+	return dkim_cache_given;
+}
+
 unsigned long
 dkim_keycache_hits(void)
 {
@@ -121,8 +135,10 @@ PEM_read_bio_PrivateKey(BIO *bp, EVP_PKEY **x, pem_password_cb *cb, void *u)
 			}
 		}
 		pthread_mutex_unlock(&dkim_cache_lock);
-		if (pkey != NULL)
+		if (pkey != NULL) {
+			dkim_cache_given = pkey;
 			return pkey;
+		}
 	}
 	pthread_once(&dkim_real_once, dkim_keycache_find_real);
 	if (dkim_real_pem_read == NULL)

@@ -581,6 +581,7 @@ dkim_sign_one(struct dkim_signer *s, const struct dkim_key *k,
 	if (bodylen > 0 && (st = dkim_body(d, (u_char *)body, bodylen)) !=
 	    DKIM_STAT_OK)
 		goto libfail;
+	dkim_keycache_mark();
 	if ((st = dkim_eom(d, NULL)) != DKIM_STAT_OK)
 		goto libfail;
 	if ((st = dkim_getsighdr_d(d, strlen(DKIM_SIGN_HDRNAME), &hdr,
@@ -612,7 +613,14 @@ nomem:
 	snprintf(err, errlen, "out of memory");
 out:
 	dkim_free(d);
-	dkim_arena_release(&arena);
+	/*
+	 * A key context left behind means libopendkim skipped its key
+	 * cleanup (Ed25519 in 2.11), so the reference to our cached key it
+	 * took is still held: give it back for it.
+	 */
+	if (dkim_arena_release(&arena) > 0 && k->alg == DKIM_ALG_ED25519_SHA256 &&
+	    dkim_keycache_given() == k->pkey)
+		EVP_PKEY_free(k->pkey);
 	return rc;
 }
 

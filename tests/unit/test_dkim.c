@@ -85,26 +85,6 @@ verify(const char *sig, const char *msg, size_t len, int nsig,
 	return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
 }
 
-/*
- * libopendkim 2.11 never frees the key context of an Ed25519 signature:
- * sign.c frees the context itself (its memory closure), but the reference
- * to the shared key stays taken, so each Ed25519 key outlives its signer
- * (once per key, not per message).  Full stacks (libcrypto has no frame
- * pointers) let the suppression name that place.
- */
-const char *__lsan_default_suppressions(void);
-const char *__asan_default_options(void);
-const char *
-__lsan_default_suppressions(void)
-{
-	return "leak:dkim_key_load\n";
-}
-const char *
-__asan_default_options(void)
-{
-	return "fast_unwind_on_malloc=0";
-}
-
 struct testmsg {
 	const char	*name;
 	const char	*text;

@@ -15,14 +15,6 @@
 #include "dkim/dkim_sign.h"
 #include "tests/unit/tap.h"
 
-/* The signing leak of libopendkim 2.11 (see test_dkim.c). */
-const char *__lsan_default_suppressions(void);
-const char *
-__lsan_default_suppressions(void)
-{
-	return "leak:dkim_key_load\n";
-}
-
 static json_t *
 call(json_t *(*fn)(struct otpmaild *, const struct ctl_peer *, json_t *),
     struct otpmaild *d, const char *req)
