@@ -344,4 +344,17 @@ with Daemon(conf_extra="otp_lockout_base = 600s\n") as d:
     st = os.stat(os.path.join(d.state, "otp.secret"))
     t.is_(stat.S_IMODE(st.st_mode), 0o600, "server secret mode 0600")
 
+# --- pseudonymised logs ---
+with Daemon(conf_extra="log_pseudonymize = yes\n") as d:
+    r, msg, code = issue_code(d, "Private.Person@example.org")
+    verify(d, "private.person@example.org", code or "x")
+    d.call({"op": "otp.revoke", "to": "private.person@example.org"})
+    lines = [l for l in d.log_text().splitlines() if "event=otp" in l]
+    t.ok(len(lines) >= 3 and all("to_pseudonym=" in l for l in lines),
+         "log_pseudonymize: otp log lines carry a pseudonym", "\n".join(lines))
+    t.ok(not any("private.person" in l.lower() for l in lines),
+         "log_pseudonymize: the address is not in the otp log lines")
+    ps = set(re.findall(r"to_pseudonym=([0-9a-f]{16})", "\n".join(lines)))
+    t.is_(len(ps), 1, "one stable pseudonym per address (case-folded)")
+
 t.done()
