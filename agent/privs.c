@@ -59,17 +59,30 @@ privs_chown_one(const char *path, const struct stat *st, int flag, struct FTW *f
 	return 0;
 }
 
+/*
+ * The configured user when running as root: 1 and *pw set, 0 when there is
+ * nothing to do, -1 with err when the user does not exist.
+ */
+static int
+privs_user(const struct config *c, struct passwd **pw, char *err, size_t errlen)
+{
+	if (geteuid() != 0 || c->user[0] == '\0')
+		return 0;
+	if ((*pw = getpwnam(c->user)) == NULL) {
+		snprintf(err, errlen, "no such user %s", c->user);
+		return -1;
+	}
+	return 1;
+}
+
 int
 privs_chown_state(const struct config *c, char *err, size_t errlen)
 {
 	struct passwd *pw;
+	int r;
 
-	if (geteuid() != 0 || c->user[0] == '\0')
-		return 0;
-	if ((pw = getpwnam(c->user)) == NULL) {
-		snprintf(err, errlen, "no such user %s", c->user);
-		return -1;
-	}
+	if ((r = privs_user(c, &pw, err, errlen)) <= 0)
+		return r;
 	privs_uid = pw->pw_uid;
 	privs_gid = pw->pw_gid;
 	if (nftw(c->state_dir, privs_chown_one, 32, FTW_PHYS) == -1) {
@@ -84,13 +97,10 @@ int
 privs_drop(const struct config *c, char *err, size_t errlen)
 {
 	struct passwd *pw;
+	int r;
 
-	if (geteuid() != 0 || c->user[0] == '\0')
-		return 0;
-	if ((pw = getpwnam(c->user)) == NULL) {
-		snprintf(err, errlen, "no such user %s", c->user);
-		return -1;
-	}
+	if ((r = privs_user(c, &pw, err, errlen)) <= 0)
+		return r;
 	if (setgroups(0, NULL) == -1 || setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) == -1 ||
 	    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) == -1) {
 		snprintf(err, errlen, "dropping to %s: %s", c->user, strerror(errno));
