@@ -243,9 +243,9 @@ op_otp_verify(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		break;
 	default:
 		log_msg(st == S_TEMPFAIL ? LOG_ERR : LOG_NOTICE, "event=otp.verify "
-		    "result=failed reason=%s retry_after=%d %s purpose=%s uid=%u",
-		    s_status_error(st), res.retry_after, a.who, a.purpose,
-		    (unsigned)p->uid);
+		    "result=failed reason=%s id=%s retry_after=%d %s purpose=%s uid=%u",
+		    s_status_error(st), res.queue_id[0] ? res.queue_id : "-",
+		    res.retry_after, a.who, a.purpose, (unsigned)p->uid);
 		break;
 	}
 	return otp_store_error(st, &res);

@@ -858,6 +858,13 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 				matched = c;
 		}
 	if (live == 0) {
+		/* For the log: the newest expired code's mail. */
+		for (k = 0; k < op->nkeys; k++)
+			for (i = 0; i < o[k].ncodes; i++)
+				if (newest == NULL || o[k].codes[i].issued >= newest->issued)
+					newest = &o[k].codes[i];
+		if (newest != NULL)
+			snprintf(res->queue_id, sizeof(res->queue_id), "%s", newest->queue_id);
 		op->st = expired ? S_EXPIRED : S_NOTFOUND;
 		return 0;
 	}

@@ -210,6 +210,7 @@ test_expiry_binding(void)
 	issue_sent(s, &q, code);
 	q.now = T0 + 300;
 	is_int(store_otp_verify(s, &q, code, &r), S_EXPIRED, "expired at now == expiry");
+	is_str(r.queue_id, "0123456789abcdef01234567", "expired: queue id reported for the log");
 	q.now = T0 + 5000;
 	is_int(store_otp_verify(s, &q, code, &r), S_EXPIRED, "still expired later");
 
