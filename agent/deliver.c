@@ -33,6 +33,7 @@ struct idle {
 	time_t			 since;
 	char			 host[256];
 	struct idle		*next;
+	char			 key[DELIVERY_KEY_MAX];	/* its destination */
 };
 
 struct dest {				/* one next hop + TLS policy */
@@ -816,17 +817,19 @@ delivery_slot(struct delivery *dl, const char *key, struct smtp_session **sp,
 		    dl->active < dl->cfg->max_connections)
 			break;
 		if (de->active < dl->cfg->max_connections_per_domain) {
-			/* Global cap: close another destination's idle session. */
+			/*
+			 * Global cap: close another destination's idle session;
+			 * its slot is given back only once it is closed.
+			 */
 			for (o = dl->dests; o != NULL && victim == NULL; o = o->next)
 				if (o->idle != NULL) {
 					victim = o->idle;
 					o->idle = victim->next;
-					o->active--;
-					dl->active--;
 				}
 			if (victim != NULL) {
 				pthread_mutex_unlock(&dl->mu);
 				smtp_close(victim->s);
+				delivery_unslot(dl, victim->key);
 				free(victim);
 				victim = NULL;
 				pthread_mutex_lock(&dl->mu);
@@ -892,6 +895,7 @@ delivery_pool_put(struct delivery *dl, const char *key, struct smtp_session *s,
 	it->s = s;
 	it->since = time(NULL);
 	snprintf(it->host, sizeof(it->host), "%s", host);
+	snprintf(it->key, sizeof(it->key), "%s", key);
 	pthread_mutex_lock(&dl->mu);
 	if ((de = delivery_dest(dl, key)) == NULL || dl->stopping) {
 		pthread_mutex_unlock(&dl->mu);
@@ -923,8 +927,6 @@ delivery_reap(struct delivery *dl, int all)
 				*pp = it->next;
 				it->next = doomed;
 				doomed = it;
-				de->active--;
-				dl->active--;
 			} else
 				pp = &it->next;
 		}
@@ -938,12 +940,12 @@ delivery_reap(struct delivery *dl, int all)
 		} else
 			dp = &de->next;
 	}
-	if (doomed != NULL)
-		pthread_cond_broadcast(&dl->cv);
 	pthread_mutex_unlock(&dl->mu);
+	/* Slots are given back once the connections are really closed. */
 	while ((it = doomed) != NULL) {
 		doomed = it->next;
 		smtp_close(it->s);
+		delivery_unslot(dl, it->key);
 		free(it);
 	}
 }

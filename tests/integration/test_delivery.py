@@ -212,7 +212,9 @@ def tls_tests(ca):
                 qid, r = send(d, "user@" + dom, subject="tls " + pol)
                 ok, st = wait_rcpt(d, qid, ("delivered",), 30)
                 t.ok(ok, "%s: delivered to Postfix" % pol, json.dumps(st) + pf.log()[-800:])
-                msgs = [m for m in pf.messages() if m.rcpt == "user@" + dom]
+                # Postfix writes the Maildir after its 250: wait for it.
+                msgs = wait_for(lambda: [m for m in pf.messages()
+                                         if m.rcpt == "user@" + dom], 15)
                 t.ok(msgs and re.search(rb"using TLSv1\.[23]", msgs[0].data),
                      "%s: Postfix received it over TLS" % pol,
                      msgs[0].data[:600] if msgs else "no message")

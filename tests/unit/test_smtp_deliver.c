@@ -77,7 +77,7 @@ peer_conn(void *arg)
 	struct conn_arg *ca = arg;
 	struct peer *p = ca->p;
 	char line[1100];
-	int fd = ca->fd, indata = 0;
+	int fd = ca->fd, indata = 0, counted = 1;
 
 	free(ca);
 	pthread_mutex_lock(&p->mu);
@@ -137,15 +137,22 @@ peer_conn(void *arg)
 			pthread_mutex_lock(&p->mu);
 			p->quits++;
 			pthread_mutex_unlock(&p->mu);
+			/* Closed from here on: the client may reconnect after 221. */
+			pthread_mutex_lock(&g_mu);
+			g_cur--;
+			pthread_mutex_unlock(&g_mu);
+			counted = 0;
 			peer_say(fd, "221 bye\r\n");
 			break;
 		} else
 			peer_say(fd, "502 no\r\n");
 	}
 out:
-	pthread_mutex_lock(&g_mu);
-	g_cur--;
-	pthread_mutex_unlock(&g_mu);
+	if (counted) {
+		pthread_mutex_lock(&g_mu);
+		g_cur--;
+		pthread_mutex_unlock(&g_mu);
+	}
 	close(fd);
 	pthread_mutex_lock(&p->mu);
 	p->cur--;
@@ -501,10 +508,10 @@ main(void)
 	    "session_idle_timeout = 5s\ndomain_rate = 5\n", a.port, b.port);
 	if (env_open(&e, conf) == 0) {
 		const char *ta[] = { "r@a.example" }, *tb[] = { "r@b.example" };
-		int a0 = peer_get(&a, &a.msgs), b0 = peer_get(&b, &b.msgs);
+		int a0 = peer_get(&a, &a.msgs), b0 = peer_get(&b, &b.msgs), g0;
 
 		pthread_mutex_lock(&g_mu);
-		g_max = g_cur;
+		g_max = g0 = g_cur;
 		pthread_mutex_unlock(&g_mu);
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		t0 = ts.tv_sec + ts.tv_nsec / 1e9;
@@ -523,7 +530,9 @@ main(void)
 		is_int(peer_get(&a, &a.msgs) - a0 + peer_get(&b, &b.msgs) - b0, 12,
 		    "12 transactions");
 		pthread_mutex_lock(&g_mu);
-		ok(g_max <= 1, "never more than one connection open in all");
+		ok(g_max - g0 <= 1, "never more than one connection open in all");
+		if (g_max - g0 > 1)
+			diag("g_max %d g0 %d", g_max, g0);
 		pthread_mutex_unlock(&g_mu);
 		/* 6 per destination at 5/s: the last starts >= 1 s after the first. */
 		ok(ts.tv_sec + ts.tv_nsec / 1e9 - t0 >= 0.95, "domain_rate = 5 spaces the messages");
