@@ -748,6 +748,12 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 		if (asprintf(&c->bounce_from, "MAILER-DAEMON@%s", c->hostname) == -1)
 			abort();
 	}
+	if (strpbrk(c->otp_from, "<>\" \t") != NULL || strchr(c->otp_from, '@') == NULL ||
+	    strpbrk(c->bounce_from, "<>\" \t") != NULL) {
+		snprintf(err, errlen, "otp_from and bounce_from take a bare address "
+		    "(local@domain), without a display name");
+		return -1;
+	}
 	if (c->otp_retry_max < c->otp_retry_min || c->default_retry_max < c->default_retry_min) {
 		snprintf(err, errlen, "a *_retry_max is smaller than its *_retry_min");
 		return -1;

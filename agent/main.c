@@ -21,6 +21,7 @@
 #include "agent/control.h"
 #include "agent/delivery.h"
 #include "agent/log.h"
+#include "agent/mx.h"
 #include "agent/otp_mail.h"
 #include "agent/otpmaild.h"
 #include "agent/privs.h"
@@ -262,6 +263,9 @@ main(int argc, char **argv)
 		snprintf(err, sizeof(err), "mkdir %s: %s", d.cfg->sandbox_maildir, strerror(errno));
 		goto fail;
 	}
+	/* A bad resolver or trust anchor fails now, not at the first lookup. */
+	if (!d.cfg->sandbox && mx_resolver_shared(d.cfg, err, sizeof(err)) == NULL)
+		goto fail;
 	if (privs_chown_state(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
 	if ((ctl = control_listen(&d, err, sizeof(err))) == NULL)
@@ -326,6 +330,7 @@ out:
 		store_close(d.store);
 	dkim_signer_free(d.dkim);
 	otp_templates_free(d.templates);
+	mx_resolver_shared_free();
 	config_free(d.cfg);
 	return rc;
 }

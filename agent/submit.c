@@ -17,7 +17,7 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 {
 	struct q_envelope env = *tmpl;
 	const char *sdomain = NULL;
-	char *sig = NULL, dkerr[256] = "";
+	char *sig = NULL, dkerr[256] = "", signed_for[256];
 	enum dkim_status ds = DKIM_SIGN_NOKEY;
 	enum q_status qs;
 	struct buf b;
@@ -31,6 +31,9 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 	pthread_rwlock_rdlock(&d->reload_lock);
 	if (d->dkim != NULL)
 		ds = dkim_sign_message(d->dkim, msg, len, &sig, &sdomain, dkerr, sizeof(dkerr));
+	/* the domain string belongs to the signer, which a reload may free */
+	snprintf(signed_for, sizeof(signed_for), "%s",
+	    ds == DKIM_SIGN_OK && sdomain != NULL ? sdomain : "none");
 	pthread_rwlock_unlock(&d->reload_lock);
 	switch (ds) {
 	case DKIM_SIGN_OK:
@@ -57,8 +60,8 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 	switch (qs) {
 	case Q_OK:
 		log_msg(LOG_INFO, "event=queued id=%s class=%s rcpts=%zu size=%zu dkim=%s uid=%u",
-		    id, q_class_name(env.klass), env.nrcpt, len,
-		    ds == DKIM_SIGN_OK && sdomain ? sdomain : "none", (unsigned)env.client_uid);
+		    id, q_class_name(env.klass), env.nrcpt, len, signed_for,
+		    (unsigned)env.client_uid);
 		return 0;
 	case Q_NOSPACE:
 		*err = reply_error("unavailable", "the spool is below its free-space "

@@ -143,6 +143,8 @@ main(void)
 	expect_error("admin_groups = no-such-group-xyz\n", "no such group", "unknown group");
 	expect_error("otp_retry_min = 100s\notp_retry_max = 10s\n", "retry_max", "max < min");
 	expect_error("otp_ttl = 2h\notp_max_ttl = 1h\n", "otp_max_ttl", "ttl > max ttl");
+	expect_error("otp_from = Login <noreply@example.org>\n", "bare address",
+	    "otp_from with a display name");
 	memset(big, 'a', sizeof(big) - 2);
 	big[sizeof(big) - 2] = '\n';
 	big[sizeof(big) - 1] = '\0';
