@@ -16,6 +16,10 @@ Postfix with STARTTLS on 127.0.6.10:2525 and one without STARTTLS on
 2. Postfix + test CA: may, encrypt and verify deliver over TLS (Received:
    says TLS); verify against a certificate without the name defers; a peer
    without STARTTLS under encrypt defers and gets nothing.
+3. NSD on 127.0.6.53:5353 (peers.DnsServer) with fb.example.com MX 10 (down)
+   and MX 20 (smtp-sink 127.0.6.22), fallback relay smtp-sink 127.0.6.23:
+   a default-class mail goes to the second MX, an OTP mail goes to the
+   fallback relay right after the first temporary failure.
 """
 import json
 import os
@@ -26,7 +30,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from harness import Daemon, Tap, wait_for  # noqa: E402
-from peers import PostfixPeer, SilentPeer, SmtpSink, TestCA  # noqa: E402
+from peers import DnsServer, PostfixPeer, SilentPeer, SmtpSink, TestCA, Zone  # noqa: E402
 
 PORT = 2525
 SINK1, SINK2, SILENT = "127.0.6.2", "127.0.6.3", "127.0.6.9"
@@ -239,9 +243,38 @@ def tls_tests(ca):
             t.ok(not pp.messages(), "nothing sent in clear")
 
 
+def fallback_tests(ca):
+    zone = Zone("example.com", ["fb MX 10 mx1.fb", "fb MX 20 mx2.fb",
+                                "mx1.fb A 127.0.6.21", "mx2.fb A 127.0.6.22"])
+    with DnsServer([zone], "127.0.6.53", 5353) as dns, \
+            SmtpSink("127.0.6.22", PORT) as mx2, SmtpSink("127.0.6.23", PORT) as fb:
+        conf = ("sandbox = no\nhostname = otpmail.example.com\ntls_policy = none\n"
+                "resolver = %s\nsmtp_port = %d\nfallback_relay = [127.0.6.23]:%d\n"
+                "smtp_connect_timeout = 3s\n" % (dns.resolver, PORT, PORT))
+        with Daemon(conf_extra=conf) as d:
+            # OTP first: no session to the domain is open yet.
+            r = d.call({"op": "otp.issue", "to": "code@fb.example.com"})
+            t.ok(r.get("ok"), "otp.issue", r)
+            try:
+                got = fb.wait_for(1, 20)
+            except RuntimeError as e:
+                got = []
+                t.diag(str(e))
+            t.ok(got and got[0].rcpt == "code@fb.example.com" and
+                 not [m for m in mx2.messages() if m.rcpt == "code@fb.example.com"],
+                 "otp class: to the fallback relay right after the first failure",
+                 d.log_text()[-1500:])
+            qid, r = send(d, "dflt@fb.example.com", subject="default class")
+            ok, st = wait_rcpt(d, qid, ("delivered",), 20)
+            t.ok(ok and [m for m in mx2.messages() if m.rcpt == "dflt@fb.example.com"]
+                 and len(fb.messages()) == 1,
+                 "default class: first MX down, delivered to the second MX",
+                 json.dumps(st) + d.log_text()[-1500:])
+
+
 def main():
     with TestCA() as ca:
-        for fn in (sink_tests, tls_tests):
+        for fn in (sink_tests, tls_tests, fallback_tests):
             try:
                 fn(ca)
             except Exception as e:  # report and go on with the next part
