@@ -90,7 +90,7 @@ static const struct cfg_key config_table[] = {
 	INT(control_max_connections, "256", 1, 100000),
 	DUR(control_idle_timeout, "300s", 1, DAY),
 	INT(control_max_pipeline, "64", 1, 100000),
-	INT(request_workers, "4", 1, 256),
+	INT(request_workers, "16", 1, 256),
 	/* queue */
 	SIZE(message_size_limit, "10M", 1024, 1L << 30),
 	INT(max_recipients, "100", 1, 100000),

@@ -56,6 +56,8 @@ static const struct cmd cmds[] = {
 	{ "otp verify", "otp.verify", "to code", "", "", fmt_generic,
 	    "<to> <code> [--purpose P] [--context C]" },
 	{ "otp revoke", "otp.revoke", "to", "", "", fmt_generic, "<to> [--purpose P]" },
+	{ "otp unlock", "otp.unlock", "to", "", "", fmt_generic,
+	    "<to> [--purpose P]  (admin: lift a lock-out)" },
 	{ "send", "mail.send", "to...", "", "", fmt_generic,
 	    "<to>... --from F --subject S (--text T | --raw-file FILE) [--html H]" },
 	{ "status", "message.status", "id", "", "", fmt_generic, "<queue id>" },
