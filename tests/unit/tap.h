@@ -35,6 +35,7 @@ static inline int
 done_testing(void)
 {
 	printf("1..%d\n", tap_n);
+	fflush(stdout);		/* LeakSanitizer exits without flushing stdio */
 	return tap_failed ? 1 : 0;
 }
 

@@ -149,6 +149,8 @@ main(void)
 
 	/* roles from credentials */
 	c = config_load(NULL, err, sizeof(err));
+	free(c->app_users);		/* the defaults are empty lists */
+	free(c->admin_groups);
 	c->app_users = calloc(3, sizeof(char *));
 	c->app_users[0] = strdup("1000");
 	c->app_users[1] = strdup("daemon");
