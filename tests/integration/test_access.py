@@ -108,9 +108,11 @@ t.ok(len(table) >= 20 and ("ping", {"any", "app", "admin"}) in table and
      ("queue.delete", {"admin"}) in table, "read %d ops from agent/ops.c" % len(table),
      table)
 
+SYS = 3  # "sys", primary group sys: the app role through app_groups
 who = [("nobody (no role)", NOBODY, "any"), ("daemon (app_users)", DAEMON_UID, "app"),
+       ("sys (app_groups)", SYS, "app"),
        ("bin (admin_users)", BIN_UID, "admin"), ("root", 0, "admin")]
-with Daemon(conf_extra="app_users = daemon\nadmin_users = bin\n") as d:
+with Daemon(conf_extra="app_users = daemon\napp_groups = sys\nadmin_users = bin\n") as d:
     # a message of root's, for message.status below
     own = d.call({"op": "mail.send", "from": "app@example.org", "to": "r@example.com",
                   "subject": "s", "text": "t"})
@@ -306,9 +308,24 @@ if os.geteuid() == 0:
         # its own uid is admin; root still is
         r = d.call({"op": "queue.list"})
         t.ok(r.get("ok"), "root is still admin", r)
+        # a hard link planted in the state dir (possible for nobody where
+        # fs.protected_hardlinks = 0) to a root file outside it, and a symlink:
+        # the start as root must not hand those files to nobody
+        victim = os.path.join(d.dir, "victim-root-file")
+        with open(victim, "w") as f:
+            f.write("root's\n")
+        os.chmod(victim, 0o600)
+        victim2 = os.path.join(d.dir, "victim-root-file2")
+        with open(victim2, "w") as f:
+            f.write("root's\n")
+        os.link(victim, os.path.join(d.state, "spool", "planted-hardlink"))
+        os.symlink(victim2, os.path.join(d.state, "planted-symlink"))
         # the crash-restart path as nobody: kill -9 and start again
         d.kill9()
         d.start()
+        t.ok(os.stat(victim).st_uid == 0, "the start as root does not chown a hard-linked "
+             "file outside the state dir to nobody (owner now %d)" % os.stat(victim).st_uid)
+        t.ok(os.stat(victim2).st_uid == 0, "nor the target of a symlink in the state dir")
         with open("/proc/%d/status" % d.pid()) as f:
             uid_line = [l for l in f.read().splitlines() if l.startswith("Uid:")][0]
         t.ok(uid_line.split()[1:] == [str(NOBODY)] * 4 and d.call({"op": "ping"}).get("ok"),
