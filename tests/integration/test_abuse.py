@@ -264,6 +264,7 @@ def part_a():
     with Daemon(conf_extra=conf) as d:
         pid = d.pid()
         rss0 = rss_kb(pid)
+        fds0 = len(os.listdir("/proc/%d/fd" % pid))
         fl = Flood(d)
         t0 = time.time()
         fin1 = fl.run(20000, 20, 1)
@@ -297,6 +298,10 @@ def part_a():
              % (rss_end, rss_warm, slack))
         r = d.call({"op": "stats"})
         t.ok(r.get("ok"), "stats still answers after the flood", r)
+        fds = wait_for(lambda: (lambda n: n if n <= fds0 + 2 else None)(
+            len(os.listdir("/proc/%d/fd" % pid))), 5) or len(os.listdir("/proc/%d/fd" % pid))
+        t.ok(fds <= fds0 + 2, "no descriptor leaked over thousands of connections "
+             "(%d before, %d after)" % (fds0, fds))
         # a client that tags its requests (README: "id" is echoed) must still
         # learn the queue id of what it submitted
         rs = d.pipeline([{"op": "mail.send", "id": "req-1", "from": "app@example.org",

@@ -293,6 +293,17 @@ with SmtpSink(SINK, PORT) as sink:
         t.ok(not res["second_ok"], "and only once: a second verify fails (%d succeeded)" %
              len(res["second_ok"]), res["second_ok"][:5])
 
+        # message.status agrees: every acknowledged message is delivered
+        ids = list(load.mail_acked.values()) + list(load.otp_acked.values())
+        states = {}
+        for i in range(0, len(ids), 50):
+            for q, r in zip(ids[i:i + 50], d.pipeline(
+                    [{"op": "message.status", "id": q} for q in ids[i:i + 50]])):
+                states[q] = r.get("state")
+        notdel = [(q, s_) for q, s_ in states.items() if s_ != "delivered"]
+        t.ok(not notdel, "message.status: all %d acknowledged messages delivered" % len(ids),
+             notdel[:5])
+
         # the state is consistent after all the kills
         r = d.call({"op": "stats"})
         t.ok(r.get("ok"), "stats answers", r)
