@@ -27,6 +27,7 @@
 
 #define DELIVERY_KEY_MAX	700
 #define DELIVERY_SLOT_WAIT	120	/* seconds a worker waits for a connection slot */
+#define DELIVERY_STOP_GRACE	5	/* seconds in-flight sessions get at shutdown */
 
 struct idle {
 	struct smtp_session	*s;
@@ -57,7 +58,8 @@ struct delivery {
 	pthread_cond_t		 cv;
 	struct dest		*dests;
 	int			 active;	/* all open connections */
-	volatile int		 stopping;
+	volatile int		 stopping;	/* no new work */
+	volatile int		 abort;		/* in-flight sessions give up too */
 };
 
 /* One delivery of one domain's recipients of one message. */
@@ -210,6 +212,7 @@ void
 delivery_stop(struct delivery *dl)
 {
 	struct dest *de, *next;
+	struct timespec ts;
 	int i;
 
 	if (dl == NULL)
@@ -220,8 +223,22 @@ delivery_stop(struct delivery *dl)
 	pthread_mutex_unlock(&dl->mu);
 	if (dl->d->queue != NULL)
 		queue_shutdown(dl->d->queue);
-	for (i = 0; i < dl->nth; i++)
+	/*
+	 * In-flight sessions get a grace period; then every wait is cut short
+	 * (a peer may hold a worker for smtp_data_done_timeout otherwise).
+	 * What was cut stays deferred in the queue.
+	 */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += DELIVERY_STOP_GRACE;
+	for (i = 0; i < dl->nth; i++) {
+		if (!dl->abort && pthread_timedjoin_np(dl->th[i], NULL, &ts) == 0)
+			continue;
+		if (!dl->abort)
+			log_msg(LOG_WARNING, "event=delivery_stopping note=\"cutting "
+			    "in-flight sessions short after %ds\"", DELIVERY_STOP_GRACE);
+		dl->abort = 1;
 		pthread_join(dl->th[i], NULL);
+	}
 	delivery_reap(dl, 1);
 	for (de = dl->dests; de != NULL; de = next) {
 		next = de->next;
@@ -612,6 +629,7 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 		p.command_timeout = cfg->smtp_command_timeout;
 		p.data_timeout = cfg->smtp_data_timeout;
 		p.data_done_timeout = cfg->smtp_data_done_timeout;
+		p.abort = &dl->abort;
 		if (hop->auth) {
 			p.auth_user = cfg->smarthost_user;
 			p.auth_pass = dl->auth_pass;

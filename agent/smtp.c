@@ -141,6 +141,7 @@ smtp_reply_text(struct smtp_session *s, const char *what, char *out, size_t len)
 	if (s->smtp->response_code == 0) {
 		snprintf(out, len, "%s: %s", what,
 		    s->low != NULL && tlsstream_timed_out(s->low) ? "timeout" :
+		    s->low != NULL && tlsstream_aborted(s->low) ? "shutting down" :
 		    "connection lost");
 		return;
 	}
@@ -407,12 +408,14 @@ smtp_open_once(const struct smtp_params *p, const struct sockaddr *sa,
 		snprintf(reply, len, "out of memory");
 		goto fail;
 	}
-	if ((fd = tlsstream_connect(sa, salen, p->connect_timeout, reply, len)) == -1)
+	if ((fd = tlsstream_connect(sa, salen, p->connect_timeout, p->abort,
+	    reply, len)) == -1)
 		goto fail;
 	if ((s->low = tlsstream_low_new(fd)) == NULL) {
 		snprintf(reply, len, "out of memory");
 		goto fail;
 	}
+	tlsstream_set_abort(s->low, p->abort);
 	if ((stream = mailstream_new(s->low, SMTP_STREAM_BUF)) == NULL) {
 		mailstream_low_free(s->low);
 		s->low = NULL;
@@ -592,7 +595,8 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 	    mailstream_flush(s->smtp->stream) == -1) {
 		s->usable = 0;
 		smtp_set_all(r, n, 1, SMTP_TEMP, 0, tlsstream_timed_out(s->low) ?
-		    "DATA: timeout sending the message" : "DATA: connection lost");
+		    "DATA: timeout sending the message" : tlsstream_aborted(s->low) ?
+		    "DATA: shutting down" : "DATA: connection lost");
 		return 0;
 	}
 	tlsstream_set_timeout(s->low, s->p.data_done_timeout, 1);
@@ -645,7 +649,8 @@ smtp_close(struct smtp_session *s)
 {
 	if (s == NULL)
 		return;
-	if (s->usable && s->smtp->stream != NULL) {
+	if (s->usable && s->smtp->stream != NULL &&
+	    !(s->p.abort != NULL && *s->p.abort)) {
 		int t = s->p.command_timeout < 10 ? s->p.command_timeout : 10;
 
 		smtp_cmd(s, t, "QUIT");

@@ -35,6 +35,7 @@ struct smtp_params {
 	int			 data_done_timeout;	/* reply to the final dot */
 	const char		*auth_user;	/* AUTH PLAIN/LOGIN (TLS only) or NULL */
 	const char		*auth_pass;
+	const volatile int	*abort;		/* non-zero: stop waiting (shutdown) */
 };
 
 struct smtp_rcpt {

@@ -25,6 +25,8 @@ struct tlsstream {
 	int		 absolute;	/* deadline mode */
 	long long	 deadline_ms;	/* monotonic, absolute mode */
 	int		 timed_out;
+	int		 aborted;
+	const volatile int *abort;	/* shutdown flag, may be NULL */
 	size_t		 nread;		/* bytes read since the timeout was set */
 };
 
@@ -66,7 +68,7 @@ tlsstream_now_ms(void)
 
 int
 tlsstream_connect(const struct sockaddr *sa, socklen_t salen, int timeout_s,
-    char *err, size_t errlen)
+    const volatile int *abort, char *err, size_t errlen)
 {
 	struct pollfd pfd;
 	long long deadline;
@@ -93,6 +95,12 @@ tlsstream_connect(const struct sockaddr *sa, socklen_t salen, int timeout_s,
 			snprintf(err, errlen, "connect: timeout after %ds", timeout_s);
 			goto fail;
 		}
+		if (abort != NULL && *abort) {
+			snprintf(err, errlen, "connect: shutting down");
+			goto fail;
+		}
+		if (abort != NULL && left > TLSSTREAM_ABORT_MS)
+			left = TLSSTREAM_ABORT_MS;
 		pfd.fd = fd;
 		pfd.events = POLLOUT;
 		r = poll(&pfd, 1, (int)left);
@@ -148,6 +156,7 @@ tlsstream_set_timeout(mailstream_low *low, int secs, int absolute)
 	t->absolute = absolute;
 	t->deadline_ms = tlsstream_now_ms() + (long long)t->secs * 1000;
 	t->timed_out = 0;
+	t->aborted = 0;
 	t->nread = 0;
 }
 
@@ -155,6 +164,18 @@ int
 tlsstream_timed_out(mailstream_low *low)
 {
 	return ((struct tlsstream *)low->data)->timed_out;
+}
+
+void
+tlsstream_set_abort(mailstream_low *low, const volatile int *abort)
+{
+	((struct tlsstream *)low->data)->abort = abort;
+}
+
+int
+tlsstream_aborted(mailstream_low *low)
+{
+	return ((struct tlsstream *)low->data)->aborted;
 }
 
 SSL *
@@ -174,16 +195,23 @@ static int
 tlsstream_wait(struct tlsstream *t, short events)
 {
 	struct pollfd pfd;
-	long long left;
+	long long left, end;
 	int r;
 
+	/* Idle mode: the silence allowed starts now. */
+	end = t->absolute ? t->deadline_ms : tlsstream_now_ms() + (long long)t->secs * 1000;
 	for (;;) {
-		left = t->absolute ? t->deadline_ms - tlsstream_now_ms() :
-		    (long long)t->secs * 1000;
+		left = end - tlsstream_now_ms();
 		if (left <= 0) {
 			t->timed_out = 1;
 			return -1;
 		}
+		if (t->abort != NULL && *t->abort) {
+			t->aborted = 1;
+			return -1;
+		}
+		if (t->abort != NULL && left > TLSSTREAM_ABORT_MS)
+			left = TLSSTREAM_ABORT_MS;
 		pfd.fd = t->fd;
 		pfd.events = events;
 		pfd.revents = 0;
@@ -192,10 +220,8 @@ tlsstream_wait(struct tlsstream *t, short events)
 			continue;
 		if (r == -1)
 			return -1;
-		if (r == 0) {
-			t->timed_out = 1;
-			return -1;
-		}
+		if (r == 0)
+			continue;	/* the top of the loop decides */
 		return 0;	/* readable, writable, or an error the next call reports */
 	}
 }

@@ -12,9 +12,14 @@
 #include <openssl/ssl.h>
 #include <libetpan/libetpan.h>
 
-/* Connected non-blocking socket, or -1 with a reason ("timeout" on timeout). */
+/*
+ * Connected non-blocking socket, or -1 with a reason ("timeout" on timeout).
+ * abort (may be NULL): when it becomes non-zero, waiting stops within
+ * TLSSTREAM_ABORT_MS (daemon shutdown).
+ */
+#define TLSSTREAM_ABORT_MS	250
 int		 tlsstream_connect(const struct sockaddr *, socklen_t, int timeout_s,
-		    char *err, size_t errlen);
+		    const volatile int *abort, char *err, size_t errlen);
 /* A low driver over fd (which it owns from now on, even on failure). */
 mailstream_low	*tlsstream_low_new(int fd);
 /*
@@ -24,6 +29,10 @@ mailstream_low	*tlsstream_low_new(int fd);
 void		 tlsstream_set_timeout(mailstream_low *, int secs, int absolute);
 /* 1 if the last failed read/write ran out of time. */
 int		 tlsstream_timed_out(mailstream_low *);
+/* Waits of this stream give up when *abort becomes non-zero. */
+void		 tlsstream_set_abort(mailstream_low *, const volatile int *abort);
+/* 1 if the last failed read/write was cut short by the abort flag. */
+int		 tlsstream_aborted(mailstream_low *);
 /* Runs the client handshake on ssl (owned by the stream from now on). */
 int		 tlsstream_start_tls(mailstream_low *, SSL *, char *err, size_t errlen);
 /* The SSL of a TLS stream, NULL while plain. */

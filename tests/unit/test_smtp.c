@@ -517,6 +517,43 @@ out:
 	fake_stop(&f, th);
 }
 
+static volatile int abort_flag;
+
+static void *
+set_abort(void *arg)
+{
+	usleep(300 * 1000);
+	abort_flag = 1;
+	return NULL;
+}
+
+static void
+test_abort(SSL_CTX *ctx)
+{
+	struct fake f = { .greeting = NULL };
+	struct smtp_session *s;
+	struct smtp_params p;
+	struct sockaddr_in sin;
+	char reply[512];
+	pthread_t th, ab;
+	double t0;
+
+	th = fake_start(&f);
+	fake_addr(&f, &sin);
+	params_init(&p, ctx);
+	p.greeting_timeout = 30;
+	p.abort = &abort_flag;
+	abort_flag = 0;
+	pthread_create(&ab, NULL, set_abort, NULL);
+	t0 = now_s();
+	is_int(smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)), SMTP_TEMP, "abort flag: silent peer given up");
+	ok(now_s() - t0 < 1.5, "long before the 30 s greeting timeout");
+	is_str(reply, "greeting: shutting down", "reason says shutting down");
+	pthread_join(ab, NULL);
+	fake_stop(&f, th);
+}
+
 static void
 test_timeouts(SSL_CTX *ctx)
 {
@@ -817,6 +854,7 @@ main(void)
 	test_refusals(ctx);
 	test_helo_and_mail_fail(ctx);
 	test_timeouts(ctx);
+	test_abort(ctx);
 	test_tls(ctx);
 	test_auth_fallback_v6(ctx);
 	SSL_CTX_free(ctx);

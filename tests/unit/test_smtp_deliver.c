@@ -541,6 +541,34 @@ main(void)
 	} else
 		ok(0, "cap env");
 
+	/* Shutdown: a worker held by a silent peer is cut short after the grace. */
+	snprintf(conf, sizeof(conf), "sandbox = no\ntls_policy = none\n"
+	    "route = silent.example [127.0.0.1]:%d\nsmtp_greeting_timeout = 60s\n"
+	    "delivery_workers = 2\n", s.port);
+	if (env_open(&e, conf) == 0) {
+		const char *to[] = { "w@silent.example" };
+
+		id = enqueue(&e, Q_CLASS_DEFAULT, to, 1, 0, NULL);
+		usleep(500 * 1000);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		t0 = ts.tv_sec + ts.tv_nsec / 1e9;
+		delivery_stop(e.d.delivery);
+		e.d.delivery = NULL;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ok(ts.tv_sec + ts.tv_nsec / 1e9 - t0 < 7.0,
+		    "delivery_stop returns after the grace, not the 60 s timeout");
+		env = NULL;
+		if (queue_get(e.d.queue, id, &env) == Q_OK) {
+			is_str(rstate(env, 0), "deferred", "the cut message stays deferred");
+			ok(strstr(rreply(env, 0), "shutting down") != NULL, "reason: shutting down");
+		} else
+			ok(0, "message still in the queue");
+		q_envelope_free(env);
+		free(id);
+		env_close(&e);
+	} else
+		ok(0, "stop env");
+
 	/* Sandbox transport. */
 	if (env_open(&e, "sandbox = yes\n") == 0) {
 		const char *to[] = { "dev@example.org", "dev2@example.net" };
