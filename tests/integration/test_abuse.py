@@ -10,7 +10,9 @@ more with sandbox = no routing to a real smtp-sink (peers.SmtpSink) on
     interleaved: every garbage line gets bad_request (blank lines are
     skipped by design), every well-formed request its right answer (matched
     by id), overlong lines cut the connection after an error, the daemon
-    stays up and its VmRSS stays flat (after a warm-up vs the end).
+    stays up and its VmRSS stays flat (after a warm-up vs the end), no
+    descriptor leaks; a client that never reads its answers cannot grow the
+    daemon's memory; a request id never hides the queue id of an answer.
 (b) injection: CR, LF, NUL and overlong values in every field that reaches
     a header or an SMTP command (otp.issue: to, purpose, context, locale,
     app; mail.send: from, to, subject, header names and values, raw) are
@@ -313,6 +315,35 @@ def part_a():
                  any(re.fullmatch(r"[0-9a-f]{24}", v) for v in vals),
                  "%s with a request id: the answer echoes it and still carries the "
                  "queue id" % op, r)
+        # a client that writes requests at a modest pace but never reads its
+        # answers: the daemon must stop reading it or cut it off, not buffer
+        # answers without bound
+        rss_before = rss_kb(pid)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(d.sock)
+        s.settimeout(1)
+        burst = b'{"op":"help"}\n' * 16
+        sent, cut, t0 = 0, False, time.time()
+        others = []
+        while time.time() - t0 < 8:
+            try:
+                sent += s.send(burst)
+            except socket.timeout:
+                pass
+            except OSError:
+                cut = True
+                break
+            if len(others) < int(time.time() - t0):
+                others.append(d.call({"op": "ping"}, timeout=5).get("ok"))
+            time.sleep(0.002)
+        grow = rss_kb(pid) - rss_before
+        s.close()
+        t.diag("non-reading client: %d request bytes accepted in %.1f s, %s, daemon RSS "
+               "+%d kB" % (sent, time.time() - t0, "cut off" if cut else "not cut off",
+                           grow))
+        t.ok(all(others), "other clients are served while one never reads")
+        t.ok(grow < 32 * 1024, "a client that never reads its answers cannot grow the "
+             "daemon's memory without bound (+%d kB for %d request bytes)" % (grow, sent))
         t.ok("event=crash" not in d.log_text() and "AddressSanitizer" not in d.log_text(),
              "no crash reports in the log")
 
