@@ -24,6 +24,9 @@ more with sandbox = no routing to a real smtp-sink (peers.SmtpSink) on
     expected MAIL FROM / RCPT TO and nothing else.
 (c) 500 idle connections + one active client: ping p99 < 10 ms; past
     control_max_connections (10) an error answer comes back, not a hang.
+(d) with the default control_max_line (16M), two maximal JSON lines from a
+    uid with no role must not blow the daemon's peak memory up (the JSON
+    tree of a 16 MB array is ~20 times the line).
 Figures (lines/s, RSS, latencies) are printed as TAP comments.
 """
 
@@ -719,11 +722,73 @@ def part_c():
             h.close()
 
 
+# --------------------------------------------------------------------------
+# (d) the biggest line a stranger may send
+# --------------------------------------------------------------------------
+
+def status_kb(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return -1
+
+
+def send_as(uid, path, data, timeout=120):
+    """Forks a child that becomes uid, sends data, reads one answer line."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(data)
+            buf = b""
+            while b"\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+            code = 0 if b'"bad_request"' in buf or b'"forbidden"' in buf or \
+                b'"ok": true' in buf or b'"ok":true' in buf else 2
+        except BaseException:  # noqa: BLE001 - the exit code tells
+            code = 3
+        finally:
+            os._exit(code)
+    return pid
+
+
+def part_d():
+    """Default control_max_line (16M): a peer with no role sends the largest
+    JSON it may, twice in parallel; the daemon's peak memory stays bounded
+    (the lines themselves are 32 MB; parsing them into a tree must not
+    multiply that)."""
+    with Daemon() as d:
+        pid = d.pid()
+        hwm0 = status_kb(pid, "VmHWM")
+        line = b'{"op":"ping","a":[' + b"1," * (8 * 1024 * 1024 - 24) + b'1]}\n'
+        t0 = time.time()
+        kids = [send_as(65534, d.sock, line) for _ in range(2)]
+        codes = [os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids]
+        dt = time.time() - t0
+        hwm = status_kb(pid, "VmHWM")
+        t.diag("two %d-byte JSON arrays from nobody: %.1f s, daemon peak RSS %d -> %d kB "
+               "(+%d MB)" % (len(line), dt, hwm0, hwm, (hwm - hwm0) // 1024))
+        t.ok(all(c == 0 for c in codes), "both answered", codes)
+        t.ok(hwm - hwm0 < 200 * 1024, "a peer with no role cannot make the daemon allocate "
+             "much more than its line: peak +%d MB for 2 x 16 MB" % ((hwm - hwm0) // 1024))
+        t.ok(d.alive() and d.call({"op": "ping"}).get("ok"), "the daemon still serves")
+
+
 def main():
-    parts = sys.argv[1:] or ["a", "b", "c"]
+    parts = sys.argv[1:] or ["a", "b", "c", "d"]
     for p in parts:
         t0 = time.time()
-        {"a": part_a, "b": part_b, "c": part_c}[p]()
+        {"a": part_a, "b": part_b, "c": part_c, "d": part_d}[p]()
         t.diag("part %s: %.1f s" % (p, time.time() - t0))
     t.done()
 
