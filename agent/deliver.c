@@ -26,7 +26,12 @@
 #include "queue/queue.h"
 
 #define DELIVERY_KEY_MAX	700
-#define DELIVERY_SLOT_WAIT	120	/* seconds a worker waits for a connection slot */
+/*
+ * Seconds a worker waits for a connection slot before deferring the domain:
+ * sessions come free in milliseconds normally, and a domain whose peers are
+ * all stuck must not collect every worker.
+ */
+#define DELIVERY_SLOT_WAIT	10
 #define DELIVERY_STOP_GRACE	5	/* seconds in-flight sessions get at shutdown */
 
 struct idle {
