@@ -284,6 +284,43 @@ for want in (0o600, 0o666):
         d.stop()
         d.cleanup()
 
+# control_socket_group: members of the group connect with mode 0660
+d = Daemon(start=False)
+try:
+    write_conf(d, "control_socket_group = sys\n", socket_mode="0660")
+    start_plain(d)
+    os.chmod(d.state, 0o755)
+    st = os.stat(d.sock)
+    t.ok(st.st_gid == SYS and stat.S_IMODE(st.st_mode) == 0o660,
+         "control_socket_group = sys: socket group sys, mode 0660")
+    r = d.call_as(SYS, {"op": "ping"})
+    t.ok(r.get("ok") is True, "a member of the socket group connects", r)
+    r = d.call_as(NOBODY, {"op": "ping"})
+    t.ok("harness_error" in r, "a stranger cannot", r)
+finally:
+    d.stop()
+    d.cleanup()
+
+# a state directory that already exists world-writable: anyone could swap the
+# socket, the spool or plant files; the daemon must refuse it or close it
+d = Daemon(start=False)
+try:
+    write_conf(d, "")
+    os.mkdir(d.state)
+    os.chmod(d.state, 0o777)
+    p = subprocess.Popen([OTPMAILD, "-f", "-c", d.conf], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    up = wait_for(lambda: p.poll() is not None or os.path.exists(d.sock), 10)
+    refused = p.poll() not in (None, 0)
+    m = mode(d.state)
+    t.ok(refused or not (m & 0o002), "a pre-existing world-writable state dir (0777): "
+         "refuses to start or closes it (running=%s, mode now %o)" % (p.poll() is None, m))
+    if p.poll() is None:
+        p.terminate()
+    p.communicate(timeout=20)
+finally:
+    d.cleanup()
+
 # --- privilege drop ----------------------------------------------------------------
 if os.geteuid() == 0:
     with Daemon(conf_extra="user = nobody\notp_resend_cooldown = 0\n") as d:
@@ -305,6 +342,13 @@ if os.geteuid() == 0:
         owned = [p for p in (d.state, os.path.join(d.state, "db"),
                              os.path.join(d.state, "spool")) if os.stat(p).st_uid != NOBODY]
         t.ok(not owned, "state, db and spool owned by nobody", owned)
+        bad = []
+        for root, dirs, files in os.walk(d.state):
+            for n in dirs + files:
+                p_ = os.path.join(root, n)
+                if p_ != d.sock and mode(p_) & stat.S_IWOTH:
+                    bad.append(p_)
+        t.ok(not bad, "running as nobody: nothing under the state dir world-writable", bad)
         # its own uid is admin; root still is
         r = d.call({"op": "queue.list"})
         t.ok(r.get("ok"), "root is still admin", r)
