@@ -10,6 +10,19 @@
 #include "agent/otpmaild.h"
 
 static json_t	*reply_verror(const char *, const char *, const char *, va_list);
+static void	 reply_clean(char *);
+
+/*
+ * A detail may quote the peer's bytes (a JSON parse error does): keep it
+ * printable ASCII so it is always a valid JSON string.
+ */
+static void
+reply_clean(char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+			*s = '?';
+}
 
 json_t *
 reply_ok(void)
@@ -24,7 +37,10 @@ reply_verror(const char *code, const char *field, const char *fmt, va_list ap)
 	json_t *r;
 
 	vsnprintf(detail, sizeof(detail), fmt, ap);
+	reply_clean(detail);
 	r = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", code, "detail", detail);
+	if (r == NULL)
+		abort();	/* only out of memory gets here */
 	if (r != NULL && field != NULL)
 		json_object_set_new(r, "field", json_string(field));
 	return r;
@@ -57,9 +73,14 @@ reply_bad_field(const char *field, const char *fmt, ...)
 json_t *
 reply_limited(const char *code, const char *limit, int retry_after, const char *detail)
 {
+	char clean[512];
 	json_t *r;
 
-	r = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", code, "detail", detail);
+	snprintf(clean, sizeof(clean), "%s", detail);
+	reply_clean(clean);
+	r = json_pack("{s:b, s:s, s:s}", "ok", 0, "error", code, "detail", clean);
+	if (r == NULL)
+		abort();
 	if (limit != NULL)
 		json_object_set_new(r, "limit", json_string(limit));
 	if (retry_after > 0)

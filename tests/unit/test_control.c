@@ -74,6 +74,9 @@ main(void)
 	expect(&admin, "[1,2]", "bad_request", "", "non-object");
 	expect(&admin, "\"ping\"", "bad_request", "", "a bare string");
 	expect(&admin, "{}", "bad_request", "op", "missing op");
+	expect(&admin, "{\"\\\xde\x82", "bad_request", "",
+	    "invalid UTF-8 quoted in a parse error still gives a valid reply");
+	expect(&admin, "{\"op\":\"\xff\xfe\"}", "bad_request", "", "invalid UTF-8 op");
 	expect(&admin, "{\"op\":5}", "bad_request", "op", "op of the wrong type");
 	expect(&admin, "{\"op\":\"no.such\"}", "bad_request", "op", "unknown op");
 	expect(&admin, "{\"op\":\"ping\",\"op\":\"ping\"}", "bad_request", "", "duplicate key");
