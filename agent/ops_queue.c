@@ -258,6 +258,36 @@ opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t
 	char *v, date[64], mid[300];
 	int in_hdr = 1, saw_hdr = 0;
 
+	/*
+	 * The header section as sent: a bare CR would become a line end below
+	 * and could start a header of its own, so it is refused; so is a line
+	 * that is neither a field ("Name: value") nor a continuation.
+	 */
+	for (i = 0; i < len; i = line) {
+		size_t e = i, k;
+		while (e < len && raw[e] != '\n')
+			e++;
+		line = e + 1;
+		if (e > i && raw[e - 1] == '\r')
+			e--;
+		if (e == i)
+			break;		/* the empty line: the body starts */
+		for (k = i; k < e; k++)
+			if (raw[k] == '\r') {
+				*err = reply_bad_field("raw", "a bare CR in the header section");
+				return -1;
+			}
+		if (raw[i] != ' ' && raw[i] != '\t') {
+			for (k = i; k < e && raw[k] != ':' && raw[k] > ' ' && raw[k] < 0x7f; k++)
+				;
+			if (k == i || k == e || raw[k] != ':') {
+				*err = reply_bad_field("raw", "header line %.40s... is not "
+				    "\"Name: value\"", raw + i);
+				return -1;
+			}
+		}
+	}
+	line = 0;
 	buf_init(&n);
 	msg_add_crlf_text(&n, raw, len);
 	for (i = 0; i < n.len && in_hdr; i++) {

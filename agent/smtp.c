@@ -92,27 +92,18 @@ fail:
 int
 smtp_addr_ok(const char *addr, int allow_empty)
 {
-	const char *at, *p;
-	size_t len;
+	char err[128];
 
 	if (addr == NULL)
 		return 0;
-	len = strlen(addr);
-	if (len == 0)
+	if (*addr == '\0')
 		return allow_empty;
-	if (len > ADDR_PATH_MAX)
-		return 0;
-	if ((at = strrchr(addr, '@')) == NULL)
-		return 0;
-	if ((size_t)(at - addr) > ADDR_LOCAL_MAX || at == addr)
-		return 0;
-	if (strlen(at + 1) > ADDR_DOMAIN_MAX || at[1] == '\0')
-		return 0;
-	for (p = addr; *p != '\0'; p++)
-		if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f ||
-		    *p == '<' || *p == '>')
-			return 0;
-	return 1;
+	/*
+	 * The one validator the submission used: RFC 5321 lengths (so nothing
+	 * reaches libetpan's fixed command buffer), no CR, LF, NUL or 8-bit.
+	 * A quoted local part ("john smith"@example.org) is valid SMTP.
+	 */
+	return addr_validate(addr, err, sizeof(err)) == 0;
 }
 
 static enum smtp_status
