@@ -511,6 +511,7 @@ def part_b():
             "message_size_limit = 1M\n")
     with Daemon(conf_extra=conf) as d:
         c = d.client()
+        leaked = []
         for name, req in refusal_cases():
             try:
                 r = c.call(req)
@@ -520,8 +521,24 @@ def part_b():
             t.ok(r.get("ok") is False and r.get("error") == "bad_request",
                  "refused with bad_request: %s" % name,
                  "%r -> %r" % (json.dumps(req)[:300], r))
+            if r.get("ok"):
+                leaked.append((name, req, r["id"]))
         c.close()
         t.ok(d.alive(), "daemon alive after the injection attempts")
+        # whatever was accepted although it should not have been: at least
+        # no recipient may have been added, and no Bcc may show
+        for name, req, qid in leaked:
+            msg = delivered(d, qid)
+            want = sorted(a.lower() for a in ([req["to"]] if isinstance(req["to"], str)
+                                              else req["to"]))
+            env = sorted(a.lower() for a in (msg.get_all("Delivered-To") or [])) if msg \
+                else None
+            st, _ = status_rcpts(d, qid)
+            t.ok(msg is not None and env == want and sorted(x.lower() for x in st) == want
+                 and msg.get_all("Bcc") is None,
+                 "accepted anyway (%s): still exactly the given recipients, no Bcc shown"
+                 % name, "envelope %r status %r headers %r" %
+                 (env, st, msg.items() if msg else None))
 
         # accepted values: nothing added ---------------------------------
         base = d.call(dict(MAIL_BASE))
