@@ -24,7 +24,6 @@ Checks:
 import json
 import os
 import re
-import socket
 import stat
 import subprocess
 import sys
