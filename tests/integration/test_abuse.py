@@ -573,6 +573,35 @@ def part_b():
                  "headers %r\nenvelope %r (want %r)\nstatus %r\nTo %r" %
                  (hdr_names(msg), got_env, env, st, msg.get_all("To")))
 
+        # the longest values the daemon accepts: every line it writes stays
+        # within RFC 5322's 998 bytes (it refuses raw messages that do not)
+        for name, req in [
+                ("subject of 998 bytes without a space", dict(MAIL_BASE, subject="s" * 998)),
+                ("subject of 990 bytes without a space", dict(MAIL_BASE, subject="s" * 990)),
+                ("header value of 998 bytes without a space",
+                 dict(MAIL_BASE, headers={"X-Long": "v" * 998})),
+                ("76-byte header name + 900-byte value",
+                 dict(MAIL_BASE, headers={"X-" + "n" * 74: "v" * 900})),
+                ("display name of 250 bytes", dict(MAIL_BASE, **{"from": "N" * 250 +
+                                                                " <app@example.org>"})),
+                ("100 recipients", dict(MAIL_BASE, to=["r%03d@example.com" % i
+                                                       for i in range(100)])),
+                ("non-ASCII subject of 998 bytes", dict(MAIL_BASE, subject="\u00e9" * 499)),
+                ("otp.issue app of 64 bytes", dict(OTP_BASE, to="long@example.org",
+                                                   app="A" * 64))]:
+            r = d.call(req)
+            if not r.get("ok"):
+                t.ok(r.get("error") == "bad_request", "%s: refused" % name, r)
+                continue
+            msg = delivered(d, r["id"])
+            path = [p_ for p_ in d.sandbox_messages() if r["id"] in p_]
+            data = open(path[0], "rb").read() if path else b""
+            longest = max((len(ln.rstrip(b"\r")) for ln in data.split(b"\n")), default=0)
+            t.ok(msg is not None and longest <= 998,
+                 "%s: accepted, and every line of the message <= 998 bytes (longest %d)"
+                 % (name, longest),
+                 [ln[:60] for ln in data.split(b"\n") if len(ln.rstrip(b"\r")) > 998][:3])
+
         ob = d.call(dict(OTP_BASE, to="o0@example.org"))
         omsg = delivered(d, ob.get("id", "?"))
         t.ok(omsg is not None, "a plain otp.issue is delivered to the sandbox")
