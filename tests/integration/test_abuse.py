@@ -21,7 +21,9 @@ more with sandbox = no routing to a real smtp-sink (peers.SmtpSink) on
     no header, no recipient: the delivered sandbox message has exactly the
     expected header names, Delivered-To and To, message.status exactly the
     expected recipients; through smtp-sink each transaction has exactly the
-    expected MAIL FROM / RCPT TO and nothing else.
+    expected MAIL FROM / RCPT TO and nothing else; SMTP smuggling (an
+    end-of-data line with CRLF, bare LF, bare CR or mixed ends inside a raw
+    body or a text) stays in its message.
 (c) 500 idle connections + one active client: ping p99 < 10 ms; past
     control_max_connections (10) an error answer comes back, not a hang.
 (d) with the default control_max_line (16M), two maximal JSON lines from a
@@ -640,6 +642,27 @@ def part_b():
                 r = d.call(req)
                 if r.get("ok"):
                     want.append(("otp.issue " + name, r["id"], [req["to"].lower()]))
+            # SMTP smuggling: an end-of-data line inside the body, with CRLF,
+            # bare LF, bare CR and mixed line ends, then commands
+            cmds = ("MAIL FROM:<evil@example.net>{n}RCPT TO:<evil@example.net>{n}DATA{n}"
+                    "Subject: smuggled{n}{n}x{n}.{n}")
+            smuggle = {}
+            for label, pre, n in [("CRLF.CRLF", "\r\n.\r\n", "\r\n"), ("LF.LF", "\n.\n", "\n"),
+                                  ("CR.CR", "\r.\r", "\r"), ("CRLF.LF", "\r\n.\n", "\r\n"),
+                                  ("LF.CRLF", "\n.\r\n", "\r\n"),
+                                  ("CRLF..CRLF", "\r\n..\r\n", "\r\n")]:
+                raw = ("From: app@example.org\r\nSubject: smuggle %s\r\n\r\nbody" % label +
+                       pre + cmds.format(n=n) + "END-%s\r\n" % label)
+                r = d.call({"op": "mail.send", "from": "app@example.org",
+                            "to": ["r@example.com"], "raw": raw})
+                t.ok(r.get("ok"), "raw message with a %s end-of-data inside queued" % label, r)
+                if r.get("ok"):
+                    want.append(("smuggle " + label, r["id"], ["r@example.com"]))
+                    smuggle[label] = r["id"]
+            r = d.call(dict(MAIL_BASE, text="a\n.\n" + cmds.format(n="\n") + "END-text\n"))
+            if r.get("ok"):
+                want.append(("smuggle text", r["id"], ["r@example.com"]))
+
             def states():
                 return [d.call({"op": "message.status", "id": q}).get("state")
                         for _, q, _ in want]
@@ -668,6 +691,13 @@ def part_b():
             t.ok(mail_counts and all(n == 1 for n in mail_counts),
                  "exactly one MAIL FROM per transaction (%d transactions)" % len(msgs),
                  mail_counts)
+            for label in smuggle:
+                got = [m for m in msgs if ("Subject: smuggle %s" % label).encode() in m.data]
+                body = got[0].data.replace(b"\r", b"") if len(got) == 1 else b""
+                t.ok(len(got) == 1 and ("END-%s" % label).encode() in body and
+                     b"MAIL FROM:<evil@example.net>" in body,
+                     "smuggled %s: one transaction, the fake commands stayed in the body"
+                     % label, [g.data[-300:] for g in got])
             log = sink.log()
             t.ok("evil" not in log.lower(), "the sink's log never saw an injected command",
                  log[-1500:])
