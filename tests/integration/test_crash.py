@@ -140,6 +140,10 @@ def parse_one(m):
     if mid.startswith("<crash-"):
         if b"END-OF-BODY" not in data:
             return ("partial", None, None)
+        # the copy is the message that was acknowledged, not another one's
+        if ("body of %s" % mid).encode() not in data or \
+                (msg.get("To") or "").lower() != (m.rcpt or "").lower():
+            return ("mismatch", mid, m.path)
         return ("mail", mid, m.path)
     if msg.get_content_type() == "multipart/alternative":
         text = None
@@ -152,21 +156,25 @@ def parse_one(m):
         if text is None or not data.rstrip().endswith(b"--"):
             return ("partial", None, None)
         mm = re.search(r"^\s{4}(\S+)\s*$", text, re.M)
+        if (msg.get("To") or "").lower() != (m.rcpt or "").lower():
+            return ("mismatch", m.rcpt, m.path)
         return ("otp", (m.rcpt or "").lower(), mm.group(1) if mm else None)
     return ("other", None, None)
 
 
 def parse_dumps(sink):
     """{'mail': {msgid: [paths]}, 'otp': {addr: [codes]}, 'partial': n, 'other': n}"""
-    out = {"mail": {}, "otp": {}, "partial": 0, "other": 0}
+    out = {"mail": {}, "otp": {}, "partial": 0, "other": 0, "mismatch": []}
     for m in sink.messages():
         r = _parsed.get(m.path)
         if r is None:
             r = parse_one(m)
-            if r[0] in ("mail", "otp"):
+            if r[0] in ("mail", "otp", "mismatch"):
                 _parsed[m.path] = r   # complete: never changes again
         kind, key, val = r
-        if kind in ("partial", "other"):
+        if kind == "mismatch":
+            out[kind].append((key, val))
+        elif kind in ("partial", "other"):
             out[kind] += 1
         else:
             out[kind].setdefault(key, []).append(val)
@@ -245,6 +253,9 @@ with SmtpSink(SINK, PORT) as sink:
             diag.append("%s: %r" % (a, d.call({"op": "message.status", "id": amap[a]})))
         t.ok(not miss_otp, "every acknowledged otp.issue mail reached the sink (%d of %d "
              "missing)" % (len(miss_otp), len(want_otp)), "\n".join(diag))
+
+        t.ok(not got["mismatch"], "every copy at the sink is whole and goes to its own "
+             "recipient (To = RCPT, body of its Message-ID)", got["mismatch"][:5])
 
         # duplicates
         dup_mail = sum(len(v) - 1 for v in got["mail"].values())
