@@ -5,7 +5,7 @@
  * the scheduled send time so a stalled daemon is not hidden); every answer's
  * latency is recorded and the run ends with msgs/s and p50/p99/p999.
  *   loadgen -s SOCK -o issue|send|verify|ping|raw [-n N] [-c C] [-r RATE] ...
- * The last line is machine-readable: "RESULT key=value ..." (see usage()).
+ * The last line is machine-readable: "RESULT key=value ..." (see lg_usage()).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -50,7 +50,6 @@ struct lg_result {
 
 struct lg_client {
 	pthread_t	 thread;
-	int		 idx;
 	int		 fd;
 	char		*rbuf;
 	size_t		 rlen;
@@ -60,15 +59,16 @@ struct lg_client {
 	size_t		 nmine;
 };
 
-static void	usage(FILE *);
+static void	lg_usage(FILE *);
 static int64_t	lg_now(clockid_t);
 static void	lg_sleep_until(int64_t mono);
 static int	lg_connect(const char *);
 static int	lg_write_all(int, const char *, size_t);
 static int	lg_read_line(struct lg_client *, char **line, size_t *len);
+static void	lg_consume(struct lg_client *, size_t linelen);
 static int	lg_answer_ok(const char *line, char *err, size_t errlen);
 static int	lg_err_index(const char *);
-static int	lg_build(struct lg_client *, const struct lg_item *, char **out, size_t *len);
+static int	lg_build(const struct lg_item *, char **out, size_t *len);
 static void	lg_addr(uint32_t seq, char *out, size_t len);
 static void	lg_json_escape(const char *in, char *out, size_t outlen);
 static int	lg_load_codes(const char *);
@@ -113,7 +113,7 @@ static pthread_mutex_t	 errs_lock = PTHREAD_MUTEX_INITIALIZER;
 static atomic_int	 disconnects;
 
 static void
-usage(FILE *f)
+lg_usage(FILE *f)
 {
 	fprintf(f,
 	    "usage: loadgen -s SOCKET [-o OP] [-n TOTAL] [-c CLIENTS] [-r RATE -d SECONDS]\n"
@@ -334,13 +334,12 @@ lg_wrong_code(const char *right, char *out, size_t len)
 }
 
 static int
-lg_build(struct lg_client *c, const struct lg_item *it, char **out, size_t *len)
+lg_build(const struct lg_item *it, char **out, size_t *len)
 {
 	char addr[LG_MAX_ADDR], eaddr[2 * LG_MAX_ADDR], code[LG_MAX_CODE];
 	char *s = NULL;
 	int n = -1;
 
-	(void)c;
 	if (op == LG_VERIFY) {
 		const struct lg_code *k = &codes[it->code];
 
@@ -464,7 +463,7 @@ lg_worker(void *arg)
 				break;
 		}
 		res = &results[i];
-		if (lg_build(c, &items[i], &req, &len) == -1) {
+		if (lg_build(&items[i], &req, &len) == -1) {
 			res->lat = -1;
 			res->err = (int8_t)lg_err_index("client_build");
 			continue;
@@ -546,7 +545,7 @@ main(int argc, char **argv)
 			else if (strcmp(optarg, "ping") == 0) op = LG_PING;
 			else if (strcmp(optarg, "raw") == 0) op = LG_RAW;
 			else {
-				usage(stderr);
+				lg_usage(stderr);
 				return 2;
 			}
 			break;
@@ -565,14 +564,14 @@ main(int argc, char **argv)
 		case 't': raw_template = optarg; break;
 		case 'T': timeout_s = atoi(optarg); break;
 		case 'q': quiet = 1; break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'h': lg_usage(stdout); return 0;
+		default: lg_usage(stderr); return 2;
 		}
 	}
 	if (sock_path == NULL || nclients < 1 || nclients > 4096 || wrong_per_right < 0 ||
 	    body_size > 16 * 1024 * 1024 || (op == LG_RAW && raw_template == NULL) ||
 	    (op == LG_VERIFY && codes_file == NULL) || (rate > 0) != (duration > 0)) {
-		usage(stderr);
+		lg_usage(stderr);
 		return 2;
 	}
 	if (prefix == NULL) {
@@ -630,7 +629,6 @@ main(int argc, char **argv)
 		}
 	}
 	for (int k = 0; k < nclients; k++) {
-		cl[k].idx = k;
 		cl[k].fd = lg_connect(sock_path);
 		if (cl[k].fd == -1) {
 			fprintf(stderr, "loadgen: connect %s: %s\n", sock_path, strerror(errno));
