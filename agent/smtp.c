@@ -436,6 +436,11 @@ smtp_open_once(const struct smtp_params *p, const struct sockaddr *sa,
 		if (st != SMTP_OK)
 			goto fail;
 	}
+	/* Borrowed for the setup only: a parked session outlives them. */
+	s->p.tls_name = NULL;
+	s->p.tlsa = NULL;
+	s->p.auth_user = NULL;
+	s->p.auth_pass = NULL;
 	*out = s;
 	return SMTP_OK;
 fail:
