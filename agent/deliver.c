@@ -706,26 +706,47 @@ delivery_transaction(struct job *j, struct hop *hop, struct smtp_session *s,
     const char *host)
 {
 	struct delivery *dl = j->dl;
-	struct smtp_rcpt *sub;
-	size_t i, k, m = 0, *map;
-	int retry;
+	struct smtp_rcpt *sub = NULL;
+	size_t i, k, m = 0, *map = NULL;
+	int retry, round = 0, again;
+	unsigned char *more = NULL;
 
 	if ((sub = calloc(j->n, sizeof(*sub))) == NULL ||
-	    (map = calloc(j->n, sizeof(*map))) == NULL) {
+	    (map = calloc(j->n, sizeof(*map))) == NULL ||
+	    (more = calloc(j->n, 1)) == NULL) {
 		free(sub);
+		free(map);
 		smtp_close(s);
 		delivery_unslot(dl, hop->key);
 		return 0;
 	}
+next_round:
+	/*
+	 * Round 0 takes every open recipient; later rounds (same session, new
+	 * transaction) only those refused with 452 "too many recipients" while
+	 * others of the round went through (RFC 5321 4.5.3.1.10).
+	 */
+	m = 0;
 	for (i = 0; i < j->n; i++)
-		if (j->r[i].status == SMTP_TEMP) {
+		if (j->r[i].status == SMTP_TEMP && (round == 0 || more[i])) {
+			memset(&sub[m], 0, sizeof(sub[m]));
 			sub[m].addr = j->r[i].addr;
 			map[m++] = i;
 		}
+	memset(more, 0, j->n);
 	if (dl->cfg->domain_rate > 0)
 		delivery_rate(dl, hop->key);
 	retry = smtp_send(s, j->env->sender, sub, m, j->data, j->len,
 	    (j->env->flags & Q_F_8BIT) != 0);
+	again = 0;
+	for (k = 0; k < m; k++)
+		if (sub[k].status == SMTP_OK)
+			again = 1;
+	for (k = 0; k < m && again; k++)
+		if (sub[k].code == 452)
+			more[map[k]] = 1;
+	for (k = 0, again = 0; k < m; k++)
+		again |= more[map[k]];
 	for (k = 0; k < m; k++) {
 		j->r[map[k]] = sub[k];
 		j->r[map[k]].addr = sub[k].addr;
@@ -751,8 +772,14 @@ delivery_transaction(struct job *j, struct hop *hop, struct smtp_session *s,
 		    "delivered" : sub[k].status == SMTP_PERM ? "failed" : "deferred",
 		    sub[k].reply, same);
 	}
+	if (again && !retry && smtp_usable(s) && !dl->stopping &&
+	    smtp_messages(s) < dl->cfg->session_reuse_max) {
+		round++;
+		goto next_round;
+	}
 	free(sub);
 	free(map);
+	free(more);
 	/* A session that failed at session level is not parked (nor retried). */
 	if (!retry && smtp_usable(s) && !dl->stopping &&
 	    smtp_messages(s) < dl->cfg->session_reuse_max &&

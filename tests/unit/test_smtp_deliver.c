@@ -31,6 +31,7 @@ struct peer {
 	int		 lfd, port;
 	int		 silent;
 	int		 no8bit;
+	int		 rcpt_limit;	/* 452 after this many RCPTs per transaction */
 	pthread_mutex_t	 mu;
 	int		 conns, cur, maxcur, msgs, quits, rcpts;
 	char		 last_rcpts[1024];
@@ -77,7 +78,7 @@ peer_conn(void *arg)
 	struct conn_arg *ca = arg;
 	struct peer *p = ca->p;
 	char line[1100];
-	int fd = ca->fd, indata = 0, counted = 1;
+	int fd = ca->fd, indata = 0, counted = 1, ntx = 0;
 
 	free(ca);
 	pthread_mutex_lock(&p->mu);
@@ -110,6 +111,7 @@ peer_conn(void *arg)
 			peer_say(fd, p->no8bit ? "250-peer\r\n250 SIZE 1000000\r\n" :
 			    "250-peer\r\n250-8BITMIME\r\n250 SIZE 1000000\r\n");
 		else if (strncasecmp(line, "MAIL", 4) == 0) {
+			ntx = 0;
 			pthread_mutex_lock(&p->mu);
 			p->last_rcpts[0] = '\0';
 			pthread_mutex_unlock(&p->mu);
@@ -122,7 +124,9 @@ peer_conn(void *arg)
 				strcat(p->last_rcpts, " ");
 			}
 			pthread_mutex_unlock(&p->mu);
-			if (strstr(line, "soft"))
+			if (p->rcpt_limit > 0 && ++ntx > p->rcpt_limit)
+				peer_say(fd, "452 4.5.3 too many recipients\r\n");
+			else if (strstr(line, "soft"))
 				peer_say(fd, "450 4.2.1 mailbox busy\r\n");
 			else if (strstr(line, "hard"))
 				peer_say(fd, "550 5.1.1 unknown user\r\n");
@@ -358,7 +362,7 @@ rreply(struct q_envelope *env, size_t i)
 int
 main(void)
 {
-	static struct peer a, b, c, s, f;
+	static struct peer a, b, c, s, f, l;
 	struct q_envelope *env;
 	struct env e;
 	char conf[2048], *ids[40], *id;
@@ -375,17 +379,20 @@ main(void)
 	peer_start(&b);
 	peer_start(&c);
 	peer_start(&s);
+	l.rcpt_limit = 2;
 	peer_start(&f);
+	peer_start(&l);
 	snprintf(conf, sizeof(conf),
 	    "sandbox = no\ntls_policy = none\n"
 	    "route = a.example [127.0.0.1]:%d\nroute = b.example [127.0.0.1]:%d\n"
 	    "route = c.example [127.0.0.1]:%d\nroute = silent.example [127.0.0.1]:%d\n"
 	    "route = dead.example [127.0.0.1]:%d\n"
+	    "route = limit.example [127.0.0.1]:%d\n"
 	    "fallback_relay = [127.0.0.1]:%d\n"
 	    "delivery_workers = 6\nmax_connections_per_domain = 2\n"
 	    "session_reuse_max = 10\nsession_idle_timeout = 1s\n"
 	    "smtp_greeting_timeout = 2s\nsmtp_command_timeout = 5s\n",
-	    a.port, b.port, c.port, s.port, dport, f.port);
+	    a.port, b.port, c.port, s.port, dport, l.port, f.port);
 	if (env_open(&e, conf) == -1) {
 		ok(0, "daemon pieces start");
 		return done_testing();
@@ -410,6 +417,24 @@ main(void)
 		is_int(peer_get(&a, &a.msgs), 1, "one transaction for the a.example group");
 		is_int(peer_get(&a, &a.rcpts), 4, "with its four RCPTs");
 		is_int(peer_get(&b, &b.msgs), 1, "one for b.example");
+		q_envelope_free(env);
+		free(id);
+	}
+
+	/* 452 too many recipients: the rest go in further transactions. */
+	{
+		const char *to[] = { "1@limit.example", "2@limit.example", "3@limit.example",
+		    "4@limit.example", "5@limit.example" };
+		size_t k;
+
+		id = enqueue(&e, Q_CLASS_DEFAULT, to, 5, 0, NULL);
+		env = wait_attempt(&e, id, 10);
+		n = 0;
+		for (k = 0; env && k < env->nrcpt; k++)
+			n += env->rcpts[k].state == Q_RCPT_DELIVERED;
+		is_int(n, 5, "452 after 2 RCPTs: all 5 delivered in one attempt");
+		is_int(peer_get(&l, &l.msgs), 3, "in three transactions");
+		is_int(peer_get(&l, &l.conns), 1, "over one connection");
 		q_envelope_free(env);
 		free(id);
 	}
