@@ -635,6 +635,7 @@ def part_b():
     with SmtpSink(addr, port) as sink:
         conf = ("sandbox = no\nroute = example.com [%s]:%d\nroute = example.org [%s]:%d\n"
                 "otp_resend_cooldown = 0\notp_max_per_address_hour = 1000\n"
+                "otp_from = codes@example.org\n"
                 "smtp_connect_timeout = 5s\n" % (addr, port, addr, port))
         with Daemon(conf_extra=conf) as d:
             want = []
@@ -705,6 +706,35 @@ def part_b():
             log = sink.log()
             t.ok("evil" not in log.lower(), "the sink's log never saw an injected command",
                  log[-1500:])
+
+        # what the daemon acknowledges it can send: with an unqualified host
+        # name and no otp_from, the default sender is noreply@<host>; either
+        # the configuration is refused or the mail goes out
+        conf2 = ("sandbox = no\nroute = example.org [%s]:%d\nhostname = vm\n"
+                 "smtp_connect_timeout = 5s\n" % (addr, port))
+        d2 = Daemon(start=False, conf_extra=conf2)
+        try:
+            try:
+                d2.start()
+                started = True
+            except RuntimeError:
+                started = False
+            if started:
+                r = d2.call({"op": "otp.issue", "to": "dotless@example.org"})
+                st = {}
+                if r.get("ok"):
+                    wait_for(lambda: d2.call({"op": "message.status", "id": r["id"]}).get(
+                        "state") in ("delivered", "failed", "expired"), 15)
+                    st = d2.call({"op": "message.status", "id": r["id"]})
+                t.ok(not r.get("ok") or st.get("state") == "delivered",
+                     "hostname = vm, no otp_from: an acknowledged otp.issue is delivered "
+                     "(or refused up front)", st or r)
+            else:
+                t.ok("otp_from" in d2.log_text(), "hostname = vm, no otp_from: refused at "
+                     "start, naming otp_from", d2.log_text()[-500:])
+        finally:
+            d2.stop()
+            d2.cleanup()
 
 
 # --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ RUN = "%x" % int(time.time() * 1000)
 rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
 
 CONF = ("sandbox = no\n"
+        "otp_from = codes@example.org\n"
         "route = example.org [%s]:%d\n"
         "route = example.com [%s]:%d\n"
         "otp_max_per_client_minute = 1000000\n"
