@@ -306,7 +306,9 @@ with SmtpSink(SINK, PORT) as sink:
                 for i in range(THREADS)]
         for th in vths:
             th.start()
-        time.sleep(rng.uniform(0.1, 0.3))
+        # kill about a third of the way through (each thread: ~12.5 ms a verify)
+        est = len(codes_k) / THREADS * 0.0125
+        time.sleep(est * rng.uniform(0.2, 0.5))
         d.kill9()
         kills += 1
         for th in vths:
