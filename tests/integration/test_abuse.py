@@ -45,12 +45,13 @@ import re
 import resource
 import select
 import socket
+import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Daemon, Tap, wait_for  # noqa: E402
+from harness import Daemon, Tap, OTPMAILD, wait_for  # noqa: E402
 from peers import SmtpSink  # noqa: E402
 
 t = Tap()
@@ -741,6 +742,17 @@ def part_b():
 # (c) idle connections and the connection limit
 # --------------------------------------------------------------------------
 
+def log_sans_flood(d, n=8):
+    """The last n log lines that are not control_accept_failed."""
+    keep = []
+    with open(d.logfile, "rb") as f:
+        for ln in f:
+            if b"control_accept_failed" not in ln:
+                keep.append(ln.decode(errors="replace").rstrip())
+                keep = keep[-n:]
+    return "\n".join(keep)
+
+
 def part_c():
     nofile_at_least(4096)
     conf = "control_max_connections = 1000\ncontrol_idle_timeout = 300s\n"
@@ -900,11 +912,52 @@ def part_c():
              "(%.0f%% CPU while idle)" % (busy * 100))
         t.ok(nlog < 100, "out of descriptors: the failure is logged, not flooded (%d lines)"
              % nlog)
+        alive = d.alive() and wait_for(lambda: d.call({"op": "ping"}, timeout=3).get("ok"),
+                                       5)
+        t.ok(alive, "out of descriptors: the daemon is still up and serves once the "
+             "clients leave (exit status %s)" % (d.proc.poll(),),
+             log_sans_flood(d))
     finally:
         for s in conns:
             s.close()
         d.stop()
         d.cleanup()
+
+    # the same while the daemon is still starting: clients connect from the
+    # moment the socket exists (the socket answers before delivery is up);
+    # the start must not die for want of a descriptor
+    deaths = []
+    for attempt in range(6):
+        d = Daemon(start=False, conf_extra="control_max_connections = 1000\n")
+        conns = []
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+            try:
+                log = open(d.logfile, "a")
+                d.proc = subprocess.Popen([OTPMAILD, "-f", "-c", d.conf], stdout=log,
+                                          stderr=subprocess.STDOUT)
+                log.close()
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            t0 = time.time()
+            while len(conns) < 200 and time.time() - t0 < 10 and d.proc.poll() is None:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(d.sock)
+                    conns.append(s)
+                except OSError:
+                    s.close()
+            time.sleep(1)
+            if d.proc.poll() is not None:
+                deaths.append((attempt, d.proc.poll(), log_sans_flood(d)))
+                break
+        finally:
+            for s in conns:
+                s.close()
+            d.stop()
+            d.cleanup()
+    t.ok(not deaths, "clients exhausting the descriptors during the start: the daemon "
+         "does not exit (%d attempts)" % (attempt + 1), deaths)
 
 
 # --------------------------------------------------------------------------
