@@ -242,9 +242,10 @@ ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, 
 		json_decref(req);
 		return reply_bad_field("", "a request must be a JSON object");
 	}
-	id = json_object_get(req, "id");
+	/* "req_id" is the client's tag; "id" is taken: it names queue entries */
+	id = json_object_get(req, "req_id");
 	if (id != NULL && (json_is_object(id) || json_is_array(id))) {
-		reply = reply_bad_field("id", "\"id\" must be a string or a number");
+		reply = reply_bad_field("req_id", "\"req_id\" must be a string or a number");
 		id = NULL;
 		goto done;
 	}
@@ -273,7 +274,7 @@ ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, 
 		reply = reply_error("unavailable", "internal error");
 done:
 	if (id != NULL)
-		json_object_set(reply, "id", id);
+		json_object_set(reply, "req_id", id);
 	json_decref(req);
 	return reply;
 }

@@ -123,23 +123,23 @@ def garbage_line(rng):
 def wellformed(rng, tag):
     """A well-formed request and a check of its answer."""
     k = rng.randrange(5)
-    if k == 4:  # real work: no request id (the answer's "id" is the queue id)
+    if k == 4:  # real work: the answer's "id" is the queue id
         return ({"op": "mail.send", "from": "app@example.org", "to": "f@example.com",
                  "subject": "flood %s" % tag, "text": "body\n"},
                 lambda r: r.get("ok") is True and
                 re.fullmatch(r"[0-9a-f]{24}", str(r.get("id"))) is not None)
     if k == 0:
-        return ({"op": "ping", "id": tag},
+        return ({"op": "ping", "req_id": tag},
                 lambda r: r.get("ok") is True and r.get("pong") is True)
     if k == 1:
-        return ({"op": "version", "id": tag},
+        return ({"op": "version", "req_id": tag},
                 lambda r: r.get("ok") is True and isinstance(r.get("version"), str))
     if k == 2:
-        # the queue id doubles as the request id: an unknown id
-        return ({"op": "message.status", "id": tag},
+        # an unknown queue id, tagged with a request id
+        return ({"op": "message.status", "id": tag, "req_id": tag},
                 lambda r: r.get("ok") is False and r.get("error") in ("not_found",
                                                                        "bad_request"))
-    return ({"op": "otp.revoke", "id": tag, "to": "flood-%s@example.org" % tag.replace(":", "-")},
+    return ({"op": "otp.revoke", "req_id": tag, "to": "flood-%s@example.org" % tag.replace(":", "-")},
             lambda r: "error" not in r or r.get("error") == "not_found")
 
 
@@ -212,7 +212,7 @@ class Flood:
                             tag = "%d:%d:%d" % (tid, conn_no, sent + i)
                             req, check = wellformed(rng, tag)
                             window.append(json.dumps(req).encode())
-                            expect.append(("good", tag if "id" in req else None, check))
+                            expect.append(("good", tag if "req_id" in req else None, check))
                         elif rng.random() < 0.01:
                             window.append(rng.choice([b"", b" ", b"\r", b"\t \r"]))
                             bl += 1
@@ -234,10 +234,10 @@ class Flood:
                         if kind == "bad":
                             ga += 1
                             if r.get("ok") is not False or r.get("error") != "bad_request" \
-                                    or isinstance(r.get("id"), str):
+                                    or isinstance(r.get("req_id"), str):
                                 gwrong.append(r)
                         else:
-                            if (tag is not None and r.get("id") != tag) or not check(r):
+                            if (tag is not None and r.get("req_id") != tag) or not check(r):
                                 gw.append((tag, r))
                     self.note(garbage=g + bl, blank=bl, garbage_answered=ga,
                               garbage_wrong=gwrong[:5],
@@ -314,11 +314,11 @@ def part_a():
             len(os.listdir("/proc/%d/fd" % pid))), 5) or len(os.listdir("/proc/%d/fd" % pid))
         t.ok(fds <= fds0 + 2, "no descriptor leaked over thousands of connections "
              "(%d before, %d after)" % (fds0, fds))
-        # a client that tags its requests (README: "id" is echoed) must still
-        # learn the queue id of what it submitted
-        rs = d.pipeline([{"op": "mail.send", "id": "req-1", "from": "app@example.org",
+        # a client that tags its requests (README: "req_id" is echoed) must
+        # still learn the queue id of what it submitted
+        rs = d.pipeline([{"op": "mail.send", "req_id": "req-1", "from": "app@example.org",
                           "to": "r@example.com", "subject": "s", "text": "t"},
-                         {"op": "otp.issue", "id": "req-2", "to": "tagged@example.org"}])
+                         {"op": "otp.issue", "req_id": "req-2", "to": "tagged@example.org"}])
         for r, tag, op in ((rs[0], "req-1", "mail.send"), (rs[1], "req-2", "otp.issue")):
             vals = [str(v) for v in r.values()]
             t.ok(r.get("ok") and tag in vals and

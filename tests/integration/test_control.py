@@ -42,8 +42,8 @@ with Daemon(conf_extra="control_max_line = 4096\ncontrol_max_pipeline = 8\n"
     p = d.ctl("config", "show")
     t.ok(p.returncode == 0 and "otp_ttl = 300s" in p.stdout,
          "config show prints the effective configuration")
-    p = d.ctl("call", '{"op":"ping","id":"x1"}')
-    t.ok(p.returncode == 0 and json.loads(p.stdout)["id"] == "x1", "raw call mode")
+    p = d.ctl("call", '{"op":"ping","req_id":"x1"}')
+    t.ok(p.returncode == 0 and json.loads(p.stdout)["req_id"] == "x1", "raw call mode")
 
     # --- bad input on a raw socket --------------------------------------
     c = d.client()
@@ -63,9 +63,13 @@ with Daemon(conf_extra="control_max_line = 4096\ncontrol_max_pipeline = 8\n"
     c.close()
 
     # pipelining: answers in order
-    reqs = [{"op": "ping", "id": i} for i in range(8)]
+    reqs = [{"op": "ping", "req_id": i} for i in range(8)]
     rs = d.pipeline(reqs)
-    t.is_([r.get("id") for r in rs], list(range(8)), "pipelined answers come back in order")
+    t.is_([r.get("req_id") for r in rs], list(range(8)), "pipelined answers come back in order")
+    r = d.call({"op": "mail.send", "req_id": "m1", "from": "a@example.org", "to": "b@example.org",
+                "subject": "s", "text": "t"})
+    t.ok(r.get("req_id") == "m1" and len(r.get("id", "")) == 24,
+         "req_id echoed next to the queue id", r)
 
     # too many pipelined requests: error, then the connection closes
     c = d.client()

@@ -59,9 +59,9 @@ main(void)
 	d.cfg = config_load(NULL, err, sizeof(err));
 	otpmaild_ctx = &d;
 
-	r = run(&nobody, "{\"op\":\"ping\",\"id\":7}");
+	r = run(&nobody, "{\"op\":\"ping\",\"req_id\":7}");
 	ok(json_is_true(json_object_get(r, "ok")), "ping answers ok for anyone");
-	is_int(json_integer_value(json_object_get(r, "id")), 7, "request id echoed");
+	is_int(json_integer_value(json_object_get(r, "req_id")), 7, "request id echoed");
 	json_decref(r);
 	r = run(&admin, "{\"op\":\"config.show\"}");
 	ok(json_is_true(json_object_get(r, "ok")) &&
@@ -80,7 +80,8 @@ main(void)
 	expect(&admin, "{\"op\":5}", "bad_request", "op", "op of the wrong type");
 	expect(&admin, "{\"op\":\"no.such\"}", "bad_request", "op", "unknown op");
 	expect(&admin, "{\"op\":\"ping\",\"op\":\"ping\"}", "bad_request", "", "duplicate key");
-	expect(&admin, "{\"op\":\"ping\",\"id\":{}}", "bad_request", "id", "id of the wrong type");
+	expect(&admin, "{\"op\":\"ping\",\"req_id\":{}}", "bad_request", "req_id",
+	    "req_id of the wrong type");
 	expect(&nobody, "{\"op\":\"config.show\"}", "forbidden", NULL, "admin op as nobody");
 	expect(&app, "{\"op\":\"config.show\"}", "forbidden", NULL, "admin op as app");
 	expect(&nobody, "{\"op\":\"otp.issue\",\"to\":\"a@b.example\"}", "forbidden", NULL,
