@@ -754,6 +754,15 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 		    "(local@domain), without a display name");
 		return -1;
 	}
+	if (!c->sandbox && (strchr(strrchr(c->otp_from, '@'), '.') == NULL ||
+	    strchr(strrchr(c->bounce_from, '@') ? strrchr(c->bounce_from, '@') : "@",
+	    '.') == NULL)) {
+		snprintf(err, errlen, "otp_from (%s) or bounce_from (%s) has no "
+		    "fully-qualified domain, so remote servers would refuse the "
+		    "sender: set hostname, or otp_from and bounce_from",
+		    c->otp_from, c->bounce_from);
+		return -1;
+	}
 	if (c->otp_retry_max < c->otp_retry_min || c->default_retry_max < c->default_retry_min) {
 		snprintf(err, errlen, "a *_retry_max is smaller than its *_retry_min");
 		return -1;

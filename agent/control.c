@@ -28,6 +28,9 @@
 
 #define CTL_READ_CHUNK	65536
 #define CTL_MAX_GROUPS	256
+#define CTL_OUT_HIGH	(4 * 1024 * 1024)	/* stop reading a peer that does not read */
+#define CTL_ANON_LINE	8192		/* line limit for peers with no role */
+#define CTL_MAX_TOKENS	50000		/* JSON values in one request */
 
 struct ctl_req {
 	struct ctl_req	*next;
@@ -73,6 +76,8 @@ struct control {
 	struct otpmaild	*d;
 	struct ctl_acl	*acl;
 	int		 lfd, efd, evfd;
+	int		 spare;		/* kept open to refuse clients when out of fds */
+	time_t		 last_fd_warn;
 	char		*path;
 	pthread_t	 thread;
 	pthread_t	*workers;
@@ -227,6 +232,32 @@ ctl_peer_groups(pid_t pid, gid_t primary, gid_t *out, size_t max)
 
 /* ---- dispatch -------------------------------------------------------- */
 
+/*
+ * Counts the values a JSON text would make (separators and openers outside
+ * strings), so a line of "[1,1,1,..." is refused before jansson spends
+ * tens of bytes on each value.
+ */
+static size_t
+ctl_json_tokens(const char *p, size_t len)
+{
+	size_t i, n = 0;
+	int in_str = 0;
+
+	for (i = 0; i < len; i++) {
+		char ch = p[i];
+		if (in_str) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_str = 0;
+		} else if (ch == '"')
+			in_str = 1;
+		else if (ch == ',' || ch == '[' || ch == '{' || ch == ':')
+			n++;
+	}
+	return n;
+}
+
 json_t *
 ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, size_t len)
 {
@@ -234,6 +265,9 @@ ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, 
 	json_error_t jerr;
 	json_t *req, *reply, *id = NULL, *opv;
 
+	if (ctl_json_tokens(line, len) > CTL_MAX_TOKENS)
+		return reply_bad_field("", "a request holds more than %d JSON values",
+		    CTL_MAX_TOKENS);
 	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (req == NULL)
 		return reply_bad_field("", "malformed JSON at column %d: %s",
@@ -474,8 +508,12 @@ ctl_conn_error_close(struct control *ctl, struct ctl_conn *c, const char *code,
 static void
 ctl_conn_read(struct control *ctl, struct ctl_conn *c)
 {
-	size_t max = ctl->d->cfg->control_max_line, start, i;
+	size_t max = ctl->d->cfg->control_max_line, start, i, outlen;
 	ssize_t n;
+
+	/* A peer with no role may only ping: it gets no room for big requests. */
+	if ((c->peer.roles & (ROLE_APP | ROLE_ADMIN)) == 0 && max > CTL_ANON_LINE)
+		max = CTL_ANON_LINE;
 
 	if (c->draining) {
 		char junk[4096];
@@ -531,9 +569,15 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c)
 		}
 		if (c->closing)
 			goto out;
+		pthread_mutex_lock(&c->mu);
+		outlen = c->outlen;
+		pthread_mutex_unlock(&c->mu);
+		if (outlen >= CTL_OUT_HIGH)
+			break;		/* the peer does not read: stop reading it */
 		if (c->incap - c->inlen < CTL_READ_CHUNK && c->incap >= max + CTL_READ_CHUNK * 2)
 			break;
 	}
+	ctl_conn_flush(ctl, c);		/* also sets what epoll watches */
 	return;
 out:
 	/* Read no more; answer what is pending, then the error, then close. */
@@ -575,7 +619,8 @@ ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 		c->outlen -= n;
 		c->last_active = time(NULL);
 	}
-	events = (c->closing ? 0 : EPOLLIN) | (c->outlen > 0 ? EPOLLOUT : 0);
+	events = (c->closing || c->outlen >= CTL_OUT_HIGH ? 0 : EPOLLIN) |
+	    (c->outlen > 0 ? EPOLLOUT : 0);
 	if (c->closing && c->outlen == 0 && !c->queued)
 		done_close = 1;
 	pthread_mutex_unlock(&c->mu);
@@ -676,12 +721,28 @@ ctl_accept(struct control *ctl)
 
 	for (;;) {
 		fd = accept4(ctl->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd == -1) {
-			if (errno == EMFILE || errno == ENFILE)
-				log_msg(LOG_WARNING, "event=control_accept_failed "
-				    "detail=\"%s\"", strerror(errno));
-			return;
+		if (fd == -1 && (errno == EMFILE || errno == ENFILE) && ctl->spare != -1) {
+			/*
+			 * Out of descriptors: the listener stays readable, so
+			 * free the spare one, take the client, tell it, close,
+			 * instead of spinning or leaving it hanging.
+			 */
+			static const char nofd[] = "{\"ok\":false,\"error\":\"unavailable\","
+			    "\"detail\":\"the daemon is out of file descriptors\"}\n";
+			close(ctl->spare);
+			if ((fd = accept4(ctl->lfd, NULL, NULL, SOCK_CLOEXEC)) != -1) {
+				(void)!send(fd, nofd, sizeof(nofd) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+				close(fd);
+			}
+			ctl->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			if (time(NULL) != ctl->last_fd_warn) {
+				ctl->last_fd_warn = time(NULL);
+				log_msg(LOG_WARNING, "event=control_refused reason=out_of_fds");
+			}
+			continue;
 		}
+		if (fd == -1)
+			return;
 		if (ctl->nconns >= (size_t)ctl->d->cfg->control_max_connections) {
 			/* best effort: the client may have left already */
 			(void)!send(fd, toomany, sizeof(toomany) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -876,6 +937,7 @@ control_listen(struct otpmaild *d, char *err, size_t errlen)
 		abort();
 	ctl->d = d;
 	ctl->lfd = ctl->efd = ctl->evfd = -1;
+	ctl->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	ctl->path = strdup(d->cfg->control_socket);
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
@@ -917,6 +979,8 @@ control_listen(struct otpmaild *d, char *err, size_t errlen)
 fail:
 	if (ctl->lfd != -1)
 		close(ctl->lfd);
+	if (ctl->spare != -1)
+		close(ctl->spare);
 	free(ctl->path);
 	free(ctl);
 	return NULL;
@@ -1013,6 +1077,8 @@ control_stop(struct control *ctl)
 	if (ctl->evfd != -1)
 		close(ctl->evfd);
 	ctl_acl_free(ctl->acl);
+	if (ctl->spare != -1)
+		close(ctl->spare);
 	free(ctl->workers);
 	free(ctl->path);
 	free(ctl);

@@ -274,9 +274,11 @@ main(int argc, char **argv)
 		(void)!chown(d.cfg->control_socket, pw->pw_uid, (gid_t)-1);
 	if (privs_drop(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
-	if (control_run(ctl, err, sizeof(err)) == -1)
-		goto fail;
+	/* Delivery (and its resolver) first: once the socket answers, clients
+	 * may take every descriptor there is. */
 	if ((d.delivery = delivery_start(&d, err, sizeof(err))) == NULL)
+		goto fail;
+	if (control_run(ctl, err, sizeof(err)) == -1)
 		goto fail;
 
 	log_msg(LOG_INFO, "event=started version=%s state_dir=%s socket=%s mode=%s uid=%u",

@@ -14,6 +14,21 @@
 #include "agent/message.h"
 
 #define MSG_FOLD	76
+#define MSG_LINE_MAX	900	/* well inside RFC 5322's 998 */
+
+/* Length of the longest run without a space. */
+static size_t
+msg_longest_word(const char *v)
+{
+	size_t run = 0, max = 0;
+
+	for (; *v; v++) {
+		run = (*v == ' ' || *v == '\t') ? 0 : run + 1;
+		if (run > max)
+			max = run;
+	}
+	return max;
+}
 
 void
 buf_init(struct buf *b)
@@ -210,7 +225,11 @@ msg_add_header(struct buf *b, const char *name, const char *value)
 
 	buf_printf(b, "%s:", name);
 	col = strlen(name) + 1;
-	if (msg_needs_encoding(value)) {
+	/*
+	 * Non-ASCII, or a run without white space too long to fold within
+	 * RFC 5322's 998 bytes a line: encoded words, which split anywhere.
+	 */
+	if (msg_needs_encoding(value) || col + 1 + msg_longest_word(value) > MSG_LINE_MAX) {
 		buf_adds(b, " ");
 		msg_add_encoded_words(b, value, col + 1);
 		buf_adds(b, "\r\n");

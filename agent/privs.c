@@ -24,9 +24,29 @@ privs_state_lock(const struct config *c, char *err, size_t errlen)
 	char path[4096], pid[32];
 	int fd;
 
+	struct stat st;
+
 	if (mkdir(c->state_dir, 0750) == -1 && errno != EEXIST) {
 		snprintf(err, errlen, "mkdir %s: %s", c->state_dir, strerror(errno));
 		return -1;
+	}
+	/* Secrets and the spool live here: nobody else may write into it. */
+	if (lstat(c->state_dir, &st) == -1 || !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "%s is not a directory", c->state_dir);
+		return -1;
+	}
+	if (st.st_mode & 0022) {
+		snprintf(err, errlen, "%s is writable by group or others (mode %04o); "
+		    "chmod 750 it", c->state_dir, (unsigned)(st.st_mode & 07777));
+		return -1;
+	}
+	if (st.st_uid != geteuid() && st.st_uid != 0) {
+		struct passwd *pw = c->user[0] ? getpwnam(c->user) : NULL;
+		if (pw == NULL || st.st_uid != pw->pw_uid) {
+			snprintf(err, errlen, "%s belongs to uid %u, not to this daemon",
+			    c->state_dir, (unsigned)st.st_uid);
+			return -1;
+		}
 	}
 	snprintf(path, sizeof(path), "%s/otpmaild.pid", c->state_dir);
 	if ((fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640)) == -1) {
@@ -51,9 +71,20 @@ privs_state_lock(const struct config *c, char *err, size_t errlen)
 static uid_t privs_uid;
 static gid_t privs_gid;
 
+/*
+ * Only what the daemon itself made: entries owned by root or already by the
+ * user, and no regular file with other links (a hard link planted here must
+ * not hand an outside file to the daemon's user).
+ */
 static int
 privs_chown_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
+	if (st->st_uid != 0 && st->st_uid != privs_uid)
+		return 0;
+	if (!S_ISDIR(st->st_mode) && st->st_nlink > 1)
+		return 0;
+	if (flag == FTW_SL || flag == FTW_SLN)
+		return 0;	/* never follow, never chown a link */
 	if (lchown(path, privs_uid, privs_gid) == -1)
 		return -1;
 	return 0;
@@ -85,7 +116,7 @@ privs_chown_state(const struct config *c, char *err, size_t errlen)
 		return r;
 	privs_uid = pw->pw_uid;
 	privs_gid = pw->pw_gid;
-	if (nftw(c->state_dir, privs_chown_one, 32, FTW_PHYS) == -1) {
+	if (nftw(c->state_dir, privs_chown_one, 32, FTW_PHYS | FTW_MOUNT) == -1) {
 		snprintf(err, errlen, "chown %s to %s: %s", c->state_dir, c->user,
 		    strerror(errno));
 		return -1;

@@ -116,6 +116,8 @@ class Daemon:
             f.write("control_socket_mode = %s\n" % socket_mode)
             f.write("log_level = debug\n")
             f.write("otp_check_deliverability = no\n")
+            # a fully-qualified name: test machines are often called "vm"
+            f.write("hostname = otpmail-test.example.net\n")
             f.write(conf_extra)
         if start:
             self.start()

@@ -120,7 +120,7 @@ with Daemon(conf_extra="app_users = daemon\napp_groups = sys\nadmin_users = bin\
         wrong = []
         passed = refused = 0
         for op, roles in table:
-            req = {"op": op, "id": "acl-%s" % op}
+            req = {"op": op, "req_id": "acl-%s" % op}
             r = d.call_as(uid, req) if uid else d.call(req)
             if "harness_error" in r:
                 wrong.append((op, r))
@@ -135,8 +135,8 @@ with Daemon(conf_extra="app_users = daemon\napp_groups = sys\nadmin_users = bin\
                 passed += 1
             if forbidden == (role in roles):
                 wrong.append((op, "allowed" if role in roles else "not allowed", r))
-            if forbidden and (r.get("id") != req["id"] or set(r) - {"ok", "error", "detail",
-                                                                    "id"}):
+            if forbidden and (r.get("req_id") != req["req_id"] or
+                              set(r) - {"ok", "error", "detail", "req_id"}):
                 wrong.append((op, "odd refusal", r))
         t.ok(not wrong, "%s: exactly the ops its role allows pass (%d passed, %d forbidden)"
              % (label, passed, refused), "\n".join(map(repr, wrong)))

@@ -74,6 +74,7 @@ main(void)
 	config_free(c);
 
 	c = load("# comment\n\nstate_dir = /var/lib/x\nsandbox = no\notp_ttl = 10m\n"
+	    "hostname = mail.example.org\n"
 	    "message_size_limit = 2M\nretry_jitter = 0.5\ncontrol_socket_mode = 0600\n"
 	    "app_users = root, 0\nroute = example.org [127.0.0.1]:2525\n"
 	    "route = example.net mx.example.net\ndomain_tls_policy = example.org verify\n"
@@ -145,6 +146,8 @@ main(void)
 	expect_error("otp_ttl = 2h\notp_max_ttl = 1h\n", "otp_max_ttl", "ttl > max ttl");
 	expect_error("otp_from = Login <noreply@example.org>\n", "bare address",
 	    "otp_from with a display name");
+	expect_error("sandbox = no\nhostname = vm\n", "fully-qualified",
+	    "delivery with a sender domain that has no dot");
 	memset(big, 'a', sizeof(big) - 2);
 	big[sizeof(big) - 2] = '\n';
 	big[sizeof(big) - 1] = '\0';

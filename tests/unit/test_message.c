@@ -62,6 +62,26 @@ main(void)
 	ok(strstr(b.data, "\r\n word") != NULL, "folded at white space");
 	buf_free(&b);
 
+	{
+		char longv[999];
+		size_t k, linemax = 0, cur = 0;
+		memset(longv, 'x', 998);
+		longv[998] = '\0';
+		msg_add_header(&b, "Subject", longv);
+		for (k = 0; k < b.len; k++) {
+			if (b.data[k] == '\r') {
+				if (cur > linemax)
+					linemax = cur;
+				cur = 0;
+				k++;
+			} else
+				cur++;
+		}
+		ok(linemax <= 998, "a 998-byte word in a header still gives lines of at most 998");
+		ok(strstr(b.data, "=?UTF-8?B?") != NULL, "  ...as encoded words");
+		buf_free(&b);
+	}
+
 	msg_add_crlf_text(&b, "a\nb\r\nc\rd", 8);
 	is_str(b.data, "a\r\nb\r\nc\r\nd\r\n", "every line end becomes CRLF, final CRLF added");
 	buf_free(&b);
