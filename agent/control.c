@@ -730,7 +730,8 @@ ctl_accept(struct control *ctl)
 			static const char nofd[] = "{\"ok\":false,\"error\":\"unavailable\","
 			    "\"detail\":\"the daemon is out of file descriptors\"}\n";
 			close(ctl->spare);
-			if ((fd = accept4(ctl->lfd, NULL, NULL, SOCK_CLOEXEC)) != -1) {
+			fd = accept4(ctl->lfd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd != -1) {
 				(void)!send(fd, nofd, sizeof(nofd) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 				close(fd);
 			}
@@ -739,6 +740,10 @@ ctl_accept(struct control *ctl)
 				ctl->last_fd_warn = time(NULL);
 				log_msg(LOG_WARNING, "event=control_refused reason=out_of_fds");
 			}
+			/* accept() fails EMFILE before it looks at the queue:
+			 * only a client taken means there may be more. */
+			if (fd == -1)
+				return;
 			continue;
 		}
 		if (fd == -1)

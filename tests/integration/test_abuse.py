@@ -88,15 +88,15 @@ VALID_REQ = [b'{"op":"ping","id":"x"}', b'{"op":"otp.verify","to":"a@example.org
 # each of these gets bad_request (and nothing else) from the daemon
 FIXED_GARBAGE = [
     b'[1,2,3]', b'"a string"', b'12345', b'null', b'true', b'{}', b'{"op":12}',
-    b'{"op":null}', b'{"op":"nope"}', b'{"op":"ping","id":{"a":1}}',
-    b'{"op":"ping","id":[1]}', b'{"op":"ping","op":"ping"}', b'{"op":"ping"}{"op":"ping"}',
+    b'{"op":null}', b'{"op":"nope"}', b'{"op":"ping","req_id":{"a":1}}',
+    b'{"op":"ping","req_id":[1]}', b'{"op":"ping","op":"ping"}', b'{"op":"ping"}{"op":"ping"}',
     b'{"op":"ping","x":"\\u0000"}', b'{"op":"ping","x":"\\ud800"}', b'{"op":"ping","x":1e99999}',
     b'{"op":"otp.issue"}', b'{"op":"otp.issue","to":["a@example.org"]}',
     b'{"op":"otp.issue","to":"not an address"}', b'{"op":"otp.verify","to":"a@example.org"}',
     b'{"op":"mail.send","to":{"a":1}}', b'{"op":"message.status"}',
     b'{"op":"message.status","id":17}', b'{"op":"ping",}', b"{'op':'ping'}",
     b'{"op":"ping"', b'\x00', b'\xff\xfe\xfd', b'\xc0\x80{"op":"ping"}',
-    b'{"op":"\xff\xfe"}', b'{"op":"ping","id":"\xed\xa0\x80"}', b'\x1b[2J\x1b[H',
+    b'{"op":"\xff\xfe"}', b'{"op":"ping","req_id":"\xed\xa0\x80"}', b'\x1b[2J\x1b[H',
     b'GET / HTTP/1.1', b'HELO example.org', b'EHLO x\rMAIL FROM:<a@b>',
     b'[' * 3000, b'{"a":' * 3000, b'-', b'1e', b'"\\', b'{"op":"ping","x":"\\uZZZZ"}',
 ]
@@ -763,9 +763,9 @@ def part_c():
             lat = []
             for i in range(n):
                 t0 = time.perf_counter()
-                r = c.call({"op": "ping", "id": i})
+                r = c.call({"op": "ping", "req_id": i})
                 lat.append(time.perf_counter() - t0)
-                if r.get("id") != i:
+                if r.get("req_id") != i:
                     return None
             lat.sort()
             return lat
@@ -795,7 +795,7 @@ def part_c():
                  p(lat, .99))
         # an idle one still works afterwards
         s = idle[0]
-        s.sendall(b'{"op":"ping","id":"late"}\n')
+        s.sendall(b'{"op":"ping","req_id":"late"}\n')
         buf = b""
         try:
             while b"\n" not in buf:
