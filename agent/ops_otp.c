@@ -138,6 +138,10 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	q.client_uid = (uint32_t)p->uid;
 	q.now = time(NULL);
 	st = store_otp_issue(d->store, &q, &res);
+	/* Crash injection for tests/integration/test_crash_points.py only. */
+	if (st == S_OK && getenv("OTPMAIL_FAULT") != NULL &&
+	    strcmp(getenv("OTPMAIL_FAULT"), "after_db_commit") == 0)
+		abort();
 	if (st != S_OK) {
 		log_msg(st == S_TEMPFAIL ? LOG_ERR : LOG_INFO, "event=otp.issue result=refused "
 		    "reason=%s limit=%s retry_after=%d %s purpose=%s uid=%u",

@@ -66,10 +66,12 @@ static int	spool_parse_header(const char *, size_t, const char *magic, int nnum,
 static int	spool_read_file(int fd, off_t off, char *, size_t);
 static int	spool_fsync_dir(struct spool *, const char *rel);
 static int	spool_mkdir(const char *);
+static void	spool_fault(const char *step);
 
 static uint32_t		 spool_crc_tab[256];
 static pthread_once_t	 spool_crc_once = PTHREAD_ONCE_INIT;
 static atomic_ulong	 spool_tmp_seq;
+static const char	*spool_fault_step;	/* $OTPMAIL_FAULT, tests only */
 
 /* --- checksums and paths -------------------------------------------- */
 
@@ -155,6 +157,7 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 		snprintf(err, errlen, "queue: out of memory");
 		return -1;
 	}
+	spool_fault_step = getenv("OTPMAIL_FAULT");
 	sp->min_free_bytes = min_bytes;
 	sp->min_free_inodes = min_inodes;
 	sp->log = log;
@@ -234,6 +237,18 @@ spool_check_space(struct spool *sp)
 
 /* --- the one atomic write -------------------------------------------- */
 
+/*
+ * Crash injection for tests/integration/test_crash_points.py: with
+ * OTPMAIL_FAULT=<step> in the environment (read once, in spool_init) the
+ * process aborts at that step of spool_write_atomic.  Unset: a NULL test.
+ */
+static void
+spool_fault(const char *step)
+{
+	if (spool_fault_step != NULL && strcmp(spool_fault_step, step) == 0)
+		abort();
+}
+
 static int
 spool_fsync_dir(struct spool *sp, const char *rel)
 {
@@ -286,9 +301,11 @@ spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, i
 			cur[i].iov_len -= (size_t)w;
 		}
 	}
+	spool_fault("after_tmp_write");
 	what = "fsync";
 	if (fsync(fd) == -1)
 		goto fail;
+	spool_fault("after_fsync");
 	what = "close";
 	if (close(fd) == -1) {
 		fd = -1;
@@ -298,6 +315,7 @@ spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, i
 	what = "rename";
 	if (rename(tmp, dst) == -1)
 		goto fail;
+	spool_fault("after_rename");
 	what = "fsync dir";
 	if (spool_fsync_dir(sp, rel) == -1) {
 		/* The file is in place, maybe not durable: report tempfail. */
@@ -305,6 +323,7 @@ spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, i
 		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(saved));
 		return saved == ENOSPC || saved == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
 	}
+	spool_fault("after_dir_fsync");
 	return Q_OK;
 fail:
 	saved = errno;
