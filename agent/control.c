@@ -25,6 +25,7 @@
 
 #include "agent/control.h"
 #include "agent/log.h"
+#include "agent/metrics.h"
 
 #define CTL_READ_CHUNK	65536
 #define CTL_MAX_GROUPS	256
@@ -261,19 +262,24 @@ ctl_json_tokens(const char *p, size_t len)
 json_t *
 ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, size_t len)
 {
-	const struct ctl_op *op;
+	const struct ctl_op *op = NULL;
 	json_error_t jerr;
 	json_t *req, *reply, *id = NULL, *opv;
 
-	if (ctl_json_tokens(line, len) > CTL_MAX_TOKENS)
+	if (ctl_json_tokens(line, len) > CTL_MAX_TOKENS) {
+		metrics_request("invalid", "bad_request");
 		return reply_bad_field("", "a request holds more than %d JSON values",
 		    CTL_MAX_TOKENS);
+	}
 	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
-	if (req == NULL)
+	if (req == NULL) {
+		metrics_request("invalid", "bad_request");
 		return reply_bad_field("", "malformed JSON at column %d: %s",
 		    jerr.column, jerr.text);
+	}
 	if (!json_is_object(req)) {
 		json_decref(req);
+		metrics_request("invalid", "bad_request");
 		return reply_bad_field("", "a request must be a JSON object");
 	}
 	/* "req_id" is the client's tag; "id" is taken: it names queue entries */
@@ -307,6 +313,9 @@ ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, 
 	if (reply == NULL)
 		reply = reply_error("unavailable", "internal error");
 done:
+	metrics_request(op != NULL ? op->name : "invalid",
+	    json_is_true(json_object_get(reply, "ok")) ? "ok" :
+	    json_string_value(json_object_get(reply, "error")) ?: "error");
 	if (id != NULL)
 		json_object_set(reply, "req_id", id);
 	json_decref(req);

@@ -20,6 +20,7 @@
 #include "agent/address.h"
 #include "agent/delivery.h"
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/mx.h"
 #include "agent/sandbox.h"
 #include "agent/smtp.h"
@@ -301,15 +302,34 @@ delivery_set(struct q_rcpt *qr, enum q_rcpt_state state, const char *reply)
 	}
 }
 
+/* One recipient's outcome of this attempt, for the metrics. */
+static void
+delivery_count(const struct q_envelope *env, const struct q_rcpt *r)
+{
+	const char *res = r->state == Q_RCPT_DELIVERED ? "delivered" :
+	    r->state == Q_RCPT_FAILED ? "failed" : "deferred";
+
+	metrics_delivery(q_class_name(env->klass), res, r->reply);
+	if (r->state == Q_RCPT_DELIVERED)
+		metrics_delivery_latency((double)(time(NULL) - env->created));
+}
+
 static void
 delivery_message(struct delivery *dl, struct q_envelope *env)
 {
 	char domain[ADDR_DOMAIN_MAX + 1], *data = NULL, *summary = NULL;
 	size_t i, j, n, len = 0, *idx = NULL;
-	char **doms = NULL;
-	size_t ndoms = 0;
+	char **doms = NULL, *was_open;
+	size_t ndoms = 0, nopen;
 	enum q_status st;
 
+	/* which recipients this attempt is about (for the metrics) */
+	nopen = env->nrcpt;
+	if ((was_open = calloc(nopen + 1, 1)) == NULL)
+		nopen = 0;
+	for (i = 0; i < nopen; i++)
+		was_open[i] = env->rcpts[i].state == Q_RCPT_PENDING ||
+		    env->rcpts[i].state == Q_RCPT_DEFERRED;
 	st = queue_body(dl->d->queue, env->id, &data, &len);
 	if (st != Q_OK) {
 		for (i = 0; i < env->nrcpt; i++)
@@ -365,7 +385,11 @@ release:
 			    "4.3.0 delivery interrupted");
 		if (env->rcpts[i].state == Q_RCPT_DEFERRED && summary == NULL)
 			summary = env->rcpts[i].reply;
+		/* every recipient open at lease time was tried (or deferred) now */
+		if (i < nopen && was_open[i])
+			delivery_count(env, &env->rcpts[i]);
 	}
+	free(was_open);
 	if (summary != NULL) {
 		char *dup = strdup(summary);
 

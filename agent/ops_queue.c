@@ -13,6 +13,7 @@
 
 #include "agent/address.h"
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/message.h"
 #include "agent/ops.h"
 #include "agent/submit.h"
@@ -817,6 +818,7 @@ op_metrics(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	buf_adds(&b, "# HELP otpmail_uptime_seconds Seconds since the daemon started.\n"
 	    "# TYPE otpmail_uptime_seconds gauge\n");
 	buf_printf(&b, "otpmail_uptime_seconds %lld\n", (long long)(now - d->started));
+	metrics_render(&b);
 	r = json_pack("{s:b, s:s%}", "ok", 1, "text", b.data ? b.data : "", b.len);
 	buf_free(&b);
 	return r ? r : reply_error("unavailable", "out of memory");

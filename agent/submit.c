@@ -5,8 +5,10 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "agent/log.h"
+#include "agent/metrics.h"
 #include "agent/message.h"
 #include "agent/submit.h"
 #include "dkim/dkim_sign.h"
@@ -29,8 +31,14 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 	}
 	buf_init(&b);
 	pthread_rwlock_rdlock(&d->reload_lock);
-	if (d->dkim != NULL)
+	if (d->dkim != NULL) {
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
 		ds = dkim_sign_message(d->dkim, msg, len, &sig, &sdomain, dkerr, sizeof(dkerr));
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (ds == DKIM_SIGN_OK)
+			metrics_dkim_sign((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+	}
 	/* the domain string belongs to the signer, which a reload may free */
 	snprintf(signed_for, sizeof(signed_for), "%s",
 	    ds == DKIM_SIGN_OK && sdomain != NULL ? sdomain : "none");

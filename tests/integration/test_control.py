@@ -11,6 +11,7 @@ dropping.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -135,6 +136,41 @@ with Daemon(conf_extra="control_max_line = 4096\ncontrol_max_pipeline = 8\n"
         h.close()
     t.ok(wait_for(lambda: d.call({"op": "ping"}).get("ok"), 5),
          "connections free again after clients leave")
+
+    # --- metrics: requests by op and result, deliveries, latency ---------
+    r = d.call({"op": "otp.issue", "to": "metrics@example.org"})
+    wait_for(lambda: d.call({"op": "message.status", "id": r.get("id", "")}).get("state")
+             == "delivered", 10)
+    d.call({"op": "otp.verify", "to": "metrics@example.org", "code": "000000"})
+    text = d.call({"op": "metrics"}).get("text", "")
+    t.ok('otpmail_requests_total{op="otp.issue",result="ok"} 1' in text,
+         "metrics: otp.issue counted by result", text[-2000:])
+    t.ok('otpmail_requests_total{op="otp.verify",result="invalid_code"} 1' in text or
+         'otpmail_requests_total{op="otp.verify",result="not_found"} 1' in text,
+         "metrics: a failed otp.verify counted with its error")
+    t.ok('otpmail_delivery_attempts_total{class="otp",result="delivered"' in text,
+         "metrics: delivery outcomes by class and result")
+    m = re.search(r"^otpmail_delivery_latency_seconds_count (\d+)$", text, re.M)
+    t.ok(m and int(m.group(1)) >= 1 and
+         "# TYPE otpmail_dkim_sign_seconds histogram" in text,
+         "metrics: latency and signing-time histograms")
+    t.ok('otpmail_queue_messages{state="done"}' in text, "metrics: queue size by state")
+
+    # --- live events: otpmailctl tail --------------------------------------
+    tail = subprocess.Popen([OTPMAILCTL, "-s", d.sock, "tail"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    d.call({"op": "otp.issue", "to": "tail@example.org"})
+    line = ""
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        line = tail.stdout.readline()
+        if "otp_issue" in line or "event=queued" in line:
+            break
+    tail.terminate()
+    tail.wait(5)
+    t.ok("otp_issue" in line or "event=queued" in line, "otpmailctl tail shows events live",
+         line)
 
     # --- roles by SO_PEERCRED -------------------------------------------
     r = d.call_as(NOBODY, {"op": "ping"})
