@@ -65,6 +65,10 @@ static int	spool_parse_header(const char *, size_t, const char *magic, int nnum,
 		    uint64_t *nums, size_t *hdrlen);
 static int	spool_read_file(int fd, off_t off, char *, size_t);
 static int	spool_fsync_dir(struct spool *, const char *rel);
+static enum q_status spool_write_file(struct spool *, const char *, const struct iovec *,
+		    int, int);
+static enum q_status spool_store_state_file(struct spool *, const char *, const char *,
+		    size_t, int);
 static int	spool_mkdir(const char *);
 static void	spool_fault(const char *step);
 
@@ -269,6 +273,19 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 enum q_status
 spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, int iovcnt)
 {
+	return spool_write_file(sp, rel, iov, iovcnt, 1);
+}
+
+/*
+ * durable = 0 keeps the atomic rename but skips both fsyncs: for a state
+ * that may be lost in an OS crash (a finished message: losing it means one
+ * redelivery, which at-least-once allows; a half-written state file fails
+ * its CRC and the enqueued envelope is used).
+ */
+static enum q_status
+spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int iovcnt,
+    int durable)
+{
 	char tmp[PATH_MAX], dst[PATH_MAX];
 	struct iovec cur[8];
 	ssize_t w;
@@ -303,7 +320,7 @@ spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, i
 	}
 	spool_fault("after_tmp_write");
 	what = "fsync";
-	if (fsync(fd) == -1)
+	if (durable && fsync(fd) == -1)
 		goto fail;
 	spool_fault("after_fsync");
 	what = "close";
@@ -317,7 +334,7 @@ spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, i
 		goto fail;
 	spool_fault("after_rename");
 	what = "fsync dir";
-	if (spool_fsync_dir(sp, rel) == -1) {
+	if (durable && spool_fsync_dir(sp, rel) == -1) {
 		/* The file is in place, maybe not durable: report tempfail. */
 		saved = errno;
 		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(saved));
@@ -730,6 +747,13 @@ spool_store_message(struct spool *sp, const struct q_envelope *env,
 enum q_status
 spool_store_state_text(struct spool *sp, const char *id, const char *etext, size_t elen)
 {
+	return spool_store_state_file(sp, id, etext, elen, 1);
+}
+
+static enum q_status
+spool_store_state_file(struct spool *sp, const char *id, const char *etext, size_t elen,
+    int durable)
+{
 	char rel[128], hdr[SPOOL_HDR_MAX];
 	struct iovec iov[3];
 	int hl;
@@ -743,7 +767,7 @@ spool_store_state_text(struct spool *sp, const char *id, const char *etext, size
 	iov[1].iov_len = elen;
 	iov[2].iov_base = (void *)SPOOL_END;
 	iov[2].iov_len = SPOOL_END_LEN;
-	return spool_write_atomic(sp, rel, iov, 3);
+	return spool_write_file(sp, rel, iov, 3, durable);
 }
 
 enum q_status
@@ -755,7 +779,8 @@ spool_store_state(struct spool *sp, const struct q_envelope *env)
 
 	if ((etext = spool_env_format(env, &elen)) == NULL)
 		return Q_TEMPFAIL;
-	st = spool_store_state_text(sp, env->id, etext, elen);
+	/* Only a finished message's state may be lost to an OS crash. */
+	st = spool_store_state_file(sp, env->id, etext, elen, env->finished == 0);
 	free(etext);
 	return st;
 }
