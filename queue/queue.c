@@ -61,6 +61,8 @@ static void	q_msg_free(struct qmsg *);
 static enum q_msg_state q_state(const struct qmsg *);
 static void	q_schedule(struct queue *, struct qmsg *);
 static enum q_status q_persist_locked(struct queue *, struct qmsg *);
+static void	q_heap_push(struct qmsg **, size_t, struct qmsg *);
+static void	q_heap_down(struct qmsg **, size_t);
 static int	q_dsn_needed(const struct qmsg *);
 static int	q_expire_locked(struct queue *, struct qmsg *, time_t);
 static void	q_send_dsn(struct queue *, struct q_envelope *);
@@ -1083,14 +1085,53 @@ q_match(const struct qmsg *m, const struct q_filter *f)
 	return 1;
 }
 
+/* A max-heap by id (q_cmp_msg) for queue_list's first page. */
+static void
+q_heap_push(struct qmsg **h, size_t n, struct qmsg *m)
+{
+	size_t i = n, p;
+
+	h[i] = m;
+	while (i > 0) {
+		p = (i - 1) / 2;
+		if (q_cmp_msg(&h[p], &h[i]) >= 0)
+			break;
+		m = h[p];
+		h[p] = h[i];
+		h[i] = m;
+		i = p;
+	}
+}
+
+static void
+q_heap_down(struct qmsg **h, size_t n)
+{
+	size_t i = 0, c;
+	struct qmsg *t;
+
+	for (;;) {
+		c = 2 * i + 1;
+		if (c >= n)
+			break;
+		if (c + 1 < n && q_cmp_msg(&h[c + 1], &h[c]) > 0)
+			c++;
+		if (q_cmp_msg(&h[i], &h[c]) >= 0)
+			break;
+		t = h[i];
+		h[i] = h[c];
+		h[c] = t;
+		i = c;
+	}
+}
+
 enum q_status
 queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
     size_t *n, int *more)
 {
 	struct q_filter any = { .state = -1, .klass = -1 };
-	struct qmsg **hits = NULL, *m, **nh;
+	struct qmsg **hits = NULL, *m;
 	struct q_envelope **res = NULL;
-	size_t i, nhits = 0, cap = 0, limit, k;
+	size_t i, nhits = 0, cap, limit, k, total = 0;
 
 	*out = NULL;
 	*n = 0;
@@ -1099,18 +1140,25 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 	if (f == NULL)
 		f = &any;
 	limit = f->limit ? f->limit : 100;
+	/*
+	 * Keep only the limit + 1 smallest ids in a max-heap: O(n log limit)
+	 * under the lock, and no array the size of the queue.
+	 */
+	cap = limit + 1;
+	if ((hits = calloc(cap, sizeof(*hits))) == NULL)
+		return Q_TEMPFAIL;
 	pthread_mutex_lock(&q->mtx);
 	for (i = 0; i < q->tabsz; i++)
 		for (m = q->tab[i]; m != NULL; m = m->hnext) {
 			if (!q_match(m, f))
 				continue;
-			if (nhits == cap) {
-				cap = cap ? cap * 2 : 256;
-				if ((nh = realloc(hits, cap * sizeof(*nh))) == NULL)
-					goto oom;
-				hits = nh;
+			total++;
+			if (nhits < cap) {
+				q_heap_push(hits, nhits++, m);
+			} else if (q_cmp_msg(&m, &hits[0]) < 0) {
+				hits[0] = m;
+				q_heap_down(hits, nhits);
 			}
-			hits[nhits++] = m;
 		}
 	if (nhits > 0)
 		qsort(hits, nhits, sizeof(*hits), q_cmp_msg);
@@ -1130,7 +1178,7 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 	*out = res;
 	*n = k;
 	if (more != NULL)
-		*more = nhits > limit;
+		*more = total > limit;
 	return Q_OK;
 oom:
 	pthread_mutex_unlock(&q->mtx);
