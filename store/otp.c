@@ -44,6 +44,7 @@ typedef int (*op_fn)(struct store *, DB_TXN *, struct op *);
 static int	op_prepare(struct store *, const struct otp_request *, struct otp_result *,
 		    struct op *);
 static enum s_status op_run(struct store *, op_fn, struct op *, int durable, const char *);
+#define OP_DURABLE_ON_SUCCESS	2	/* op_run: sync only if op->st == S_OK */
 static int	rec_get(struct store *, DB_TXN *, const uint8_t *key, uint8_t *buf,
 		    size_t len, uint32_t *got, int rmw);
 static int	rec_put(struct store *, DB_TXN *, const uint8_t *key, const uint8_t *v,
@@ -457,7 +458,9 @@ op_run(struct store *s, op_fn fn, struct op *op, int durable, const char *what)
 			break;
 		r = fn(s, txn, op);
 		if (r == 0 && !op->abort) {
-			r = store_commit(s, txn, durable);
+			/* OP_DURABLE_ON_SUCCESS: see store_otp_verify */
+			r = store_commit(s, txn, durable == OP_DURABLE_ON_SUCCESS ?
+			    op->st == S_OK : durable);
 			if (r == 0)
 				return op->st;
 			/* A failed log flush leaves the outcome unknown. */
@@ -965,7 +968,14 @@ store_otp_verify(struct store *s, const struct otp_request *q, const char *code,
 	if (op_prepare(s, q, res, &op) == -1 || code == NULL)
 		return S_BADINPUT;
 	op.code = code;
-	return op_run(s, verify_txn, &op, 1, "verify");
+	/*
+	 * A success consumes the codes: it must survive an OS crash, or the
+	 * code could verify twice.  A failure only counts a guess; it is
+	 * logged without a sync, so it survives a daemon crash (kill -9) and
+	 * may be lost only with the OS, which no guesser controls.  This is
+	 * what lets wrong guesses not queue behind disk syncs.
+	 */
+	return op_run(s, verify_txn, &op, OP_DURABLE_ON_SUCCESS, "verify");
 }
 
 /* ---- revoke, unlock, last mail ---- */
