@@ -348,7 +348,7 @@ lg_build(const struct lg_item *it, char **out, size_t *len)
 			snprintf(code, sizeof(code), "%s", k->code);
 		else
 			lg_wrong_code(k->code, code, sizeof(code));
-		n = asprintf(&s, "{\"op\":\"otp.verify\",\"id\":%" PRIu32 ",\"to\":\"%s\","
+		n = asprintf(&s, "{\"op\":\"otp.verify\",\"req_id\":%" PRIu32 ",\"to\":\"%s\","
 		    "\"purpose\":\"%s\",\"code\":\"%s\"}\n", it->seq, eaddr, purpose, code);
 		goto done;
 	}
@@ -356,14 +356,14 @@ lg_build(const struct lg_item *it, char **out, size_t *len)
 	lg_json_escape(addr, eaddr, sizeof(eaddr));
 	switch (op) {
 	case LG_PING:
-		n = asprintf(&s, "{\"op\":\"ping\",\"id\":%" PRIu32 "}\n", it->seq);
+		n = asprintf(&s, "{\"op\":\"ping\",\"req_id\":%" PRIu32 "}\n", it->seq);
 		break;
 	case LG_ISSUE:
-		n = asprintf(&s, "{\"op\":\"otp.issue\",\"id\":%" PRIu32 ",\"to\":\"%s\","
+		n = asprintf(&s, "{\"op\":\"otp.issue\",\"req_id\":%" PRIu32 ",\"to\":\"%s\","
 		    "\"purpose\":\"%s\"}\n", it->seq, eaddr, purpose);
 		break;
 	case LG_SEND:
-		n = asprintf(&s, "{\"op\":\"mail.send\",\"id\":%" PRIu32 ",\"from\":\"%s\","
+		n = asprintf(&s, "{\"op\":\"mail.send\",\"req_id\":%" PRIu32 ",\"from\":\"%s\","
 		    "\"to\":\"%s\",\"subject\":\"bench message %" PRIu32 "\",\"text\":\"%s\"}\n",
 		    it->seq, from_addr, eaddr, it->seq, body_json);
 		break;
