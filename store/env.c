@@ -93,11 +93,11 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	s->env->app_private = s;
 	s->env->set_errcall(s->env, env_errcall);
 	s->env->set_lk_detect(s->env, DB_LOCK_DEFAULT);
-	s->env->set_cachesize(s->env, 0, 32 * 1024 * 1024, 1);
+	s->env->set_cachesize(s->env, 0, 8 * 1024 * 1024, 1);
 	s->env->set_lg_bsize(s->env, 4 * 1024 * 1024);
-	s->env->set_lk_max_locks(s->env, 20000);
-	s->env->set_lk_max_objects(s->env, 20000);
-	s->env->set_lk_max_lockers(s->env, 20000);
+	s->env->set_lk_max_locks(s->env, 5000);
+	s->env->set_lk_max_objects(s->env, 5000);
+	s->env->set_lk_max_lockers(s->env, 5000);
 	s->env->set_tx_max(s->env, 1000);
 	/* Spin a little before sleeping on a BDB mutex: its critical
 	 * sections are short and a context switch costs more. */
