@@ -1064,14 +1064,8 @@ control_stop(struct control *ctl)
 	/* Workers finish the request in hand; the rest are dropped. */
 	for (i = 0; i < ctl->nworkers; i++)
 		pthread_join(ctl->workers[i], NULL);
-	for (c = ctl->all; c != NULL; c = next) {
-		next = c->all_next;
-		ctl_conn_flush(ctl, c);
-		close(c->fd);
-		ctl_conn_free(c);
-	}
+	/* Connections closed while a worker held them wait in the dirty list. */
 	if (ctl->running) {
-		/* conns closed while a worker held them */
 		pthread_mutex_lock(&ctl->dmu);
 		for (size_t j = 0; j < ctl->ndirty; j++) {
 			struct ctl_conn *x = ctl->dirty[j];
@@ -1083,8 +1077,18 @@ control_stop(struct control *ctl)
 					ctl->dirty[k] = NULL;
 			ctl_conn_free(x);
 		}
+		ctl->ndirty = 0;
 		pthread_mutex_unlock(&ctl->dmu);
 	}
+	/* The live ones: what is answered goes out if the peer takes it now. */
+	for (c = ctl->all; c != NULL; c = next) {
+		next = c->all_next;
+		if (c->outlen > 0)
+			(void)!send(c->fd, c->out, c->outlen, MSG_NOSIGNAL | MSG_DONTWAIT);
+		close(c->fd);
+		ctl_conn_free(c);
+	}
+	ctl->all = NULL;
 	free(ctl->dirty);
 	if (ctl->efd != -1)
 		close(ctl->efd);
