@@ -28,7 +28,7 @@ for t in $tests; do
 	t=${t%.py}
 	OTPMAIL_WRAPPER="valgrind --tool=memcheck --leak-check=full \
 --errors-for-leak-kinds=definite --show-leak-kinds=definite \
---suppressions=$top_srcdir/tests/valgrind-bdb.supp --num-callers=30 \
+--suppressions=$top_srcdir/tests/valgrind.supp --num-callers=30 \
 --log-file=$logdir/$t.%p.log"
 	export OTPMAIL_WRAPPER
 	if /usr/bin/python3 "$top_srcdir/tests/integration/$t.py" >"$logdir/$t.tap" 2>&1; then
