@@ -14,10 +14,13 @@ a detail naming the space (and, on a real ENOSPC, not blaming the floor); spool/
 body is whole; nothing is quarantined; once the filler is deleted,
 mail.send and otp.issue work again without a restart, and the OTP limits
 were given back (no cooldown from the refused issue).  The tmpfs is
-unmounted at the end, whatever happens.
+unmounted at the end, whatever happens.  Then the inode floor
+(queue_min_free_inodes = 20) on a tmpfs with nr_inodes=400 filled with
+empty files: refused with unavailable, and back once the files go.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -164,6 +167,64 @@ def run(label, conf, leave):
         d.cleanup()
 
 
+def run_inodes():
+    """The inode floor: a tmpfs with few inodes, filled with empty files."""
+    label = "inodes"
+    d = Daemon(conf_extra="queue_min_free_space = 0\nqueue_min_free_inodes = 20\n",
+               start=False)
+    spool = os.path.join(d.state, "spool")
+    os.makedirs(spool, mode=0o700)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                              "size=2m,nr_inodes=400,mode=0700", "tmpfs", spool],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        t.ok(False, "%s: mount a tmpfs with 400 inodes on the spool" % label,
+             mounted.stderr)
+        d.cleanup()
+        return
+    fillers = os.path.join(spool, "fillers")
+    try:
+        d.start()
+        d.ctl("queue", "pause")
+        os.mkdir(fillers)
+        n = 0
+        while os.statvfs(spool).f_favail > 20 + 3:
+            open(os.path.join(fillers, "f%d" % n), "w").close()
+            n += 1
+        acked, refusal = [], None
+        for i in range(10):
+            r = d.call({"op": "mail.send", "from": "app@example.org",
+                        "to": ["ino%d@example.com" % i], "subject": "inode",
+                        "text": "small\n"})
+            if not r.get("ok"):
+                refusal = r
+                break
+            acked.append(r["id"])
+        # 23 free: accepted while 20 or more are free, so at most 4
+        t.ok(0 < len(acked) <= 4 and refusal and refusal.get("error") == "unavailable",
+             "%s: below queue_min_free_inodes mail.send is refused with unavailable "
+             "(%d accepted first)" % (label, len(acked)), refusal)
+        t.ok("inode" in str((refusal or {}).get("detail", "")),
+             "%s: the detail names the inode floor, not the free-space one" % label,
+             refusal)
+        t.is_(sorted(list_ids(d) or []), sorted(acked),
+              "%s: exactly the acknowledged messages are queued" % label)
+        shutil.rmtree(fillers)
+        r = d.call({"op": "mail.send", "from": "app@example.org",
+                    "to": ["ino-after@example.com"], "subject": "inode",
+                    "text": "small\n"})
+        t.ok(r.get("ok"), "%s: inodes back: mail.send works again" % label, r)
+    except RuntimeError as e:
+        t.ok(False, "%s: daemon runs" % label, str(e)[-2000:])
+    finally:
+        d.stop()
+        u = subprocess.run(["umount", spool], capture_output=True, text=True)
+        if u.returncode != 0:
+            subprocess.run(["umount", "-l", spool])
+        t.ok(not os.path.ismount(spool), "%s: tmpfs unmounted" % label, u.stderr)
+        d.cleanup()
+
+
 def main():
     if os.geteuid() != 0:
         t.skip("test_diskfull", "needs root (mount)")
@@ -172,6 +233,7 @@ def main():
         1024 * 1024 + 450 * 1024)
     run("ENOSPC", "queue_min_free_space = 0\nqueue_min_free_inodes = 0\n",
         450 * 1024)
+    run_inodes()
     t.done()
 
 
