@@ -209,6 +209,17 @@ smtp_ehlo(struct smtp_session *s, char *err, size_t errlen)
 
 	code = smtp_cmd(s, s->p.command_timeout, "EHLO %s", s->p.helo);
 	if (code / 100 == 2) {
+		/*
+		 * libetpan 1.9.4's EHLO parser loops forever on a tab after a
+		 * keyword ("AUTH PLAIN\t"): it knows only space as a separator.
+		 * Give it spaces for every other control character.
+		 */
+		if (s->smtp->response != NULL) {
+			char *p;
+			for (p = s->smtp->response; *p != '\0'; p++)
+				if ((unsigned char)*p < 0x20 && *p != '\n' && *p != '\r')
+					*p = ' ';
+		}
 		mailesmtp_parse_ehlo(s->smtp);
 		return 0;
 	}
