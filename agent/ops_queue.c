@@ -56,7 +56,7 @@ opq_status_error(enum q_status st, const char *id)
 		return reply_error("unavailable", "message %s is being delivered; retry",
 		    id ? id : "?");
 	case Q_NOSPACE:
-		return reply_error("unavailable", "the spool is below its free-space floor");
+		return reply_error("unavailable", "%s; try again later", queue_nospace_why);
 	default:
 		return reply_error("unavailable", "queue I/O error; try again later");
 	}

@@ -72,8 +72,7 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 		    (unsigned)env.client_uid);
 		return 0;
 	case Q_NOSPACE:
-		*err = reply_error("unavailable", "the spool is below its free-space "
-		    "floor (queue_min_free_space); try again later");
+		*err = reply_error("unavailable", "%s; try again later", queue_nospace_why);
 		break;
 	case Q_BADINPUT:
 		*err = reply_error("bad_request", "the queue refused the message");

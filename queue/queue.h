@@ -169,6 +169,9 @@ struct q_stats {
 };
 void		 queue_stats(struct queue *, struct q_stats *);
 
+/* Why the last Q_NOSPACE of this thread happened (floor, inodes, full). */
+extern _Thread_local const char *queue_nospace_why;
+
 void		 q_envelope_free(struct q_envelope *);
 void		 q_envelope_list_free(struct q_envelope **, size_t);
 const char	*q_class_name(enum q_class);

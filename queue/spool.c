@@ -75,6 +75,7 @@ static void	spool_fault(const char *step);
 static uint32_t		 spool_crc_tab[256];
 static pthread_once_t	 spool_crc_once = PTHREAD_ONCE_INIT;
 static atomic_ulong	 spool_tmp_seq;
+_Thread_local const char *queue_nospace_why = "the spool is out of space";
 static const char	*spool_fault_step;	/* $OTPMAIL_FAULT, tests only */
 
 /* --- checksums and paths -------------------------------------------- */
@@ -232,10 +233,16 @@ spool_check_space(struct spool *sp)
 		spool_log(sp, LOG_ERR, "queue: statvfs %s: %s", sp->dir, strerror(errno));
 		return Q_TEMPFAIL;
 	}
-	if ((uint64_t)vfs.f_bavail * vfs.f_frsize < sp->min_free_bytes)
+	if ((uint64_t)vfs.f_bavail * vfs.f_frsize < sp->min_free_bytes) {
+		queue_nospace_why = "the spool is below its free-space floor "
+		    "(queue_min_free_space)";
 		return Q_NOSPACE;
-	if (vfs.f_files > 0 && (uint64_t)vfs.f_favail < sp->min_free_inodes)
+	}
+	if (vfs.f_files > 0 && (uint64_t)vfs.f_favail < sp->min_free_inodes) {
+		queue_nospace_why = "the spool is below its free-inode floor "
+		    "(queue_min_free_inodes)";
 		return Q_NOSPACE;
+	}
 	return Q_OK;
 }
 
@@ -338,6 +345,7 @@ spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int
 		/* The file is in place, maybe not durable: report tempfail. */
 		saved = errno;
 		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(saved));
+		queue_nospace_why = "the spool's file system is full";
 		return saved == ENOSPC || saved == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
 	}
 	spool_fault("after_dir_fsync");
@@ -348,6 +356,7 @@ fail:
 		close(fd);
 	unlink(tmp);
 	spool_log(sp, LOG_ERR, "queue: %s %s: %s", what, rel, strerror(saved));
+	queue_nospace_why = "the spool's file system is full";
 	return saved == ENOSPC || saved == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
 }
 
