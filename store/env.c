@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <time.h>
@@ -76,6 +77,10 @@ store_commit(struct store *s, DB_TXN *txn, int durable)
 	return s->env->log_flush(s->env, NULL);
 }
 
+static int	store_check_db(struct store *, DB *, const char *, char *, size_t);
+static int	store_env_check(struct store *, char *, size_t);
+static int	store_verify_files(struct store *, char *, size_t);
+
 int
 store_env_open(struct store *s, char *err, size_t errlen)
 {
@@ -104,6 +109,11 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	s->env->mutex_set_tas_spins(s->env, 200);
 	if (!s->p.durable)
 		s->env->set_flags(s->env, DB_TXN_WRITE_NOSYNC, 1);
+	if (store_verify_files(s, err, errlen) == -1) {
+		s->env->close(s->env, 0);
+		s->env = NULL;
+		return -1;
+	}
 	if ((r = s->env->open(s->env, s->p.dir, flags, 0600)) != 0)
 		goto dberr;
 	s->env->log_set_config(s->env, DB_LOG_AUTO_REMOVE, 1);
@@ -132,6 +142,10 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	txn = NULL;
 	if (r != 0)
 		goto dberr;
+	if (store_env_check(s, err, errlen) == -1) {
+		store_env_close(s);
+		return -1;
+	}
 	return 0;
 dberr:
 	snprintf(err, errlen, "store: %s: %s", s->p.dir, db_strerror(r));
@@ -139,6 +153,91 @@ dberr:
 		txn->abort(txn);
 	store_env_close(s);
 	return -1;
+}
+
+/*
+ * Puts and deletes a sentinel (a 1-byte key no record uses, too short to be
+ * indexed), so the checkpoint that follows writes a page of the file: a
+ * file ahead of its log shows up now, not at the first request.
+ */
+static int
+store_check_db(struct store *s, DB *db, const char *file, char *err, size_t errlen)
+{
+	unsigned char zero = 0;
+	DB_TXN *txn = NULL;
+	DBT k, v;
+	int r;
+
+	memset(&k, 0, sizeof(k));
+	memset(&v, 0, sizeof(v));
+	k.data = v.data = &zero;
+	k.size = v.size = 1;
+	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0 ||
+	    (r = db->put(db, txn, &k, &v, 0)) != 0 ||
+	    (r = db->del(db, txn, &k, 0)) != 0) {
+		if (txn != NULL)
+			txn->abort(txn);
+		goto fail;
+	}
+	if ((r = txn->commit(txn, 0)) != 0)
+		goto fail;
+	return 0;
+fail:
+	snprintf(err, errlen, "store: %s/%s: %s: restore the store from a backup, or "
+	    "move %s aside to start with an empty one (codes in flight are then lost)",
+	    s->p.dir, file, db_strerror(r), s->p.dir);
+	return -1;
+}
+
+/*
+ * DB->verify on each database file that exists, before the environment
+ * maps it: a damaged page is reported naming the file, instead of a panic
+ * (or a SIGBUS) when a request first reads it.
+ */
+static int
+store_verify_files(struct store *s, char *err, size_t errlen)
+{
+	static const char *const files[] = { "otp.db", "expiry.db", "rate.db" };
+	char path[4096];
+	DB *db;
+	size_t i;
+	int r;
+
+	for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", s->p.dir, files[i]);
+		if (access(path, F_OK) == -1)
+			continue;
+		if ((r = db_create(&db, NULL, 0)) != 0)
+			return -1;
+		db->set_errcall(db, NULL);
+		/* verify closes the handle, whatever it finds */
+		if ((r = db->verify(db, path, NULL, NULL, DB_NOORDERCHK)) != 0) {
+			snprintf(err, errlen, "store: %s is damaged (%s): restore the store "
+			    "from a backup, or move %s aside to start with an empty one "
+			    "(codes in flight are then lost)", path, db_strerror(r), s->p.dir);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int
+store_env_check(struct store *s, char *err, size_t errlen)
+{
+	int r;
+
+	if (store_check_db(s, s->db, "otp.db", err, errlen) == -1 ||
+	    store_check_db(s, s->rate, "rate.db", err, errlen) == -1)
+		return -1;
+	/* Writing the pages back checks them against the end of the log. */
+	if ((r = s->env->txn_checkpoint(s->env, 0, 0, DB_FORCE)) != 0) {
+		snprintf(err, errlen, "store: %s: checkpoint: %s: the database files and "
+		    "their log disagree (a log file removed?): restore the store from a "
+		    "backup, or move %s aside to start with an empty one", s->p.dir,
+		    db_strerror(r), s->p.dir);
+		return -1;
+	}
+	return 0;
 }
 
 void
