@@ -45,6 +45,8 @@ static int	op_prepare(struct store *, const struct otp_request *, struct otp_res
 		    struct op *);
 static enum s_status op_run(struct store *, op_fn, struct op *, int durable, const char *);
 #define OP_DURABLE_ON_SUCCESS	2	/* op_run: sync only if op->st == S_OK */
+struct otp_rec;
+static int	otp_find_issue(const struct otp_rec *, const unsigned char *);
 static int	rec_get(struct store *, DB_TXN *, const uint8_t *key, uint8_t *buf,
 		    size_t len, uint32_t *got, int rmw);
 static int	rec_put(struct store *, DB_TXN *, const uint8_t *key, const uint8_t *v,
@@ -732,6 +734,18 @@ store_otp_issue(struct store *s, const struct otp_request *q, struct otp_result 
 
 /* ---- mark_sent / cancel ---- */
 
+/* Index of the code with this issue id, or -1. */
+static int
+otp_find_issue(const struct otp_rec *o, const unsigned char *issue_id)
+{
+	int i;
+
+	for (i = 0; i < o->ncodes; i++)
+		if (memcmp(o->codes[i].issue_id, issue_id, 16) == 0)
+			return i;
+	return -1;
+}
+
 static int
 mark_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
@@ -740,10 +754,7 @@ mark_txn(struct store *s, DB_TXN *txn, struct op *op)
 
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
 		return r;
-	for (i = 0; i < o.ncodes; i++)
-		if (memcmp(o.codes[i].issue_id, op->issue_id, 16) == 0)
-			break;
-	if (i == o.ncodes) {
+	if ((i = otp_find_issue(&o, op->issue_id)) == -1) {
 		op->st = S_NOTFOUND;
 		return 0;
 	}
@@ -777,10 +788,7 @@ cancel_txn(struct store *s, DB_TXN *txn, struct op *op)
 
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
 		return r;
-	for (i = 0; i < o.ncodes; i++)
-		if (memcmp(o.codes[i].issue_id, op->issue_id, 16) == 0)
-			break;
-	if (i == o.ncodes) {
+	if ((i = otp_find_issue(&o, op->issue_id)) == -1) {
 		op->st = S_NOTFOUND;
 		return 0;
 	}
