@@ -260,7 +260,11 @@ fmt_generic_obj(json_t *o, int indent)
 static void
 fmt_generic(json_t *r)
 {
-	fmt_generic_obj(r, 0);
+	/* an answer with nothing but "ok" still says so */
+	if (json_object_size(r) - (json_object_get(r, "req_id") != NULL) <= 1)
+		printf("ok\n");
+	else
+		fmt_generic_obj(r, 0);
 }
 
 static void
