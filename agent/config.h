@@ -92,6 +92,8 @@ struct config {
 	int		 otp_max_per_client_minute;
 	int		 otp_max_global_per_second;
 	int		 otp_max_failures_per_code;
+	int		 otp_max_failed_verifies_per_client_minute;	/* 0 = off */
+	int		 otp_max_failed_verifies_per_second;	/* all clients, 0 = off */
 	int		 otp_lockout_after;
 	int		 otp_lockout_base;
 	int		 otp_lockout_max;

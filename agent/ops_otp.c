@@ -13,6 +13,7 @@
 
 #include "agent/address.h"
 #include "agent/delivery.h"
+#include "agent/guard.h"
 #include "agent/log.h"
 #include "agent/ops.h"
 #include "agent/otp_mail.h"
@@ -228,7 +229,19 @@ op_otp_verify(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	q.context = a.context;
 	q.client_uid = (uint32_t)p->uid;
 	q.now = time(NULL);
+	{
+		const char *limit = NULL;
+		int wait = guard_verify_begin(d->cfg, p->uid, q.now, &limit);
+		if (wait > 0) {
+			log_msg(LOG_WARNING, "event=otp.verify result=refused limit=%s "
+			    "retry_after=%d uid=%u", limit, wait, (unsigned)p->uid);
+			return reply_limited("rate_limited", limit, wait,
+			    "too many failed code checks; try again later");
+		}
+	}
 	st = store_otp_verify(d->store, &q, code, &res);
+	if (st == S_OK || st == S_TEMPFAIL || st == S_BADINPUT)
+		guard_verify_success(p->uid, q.now);	/* not a failed guess */
 	switch (st) {
 	case S_OK:
 		log_msg(LOG_INFO, "event=otp.verify result=ok id=%s %s purpose=%s uid=%u",
