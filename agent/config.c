@@ -115,7 +115,7 @@ static const struct cfg_key config_table[] = {
 	INT(otp_max_per_client_minute, "6000", 1, 100000000),
 	INT(otp_max_global_per_second, "0", 0, 100000000),
 	INT(otp_max_failures_per_code, "5", 1, 100),
-	INT(otp_max_failed_verifies_per_client_minute, "1000", 0, 100000000),
+	INT(otp_max_failed_verifies_per_client_minute, "6000", 0, 100000000),
 	INT(otp_max_failed_verifies_per_second, "0", 0, 100000000),
 	INT(otp_lockout_after, "10", 1, 100),
 	DUR(otp_lockout_base, "60s", 1, DAY),
