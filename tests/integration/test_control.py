@@ -231,6 +231,27 @@ with Daemon(start=False) as d:
     proc.terminate()
     proc.wait(20)
 
+# --- systemd readiness (Type=notify): READY=1 once the socket answers ------
+with Daemon(start=False) as d:
+    nsock = os.path.join(d.dir, "notify.sock")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(nsock)
+    ns.settimeout(20)
+    d.env["NOTIFY_SOCKET"] = nsock
+    d.start()
+    try:
+        msg = ns.recv(4096)
+    except socket.timeout:
+        msg = b""
+    t.is_(msg, b"READY=1", "sd_notify: READY=1 sent to $NOTIFY_SOCKET")
+    d.stop()
+    try:
+        msg = ns.recv(4096)
+    except socket.timeout:
+        msg = b""
+    t.is_(msg, b"STOPPING=1", "sd_notify: STOPPING=1 on SIGTERM")
+    ns.close()
+
 # --- started as root: drops to its user -------------------------------------
 if os.geteuid() == 0:
     with Daemon(conf_extra="user = nobody\n") as d:

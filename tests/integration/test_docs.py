@@ -7,6 +7,7 @@ generated otpmail.conf(5); every manual page must render without warnings.
 """
 import os
 import re
+import shutil
 import subprocess
 
 from harness import Tap, OTPMAILD, TOP_BUILDDIR, TOP_SRCDIR
@@ -31,6 +32,18 @@ for page_path in [man5] + [os.path.join(TOP_SRCDIR, "man", n) for n in
                        text=True, env=dict(os.environ, MANWIDTH="80", MAN_KEEP_STDERR="1"))
     t.ok(r.returncode == 0 and "NAME" in r.stdout and not r.stderr.strip(),
          "%s renders without warnings" % os.path.basename(page_path), r.stderr[:500])
+# the systemd unit as make generates it: every setting understood
+unit = os.path.join(TOP_BUILDDIR, "etc", "otpmail.service")
+subprocess.run(["make", "-C", TOP_BUILDDIR, "etc/otpmail.service"], capture_output=True)
+if shutil.which("systemd-analyze"):
+    r = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True, text=True)
+    bad = [l for l in (r.stdout + r.stderr).splitlines()
+           if "not executable" not in l and "man " not in l and l.strip()]
+    text = open(unit).read()
+    t.ok(not bad and "@" not in text.split("[Service]")[1].split("\n\n")[0].replace(
+        "$MAINPID", ""), "systemd-analyze verify accepts the unit (paths substituted)", bad)
+else:
+    t.skip("systemd unit", "systemd-analyze not installed")
 # every otpmailctl subcommand is in its manual
 ctl = subprocess.run([os.path.join(TOP_BUILDDIR, "otpmailctl"), "--help"],
                      capture_output=True, text=True).stdout
