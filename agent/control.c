@@ -40,7 +40,6 @@ struct ctl_req {
 };
 
 struct ctl_conn {
-	struct control	*ctl;
 	int		 fd;
 	struct ctl_peer	 peer;
 	/* event thread only */
@@ -59,6 +58,7 @@ struct ctl_conn {
 	json_t		*final;		/* error to send after the pending answers */
 	int		 subscriber;	/* gets the live event stream (events.tail) */
 	int		 draining;	/* answered and shut down for writing: discard input */
+	unsigned	 dirty_refs;	/* entries in the dirty list, under ctl->dmu */
 	struct ctl_conn	*sub_next;
 	char		*out;
 	size_t		 outlen, outcap;
@@ -107,7 +107,7 @@ static struct control *ctl_tap_owner;
 static void	*ctl_event_loop(void *);
 static void	*ctl_worker(void *);
 static void	 ctl_conn_close(struct control *, struct ctl_conn *);
-static void	 ctl_conn_flush(struct control *, struct ctl_conn *);
+static int	 ctl_conn_flush(struct control *, struct ctl_conn *);
 
 /* ---- access ---------------------------------------------------------- */
 
@@ -368,6 +368,7 @@ ctl_mark_dirty(struct control *ctl, struct ctl_conn *c)
 			abort();
 	}
 	ctl->dirty[ctl->ndirty++] = c;
+	c->dirty_refs++;
 	pthread_mutex_unlock(&ctl->dmu);
 	if (write(ctl->evfd, &one, sizeof(one)) == -1 && errno != EAGAIN)
 		log_msg(LOG_ERR, "event=control_error detail=\"eventfd write: %s\"",
@@ -594,8 +595,11 @@ out:
 	ctl_conn_flush(ctl, c);
 }
 
-/* Writes what c has to say (event thread); closes when finished and closing. */
-static void
+/*
+ * Writes what c has to say (event thread); closes when finished and closing.
+ * Returns 1 if c was closed (it may be freed), 0 otherwise.
+ */
+static int
 ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 {
 	struct epoll_event ev;
@@ -606,7 +610,7 @@ ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 	pthread_mutex_lock(&c->mu);
 	if (c->dead) {
 		pthread_mutex_unlock(&c->mu);
-		return;
+		return 1;
 	}
 	if (c->closing && !c->queued && c->final != NULL) {
 		ctl_out_reply(c, c->final);
@@ -646,10 +650,10 @@ ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 			ev.data.ptr = c;
 			epoll_ctl(ctl->efd, EPOLL_CTL_MOD, c->fd, &ev);
 			c->events = EPOLLIN;
-			return;
+			return 0;
 		}
 		ctl_conn_close(ctl, c);
-		return;
+		return 1;
 	}
 	if (events != c->events) {
 		ev.events = events;
@@ -657,6 +661,7 @@ ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 		epoll_ctl(ctl->efd, EPOLL_CTL_MOD, c->fd, &ev);
 		c->events = events;
 	}
+	return 0;
 }
 
 static void
@@ -679,6 +684,7 @@ ctl_conn_free(struct ctl_conn *c)
 static void
 ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 {
+	unsigned refs;
 	int busy;
 
 	pthread_mutex_lock(&c->mu);
@@ -710,9 +716,12 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 	if (c->all_next)
 		c->all_next->all_prev = c->all_prev;
 	c->all_next = c->all_prev = NULL;
-	if (!busy)
+	pthread_mutex_lock(&ctl->dmu);
+	refs = c->dirty_refs;
+	pthread_mutex_unlock(&ctl->dmu);
+	if (!busy && refs == 0)
 		ctl_conn_free(c);
-	/* else: the worker marks it dirty when done; freed in ctl_drain_dirty */
+	/* else: freed in ctl_drain_dirty once the worker and the list let go */
 }
 
 static void
@@ -770,7 +779,6 @@ ctl_accept(struct control *ctl)
 		}
 		if ((c = calloc(1, sizeof(*c))) == NULL)
 			abort();
-		c->ctl = ctl;
 		c->fd = fd;
 		c->peer.uid = cred.uid;
 		c->peer.gid = cred.gid;
@@ -812,10 +820,8 @@ ctl_drain_dirty(struct control *ctl)
 	for (i = 0; i < n; i++) {
 		struct ctl_conn *c = list[i];
 		int dead, queued, push = 0;
-		size_t j;
+		unsigned refs;
 
-		if (c == NULL)
-			continue;
 		pthread_mutex_lock(&c->mu);
 		if (c->returning) {
 			c->returning = 0;
@@ -827,22 +833,21 @@ ctl_drain_dirty(struct control *ctl)
 		dead = c->dead;
 		queued = c->queued;
 		pthread_mutex_unlock(&c->mu);
+		pthread_mutex_lock(&ctl->dmu);
+		refs = --c->dirty_refs;
+		pthread_mutex_unlock(&ctl->dmu);
 		if (push)
 			ctl_work_push(ctl, c);
+		/*
+		 * A closed connection is freed by whoever lets go of it last:
+		 * no worker holds it and no later list entry names it.
+		 */
 		if (dead) {
-			if (queued)
-				continue;
-			/* the same conn may be listed twice: free it once */
-			for (j = i + 1; j < n; j++)
-				if (list[j] == c)
-					list[j] = NULL;
-			ctl_conn_free(c);
+			if (!queued && refs == 0)
+				ctl_conn_free(c);
 			continue;
 		}
 		ctl_conn_flush(ctl, c);
-		for (j = i + 1; j < n; j++)
-			if (list[j] == c)
-				list[j] = NULL;
 	}
 	free(list);
 }
@@ -872,30 +877,32 @@ ctl_event_loop(void *arg)
 	struct control *ctl = arg;
 	struct epoll_event evs[64];
 	time_t last_sweep = time(NULL);
-	int n, i;
+	int n, i, dirty;
 
 	while (!ctl->stopping) {
 		n = epoll_wait(ctl->efd, evs, 64, 1000);
+		dirty = 0;
+		/*
+		 * Each connection's event may close only that connection; the
+		 * workers' dirty list (which may close and free any of them)
+		 * is handled after the batch, so no event here is stale.
+		 */
 		for (i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &ctl->lfd) {
 				ctl_accept(ctl);
 			} else if (p == &ctl->evfd) {
-				ctl_drain_dirty(ctl);
+				dirty = 1;
 			} else {
 				struct ctl_conn *c = p;
-				if (evs[i].events & EPOLLOUT)
-					ctl_conn_flush(ctl, c);
-				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-					/* the connection may be gone after flush */
-					struct ctl_conn *x;
-					for (x = ctl->all; x && x != c; x = x->all_next)
-						;
-					if (x != NULL)
-						ctl_conn_read(ctl, c);
-				}
+				if ((evs[i].events & EPOLLOUT) && ctl_conn_flush(ctl, c))
+					continue;	/* closed, maybe freed */
+				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+					ctl_conn_read(ctl, c);
 			}
 		}
+		if (dirty)
+			ctl_drain_dirty(ctl);
 		if (time(NULL) != last_sweep) {
 			last_sweep = time(NULL);
 			ctl_idle_sweep(ctl);
@@ -1064,18 +1071,13 @@ control_stop(struct control *ctl)
 	/* Workers finish the request in hand; the rest are dropped. */
 	for (i = 0; i < ctl->nworkers; i++)
 		pthread_join(ctl->workers[i], NULL);
-	/* Connections closed while a worker held them wait in the dirty list. */
+	/* Connections closed while a worker or the dirty list held them. */
 	if (ctl->running) {
 		pthread_mutex_lock(&ctl->dmu);
 		for (size_t j = 0; j < ctl->ndirty; j++) {
 			struct ctl_conn *x = ctl->dirty[j];
-			size_t k;
-			if (x == NULL || !x->dead)
-				continue;
-			for (k = j + 1; k < ctl->ndirty; k++)
-				if (ctl->dirty[k] == x)
-					ctl->dirty[k] = NULL;
-			ctl_conn_free(x);
+			if (--x->dirty_refs == 0 && x->dead)
+				ctl_conn_free(x);	/* the workers are gone */
 		}
 		ctl->ndirty = 0;
 		pthread_mutex_unlock(&ctl->dmu);
