@@ -801,7 +801,7 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 	unsigned gen0;
 	char *text;
 	time_t now;
-	int need_dsn = 0;
+	int need_dsn = 0, durable;
 
 	if (env == NULL)
 		return Q_BADINPUT;
@@ -860,9 +860,11 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 		dsn = q_envelope_dup(&m->env);
 	text = spool_env_format(&m->env, &elen);
 	gen0 = m->gen;
+	durable = m->env.finished == 0;
 	pthread_mutex_unlock(&q->mtx);
 
-	st = text ? spool_store_state_text(&q->sp, m->env.id, text, elen) : Q_TEMPFAIL;
+	st = text ? spool_store_state_text(&q->sp, m->env.id, text, elen, durable) :
+	    Q_TEMPFAIL;
 	free(text);
 
 	pthread_mutex_lock(&q->mtx);

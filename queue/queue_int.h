@@ -38,6 +38,7 @@ struct spool {
 	uint64_t	 min_free_bytes;
 	uint64_t	 min_free_inodes;
 	void		(*log)(int prio, const char *line);
+	int		 tmpfile_ok;	/* new files via O_TMPFILE + linkat */
 };
 
 int		 spool_init(struct spool *, const char *dir, uint64_t min_bytes,
@@ -49,36 +50,38 @@ void		 spool_log(const struct spool *, int prio, const char *fmt, ...)
 /* Removes every temporary file (start-up); returns how many. */
 size_t		 spool_clean_tmp(struct spool *);
 enum q_status	 spool_check_space(struct spool *);
-/* The one atomic-write helper: tmp/<unique> -> write -> fsync -> rename
- * onto rel (relative to the spool) -> fsync of rel's directory. */
+/* Replaces a file atomically and durably: tmp/<unique> -> write -> fsync
+ * -> rename onto rel (relative to the spool) -> fsync of rel's directory. */
 enum q_status	 spool_write_atomic(struct spool *, const char *rel,
 		    const struct iovec *, int iovcnt);
 /* Envelope text (strict, versioned key/value lines). */
 char		*spool_env_format(const struct q_envelope *, size_t *len);
 int		 spool_env_parse(const char *, size_t, struct q_envelope *,
 		    char *why, size_t whylen);
-/* The message file: header line, envelope, body, end marker. */
+/* The message file: header line, envelope, body, end marker; written
+ * whole (O_TMPFILE + linkat) and fsynced with its directory. */
 enum q_status	 spool_store_message(struct spool *, const struct q_envelope *,
 		    const char *body, size_t len);
-/* The state file: a later version of the envelope, replaced atomically. */
+/* A later version of the envelope, appended to the message file as a state
+ * record (fdatasynced if durable; Q_NOTFOUND if the file is gone). */
 enum q_status	 spool_store_state(struct spool *, const struct q_envelope *);
 enum q_status	 spool_store_state_text(struct spool *, const char *id,
-		    const char *env, size_t envlen);
-/* Loads a message's envelope (the state file wins over the one in the
- * message file).  Returns 0, or -1 with a reason (caller quarantines). */
+		    const char *env, size_t envlen, int durable);
+/* Loads a message's envelope (the last whole state record wins; a torn
+ * one is cut off).  Returns 0, or -1 with a reason (caller quarantines). */
 int		 spool_load(struct spool *, const char *id, struct q_envelope **,
 		    char *why, size_t whylen);
 /* Reads and checks the body; a bad body is quarantined (Q_NOTFOUND). */
 enum q_status	 spool_read_body(struct spool *, const char *id, char **, size_t *);
 void		 spool_remove(struct spool *, const char *id, int sync);
-/* Moves a message's files (or one stray file) into corrupt/. */
+/* Moves a message file (or one stray file) into corrupt/. */
 void		 spool_quarantine(struct spool *, const char *id, const char *why);
 void		 spool_quarantine_path(struct spool *, const char *rel, const char *why);
-/* Calls fn for each message file; strays are quarantined, orphan state
- * files removed.  Returns the number of ids seen. */
+/* Calls fn for each message file; strays are quarantined.  Returns the
+ * number of ids seen. */
 size_t		 spool_scan(struct spool *, void (*fn)(void *, const char *id), void *);
-/* Relative paths: msg/XX/ID and msg/XX/ID.st */
-void		 spool_path(const char *id, int state, char *out, size_t len);
+/* Relative path: msg/XX/ID */
+void		 spool_path(const char *id, char *out, size_t len);
 uint32_t	 spool_crc32(uint32_t crc, const void *, size_t);
 
 /* --- sched.c -------------------------------------------------------- */

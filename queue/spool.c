@@ -1,23 +1,33 @@
 /*
- * spool.c - the queue on disk.  <spool>/msg/XX/<id> holds the message: a
- * header line with lengths and CRC-32s, the envelope text, the body, and an
- * end marker; it is written once.  Later envelope versions go to
- * msg/XX/<id>.st, replaced atomically.  XX is a hash of the id, so no
- * directory grows huge.  Every file is written by spool_write_atomic
- * through tmp/; whatever is read back is untrusted: strict parse, bounded
- * lengths, and anything bad goes to corrupt/ with a log line.
+ * spool.c - the queue on disk.  <spool>/msg/XX/<id> holds one message: a
+ * header line with lengths and CRC-32s, the envelope text, the body, and
+ * an end marker, written once; every later version of the envelope (hold,
+ * a delivery attempt, done) is a state record appended to the same file.
+ * One inode per message, no rename per state change.  XX is a hash of the
+ * id, so no directory grows huge.  Whatever is read back is untrusted:
+ * strict parse, bounded lengths, and a bad message goes to corrupt/ with a
+ * log line.
  *
- *   message file: "OTPQ1 <envlen> <bodylen> <envcrc32> <bodycrc32>\n"
+ *   message:      "OTPQ1 <envlen> <bodylen> <envcrc32> <bodycrc32>\n"
  *                 <envelope text> <body> "END\n"
- *   state file:   "OTPS1 <envlen> <envcrc32>\n" <envelope text> "END\n"
+ *   state record: "OTPS1 <envlen> <envcrc32>\n" <envelope text> "END\n"
  *   envelope:     fixed-order lines "v 1", "id", "class", "sender", "created",
  *                 "expires", "next", "attempts", "held", "flags", "size", "uid",
  *                 "finished", "tag", "error", "rcpts N", N x "r state attempts
  *                 last addr reply", "."; strings are "-" (none) or "=" + bytes
  *                 with %XX for anything but printable ASCII.
- * The exact file size must match the header, so a file cut at any byte is
- * refused; recovery reads header + envelope only (the body CRC is checked
- * when the body is read for delivery).
+ *
+ * A new message gets its name only once it is whole and fsynced (an unnamed
+ * O_TMPFILE in its directory, then linkat, then an fsync of the directory),
+ * so a crash leaves the whole message or nothing.  A state record is
+ * appended and, unless the message is finished, fdatasynced; the last whole
+ * record wins.  A record cut short (a crash or a failed write) is the tail
+ * of the file: loading cuts it off and uses the record before it (or the
+ * envelope of the message part), which at worst repeats a delivery.  A file
+ * cut inside the message part is refused.  When the records of a message
+ * pass SPOOL_COMPACT bytes, the file is rewritten with the newest envelope
+ * (tmp/, fsync, rename).  Recovery reads header, envelope and records; the
+ * body CRC is checked when the body is read for delivery.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -42,6 +52,9 @@
 #define SPOOL_END_LEN		4
 #define SPOOL_HDR_MAX		96
 #define SPOOL_FIRST_READ	8192
+#define SPOOL_COMPACT		(64 * 1024)	/* bytes of records before a rewrite */
+#define SPOOL_TAIL_MAX		((size_t)64 << 20)	/* bytes of records read back */
+#define SPOOL_NLOCKS		64
 
 struct spool_sb {		/* growable text of the envelope */
 	char	*p;
@@ -67,8 +80,10 @@ static int	spool_read_file(int fd, off_t off, char *, size_t);
 static int	spool_fsync_dir(struct spool *, const char *rel);
 static enum q_status spool_write_file(struct spool *, const char *, const struct iovec *,
 		    int, int);
-static enum q_status spool_store_state_file(struct spool *, const char *, const char *,
-		    size_t, int);
+static enum q_status spool_compact(struct spool *, const char *id, int fd,
+		    const char *etext, size_t elen);
+static int	spool_env_check(const char *, size_t, uint32_t crc, const char *id,
+		    const struct q_envelope *base, struct q_envelope *, char *, size_t);
 static int	spool_mkdir(const char *);
 static void	spool_fault(const char *step);
 
@@ -77,6 +92,10 @@ static pthread_once_t	 spool_crc_once = PTHREAD_ONCE_INIT;
 static atomic_ulong	 spool_tmp_seq;
 _Thread_local const char *queue_nospace_why = "the spool is out of space";
 static const char	*spool_fault_step;	/* $OTPMAIL_FAULT, tests only */
+/* State records of one message are appended under one of these (by id). */
+static pthread_mutex_t	 spool_locks[SPOOL_NLOCKS] = {
+	[0 ... SPOOL_NLOCKS - 1] = PTHREAD_MUTEX_INITIALIZER
+};
 
 /* --- checksums and paths -------------------------------------------- */
 
@@ -117,9 +136,9 @@ spool_dir_of(const char *id)
 }
 
 void
-spool_path(const char *id, int state, char *out, size_t len)
+spool_path(const char *id, char *out, size_t len)
 {
-	snprintf(out, len, "msg/%02x/%s%s", spool_dir_of(id), id, state ? ".st" : "");
+	snprintf(out, len, "msg/%02x/%s", spool_dir_of(id), id);
 }
 
 void
@@ -182,6 +201,10 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 		if (spool_mkdir(path) == -1)
 			goto fail;
 	}
+	/* linkat of an O_TMPFILE goes through /proc/self/fd (no capability
+	 * needed); without /proc, new files go through tmp/ and rename. */
+	sp->tmpfile_ok = access("/proc/self/fd", X_OK) == 0 &&
+	    getenv("OTPMAIL_SPOOL_NO_TMPFILE") == NULL;
 	return 0;
 fail:
 	snprintf(err, errlen, "queue: mkdir %s: %s", path, strerror(errno));
@@ -246,12 +269,15 @@ spool_check_space(struct spool *sp)
 	return Q_OK;
 }
 
-/* --- the one atomic write -------------------------------------------- */
+/* --- writing files ---------------------------------------------------- */
 
 /*
  * Crash injection for tests/integration/test_crash_points.py: with
  * OTPMAIL_FAULT=<step> in the environment (read once, in spool_init) the
- * process aborts at that step of spool_write_atomic.  Unset: a NULL test.
+ * process aborts at that step.  A new file: after_tmp_write, after_fsync,
+ * after_rename (its name is in place), after_dir_fsync; a state record:
+ * state_after_write, state_after_fsync (durable records only).  Unset: a
+ * NULL test.
  */
 static void
 spool_fault(const char *step)
@@ -277,6 +303,49 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	return rc;
 }
 
+static enum q_status
+spool_errno_status(int e)
+{
+	queue_nospace_why = "the spool's file system is full";
+	return e == ENOSPC || e == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+}
+
+/* Writes all of iov at off (pwritev, short writes resumed). */
+static int
+spool_pwritev_all(int fd, const struct iovec *iov, int iovcnt, off_t off)
+{
+	struct iovec cur[8];
+	ssize_t w;
+	int i = 0;
+
+	if (iovcnt < 1 || iovcnt > 8) {
+		errno = EINVAL;
+		return -1;
+	}
+	memcpy(cur, iov, (size_t)iovcnt * sizeof(*iov));
+	while (i < iovcnt) {
+		if ((w = pwritev(fd, cur + i, iovcnt - i, off)) == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		if (w == 0) {
+			errno = EIO;
+			return -1;
+		}
+		off += w;
+		while (i < iovcnt && (size_t)w >= cur[i].iov_len) {
+			w -= (ssize_t)cur[i].iov_len;
+			i++;
+		}
+		if (i < iovcnt) {
+			cur[i].iov_base = (char *)cur[i].iov_base + w;
+			cur[i].iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
 enum q_status
 spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, int iovcnt)
 {
@@ -284,69 +353,73 @@ spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, i
 }
 
 /*
- * durable = 0 keeps the atomic rename but skips both fsyncs: for a state
- * that may be lost in an OS crash (a finished message: losing it means one
- * redelivery, which at-least-once allows; a half-written state file fails
- * its CRC and the enqueued envelope is used).
+ * Writes the file rel whole and durably, or not at all.  A new name
+ * (replace = 0): an unnamed O_TMPFILE in rel's directory, write, fsync,
+ * linkat to its name, fsync of the directory: one inode, no rename, and
+ * never a visible partial file.  Replacing a file (or without O_TMPFILE):
+ * tmp/<unique>, write, fsync, rename onto rel, fsync of the directory.
  */
 static enum q_status
 spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int iovcnt,
-    int durable)
+    int replace)
 {
-	char tmp[PATH_MAX], dst[PATH_MAX];
-	struct iovec cur[8];
-	ssize_t w;
-	int fd = -1, i, n, saved;
+	char tmp[PATH_MAX], dst[PATH_MAX], proc[64];
+	char *slash;
+	int fd = -1, saved, anon = 0;
 	const char *what = "open";
 
-	if (iovcnt < 1 || iovcnt > 8)
-		return Q_BADINPUT;
-	snprintf(tmp, sizeof(tmp), "%s/tmp/%ld.%lu", sp->dir, (long)getpid(),
-	    atomic_fetch_add(&spool_tmp_seq, 1));
 	snprintf(dst, sizeof(dst), "%s/%s", sp->dir, rel);
-	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1)
-		goto fail;
-	memcpy(cur, iov, (size_t)iovcnt * sizeof(*iov));
-	n = iovcnt;
-	i = 0;
-	what = "write";
-	while (i < n) {
-		if ((w = writev(fd, cur + i, n - i)) == -1) {
-			if (errno == EINTR)
-				continue;
+	tmp[0] = '\0';
+	if (!replace && sp->tmpfile_ok) {
+		snprintf(tmp, sizeof(tmp), "%s", dst);
+		if ((slash = strrchr(tmp, '/')) != NULL)
+			*slash = '\0';
+		fd = open(tmp, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+		tmp[0] = '\0';
+		if (fd != -1)
+			anon = 1;
+		else if (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)
+			sp->tmpfile_ok = 0;	/* not on this file system */
+		else
 			goto fail;
-		}
-		while (i < n && (size_t)w >= cur[i].iov_len) {
-			w -= (ssize_t)cur[i].iov_len;
-			i++;
-		}
-		if (i < n) {
-			cur[i].iov_base = (char *)cur[i].iov_base + w;
-			cur[i].iov_len -= (size_t)w;
-		}
 	}
+	if (!anon) {
+		snprintf(tmp, sizeof(tmp), "%s/tmp/%ld.%lu", sp->dir, (long)getpid(),
+		    atomic_fetch_add(&spool_tmp_seq, 1));
+		if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1)
+			goto fail;
+	}
+	what = "write";
+	if (spool_pwritev_all(fd, iov, iovcnt, 0) == -1)
+		goto fail;
 	spool_fault("after_tmp_write");
 	what = "fsync";
-	if (durable && fsync(fd) == -1)
+	if (fsync(fd) == -1)
 		goto fail;
 	spool_fault("after_fsync");
-	what = "close";
-	if (close(fd) == -1) {
-		fd = -1;
-		goto fail;
+	if (anon) {
+		what = "link";
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		if (linkat(AT_FDCWD, proc, AT_FDCWD, dst, AT_SYMLINK_FOLLOW) == -1)
+			goto fail;
 	}
+	what = "close";
+	saved = close(fd);
 	fd = -1;
-	what = "rename";
-	if (rename(tmp, dst) == -1)
+	if (saved == -1)
 		goto fail;
+	if (!anon) {
+		what = "rename";
+		if (rename(tmp, dst) == -1)
+			goto fail;
+	}
 	spool_fault("after_rename");
 	what = "fsync dir";
-	if (durable && spool_fsync_dir(sp, rel) == -1) {
+	if (spool_fsync_dir(sp, rel) == -1) {
 		/* The file is in place, maybe not durable: report tempfail. */
 		saved = errno;
 		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(saved));
-		queue_nospace_why = "the spool's file system is full";
-		return saved == ENOSPC || saved == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+		return spool_errno_status(saved);
 	}
 	spool_fault("after_dir_fsync");
 	return Q_OK;
@@ -354,10 +427,10 @@ fail:
 	saved = errno;
 	if (fd != -1)
 		close(fd);
-	unlink(tmp);
+	if (tmp[0] != '\0')
+		unlink(tmp);
 	spool_log(sp, LOG_ERR, "queue: %s %s: %s", what, rel, strerror(saved));
-	queue_nospace_why = "the spool's file system is full";
-	return saved == ENOSPC || saved == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+	return spool_errno_status(saved);
 }
 
 /* --- envelope text ---------------------------------------------------- */
@@ -722,7 +795,7 @@ bad:
 	return -1;
 }
 
-/* --- message and state files ------------------------------------------ */
+/* --- message file and state records ------------------------------------ */
 
 enum q_status
 spool_store_message(struct spool *sp, const struct q_envelope *env,
@@ -739,7 +812,7 @@ spool_store_message(struct spool *sp, const struct q_envelope *env,
 		return Q_TEMPFAIL;
 	hl = snprintf(hdr, sizeof(hdr), SPOOL_MSG_MAGIC " %zu %zu %08x %08x\n", elen, len,
 	    (unsigned)spool_crc32(0, etext, elen), (unsigned)spool_crc32(0, body, len));
-	spool_path(env->id, 0, rel, sizeof(rel));
+	spool_path(env->id, rel, sizeof(rel));
 	iov[0].iov_base = hdr;
 	iov[0].iov_len = (size_t)hl;
 	iov[1].iov_base = etext;
@@ -748,35 +821,98 @@ spool_store_message(struct spool *sp, const struct q_envelope *env,
 	iov[2].iov_len = len;
 	iov[3].iov_base = (void *)SPOOL_END;
 	iov[3].iov_len = SPOOL_END_LEN;
-	st = spool_write_atomic(sp, rel, iov, 4);
+	st = spool_write_file(sp, rel, iov, 4, 0);
 	free(etext);
 	return st;
 }
 
-enum q_status
-spool_store_state_text(struct spool *sp, const char *id, const char *etext, size_t elen)
+static pthread_mutex_t *
+spool_lock_of(const char *id)
 {
-	return spool_store_state_file(sp, id, etext, elen, 1);
+	return &spool_locks[spool_crc32(0, id, strlen(id)) % SPOOL_NLOCKS];
 }
 
-static enum q_status
-spool_store_state_file(struct spool *sp, const char *id, const char *etext, size_t elen,
+/*
+ * Appends a state record to the message file; durable = fdatasync before
+ * returning (everything but a finished message: losing that one to an OS
+ * crash means one more delivery, which at-least-once allows).  A failed
+ * write is cut off again, so the file always ends with a whole record.
+ */
+enum q_status
+spool_store_state_text(struct spool *sp, const char *id, const char *etext, size_t elen,
     int durable)
 {
-	char rel[128], hdr[SPOOL_HDR_MAX];
+	char rel[128], path[PATH_MAX], hdr[SPOOL_HDR_MAX], first[SPOOL_HDR_MAX];
+	pthread_mutex_t *lk = spool_lock_of(id);
+	uint64_t nums[4];
 	struct iovec iov[3];
-	int hl;
+	enum q_status st = Q_OK;
+	struct stat stt;
+	size_t hl;
+	int fd, n, saved;
+	const char *what = "open";
 
-	hl = snprintf(hdr, sizeof(hdr), SPOOL_ST_MAGIC " %zu %08x\n", elen,
+	n = snprintf(hdr, sizeof(hdr), SPOOL_ST_MAGIC " %zu %08x\n", elen,
 	    (unsigned)spool_crc32(0, etext, elen));
-	spool_path(id, 1, rel, sizeof(rel));
 	iov[0].iov_base = hdr;
-	iov[0].iov_len = (size_t)hl;
+	iov[0].iov_len = (size_t)n;
 	iov[1].iov_base = (void *)etext;
 	iov[1].iov_len = elen;
 	iov[2].iov_base = (void *)SPOOL_END;
 	iov[2].iov_len = SPOOL_END_LEN;
-	return spool_write_file(sp, rel, iov, 3, durable);
+	spool_path(id, rel, sizeof(rel));
+	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
+	pthread_mutex_lock(lk);
+	if ((fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)) == -1) {
+		saved = errno;
+		pthread_mutex_unlock(lk);
+		if (saved == ENOENT)
+			return Q_NOTFOUND;
+		spool_log(sp, LOG_ERR, "queue: open %s: %s", rel, strerror(saved));
+		return spool_errno_status(saved);
+	}
+	what = "fstat";
+	if (fstat(fd, &stt) == -1)
+		goto fail;
+	if (stt.st_size > SPOOL_COMPACT) {
+		/* many records: is it time to rewrite the file? */
+		what = "read";
+		n = stt.st_size < SPOOL_HDR_MAX ? (int)stt.st_size : SPOOL_HDR_MAX;
+		if (spool_read_file(fd, 0, first, (size_t)n) == -1)
+			goto fail;
+		if (spool_parse_header(first, (size_t)n, SPOOL_MSG_MAGIC, 2, nums, &hl) == 0 &&
+		    (uint64_t)stt.st_size > hl + nums[0] + nums[1] + SPOOL_END_LEN +
+		    SPOOL_COMPACT) {
+			st = spool_compact(sp, id, fd, etext, elen);
+			close(fd);
+			pthread_mutex_unlock(lk);
+			return st;
+		}
+	}
+	what = "write";
+	if (spool_pwritev_all(fd, iov, 3, stt.st_size) == -1) {
+		saved = errno;
+		if (ftruncate(fd, stt.st_size) == -1)
+			spool_log(sp, LOG_ERR, "queue: truncate %s: %s", rel, strerror(errno));
+		errno = saved;
+		goto fail;
+	}
+	spool_fault("state_after_write");
+	if (durable) {
+		what = "fdatasync";
+		if (fdatasync(fd) == -1)
+			goto fail;
+		spool_fault("state_after_fsync");
+	}
+	close(fd);
+	pthread_mutex_unlock(lk);
+	return Q_OK;
+fail:
+	saved = errno;
+	close(fd);
+	pthread_mutex_unlock(lk);
+	spool_log(sp, LOG_ERR, "queue: %s %s: %s", what, rel, strerror(saved));
+	return spool_errno_status(saved);
 }
 
 enum q_status
@@ -788,8 +924,7 @@ spool_store_state(struct spool *sp, const struct q_envelope *env)
 
 	if ((etext = spool_env_format(env, &elen)) == NULL)
 		return Q_TEMPFAIL;
-	/* Only a finished message's state may be lost to an OS crash. */
-	st = spool_store_state_file(sp, env->id, etext, elen, env->finished == 0);
+	st = spool_store_state_text(sp, env->id, etext, elen, env->finished == 0);
 	free(etext);
 	return st;
 }
@@ -857,22 +992,151 @@ spool_read_file(int fd, off_t off, char *buf, size_t len)
 }
 
 /*
- * Reads one file (message file: nnum 2; state file: nnum 1) and parses its
- * envelope; checks the exact size, the CRC of the envelope and the end
- * marker.  body[] gets offset, length and CRC of the body.
+ * Checks and parses one envelope (the message part's or a record's): CRC,
+ * strict parse, the right id, and for a record the message it belongs to.
  */
 static int
-spool_load_file(struct spool *sp, const char *id, int state, struct q_envelope *env,
-    uint64_t *body, char *why, size_t whylen)
+spool_env_check(const char *buf, size_t len, uint32_t crc, const char *id,
+    const struct q_envelope *base, struct q_envelope *env, char *why, size_t whylen)
 {
-	char path[PATH_MAX], rel[128], first[SPOOL_FIRST_READ], endm[SPOOL_END_LEN];
-	char *ebuf = NULL;
-	uint64_t nums[4], total;
-	size_t hl, want, elen;
-	struct stat stt;
-	int fd, rc = -1, nnum = state ? 1 : 2;
+	if (spool_crc32(0, buf, len) != crc) {
+		snprintf(why, whylen, "envelope checksum mismatch");
+		return -1;
+	}
+	if (spool_env_parse(buf, len, env, why, whylen) == -1)
+		return -1;
+	if (strcmp(env->id, id) != 0) {
+		snprintf(why, whylen, "id mismatch");
+		goto fail;
+	}
+	if (base != NULL && (env->size != base->size || env->nrcpt != base->nrcpt ||
+	    env->created != base->created)) {
+		snprintf(why, whylen, "state does not match its message");
+		goto fail;
+	}
+	return 0;
+fail:
+	q_envelope_clear(env);
+	return -1;
+}
 
-	spool_path(id, state, rel, sizeof(rel));
+/*
+ * The message part of an open file: header, exact lengths, end marker.
+ * Fills nums (envlen, bodylen, envcrc, bodycrc) and *hl; the envelope is
+ * copied to *ebuf (malloc'd) when ebuf is not NULL.  first holds the first
+ * *got bytes of the file (read here).
+ */
+static int
+spool_read_message_part(int fd, const struct stat *stt, char *first, size_t *got,
+    uint64_t nums[4], size_t *hl, uint64_t *total, char **ebuf, char *why, size_t whylen)
+{
+	char endm[SPOOL_END_LEN];
+	size_t want, elen;
+	char *e;
+
+	want = (size_t)stt->st_size < SPOOL_FIRST_READ ? (size_t)stt->st_size :
+	    SPOOL_FIRST_READ;
+	*got = want;
+	if (spool_read_file(fd, 0, first, want) == -1 ||
+	    spool_parse_header(first, want, SPOOL_MSG_MAGIC, 2, nums, hl) == -1) {
+		snprintf(why, whylen, "bad header");
+		return -1;
+	}
+	elen = (size_t)nums[0];
+	if (elen > Q_MAX_ENV || nums[1] > Q_MAX_BODY) {
+		snprintf(why, whylen, "bad lengths");
+		return -1;
+	}
+	*total = *hl + elen + nums[1] + SPOOL_END_LEN;
+	if ((uint64_t)stt->st_size < *total) {
+		snprintf(why, whylen, "size %lld, header says %llu (truncated?)",
+		    (long long)stt->st_size, (unsigned long long)*total);
+		return -1;
+	}
+	if (*total <= want)
+		memcpy(endm, first + *total - SPOOL_END_LEN, SPOOL_END_LEN);
+	else if (spool_read_file(fd, (off_t)(*total - SPOOL_END_LEN), endm,
+	    SPOOL_END_LEN) == -1) {
+		snprintf(why, whylen, "read: %s", strerror(errno));
+		return -1;
+	}
+	if (memcmp(endm, SPOOL_END, SPOOL_END_LEN) != 0) {
+		snprintf(why, whylen, "no end marker");
+		return -1;
+	}
+	if (ebuf == NULL)
+		return 0;
+	if ((e = malloc(elen + 1)) == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return -1;
+	}
+	if (*hl + elen <= want)
+		memcpy(e, first + *hl, elen);
+	else if (spool_read_file(fd, (off_t)*hl, e, elen) == -1) {
+		free(e);
+		snprintf(why, whylen, "read: %s", strerror(errno));
+		return -1;
+	}
+	*ebuf = e;
+	return 0;
+}
+
+/*
+ * Walks the state records in tail[0..len): each whole, valid record
+ * replaces *env.  Returns the length of the whole records; anything after
+ * it is a torn or bad record, described in why.
+ */
+static size_t
+spool_walk_records(const char *tail, size_t len, const char *id, struct q_envelope *env,
+    char *why, size_t whylen)
+{
+	struct q_envelope rec;
+	uint64_t nums[2];
+	size_t off = 0, hl, elen;
+
+	while (off < len) {
+		if (spool_parse_header(tail + off, len - off, SPOOL_ST_MAGIC, 1, nums,
+		    &hl) == -1) {
+			snprintf(why, whylen, "bad record header");
+			break;
+		}
+		elen = (size_t)nums[0];
+		if (elen > Q_MAX_ENV || hl + elen + SPOOL_END_LEN > len - off) {
+			snprintf(why, whylen, "record cut short");
+			break;
+		}
+		if (memcmp(tail + off + hl + elen, SPOOL_END, SPOOL_END_LEN) != 0) {
+			snprintf(why, whylen, "record without end marker");
+			break;
+		}
+		memset(&rec, 0, sizeof(rec));
+		if (spool_env_check(tail + off + hl, elen, (uint32_t)nums[1], id, env, &rec,
+		    why, whylen) == -1)
+			break;
+		q_envelope_clear(env);
+		*env = rec;
+		off += hl + elen + SPOOL_END_LEN;
+	}
+	return off;
+}
+
+/*
+ * Loads msg/XX/<id>: the message part, then its state records.  A bad
+ * record ends the walk and is cut off with a log line (see the top of the
+ * file).  Returns 0, 1 if there is no such file, -1 with why.
+ */
+static int
+spool_load_file(struct spool *sp, const char *id, struct q_envelope *env,
+    char *why, size_t whylen)
+{
+	char path[PATH_MAX], rel[128], first[SPOOL_FIRST_READ], rwhy[160];
+	char *ebuf = NULL, *tail = NULL, *owned = NULL;
+	uint64_t nums[4], total;
+	size_t hl, got, tlen, good;
+	struct stat stt;
+	int fd, rc = -1;
+
+	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
 		snprintf(why, whylen, "open: %s", strerror(errno));
@@ -882,64 +1146,45 @@ spool_load_file(struct spool *sp, const char *id, int state, struct q_envelope *
 		snprintf(why, whylen, "not a regular file");
 		goto done;
 	}
-	want = (size_t)stt.st_size < sizeof(first) ? (size_t)stt.st_size : sizeof(first);
-	if (spool_read_file(fd, 0, first, want) == -1 ||
-	    spool_parse_header(first, want, state ? SPOOL_ST_MAGIC : SPOOL_MSG_MAGIC,
-	    nnum, nums, &hl) == -1) {
-		snprintf(why, whylen, "bad header");
+	if (spool_read_message_part(fd, &stt, first, &got, nums, &hl, &total, &ebuf,
+	    why, whylen) == -1)
 		goto done;
-	}
-	elen = (size_t)nums[0];
-	if (elen > Q_MAX_ENV || (!state && nums[1] > Q_MAX_BODY)) {
-		snprintf(why, whylen, "bad lengths");
+	if (spool_env_check(ebuf, (size_t)nums[0], (uint32_t)nums[2], id, NULL, env,
+	    why, whylen) == -1)
 		goto done;
-	}
-	total = hl + elen + (state ? 0 : nums[1]) + SPOOL_END_LEN;
-	if ((uint64_t)stt.st_size != total) {
-		snprintf(why, whylen, "size %lld, header says %llu (truncated?)",
-		    (long long)stt.st_size, (unsigned long long)total);
-		goto done;
-	}
-	if (spool_read_file(fd, (off_t)(total - SPOOL_END_LEN), endm, SPOOL_END_LEN) == -1 ||
-	    memcmp(endm, SPOOL_END, SPOOL_END_LEN) != 0) {
-		snprintf(why, whylen, "no end marker");
-		goto done;
-	}
-	if ((ebuf = malloc(elen + 1)) == NULL) {
-		snprintf(why, whylen, "out of memory");
-		goto done;
-	}
-	if (hl + elen <= want)
-		memcpy(ebuf, first + hl, elen);
-	else if (spool_read_file(fd, (off_t)hl, ebuf, elen) == -1) {
-		snprintf(why, whylen, "read: %s", strerror(errno));
-		goto done;
-	}
-	if (spool_crc32(0, ebuf, elen) != (uint32_t)nums[nnum]) {
-		snprintf(why, whylen, "envelope checksum mismatch");
-		goto done;
-	}
-	if (spool_env_parse(ebuf, elen, env, why, whylen) == -1)
-		goto done;
-	if (strcmp(env->id, id) != 0) {
-		snprintf(why, whylen, "id mismatch");
-		goto fail_env;
-	}
-	if (!state && env->size != nums[1]) {
+	if (env->size != nums[1]) {
 		snprintf(why, whylen, "size mismatch");
-		goto fail_env;
-	}
-	if (body != NULL) {
-		body[0] = hl + elen;
-		body[1] = state ? 0 : nums[1];
-		body[2] = state ? 0 : nums[3];
+		q_envelope_clear(env);
+		goto done;
 	}
 	rc = 0;
-	goto done;
-fail_env:
-	q_envelope_clear(env);
+	if ((uint64_t)stt.st_size == total)
+		goto done;
+	tlen = (size_t)((uint64_t)stt.st_size - total);
+	if (tlen > SPOOL_TAIL_MAX)
+		tlen = SPOOL_TAIL_MAX;
+	if (total + tlen <= got)
+		tail = first + total;
+	else if ((tail = malloc(tlen + 1)) == NULL ||
+	    spool_read_file(fd, (off_t)total, tail, tlen) == -1) {
+		/* unreadable records: the message's own envelope stands */
+		spool_log(sp, LOG_ERR, "queue: id=%s: state records unreadable: %s", id,
+		    strerror(errno));
+		free(tail);
+		goto done;
+	} else
+		owned = tail;
+	good = spool_walk_records(tail, tlen, id, env, rwhy, sizeof(rwhy));
+	if (total + good < (uint64_t)stt.st_size) {
+		spool_log(sp, LOG_WARNING, "queue: id=%s: state record at offset %llu dropped "
+		    "(%s), the state before it is used", id,
+		    (unsigned long long)(total + good), rwhy);
+		if (truncate(path, (off_t)(total + good)) == -1)
+			spool_log(sp, LOG_ERR, "queue: truncate %s: %s", rel, strerror(errno));
+	}
 done:
 	free(ebuf);
+	free(owned);
 	close(fd);
 	return rc;
 }
@@ -948,89 +1193,129 @@ int
 spool_load(struct spool *sp, const char *id, struct q_envelope **out,
     char *why, size_t whylen)
 {
-	struct q_envelope *m = NULL, *s = NULL;
-	char swhy[256], rel[128];
+	struct q_envelope *m;
+	pthread_mutex_t *lk = spool_lock_of(id);
 	int rc;
 
 	*out = NULL;
-	if ((m = calloc(1, sizeof(*m))) == NULL || (s = calloc(1, sizeof(*s))) == NULL) {
+	if ((m = calloc(1, sizeof(*m))) == NULL) {
 		snprintf(why, whylen, "out of memory");
-		goto fail;
+		return -1;
 	}
-	if (spool_load_file(sp, id, 0, m, NULL, why, whylen) != 0)
-		goto fail;
-	rc = spool_load_file(sp, id, 1, s, NULL, swhy, sizeof(swhy));
-	if (rc == 0) {
-		if (s->size != m->size || s->nrcpt != m->nrcpt || s->created != m->created) {
-			snprintf(swhy, sizeof(swhy), "state does not match its message");
-			q_envelope_free(s);
-			s = NULL;
-			rc = -1;
-		} else {
-			q_envelope_free(m);
-			*out = s;
-			return 0;
-		}
+	pthread_mutex_lock(lk);
+	rc = spool_load_file(sp, id, m, why, whylen);
+	pthread_mutex_unlock(lk);
+	if (rc != 0) {
+		free(m);
+		return -1;
 	}
-	if (rc == -1) {
-		/* A bad state file: keep it for inspection, go back to the
-		 * enqueued envelope (at least once beats never). */
-		spool_path(id, 1, rel, sizeof(rel));
-		spool_quarantine_path(sp, rel, swhy);
-	}
-	free(s);
 	*out = m;
 	return 0;
-fail:
-	free(m);
-	free(s);
-	return -1;
+}
+
+/*
+ * Reads the body of an open message file into a malloc'd buffer and checks
+ * its CRC; returns 0, or -1 with why.
+ */
+static int
+spool_read_body_fd(int fd, char **data, size_t *len, uint64_t *total, char *why,
+    size_t whylen)
+{
+	char first[SPOOL_FIRST_READ];
+	uint64_t nums[4];
+	struct stat stt;
+	size_t hl, got, blen;
+	char *buf;
+
+	if (fstat(fd, &stt) == -1 || !S_ISREG(stt.st_mode)) {
+		snprintf(why, whylen, "not a regular file");
+		return -1;
+	}
+	if (spool_read_message_part(fd, &stt, first, &got, nums, &hl, total, NULL,
+	    why, whylen) == -1)
+		return -1;
+	blen = (size_t)nums[1];
+	if ((buf = malloc(blen + 1)) == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return -1;
+	}
+	if (hl + nums[0] + blen <= got)
+		memcpy(buf, first + hl + nums[0], blen);
+	else if (spool_read_file(fd, (off_t)(hl + nums[0]), buf, blen) == -1) {
+		free(buf);
+		snprintf(why, whylen, "short body");
+		return -1;
+	}
+	if (spool_crc32(0, buf, blen) != (uint32_t)nums[3]) {
+		free(buf);
+		snprintf(why, whylen, "body checksum mismatch");
+		return -1;
+	}
+	buf[blen] = '\0';
+	*data = buf;
+	*len = blen;
+	return 0;
 }
 
 enum q_status
 spool_read_body(struct spool *sp, const char *id, char **data, size_t *len)
 {
 	char path[PATH_MAX], rel[128], why[256];
-	struct q_envelope env;
-	uint64_t body[3];
-	char *buf;
+	uint64_t total;
 	int fd, rc;
 
 	*data = NULL;
 	*len = 0;
-	rc = spool_load_file(sp, id, 0, &env, body, why, sizeof(why));
-	if (rc == 1)
-		return Q_NOTFOUND;
-	if (rc == -1)
-		goto corrupt;
-	q_envelope_clear(&env);
-	if ((buf = malloc((size_t)body[1] + 1)) == NULL)
-		return Q_TEMPFAIL;
-	spool_path(id, 0, rel, sizeof(rel));
+	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
-		free(buf);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1)
 		return errno == ENOENT ? Q_NOTFOUND : Q_TEMPFAIL;
-	}
-	rc = spool_read_file(fd, (off_t)body[0], buf, (size_t)body[1]);
+	rc = spool_read_body_fd(fd, data, len, &total, why, sizeof(why));
 	close(fd);
-	if (rc == -1) {
-		free(buf);
-		snprintf(why, sizeof(why), "short body");
-		goto corrupt;
-	}
-	if (spool_crc32(0, buf, (size_t)body[1]) != (uint32_t)body[2]) {
-		free(buf);
-		snprintf(why, sizeof(why), "body checksum mismatch");
-		goto corrupt;
-	}
-	buf[body[1]] = '\0';
-	*data = buf;
-	*len = (size_t)body[1];
-	return Q_OK;
-corrupt:
+	if (rc == 0)
+		return Q_OK;
+	if (strcmp(why, "out of memory") == 0)
+		return Q_TEMPFAIL;
 	spool_quarantine(sp, id, why);
 	return Q_NOTFOUND;
+}
+
+/*
+ * Rewrites a message file whose records grew past SPOOL_COMPACT: the
+ * newest envelope becomes the message part, the records go.  Called with
+ * the id's lock held and fd open on the file.
+ */
+static enum q_status
+spool_compact(struct spool *sp, const char *id, int fd, const char *etext, size_t elen)
+{
+	char rel[128], hdr[SPOOL_HDR_MAX], why[256];
+	struct iovec iov[4];
+	enum q_status st;
+	uint64_t total;
+	size_t blen;
+	char *body;
+	int hl;
+
+	spool_path(id, rel, sizeof(rel));
+	if (spool_read_body_fd(fd, &body, &blen, &total, why, sizeof(why)) == -1) {
+		spool_log(sp, LOG_ERR, "queue: id=%s: cannot compact its file: %s", id, why);
+		return Q_TEMPFAIL;
+	}
+	hl = snprintf(hdr, sizeof(hdr), SPOOL_MSG_MAGIC " %zu %zu %08x %08x\n", elen, blen,
+	    (unsigned)spool_crc32(0, etext, elen), (unsigned)spool_crc32(0, body, blen));
+	iov[0].iov_base = hdr;
+	iov[0].iov_len = (size_t)hl;
+	iov[1].iov_base = (void *)etext;
+	iov[1].iov_len = elen;
+	iov[2].iov_base = body;
+	iov[2].iov_len = blen;
+	iov[3].iov_base = (void *)SPOOL_END;
+	iov[3].iov_len = SPOOL_END_LEN;
+	st = spool_write_file(sp, rel, iov, 4, 1);
+	free(body);
+	if (st == Q_OK)
+		spool_log(sp, LOG_INFO, "queue: id=%s: state records compacted", id);
+	return st;
 }
 
 void
@@ -1038,13 +1323,7 @@ spool_remove(struct spool *sp, const char *id, int sync)
 {
 	char path[PATH_MAX], rel[128];
 
-	/* Message file first: a crash in between leaves an orphan state
-	 * file, which the next scan removes. */
-	spool_path(id, 0, rel, sizeof(rel));
-	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
-	if (unlink(path) == -1 && errno != ENOENT)
-		spool_log(sp, LOG_ERR, "queue: unlink %s: %s", rel, strerror(errno));
-	spool_path(id, 1, rel, sizeof(rel));
+	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
 	if (unlink(path) == -1 && errno != ENOENT)
 		spool_log(sp, LOG_ERR, "queue: unlink %s: %s", rel, strerror(errno));
@@ -1077,22 +1356,17 @@ spool_quarantine_path(struct spool *sp, const char *rel, const char *why)
 void
 spool_quarantine(struct spool *sp, const char *id, const char *why)
 {
-	char rel[128], path[PATH_MAX];
+	char rel[128];
 
-	spool_path(id, 0, rel, sizeof(rel));
+	spool_path(id, rel, sizeof(rel));
 	spool_quarantine_path(sp, rel, why);
-	spool_path(id, 1, rel, sizeof(rel));
-	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
-	if (access(path, F_OK) == 0)
-		spool_quarantine_path(sp, rel, "its message is corrupt");
 }
 
 size_t
 spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 {
-	char path[PATH_MAX], rel[128], id[QUEUE_ID_LEN + 1];
+	char path[PATH_MAX], rel[128];
 	struct dirent *de;
-	struct stat stt;
 	size_t n = 0, nl;
 	DIR *dp;
 	int d;
@@ -1107,26 +1381,13 @@ spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 			if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 				continue;
 			nl = strlen(de->d_name);
-			snprintf(rel, sizeof(rel), "msg/%02x/%.100s", d, de->d_name);
-			if (nl == QUEUE_ID_LEN + 3 && strcmp(de->d_name + QUEUE_ID_LEN, ".st") == 0) {
-				memcpy(id, de->d_name, QUEUE_ID_LEN);
-				id[QUEUE_ID_LEN] = '\0';
-				if (qid_valid(id) && (int)spool_dir_of(id) == d) {
-					/* A state file goes with its message; alone it
-					 * is the leftover of a delete: remove it. */
-					spool_path(id, 0, path, sizeof(path));
-					if (fstatat(dirfd(dp), id, &stt, AT_SYMLINK_NOFOLLOW) == -1 &&
-					    errno == ENOENT)
-						unlinkat(dirfd(dp), de->d_name, 0);
-					continue;
-				}
-			}
 			if (nl == QUEUE_ID_LEN && qid_valid(de->d_name) &&
 			    (int)spool_dir_of(de->d_name) == d) {
 				fn(arg, de->d_name);
 				n++;
 				continue;
 			}
+			snprintf(rel, sizeof(rel), "msg/%02x/%.100s", d, de->d_name);
 			spool_quarantine_path(sp, rel, "not a spool file name");
 		}
 		closedir(dp);

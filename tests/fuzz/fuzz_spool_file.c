@@ -1,11 +1,11 @@
 /*
  * fuzz_spool_file.c - libFuzzer target for spool files read back from disk
  * (spool_load, spool_read_body: header line, lengths, CRC-32s, envelope,
- * end marker, state file).  The input becomes msg/XX/<id> in a private
- * spool; with a first byte that is odd, the part after "\n--ST--\n" becomes
- * its state file msg/XX/<id>.st.  Oracles: a bad file is refused with a
- * reason or quarantined, never crashes; what loads has the file's id and a
- * body of exactly env->size bytes.
+ * end marker, the state records appended to it).  The input but its first
+ * byte (ignored, kept for old seeds) becomes msg/XX/<id> in a private
+ * spool.  Oracles: a bad file is refused with a reason or quarantined,
+ * never crashes; what loads has the file's id and a body of exactly
+ * env->size bytes.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -81,7 +81,7 @@ fz_clean(void)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	const char *d = (const char *)data, *sep = NULL;
+	const char *d = (const char *)data;
 	char rel[128], why[256], *body = NULL;
 	struct q_envelope *env = NULL;
 	size_t mlen, blen = 0;
@@ -90,16 +90,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	mlen = size - 1;
-	if ((data[0] & 1) != 0)
-		sep = memmem(d + 1, size - 1, "\n--ST--\n", 8);
-	if (sep != NULL)
-		mlen = (size_t)(sep - (d + 1));
-	spool_path(FZ_ID, 0, rel, sizeof(rel));
+	spool_path(FZ_ID, rel, sizeof(rel));
 	fz_write(rel, d + 1, mlen);
-	if (sep != NULL) {
-		spool_path(FZ_ID, 1, rel, sizeof(rel));
-		fz_write(rel, sep + 8, size - 1 - mlen - 8);
-	}
 	why[0] = '\0';
 	if (spool_load(&fz_sp, FZ_ID, &env, why, sizeof(why)) == 0) {
 		if (env == NULL || strcmp(env->id, FZ_ID) != 0 || env->nrcpt > Q_MAX_RCPT)

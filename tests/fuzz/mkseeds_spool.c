@@ -88,28 +88,22 @@ main(int argc, char **argv)
 		snprintf(name, sizeof(name), "seed%02d", i);
 		put(dir, name, t, l, NULL, 0);
 		free(t);
-		if (spool_store_message(&sp, &e, body, sizeof(body) - 1) != Q_OK ||
-		    spool_store_state(&sp, &e) != Q_OK)
+		if (spool_store_message(&sp, &e, body, sizeof(body) - 1) != Q_OK)
 			return 1;
-		spool_path(e.id, 0, rel, sizeof(rel));
+		spool_path(e.id, rel, sizeof(rel));
 		snprintf(path, sizeof(path), "%s/%s", tmpl, rel);
 		m = slurp(path, &ml);
-		spool_path(e.id, 1, rel, sizeof(rel));
-		snprintf(path, sizeof(path), "%s/%s", tmpl, rel);
+		e.attempts++;
+		if (spool_store_state(&sp, &e) != Q_OK)
+			return 1;
 		st = slurp(path, &sl);
 		snprintf(dir, sizeof(dir), "%s/spool_file", argv[1]);
-		/* even first byte: message file only; odd: message + state */
+		/* the first byte is not part of the file (kept for old seeds):
+		 * the message part alone, then with a state record appended */
 		snprintf(name, sizeof(name), "msg%02d", i);
 		put(dir, name, "\0", 1, m, ml);
 		snprintf(name, sizeof(name), "msgst%02d", i);
-		{
-			char *both = malloc(ml + 8 + sl);
-			memcpy(both, m, ml);
-			memcpy(both + ml, "\n--ST--\n", 8);
-			memcpy(both + ml + 8, st, sl);
-			put(dir, name, "\1", 1, both, ml + 8 + sl);
-			free(both);
-		}
+		put(dir, name, "\1", 1, st, sl);
 		free(m);
 		free(st);
 		spool_remove(&sp, e.id, 0);

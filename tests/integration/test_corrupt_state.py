@@ -8,11 +8,12 @@ with a bad header is in test_queue.py; not repeated.)
 
 Spool: a message file cut in the middle of its body, one with a byte of
 its body flipped (same size: only the body CRC, checked when the body is
-read for delivery, can tell), and a garbled .st state file.  Each is
-quarantined into spool/corrupt/ with a log line naming its id, the other
-messages are delivered whole, the flipped body is never delivered nor
-shown, and the message with the bad state file goes back to its enqueued
-envelope (held -> queued) rather than being lost.
+read for delivery, can tell), and one whose state record (appended to the
+message file by a hold) is garbled.  The first two are quarantined into
+spool/corrupt/ with a log line naming the id; the garbled record is cut off
+the file with a log line and the message goes back to the state before it
+(held -> queued) rather than being lost; the other messages are delivered
+whole, and the flipped body is never delivered nor shown.
 
 Database: the .db files overwritten with garbage over their middle half
 (with BDB's region files kept: the page cache in them hides the damage;
@@ -45,8 +46,8 @@ def body_of(tag, n=300):
     return "".join("%s line %04d\n" % (tag, i) for i in range(n)) + "END %s\n" % tag
 
 
-def msg_path(d, qid, st=False):
-    p = glob.glob(os.path.join(d.state, "spool", "msg", "*", qid + (".st" if st else "")))
+def msg_path(d, qid):
+    p = glob.glob(os.path.join(d.state, "spool", "msg", "*", qid))
     return p[0] if p else None
 
 
@@ -63,7 +64,7 @@ def spool_tests():
         ids = {tag: send(d, tag) for tag in ("GOOD1", "CUT", "FLIP", "STATE", "GOOD2")}
         t.ok(all(ids.values()), "5 messages queued (delivery paused)", ids)
         r = d.call({"op": "queue.hold", "ids": [ids["STATE"]]})
-        t.ok(r.get("ok"), "one held (it gets a .st state file)", r)
+        t.ok(r.get("ok"), "one held (a state record is appended to its file)", r)
         d.stop()
 
         p = msg_path(d, ids["CUT"])
@@ -76,12 +77,14 @@ def spool_tests():
             i = data.index(b"FLIP line 0150")
             f.seek(i)
             f.write(b"FLOP")
-        st = msg_path(d, ids["STATE"], st=True)
-        t.ok(st is not None, "the held message has a state file")
-        if st:
+        st = msg_path(d, ids["STATE"])
+        with open(st, "rb") as f:
+            data = f.read()
+        rec = data.rfind(b"\nOTPS1 ") + 1
+        t.ok(rec > 0, "the held message's file ends with a state record")
+        if rec > 0:
             with open(st, "r+b") as f:
-                data = f.read()
-                f.seek(len(data) // 2)
+                f.seek(rec + (len(data) - rec) // 2)
                 f.write(b"\x00garbled\xff" * 4)
 
         d.start()
@@ -92,11 +95,15 @@ def spool_tests():
         t.ok(re.search(r"corrupt.*%s|%s.*(corrupt|truncated|quarantin)" %
                        (ids["CUT"], ids["CUT"]), log, re.I),
              "the quarantine is logged with the id", log[-1500:])
-        t.ok(st is None or any(ids["STATE"] + ".st" in c for c in corrupt),
-             "a garbled state file is quarantined", corrupt)
+        t.ok(not any(ids["STATE"] in c for c in corrupt),
+             "a garbled state record does not quarantine its message", corrupt)
+        t.ok(re.search(r"id=%s: state record at offset %d dropped" % (ids["STATE"], rec),
+                       log), "the dropped record is logged with id and offset",
+             log[-1500:])
+        t.is_(os.path.getsize(st), rec, "the garbled record is cut off the file")
         r = d.call({"op": "message.status", "id": ids["STATE"]})
         t.ok(r.get("ok") and r.get("state") == "queued",
-             "the message with the bad state file is kept, back to its enqueued "
+             "the message with the bad state record is kept, back to its enqueued "
              "envelope (held -> queued)", r)
         r = d.call({"op": "message.status", "id": ids["CUT"]})
         t.is_(r.get("error"), "not_found", "the cut message is not in the queue")

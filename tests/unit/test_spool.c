@@ -244,7 +244,7 @@ test_round_trip(void)
 	    memcmp(data, body, len) == 0, "body byte-identical after reopen");
 	free(data);
 
-	/* an update through a lease lands in the state file */
+	/* an update through a lease lands in a state record */
 	queue_pause(q, 0);
 	ok(queue_lease(q, 1000, &l) == Q_OK, "lease it");
 	l->rcpts[0].state = Q_RCPT_DELIVERED;
@@ -253,7 +253,7 @@ test_round_trip(void)
 	l->rcpts[1].reply = strdup("451 4.3.0 greylisted");
 	l->last_error = strdup("b@Example.NET: 451 4.3.0 greylisted");
 	ok(queue_release_lease(q, l) == Q_OK, "release the lease");
-	is_int(count_msgs(), 2, "message file + state file");
+	is_int(count_msgs(), 1, "still one file: the state is a record appended to it");
 	queue_close(q);
 
 	q = topen(0);
@@ -278,47 +278,89 @@ test_round_trip(void)
 	queue_close(q);
 }
 
+static size_t
+file_size(const char *path)
+{
+	struct stat stt;
+
+	return stat(path, &stt) == 0 ? (size_t)stt.st_size : 0;
+}
+
 static void
 test_truncation(void)
 {
 	char id[QUEUE_ID_LEN + 1], rel[128], path[512], cpath[512], why[256];
 	struct q_envelope *e;
 	struct queue *q;
-	char *full, *st;
-	size_t len, stlen, off, loaded = 0, listed = 0, quarantined = 0;
+	char *full;
+	size_t len, len0, len1, off, loaded = 0, base = 0, cut = 0, listed = 0;
+	size_t quarantined = 0, bad = 0;
 	int n;
 
 	q = topen(0);
 	enq(q, "app@example.org", "a@example.com", NULL, id);
-	ok(queue_lease(q, 1000, &e) == Q_OK, "lease for a state file");
+	queue_close(q);
+	spool_path(id, rel, sizeof(rel));
+	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
+	len0 = file_size(path);
+	q = topen(0);
+	ok(queue_lease(q, 1000, &e) == Q_OK, "lease for a state record");
 	e->rcpts[0].state = Q_RCPT_DEFERRED;
 	queue_release_lease(q, e);
+	ok(queue_hold(q, id) == Q_OK, "hold appends a second record");
 	queue_close(q);
-	spool_path(id, 0, rel, sizeof(rel));
-	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
 	full = slurp(path, &len);
-	ok(full != NULL && len > sizeof(body), "read the message file");
+	ok(full != NULL && len0 > sizeof(body) && len > len0, "read the message file");
 
-	/* every truncation point of the message file, through the loader */
-	for (off = 0; off < len; off++) {
-		spit(path, full, off);
-		{
-			struct spool sp;
-			char err[64];
-
-			spool_init(&sp, tdir, 0, 0, NULL, err, sizeof(err));
-			if (spool_load(&sp, id, &e, why, sizeof(why)) == 0) {
-				loaded++;
-				q_envelope_free(e);
-			}
-			spool_free(&sp);
+	/* every truncation point, through the loader: inside the message
+	 * part nothing loads; inside a record the state before it is used
+	 * and the torn record is cut off */
+	q = topen(0);
+	ok(queue_get(q, id, &e) == Q_OK && e->state == Q_MSG_HELD && e->attempts == 1,
+	    "whole file: held after one attempt");
+	if (e != NULL)
+		q_envelope_free(e);
+	queue_close(q);
+	len1 = 0;
+	for (off = len0; off < len; off++)	/* end of the first record */
+		if (off > len0 + 5 && memcmp(full + off - 4, "END\n", 4) == 0 &&
+		    memcmp(full + off, "OTPS1 ", 6) == 0) {
+			len1 = off;
+			break;
 		}
+	ok(len1 > len0, "two records found after the message part");
+	for (off = 0; off < len; off++) {
+		struct spool sp;
+		char err[64];
+		int good;
+
+		spit(path, full, off);
+		spool_init(&sp, tdir, 0, 0, NULL, err, sizeof(err));
+		if (spool_load(&sp, id, &e, why, sizeof(why)) == 0) {
+			loaded++;
+			if (off < len1)
+				good = e->attempts == 0 && !e->held;
+			else
+				good = e->attempts == 1 && !e->held;
+			if (good)
+				base++;
+			else
+				diag("offset %zu: attempts %d held %d", off, e->attempts, e->held);
+			if (file_size(path) == (off < len1 ? len0 : len1))
+				cut++;
+			q_envelope_free(e);
+		} else if (off >= len0)
+			bad++;
+		spool_free(&sp);
 	}
-	is_int(loaded, 0, "no truncated message file loads (every byte offset)");
+	is_int(loaded, len - len0, "no file cut inside its message part loads (every byte)");
+	is_int(bad, 0, "every file cut inside a record loads");
+	is_int(base, len - len0, "a torn record: the state before it is used");
+	is_int(cut, len - len0, "a torn record is cut off the file");
 
 	/* and through queue_open: quarantined, never listed */
 	snprintf(cpath, sizeof(cpath), "%s/corrupt", tdir);
-	for (off = 0; off < len; off += (off < 200 ? 1 : 7)) {
+	for (off = 0; off < len0; off += (off < 200 ? 1 : 7)) {
 		spit(path, full, off);
 		n = (int)count_dir("corrupt");
 		q = topen(0);
@@ -346,41 +388,69 @@ test_truncation(void)
 				closedir(dp);
 		}
 	}
-	is_int(listed, 0, "queue_open never registers a truncated file");
+	is_int(listed, 0, "queue_open never registers a truncated message part");
 	ok(quarantined > 0 && access(path, F_OK) == -1, "truncated files go to corrupt/");
-	diag("%zu truncation points through queue_open, %zu quarantined", quarantined, quarantined);
+	diag("%zu truncation points through queue_open quarantined", quarantined);
 
-	/* the state file truncated anywhere: the enqueued envelope is used */
+	/* a record that fails its checks ends the walk like a torn one */
 	spit(path, full, len);
-	spool_path(id, 1, rel, sizeof(rel));
-	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
+	full[len1 + 20] ^= 0x01;
+	spit(path, full, len);
 	q = topen(0);
+	ok(queue_get(q, id, &e) == Q_OK && e->attempts == 1 && e->state == Q_MSG_DEFERRED,
+	    "a garbled last record: the one before it is used");
+	if (e != NULL)
+		q_envelope_free(e);
+	is_int(file_size(path), len1, "the garbled record is cut off");
+	/* and a new record goes after the good ones */
+	ok(queue_hold(q, id) == Q_OK, "hold again");
 	queue_close(q);
-	st = NULL;
-	/* re-create a state file */
 	q = topen(0);
-	ok(queue_hold(q, id) == Q_OK, "hold writes a state file");
-	queue_close(q);
-	st = slurp(path, &stlen);
-	ok(st != NULL, "read the state file");
-	loaded = 0;
-	for (off = 0; st != NULL && off < stlen; off++) {
-		struct spool sp;
-		char err[64];
-
-		spit(path, st, off);
-		spool_init(&sp, tdir, 0, 0, NULL, err, sizeof(err));
-		if (spool_load(&sp, id, &e, why, sizeof(why)) == 0) {
-			if (e->held == 0)
-				loaded++;	/* fell back to the message file */
-			q_envelope_free(e);
-		}
-		spool_free(&sp);
-	}
-	is_int(loaded, stlen, "a truncated state file falls back to the enqueued envelope");
-	free(st);
+	ok(queue_get(q, id, &e) == Q_OK && e->state == Q_MSG_HELD, "held after reopen");
+	if (e != NULL)
+		q_envelope_free(e);
 	free(full);
+	queue_delete(q, id);
+	queue_close(q);
+}
+
+static void
+test_compact(void)
+{
+	char id[QUEUE_ID_LEN + 1], rel[128], path[512];
+	struct q_envelope *e;
+	struct queue *q;
+	size_t len0, maxlen = 0;
+	int i;
+
 	q = topen(0);
+	enq(q, "app@example.org", "a@example.com", NULL, id);
+	spool_path(id, rel, sizeof(rel));
+	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
+	len0 = file_size(path);
+	for (i = 0; i < 400; i++) {
+		queue_hold(q, id);
+		queue_unhold(q, id);
+		if (file_size(path) > maxlen)
+			maxlen = file_size(path);
+	}
+	queue_close(q);
+	diag("file at most %zu bytes (message part %zu)", maxlen, len0);
+	ok(maxlen < len0 + 64 * 1024 + 4096, "records are compacted");
+	q = topen(0);
+	ok(queue_get(q, id, &e) == Q_OK && e->state == Q_MSG_QUEUED,
+	    "after 800 records and compactions: the newest state");
+	if (e != NULL)
+		q_envelope_free(e);
+	{
+		char *data;
+		size_t blen;
+
+		ok(queue_body(q, id, &data, &blen) == Q_OK && blen == sizeof(body) - 1 &&
+		    memcmp(data, body, blen) == 0, "the body survives compaction");
+		free(data);
+	}
+	is_int(count_dir("tmp"), 0, "no temporary file left");
 	queue_delete(q, id);
 	queue_close(q);
 }
@@ -407,7 +477,7 @@ test_garbage(void)
 	is_int(enq(q, "app@example.org", "a@example.com", NULL, id), Q_OK, "a good message");
 	queue_close(q);
 	c0 = count_dir("corrupt");
-	spool_path("0123456789abcdef01234567", 0, rel, sizeof(rel));
+	spool_path("0123456789abcdef01234567", rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
 	spit(path, "OTPQ1 99999999999999999999 1 00000000 00000000\ngarbage", 53);
 	snprintf(path, sizeof(path), "%s/msg/00/notes.txt", tdir);
@@ -422,7 +492,7 @@ test_garbage(void)
 	q_envelope_free(e);
 
 	/* a flipped body byte is caught when the body is read */
-	spool_path(id, 0, rel, sizeof(rel));
+	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", tdir, rel);
 	{
 		char *full = slurp(path, &len);
@@ -437,7 +507,7 @@ test_garbage(void)
 	e->rcpts[0].state = Q_RCPT_DEFERRED;
 	queue_release_lease(q, e);
 	is_int(queue_get(q, id, &e), Q_NOTFOUND, "a message with a corrupt body is dropped");
-	is_int(count_msgs(), 0, "no orphan state file is written for it");
+	is_int(count_msgs(), 0, "no file is written for it");
 	queue_close(q);
 }
 
@@ -565,6 +635,7 @@ main(void)
 	test_env_text();
 	test_round_trip();
 	test_truncation();
+	test_compact();
 	test_garbage();
 	test_nospace();
 	test_ids();
