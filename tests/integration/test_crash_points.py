@@ -18,6 +18,10 @@ otp.issue, for every step (after_db_commit too): the issue aborts; after a
 restart, a code whose mail was spooled verifies, a resend is not blocked by
 the cooldown (the crashed code was never acknowledged), and the resent
 code verifies.
+
+A crash while a state record is written (hold, a delivery's result, done;
+steps state_after_write and state_after_fsync) and a torn record are
+test_crash_state.py, which imports the helpers below.
 """
 
 import email
