@@ -103,9 +103,29 @@ otp_store_error(enum s_status st, const struct otp_result *res)
 	}
 }
 
+struct otp_barrier {
+	struct store	*store;
+	uint64_t	 ticket;
+};
+
+/* Runs in the enqueue between the mail's fsync and its naming: the code's
+ * commit must be on disk first, so a mail never exists without its code. */
+static int
+otp_issue_barrier(void *arg)
+{
+	struct otp_barrier *b = arg;
+
+	if (store_flush_wait(b->store, b->ticket) == -1) {
+		log_msg(LOG_ERR, "event=otp.issue result=failed reason=store_log_flush");
+		return -1;
+	}
+	return 0;
+}
+
 json_t *
 op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
+	struct otp_barrier bar = { NULL, 0 };
 	struct otp_args a;
 	struct otp_request q;
 	struct otp_result res;
@@ -138,7 +158,9 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	q.ttl = (int)ttl;
 	q.client_uid = (uint32_t)p->uid;
 	q.now = time(NULL);
-	st = store_otp_issue(d->store, &q, &res);
+	/* committed without a sync: the log flush runs while the mail is
+	 * composed, signed and written; the mail gets its name only after it */
+	st = store_otp_issue_async(d->store, &q, &res, &bar.ticket);
 	/* Crash injection for tests/integration/test_crash_points.py only. */
 	if (st == S_OK && getenv("OTPMAIL_FAULT") != NULL &&
 	    strcmp(getenv("OTPMAIL_FAULT"), "after_db_commit") == 0)
@@ -183,7 +205,8 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	env.expires = res.expires_at;
 	env.tag = "otp";
 	env.client_uid = (uint32_t)p->uid;
-	if (submit_message(d, &env, msg, len, qid, &err) == -1) {
+	bar.store = d->store;
+	if (submit_message(d, &env, msg, len, qid, &err, otp_issue_barrier, &bar) == -1) {
 		OPENSSL_cleanse(msg, len);
 		free(msg);
 		/* No mail: the code goes and the limits are given back. */

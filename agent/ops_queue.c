@@ -465,7 +465,7 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	tmpl.client_uid = (uint32_t)peer->uid;
 	if (ttl > 0)
 		tmpl.expires = time(NULL) + ttl;
-	if (submit_message(d, &tmpl, b.data, b.len, id, &err) == -1)
+	if (submit_message(d, &tmpl, b.data, b.len, id, &err, NULL, NULL) == -1)
 		goto fail;
 	free(rc);
 	free(to);

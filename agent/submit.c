@@ -15,7 +15,7 @@
 
 int
 submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *msg,
-    size_t len, char id[QUEUE_ID_LEN + 1], json_t **err)
+    size_t len, char id[QUEUE_ID_LEN + 1], json_t **err, int (*barrier)(void *), void *arg)
 {
 	struct q_envelope env = *tmpl;
 	const char *sdomain = NULL;
@@ -63,7 +63,7 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 	buf_add(&b, msg, len);
 	if (msg_is_8bit(msg, len))
 		env.flags |= Q_F_8BIT;
-	qs = queue_enqueue(d->queue, &env, b.data, b.len, id);
+	qs = queue_enqueue_barrier(d->queue, &env, b.data, b.len, id, barrier, arg);
 	buf_free(&b);
 	switch (qs) {
 	case Q_OK:

@@ -11,9 +11,11 @@
 
 /*
  * msg is a complete message with CRLF line ends.  Returns 0 with id set, or
- * -1 with *err a reply object (unavailable / bad_request).
+ * -1 with *err a reply object (unavailable / bad_request).  barrier (may be
+ * NULL): see queue_enqueue_barrier.
  */
 int	submit_message(struct otpmaild *, const struct q_envelope *tmpl,
-	    const char *msg, size_t len, char id[QUEUE_ID_LEN + 1], json_t **err);
+	    const char *msg, size_t len, char id[QUEUE_ID_LEN + 1], json_t **err,
+	    int (*barrier)(void *), void *arg);
 
 #endif

@@ -668,6 +668,13 @@ enum q_status
 queue_enqueue(struct queue *q, const struct q_envelope *tmpl, const char *data,
     size_t len, char id_out[QUEUE_ID_LEN + 1])
 {
+	return queue_enqueue_barrier(q, tmpl, data, len, id_out, NULL, NULL);
+}
+
+enum q_status
+queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char *data,
+    size_t len, char id_out[QUEUE_ID_LEN + 1], int (*barrier)(void *), void *arg)
+{
 	struct q_envelope *env = NULL;
 	struct qmsg *m = NULL;
 	enum q_status st;
@@ -711,7 +718,7 @@ queue_enqueue(struct queue *q, const struct q_envelope *tmpl, const char *data,
 	for (i = 0; i < tmpl->nrcpt; i++)
 		if ((env->rcpts[i].addr = strdup(tmpl->rcpts[i].addr)) == NULL)
 			goto oom;
-	if ((st = spool_store_message(&q->sp, env, data, len)) != Q_OK) {
+	if ((st = spool_store_message(&q->sp, env, data, len, barrier, arg)) != Q_OK) {
 		q_msg_free(m);
 		return st;
 	}

@@ -115,6 +115,15 @@ void		 queue_close(struct queue *);
  */
 enum q_status	 queue_enqueue(struct queue *, const struct q_envelope *tmpl,
 		    const char *data, size_t len, char id_out[QUEUE_ID_LEN + 1]);
+/*
+ * The same with a barrier: barrier(arg) runs once the message's data is on
+ * disk but before the message gets its name (before it can ever be seen or
+ * delivered, even after a crash).  If it returns -1 nothing is enqueued
+ * and Q_TEMPFAIL is returned.  otp.issue waits there for its code's commit.
+ */
+enum q_status	 queue_enqueue_barrier(struct queue *, const struct q_envelope *tmpl,
+		    const char *data, size_t len, char id_out[QUEUE_ID_LEN + 1],
+		    int (*barrier)(void *), void *arg);
 
 /*
  * Delivery side.  queue_lease blocks up to wait_ms for a due message that is

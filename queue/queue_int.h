@@ -61,7 +61,7 @@ int		 spool_env_parse(const char *, size_t, struct q_envelope *,
 /* The message file: header line, envelope, body, end marker; written
  * whole (O_TMPFILE + linkat) and fsynced with its directory. */
 enum q_status	 spool_store_message(struct spool *, const struct q_envelope *,
-		    const char *body, size_t len);
+		    const char *body, size_t len, int (*barrier)(void *), void *arg);
 /* A later version of the envelope, appended to the message file as a state
  * record (fdatasynced if durable; Q_NOTFOUND if the file is gone). */
 enum q_status	 spool_store_state(struct spool *, const struct q_envelope *);

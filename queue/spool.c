@@ -79,7 +79,7 @@ static int	spool_parse_header(const char *, size_t, const char *magic, int nnum,
 static int	spool_read_file(int fd, off_t off, char *, size_t);
 static int	spool_fsync_dir(struct spool *, const char *rel);
 static enum q_status spool_write_file(struct spool *, const char *, const struct iovec *,
-		    int, int);
+		    int, int, int (*)(void *), void *);
 static enum q_status spool_compact(struct spool *, const char *id, int fd,
 		    const char *etext, size_t elen);
 static int	spool_env_check(const char *, size_t, uint32_t crc, const char *id,
@@ -349,7 +349,7 @@ spool_pwritev_all(int fd, const struct iovec *iov, int iovcnt, off_t off)
 enum q_status
 spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, int iovcnt)
 {
-	return spool_write_file(sp, rel, iov, iovcnt, 1);
+	return spool_write_file(sp, rel, iov, iovcnt, 1, NULL, NULL);
 }
 
 /*
@@ -358,10 +358,12 @@ spool_write_atomic(struct spool *sp, const char *rel, const struct iovec *iov, i
  * linkat to its name, fsync of the directory: one inode, no rename, and
  * never a visible partial file.  Replacing a file (or without O_TMPFILE):
  * tmp/<unique>, write, fsync, rename onto rel, fsync of the directory.
+ * barrier(arg), if given, runs between the data fsync and the naming; -1
+ * from it abandons the file.
  */
 static enum q_status
 spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int iovcnt,
-    int replace)
+    int replace, int (*barrier)(void *), void *arg)
 {
 	char tmp[PATH_MAX], dst[PATH_MAX], proc[64];
 	char *slash;
@@ -397,6 +399,11 @@ spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int
 	if (fsync(fd) == -1)
 		goto fail;
 	spool_fault("after_fsync");
+	if (barrier != NULL && barrier(arg) == -1) {
+		errno = EIO;
+		what = "barrier";
+		goto fail;
+	}
 	if (anon) {
 		what = "link";
 		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
@@ -799,7 +806,7 @@ bad:
 
 enum q_status
 spool_store_message(struct spool *sp, const struct q_envelope *env,
-    const char *body, size_t len)
+    const char *body, size_t len, int (*barrier)(void *), void *arg)
 {
 	char rel[128], hdr[SPOOL_HDR_MAX];
 	struct iovec iov[4];
@@ -821,7 +828,7 @@ spool_store_message(struct spool *sp, const struct q_envelope *env,
 	iov[2].iov_len = len;
 	iov[3].iov_base = (void *)SPOOL_END;
 	iov[3].iov_len = SPOOL_END_LEN;
-	st = spool_write_file(sp, rel, iov, 4, 0);
+	st = spool_write_file(sp, rel, iov, 4, 0, barrier, arg);
 	free(etext);
 	return st;
 }
@@ -1311,7 +1318,7 @@ spool_compact(struct spool *sp, const char *id, int fd, const char *etext, size_
 	iov[2].iov_len = blen;
 	iov[3].iov_base = (void *)SPOOL_END;
 	iov[3].iov_len = SPOOL_END_LEN;
-	st = spool_write_file(sp, rel, iov, 4, 1);
+	st = spool_write_file(sp, rel, iov, 4, 1, NULL, NULL);
 	free(body);
 	if (st == Q_OK)
 		spool_log(sp, LOG_INFO, "queue: id=%s: state records compacted", id);

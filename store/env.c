@@ -77,6 +77,106 @@ store_commit(struct store *s, DB_TXN *txn, int durable)
 	return s->env->log_flush(s->env, NULL);
 }
 
+/*
+ * The log flusher: store_flush_begin hands "flush the log as it is now" to
+ * one thread and returns a ticket; store_flush_wait blocks until a flush
+ * that started after the ticket was taken has finished.  A request commits
+ * without a sync, starts the flush, and does its other work (composing,
+ * signing, writing its mail) while the disk works; concurrent requests
+ * share one flush.
+ */
+static void *
+store_flusher(void *arg)
+{
+	struct store *s = arg;
+	uint64_t want;
+	int r;
+
+	pthread_mutex_lock(&s->flock);
+	for (;;) {
+		while (s->f_asked == s->f_done && !s->f_stop)
+			pthread_cond_wait(&s->fwant, &s->flock);
+		if (s->f_asked == s->f_done)
+			break;		/* stopping, nothing owed */
+		want = s->f_asked;
+		pthread_mutex_unlock(&s->flock);
+		r = s->env->log_flush(s->env, NULL);
+		if (r != 0)
+			store_logf(s, LOG_ERR, "store: log flush: %s", db_strerror(r));
+		pthread_mutex_lock(&s->flock);
+		if (r != 0)
+			s->f_failed = want;
+		s->f_done = want;
+		pthread_cond_broadcast(&s->fdone);
+	}
+	pthread_mutex_unlock(&s->flock);
+	return NULL;
+}
+
+int
+store_flusher_start(struct store *s, char *err, size_t errlen)
+{
+	int r;
+
+	pthread_mutex_init(&s->flock, NULL);
+	pthread_cond_init(&s->fwant, NULL);
+	pthread_cond_init(&s->fdone, NULL);
+	s->f_asked = s->f_done = s->f_failed = 0;
+	s->f_stop = 0;
+	if ((r = pthread_create(&s->flusher, NULL, store_flusher, s)) != 0) {
+		snprintf(err, errlen, "store: cannot start the log flusher: %s", strerror(r));
+		return -1;
+	}
+	s->f_running = 1;
+	return 0;
+}
+
+void
+store_flusher_stop(struct store *s)
+{
+	if (!s->f_running)
+		return;
+	pthread_mutex_lock(&s->flock);
+	s->f_stop = 1;
+	pthread_cond_signal(&s->fwant);
+	pthread_mutex_unlock(&s->flock);
+	pthread_join(s->flusher, NULL);
+	s->f_running = 0;
+	pthread_cond_destroy(&s->fwant);
+	pthread_cond_destroy(&s->fdone);
+	pthread_mutex_destroy(&s->flock);
+}
+
+uint64_t
+store_flush_begin(struct store *s)
+{
+	uint64_t t;
+
+	if (!s->p.durable || !s->f_running)
+		return 0;
+	pthread_mutex_lock(&s->flock);
+	t = ++s->f_asked;
+	pthread_cond_signal(&s->fwant);
+	pthread_mutex_unlock(&s->flock);
+	return t;
+}
+
+int
+store_flush_wait(struct store *s, uint64_t ticket)
+{
+	int rc;
+
+	if (ticket == 0)
+		return 0;
+	pthread_mutex_lock(&s->flock);
+	while (s->f_done < ticket)
+		pthread_cond_wait(&s->fdone, &s->flock);
+	/* a failed flush fails every ticket up to it (conservative) */
+	rc = ticket <= s->f_failed ? -1 : 0;
+	pthread_mutex_unlock(&s->flock);
+	return rc;
+}
+
 static int	store_check_db(struct store *, DB *, const char *, char *, size_t);
 static int	store_env_check(struct store *, char *, size_t);
 static int	store_verify_files(struct store *, char *, size_t);

@@ -555,6 +555,10 @@ store_open(const struct store_params *p, char *err, size_t errlen)
 	OPENSSL_cleanse(secret, sizeof(secret));
 	if (store_env_open(s, err, errlen) == -1)
 		goto fail;
+	if (store_flusher_start(s, err, errlen) == -1) {
+		store_env_close(s);
+		goto fail;
+	}
 	return s;
 nomem:
 	snprintf(err, errlen, "store: cannot set up HMAC-SHA256");
@@ -572,6 +576,7 @@ store_close(struct store *s)
 {
 	if (s == NULL)
 		return;
+	store_flusher_stop(s);
 	store_env_close(s);
 	store_key_free(&s->key);
 	store_key_free(&s->old_key);
@@ -706,11 +711,27 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 enum s_status
 store_otp_issue(struct store *s, const struct otp_request *q, struct otp_result *res)
 {
+	enum s_status st;
+	uint64_t ticket;
+
+	st = store_otp_issue_async(s, q, res, &ticket);
+	if (st == S_OK && store_flush_wait(s, ticket) == -1) {
+		OPENSSL_cleanse(res->code, sizeof(res->code));
+		return S_TEMPFAIL;
+	}
+	return st;
+}
+
+enum s_status
+store_otp_issue_async(struct store *s, const struct otp_request *q, struct otp_result *res,
+    uint64_t *ticket)
+{
 	struct op op;
 	enum s_status st;
 
 	int retry;
 
+	*ticket = 0;
 	if (op_prepare(s, q, res, &op) == -1)
 		return S_BADINPUT;
 	op.ttl = q->ttl > 0 ? q->ttl : s->p.ttl;
@@ -724,11 +745,13 @@ store_otp_issue(struct store *s, const struct otp_request *q, struct otp_result 
 		res->retry_after = retry;
 		return S_RATE_LIMITED;
 	}
-	st = op_run(s, issue_txn, &op, 1, "issue");
+	/* committed without a sync; the flush runs while the caller works */
+	st = op_run(s, issue_txn, &op, 0, "issue");
 	if (st != S_OK) {
 		rl_client_give(s, q->client_uid, op.now);
 		OPENSSL_cleanse(res->code, sizeof(res->code));
-	}
+	} else
+		*ticket = store_flush_begin(s);
 	return st;
 }
 

@@ -95,6 +95,17 @@ struct otp_result {
  *     enqueue failed (the code is removed and the limits given back).
  */
 enum s_status	 store_otp_issue(struct store *, const struct otp_request *, struct otp_result *);
+/*
+ * Step 1 with its commit not yet on disk: the log flush is started and
+ * *ticket names it.  The caller must see store_flush_wait(ticket) return 0
+ * before its mail can become visible (the queue's enqueue barrier), so a
+ * mail is never on disk without its code; -1 means the flush failed (then
+ * cancel).  store_otp_issue is this plus the wait.
+ */
+enum s_status	 store_otp_issue_async(struct store *, const struct otp_request *,
+		    struct otp_result *, uint64_t *ticket);
+int		 store_flush_wait(struct store *, uint64_t ticket);
+uint64_t	 store_flush_begin(struct store *);
 enum s_status	 store_otp_mark_sent(struct store *, const struct otp_request *,
 		    const char *issue_id, const char *queue_id);
 enum s_status	 store_otp_cancel(struct store *, const struct otp_request *, const char *issue_id);

@@ -87,6 +87,12 @@ struct store {
 	pthread_mutex_t	 glock;		/* the global rate window */
 	uint64_t	 g_sec;
 	uint32_t	 g_count;
+	/* the log flusher (env.c): tickets asked, flushed, failed */
+	pthread_t	 flusher;
+	pthread_mutex_t	 flock;
+	pthread_cond_t	 fwant, fdone;
+	uint64_t	 f_asked, f_done, f_failed;
+	int		 f_running, f_stop;
 };
 
 /* env.c */
@@ -99,6 +105,10 @@ int	store_retryable(int err);
 void	store_backoff(int attempt);
 /* Commits txn; durable: returns once the log is on disk. */
 int	store_commit(struct store *, DB_TXN *, int durable);
+/* The log flusher thread: started after the environment opens, stopped
+ * before it closes. */
+int	store_flusher_start(struct store *, char *err, size_t errlen);
+void	store_flusher_stop(struct store *);
 
 /* secret.c */
 int	store_secret_load(const char *path, int create, uint8_t out[STORE_SECRET_LEN],

@@ -88,7 +88,7 @@ main(int argc, char **argv)
 		snprintf(name, sizeof(name), "seed%02d", i);
 		put(dir, name, t, l, NULL, 0);
 		free(t);
-		if (spool_store_message(&sp, &e, body, sizeof(body) - 1) != Q_OK)
+		if (spool_store_message(&sp, &e, body, sizeof(body) - 1, NULL, NULL) != Q_OK)
 			return 1;
 		spool_path(e.id, rel, sizeof(rel));
 		snprintf(path, sizeof(path), "%s/%s", tmpl, rel);
