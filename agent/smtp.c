@@ -56,6 +56,11 @@ static void	 smtp_reply_text(struct smtp_session *, const char *what,
 static void	 smtp_set_all(struct smtp_rcpt *, size_t, int only_unset,
 		    enum smtp_status, int code, const char *reply);
 static void	 smtp_kill(struct smtp_session *);
+static int	 smtp_lost_rcpt(struct smtp_rcpt *, size_t, size_t, int);
+static int	 smtp_send_pipelined(struct smtp_session *, const char *, const char *,
+		    int, struct smtp_rcpt *, size_t, const char *, size_t);
+static int	 smtp_data(struct smtp_session *, int, struct smtp_rcpt *, size_t,
+		    const char *, size_t);
 static int	 smtp_is_ip_literal(const char *, char *out, size_t len);
 
 SSL_CTX *
@@ -496,6 +501,122 @@ smtp_set_all(struct smtp_rcpt *r, size_t n, int only_unset,
 	}
 }
 
+/*
+ * The connection was lost (or the server is closing) at recipient i before
+ * DATA: recipients accepted so far got nothing either, so every one is
+ * temporary.  Returns 1 (retry).
+ */
+static int
+smtp_lost_rcpt(struct smtp_rcpt *r, size_t n, size_t i, int code)
+{
+	size_t j;
+
+	for (j = 0; j < i && j < n; j++)
+		if (r[j].status == SMTP_OK) {
+			r[j].status = SMTP_TEMP;
+			r[j].code = 0;
+			snprintf(r[j].reply, sizeof(r[j].reply), "connection lost before DATA");
+		}
+	for (; i < n; i++) {
+		r[i].status = SMTP_TEMP;
+		r[i].code = 0;
+		snprintf(r[i].reply, sizeof(r[i].reply), "%s",
+		    code == 0 ? "RCPT TO: connection lost or timeout" :
+		    "RCPT TO: server closing");
+	}
+	return 1;
+}
+
+/*
+ * RFC 2920 PIPELINING: MAIL FROM, every RCPT TO and DATA go out in one
+ * write, then the replies are read in order; 2 round trips per message
+ * instead of 3 + one per recipient.  Same outcomes as the lock-step path.
+ */
+static int
+smtp_send_pipelined(struct smtp_session *s, const char *sender, const char *sizeparam,
+    int eightbit, struct smtp_rcpt *r, size_t n, const char *data, size_t len)
+{
+	char reply[SMTP_REPLY_MAX], *cmds, *p;
+	size_t i, cap, accepted = 0;
+	int mcode, code, dcode;
+
+	cap = 64 + strlen(sender) + strlen(sizeparam);
+	for (i = 0; i < n; i++)
+		cap += 16 + strlen(r[i].addr);
+	if ((cmds = malloc(cap)) == NULL) {
+		smtp_set_all(r, n, 0, SMTP_TEMP, 0, "out of memory");
+		return 1;
+	}
+	p = cmds + snprintf(cmds, cap, "MAIL FROM:<%s>%s%s\r\n", sender, sizeparam,
+	    eightbit ? " BODY=8BITMIME" : "");
+	for (i = 0; i < n; i++) {
+		if (!smtp_addr_ok(r[i].addr, 0)) {
+			r[i].status = SMTP_PERM;
+			r[i].code = -1;
+			snprintf(r[i].reply, sizeof(r[i].reply), "5.1.3 recipient "
+			    "address exceeds RFC 5321 limits or is malformed");
+			continue;
+		}
+		p += snprintf(p, cap - (size_t)(p - cmds), "RCPT TO:<%s>\r\n", r[i].addr);
+	}
+	snprintf(p, cap - (size_t)(p - cmds), "DATA\r\n");
+	tlsstream_set_timeout(s->low, s->p.command_timeout, 1);
+	s->smtp->response_code = 0;
+	code = mailsmtp_send_command(s->smtp, cmds);
+	free(cmds);
+	if (code == -1) {
+		s->usable = 0;
+		smtp_set_all(r, n, 0, SMTP_TEMP, 0, "MAIL FROM: connection lost");
+		return 1;
+	}
+	mcode = mailsmtp_read_response(s->smtp);
+	if (mcode == 0 || mcode == 421)
+		s->usable = 0;
+	smtp_reply_text(s, "MAIL FROM", reply, sizeof(reply));
+	if (mcode == 0)
+		return smtp_lost_rcpt(r, n, 0, 0);
+	for (i = 0; i < n; i++) {
+		if (r[i].code == -1)
+			continue;		/* not sent */
+		code = s->usable ? mailsmtp_read_response(s->smtp) : 0;
+		if (mcode / 100 != 2) {
+			/* the sender was refused: its reply is every rcpt's */
+			if (code == 0 || code == 421)
+				s->usable = 0;
+			r[i].code = mcode;
+			r[i].status = smtp_class(mcode);
+			snprintf(r[i].reply, sizeof(r[i].reply), "%s", reply);
+			continue;
+		}
+		smtp_reply_text(s, "RCPT TO", r[i].reply, sizeof(r[i].reply));
+		r[i].code = code;
+		r[i].status = smtp_class(code);
+		if (code == 0 || code == 421) {
+			s->usable = 0;
+			return smtp_lost_rcpt(r, n, i, code);
+		}
+		if (r[i].status == SMTP_OK)
+			accepted++;
+	}
+	dcode = s->usable ? mailsmtp_read_response(s->smtp) : 0;
+	if (dcode == 0 || dcode == 421)
+		s->usable = 0;
+	if (mcode / 100 != 2 || accepted == 0) {
+		/* No message to send.  A server that said 354 anyway gets an
+		 * empty one it will refuse or drop (RFC 2920, 3.1). */
+		if (dcode == 354 && s->usable) {
+			tlsstream_set_timeout(s->low, s->p.data_done_timeout, 1);
+			if (mailsmtp_send_command(s->smtp, ".\r\n") == -1 ||
+			    mailsmtp_read_response(s->smtp) == 0)
+				s->usable = 0;
+		}
+		if (s->usable)
+			smtp_reset(s);
+		return mcode / 100 == 2 ? 0 : mcode / 100 != 5;
+	}
+	return smtp_data(s, dcode, r, n, data, len);
+}
+
 int
 smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
     size_t n, const char *data, size_t len, int eightbit)
@@ -532,6 +653,8 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 	}
 	if (s->smtp->esmtp & MAILSMTP_ESMTP_SIZE)
 		snprintf(sizeparam, sizeof(sizeparam), " SIZE=%zu", len);
+	if (s->smtp->esmtp & MAILSMTP_ESMTP_PIPELINING)
+		return smtp_send_pipelined(s, sender, sizeparam, eightbit, r, n, data, len);
 	code = smtp_cmd(s, s->p.command_timeout, "MAIL FROM:<%s>%s%s", sender,
 	    sizeparam, eightbit ? " BODY=8BITMIME" : "");
 	if (code / 100 != 2) {
@@ -553,28 +676,8 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 		smtp_reply_text(s, "RCPT TO", r[i].reply, sizeof(r[i].reply));
 		r[i].code = code;
 		r[i].status = smtp_class(code);
-		if (code == 0 || !s->usable) {
-			/*
-			 * Lost before DATA: recipients accepted so far got
-			 * nothing either, so they are temporary too.
-			 */
-			size_t j;
-			for (j = 0; j < i; j++)
-				if (r[j].status == SMTP_OK) {
-					r[j].status = SMTP_TEMP;
-					r[j].code = 0;
-					snprintf(r[j].reply, sizeof(r[j].reply),
-					    "connection lost before DATA");
-				}
-			for (; i < n; i++) {
-				r[i].status = SMTP_TEMP;
-				r[i].code = 0;
-				snprintf(r[i].reply, sizeof(r[i].reply), "%s",
-				    code == 0 ? "RCPT TO: connection lost or timeout" :
-				    "RCPT TO: server closing");
-			}
-			return 1;
-		}
+		if (code == 0 || !s->usable)
+			return smtp_lost_rcpt(r, n, i, code);
 		if (r[i].status == SMTP_OK)
 			accepted++;
 	}
@@ -583,6 +686,19 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 		return 0;
 	}
 	code = smtp_cmd(s, s->p.command_timeout, "DATA");
+	return smtp_data(s, code, r, n, data, len);
+}
+
+/*
+ * After the reply to DATA (code): the message, if 354, and the final reply
+ * for every recipient still accepted.  Returns smtp_send's value.
+ */
+static int
+smtp_data(struct smtp_session *s, int code, struct smtp_rcpt *r, size_t n,
+    const char *data, size_t len)
+{
+	char reply[SMTP_REPLY_MAX];
+
 	if (code != 354) {
 		smtp_reply_text(s, "DATA", reply, sizeof(reply));
 		smtp_set_all(r, n, 1, code / 100 == 2 ? SMTP_TEMP : smtp_class(code),
