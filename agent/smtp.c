@@ -57,6 +57,7 @@ static void	 smtp_set_all(struct smtp_rcpt *, size_t, int only_unset,
 		    enum smtp_status, int code, const char *reply);
 static void	 smtp_kill(struct smtp_session *);
 static int	 smtp_lost_rcpt(struct smtp_rcpt *, size_t, size_t, int);
+static int	 smtp_rcpt_bad(struct smtp_rcpt *);
 static int	 smtp_send_pipelined(struct smtp_session *, const char *, const char *,
 		    int, struct smtp_rcpt *, size_t, const char *, size_t);
 static int	 smtp_data(struct smtp_session *, int, struct smtp_rcpt *, size_t,
@@ -501,6 +502,19 @@ smtp_set_all(struct smtp_rcpt *r, size_t n, int only_unset,
 	}
 }
 
+/* A recipient no command may carry: failed here, never sent (code -1). */
+static int
+smtp_rcpt_bad(struct smtp_rcpt *r)
+{
+	if (smtp_addr_ok(r->addr, 0))
+		return 0;
+	r->status = SMTP_PERM;
+	r->code = -1;
+	snprintf(r->reply, sizeof(r->reply), "5.1.3 recipient "
+	    "address exceeds RFC 5321 limits or is malformed");
+	return 1;
+}
+
 /*
  * The connection was lost (or the server is closing) at recipient i before
  * DATA: recipients accepted so far got nothing either, so every one is
@@ -550,13 +564,8 @@ smtp_send_pipelined(struct smtp_session *s, const char *sender, const char *size
 	p = cmds + snprintf(cmds, cap, "MAIL FROM:<%s>%s%s\r\n", sender, sizeparam,
 	    eightbit ? " BODY=8BITMIME" : "");
 	for (i = 0; i < n; i++) {
-		if (!smtp_addr_ok(r[i].addr, 0)) {
-			r[i].status = SMTP_PERM;
-			r[i].code = -1;
-			snprintf(r[i].reply, sizeof(r[i].reply), "5.1.3 recipient "
-			    "address exceeds RFC 5321 limits or is malformed");
+		if (smtp_rcpt_bad(&r[i]))
 			continue;
-		}
 		p += snprintf(p, cap - (size_t)(p - cmds), "RCPT TO:<%s>\r\n", r[i].addr);
 	}
 	snprintf(p, cap - (size_t)(p - cmds), "DATA\r\n");
@@ -665,13 +674,8 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 		return code / 100 != 5;
 	}
 	for (i = 0; i < n; i++) {
-		if (!smtp_addr_ok(r[i].addr, 0)) {
-			r[i].status = SMTP_PERM;
-			r[i].code = -1;
-			snprintf(r[i].reply, sizeof(r[i].reply), "5.1.3 recipient "
-			    "address exceeds RFC 5321 limits or is malformed");
+		if (smtp_rcpt_bad(&r[i]))
 			continue;
-		}
 		code = smtp_cmd(s, s->p.command_timeout, "RCPT TO:<%s>", r[i].addr);
 		smtp_reply_text(s, "RCPT TO", r[i].reply, sizeof(r[i].reply));
 		r[i].code = code;
