@@ -155,6 +155,7 @@ delivery_read_secret(const char *path, char *err, size_t errlen)
 struct delivery *
 delivery_start(struct otpmaild *d, char *err, size_t errlen)
 {
+	struct mx_resolver *mx;
 	struct delivery *dl;
 	int i;
 
@@ -167,12 +168,16 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 	pthread_mutex_init(&dl->mu, NULL);
 	pthread_cond_init(&dl->cv, NULL);
 	sandbox_dir(d->cfg, d->state_dir, dl->maildir, sizeof(dl->maildir));
-	if ((dl->mx = mx_resolver_new(d->cfg, err, errlen)) == NULL) {
-		if (!d->cfg->sandbox)
-			goto fail;
-		log_msg(LOG_WARNING, "event=delivery_resolver error=\"%s\" note=sandbox", err);
-	}
+	/* The sandbox delivers to a Maildir: no DNS, no TLS. */
 	if (!d->cfg->sandbox) {
+		/* One libunbound context per daemon, shared with the
+		 * submission check (mx.c). */
+		if ((mx = mx_resolver_shared(d->cfg, err, errlen)) == NULL)
+			goto fail;
+		if ((dl->mx = mx_resolver_dup(mx)) == NULL) {
+			snprintf(err, errlen, "delivery: out of memory");
+			goto fail;
+		}
 		if ((dl->ssl = smtp_tls_ctx_new(d->cfg->tls_ca_file, err, errlen)) == NULL)
 			goto fail;
 		if (d->cfg->smarthost_user != NULL && d->cfg->smarthost_user[0] != '\0') {

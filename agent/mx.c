@@ -41,11 +41,21 @@
 #define RCODE_SERVFAIL	2
 #define RCODE_NXDOMAIN	3
 
-struct mx_resolver {
+/*
+ * One libunbound context: its async thread, caches and answer pipe.  It
+ * costs about 1 MiB, so the daemon has one, shared by the handles of
+ * delivery and of the submission check, each with its own lookup bound.
+ */
+struct mx_ub {
 	struct ub_ctx	*ctx;
-	pthread_mutex_t	 lock;		/* every ub_* call on ctx */
+	pthread_mutex_t	 lock;		/* every ub_* call on ctx; refs */
 	pthread_cond_t	 cond;		/* a processing round ended */
 	int		 processing;	/* a thread is waiting on ub_fd */
+	int		 refs;		/* handles on this context */
+};
+
+struct mx_resolver {
+	struct mx_ub	*ub;
 	int		 timeout_ms;
 };
 
@@ -393,43 +403,47 @@ struct mx_resolver *
 mx_resolver_new(const struct config *cfg, char *err, size_t errlen)
 {
 	struct mx_resolver *r;
+	struct mx_ub *ub;
 	struct ub_result *res = NULL;
 	pthread_condattr_t ca;
 	int rc;
 
-	if ((r = calloc(1, sizeof(*r))) == NULL) {
+	if ((r = calloc(1, sizeof(*r))) == NULL ||
+	    (ub = r->ub = calloc(1, sizeof(*ub))) == NULL) {
+		free(r);
 		snprintf(err, errlen, "mx: out of memory");
 		return NULL;
 	}
 	r->timeout_ms = MX_TIMEOUT_MS;
-	pthread_mutex_init(&r->lock, NULL);
+	ub->refs = 1;
+	pthread_mutex_init(&ub->lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&r->cond, &ca);
+	pthread_cond_init(&ub->cond, &ca);
 	pthread_condattr_destroy(&ca);
-	if ((r->ctx = ub_ctx_create()) == NULL) {
+	if ((ub->ctx = ub_ctx_create()) == NULL) {
 		snprintf(err, errlen, "mx: cannot create the libunbound context");
 		goto fail;
 	}
 	pthread_once(&mx_ublog_once, mx_ublog_init);
 	if (mx_ublog != NULL)
-		(void)ub_ctx_debugout(r->ctx, mx_ublog);
+		(void)ub_ctx_debugout(ub->ctx, mx_ublog);
 	/* keep probing a forwarder that timed out once instead of 15 min down */
-	(void)ub_ctx_set_option(r->ctx, "infra-keep-probing:", "yes");
-	(void)ub_ctx_set_option(r->ctx, "infra-host-ttl:", "60");
+	(void)ub_ctx_set_option(ub->ctx, "infra-keep-probing:", "yes");
+	(void)ub_ctx_set_option(ub->ctx, "infra-host-ttl:", "60");
 	if (cfg != NULL && cfg->resolver != NULL && cfg->resolver[0] != '\0') {
-		if (mx_set_fwd(r->ctx, cfg->resolver, err, errlen) == -1)
+		if (mx_set_fwd(ub->ctx, cfg->resolver, err, errlen) == -1)
 			goto fail;
-	} else if ((rc = ub_ctx_resolvconf(r->ctx, NULL)) != 0) {
+	} else if ((rc = ub_ctx_resolvconf(ub->ctx, NULL)) != 0) {
 		/* no resolv.conf: libunbound recurses from the root itself */
 		log_msg(LOG_WARNING, "event=dns_setup detail=\"/etc/resolv.conf: %s; "
 		    "resolving from the root servers\"", ub_strerror(rc));
 	}
 	if (cfg != NULL && cfg->dns_trust_anchor != NULL &&
 	    cfg->dns_trust_anchor[0] != '\0' &&
-	    mx_ta_load(r->ctx, cfg->dns_trust_anchor, err, errlen) == -1)
+	    mx_ta_load(ub->ctx, cfg->dns_trust_anchor, err, errlen) == -1)
 		goto fail;
-	if ((rc = ub_ctx_async(r->ctx, 1)) != 0) {
+	if ((rc = ub_ctx_async(ub->ctx, 1)) != 0) {
 		snprintf(err, errlen, "mx: threaded resolver: %s", ub_strerror(rc));
 		goto fail;
 	}
@@ -437,7 +451,7 @@ mx_resolver_new(const struct config *cfg, char *err, size_t errlen)
 	 * Finalize now (trust anchors parsed, files read while still
 	 * privileged): "localhost" is answered locally, without a query.
 	 */
-	if ((rc = ub_resolve(r->ctx, "localhost.", RR_A, 1, &res)) != 0) {
+	if ((rc = ub_resolve(ub->ctx, "localhost.", RR_A, 1, &res)) != 0) {
 		snprintf(err, errlen, "mx: resolver setup%s: %s",
 		    cfg != NULL && cfg->dns_trust_anchor != NULL &&
 		    cfg->dns_trust_anchor[0] != '\0' ? " (dns_trust_anchor?)" : "",
@@ -451,16 +465,41 @@ fail:
 	return NULL;
 }
 
+struct mx_resolver *
+mx_resolver_dup(struct mx_resolver *base)
+{
+	struct mx_resolver *r;
+
+	if (base == NULL || (r = calloc(1, sizeof(*r))) == NULL)
+		return NULL;
+	r->ub = base->ub;
+	r->timeout_ms = MX_TIMEOUT_MS;
+	pthread_mutex_lock(&r->ub->lock);
+	r->ub->refs++;
+	pthread_mutex_unlock(&r->ub->lock);
+	return r;
+}
+
 void
 mx_resolver_free(struct mx_resolver *r)
 {
+	struct mx_ub *ub;
+	int last;
+
 	if (r == NULL)
 		return;
-	if (r->ctx != NULL)
-		ub_ctx_delete(r->ctx);	/* also drops abandoned queries */
-	pthread_cond_destroy(&r->cond);
-	pthread_mutex_destroy(&r->lock);
+	ub = r->ub;
 	free(r);
+	pthread_mutex_lock(&ub->lock);
+	last = --ub->refs == 0;
+	pthread_mutex_unlock(&ub->lock);
+	if (!last)
+		return;
+	if (ub->ctx != NULL)
+		ub_ctx_delete(ub->ctx);	/* also drops abandoned queries */
+	pthread_cond_destroy(&ub->cond);
+	pthread_mutex_destroy(&ub->lock);
+	free(ub);
 }
 
 void
@@ -595,7 +634,7 @@ mx_query_free(struct mx_query *q)
 	free(q);
 }
 
-/* Runs inside ub_process(), under r->lock. */
+/* Runs inside ub_process(), under the context's lock. */
 static void
 mx_query_cb(void *arg, int err, struct ub_result *res)
 {
@@ -634,6 +673,7 @@ mx_ms_left(const struct timespec *deadline)
 static void
 mx_resolve(struct mx_resolver *r, struct mx_query **qs, size_t n)
 {
+	struct mx_ub *ub = r->ub;
 	struct timespec deadline;
 	struct pollfd pfd;
 	size_t i, open;
@@ -647,11 +687,11 @@ mx_resolve(struct mx_resolver *r, struct mx_query **qs, size_t n)
 		deadline.tv_sec++;
 		deadline.tv_nsec -= 1000000000;
 	}
-	pthread_mutex_lock(&r->lock);
+	pthread_mutex_lock(&ub->lock);
 	for (i = 0; i < n; i++) {
 		if (qs[i] == NULL)
 			continue;
-		rc = ub_resolve_async(r->ctx, qs[i]->name, qs[i]->type, 1, qs[i],
+		rc = ub_resolve_async(ub->ctx, qs[i]->name, qs[i]->type, 1, qs[i],
 		    mx_query_cb, &qs[i]->id);
 		if (rc != 0) {
 			qs[i]->done = 1;
@@ -664,26 +704,26 @@ mx_resolve(struct mx_resolver *r, struct mx_query **qs, size_t n)
 				open++;
 		if (open == 0 || (left = mx_ms_left(&deadline)) <= 0)
 			break;
-		if (r->processing) {
-			pthread_cond_timedwait(&r->cond, &r->lock, &deadline);
+		if (ub->processing) {
+			pthread_cond_timedwait(&ub->cond, &ub->lock, &deadline);
 			continue;
 		}
-		r->processing = 1;
-		pthread_mutex_unlock(&r->lock);
-		pfd.fd = ub_fd(r->ctx);
+		ub->processing = 1;
+		pthread_mutex_unlock(&ub->lock);
+		pfd.fd = ub_fd(ub->ctx);
 		pfd.events = POLLIN;
 		pfd.revents = 0;
 		rc = poll(&pfd, 1, (int)(left > 1000 ? 1000 : left));
-		pthread_mutex_lock(&r->lock);
+		pthread_mutex_lock(&ub->lock);
 		if (rc > 0)
-			(void)ub_process(r->ctx);
-		r->processing = 0;
-		pthread_cond_broadcast(&r->cond);
+			(void)ub_process(ub->ctx);
+		ub->processing = 0;
+		pthread_cond_broadcast(&ub->cond);
 	}
 	for (i = 0; i < n; i++) {
 		if (qs[i] == NULL || qs[i]->done)
 			continue;
-		if (ub_cancel(r->ctx, qs[i]->id) == 0) {
+		if (ub_cancel(ub->ctx, qs[i]->id) == 0) {
 			qs[i]->done = 1;
 			qs[i]->err = -1;
 		} else {
@@ -691,7 +731,7 @@ mx_resolve(struct mx_resolver *r, struct mx_query **qs, size_t n)
 			qs[i] = NULL;
 		}
 	}
-	pthread_mutex_unlock(&r->lock);
+	pthread_mutex_unlock(&ub->lock);
 }
 
 /* MX_OK for an answer with or without data; the failure kinds otherwise. */

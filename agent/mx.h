@@ -55,6 +55,12 @@ struct tlsa_set {
 struct mx_resolver;
 
 struct mx_resolver *mx_resolver_new(const struct config *, char *err, size_t errlen);
+/*
+ * Another handle on the same libunbound context (its thread and caches,
+ * about 1 MiB), with its own timeout (default 8000 ms).  The context goes
+ * with the last handle freed.
+ */
+struct mx_resolver *mx_resolver_dup(struct mx_resolver *);
 void		 mx_resolver_free(struct mx_resolver *);
 
 /* MX hosts of a domain with their addresses (port = port). */
@@ -73,9 +79,10 @@ void		 tlsa_set_free(struct tlsa_set *);
 const char	*mx_status_name(enum mx_status);
 
 /*
- * The resolver of the submission-time checks (delivery_domain_check), made
- * from cfg on first use (thread-safe), lookups bounded to 3 s since an app
- * waits; NULL with err set if it cannot be made.
+ * The daemon's resolver, made from cfg on first use (thread-safe): the
+ * submission-time checks (delivery_domain_check) use it with lookups bounded
+ * to 3 s since an app waits, delivery a handle from mx_resolver_dup on it;
+ * NULL with err set if it cannot be made.
  */
 struct mx_resolver *mx_resolver_shared(const struct config *, char *err, size_t errlen);
 void		 mx_resolver_shared_free(void);
