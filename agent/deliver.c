@@ -55,7 +55,7 @@ struct delivery {
 	struct otpmaild		*d;
 	const struct config	*cfg;
 	struct mx_resolver	*mx;
-	SSL_CTX			*ssl;
+	struct smtp_tls		*tls;		/* built on first use */
 	char			*auth_pass;
 	char			 maildir[4096];
 	pthread_t		*th;
@@ -178,7 +178,7 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 			snprintf(err, errlen, "delivery: out of memory");
 			goto fail;
 		}
-		if ((dl->ssl = smtp_tls_ctx_new(d->cfg->tls_ca_file, err, errlen)) == NULL)
+		if ((dl->tls = smtp_tls_new(d->cfg->tls_ca_file, err, errlen)) == NULL)
 			goto fail;
 		if (d->cfg->smarthost_user != NULL && d->cfg->smarthost_user[0] != '\0') {
 			if (d->cfg->smarthost_password_file == NULL ||
@@ -210,8 +210,7 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 fail:
 	if (dl->mx)
 		mx_resolver_free(dl->mx);
-	if (dl->ssl)
-		SSL_CTX_free(dl->ssl);
+	smtp_tls_free(dl->tls);
 	free(dl->auth_pass);
 	pthread_mutex_destroy(&dl->mu);
 	pthread_cond_destroy(&dl->cv);
@@ -257,8 +256,7 @@ delivery_stop(struct delivery *dl)
 	}
 	if (dl->mx)
 		mx_resolver_free(dl->mx);
-	if (dl->ssl)
-		SSL_CTX_free(dl->ssl);
+	smtp_tls_free(dl->tls);
 	if (dl->auth_pass) {
 		explicit_bzero(dl->auth_pass, strlen(dl->auth_pass));
 		free(dl->auth_pass);
@@ -657,7 +655,7 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 		p.tls_name = tlsname;
 		p.policy = j->policy;
 		p.tlsa = tlsa != NULL && tlsa->secure && tlsa->n > 0 ? tlsa : NULL;
-		p.ssl_ctx = dl->ssl;
+		p.tls_ctx = dl->tls;
 		p.connect_timeout = cfg->smtp_connect_timeout;
 		p.greeting_timeout = cfg->smtp_greeting_timeout;
 		p.command_timeout = cfg->smtp_command_timeout;

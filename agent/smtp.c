@@ -6,6 +6,8 @@
  * Replies are classified by response_code / 100 only.
  */
 #include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,19 @@ int	mailesmtp_parse_ehlo(mailsmtp *);
 
 #define SMTP_CMD_MAX	1024	/* our own command buffer; addresses are <= 256 */
 #define SMTP_STREAM_BUF	8192
+
+/*
+ * Nothing of it is made at start: the OpenSSL context costs about 0.3 MiB
+ * and the CA store 0.4 MiB of an idle daemon's memory, and a daemon that
+ * never verifies a certificate (policies none, may, encrypt) never needs
+ * the store.
+ */
+struct smtp_tls {
+	pthread_mutex_t		 mu;		/* ctx, ca */
+	SSL_CTX			*ctx;		/* at the first STARTTLS */
+	X509_STORE		*ca;		/* at the first certificate check */
+	char			*ca_file;	/* NULL: the system store */
+};
 
 struct smtp_session {
 	mailsmtp		*smtp;
@@ -63,36 +78,106 @@ static int	 smtp_send_pipelined(struct smtp_session *, const char *, const char 
 static int	 smtp_data(struct smtp_session *, int, struct smtp_rcpt *, size_t,
 		    const char *, size_t);
 static int	 smtp_is_ip_literal(const char *, char *out, size_t len);
+static SSL_CTX	*smtp_tls_ctx(struct smtp_tls *, X509_STORE **ca, char *, size_t);
 
-SSL_CTX *
-smtp_tls_ctx_new(const char *ca_file, char *err, size_t errlen)
+struct smtp_tls *
+smtp_tls_new(const char *ca_file, char *err, size_t errlen)
 {
-	SSL_CTX *ctx;
+	struct smtp_tls *t;
+	FILE *fp;
 
-	if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL) {
-		snprintf(err, errlen, "SSL_CTX_new failed");
+	if ((t = calloc(1, sizeof(*t))) == NULL) {
+		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
-	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	pthread_mutex_init(&t->mu, NULL);
 	if (ca_file != NULL && *ca_file != '\0') {
-		if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
-			snprintf(err, errlen, "cannot load tls_ca_file %s", ca_file);
-			goto fail;
+		/* A wrong path shows at start; the contents are parsed later. */
+		if ((fp = fopen(ca_file, "re")) == NULL) {
+			snprintf(err, errlen, "cannot read tls_ca_file %s: %s", ca_file,
+			    strerror(errno));
+			smtp_tls_free(t);
+			return NULL;
 		}
-	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
-		snprintf(err, errlen, "cannot load the system CA store");
-		goto fail;
+		fclose(fp);
+		if ((t->ca_file = strdup(ca_file)) == NULL) {
+			snprintf(err, errlen, "out of memory");
+			smtp_tls_free(t);
+			return NULL;
+		}
 	}
-	if (SSL_CTX_dane_enable(ctx) <= 0) {
-		snprintf(err, errlen, "SSL_CTX_dane_enable failed");
-		goto fail;
+	return t;
+}
+
+void
+smtp_tls_free(struct smtp_tls *t)
+{
+	if (t == NULL)
+		return;
+	SSL_CTX_free(t->ctx);
+	X509_STORE_free(t->ca);
+	free(t->ca_file);
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+}
+
+/*
+ * The context, made on first use; with ca != NULL also the CA store, read
+ * on first use.  The store is a separate object handed to the sessions that
+ * check a certificate (SSL_set1_verify_cert_store), complete before anyone
+ * sees it: the context's own store stays empty, so no handshake in flight
+ * reads a store being filled.  A failure is not kept: the next try reads
+ * again (the file may have been fixed).
+ */
+static SSL_CTX *
+smtp_tls_ctx(struct smtp_tls *t, X509_STORE **ca, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = NULL;
+	X509_STORE *st;
+
+	if (t == NULL) {
+		snprintf(err, errlen, "no TLS context");
+		return NULL;
 	}
-	/* Verification results are checked after the handshake, per policy. */
-	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	pthread_mutex_lock(&t->mu);
+	if (t->ctx == NULL) {
+		if ((t->ctx = SSL_CTX_new(TLS_client_method())) == NULL) {
+			snprintf(err, errlen, "SSL_CTX_new failed");
+			goto out;
+		}
+		SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION);
+		if (SSL_CTX_dane_enable(t->ctx) <= 0) {
+			snprintf(err, errlen, "SSL_CTX_dane_enable failed");
+			SSL_CTX_free(t->ctx);
+			t->ctx = NULL;
+			goto out;
+		}
+		/* Verification results are checked after the handshake, per policy. */
+		SSL_CTX_set_verify(t->ctx, SSL_VERIFY_NONE, NULL);
+	}
+	if (ca != NULL && t->ca == NULL) {
+		if ((st = X509_STORE_new()) == NULL) {
+			snprintf(err, errlen, "X509_STORE_new failed");
+			goto out;
+		}
+		if (t->ca_file != NULL ? X509_STORE_load_file(st, t->ca_file) != 1 :
+		    X509_STORE_set_default_paths(st) != 1) {
+			if (t->ca_file != NULL)
+				snprintf(err, errlen, "cannot load tls_ca_file %s", t->ca_file);
+			else
+				snprintf(err, errlen, "cannot load the system CA store");
+			X509_STORE_free(st);
+			ERR_clear_error();
+			goto out;
+		}
+		t->ca = st;
+	}
+	if (ca != NULL)
+		*ca = t->ca;
+	ctx = t->ctx;
+out:
+	pthread_mutex_unlock(&t->mu);
 	return ctx;
-fail:
-	SSL_CTX_free(ctx);
-	return NULL;
 }
 
 int
@@ -246,7 +331,9 @@ smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 {
 	const struct tlsa_set *tlsa = s->p.tlsa;
 	char lit[INET6_ADDRSTRLEN + 8], why[256];
-	int code, required, dane = 0;
+	int code, required, check, dane = 0;
+	X509_STORE *ca = NULL;
+	SSL_CTX *ctx;
 	size_t i;
 	long vr;
 	SSL *ssl;
@@ -259,6 +346,13 @@ smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 		snprintf(err, errlen, "TLS required (policy %s) but the server "
 		    "does not offer STARTTLS", s->p.policy == TLS_ENCRYPT ? "encrypt" :
 		    s->p.policy == TLS_VERIFY ? "verify" : "dane");
+		return SMTP_TEMP;
+	}
+	/* verify and dane check the chain: they need the CA store. */
+	check = s->p.policy == TLS_VERIFY || (s->p.policy == TLS_DANE && required);
+	if ((ctx = smtp_tls_ctx(s->p.tls_ctx, check ? &ca : NULL, why,
+	    sizeof(why))) == NULL) {
+		snprintf(err, errlen, "TLS setup: %s", why);
 		return SMTP_TEMP;
 	}
 	code = smtp_cmd(s, s->p.command_timeout, "STARTTLS");
@@ -275,8 +369,14 @@ smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 		s->usable = 0;
 		return SMTP_TEMP;
 	}
-	if ((ssl = SSL_new(s->p.ssl_ctx)) == NULL) {
+	if ((ssl = SSL_new(ctx)) == NULL) {
 		snprintf(err, errlen, "SSL_new failed");
+		s->usable = 0;
+		return SMTP_TEMP;
+	}
+	if (check && SSL_set1_verify_cert_store(ssl, ca) != 1) {
+		SSL_free(ssl);
+		snprintf(err, errlen, "SSL_set1_verify_cert_store failed");
 		s->usable = 0;
 		return SMTP_TEMP;
 	}

@@ -27,7 +27,7 @@ struct smtp_params {
 	const char		*tls_name;	/* SNI and the name "verify" checks */
 	enum tls_policy		 policy;
 	const struct tlsa_set	*tlsa;		/* dane: secure TLSA set or NULL */
-	SSL_CTX			*ssl_ctx;	/* from smtp_tls_ctx_new */
+	struct smtp_tls		*tls_ctx;	/* from smtp_tls_new */
 	int			 connect_timeout;
 	int			 greeting_timeout;
 	int			 command_timeout;
@@ -46,9 +46,18 @@ struct smtp_rcpt {
 };
 
 struct smtp_session;
+struct smtp_tls;
 
-/* A client context: system CA store or ca_file, DANE enabled. */
-SSL_CTX		*smtp_tls_ctx_new(const char *ca_file, char *err, size_t errlen);
+/*
+ * The client's TLS, shared by every session (thread-safe): the OpenSSL
+ * context (DANE enabled) is made at the first STARTTLS, the CA store
+ * (ca_file, or the system store if NULL or "") read at the first handshake
+ * that checks a certificate (verify, dane), and both are kept.  A ca_file
+ * that cannot be opened fails here; one that does not parse defers the
+ * deliveries that need it, naming the file.
+ */
+struct smtp_tls	*smtp_tls_new(const char *ca_file, char *err, size_t errlen);
+void		 smtp_tls_free(struct smtp_tls *);
 
 /*
  * Connects to one address, reads the greeting, EHLO (HELO fallback), runs

@@ -18,7 +18,7 @@
 int	LLVMFuzzerInitialize(int *argc, char ***argv);
 int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static SSL_CTX	*fz_ctx;
+static struct smtp_tls *fz_ctx;
 
 static void	fz_check_text(const char *, size_t max);
 
@@ -27,7 +27,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	char err[256];
 
-	if ((fz_ctx = smtp_tls_ctx_new(NULL, err, sizeof(err))) == NULL)
+	if ((fz_ctx = smtp_tls_new(NULL, err, sizeof(err))) == NULL)
 		abort();
 	return 0;
 }
@@ -75,7 +75,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	p.helo = "fuzz.example.org";
 	p.tls_name = "mx.example.org";
 	p.policy = (flags & 1) ? TLS_MAY : TLS_NONE;
-	p.ssl_ctx = fz_ctx;
+	p.tls_ctx = fz_ctx;
 	p.connect_timeout = p.greeting_timeout = p.command_timeout = 2;
 	p.data_timeout = p.data_done_timeout = 2;
 	if ((s = calloc(1, sizeof(*s))) == NULL)

@@ -292,13 +292,13 @@ fake_addr(struct fake *f, struct sockaddr_in *sin)
 }
 
 static void
-params_init(struct smtp_params *p, SSL_CTX *ctx)
+params_init(struct smtp_params *p, struct smtp_tls *ctx)
 {
 	memset(p, 0, sizeof(*p));
 	p->helo = "client.example.net";
 	p->tls_name = "localhost";
 	p->policy = TLS_NONE;
-	p->ssl_ctx = ctx;
+	p->tls_ctx = ctx;
 	p->connect_timeout = 2;
 	p->greeting_timeout = 2;
 	p->command_timeout = 2;
@@ -365,7 +365,7 @@ static const char *EHLO_TLS =
     "250 STARTTLS\r\n";
 
 static void
-test_basic(SSL_CTX *ctx)
+test_basic(struct smtp_tls *ctx)
 {
 	struct fake f = { .greeting = "220 fake ESMTP\r\n", .ehlo = EHLO_FULL };
 	struct smtp_rcpt r[4] = { { .addr = "ok@example.org" },
@@ -426,7 +426,7 @@ out:
 }
 
 static void
-test_refusals(SSL_CTX *ctx)
+test_refusals(struct smtp_tls *ctx)
 {
 	struct fake f = { .greeting = "220 fake ESMTP\r\n", .ehlo = EHLO_7BIT };
 	char longlocal[80], longdom[300], rs[400];
@@ -485,7 +485,7 @@ out:
 }
 
 static void
-test_helo_and_mail_fail(SSL_CTX *ctx)
+test_helo_and_mail_fail(struct smtp_tls *ctx)
 {
 	struct fake f = { .greeting = "220 old\r\n", .ehlo = NULL,
 	    .mail_reply = "421 4.3.2 shutting down\r\n" };
@@ -528,7 +528,7 @@ set_abort(void *arg)
 }
 
 static void
-test_abort(SSL_CTX *ctx)
+test_abort(struct smtp_tls *ctx)
 {
 	struct fake f = { .greeting = NULL };
 	struct smtp_session *s;
@@ -555,7 +555,7 @@ test_abort(SSL_CTX *ctx)
 }
 
 static void
-test_timeouts(SSL_CTX *ctx)
+test_timeouts(struct smtp_tls *ctx)
 {
 	struct fake f = { .greeting = NULL };
 	struct fake g = { .greeting = "220 x\r\n", .ehlo = EHLO_FULL, .data_end = "hang" };
@@ -612,7 +612,7 @@ test_timeouts(SSL_CTX *ctx)
 }
 
 static void
-test_tls(SSL_CTX *ctx)
+test_tls(struct smtp_tls *ctx)
 {
 	struct fake f = { .greeting = "220 tls\r\n", .ehlo = EHLO_TLS, .starttls = 1 };
 	struct fake n = { .greeting = "220 plain\r\n", .ehlo = EHLO_FULL };
@@ -624,7 +624,7 @@ test_tls(SSL_CTX *ctx)
 	struct smtp_params p;
 	struct sockaddr_in sin;
 	char reply[512];
-	SSL_CTX *vctx;
+	struct smtp_tls *vctx;
 	pthread_t th;
 	int len;
 
@@ -656,9 +656,9 @@ test_tls(SSL_CTX *ctx)
 	ok(strstr(reply, "verification") != NULL, "reason names verification");
 	diag("reply: %s", reply);
 
-	vctx = smtp_tls_ctx_new(ca_path, reply, sizeof(reply));
+	vctx = smtp_tls_new(ca_path, reply, sizeof(reply));
 	ok(vctx != NULL, "client context with tls_ca_file");
-	p.ssl_ctx = vctx;
+	p.tls_ctx = vctx;
 	if (smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
 	    sizeof(reply)) == SMTP_OK) {
 		is_str(smtp_tls_auth(s), "verified", "verify with the CA and the right name");
@@ -673,6 +673,39 @@ test_tls(SSL_CTX *ctx)
 	diag("reply: %s", reply);
 	p.tls_name = "localhost";
 
+	/* The CA store is read when a check needs it, not before. */
+	ok(smtp_tls_new("/nonexistent/ca.pem", reply, sizeof(reply)) == NULL &&
+	    strstr(reply, "/nonexistent/ca.pem") != NULL, "unreadable tls_ca_file refused at once");
+	{
+		char junk[] = "/tmp/otpmail-test-smtp-junk-XXXXXX";
+		struct smtp_tls *jctx;
+		int jfd = mkstemp(junk);
+
+		if (jfd != -1) {
+			(void)!write(jfd, "not a certificate\n", 18);
+			close(jfd);
+		}
+		jctx = smtp_tls_new(junk, reply, sizeof(reply));
+		ok(jctx != NULL, "tls_ca_file is not parsed at start");
+		p.tls_ctx = jctx;
+		p.policy = TLS_MAY;
+		if (smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+		    sizeof(reply)) == SMTP_OK) {
+			is_str(smtp_tls_auth(s), "unverified", "may never reads the CA store");
+			smtp_close(s);
+		} else {
+			ok(0, "may never reads the CA store");
+			diag("%s", reply);
+		}
+		p.policy = TLS_VERIFY;
+		is_int(smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+		    sizeof(reply)), SMTP_TEMP, "verify with an unparsable tls_ca_file: deferred");
+		ok(strstr(reply, junk) != NULL, "reason names the tls_ca_file");
+		diag("reply: %s", reply);
+		smtp_tls_free(jctx);
+		unlink(junk);
+	}
+
 	/* DANE-EE SPKI SHA-256 of the test key, checked against the CA-less ctx. */
 	len = i2d_PUBKEY(pkey, &der);
 	SHA256(der, len, hash);
@@ -681,7 +714,7 @@ test_tls(SSL_CTX *ctx)
 	bad[0] ^= 0xff;
 	rr.usage = 3; rr.selector = 1; rr.mtype = 1; rr.data = hash; rr.len = sizeof(hash);
 	ts.secure = 1; ts.n = 1; ts.rrs = &rr;
-	p.ssl_ctx = ctx;
+	p.tls_ctx = ctx;
 	p.policy = TLS_DANE;
 	p.tlsa = &ts;
 	if (smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
@@ -727,12 +760,12 @@ test_tls(SSL_CTX *ctx)
 	} else
 		ok(0, "may without STARTTLS: plain");
 	fake_stop(&n, th);
-	SSL_CTX_free(vctx);
+	smtp_tls_free(vctx);
 	SSL_CTX_free(f.sctx);
 }
 
 static void
-test_auth_fallback_v6(SSL_CTX *ctx)
+test_auth_fallback_v6(struct smtp_tls *ctx)
 {
 	struct fake f = { .greeting = "220 relay\r\n", .ehlo = EHLO_TLS, .starttls = 1,
 	    .ehlo_tls = "250-relay\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n" };
@@ -840,7 +873,7 @@ int
 main(void)
 {
 	char err[256];
-	SSL_CTX *ctx;
+	struct smtp_tls *ctx;
 
 	signal(SIGPIPE, SIG_IGN);
 	ok(smtp_addr_ok("a@b.example", 0), "plain address ok");
@@ -848,7 +881,7 @@ main(void)
 	ok(!smtp_addr_ok("a b@example.org", 0), "space refused");
 	ok(!smtp_addr_ok("noat", 0), "no @ refused");
 	make_cert();
-	ctx = smtp_tls_ctx_new(NULL, err, sizeof(err));
+	ctx = smtp_tls_new(NULL, err, sizeof(err));
 	ok(ctx != NULL, "client context with the system store");
 	test_basic(ctx);
 	test_refusals(ctx);
@@ -857,7 +890,7 @@ main(void)
 	test_abort(ctx);
 	test_tls(ctx);
 	test_auth_fallback_v6(ctx);
-	SSL_CTX_free(ctx);
+	smtp_tls_free(ctx);
 	unlink(ca_path);
 	X509_free(cert);
 	EVP_PKEY_free(pkey);
