@@ -25,6 +25,7 @@
 #include "agent/otp_mail.h"
 #include "agent/otpmaild.h"
 #include "agent/privs.h"
+#include "agent/submit.h"
 #include "dkim/dkim_sign.h"
 #include "queue/queue.h"
 #include "store/store.h"
@@ -249,6 +250,8 @@ main(int argc, char **argv)
 		goto fail;
 	spool = main_path(d.state_dir, "spool");
 	main_queue_params(d.cfg, &qp, spool);
+	qp.sign = submit_sign_dsn;	/* DSNs are signed like any mail */
+	qp.sign_arg = &d;
 	d.queue = queue_open(&qp, err, sizeof(err));
 	free(spool);	/* the queue keeps its own copy */
 	if (d.queue == NULL)

@@ -13,14 +13,67 @@
 #include "agent/submit.h"
 #include "dkim/dkim_sign.h"
 
+/*
+ * Signs msg for its From domain under the reload lock.  On DKIM_SIGN_OK,
+ * *sig is the malloc'd header (NULL if none); signed_for names the domain.
+ */
+static enum dkim_status
+submit_sign(struct otpmaild *d, const char *msg, size_t len, char **sig,
+    char *signed_for, size_t sflen, char *dkerr, size_t errlen)
+{
+	enum dkim_status ds = DKIM_SIGN_NOKEY;
+	const char *sdomain = NULL;
+	struct timespec t0, t1;
+
+	*sig = NULL;
+	pthread_rwlock_rdlock(&d->reload_lock);
+	if (d->dkim != NULL) {
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		ds = dkim_sign_message(d->dkim, msg, len, sig, &sdomain, dkerr, errlen);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (ds == DKIM_SIGN_OK)
+			metrics_dkim_sign((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+	}
+	/* the domain string belongs to the signer, which a reload may free */
+	snprintf(signed_for, sflen, "%s",
+	    ds == DKIM_SIGN_OK && sdomain != NULL ? sdomain : "none");
+	pthread_rwlock_unlock(&d->reload_lock);
+	return ds;
+}
+
+char *
+submit_sign_dsn(void *arg, const char *msg, size_t len, size_t *outlen)
+{
+	struct otpmaild *d = arg;
+	char *sig, *out, dkerr[256] = "", signed_for[256];
+	size_t sl;
+
+	if (submit_sign(d, msg, len, &sig, signed_for, sizeof(signed_for), dkerr,
+	    sizeof(dkerr)) != DKIM_SIGN_OK || sig == NULL) {
+		if (dkerr[0] != '\0')
+			log_msg(LOG_ERR, "event=dkim_error what=dsn detail=\"%s\"", dkerr);
+		free(sig);
+		return NULL;
+	}
+	sl = strlen(sig);
+	if ((out = malloc(sl + len + 1)) != NULL) {
+		memcpy(out, sig, sl);
+		memcpy(out + sl, msg, len);
+		out[sl + len] = '\0';
+		*outlen = sl + len;
+		log_msg(LOG_DEBUG, "event=dsn_signed dkim=%s", signed_for);
+	}
+	free(sig);
+	return out;
+}
+
 int
 submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *msg,
     size_t len, char id[QUEUE_ID_LEN + 1], json_t **err, int (*barrier)(void *), void *arg)
 {
 	struct q_envelope env = *tmpl;
-	const char *sdomain = NULL;
 	char *sig = NULL, dkerr[256] = "", signed_for[256];
-	enum dkim_status ds = DKIM_SIGN_NOKEY;
+	enum dkim_status ds;
 	enum q_status qs;
 	struct buf b;
 
@@ -30,19 +83,8 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 		return -1;
 	}
 	buf_init(&b);
-	pthread_rwlock_rdlock(&d->reload_lock);
-	if (d->dkim != NULL) {
-		struct timespec t0, t1;
-		clock_gettime(CLOCK_MONOTONIC, &t0);
-		ds = dkim_sign_message(d->dkim, msg, len, &sig, &sdomain, dkerr, sizeof(dkerr));
-		clock_gettime(CLOCK_MONOTONIC, &t1);
-		if (ds == DKIM_SIGN_OK)
-			metrics_dkim_sign((t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
-	}
-	/* the domain string belongs to the signer, which a reload may free */
-	snprintf(signed_for, sizeof(signed_for), "%s",
-	    ds == DKIM_SIGN_OK && sdomain != NULL ? sdomain : "none");
-	pthread_rwlock_unlock(&d->reload_lock);
+	ds = submit_sign(d, msg, len, &sig, signed_for, sizeof(signed_for), dkerr,
+	    sizeof(dkerr));
 	switch (ds) {
 	case DKIM_SIGN_OK:
 		if (sig != NULL)

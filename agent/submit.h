@@ -18,4 +18,7 @@ int	submit_message(struct otpmaild *, const struct q_envelope *tmpl,
 	    const char *msg, size_t len, char id[QUEUE_ID_LEN + 1], json_t **err,
 	    int (*barrier)(void *), void *arg);
 
+/* queue_params.sign: DKIM-signs a DSN for its From domain (NULL: unsigned). */
+char	*submit_sign_dsn(void *otpmaild, const char *msg, size_t len, size_t *outlen);
+
 #endif

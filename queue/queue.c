@@ -338,6 +338,16 @@ q_send_dsn(struct queue *q, struct q_envelope *env)
 		q_log(q, LOG_ERR, "queue: id=%s DSN not built (out of memory)", env->id);
 		goto done;
 	}
+	if (q->p.sign != NULL) {
+		size_t slen = 0;
+		char *signed_msg = q->p.sign(q->p.sign_arg, msg, mlen, &slen);
+
+		if (signed_msg != NULL) {
+			free(msg);
+			msg = signed_msg;
+			mlen = slen;
+		}
+	}
 	memset(&tmpl, 0, sizeof(tmpl));
 	memset(&rcpt, 0, sizeof(rcpt));
 	rcpt.addr = env->sender;

@@ -98,6 +98,11 @@ struct queue_params {
 	const char	*hostname;	/* Reporting-MTA in DSNs */
 	/* Log sink for recovery, quarantine, I/O failures; may be NULL. */
 	void		(*log)(int prio, const char *line);
+	/* Signs a DSN before it is queued (DKIM, for bounce_from's domain):
+	 * returns a malloc'd message, or NULL to queue it unsigned.  May be
+	 * NULL. */
+	char		*(*sign)(void *arg, const char *msg, size_t len, size_t *outlen);
+	void		*sign_arg;
 };
 
 struct queue;

@@ -14,11 +14,15 @@ otpmaild (harness.Daemon) in sandbox mode with RSA + Ed25519 keys.
 2. otpmaild with dkim_key lines: mail.send -> the sandbox Maildir copy
    verifies; with delivery routed to Postfix (route = ...), every copy
    delivered to the Maildir and relayed to smtp-sink verifies, and so does
-   an OTP mail from otp.issue.
+   an OTP mail from otp.issue; a recipient refused with 5xx (a second
+   smtp-sink, -f rcpt) makes a DSN, which reaches the sender's Postfix
+   mailbox signed (From: MAILER-DAEMON@mail.example.org, signed for
+   example.org by the parent-domain fallback) and verifies.
 3. dkim.keygen / dkim.records / dkim.check (match, mismatch, missing), and
    `otpmailctl dkim keygen|records`; bad keys stop start-up naming the file.
 """
 import os
+import re
 import signal
 import smtplib
 import subprocess
@@ -43,6 +47,7 @@ from peers import DnsServer, PostfixPeer, SmtpSink, Zone  # noqa: E402
 DKIMSIGN = os.path.join(TOP_BUILDDIR, "tests", "dkim", "dkimsign")
 VERIFY = os.path.join(TOP_SRCDIR, "tests", "dkim", "verify.py")
 PF_ADDR, SINK_ADDR, DNS_ADDR = "127.0.0.51", "127.0.0.52", "127.0.0.53"
+REJECT_ADDR = "127.0.0.54"      # smtp-sink -f rcpt: 5xx to every recipient
 
 MSGS = {
     "plain": (
@@ -333,8 +338,10 @@ def daemon_delivery_tests(t, keys, pf, sink):
     n_pf, n_sink = len(pf.messages()), len(sink.messages())
     conf = ("sandbox = no\nhostname = mail.example.org\ntls_policy = none\n"
             "route = example.net [%s]:25\nroute = remote.example.com [%s]:25\n"
+            "route = reject.example.com [%s]:25\n"
             "otp_from = noreply@example.org\n"
-            "default_retry_min = 600s\n" % (PF_ADDR, PF_ADDR) + write_conf_keys(keys))
+            "default_retry_min = 600s\n" % (PF_ADDR, PF_ADDR, REJECT_ADDR) +
+            write_conf_keys(keys))
     try:
         d = Daemon(conf_extra=conf)
     except RuntimeError as e:
@@ -376,6 +383,26 @@ def daemon_delivery_tests(t, keys, pf, sink):
         if otp:
             subjects = [m.data for m in got if b"Subject: Your login code" not in m.data]
             t.ok(len(got) == 7, "the OTP mail arrived", subjects)
+        # a permanent failure: the DSN is DKIM-signed like any mail
+        n_pf = len(pf.messages())
+        r = d.call({"op": "mail.send", "to": ["nobody@reject.example.com"],
+                    "from": "app@example.net", "subject": "will bounce",
+                    "text": "this recipient is refused\n"})
+        t.ok(r.get("ok"), "mail.send to a recipient the peer refuses", r)
+        try:
+            pf.wait_for(n_pf + 1, timeout=60)
+        except RuntimeError as e:
+            t.diag(str(e)[-1000:])
+            t.diag(d.log_text()[-2000:])
+        dsns = [m.data for m in pf.messages()[n_pf:] if b"multipart/report" in m.data]
+        t.is_(len(dsns), 1, "the DSN reached the sender's mailbox")
+        if dsns:
+            t.ok(b"DKIM-Signature:" in dsns[0] and
+                 re.search(rb"^From: .*MAILER-DAEMON@mail\.example\.org", dsns[0], re.M),
+                 "the DSN from MAILER-DAEMON@mail.example.org carries DKIM signatures",
+                 dsns[0][:600])
+            ok, out = verify(keys, dsns[0])
+            t.ok(ok, "the DSN's signatures verify (d=example.org) after Postfix", out)
 
 
 def bad_key_tests(t, keys, tmp):
@@ -431,6 +458,7 @@ def main():
     zone = Zone("example.org", [txt_zone_line("rsa1._domainkey", keys.rsa_txt),
                                 txt_zone_line("ed1._domainkey", other_txt)])
     sink = SmtpSink(addr=SINK_ADDR, port=25)
+    reject = SmtpSink(addr=REJECT_ADDR, port=25, dump=False, extra_args=["-f", "rcpt"])
     pf = PostfixPeer(addr=PF_ADDR, port=25, domains=("example.net",), tls=False,
                      extra_main={"relayhost": "[%s]:25" % SINK_ADDR,
                                  "default_transport": "smtp",
@@ -438,6 +466,7 @@ def main():
     dns = DnsServer([zone], addr=DNS_ADDR, port=5353)
     try:
         sink.start()
+        reject.start()
         pf.start()
         dns.start()
         library_through_postfix(t, keys, pf, sink)
@@ -445,7 +474,7 @@ def main():
         daemon_delivery_tests(t, keys, pf, sink)
         bad_key_tests(t, keys, tmp)
     finally:
-        for p in (pf, sink, dns):
+        for p in (pf, sink, reject, dns):
             try:
                 p.stop()
             except Exception as e:  # cleanup must go on
