@@ -894,8 +894,15 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 	if (m->gen != gen0 || st != Q_OK)
 		st = q_persist_locked(q, m);
 	q_schedule(q, m);
-	pthread_cond_broadcast(&q->cv);
-	pthread_cond_signal(&q->tcv);
+	/*
+	 * One waiting worker is enough for one message (a broadcast woke all
+	 * of them per delivery, and they fought over q->mtx: 13 futex calls
+	 * per message in scenario 2); the timer thread, which wakes every
+	 * second anyway, only if this message's timer is already due.
+	 */
+	pthread_cond_signal(&q->cv);
+	if (m->timer.idx != SCHED_NONE && m->timer.key <= now)
+		pthread_cond_signal(&q->tcv);
 	pthread_mutex_unlock(&q->mtx);
 	if (dsn != NULL)
 		q_send_dsn(q, dsn);
