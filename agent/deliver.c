@@ -48,6 +48,9 @@ struct dest {				/* one next hop + TLS policy */
 	int			 active;	/* open connections, busy or idle */
 	double			 next_send;	/* domain_rate: monotonic time */
 	struct idle		*idle;
+	pthread_cond_t		 cv;		/* a session or slot of it freed */
+	int			 nwait;		/* workers waiting on cv */
+	int			 nwait_global;	/* of them, held by max_connections */
 	struct dest		*next;
 };
 
@@ -61,7 +64,7 @@ struct delivery {
 	pthread_t		*th;
 	int			 nth;
 	pthread_mutex_t		 mu;
-	pthread_cond_t		 cv;
+	int			 nwait_global;	/* workers held by max_connections */
 	struct dest		*dests;
 	int			 active;	/* all open connections */
 	volatile int		 stopping;	/* no new work */
@@ -105,6 +108,7 @@ static int	 delivery_transaction(struct job *, struct hop *,
 		    struct smtp_session *, const char *host);
 static size_t	 delivery_pending(const struct job *);
 static struct dest *delivery_dest(struct delivery *, const char *key);
+static void	 delivery_wake_all(struct delivery *, int only_global);
 static int	 delivery_slot(struct delivery *, const char *key,
 		    struct smtp_session **, char *host, size_t hostlen, char *why, size_t);
 static void	 delivery_open_failed(struct job *, struct hop *, const char *name,
@@ -166,7 +170,6 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 	dl->d = d;
 	dl->cfg = d->cfg;
 	pthread_mutex_init(&dl->mu, NULL);
-	pthread_cond_init(&dl->cv, NULL);
 	sandbox_dir(d->cfg, d->state_dir, dl->maildir, sizeof(dl->maildir));
 	/* The sandbox delivers to a Maildir: no DNS, no TLS. */
 	if (!d->cfg->sandbox) {
@@ -213,7 +216,6 @@ fail:
 	smtp_tls_free(dl->tls);
 	free(dl->auth_pass);
 	pthread_mutex_destroy(&dl->mu);
-	pthread_cond_destroy(&dl->cv);
 	free(dl);
 	return NULL;
 }
@@ -229,7 +231,7 @@ delivery_stop(struct delivery *dl)
 		return;
 	pthread_mutex_lock(&dl->mu);
 	dl->stopping = 1;
-	pthread_cond_broadcast(&dl->cv);
+	delivery_wake_all(dl, 0);
 	pthread_mutex_unlock(&dl->mu);
 	if (dl->d->queue != NULL)
 		queue_shutdown(dl->d->queue);
@@ -252,6 +254,7 @@ delivery_stop(struct delivery *dl)
 	delivery_reap(dl, 1);
 	for (de = dl->dests; de != NULL; de = next) {
 		next = de->next;
+		pthread_cond_destroy(&de->cv);
 		free(de);
 	}
 	if (dl->mx)
@@ -263,7 +266,6 @@ delivery_stop(struct delivery *dl)
 	}
 	free(dl->th);
 	pthread_mutex_destroy(&dl->mu);
-	pthread_cond_destroy(&dl->cv);
 	free(dl);
 }
 
@@ -837,6 +839,18 @@ delivery_log_attempt(struct job *j, struct hop *hop, const char *host,
 }
 
 /* Destination record (created on demand); dl->mu held. */
+/* Wakes the workers waiting for a slot (only_global: those held by the
+ * global cap).  With dl->mu held. */
+static void
+delivery_wake_all(struct delivery *dl, int only_global)
+{
+	struct dest *de;
+
+	for (de = dl->dests; de != NULL; de = de->next)
+		if (only_global ? de->nwait_global > 0 : de->nwait > 0)
+			pthread_cond_broadcast(&de->cv);
+}
+
 static struct dest *
 delivery_dest(struct delivery *dl, const char *key)
 {
@@ -847,6 +861,7 @@ delivery_dest(struct delivery *dl, const char *key)
 			return de;
 	if ((de = calloc(1, sizeof(*de))) == NULL)
 		return NULL;
+	pthread_cond_init(&de->cv, NULL);
 	snprintf(de->key, sizeof(de->key), "%s", key);
 	de->next = dl->dests;
 	dl->dests = de;
@@ -868,6 +883,7 @@ delivery_slot(struct delivery *dl, const char *key, struct smtp_session **sp,
 	struct dest *de, *o;
 	struct timespec ts;
 	double start = delivery_mono();
+	int global;
 
 	*sp = NULL;
 	pthread_mutex_lock(&dl->mu);
@@ -918,9 +934,19 @@ delivery_slot(struct delivery *dl, const char *key, struct smtp_session **sp,
 			snprintf(why, whylen, "4.4.5 connection limit reached for this destination");
 			return -1;
 		}
+		/* wait on the destination's own condition: a freed session
+		 * or slot wakes one worker that can use it, not every worker
+		 * of every destination */
+		global = de->active < dl->cfg->max_connections_per_domain;
+		de->nwait++;
+		de->nwait_global += global;
+		dl->nwait_global += global;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += 1;
-		pthread_cond_timedwait(&dl->cv, &dl->mu, &ts);
+		pthread_cond_timedwait(&de->cv, &dl->mu, &ts);
+		de->nwait--;
+		de->nwait_global -= global;
+		dl->nwait_global -= global;
 	}
 	de->active++;
 	dl->active++;
@@ -938,7 +964,10 @@ delivery_unslot(struct delivery *dl, const char *key)
 		de->active--;
 	if (dl->active > 0)
 		dl->active--;
-	pthread_cond_broadcast(&dl->cv);
+	if (de != NULL && de->nwait > 0)
+		pthread_cond_signal(&de->cv);
+	if (dl->nwait_global > 0)	/* a slot under max_connections freed */
+		delivery_wake_all(dl, 1);
 	pthread_mutex_unlock(&dl->mu);
 }
 
@@ -981,7 +1010,10 @@ delivery_pool_put(struct delivery *dl, const char *key, struct smtp_session *s,
 	}
 	it->next = de->idle;
 	de->idle = it;
-	pthread_cond_broadcast(&dl->cv);
+	if (de->nwait > 0)
+		pthread_cond_signal(&de->cv);
+	if (dl->nwait_global > 0)	/* it may be closed for another */
+		delivery_wake_all(dl, 1);
 	pthread_mutex_unlock(&dl->mu);
 	return;
 close:
