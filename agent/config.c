@@ -523,9 +523,18 @@ cfg_set(struct config *c, const struct cfg_key *k, const char *v, char *err, siz
 	void *field = (char *)c + k->off;
 	unsigned long long n;
 	double d;
+	const char *q;
 	char *end;
 	int b;
 
+	/* No value has a use for control characters (a tab separates list
+	 * items); one is a typo or an attack on a header or a log line. */
+	for (q = v; *q != '\0'; q++)
+		if (((unsigned char)*q < 0x20 && *q != '\t') || *q == 0x7f) {
+			snprintf(err, errlen, "%s: control character 0x%02x in the value",
+			    k->name, (unsigned char)*q);
+			return -1;
+		}
 	switch (k->type) {
 	case T_STR:
 		free(*(char **)field);

@@ -1040,11 +1040,14 @@ delivery_reap(struct delivery *dl, int all)
 				pp = &it->next;
 		}
 	}
-	/* Forget destinations with nothing open and no rate state pending. */
+	/* Forget destinations with nothing open, nobody waiting on them
+	 * (a worker held by max_connections waits on a destination with no
+	 * connection) and no rate state pending. */
 	for (dp = &dl->dests; (de = *dp) != NULL; ) {
-		if (de->active == 0 && de->idle == NULL &&
+		if (de->active == 0 && de->idle == NULL && de->nwait == 0 &&
 		    de->next_send < delivery_mono()) {
 			*dp = de->next;
+			pthread_cond_destroy(&de->cv);
 			free(de);
 		} else
 			dp = &de->next;

@@ -184,6 +184,10 @@ def db_case(label, damage):
         for attempt in range(3):
             started, rc, log = try_start(d)
             outcomes.append((started, rc))
+            if isinstance(rc, int) and rc < 0:
+                # a crash: its log (a sanitizer report goes there) explains it
+                t.diag("%s: start %d killed by signal %d; its log:\n%s" %
+                       (label, attempt + 1, -rc, log[-6000:]))
             if started:
                 break
         started, rc = outcomes[-1]

@@ -133,6 +133,10 @@ main(void)
 	expect_error("retry_jitter = 2\n", "retry_jitter must be", "double out of range");
 	expect_error("control_socket_mode = 999\n", "octal", "bad mode");
 	expect_error("otp_alphabet = hex\n", "otp_alphabet must be one of", "bad enum");
+	expect_error("dkim_sign_headers = From\v, To\n",
+	    "t.conf:1: dkim_sign_headers: control character 0x0b", "control character in a list");
+	expect_error("otp_app_name = Acme\x1b[31m\n", "control character 0x1b",
+	    "escape sequence in a string");
 	expect_error("tls_policy = strict\n", "tls_policy must be", "bad TLS policy");
 	expect_error("route = example.org\n", "route takes", "route without host");
 	expect_error("route = example.org host:99999\n", "bad port", "route bad port");
