@@ -748,11 +748,31 @@ class SmtpSink(_Fixture):
         _kill(self.proc)
         self.proc = None
 
+    def _open_dumps(self):
+        """Dump files smtp-sink still has open: transactions in progress
+        (it writes a dump as the data arrives and closes it at the end)."""
+        busy = set()
+        if self.proc is None or self.proc.poll() is not None:
+            return busy
+        fd_dir = '/proc/%d/fd' % self.proc.pid
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    busy.add(os.readlink(os.path.join(fd_dir, fd)))
+                except OSError:
+                    pass
+        except OSError:
+            pass
+        return busy
+
     def messages(self):
+        """The messages smtp-sink has received whole (dump files it closed)."""
         out = []
         if not self.dir:
             return out
-        paths = sorted(glob.glob(os.path.join(self.dir, 'dump', '*')),
+        busy = self._open_dumps()
+        paths = sorted((p for p in glob.glob(os.path.join(self.dir, 'dump', '*'))
+                        if os.path.realpath(p) not in busy),
                        key=lambda p: os.stat(p).st_mtime)
         for p in paths:
             with open(p, 'rb') as f:
