@@ -232,6 +232,14 @@ with Daemon(start=False) as d:
     proc.wait(20)
 
 # --- systemd readiness (Type=notify): READY=1 once the socket answers ------
+def notify_recv(ns):
+    """The next datagram on the notify socket, or b"" after its timeout."""
+    try:
+        return ns.recv(4096)
+    except socket.timeout:
+        return b""
+
+
 with Daemon(start=False) as d:
     nsock = os.path.join(d.dir, "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -239,17 +247,9 @@ with Daemon(start=False) as d:
     ns.settimeout(20)
     d.env["NOTIFY_SOCKET"] = nsock
     d.start()
-    try:
-        msg = ns.recv(4096)
-    except socket.timeout:
-        msg = b""
-    t.is_(msg, b"READY=1", "sd_notify: READY=1 sent to $NOTIFY_SOCKET")
+    t.is_(notify_recv(ns), b"READY=1", "sd_notify: READY=1 sent to $NOTIFY_SOCKET")
     d.stop()
-    try:
-        msg = ns.recv(4096)
-    except socket.timeout:
-        msg = b""
-    t.is_(msg, b"STOPPING=1", "sd_notify: STOPPING=1 on SIGTERM")
+    t.is_(notify_recv(ns), b"STOPPING=1", "sd_notify: STOPPING=1 on SIGTERM")
     ns.close()
 
 # --- started as root: drops to its user -------------------------------------

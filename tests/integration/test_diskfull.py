@@ -159,12 +159,18 @@ def run(label, conf, leave):
     except RuntimeError as e:
         t.ok(False, "%s: daemon runs" % label, str(e)[-2000:])
     finally:
-        d.stop()
-        u = subprocess.run(["umount", spool], capture_output=True, text=True)
-        if u.returncode != 0:
-            subprocess.run(["umount", "-l", spool])
-        t.ok(not os.path.ismount(spool), "%s: tmpfs unmounted" % label, u.stderr)
-        d.cleanup()
+        teardown(d, spool, label)
+
+
+def teardown(d, spool, label):
+    """Stops the daemon, unmounts the spool's tmpfs (lazily if busy), and
+    removes the daemon's directory."""
+    d.stop()
+    u = subprocess.run(["umount", spool], capture_output=True, text=True)
+    if u.returncode != 0:
+        subprocess.run(["umount", "-l", spool])
+    t.ok(not os.path.ismount(spool), "%s: tmpfs unmounted" % label, u.stderr)
+    d.cleanup()
 
 
 def run_inodes():
@@ -217,12 +223,7 @@ def run_inodes():
     except RuntimeError as e:
         t.ok(False, "%s: daemon runs" % label, str(e)[-2000:])
     finally:
-        d.stop()
-        u = subprocess.run(["umount", spool], capture_output=True, text=True)
-        if u.returncode != 0:
-            subprocess.run(["umount", "-l", spool])
-        t.ok(not os.path.ismount(spool), "%s: tmpfs unmounted" % label, u.stderr)
-        d.cleanup()
+        teardown(d, spool, label)
 
 
 def main():
