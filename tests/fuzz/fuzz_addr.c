@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/address.h"
+#include "agent/mail/address.h"
 
 int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

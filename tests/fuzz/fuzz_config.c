@@ -15,7 +15,7 @@
 
 #include <jansson.h>
 
-#include "agent/config.h"
+#include "agent/core/config.h"
 
 int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -12,9 +12,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "agent/control.h"
-#include "agent/log.h"
-#include "agent/otpmaild.h"
+#include "agent/control/control.h"
+#include "agent/core/log.h"
+#include "agent/core/otpmaild.h"
 
 struct otpmaild *otpmaild_ctx;
 

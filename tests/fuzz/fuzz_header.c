@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/message.h"
+#include "agent/mail/message.h"
 
 int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

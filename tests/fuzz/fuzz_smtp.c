@@ -10,7 +10,7 @@
  * OK/TEMP/PERM, every reply text is bounded, printable and one line, and a
  * recipient is OK only if the server said 2xx at the end of DATA.
  */
-#include "agent/smtp.c"
+#include "agent/delivery/smtp.c"
 
 #include <sys/socket.h>
 #include <unistd.h>

@@ -49,13 +49,13 @@ LIBS="-ljansson -letpan -lopendkim -lssl -lcrypto -ldb-5.3 -lunbound -lpthread -
 # Sources each target needs (ctl needs the whole daemon but main.c).
 sources() {
 	case $1 in
-	addr) echo agent/address.c ;;
-	header) echo agent/message.c ;;
-	config) echo agent/config.c dkim/keys.c ;;
+	addr) echo agent/mail/address.c ;;
+	header) echo agent/mail/message.c ;;
+	config) echo agent/core/config.c dkim/keys.c ;;
 	spool_env|spool_file) (cd "$srcdir" && ls queue/*.c | grep -v bench) ;;
-	smtp) echo agent/tlsstream.c agent/address.c ;;
-	ctl) (cd "$srcdir" && ls agent/*.c store/*.c queue/*.c dkim/*.c |
-		grep -v -e agent/main.c -e agent/otpmailctl.c -e agent/sendmail.c \
+	smtp) echo agent/delivery/tlsstream.c agent/mail/address.c ;;
+	ctl) (cd "$srcdir" && ls agent/*/*.c store/*.c queue/*.c dkim/*.c |
+		grep -v -e agent/core/main.c -e agent/tools/otpmailctl.c -e agent/tools/sendmail.c \
 		    -e bench) ;;
 	esac
 }

@@ -1,5 +1,5 @@
 /*
- * mxprobe.c - prints what agent/mx.c finds, for the integration tests
+ * mxprobe.c - prints what agent/delivery/mx.c finds, for the integration tests
  * (test_mx.py, test_dane.py) run against a real DNS server on loopback.
  *   mxprobe [-r resolver] [-a trust_anchor] [-T timeout_ms] mx DOMAIN [port]
  *   mxprobe ... host HOST [port] | tlsa HOST [port] | check DOMAIN
@@ -14,10 +14,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/config.h"
-#include "agent/delivery.h"
-#include "agent/mx.h"
-#include "agent/otpmaild.h"
+#include "agent/core/config.h"
+#include "agent/delivery/delivery.h"
+#include "agent/delivery/mx.h"
+#include "agent/core/otpmaild.h"
 
 static void	 mxprobe_list(const struct mx_list *);
 static void	 mxprobe_usage(void);

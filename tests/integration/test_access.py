@@ -3,7 +3,7 @@
 
 Starts: otpmaild (sandbox mode, temp state dir) several times; no peer.
 Checks:
-- every op of the dispatch table (read from agent/ops.c, so a new op is
+- every op of the dispatch table (read from agent/control/ops.c, so a new op is
   covered) as a uid with no role (nobody), as the app role (app_users =
   daemon, uid 1), as an admin by configuration (admin_users = bin, uid 2)
   and as root: a refusal is {"ok":false,"error":"forbidden"}, any other
@@ -37,8 +37,8 @@ NOBODY, DAEMON_UID, BIN_UID = 65534, 1, 2
 
 
 def ops_table():
-    """[(op, roles)] from agent/ops.c; roles is a set of 'any', 'app', 'admin'."""
-    with open(os.path.join(TOP_SRCDIR, "agent", "ops.c")) as f:
+    """[(op, roles)] from agent/control/ops.c; roles is a set of 'any', 'app', 'admin'."""
+    with open(os.path.join(TOP_SRCDIR, "agent", "control", "ops.c")) as f:
         src = f.read()
     table = src[src.index("ctl_ops[]"):]
     table = table[:table.index("{ NULL")]
@@ -104,7 +104,7 @@ def mode(p):
 # --- roles -------------------------------------------------------------------
 table = ops_table()
 t.ok(len(table) >= 20 and ("ping", {"any", "app", "admin"}) in table and
-     ("queue.delete", {"admin"}) in table, "read %d ops from agent/ops.c" % len(table),
+     ("queue.delete", {"admin"}) in table, "read %d ops from agent/control/ops.c" % len(table),
      table)
 
 SYS = 3  # "sys", primary group sys: the app role through app_groups
@@ -140,11 +140,11 @@ with Daemon(conf_extra="app_users = daemon\napp_groups = sys\nadmin_users = bin\
                 wrong.append((op, "odd refusal", r))
         t.ok(not wrong, "%s: exactly the ops its role allows pass (%d passed, %d forbidden)"
              % (label, passed, refused), "\n".join(map(repr, wrong)))
-    t.ok(not unknown, "every op of agent/ops.c is known to the daemon (rebuild?)",
+    t.ok(not unknown, "every op of agent/control/ops.c is known to the daemon (rebuild?)",
          sorted(unknown))
     helpops = {o["op"] for o in d.call({"op": "help"}).get("ops", [])}
     t.is_(sorted(helpops - {op for op, _ in table}), [],
-          "help lists no op that agent/ops.c's table lacks")
+          "help lists no op that agent/control/ops.c's table lacks")
     # the same through otpmailctl: exit code 4 on forbidden
     p = d.ctl("queue", "list", uid=DAEMON_UID)
     t.is_(p.returncode, 4, "otpmailctl queue list as the app role: exit code 4 (forbidden)")

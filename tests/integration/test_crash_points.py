@@ -5,7 +5,7 @@ Starts: otpmaild (sandbox mode, temp state dir) only, no peer.  The daemon
 has a test-only crash hook: with OTPMAIL_FAULT=<step> in its environment it
 calls abort() at that step (queue/spool.c spool_fault: after_tmp_write,
 after_fsync, after_rename (the name is in place), after_dir_fsync in spool_write_file;
-agent/ops_otp.c: after_db_commit, between store_otp_issue and the enqueue).
+agent/control/ops_otp.c: after_db_commit, between store_otp_issue and the enqueue).
 
 mail.send, for each spool step: with delivery paused, 3 acknowledged
 messages, then a restart with the fault set; one more mail.send gets no

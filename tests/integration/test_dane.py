@@ -7,7 +7,7 @@ zone (peers.DnsServer); a test CA (openssl); for the daemon part, private
 Postfix instances with STARTTLS on 127.0.2.10:25 and 127.0.2.11:25 and
 otpmaild with `resolver`, `dns_trust_anchor` and `domain_tls_policy dane`.
 
-1. agent/mx.c through tests/integration/mxprobe: TLSA at _25._tcp.<mx> of a
+1. agent/delivery/mx.c through tests/integration/mxprobe: TLSA at _25._tcp.<mx> of a
    signed zone comes back secure with the right data; MX hosts of a signed
    zone are secure; no TLSA in a signed zone is a secure empty answer; TLSA
    in an unsigned zone is not secure; a wrong trust anchor (bogus) is a
@@ -219,7 +219,7 @@ def main():
             probe_tests(t, dns, good_tlsa)
             if os.environ.get("OTPMAIL_MX_PROBE_ONLY"):
                 t.done()
-            if not os.path.exists(os.path.join(TOP_SRCDIR, "agent", "deliver.c")):
+            if not os.path.exists(os.path.join(TOP_SRCDIR, "agent", "delivery", "deliver.c")):
                 t.skip("daemon DANE delivery", "delivery not built yet")
             else:
                 daemon_tests(t, dns, good, bad)

@@ -332,7 +332,7 @@ def daemon_delivery_tests(t, keys, pf, sink):
         t.skip("daemon delivery tests", "otpmaild not built")
         return
     with open(os.path.join(TOP_SRCDIR, "agent", "Makefile.inc")) as f:
-        if "agent/deliver.c" not in f.read():
+        if "agent/delivery/deliver.c" not in f.read():
             t.skip("daemon delivery tests", "delivery not built yet")
             return
     n_pf, n_sink = len(pf.messages()), len(sink.messages())

@@ -5,7 +5,7 @@ Starts: NSD on 127.0.1.53:5353 serving example.org (peers.DnsServer);
 for the daemon part, smtp-sinks on 127.0.1.2:25, 127.0.1.3:25, 127.0.1.6:25
 and otpmaild (harness.Daemon) with `resolver = 127.0.1.53@5353`.
 
-1. agent/mx.c through tests/integration/mxprobe: MX preference order,
+1. agent/delivery/mx.c through tests/integration/mxprobe: MX preference order,
    equal preferences shuffled, implicit MX (A/AAAA), CNAME at the target,
    null MX, NXDOMAIN, no MX and no address, MX host without address,
    SERVFAIL (a zone the server does not serve) and a dead DNS server are
@@ -279,7 +279,7 @@ def main():
         probe_tests(t)
         if os.environ.get("OTPMAIL_MX_PROBE_ONLY"):
             t.done()
-        if not os.path.exists(os.path.join(TOP_SRCDIR, "agent", "deliver.c")):
+        if not os.path.exists(os.path.join(TOP_SRCDIR, "agent", "delivery", "deliver.c")):
             t.skip("daemon delivery through MX", "delivery not built yet")
         else:
             daemon_tests(t)

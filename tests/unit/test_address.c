@@ -4,7 +4,7 @@
  */
 #include <string.h>
 
-#include "agent/address.h"
+#include "agent/mail/address.h"
 #include "tests/unit/tap.h"
 
 static void

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "agent/config.h"
+#include "agent/core/config.h"
 #include "tests/unit/tap.h"
 
 static char dir[] = "/tmp/otpmail-test-config-XXXXXX";

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/control.h"
-#include "agent/otpmaild.h"
+#include "agent/control/control.h"
+#include "agent/core/otpmaild.h"
 #include "tests/unit/tap.h"
 
 struct otpmaild *otpmaild_ctx;

@@ -1,5 +1,5 @@
 /*
- * test_dkim_ops.c - agent/ops_dkim.c without a daemon: dkim.records (JSON
+ * test_dkim_ops.c - agent/control/ops_dkim.c without a daemon: dkim.records (JSON
  * list and zone text with TXT strings of at most 255 bytes) and
  * dkim.keygen (file mode, config line, refusals) on a hand-made context.
  * dkim.check needs a DNS server: tests/integration/test_dkim.py.
@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "agent/ops.h"
+#include "agent/control/ops.h"
 #include "dkim/dkim_sign.h"
 #include "tests/unit/tap.h"
 

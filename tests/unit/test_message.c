@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "agent/message.h"
+#include "agent/mail/message.h"
 #include "tests/unit/tap.h"
 
 int

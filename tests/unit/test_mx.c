@@ -1,5 +1,5 @@
 /*
- * test_mx.c - agent/mx.c without a DNS server: wire-name, MX and TLSA rdata
+ * test_mx.c - agent/delivery/mx.c without a DNS server: wire-name, MX and TLSA rdata
  * parsing with crafted (and malformed) bytes, MX ordering and shuffling,
  * null MX, address literals, resolver setup errors, the lookup bound
  * against a silent UDP socket, and concurrent lookups (one of them hanging)
@@ -16,10 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "agent/config.h"
-#include "agent/delivery.h"
-#include "agent/mx.h"
-#include "agent/otpmaild.h"
+#include "agent/core/config.h"
+#include "agent/delivery/delivery.h"
+#include "agent/delivery/mx.h"
+#include "agent/core/otpmaild.h"
 #include "tests/unit/tap.h"
 
 #define W(s) ((const unsigned char *)(s)), (sizeof(s) - 1)

@@ -1,5 +1,5 @@
 /*
- * test_otp_mail.c - the OTP mail (agent/otp_mail.c): the shipped templates
+ * test_otp_mail.c - the OTP mail (agent/mail/otp_mail.c): the shipped templates
  * load (en, de, fr) and carry no links, the locale fallback, the composed
  * message's headers and parts, HTML escaping, refusal of values that could
  * inject headers, template validation errors, and the store parameters
@@ -11,9 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "agent/config.h"
-#include "agent/message.h"
-#include "agent/otp_mail.h"
+#include "agent/core/config.h"
+#include "agent/mail/message.h"
+#include "agent/mail/otp_mail.h"
 #include "tests/unit/tap.h"
 
 static char *compose(const struct otp_templates *, const char *locale, const char *app,

@@ -1,5 +1,5 @@
 /*
- * test_sandbox.c - agent/sandbox.c: a delivery lands in new/ with the
+ * test_sandbox.c - agent/delivery/sandbox.c: a delivery lands in new/ with the
  * envelope lines and nothing left in tmp/, listing is newest first with
  * decoded headers, reading refuses names that could leave the Maildir.
  */
@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 
-#include "agent/sandbox.h"
+#include "agent/delivery/sandbox.h"
 #include "tests/unit/tap.h"
 
 static int

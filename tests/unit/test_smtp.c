@@ -1,5 +1,5 @@
 /*
- * test_smtp.c - agent/smtp.c and agent/tlsstream.c against a tiny in-process
+ * test_smtp.c - agent/delivery/smtp.c and agent/delivery/tlsstream.c against a tiny in-process
  * SMTP responder on loopback (a thread): reply classification, per-recipient
  * results, SIZE/8BITMIME, dot-stuffing and the final CRLF, long addresses
  * never sent, timeouts, HELO fallback, session reuse, and STARTTLS under
@@ -21,7 +21,7 @@
 #include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
-#include "agent/smtp.h"
+#include "agent/delivery/smtp.h"
 #include "tests/unit/tap.h"
 
 struct fake {

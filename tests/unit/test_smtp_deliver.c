@@ -1,5 +1,5 @@
 /*
- * test_smtp_deliver.c - agent/deliver.c with the real queue and config,
+ * test_smtp_deliver.c - agent/delivery/deliver.c with the real queue and config,
  * against in-process SMTP responders on loopback (one thread per
  * connection): recipients grouped by domain, per-recipient outcomes back in
  * the queue, session reuse and its limit, the per-domain connection cap,
@@ -19,9 +19,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
-#include "agent/delivery.h"
-#include "agent/log.h"
-#include "agent/otpmaild.h"
+#include "agent/delivery/delivery.h"
+#include "agent/core/log.h"
+#include "agent/core/otpmaild.h"
 #include "queue/queue.h"
 #include "tests/unit/tap.h"
 

@@ -1,5 +1,5 @@
 /*
- * test_tlsstream.c - agent/tlsstream.c, the stream under libetpan: connect
+ * test_tlsstream.c - agent/delivery/tlsstream.c, the stream under libetpan: connect
  * timeout against a listener whose queue is full, absolute deadline versus
  * idle timeout against a trickling peer, the per-command read cap, a write
  * timeout against a peer that never reads, and the abort flag.
@@ -17,7 +17,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "agent/tlsstream.h"
+#include "agent/delivery/tlsstream.h"
 #include "tests/unit/tap.h"
 
 struct trickle {

@@ -1,0 +1,1105 @@
+/*
+ * control.c - the control socket server.  The event thread owns every
+ * socket: it accepts (refusing past control_max_connections with a JSON
+ * error), reads lines (refusing lines over control_max_line and more than
+ * control_max_pipeline pending requests), writes answers and closes idle
+ * connections.  Request workers take one pending request of a connection at
+ * a time, so answers keep the order of the requests.
+ */
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent/control/control.h"
+#include "agent/core/log.h"
+#include "agent/core/metrics.h"
+
+#define CTL_READ_CHUNK	65536
+#define CTL_MAX_GROUPS	256
+#define CTL_OUT_HIGH	(4 * 1024 * 1024)	/* stop reading a peer that does not read */
+#define CTL_ANON_LINE	8192		/* line limit for peers with no role */
+#define CTL_MAX_TOKENS	50000		/* JSON values in one request */
+
+struct ctl_req {
+	struct ctl_req	*next;
+	size_t		 len;
+	char		 line[];
+};
+
+struct ctl_conn {
+	int		 fd;
+	struct ctl_peer	 peer;
+	/* event thread only */
+	char		*in;
+	size_t		 inlen, incap;
+	time_t		 last_active;
+	uint32_t	 events;	/* epoll interest now */
+	/* under mu */
+	pthread_mutex_t	 mu;
+	struct ctl_req	*head, *tail;
+	size_t		 npending;
+	int		 queued;	/* owned by a worker; only the event thread clears it */
+	int		 returning;	/* a worker is done with it: event thread decides */
+	int		 closing;	/* close once the output is flushed */
+	int		 dead;		/* peer gone: free when not queued */
+	json_t		*final;		/* error to send after the pending answers */
+	int		 subscriber;	/* gets the live event stream (events.tail) */
+	int		 draining;	/* answered and shut down for writing: discard input */
+	unsigned	 dirty_refs;	/* entries in the dirty list, under ctl->dmu */
+	struct ctl_conn	*sub_next;
+	char		*out;
+	size_t		 outlen, outcap;
+	struct ctl_conn	*work_next;
+	struct ctl_conn	*all_next, *all_prev;
+};
+
+struct ctl_acl {
+	uid_t		*app_uids, *admin_uids;
+	gid_t		*app_gids, *admin_gids;
+	size_t		 napp_uids, nadmin_uids, napp_gids, nadmin_gids;
+	uid_t		 self;
+};
+
+struct control {
+	struct otpmaild	*d;
+	struct ctl_acl	*acl;
+	int		 lfd, efd, evfd;
+	int		 spare;		/* kept open to refuse clients when out of fds */
+	time_t		 last_fd_warn;
+	char		*path;
+	pthread_t	 thread;
+	pthread_t	*workers;
+	int		 nworkers;
+	int		 running;
+	int		 stopping;
+	size_t		 nconns;
+	struct ctl_conn	*all;
+	/* work queue */
+	pthread_mutex_t	 wmu;
+	pthread_cond_t	 wcv;
+	struct ctl_conn	*whead, *wtail;
+	/* connections with output to flush, signalled through evfd */
+	pthread_mutex_t	 dmu;
+	struct ctl_conn	**dirty;
+	size_t		 ndirty, capdirty;
+	struct ctl_conn	*subs;		/* events.tail subscribers, under ctl_sub_mu */
+};
+
+#define CTL_TAIL_BACKLOG	(1024 * 1024)	/* a slow subscriber loses events */
+
+/* Guards ctl_tap_owner and every subscriber list: log lines come from any thread. */
+static pthread_mutex_t ctl_sub_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct control *ctl_tap_owner;
+
+static void	*ctl_event_loop(void *);
+static void	*ctl_worker(void *);
+static void	 ctl_conn_close(struct control *, struct ctl_conn *);
+static int	 ctl_conn_flush(struct control *, struct ctl_conn *);
+
+/* ---- access ---------------------------------------------------------- */
+
+static void
+ctl_acl_add_ids(char **names, int groups, void **arr, size_t *n)
+{
+	size_t i;
+	char *end;
+	unsigned long id;
+
+	for (i = 0; names && names[i]; i++) {
+		id = strtoul(names[i], &end, 10);
+		if (*end != '\0') {
+			if (groups) {
+				struct group *g = getgrnam(names[i]);
+				if (g == NULL)
+					continue;
+				id = g->gr_gid;
+			} else {
+				struct passwd *p = getpwnam(names[i]);
+				if (p == NULL)
+					continue;
+				id = p->pw_uid;
+			}
+		}
+		*arr = realloc(*arr, (*n + 1) * sizeof(uid_t));
+		if (*arr == NULL)
+			abort();
+		((uid_t *)*arr)[(*n)++] = (uid_t)id;
+	}
+}
+
+struct ctl_acl *
+ctl_acl_new(const struct config *c, uid_t self)
+{
+	struct ctl_acl *a = calloc(1, sizeof(*a));
+
+	if (a == NULL)
+		abort();
+	a->self = self;
+	ctl_acl_add_ids(c->app_users, 0, (void **)&a->app_uids, &a->napp_uids);
+	ctl_acl_add_ids(c->admin_users, 0, (void **)&a->admin_uids, &a->nadmin_uids);
+	ctl_acl_add_ids(c->app_groups, 1, (void **)&a->app_gids, &a->napp_gids);
+	ctl_acl_add_ids(c->admin_groups, 1, (void **)&a->admin_gids, &a->nadmin_gids);
+	return a;
+}
+
+void
+ctl_acl_free(struct ctl_acl *a)
+{
+	if (a == NULL)
+		return;
+	free(a->app_uids);
+	free(a->admin_uids);
+	free(a->app_gids);
+	free(a->admin_gids);
+	free(a);
+}
+
+static int
+ctl_id_in(const uid_t *ids, size_t n, uid_t id)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (ids[i] == id)
+			return 1;
+	return 0;
+}
+
+static int
+ctl_any_group(const gid_t *list, size_t n, const gid_t *groups, size_t ng)
+{
+	size_t i;
+
+	for (i = 0; i < ng; i++)
+		if (ctl_id_in(list, n, groups[i]))
+			return 1;
+	return 0;
+}
+
+int
+ctl_acl_roles(const struct ctl_acl *a, uid_t uid, const gid_t *groups, size_t ng)
+{
+	int roles = ROLE_ANY;
+
+	if (uid == 0 || uid == a->self ||
+	    ctl_id_in(a->admin_uids, a->nadmin_uids, uid) ||
+	    ctl_any_group(a->admin_gids, a->nadmin_gids, groups, ng))
+		roles |= ROLE_ADMIN | ROLE_APP;
+	if (ctl_id_in(a->app_uids, a->napp_uids, uid) ||
+	    ctl_any_group(a->app_gids, a->napp_gids, groups, ng))
+		roles |= ROLE_APP;
+	return roles;
+}
+
+/* Primary and supplementary groups of a peer process, from /proc. */
+static size_t
+ctl_peer_groups(pid_t pid, gid_t primary, gid_t *out, size_t max)
+{
+	char path[64], line[4096], *p, *end;
+	size_t n = 0;
+	FILE *f;
+
+	out[n++] = primary;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return n;
+	while (fgets(line, sizeof(line), f) != NULL) {
+		if (strncmp(line, "Groups:", 7) != 0)
+			continue;
+		for (p = line + 7; n < max; p = end) {
+			unsigned long g = strtoul(p, &end, 10);
+			if (end == p)
+				break;
+			out[n++] = (gid_t)g;
+		}
+		break;
+	}
+	fclose(f);
+	return n;
+}
+
+/* ---- dispatch -------------------------------------------------------- */
+
+/*
+ * Counts the values a JSON text would make (separators and openers outside
+ * strings), so a line of "[1,1,1,..." is refused before jansson spends
+ * tens of bytes on each value.
+ */
+static size_t
+ctl_json_tokens(const char *p, size_t len)
+{
+	size_t i, n = 0;
+	int in_str = 0;
+
+	for (i = 0; i < len; i++) {
+		char ch = p[i];
+		if (in_str) {
+			if (ch == '\\')
+				i++;
+			else if (ch == '"')
+				in_str = 0;
+		} else if (ch == '"')
+			in_str = 1;
+		else if (ch == ',' || ch == '[' || ch == '{' || ch == ':')
+			n++;
+	}
+	return n;
+}
+
+json_t *
+ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, size_t len)
+{
+	const struct ctl_op *op = NULL;
+	json_error_t jerr;
+	json_t *req, *reply, *id = NULL, *opv;
+
+	if (ctl_json_tokens(line, len) > CTL_MAX_TOKENS) {
+		metrics_request("invalid", "bad_request");
+		return reply_bad_field("", "a request holds more than %d JSON values",
+		    CTL_MAX_TOKENS);
+	}
+	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (req == NULL) {
+		metrics_request("invalid", "bad_request");
+		return reply_bad_field("", "malformed JSON at column %d: %s",
+		    jerr.column, jerr.text);
+	}
+	if (!json_is_object(req)) {
+		json_decref(req);
+		metrics_request("invalid", "bad_request");
+		return reply_bad_field("", "a request must be a JSON object");
+	}
+	/* "req_id" is the client's tag; "id" is taken: it names queue entries */
+	id = json_object_get(req, "req_id");
+	if (id != NULL && (json_is_object(id) || json_is_array(id))) {
+		reply = reply_bad_field("req_id", "\"req_id\" must be a string or a number");
+		id = NULL;
+		goto done;
+	}
+	opv = json_object_get(req, "op");
+	if (opv == NULL) {
+		reply = reply_bad_field("op", "missing field \"op\"");
+		goto done;
+	}
+	if (!json_is_string(opv)) {
+		reply = reply_bad_field("op", "field \"op\" must be a string");
+		goto done;
+	}
+	if ((op = ctl_op_find(json_string_value(opv))) == NULL) {
+		reply = reply_bad_field("op", "unknown op \"%.64s\"", json_string_value(opv));
+		goto done;
+	}
+	if ((op->roles & peer->roles) == 0) {
+		reply = reply_error("forbidden", "uid %u may not use \"%s\"",
+		    (unsigned)peer->uid, op->name);
+		log_msg(LOG_NOTICE, "event=forbidden op=%s uid=%u pid=%d", op->name,
+		    (unsigned)peer->uid, (int)peer->pid);
+		goto done;
+	}
+	reply = op->fn(d, peer, req);
+	if (reply == NULL)
+		reply = reply_error("unavailable", "internal error");
+done:
+	metrics_request(op != NULL ? op->name : "invalid",
+	    json_is_true(json_object_get(reply, "ok")) ? "ok" :
+	    json_string_value(json_object_get(reply, "error")) ?: "error");
+	if (id != NULL)
+		json_object_set(reply, "req_id", id);
+	json_decref(req);
+	return reply;
+}
+
+/* ---- connections ----------------------------------------------------- */
+
+static void
+ctl_out_append(struct ctl_conn *c, const char *s, size_t len)
+{
+	if (c->outlen + len > c->outcap) {
+		size_t cap = c->outcap ? c->outcap : 4096;
+		while (cap < c->outlen + len)
+			cap *= 2;
+		if ((c->out = realloc(c->out, cap)) == NULL)
+			abort();
+		c->outcap = cap;
+	}
+	memcpy(c->out + c->outlen, s, len);
+	c->outlen += len;
+}
+
+/* Appends one reply object as a line (caller holds c->mu). */
+static void
+ctl_out_reply(struct ctl_conn *c, json_t *reply)
+{
+	char *s = json_dumps(reply, JSON_COMPACT | JSON_ENSURE_ASCII);
+
+	if (s == NULL)
+		s = strdup("{\"ok\":false,\"error\":\"unavailable\",\"detail\":\"reply encoding failed\"}");
+	if (s == NULL)
+		abort();
+	ctl_out_append(c, s, strlen(s));
+	ctl_out_append(c, "\n", 1);
+	free(s);
+}
+
+/* Tells the event thread that c has output (from a worker). */
+static void
+ctl_mark_dirty(struct control *ctl, struct ctl_conn *c)
+{
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&ctl->dmu);
+	if (ctl->ndirty == ctl->capdirty) {
+		ctl->capdirty = ctl->capdirty ? ctl->capdirty * 2 : 64;
+		ctl->dirty = realloc(ctl->dirty, ctl->capdirty * sizeof(*ctl->dirty));
+		if (ctl->dirty == NULL)
+			abort();
+	}
+	ctl->dirty[ctl->ndirty++] = c;
+	c->dirty_refs++;
+	pthread_mutex_unlock(&ctl->dmu);
+	if (write(ctl->evfd, &one, sizeof(one)) == -1 && errno != EAGAIN)
+		log_msg(LOG_ERR, "event=control_error detail=\"eventfd write: %s\"",
+		    strerror(errno));
+}
+
+static void
+ctl_work_push(struct control *ctl, struct ctl_conn *c)
+{
+	pthread_mutex_lock(&ctl->wmu);
+	c->work_next = NULL;
+	if (ctl->wtail)
+		ctl->wtail->work_next = c;
+	else
+		ctl->whead = c;
+	ctl->wtail = c;
+	pthread_cond_signal(&ctl->wcv);
+	pthread_mutex_unlock(&ctl->wmu);
+}
+
+static void *
+ctl_worker(void *arg)
+{
+	struct control *ctl = arg;
+	struct ctl_conn *c;
+	struct ctl_req *r;
+	json_t *reply;
+
+	for (;;) {
+		pthread_mutex_lock(&ctl->wmu);
+		while (ctl->whead == NULL && !ctl->stopping)
+			pthread_cond_wait(&ctl->wcv, &ctl->wmu);
+		if (ctl->whead == NULL) {
+			pthread_mutex_unlock(&ctl->wmu);
+			return NULL;
+		}
+		c = ctl->whead;
+		ctl->whead = c->work_next;
+		if (ctl->whead == NULL)
+			ctl->wtail = NULL;
+		pthread_mutex_unlock(&ctl->wmu);
+
+		pthread_mutex_lock(&c->mu);
+		r = c->head;
+		c->head = r->next;
+		if (c->head == NULL)
+			c->tail = NULL;
+		c->npending--;
+		pthread_mutex_unlock(&c->mu);
+
+		reply = ctl_dispatch(ctl->d, &c->peer, r->line, r->len);
+		free(r);
+		if (json_is_true(json_object_get(reply, "_subscribe"))) {
+			json_object_del(reply, "_subscribe");
+			pthread_mutex_lock(&ctl_sub_mu);
+			pthread_mutex_lock(&c->mu);
+			if (!c->dead && !c->subscriber) {
+				c->subscriber = 1;
+				c->sub_next = ctl->subs;
+				ctl->subs = c;
+			}
+			pthread_mutex_unlock(&c->mu);
+			pthread_mutex_unlock(&ctl_sub_mu);
+		}
+
+		/*
+		 * The connection stays "queued" (so the event thread never frees
+		 * it under us) until the event thread handles the dirty mark.
+		 */
+		pthread_mutex_lock(&c->mu);
+		if (!c->dead)
+			ctl_out_reply(c, reply);
+		json_decref(reply);
+		if (c->head != NULL && !c->dead) {
+			pthread_mutex_unlock(&c->mu);
+			ctl_mark_dirty(ctl, c);
+			ctl_work_push(ctl, c);
+		} else {
+			c->returning = 1;
+			pthread_mutex_unlock(&c->mu);
+			ctl_mark_dirty(ctl, c);
+		}
+	}
+}
+
+/* Queues one complete line of c (event thread). */
+static void
+ctl_conn_line(struct control *ctl, struct ctl_conn *c, const char *line, size_t len)
+{
+	struct ctl_req *r;
+	json_t *err;
+	int start;
+
+	while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
+		len--;
+	if (len == 0)
+		return;		/* blank lines are keep-alives */
+	pthread_mutex_lock(&c->mu);
+	if (c->closing) {
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	if (c->npending >= (size_t)ctl->d->cfg->control_max_pipeline) {
+		err = reply_error("bad_request", "more than %d pipelined requests "
+		    "waiting; closing", ctl->d->cfg->control_max_pipeline);
+		c->final = err;
+		c->closing = 1;
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	if ((r = malloc(sizeof(*r) + len + 1)) == NULL)
+		abort();
+	r->next = NULL;
+	r->len = len;
+	memcpy(r->line, line, len);
+	r->line[len] = '\0';
+	if (c->tail)
+		c->tail->next = r;
+	else
+		c->head = r;
+	c->tail = r;
+	c->npending++;
+	start = !c->queued;
+	c->queued = 1;
+	pthread_mutex_unlock(&c->mu);
+	if (start)
+		ctl_work_push(ctl, c);
+}
+
+static void
+ctl_conn_error_close(struct control *ctl, struct ctl_conn *c, const char *code,
+    const char *detail)
+{
+	json_t *err = reply_error(code, "%s", detail);
+
+	pthread_mutex_lock(&c->mu);
+	/* Requests already queued still get their answers first. */
+	if (!c->closing) {
+		c->closing = 1;
+		c->final = err;
+		err = NULL;
+	}
+	pthread_mutex_unlock(&c->mu);
+	json_decref(err);
+}
+
+static void
+ctl_conn_read(struct control *ctl, struct ctl_conn *c)
+{
+	size_t max = ctl->d->cfg->control_max_line, start, i, outlen;
+	ssize_t n;
+
+	/* A peer with no role may only ping: it gets no room for big requests. */
+	if ((c->peer.roles & (ROLE_APP | ROLE_ADMIN)) == 0 && max > CTL_ANON_LINE)
+		max = CTL_ANON_LINE;
+
+	if (c->draining) {
+		char junk[4096];
+		/* The peer still sends; swallow it so close sends no RST over
+		 * our last answer.  EOF or error: done. */
+		while ((n = read(c->fd, junk, sizeof(junk))) > 0)
+			;
+		if (n == 0 || errno != EAGAIN)
+			ctl_conn_close(ctl, c);
+		return;
+	}
+	for (;;) {
+		if (c->incap - c->inlen < CTL_READ_CHUNK) {
+			size_t cap = c->incap ? c->incap * 2 : CTL_READ_CHUNK * 2;
+			if (cap > max + CTL_READ_CHUNK * 2)
+				cap = max + CTL_READ_CHUNK * 2;
+			if (cap > c->incap) {
+				if ((c->in = realloc(c->in, cap)) == NULL)
+					abort();
+				c->incap = cap;
+			}
+		}
+		n = read(c->fd, c->in + c->inlen, c->incap - c->inlen);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && errno == EAGAIN)
+			break;
+		if (n <= 0) {
+			ctl_conn_close(ctl, c);
+			return;
+		}
+		c->last_active = time(NULL);
+		/* Split complete lines; scan only the new bytes. */
+		start = 0;
+		for (i = c->inlen; i < c->inlen + (size_t)n; i++) {
+			if (c->in[i] != '\n')
+				continue;
+			if (i - start > max) {
+				ctl_conn_error_close(ctl, c, "bad_request",
+				    "request line longer than control_max_line; closing");
+				goto out;
+			}
+			ctl_conn_line(ctl, c, c->in + start, i - start);
+			start = i + 1;
+		}
+		c->inlen += n;
+		memmove(c->in, c->in + start, c->inlen - start);
+		c->inlen -= start;
+		if (c->inlen > max) {
+			ctl_conn_error_close(ctl, c, "bad_request",
+			    "request line longer than control_max_line; closing");
+			goto out;
+		}
+		if (c->closing)
+			goto out;
+		pthread_mutex_lock(&c->mu);
+		outlen = c->outlen;
+		pthread_mutex_unlock(&c->mu);
+		if (outlen >= CTL_OUT_HIGH)
+			break;		/* the peer does not read: stop reading it */
+		if (c->incap - c->inlen < CTL_READ_CHUNK && c->incap >= max + CTL_READ_CHUNK * 2)
+			break;
+	}
+	ctl_conn_flush(ctl, c);		/* also sets what epoll watches */
+	return;
+out:
+	/* Read no more; answer what is pending, then the error, then close. */
+	c->inlen = 0;
+	ctl_conn_flush(ctl, c);
+}
+
+/*
+ * Writes what c has to say (event thread); closes when finished and closing.
+ * Returns 1 if c was closed (it may be freed), 0 otherwise.
+ */
+static int
+ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
+{
+	struct epoll_event ev;
+	ssize_t n;
+	int done_close = 0;
+	uint32_t events;
+
+	pthread_mutex_lock(&c->mu);
+	if (c->dead) {
+		pthread_mutex_unlock(&c->mu);
+		return 1;
+	}
+	if (c->closing && !c->queued && c->final != NULL) {
+		ctl_out_reply(c, c->final);
+		json_decref(c->final);
+		c->final = NULL;
+	}
+	while (c->outlen > 0) {
+		n = send(c->fd, c->out, c->outlen, MSG_NOSIGNAL);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && errno == EAGAIN)
+			break;
+		if (n <= 0) {
+			c->outlen = 0;
+			c->closing = 1;
+			break;
+		}
+		memmove(c->out, c->out + n, c->outlen - n);
+		c->outlen -= n;
+		c->last_active = time(NULL);
+	}
+	events = (c->closing || c->outlen >= CTL_OUT_HIGH ? 0 : EPOLLIN) |
+	    (c->outlen > 0 ? EPOLLOUT : 0);
+	if (c->closing && c->outlen == 0 && !c->queued)
+		done_close = 1;
+	pthread_mutex_unlock(&c->mu);
+	if (done_close) {
+		/*
+		 * A lingering close: shut our side, then read and discard
+		 * until the peer closes (or the idle sweep gives up), so the
+		 * error we just sent is not destroyed by a reset.
+		 */
+		if (!c->draining && shutdown(c->fd, SHUT_WR) == 0) {
+			c->draining = 1;
+			c->last_active = time(NULL);
+			ev.events = EPOLLIN;
+			ev.data.ptr = c;
+			epoll_ctl(ctl->efd, EPOLL_CTL_MOD, c->fd, &ev);
+			c->events = EPOLLIN;
+			return 0;
+		}
+		ctl_conn_close(ctl, c);
+		return 1;
+	}
+	if (events != c->events) {
+		ev.events = events;
+		ev.data.ptr = c;
+		epoll_ctl(ctl->efd, EPOLL_CTL_MOD, c->fd, &ev);
+		c->events = events;
+	}
+	return 0;
+}
+
+static void
+ctl_conn_free(struct ctl_conn *c)
+{
+	struct ctl_req *r;
+
+	while ((r = c->head) != NULL) {
+		c->head = r->next;
+		free(r);
+	}
+	pthread_mutex_destroy(&c->mu);
+	json_decref(c->final);
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+/* Event thread: forget the socket; free now, or when the worker lets go. */
+static void
+ctl_conn_close(struct control *ctl, struct ctl_conn *c)
+{
+	unsigned refs;
+	int busy;
+
+	pthread_mutex_lock(&c->mu);
+	if (c->dead) {
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	c->dead = 1;
+	busy = c->queued;
+	pthread_mutex_unlock(&c->mu);
+	if (c->subscriber) {
+		struct ctl_conn **pp;
+		pthread_mutex_lock(&ctl_sub_mu);
+		for (pp = &ctl->subs; *pp != NULL; pp = &(*pp)->sub_next)
+			if (*pp == c) {
+				*pp = c->sub_next;
+				break;
+			}
+		pthread_mutex_unlock(&ctl_sub_mu);
+	}
+	epoll_ctl(ctl->efd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->fd = -1;
+	ctl->nconns--;
+	if (c->all_prev)
+		c->all_prev->all_next = c->all_next;
+	else
+		ctl->all = c->all_next;
+	if (c->all_next)
+		c->all_next->all_prev = c->all_prev;
+	c->all_next = c->all_prev = NULL;
+	pthread_mutex_lock(&ctl->dmu);
+	refs = c->dirty_refs;
+	pthread_mutex_unlock(&ctl->dmu);
+	if (!busy && refs == 0)
+		ctl_conn_free(c);
+	/* else: freed in ctl_drain_dirty once the worker and the list let go */
+}
+
+static void
+ctl_accept(struct control *ctl)
+{
+	static const char toomany[] = "{\"ok\":false,\"error\":\"unavailable\","
+	    "\"detail\":\"too many connections (control_max_connections)\"}\n";
+	struct epoll_event ev;
+	struct ucred cred;
+	socklen_t clen = sizeof(cred);
+	gid_t groups[CTL_MAX_GROUPS];
+	struct ctl_conn *c;
+	size_t ng;
+	int fd;
+
+	for (;;) {
+		fd = accept4(ctl->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd == -1 && (errno == EMFILE || errno == ENFILE) && ctl->spare != -1) {
+			/*
+			 * Out of descriptors: the listener stays readable, so
+			 * free the spare one, take the client, tell it, close,
+			 * instead of spinning or leaving it hanging.
+			 */
+			static const char nofd[] = "{\"ok\":false,\"error\":\"unavailable\","
+			    "\"detail\":\"the daemon is out of file descriptors\"}\n";
+			close(ctl->spare);
+			fd = accept4(ctl->lfd, NULL, NULL, SOCK_CLOEXEC);
+			if (fd != -1) {
+				(void)!send(fd, nofd, sizeof(nofd) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+				close(fd);
+			}
+			ctl->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			if (time(NULL) != ctl->last_fd_warn) {
+				ctl->last_fd_warn = time(NULL);
+				log_msg(LOG_WARNING, "event=control_refused reason=out_of_fds");
+			}
+			/* accept() fails EMFILE before it looks at the queue:
+			 * only a client taken means there may be more. */
+			if (fd == -1)
+				return;
+			continue;
+		}
+		if (fd == -1)
+			return;
+		if (ctl->nconns >= (size_t)ctl->d->cfg->control_max_connections) {
+			/* best effort: the client may have left already */
+			(void)!send(fd, toomany, sizeof(toomany) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+			close(fd);
+			log_msg(LOG_WARNING, "event=control_refused reason=max_connections");
+			continue;
+		}
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == -1) {
+			close(fd);
+			continue;
+		}
+		if ((c = calloc(1, sizeof(*c))) == NULL)
+			abort();
+		c->fd = fd;
+		c->peer.uid = cred.uid;
+		c->peer.gid = cred.gid;
+		c->peer.pid = cred.pid;
+		ng = ctl_peer_groups(cred.pid, cred.gid, groups, CTL_MAX_GROUPS);
+		c->peer.roles = ctl_acl_roles(ctl->acl, cred.uid, groups, ng);
+		c->last_active = time(NULL);
+		pthread_mutex_init(&c->mu, NULL);
+		c->events = ev.events = EPOLLIN;
+		ev.data.ptr = c;
+		if (epoll_ctl(ctl->efd, EPOLL_CTL_ADD, fd, &ev) == -1) {
+			close(fd);
+			ctl_conn_free(c);
+			continue;
+		}
+		c->all_next = ctl->all;
+		if (ctl->all)
+			ctl->all->all_prev = c;
+		ctl->all = c;
+		ctl->nconns++;
+	}
+}
+
+static void
+ctl_drain_dirty(struct control *ctl)
+{
+	struct ctl_conn **list;
+	size_t n, i;
+	uint64_t v;
+
+	if (read(ctl->evfd, &v, sizeof(v)) == -1 && errno != EAGAIN)
+		return;
+	pthread_mutex_lock(&ctl->dmu);
+	list = ctl->dirty;
+	n = ctl->ndirty;
+	ctl->dirty = NULL;
+	ctl->ndirty = ctl->capdirty = 0;
+	pthread_mutex_unlock(&ctl->dmu);
+	for (i = 0; i < n; i++) {
+		struct ctl_conn *c = list[i];
+		int dead, queued, push = 0;
+		unsigned refs;
+
+		pthread_mutex_lock(&c->mu);
+		if (c->returning) {
+			c->returning = 0;
+			if (c->head != NULL && !c->dead)
+				push = 1;
+			else
+				c->queued = 0;
+		}
+		dead = c->dead;
+		queued = c->queued;
+		pthread_mutex_unlock(&c->mu);
+		pthread_mutex_lock(&ctl->dmu);
+		refs = --c->dirty_refs;
+		pthread_mutex_unlock(&ctl->dmu);
+		if (push)
+			ctl_work_push(ctl, c);
+		/*
+		 * A closed connection is freed by whoever lets go of it last:
+		 * no worker holds it and no later list entry names it.
+		 */
+		if (dead) {
+			if (!queued && refs == 0)
+				ctl_conn_free(c);
+			continue;
+		}
+		ctl_conn_flush(ctl, c);
+	}
+	free(list);
+}
+
+static void
+ctl_idle_sweep(struct control *ctl)
+{
+	struct ctl_conn *c, *next;
+	time_t now = time(NULL);
+	int idle;
+
+	for (c = ctl->all; c != NULL; c = next) {
+		next = c->all_next;
+		pthread_mutex_lock(&c->mu);
+		idle = !c->queued && !c->subscriber && c->outlen == 0 &&
+		    now - c->last_active > (c->draining ? 2 :
+		    ctl->d->cfg->control_idle_timeout);
+		pthread_mutex_unlock(&c->mu);
+		if (idle)
+			ctl_conn_close(ctl, c);
+	}
+}
+
+static void *
+ctl_event_loop(void *arg)
+{
+	struct control *ctl = arg;
+	struct epoll_event evs[64];
+	time_t last_sweep = time(NULL);
+	int n, i, dirty;
+
+	while (!ctl->stopping) {
+		n = epoll_wait(ctl->efd, evs, 64, 1000);
+		dirty = 0;
+		/*
+		 * Each connection's event may close only that connection; the
+		 * workers' dirty list (which may close and free any of them)
+		 * is handled after the batch, so no event here is stale.
+		 */
+		for (i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+			if (p == &ctl->lfd) {
+				ctl_accept(ctl);
+			} else if (p == &ctl->evfd) {
+				dirty = 1;
+			} else {
+				struct ctl_conn *c = p;
+				if ((evs[i].events & EPOLLOUT) && ctl_conn_flush(ctl, c))
+					continue;	/* closed, maybe freed */
+				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+					ctl_conn_read(ctl, c);
+			}
+		}
+		if (dirty)
+			ctl_drain_dirty(ctl);
+		if (time(NULL) != last_sweep) {
+			last_sweep = time(NULL);
+			ctl_idle_sweep(ctl);
+		}
+	}
+	return NULL;
+}
+
+/* ---- live event stream ------------------------------------------------ */
+
+/* Log tap: every event line goes to each subscriber as {"event": line}. */
+static void
+ctl_tap(int prio, const char *line)
+{
+	struct control *ctl;
+	struct ctl_conn *c;
+	json_t *ev;
+	char *s;
+
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl = ctl_tap_owner;
+	if (ctl == NULL || ctl->subs == NULL) {
+		pthread_mutex_unlock(&ctl_sub_mu);
+		return;
+	}
+	ev = json_pack("{s:s, s:I}", "event", line, "time", (json_int_t)time(NULL));
+	s = ev ? json_dumps(ev, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+	json_decref(ev);
+	for (c = ctl->subs; s != NULL && c != NULL; c = c->sub_next) {
+		pthread_mutex_lock(&c->mu);
+		if (!c->dead && c->outlen < CTL_TAIL_BACKLOG) {
+			ctl_out_append(c, s, strlen(s));
+			ctl_out_append(c, "\n", 1);
+		}
+		pthread_mutex_unlock(&c->mu);
+		ctl_mark_dirty(ctl, c);
+	}
+	pthread_mutex_unlock(&ctl_sub_mu);
+	free(s);
+}
+
+/* ---- start and stop -------------------------------------------------- */
+
+struct control *
+control_listen(struct otpmaild *d, char *err, size_t errlen)
+{
+	struct sockaddr_un sun;
+	struct control *ctl;
+	struct group *g;
+	mode_t old;
+
+	if ((ctl = calloc(1, sizeof(*ctl))) == NULL)
+		abort();
+	ctl->d = d;
+	ctl->lfd = ctl->efd = ctl->evfd = -1;
+	ctl->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	ctl->path = strdup(d->cfg->control_socket);
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(ctl->path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "control socket path too long: %s", ctl->path);
+		goto fail;
+	}
+	strcpy(sun.sun_path, ctl->path);
+	if ((ctl->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) == -1) {
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		goto fail;
+	}
+	/* The state directory lock is held: a socket file left here is stale. */
+	unlink(ctl->path);
+	old = umask(0777 & ~d->cfg->control_socket_mode);
+	if (bind(ctl->lfd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+		umask(old);
+		snprintf(err, errlen, "bind %s: %s", ctl->path, strerror(errno));
+		goto fail;
+	}
+	umask(old);
+	if (chmod(ctl->path, d->cfg->control_socket_mode) == -1) {
+		snprintf(err, errlen, "chmod %s: %s", ctl->path, strerror(errno));
+		goto fail;
+	}
+	if (d->cfg->control_socket_group[0] != '\0') {
+		if ((g = getgrnam(d->cfg->control_socket_group)) == NULL ||
+		    chown(ctl->path, (uid_t)-1, g->gr_gid) == -1) {
+			snprintf(err, errlen, "chgrp %s to %s failed", ctl->path,
+			    d->cfg->control_socket_group);
+			goto fail;
+		}
+	}
+	if (listen(ctl->lfd, 512) == -1) {
+		snprintf(err, errlen, "listen: %s", strerror(errno));
+		goto fail;
+	}
+	return ctl;
+fail:
+	if (ctl->lfd != -1)
+		close(ctl->lfd);
+	if (ctl->spare != -1)
+		close(ctl->spare);
+	free(ctl->path);
+	free(ctl);
+	return NULL;
+}
+
+int
+control_run(struct control *ctl, char *err, size_t errlen)
+{
+	struct epoll_event ev;
+	int i;
+
+	ctl->acl = ctl_acl_new(ctl->d->cfg, geteuid());
+	pthread_mutex_init(&ctl->wmu, NULL);
+	pthread_cond_init(&ctl->wcv, NULL);
+	pthread_mutex_init(&ctl->dmu, NULL);
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl_tap_owner = ctl;
+	pthread_mutex_unlock(&ctl_sub_mu);
+	log_set_tap(ctl_tap);
+	if ((ctl->efd = epoll_create1(EPOLL_CLOEXEC)) == -1 ||
+	    (ctl->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
+		snprintf(err, errlen, "epoll/eventfd: %s", strerror(errno));
+		return -1;
+	}
+	ev.events = EPOLLIN;
+	ev.data.ptr = &ctl->lfd;
+	epoll_ctl(ctl->efd, EPOLL_CTL_ADD, ctl->lfd, &ev);
+	ev.data.ptr = &ctl->evfd;
+	epoll_ctl(ctl->efd, EPOLL_CTL_ADD, ctl->evfd, &ev);
+	ctl->nworkers = ctl->d->cfg->request_workers;
+	ctl->workers = calloc(ctl->nworkers, sizeof(pthread_t));
+	for (i = 0; i < ctl->nworkers; i++)
+		if (pthread_create(&ctl->workers[i], NULL, ctl_worker, ctl) != 0) {
+			snprintf(err, errlen, "pthread_create failed");
+			ctl->nworkers = i;
+			return -1;
+		}
+	if (pthread_create(&ctl->thread, NULL, ctl_event_loop, ctl) != 0) {
+		snprintf(err, errlen, "pthread_create failed");
+		return -1;
+	}
+	ctl->running = 1;
+	return 0;
+}
+
+void
+control_stop(struct control *ctl)
+{
+	struct ctl_conn *c, *next;
+	int i;
+
+	if (ctl == NULL)
+		return;
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl_tap_owner = NULL;
+	pthread_mutex_unlock(&ctl_sub_mu);
+	if (ctl->lfd != -1) {
+		close(ctl->lfd);
+		unlink(ctl->path);
+	}
+	pthread_mutex_lock(&ctl->wmu);
+	ctl->stopping = 1;
+	pthread_cond_broadcast(&ctl->wcv);
+	pthread_mutex_unlock(&ctl->wmu);
+	if (ctl->running)
+		pthread_join(ctl->thread, NULL);
+	/* Workers finish the request in hand; the rest are dropped. */
+	for (i = 0; i < ctl->nworkers; i++)
+		pthread_join(ctl->workers[i], NULL);
+	/* Connections closed while a worker or the dirty list held them. */
+	if (ctl->running) {
+		pthread_mutex_lock(&ctl->dmu);
+		for (size_t j = 0; j < ctl->ndirty; j++) {
+			struct ctl_conn *x = ctl->dirty[j];
+			if (--x->dirty_refs == 0 && x->dead)
+				ctl_conn_free(x);	/* the workers are gone */
+		}
+		ctl->ndirty = 0;
+		pthread_mutex_unlock(&ctl->dmu);
+	}
+	/* The live ones: what is answered goes out if the peer takes it now. */
+	for (c = ctl->all; c != NULL; c = next) {
+		next = c->all_next;
+		if (c->outlen > 0)
+			(void)!send(c->fd, c->out, c->outlen, MSG_NOSIGNAL | MSG_DONTWAIT);
+		close(c->fd);
+		ctl_conn_free(c);
+	}
+	ctl->all = NULL;
+	free(ctl->dirty);
+	if (ctl->efd != -1)
+		close(ctl->efd);
+	if (ctl->evfd != -1)
+		close(ctl->evfd);
+	ctl_acl_free(ctl->acl);
+	if (ctl->spare != -1)
+		close(ctl->spare);
+	free(ctl->workers);
+	free(ctl->path);
+	free(ctl);
+}

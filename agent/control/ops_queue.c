@@ -1,0 +1,825 @@
+/*
+ * ops_queue.c - the queue's face on the control socket: mail.send (compose
+ * or take a raw message, validate, submit), message.status, the admin
+ * queue.* operations (list with filters and paging, show, hold, release,
+ * delete, flush, pause, resume), stats and Prometheus metrics.  Every admin
+ * action is logged with the caller's uid.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "agent/mail/address.h"
+#include "agent/core/log.h"
+#include "agent/core/metrics.h"
+#include "agent/mail/message.h"
+#include "agent/control/ops.h"
+#include "agent/mail/submit.h"
+#include "queue/queue.h"
+
+#define OPQ_SUBJECT_MAX		998
+#define OPQ_HEADER_MAX		998	/* bytes of a header value we accept */
+#define OPQ_HEADERS_MAX		50	/* extra headers in one mail.send */
+#define OPQ_LINE_MAX		998	/* RFC 5322 2.1.1 */
+#define OPQ_LIST_MAX		1000	/* queue.list page size cap */
+#define OPQ_IDS_MAX		1000	/* ids in one admin request */
+
+enum opq_action { OPQ_HOLD, OPQ_RELEASE, OPQ_DELETE, OPQ_FLUSH };
+
+static json_t	*opq_status_error(enum q_status, const char *id);
+static const char *opq_public_state(const struct q_envelope *);
+static json_t	*opq_rcpts(const struct q_envelope *, int full);
+static json_t	*opq_entry(const struct q_envelope *, time_t now);
+static int	 opq_from(const char *from, char *addr, size_t alen, char *hdr,
+		    size_t hlen, json_t **err);
+static int	 opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid,
+		    json_t **err);
+static int	 opq_raw(struct otpmaild *, const char *raw, size_t len, struct buf *b,
+		    json_t **err);
+static void	 opq_base64(struct buf *, const unsigned char *, size_t);
+static json_t	*opq_ids_action(struct otpmaild *, const struct ctl_peer *, json_t *,
+		    enum opq_action);
+
+/* --- shared --------------------------------------------------------- */
+
+static json_t *
+opq_status_error(enum q_status st, const char *id)
+{
+	switch (st) {
+	case Q_NOTFOUND:
+		return reply_error("not_found", "no message with id %s", id ? id : "?");
+	case Q_BADINPUT:
+		return reply_error("bad_request", "the queue refused the request");
+	case Q_BUSY:
+		return reply_error("unavailable", "message %s is being delivered; retry",
+		    id ? id : "?");
+	case Q_NOSPACE:
+		return reply_error("unavailable", "%s; try again later", queue_nospace_why);
+	default:
+		return reply_error("unavailable", "queue I/O error; try again later");
+	}
+}
+
+/* The state an app understands: queued, delivering, deferred, held, or for
+ * a finished message delivered / failed / expired. */
+static const char *
+opq_public_state(const struct q_envelope *e)
+{
+	size_t i;
+	int failed = 0, expired = 0;
+
+	if (e->state != Q_MSG_DONE)
+		return q_msg_state_name(e->state);
+	for (i = 0; i < e->nrcpt; i++) {
+		if (e->rcpts[i].state == Q_RCPT_FAILED)
+			failed = 1;
+		if (e->rcpts[i].state == Q_RCPT_EXPIRED)
+			expired = 1;
+	}
+	return failed ? "failed" : expired ? "expired" : "delivered";
+}
+
+static json_t *
+opq_rcpts(const struct q_envelope *e, int full)
+{
+	json_t *a = json_array(), *o;
+	size_t i;
+
+	for (i = 0; i < e->nrcpt; i++) {
+		const struct q_rcpt *r = &e->rcpts[i];
+
+		o = json_pack("{s:s, s:s}", "to", r->addr, "state", q_rcpt_state_name(r->state));
+		if (o == NULL)
+			continue;
+		if (full) {
+			json_object_set_new(o, "attempts", json_integer(r->attempts));
+			json_object_set_new(o, "last_attempt", json_integer((json_int_t)r->last_attempt));
+			json_object_set_new(o, "reply", r->reply ? json_string(r->reply) : json_null());
+		}
+		json_array_append_new(a, o);
+	}
+	return a;
+}
+
+static json_t *
+opq_entry(const struct q_envelope *e, time_t now)
+{
+	json_t *o;
+
+	o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:i, s:I}",
+	    "id", e->id, "class", q_class_name(e->klass), "state", q_msg_state_name(e->state),
+	    "sender", e->sender, "recipients", opq_rcpts(e, 0),
+	    "created", (json_int_t)e->created, "age", (json_int_t)(now - e->created),
+	    "attempts", e->attempts, "size", (json_int_t)e->size);
+	if (o == NULL)
+		return NULL;
+	json_object_set_new(o, "next_attempt", e->state == Q_MSG_DONE || e->held ?
+	    json_null() : json_integer((json_int_t)e->next_attempt));
+	json_object_set_new(o, "expires", json_integer((json_int_t)e->expires));
+	json_object_set_new(o, "last_error", e->last_error ? json_string(e->last_error) :
+	    json_null());
+	return o;
+}
+
+static void
+opq_base64(struct buf *b, const unsigned char *p, size_t n)
+{
+	static const char t[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	char q[4];
+	size_t i;
+
+	for (i = 0; i + 2 < n; i += 3) {
+		q[0] = t[p[i] >> 2];
+		q[1] = t[((p[i] & 3) << 4) | (p[i + 1] >> 4)];
+		q[2] = t[((p[i + 1] & 15) << 2) | (p[i + 2] >> 6)];
+		q[3] = t[p[i + 2] & 63];
+		buf_add(b, q, 4);
+	}
+	if (n - i == 1) {
+		q[0] = t[p[i] >> 2];
+		q[1] = t[(p[i] & 3) << 4];
+		q[2] = q[3] = '=';
+		buf_add(b, q, 4);
+	} else if (n - i == 2) {
+		q[0] = t[p[i] >> 2];
+		q[1] = t[((p[i] & 3) << 4) | (p[i + 1] >> 4)];
+		q[2] = t[(p[i + 1] & 15) << 2];
+		q[3] = '=';
+		buf_add(b, q, 4);
+	}
+}
+
+/* --- mail.send ------------------------------------------------------ */
+
+/* "addr" or "Display Name <addr>": the bare address for the envelope and
+ * the From header to write. */
+static int
+opq_from(const char *from, char *addr, size_t alen, char *hdr, size_t hlen, json_t **err)
+{
+	const char *lt = strchr(from, '<'), *gt;
+	char reason[128], name[256];
+	size_t nl;
+
+	if (lt == NULL) {
+		snprintf(addr, alen, "%s", from);
+		if (strlen(from) >= alen || addr_validate(addr, reason, sizeof(reason)) == -1) {
+			*err = reply_bad_field("from", "bad sender address: %s", reason);
+			return -1;
+		}
+		snprintf(hdr, hlen, "%s", addr);
+		return 0;
+	}
+	gt = strchr(lt, '>');
+	if (gt == NULL || gt[1] != '\0' || (size_t)(gt - lt - 1) >= alen) {
+		*err = reply_bad_field("from", "use \"address\" or \"Name <address>\"");
+		return -1;
+	}
+	memcpy(addr, lt + 1, (size_t)(gt - lt - 1));
+	addr[gt - lt - 1] = '\0';
+	if (addr_validate(addr, reason, sizeof(reason)) == -1) {
+		*err = reply_bad_field("from", "bad sender address: %s", reason);
+		return -1;
+	}
+	nl = (size_t)(lt - from);
+	while (nl > 0 && from[nl - 1] == ' ')
+		nl--;
+	if (nl >= sizeof(name) || memchr(from, '"', nl) != NULL || memchr(from, '\\', nl)) {
+		*err = reply_bad_field("from", "display name too long or holds quotes");
+		return -1;
+	}
+	memcpy(name, from, nl);
+	name[nl] = '\0';
+	if (nl == 0)
+		snprintf(hdr, hlen, "<%s>", addr);
+	else if (strpbrk(name, "()<>[]:;@,.") != NULL)
+		snprintf(hdr, hlen, "\"%s\" <%s>", name, addr);
+	else
+		snprintf(hdr, hlen, "%s <%s>", name, addr);
+	return 0;
+}
+
+/* Extra headers of a composed message: {"Reply-To": "...", ...}. */
+static int
+opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid, json_t **err)
+{
+	static const char *const reserved[] = { "From", "To", "Cc", "Bcc", "Subject",
+	    "MIME-Version", "Content-Type", "Content-Transfer-Encoding",
+	    "DKIM-Signature", "Return-Path", "Received", NULL };
+	json_t *h = json_object_get(req, "headers"), *v;
+	const char *name;
+	int i;
+
+	if (h == NULL || json_is_null(h))
+		return 0;
+	if (!json_is_object(h)) {
+		*err = reply_bad_field("headers", "headers must be an object {name: value}");
+		return -1;
+	}
+	if (json_object_size(h) > OPQ_HEADERS_MAX) {
+		*err = reply_bad_field("headers", "more than %d headers", OPQ_HEADERS_MAX);
+		return -1;
+	}
+	json_object_foreach(h, name, v) {
+		if (!msg_header_name_ok(name)) {
+			*err = reply_bad_field("headers", "bad header name");
+			return -1;
+		}
+		for (i = 0; reserved[i] != NULL; i++)
+			if (strcasecmp(name, reserved[i]) == 0) {
+				*err = reply_bad_field("headers", "header %s is set by otpmail "
+				    "(use the from/to/subject fields)", reserved[i]);
+				return -1;
+			}
+		if (!json_is_string(v) || json_string_length(v) > OPQ_HEADER_MAX ||
+		    memchr(json_string_value(v), '\0', json_string_length(v)) != NULL ||
+		    !msg_header_value_ok(json_string_value(v), OPQ_HEADER_MAX)) {
+			*err = reply_bad_field("headers", "header %s: value must be a string "
+			    "without CR, LF or NUL, at most %d bytes", name, OPQ_HEADER_MAX);
+			return -1;
+		}
+		if (strcasecmp(name, "Date") == 0)
+			*has_date = 1;
+		if (strcasecmp(name, "Message-ID") == 0)
+			*has_mid = 1;
+		msg_add_header(b, name, json_string_value(v));
+	}
+	return 0;
+}
+
+/* A raw RFC 5322 message: CRLF line ends, a From header, header lines of at
+ * most 998 bytes, Date and Message-ID added when missing, Bcc removed. */
+static int
+opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t **err)
+{
+	struct buf n;
+	size_t i, line = 0, hdr_end = 0;
+	char *v, date[64], mid[300];
+	int in_hdr = 1, saw_hdr = 0;
+
+	/*
+	 * The header section as sent: a bare CR would become a line end below
+	 * and could start a header of its own, so it is refused; so is a line
+	 * that is neither a field ("Name: value") nor a continuation.
+	 */
+	for (i = 0; i < len; i = line) {
+		size_t e = i, k;
+		while (e < len && raw[e] != '\n')
+			e++;
+		line = e + 1;
+		if (e > i && raw[e - 1] == '\r')
+			e--;
+		if (e == i)
+			break;		/* the empty line: the body starts */
+		for (k = i; k < e; k++)
+			if (raw[k] == '\r') {
+				*err = reply_bad_field("raw", "a bare CR in the header section");
+				return -1;
+			}
+		if (raw[i] != ' ' && raw[i] != '\t') {
+			for (k = i; k < e && raw[k] != ':' && raw[k] > ' ' && raw[k] < 0x7f; k++)
+				;
+			if (k == i || k == e || raw[k] != ':') {
+				*err = reply_bad_field("raw", "header line %.40s... is not "
+				    "\"Name: value\"", raw + i);
+				return -1;
+			}
+		}
+	}
+	line = 0;
+	buf_init(&n);
+	msg_add_crlf_text(&n, raw, len);
+	for (i = 0; i < n.len && in_hdr; i++) {
+		if (n.data[i] == '\r') {
+			if (line == 0) {
+				in_hdr = 0;
+				hdr_end = i;
+				break;
+			}
+			if (line > OPQ_LINE_MAX) {
+				buf_free(&n);
+				*err = reply_bad_field("raw", "a header line is longer than %d bytes",
+				    OPQ_LINE_MAX);
+				return -1;
+			}
+			saw_hdr = 1;
+			line = 0;
+			i++;	/* the LF */
+			continue;
+		}
+		line++;
+	}
+	if (in_hdr)
+		hdr_end = n.len;
+	if (!saw_hdr || (v = msg_find_header(n.data, n.len, "From")) == NULL) {
+		buf_free(&n);
+		*err = reply_bad_field("raw", "the message has no From header");
+		return -1;
+	}
+	free(v);
+	if ((v = msg_find_header(n.data, n.len, "Date")) == NULL) {
+		msg_date(time(NULL), date, sizeof(date));
+		msg_add_header(out, "Date", date);
+	}
+	free(v);
+	if ((v = msg_find_header(n.data, n.len, "Message-ID")) == NULL) {
+		msg_message_id(d->hostname ? d->hostname : "localhost", mid, sizeof(mid));
+		msg_add_header(out, "Message-ID", mid);
+	}
+	free(v);
+	/* Bcc is for the envelope only: never show it to the recipients. */
+	for (i = 0; i < hdr_end; ) {
+		size_t e = i;
+
+		while (e < hdr_end && n.data[e] != '\n')
+			e++;
+		e = e < hdr_end ? e + 1 : hdr_end;
+		while (e < hdr_end && (n.data[e] == ' ' || n.data[e] == '\t')) {
+			while (e < hdr_end && n.data[e] != '\n')
+				e++;
+			e = e < hdr_end ? e + 1 : hdr_end;
+		}
+		if (e - i < 4 || strncasecmp(n.data + i, "Bcc:", 4) != 0)
+			buf_add(out, n.data + i, e - i);
+		i = e;
+	}
+	buf_add(out, n.data + hdr_end, n.len - hdr_end);
+	buf_free(&n);
+	return 0;
+}
+
+json_t *
+op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
+{
+	const char *from = NULL, *subject = NULL, *text = NULL, *html = NULL, *raw = NULL;
+	const char *cls = NULL, **to = NULL;
+	char fromaddr[ADDR_PATH_MAX + 1], fromhdr[ADDR_PATH_MAX + 300], reason[128];
+	char date[64], mid[300], boundary[80], id[QUEUE_ID_LEN + 1];
+	size_t nto = 0, textlen = 0, htmllen = 0, rawlen = 0, i, limit;
+	struct q_envelope tmpl;
+	struct q_rcpt *rc = NULL;
+	struct buf b, tohdr;
+	json_t *err = NULL;
+	long ttl = 0;
+	int klass = Q_CLASS_DEFAULT, has_date = 0, has_mid = 0;
+
+	buf_init(&b);
+	buf_init(&tohdr);
+	limit = d->cfg->message_size_limit;
+	if (req_str(req, "from", 1, ADDR_PATH_MAX + 256, &from, &err) == -1 ||
+	    req_str_list(req, "to", 1, (size_t)d->cfg->max_recipients, ADDR_PATH_MAX,
+	    &to, &nto, &err) == -1 ||
+	    req_str(req, "class", 0, 16, &cls, &err) == -1 ||
+	    req_int(req, "ttl", 0, 1, 30L * 86400, &ttl, &err) == -1 ||
+	    req_text(req, "raw", 0, limit, &raw, &rawlen, &err) == -1)
+		goto fail;
+	if (nto == 0) {
+		err = reply_bad_field("to", "at least one recipient");
+		goto fail;
+	}
+	if (cls != NULL && (klass = q_class_parse(cls)) < 0) {
+		err = reply_bad_field("class", "class must be \"default\" or \"otp\"");
+		goto fail;
+	}
+	if (opq_from(from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr), &err) == -1)
+		goto fail;
+	for (i = 0; i < nto; i++)
+		if (addr_validate(to[i], reason, sizeof(reason)) == -1) {
+			err = reply_bad_field("to", "recipient %zu (%.80s): %s", i, to[i], reason);
+			goto fail;
+		}
+
+	if (raw != NULL) {
+		if (json_object_get(req, "subject") || json_object_get(req, "text") ||
+		    json_object_get(req, "html") || json_object_get(req, "headers")) {
+			err = reply_bad_field("raw", "raw excludes subject/text/html/headers");
+			goto fail;
+		}
+		if (opq_raw(d, raw, rawlen, &b, &err) == -1)
+			goto fail;
+	} else {
+		if (req_str(req, "subject", 1, OPQ_SUBJECT_MAX, &subject, &err) == -1 ||
+		    req_text(req, "text", 1, limit, &text, &textlen, &err) == -1 ||
+		    req_text(req, "html", 0, limit, &html, &htmllen, &err) == -1)
+			goto fail;
+		if (textlen + htmllen > limit) {
+			err = reply_bad_field("text", "text and html exceed message_size_limit");
+			goto fail;
+		}
+		for (i = 0; i < nto; i++)
+			buf_printf(&tohdr, "%s%s", i ? ", " : "", to[i]);
+		if (opq_headers(req, &b, &has_date, &has_mid, &err) == -1)
+			goto fail;
+		if (!has_date) {
+			msg_date(time(NULL), date, sizeof(date));
+			msg_add_header(&b, "Date", date);
+		}
+		if (!has_mid) {
+			msg_message_id(d->hostname ? d->hostname : "localhost", mid, sizeof(mid));
+			msg_add_header(&b, "Message-ID", mid);
+		}
+		msg_add_header(&b, "From", fromhdr);
+		msg_add_header(&b, "To", tohdr.data);
+		msg_add_header(&b, "Subject", subject);
+		buf_adds(&b, "MIME-Version: 1.0\r\n");
+		if (html == NULL) {
+			buf_adds(&b, "Content-Type: text/plain; charset=utf-8\r\n"
+			    "Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+			msg_add_qp(&b, text, textlen);
+		} else {
+			/* "=_" never starts a quoted-printable line: the boundary
+			 * cannot occur in the parts */
+			msg_message_id("b", mid, sizeof(mid));
+			mid[strcspn(mid, "@")] = '\0';
+			snprintf(boundary, sizeof(boundary), "=_otpmail_%.60s", mid + 1);
+			buf_printf(&b, "Content-Type: multipart/alternative; "
+			    "boundary=\"%s\"\r\n\r\n", boundary);
+			buf_printf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+			    "Content-Transfer-Encoding: quoted-printable\r\n\r\n", boundary);
+			msg_add_qp(&b, text, textlen);
+			buf_printf(&b, "\r\n--%s\r\nContent-Type: text/html; charset=utf-8\r\n"
+			    "Content-Transfer-Encoding: quoted-printable\r\n\r\n", boundary);
+			msg_add_qp(&b, html, htmllen);
+			buf_printf(&b, "\r\n--%s--\r\n", boundary);
+		}
+	}
+	if (b.len > limit) {
+		err = reply_bad_field(raw ? "raw" : "text", "message of %zu bytes is larger "
+		    "than message_size_limit (%zu)", b.len, limit);
+		goto fail;
+	}
+	if ((rc = calloc(nto, sizeof(*rc))) == NULL) {
+		err = reply_error("unavailable", "out of memory");
+		goto fail;
+	}
+	for (i = 0; i < nto; i++)
+		rc[i].addr = (char *)to[i];
+	memset(&tmpl, 0, sizeof(tmpl));
+	tmpl.klass = (enum q_class)klass;
+	tmpl.sender = fromaddr;
+	tmpl.rcpts = rc;
+	tmpl.nrcpt = nto;
+	tmpl.tag = "mail.send";
+	tmpl.client_uid = (uint32_t)peer->uid;
+	if (ttl > 0)
+		tmpl.expires = time(NULL) + ttl;
+	if (submit_message(d, &tmpl, b.data, b.len, id, &err, NULL, NULL) == -1)
+		goto fail;
+	free(rc);
+	free(to);
+	buf_free(&b);
+	buf_free(&tohdr);
+	return json_pack("{s:b, s:s}", "ok", 1, "id", id);
+fail:
+	free(rc);
+	free(to);
+	buf_free(&b);
+	buf_free(&tohdr);
+	return err ? err : reply_error("unavailable", "out of memory");
+}
+
+/* --- message.status ------------------------------------------------- */
+
+json_t *
+op_message_status(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
+{
+	struct q_envelope *e = NULL;
+	const char *id = NULL;
+	enum q_status st;
+	json_t *err = NULL, *r;
+
+	if (req_str(req, "id", 1, 64, &id, &err) == -1)
+		return err;
+	if ((st = queue_get(d->queue, id, &e)) != Q_OK)
+		return opq_status_error(st, id);
+	/* an app sees its own messages only; admins see all */
+	if (!(peer->roles & ROLE_ADMIN) && e->client_uid != (uint32_t)peer->uid) {
+		q_envelope_free(e);
+		return opq_status_error(Q_NOTFOUND, id);
+	}
+	r = json_pack("{s:b, s:s, s:s, s:s, s:I, s:I, s:i, s:o}", "ok", 1, "id", e->id,
+	    "state", opq_public_state(e), "class", q_class_name(e->klass),
+	    "created", (json_int_t)e->created, "expires", (json_int_t)e->expires,
+	    "attempts", e->attempts, "recipients", opq_rcpts(e, 1));
+	if (r != NULL) {
+		json_object_set_new(r, "next_attempt", e->state == Q_MSG_DONE || e->held ?
+		    json_null() : json_integer((json_int_t)e->next_attempt));
+		json_object_set_new(r, "last_error", e->last_error ?
+		    json_string(e->last_error) : json_null());
+		if (e->finished)
+			json_object_set_new(r, "finished", json_integer((json_int_t)e->finished));
+	}
+	q_envelope_free(e);
+	return r ? r : reply_error("unavailable", "out of memory");
+}
+
+/* --- queue.list / queue.show ---------------------------------------- */
+
+json_t *
+op_queue_list(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
+{
+	const char *state = NULL, *cls = NULL, *domain = NULL, *sender = NULL, *after = NULL;
+	struct q_filter f = { .state = -1, .klass = -1 };
+	struct q_envelope **v = NULL;
+	long older = 0, younger = 0, limit = 100;
+	json_t *err = NULL, *arr, *r;
+	time_t now = time(NULL);
+	size_t n = 0, i;
+	enum q_status st;
+	int more = 0;
+
+	if (req_str(req, "state", 0, 16, &state, &err) == -1 ||
+	    req_str(req, "class", 0, 16, &cls, &err) == -1 ||
+	    req_str(req, "domain", 0, ADDR_DOMAIN_MAX, &domain, &err) == -1 ||
+	    req_str(req, "sender", 0, ADDR_PATH_MAX, &sender, &err) == -1 ||
+	    req_str(req, "after", 0, 64, &after, &err) == -1 ||
+	    req_int(req, "older_than", 0, 0, 100L * 365 * 86400, &older, &err) == -1 ||
+	    req_int(req, "younger_than", 0, 0, 100L * 365 * 86400, &younger, &err) == -1 ||
+	    req_int(req, "limit", 0, 1, OPQ_LIST_MAX, &limit, &err) == -1)
+		return err;
+	if (state != NULL && (f.state = q_msg_state_parse(state)) < 0)
+		return reply_bad_field("state", "state is one of queued, delivering, "
+		    "deferred, held, done");
+	if (cls != NULL && (f.klass = q_class_parse(cls)) < 0)
+		return reply_bad_field("class", "class is \"otp\" or \"default\"");
+	f.domain = domain;
+	f.sender = sender;
+	f.after_id = after;
+	f.older_than = older > 0 ? now - older : 0;
+	f.younger_than = younger > 0 ? now - younger : 0;
+	f.limit = (size_t)limit;
+	if ((st = queue_list(d->queue, &f, &v, &n, &more)) != Q_OK)
+		return opq_status_error(st, NULL);
+	arr = json_array();
+	for (i = 0; i < n; i++)
+		json_array_append_new(arr, opq_entry(v[i], now));
+	q_envelope_list_free(v, n);
+	r = json_pack("{s:b, s:o, s:b, s:b}", "ok", 1, "messages", arr, "more", more,
+	    "paused", queue_paused(d->queue));
+	return r ? r : reply_error("unavailable", "out of memory");
+}
+
+json_t *
+op_queue_show(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
+{
+	struct q_envelope *e = NULL;
+	const char *id = NULL;
+	json_t *err = NULL, *r, *flags;
+	enum q_status st;
+	int body = 0;
+	char *data = NULL;
+	size_t len = 0;
+
+	if (req_str(req, "id", 1, 64, &id, &err) == -1 || req_bool(req, "body", &body, &err) == -1)
+		return err;
+	if ((st = queue_get(d->queue, id, &e)) != Q_OK)
+		return opq_status_error(st, id);
+	r = opq_entry(e, time(NULL));
+	if (r == NULL) {
+		q_envelope_free(e);
+		return reply_error("unavailable", "out of memory");
+	}
+	json_object_set_new(r, "ok", json_true());
+	json_object_set_new(r, "status", json_string(opq_public_state(e)));
+	json_object_set_new(r, "recipients", opq_rcpts(e, 1));
+	json_object_set_new(r, "held", json_boolean(e->held));
+	json_object_set_new(r, "client_uid", json_integer(e->client_uid));
+	json_object_set_new(r, "tag", e->tag ? json_string(e->tag) : json_null());
+	json_object_set_new(r, "finished", e->finished ? json_integer((json_int_t)e->finished) :
+	    json_null());
+	flags = json_array();
+	if (e->flags & Q_F_BOUNCE)
+		json_array_append_new(flags, json_string("bounce"));
+	if (e->flags & Q_F_8BIT)
+		json_array_append_new(flags, json_string("8bit"));
+	if (e->flags & Q_F_NOTIFIED)
+		json_array_append_new(flags, json_string("dsn_sent"));
+	json_object_set_new(r, "flags", flags);
+	if (body) {
+		st = queue_body(d->queue, id, &data, &len);
+		if (st != Q_OK) {
+			json_decref(r);
+			q_envelope_free(e);
+			return opq_status_error(st, id);
+		}
+		{
+			json_t *s = json_stringn(data, len);
+
+			if (s != NULL)
+				json_object_set_new(r, "body", s);
+			else {
+				struct buf b64;
+
+				buf_init(&b64);
+				opq_base64(&b64, (const unsigned char *)data, len);
+				json_object_set_new(r, "body_base64", json_stringn(b64.data ?
+				    b64.data : "", b64.len));
+				buf_free(&b64);
+			}
+		}
+		free(data);
+	}
+	log_msg(LOG_INFO, "event=admin op=queue.show id=%s uid=%u body=%d", e->id,
+	    (unsigned)peer->uid, body);
+	q_envelope_free(e);
+	return r;
+}
+
+/* --- hold / release / delete / flush --------------------------------- */
+
+static json_t *
+opq_ids_action(struct otpmaild *d, const struct ctl_peer *peer, json_t *req,
+    enum opq_action act)
+{
+	static const char *const names[] = { "queue.hold", "queue.release", "queue.delete",
+	    "queue.flush" };
+	const char **ids = NULL, *domain = NULL;
+	json_t *err = NULL, *nf, *r;
+	size_t n = 0, i, done = 0, cnt;
+	enum q_status st;
+	int all = 0;
+
+	if (json_object_get(req, "id") != NULL && json_object_get(req, "ids") != NULL)
+		return reply_bad_field("ids", "give \"id\" or \"ids\", not both");
+	if (req_str_list(req, json_object_get(req, "id") ? "id" : "ids", 0, OPQ_IDS_MAX,
+	    64, &ids, &n, &err) == -1)
+		return err;
+	if (act == OPQ_FLUSH && (req_str(req, "domain", 0, ADDR_DOMAIN_MAX, &domain, &err) == -1 ||
+	    req_bool(req, "all", &all, &err) == -1)) {
+		free(ids);
+		return err;
+	}
+	if (act == OPQ_FLUSH && n == 0) {
+		if (domain == NULL && !all) {
+			free(ids);
+			return reply_bad_field("ids", "give ids, a domain, or all:true");
+		}
+		queue_flush(d->queue, NULL, domain, &cnt);
+		log_msg(LOG_INFO, "event=admin op=queue.flush %s%s uid=%u count=%zu",
+		    domain ? "domain=" : "all=1", domain ? domain : "", (unsigned)peer->uid, cnt);
+		free(ids);
+		return json_pack("{s:b, s:I}", "ok", 1, "count", (json_int_t)cnt);
+	}
+	if (n == 0) {
+		free(ids);
+		return reply_bad_field("ids", "missing field \"ids\" (or \"id\")");
+	}
+	nf = json_array();
+	for (i = 0; i < n; i++) {
+		switch (act) {
+		case OPQ_HOLD:		st = queue_hold(d->queue, ids[i]); break;
+		case OPQ_RELEASE:	st = queue_unhold(d->queue, ids[i]); break;
+		case OPQ_DELETE:	st = queue_delete(d->queue, ids[i]); break;
+		default:		st = queue_flush(d->queue, ids[i], NULL, NULL); break;
+		}
+		log_msg(LOG_INFO, "event=admin op=%s id=%.64s uid=%u result=%s", names[act],
+		    ids[i], (unsigned)peer->uid, st == Q_OK ? "ok" : st == Q_NOTFOUND ?
+		    "not_found" : "error");
+		if (st == Q_OK)
+			done++;
+		else if (st == Q_NOTFOUND)
+			json_array_append_new(nf, json_string(ids[i]));
+		else {
+			json_decref(nf);
+			r = opq_status_error(st, ids[i]);
+			free(ids);
+			return r;
+		}
+	}
+	if (done == 0) {
+		json_decref(nf);
+		r = n == 1 ? opq_status_error(Q_NOTFOUND, ids[0]) :
+		    reply_error("not_found", "none of the %zu ids is in the queue", n);
+		free(ids);
+		return r;
+	}
+	free(ids);
+	r = json_pack("{s:b, s:I}", "ok", 1, "count", (json_int_t)done);
+	if (json_array_size(nf) > 0)
+		json_object_set_new(r, "not_found", nf);
+	else
+		json_decref(nf);
+	return r;
+}
+
+json_t *
+op_queue_hold(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	return opq_ids_action(d, p, r, OPQ_HOLD);
+}
+
+json_t *
+op_queue_release(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	return opq_ids_action(d, p, r, OPQ_RELEASE);
+}
+
+json_t *
+op_queue_delete(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	return opq_ids_action(d, p, r, OPQ_DELETE);
+}
+
+json_t *
+op_queue_flush(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	return opq_ids_action(d, p, r, OPQ_FLUSH);
+}
+
+json_t *
+op_queue_pause(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	queue_pause(d->queue, 1);
+	log_msg(LOG_INFO, "event=admin op=queue.pause uid=%u", (unsigned)p->uid);
+	return json_pack("{s:b, s:b}", "ok", 1, "paused", 1);
+}
+
+json_t *
+op_queue_resume(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
+{
+	queue_pause(d->queue, 0);
+	log_msg(LOG_INFO, "event=admin op=queue.resume uid=%u", (unsigned)p->uid);
+	return json_pack("{s:b, s:b}", "ok", 1, "paused", 0);
+}
+
+/* --- stats / metrics ------------------------------------------------- */
+
+json_t *
+op_stats(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
+{
+	json_t *states, *classes, *r;
+	struct q_stats s;
+	size_t total = 0;
+	time_t now = time(NULL);
+	int i;
+
+	queue_stats(d->queue, &s);
+	states = json_object();
+	for (i = 0; i <= Q_MSG_DONE; i++) {
+		json_object_set_new(states, q_msg_state_name((enum q_msg_state)i),
+		    json_integer((json_int_t)s.by_state[i]));
+		total += s.by_state[i];
+	}
+	classes = json_object();
+	for (i = 0; i < Q_CLASS_COUNT; i++)
+		json_object_set_new(classes, q_class_name((enum q_class)i),
+		    json_integer((json_int_t)s.by_class[i]));
+	r = json_pack("{s:b, s:o, s:o, s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}, s:b, s:I}",
+	    "ok", 1, "states", states, "classes", classes, "total", (json_int_t)total,
+	    "oldest_age", (json_int_t)(s.oldest ? now - s.oldest : 0),
+	    "totals", "delivered", (json_int_t)s.delivered, "deferred", (json_int_t)s.deferred,
+	    "failed", (json_int_t)s.failed, "expired", (json_int_t)s.expired,
+	    "bounces", (json_int_t)s.bounces,
+	    "paused", queue_paused(d->queue), "uptime", (json_int_t)(now - d->started));
+	return r ? r : reply_error("unavailable", "out of memory");
+}
+
+json_t *
+op_metrics(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
+{
+	struct q_stats s;
+	struct buf b;
+	time_t now = time(NULL);
+	json_t *r;
+	int i;
+
+	queue_stats(d->queue, &s);
+	buf_init(&b);
+	buf_adds(&b, "# HELP otpmail_queue_messages Messages in the queue by state.\n"
+	    "# TYPE otpmail_queue_messages gauge\n");
+	for (i = 0; i <= Q_MSG_DONE; i++)
+		buf_printf(&b, "otpmail_queue_messages{state=\"%s\"} %zu\n",
+		    q_msg_state_name((enum q_msg_state)i), s.by_state[i]);
+	buf_adds(&b, "# HELP otpmail_queue_class_messages Messages in the queue by class.\n"
+	    "# TYPE otpmail_queue_class_messages gauge\n");
+	for (i = 0; i < Q_CLASS_COUNT; i++)
+		buf_printf(&b, "otpmail_queue_class_messages{class=\"%s\"} %zu\n",
+		    q_class_name((enum q_class)i), s.by_class[i]);
+	buf_adds(&b, "# HELP otpmail_deliveries_total Recipient delivery outcomes since start.\n"
+	    "# TYPE otpmail_deliveries_total counter\n");
+	buf_printf(&b, "otpmail_deliveries_total{result=\"delivered\"} %llu\n"
+	    "otpmail_deliveries_total{result=\"deferred\"} %llu\n"
+	    "otpmail_deliveries_total{result=\"failed\"} %llu\n"
+	    "otpmail_deliveries_total{result=\"expired\"} %llu\n",
+	    (unsigned long long)s.delivered, (unsigned long long)s.deferred,
+	    (unsigned long long)s.failed, (unsigned long long)s.expired);
+	buf_adds(&b, "# HELP otpmail_bounces_total DSNs generated since start.\n"
+	    "# TYPE otpmail_bounces_total counter\n");
+	buf_printf(&b, "otpmail_bounces_total %llu\n", (unsigned long long)s.bounces);
+	buf_adds(&b, "# HELP otpmail_queue_oldest_age_seconds Age of the oldest unfinished message.\n"
+	    "# TYPE otpmail_queue_oldest_age_seconds gauge\n");
+	buf_printf(&b, "otpmail_queue_oldest_age_seconds %lld\n",
+	    (long long)(s.oldest ? now - s.oldest : 0));
+	buf_adds(&b, "# HELP otpmail_queue_paused 1 while delivery is paused.\n"
+	    "# TYPE otpmail_queue_paused gauge\n");
+	buf_printf(&b, "otpmail_queue_paused %d\n", queue_paused(d->queue));
+	buf_adds(&b, "# HELP otpmail_uptime_seconds Seconds since the daemon started.\n"
+	    "# TYPE otpmail_uptime_seconds gauge\n");
+	buf_printf(&b, "otpmail_uptime_seconds %lld\n", (long long)(now - d->started));
+	metrics_render(&b);
+	r = json_pack("{s:b, s:s%}", "ok", 1, "text", b.data ? b.data : "", b.len);
+	buf_free(&b);
+	return r ? r : reply_error("unavailable", "out of memory");
+}

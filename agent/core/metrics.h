@@ -1,0 +1,22 @@
+/*
+ * metrics.h - counters and histograms for the "metrics" op (Prometheus text
+ * exposition): requests by op and result, delivery outcomes by class,
+ * result and reason, delivery latency, DKIM signing time.
+ */
+#ifndef OTPMAIL_METRICS_H
+#define OTPMAIL_METRICS_H
+
+#include "agent/mail/message.h"
+
+/* One answered request: result is "ok" or the error code. */
+void	metrics_request(const char *op, const char *result);
+/* One recipient's attempt: result delivered|deferred|failed|expired; reply
+ * gives the reason (its enhanced status code, e.g. 4.4.1). */
+void	metrics_delivery(const char *klass, const char *result, const char *reply);
+/* Seconds from submission to a 2xx, per recipient. */
+void	metrics_delivery_latency(double seconds);
+void	metrics_dkim_sign(double seconds);
+/* Appends the exposition of everything above. */
+void	metrics_render(struct buf *);
+
+#endif

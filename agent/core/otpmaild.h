@@ -1,0 +1,95 @@
+/*
+ * otpmaild.h - the daemon's shared context and the control protocol's
+ * handler interface: every op is one entry in ctl_ops[] (ops.c) plus its
+ * handler, which gets the parsed request and returns the reply object.
+ */
+#ifndef OTPMAIL_OTPMAILD_H
+#define OTPMAIL_OTPMAILD_H
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+#include <jansson.h>
+
+#include "agent/core/config.h"
+
+struct store;
+struct queue;
+struct dkim_signer;
+struct delivery;
+struct otp_templates;
+
+struct otpmaild {
+	struct config		*cfg;
+	struct store		*store;
+	struct queue		*queue;
+	struct dkim_signer	*dkim;
+	struct delivery		*delivery;
+	struct otp_templates	*templates;	/* OTP mail templates (otp_mail.c) */
+	pthread_rwlock_t	 reload_lock;	/* held for reading around dkim/templates use */
+	char			*state_dir;	/* absolute */
+	char			*hostname;	/* effective EHLO / Message-ID name */
+	time_t			 started;
+	volatile sig_atomic_t	 stopping;
+};
+
+/* Roles, from SO_PEERCRED against the config's app_* / admin_* lists. */
+#define ROLE_APP	0x01
+#define ROLE_ADMIN	0x02
+#define ROLE_ANY	0x04	/* any local user (ping, version) */
+
+struct ctl_peer {
+	uid_t		 uid;
+	gid_t		 gid;
+	pid_t		 pid;
+	int		 roles;		/* ROLE_* bits this peer has */
+};
+
+/*
+ * A handler returns a new reply object ({"ok":true,...} or an error from
+ * reply_error); it never returns NULL.  req is the whole request object.
+ */
+typedef json_t *(*ctl_handler)(struct otpmaild *, const struct ctl_peer *, json_t *req);
+
+struct ctl_op {
+	const char	*name;		/* "queue.list" */
+	int		 roles;		/* who may call it */
+	ctl_handler	 fn;
+	const char	*summary;	/* one line for help */
+};
+
+extern const struct ctl_op ctl_ops[];	/* ends with a NULL name */
+const struct ctl_op *ctl_op_find(const char *name);
+
+/* One reply builder (reply.c). */
+json_t	*reply_ok(void);
+json_t	*reply_error(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* bad_request naming the field: {"ok":false,"error":"bad_request","field":f,...} */
+json_t	*reply_bad_field(const char *field, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* rate_limited / locked with "limit" and "retry_after". */
+json_t	*reply_limited(const char *code, const char *limit, int retry_after, const char *detail);
+
+/*
+ * Request field access: each returns 0 and sets *out, or -1 and sets *err to
+ * a bad_request reply naming the field.  Absent optional fields leave *out
+ * untouched.  Strings are refused if longer than maxlen or if they hold a
+ * control character (CR, LF, NUL, ...), unless allow_ctl.
+ */
+int	req_str(json_t *req, const char *field, int required, size_t maxlen,
+	    const char **out, json_t **err);
+int	req_text(json_t *req, const char *field, int required, size_t maxlen,
+	    const char **out, size_t *len, json_t **err);	/* any bytes but NUL */
+int	req_int(json_t *req, const char *field, int required, long min, long max,
+	    long *out, json_t **err);
+int	req_bool(json_t *req, const char *field, int *out, json_t **err);
+/* A string or an array of strings; *out is a NULL-terminated malloc'd array
+ * of borrowed pointers (free only the array). */
+int	req_str_list(json_t *req, const char *field, int required, size_t maxn,
+	    size_t maxlen, const char ***out, size_t *n, json_t **err);
+
+/* The one daemon instance (for signal handlers and the log sink). */
+extern struct otpmaild *otpmaild_ctx;
+
+#endif

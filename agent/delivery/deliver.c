@@ -1,0 +1,1084 @@
+/*
+ * deliver.c - the delivery workers (see delivery.h).  Each worker leases a
+ * due message, groups its open recipients by domain, and delivers each
+ * group: sandbox Maildir, route override, smarthost, or the MX hosts (every
+ * address of every host, fallback relays when that defers).  Connections
+ * are counted per destination and globally; a finished session is parked
+ * idle (after RSET) for the next message to the same destination.  A worker
+ * only ever waits on its own peer, bounded by the smtp_* timeouts.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+#include <netdb.h>
+
+#include "agent/mail/address.h"
+#include "agent/delivery/delivery.h"
+#include "agent/core/log.h"
+#include "agent/core/metrics.h"
+#include "agent/delivery/mx.h"
+#include "agent/delivery/sandbox.h"
+#include "agent/delivery/smtp.h"
+#include "queue/queue.h"
+
+#define DELIVERY_KEY_MAX	700
+/*
+ * Seconds a worker waits for a connection slot before deferring the domain:
+ * sessions come free in milliseconds normally, and a domain whose peers are
+ * all stuck must not collect every worker.
+ */
+#define DELIVERY_SLOT_WAIT	10
+#define DELIVERY_STOP_GRACE	5	/* seconds in-flight sessions get at shutdown */
+
+struct idle {
+	struct smtp_session	*s;
+	time_t			 since;
+	char			 host[256];
+	struct idle		*next;
+	char			 key[DELIVERY_KEY_MAX];	/* its destination */
+};
+
+struct dest {				/* one next hop + TLS policy */
+	char			 key[DELIVERY_KEY_MAX];
+	int			 active;	/* open connections, busy or idle */
+	double			 next_send;	/* domain_rate: monotonic time */
+	struct idle		*idle;
+	pthread_cond_t		 cv;		/* a session or slot of it freed */
+	int			 nwait;		/* workers waiting on cv */
+	int			 nwait_global;	/* of them, held by max_connections */
+	struct dest		*next;
+};
+
+struct delivery {
+	struct otpmaild		*d;
+	const struct config	*cfg;
+	struct mx_resolver	*mx;
+	struct smtp_tls		*tls;		/* built on first use */
+	char			*auth_pass;
+	char			 maildir[4096];
+	pthread_t		*th;
+	int			 nth;
+	pthread_mutex_t		 mu;
+	int			 nwait_global;	/* workers held by max_connections */
+	struct dest		*dests;
+	int			 active;	/* all open connections */
+	volatile int		 stopping;	/* no new work */
+	volatile int		 abort;		/* in-flight sessions give up too */
+};
+
+/* One delivery of one domain's recipients of one message. */
+struct job {
+	struct delivery		*dl;
+	struct q_envelope	*env;
+	const char		*data;
+	size_t			 len;
+	const char		*domain;
+	enum tls_policy		 policy;
+	struct smtp_rcpt	*r;
+	size_t			 n;
+	int			 fallback_done;
+	char			 last_temp[SMTP_REPLY_MAX];
+};
+
+/* A list of hosts to try for one destination. */
+struct hop {
+	const char		*kind;		/* "mx", "route", "smarthost", "fallback" */
+	char			 key[DELIVERY_KEY_MAX];
+	const struct mx_list	*hosts;
+	const char		*conf_host;	/* configured relay/route host, NULL for MX */
+	int			 auth;		/* smarthost AUTH */
+	int			 port;
+};
+
+static void	*delivery_worker(void *);
+static void	 delivery_message(struct delivery *, struct q_envelope *);
+static void	 delivery_sandbox(struct delivery *, struct q_envelope *,
+		    const char *, size_t);
+static void	 delivery_domain(struct delivery *, struct q_envelope *,
+		    const char *data, size_t len, const char *domain,
+		    size_t *idx, size_t n);
+static int	 delivery_try_hop(struct job *, struct hop *, int otp_early);
+static int	 delivery_fallback(struct job *);
+static int	 delivery_transaction(struct job *, struct hop *,
+		    struct smtp_session *, const char *host);
+static size_t	 delivery_pending(const struct job *);
+static struct dest *delivery_dest(struct delivery *, const char *key);
+static void	 delivery_wake_all(struct delivery *, int only_global);
+static int	 delivery_slot(struct delivery *, const char *key,
+		    struct smtp_session **, char *host, size_t hostlen, char *why, size_t);
+static void	 delivery_open_failed(struct job *, struct hop *, const char *name,
+		    const struct mx_addr *, const char *reply);
+static void	 delivery_unslot(struct delivery *, const char *key);
+static struct smtp_session *delivery_pool_take(struct delivery *, const char *key,
+		    char *host, size_t hostlen);
+static void	 delivery_pool_put(struct delivery *, const char *key,
+		    struct smtp_session *, const char *host);
+static void	 delivery_reap(struct delivery *, int all);
+static void	 delivery_rate(struct delivery *, const char *key);
+static void	 delivery_set(struct q_rcpt *, enum q_rcpt_state, const char *reply);
+static void	 delivery_log_attempt(struct job *, struct hop *, const char *host,
+		    struct smtp_session *, const char *ip, const char *result,
+		    const char *reply, size_t nrcpt);
+static double	 delivery_mono(void);
+static int	 delivery_is_literal(const char *);
+static char	*delivery_read_secret(const char *path, char *err, size_t errlen);
+
+static double
+delivery_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static char *
+delivery_read_secret(const char *path, char *err, size_t errlen)
+{
+	char buf[512];
+	FILE *fp;
+	size_t l;
+
+	if ((fp = fopen(path, "re")) == NULL) {
+		snprintf(err, errlen, "smarthost_password_file %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fgets(buf, sizeof(buf), fp) == NULL)
+		buf[0] = '\0';
+	fclose(fp);
+	l = strcspn(buf, "\r\n");
+	buf[l] = '\0';
+	return strdup(buf);
+}
+
+struct delivery *
+delivery_start(struct otpmaild *d, char *err, size_t errlen)
+{
+	struct mx_resolver *mx;
+	struct delivery *dl;
+	int i;
+
+	if ((dl = calloc(1, sizeof(*dl))) == NULL) {
+		snprintf(err, errlen, "delivery: out of memory");
+		return NULL;
+	}
+	dl->d = d;
+	dl->cfg = d->cfg;
+	pthread_mutex_init(&dl->mu, NULL);
+	sandbox_dir(d->cfg, d->state_dir, dl->maildir, sizeof(dl->maildir));
+	/* The sandbox delivers to a Maildir: no DNS, no TLS. */
+	if (!d->cfg->sandbox) {
+		/* One libunbound context per daemon, shared with the
+		 * submission check (mx.c). */
+		if ((mx = mx_resolver_shared(d->cfg, err, errlen)) == NULL)
+			goto fail;
+		if ((dl->mx = mx_resolver_dup(mx)) == NULL) {
+			snprintf(err, errlen, "delivery: out of memory");
+			goto fail;
+		}
+		if ((dl->tls = smtp_tls_new(d->cfg->tls_ca_file, err, errlen)) == NULL)
+			goto fail;
+		if (d->cfg->smarthost_user != NULL && d->cfg->smarthost_user[0] != '\0') {
+			if (d->cfg->smarthost_password_file == NULL ||
+			    d->cfg->smarthost_password_file[0] == '\0') {
+				snprintf(err, errlen, "smarthost_user needs smarthost_password_file");
+				goto fail;
+			}
+			if ((dl->auth_pass = delivery_read_secret(
+			    d->cfg->smarthost_password_file, err, errlen)) == NULL)
+				goto fail;
+		}
+	}
+	dl->nth = d->cfg->delivery_workers > 0 ? d->cfg->delivery_workers : 1;
+	if ((dl->th = calloc(dl->nth, sizeof(*dl->th))) == NULL) {
+		snprintf(err, errlen, "delivery: out of memory");
+		goto fail;
+	}
+	for (i = 0; i < dl->nth; i++) {
+		if (pthread_create(&dl->th[i], NULL, delivery_worker, dl) != 0) {
+			snprintf(err, errlen, "delivery: pthread_create: %s", strerror(errno));
+			dl->nth = i;
+			delivery_stop(dl);
+			return NULL;
+		}
+	}
+	log_msg(LOG_INFO, "event=delivery_started workers=%d mode=%s", dl->nth,
+	    d->cfg->sandbox ? "sandbox" : "smtp");
+	return dl;
+fail:
+	if (dl->mx)
+		mx_resolver_free(dl->mx);
+	smtp_tls_free(dl->tls);
+	free(dl->auth_pass);
+	pthread_mutex_destroy(&dl->mu);
+	free(dl);
+	return NULL;
+}
+
+void
+delivery_stop(struct delivery *dl)
+{
+	struct dest *de, *next;
+	struct timespec ts;
+	int i;
+
+	if (dl == NULL)
+		return;
+	pthread_mutex_lock(&dl->mu);
+	dl->stopping = 1;
+	delivery_wake_all(dl, 0);
+	pthread_mutex_unlock(&dl->mu);
+	if (dl->d->queue != NULL)
+		queue_shutdown(dl->d->queue);
+	/*
+	 * In-flight sessions get a grace period; then every wait is cut short
+	 * (a peer may hold a worker for smtp_data_done_timeout otherwise).
+	 * What was cut stays deferred in the queue.
+	 */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += DELIVERY_STOP_GRACE;
+	for (i = 0; i < dl->nth; i++) {
+		if (!dl->abort && pthread_timedjoin_np(dl->th[i], NULL, &ts) == 0)
+			continue;
+		if (!dl->abort)
+			log_msg(LOG_WARNING, "event=delivery_stopping note=\"cutting "
+			    "in-flight sessions short after %ds\"", DELIVERY_STOP_GRACE);
+		dl->abort = 1;
+		pthread_join(dl->th[i], NULL);
+	}
+	delivery_reap(dl, 1);
+	for (de = dl->dests; de != NULL; de = next) {
+		next = de->next;
+		pthread_cond_destroy(&de->cv);
+		free(de);
+	}
+	if (dl->mx)
+		mx_resolver_free(dl->mx);
+	smtp_tls_free(dl->tls);
+	if (dl->auth_pass) {
+		explicit_bzero(dl->auth_pass, strlen(dl->auth_pass));
+		free(dl->auth_pass);
+	}
+	free(dl->th);
+	pthread_mutex_destroy(&dl->mu);
+	free(dl);
+}
+
+static void *
+delivery_worker(void *arg)
+{
+	struct delivery *dl = arg;
+	struct q_envelope *env;
+	enum q_status st;
+
+	while (!dl->stopping) {
+		delivery_reap(dl, 0);
+		env = NULL;
+		st = queue_lease(dl->d->queue, 1000, &env);
+		if (st == Q_NOTFOUND)
+			continue;
+		if (st != Q_OK || env == NULL) {
+			usleep(200 * 1000);
+			continue;
+		}
+		delivery_message(dl, env);
+	}
+	return NULL;
+}
+
+static void
+delivery_set(struct q_rcpt *qr, enum q_rcpt_state state, const char *reply)
+{
+	size_t l = reply != NULL ? strnlen(reply, QUEUE_REPLY_MAX - 1) : 0;
+	char *dup = malloc(l + 1);
+
+	qr->state = state;
+	qr->last_attempt = time(NULL);
+	if (dup != NULL) {
+		memcpy(dup, reply != NULL ? reply : "", l);
+		dup[l] = '\0';
+		free(qr->reply);
+		qr->reply = dup;
+	}
+}
+
+/* One recipient's outcome of this attempt, for the metrics. */
+static void
+delivery_count(const struct q_envelope *env, const struct q_rcpt *r)
+{
+	const char *res = r->state == Q_RCPT_DELIVERED ? "delivered" :
+	    r->state == Q_RCPT_FAILED ? "failed" : "deferred";
+
+	metrics_delivery(q_class_name(env->klass), res, r->reply);
+	if (r->state == Q_RCPT_DELIVERED)
+		metrics_delivery_latency((double)(time(NULL) - env->created));
+}
+
+static void
+delivery_message(struct delivery *dl, struct q_envelope *env)
+{
+	char domain[ADDR_DOMAIN_MAX + 1], *data = NULL, *summary = NULL;
+	size_t i, j, n, len = 0, *idx = NULL;
+	char **doms = NULL, *was_open;
+	size_t ndoms = 0, nopen;
+	enum q_status st;
+
+	/* which recipients this attempt is about (for the metrics) */
+	nopen = env->nrcpt;
+	if ((was_open = calloc(nopen + 1, 1)) == NULL)
+		nopen = 0;
+	for (i = 0; i < nopen; i++)
+		was_open[i] = env->rcpts[i].state == Q_RCPT_PENDING ||
+		    env->rcpts[i].state == Q_RCPT_DEFERRED;
+	st = queue_body(dl->d->queue, env->id, &data, &len);
+	if (st != Q_OK) {
+		for (i = 0; i < env->nrcpt; i++)
+			if (env->rcpts[i].state == Q_RCPT_PENDING ||
+			    env->rcpts[i].state == Q_RCPT_DEFERRED)
+				delivery_set(&env->rcpts[i], Q_RCPT_DEFERRED,
+				    "4.3.0 cannot read the queued message");
+		log_msg(LOG_ERR, "event=delivery_error id=%s error=\"cannot read body\"", env->id);
+		goto release;
+	}
+	if (dl->cfg->sandbox) {
+		delivery_sandbox(dl, env, data, len);
+		goto release;
+	}
+	if ((idx = calloc(env->nrcpt + 1, sizeof(*idx))) == NULL ||
+	    (doms = calloc(env->nrcpt + 1, sizeof(*doms))) == NULL)
+		goto release;
+	/* Distinct domains of the open recipients, in order. */
+	for (i = 0; i < env->nrcpt; i++) {
+		if (env->rcpts[i].state != Q_RCPT_PENDING &&
+		    env->rcpts[i].state != Q_RCPT_DEFERRED)
+			continue;
+		if (addr_domain_lower(env->rcpts[i].addr, domain, sizeof(domain)) == -1 ||
+		    domain[0] == '\0') {
+			delivery_set(&env->rcpts[i], Q_RCPT_FAILED,
+			    "5.1.3 bad recipient address");
+			continue;
+		}
+		for (j = 0; j < ndoms; j++)
+			if (strcmp(doms[j], domain) == 0)
+				break;
+		if (j == ndoms && (doms[ndoms++] = strdup(domain)) == NULL)
+			ndoms--;
+	}
+	for (j = 0; j < ndoms && !dl->stopping; j++) {
+		n = 0;
+		for (i = 0; i < env->nrcpt; i++) {
+			if ((env->rcpts[i].state != Q_RCPT_PENDING &&
+			    env->rcpts[i].state != Q_RCPT_DEFERRED) ||
+			    addr_domain_lower(env->rcpts[i].addr, domain, sizeof(domain)) == -1 ||
+			    strcmp(domain, doms[j]) != 0)
+				continue;
+			idx[n++] = i;
+		}
+		if (n > 0)
+			delivery_domain(dl, env, data, len, doms[j], idx, n);
+	}
+release:
+	/* Whatever was not tried (stopping, memory) stays open: deferred. */
+	for (i = 0; i < env->nrcpt; i++) {
+		if (env->rcpts[i].state == Q_RCPT_PENDING)
+			delivery_set(&env->rcpts[i], Q_RCPT_DEFERRED,
+			    "4.3.0 delivery interrupted");
+		if (env->rcpts[i].state == Q_RCPT_DEFERRED && summary == NULL)
+			summary = env->rcpts[i].reply;
+		/* every recipient open at lease time was tried (or deferred) now */
+		if (i < nopen && was_open[i])
+			delivery_count(env, &env->rcpts[i]);
+	}
+	free(was_open);
+	if (summary != NULL) {
+		char *dup = strdup(summary);
+
+		if (dup != NULL) {
+			free(env->last_error);
+			env->last_error = dup;
+		}
+	}
+	for (j = 0; j < ndoms; j++)
+		free(doms[j]);
+	free(doms);
+	free(idx);
+	free(data);
+	if ((st = queue_release_lease(dl->d->queue, env)) != Q_OK)
+		log_msg(LOG_ERR, "event=delivery_error error=\"queue_release_lease failed\" status=%d", st);
+}
+
+static void
+delivery_sandbox(struct delivery *dl, struct q_envelope *env, const char *data, size_t len)
+{
+	const char **rc;
+	char name[SANDBOX_NAME_MAX + 1], err[512], q[600];
+	size_t i, n = 0;
+	int r;
+
+	if ((rc = calloc(env->nrcpt + 1, sizeof(*rc))) == NULL)
+		return;
+	for (i = 0; i < env->nrcpt; i++)
+		if (env->rcpts[i].state == Q_RCPT_PENDING ||
+		    env->rcpts[i].state == Q_RCPT_DEFERRED)
+			rc[n++] = env->rcpts[i].addr;
+	if (n == 0) {
+		free(rc);
+		return;
+	}
+	r = sandbox_deliver(dl->maildir, env->id, env->sender, rc, n, data, len,
+	    name, sizeof(name), err, sizeof(err));
+	for (i = 0; i < env->nrcpt; i++)
+		if (env->rcpts[i].state == Q_RCPT_PENDING ||
+		    env->rcpts[i].state == Q_RCPT_DEFERRED)
+			delivery_set(&env->rcpts[i], r == 0 ? Q_RCPT_DELIVERED :
+			    Q_RCPT_DEFERRED, r == 0 ? "250 sandbox" : err);
+	if (r == 0)
+		log_msg(LOG_INFO, "event=delivery id=%s relay=sandbox rcpts=%zu "
+		    "result=delivered reply=\"250 sandbox\" file=%s delay=%lds",
+		    env->id, n, name, (long)(time(NULL) - env->created));
+	else
+		log_msg(LOG_ERR, "event=delivery id=%s relay=sandbox rcpts=%zu "
+		    "result=deferred reply=%s", env->id, n, log_quote(err, q, sizeof(q)));
+	free(rc);
+}
+
+static int
+delivery_is_literal(const char *host)
+{
+	return host != NULL && host[0] == '[';
+}
+
+static size_t
+delivery_pending(const struct job *j)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < j->n; i++)
+		if (j->r[i].status == SMTP_TEMP)
+			n++;
+	return n;
+}
+
+/* Delivers the recipients idx[0..n) of env, all in domain. */
+static void
+delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
+    size_t len, const char *domain, size_t *idx, size_t n)
+{
+	const struct config *cfg = dl->cfg;
+	const struct route *rt;
+	struct mx_list *list = NULL;
+	char reason[SMTP_REPLY_MAX], q[600];
+	struct job j;
+	struct hop hop;
+	enum mx_status ms;
+	size_t i;
+
+	memset(&j, 0, sizeof(j));
+	j.dl = dl;
+	j.env = env;
+	j.data = data;
+	j.len = len;
+	j.domain = domain;
+	j.policy = config_tls_policy(cfg, domain);
+	j.n = n;
+	if ((j.r = calloc(n, sizeof(*j.r))) == NULL)
+		return;
+	for (i = 0; i < n; i++) {
+		j.r[i].addr = env->rcpts[idx[i]].addr;
+		j.r[i].status = SMTP_TEMP;
+		snprintf(j.r[i].reply, sizeof(j.r[i].reply), "4.4.1 not attempted");
+	}
+	memset(&hop, 0, sizeof(hop));
+	reason[0] = '\0';
+	if ((rt = config_route(cfg, domain)) != NULL) {
+		hop.kind = "route";
+		hop.conf_host = rt->host;
+		hop.port = rt->port;
+		/*
+		 * The domain is part of the key: a session verified for one
+		 * domain's name (literal routes check the domain) must never
+		 * carry another domain's mail.
+		 */
+		snprintf(hop.key, sizeof(hop.key), "route:%s:%s:%d|%d", domain, rt->host,
+		    rt->port, j.policy);
+		ms = mx_host(dl->mx, rt->host, rt->port, &list, reason, sizeof(reason));
+	} else if (cfg->smarthost != NULL) {
+		hop.kind = "smarthost";
+		hop.conf_host = cfg->smarthost->host;
+		hop.port = cfg->smarthost->port;
+		hop.auth = dl->auth_pass != NULL;
+		snprintf(hop.key, sizeof(hop.key), "relay:%s:%d|%d", cfg->smarthost->host,
+		    cfg->smarthost->port, j.policy);
+		ms = mx_host(dl->mx, cfg->smarthost->host, cfg->smarthost->port, &list,
+		    reason, sizeof(reason));
+	} else {
+		hop.kind = "mx";
+		hop.port = cfg->smtp_port;
+		snprintf(hop.key, sizeof(hop.key), "mx:%s|%d", domain, j.policy);
+		ms = mx_lookup(dl->mx, domain, cfg->smtp_port, &list, reason, sizeof(reason));
+	}
+	if (ms == MX_OK && list != NULL && list->nhosts > 0) {
+		hop.hosts = list;
+		delivery_try_hop(&j, &hop, env->klass == Q_CLASS_OTP &&
+		    strcmp(hop.kind, "smarthost") != 0);
+	} else {
+		/* Only the recipient domain's own DNS can fail a mail; a broken
+		 * route or relay name is the admin's to fix: defer. */
+		int perm = strcmp(hop.kind, "mx") == 0 && (ms == MX_NXDOMAIN ||
+		    ms == MX_NULLMX || ms == MX_NOHOST);
+		char why[SMTP_REPLY_MAX];
+
+		snprintf(why, sizeof(why), "%s %s: %s",
+		    ms == MX_NULLMX ? "5.1.10" : perm ? "5.1.2" : "4.4.3",
+		    strcmp(hop.kind, "mx") == 0 ? domain : "next hop",
+		    reason[0] ? reason : ms == MX_NULLMX ? "null MX: the domain accepts no mail" :
+		    perm ? "no such domain" : "DNS lookup failed");
+		for (i = 0; i < n; i++) {
+			j.r[i].status = perm ? SMTP_PERM : SMTP_TEMP;
+			snprintf(j.r[i].reply, sizeof(j.r[i].reply), "%s", why);
+		}
+		log_msg(LOG_INFO, "event=delivery id=%s domain=%s relay=none "
+		    "result=%s rcpts=%zu reply=%s delay=%lds", env->id, domain,
+		    perm ? "failed" : "deferred", n, log_quote(why, q, sizeof(q)),
+		    (long)(time(NULL) - env->created));
+		snprintf(j.last_temp, sizeof(j.last_temp), "%s", why);
+	}
+	/* Direct delivery deferred: the fallback relays (never for DNS non-existence). */
+	if (delivery_pending(&j) > 0 && strcmp(hop.kind ? hop.kind : "", "smarthost") != 0 &&
+	    !dl->stopping)
+		delivery_fallback(&j);
+	for (i = 0; i < n; i++)
+		if (j.r[i].status == SMTP_TEMP && j.last_temp[0] != '\0' &&
+		    strncmp(j.r[i].reply, "4.4.1 not attempted", 19) == 0)
+			snprintf(j.r[i].reply, sizeof(j.r[i].reply), "%s", j.last_temp);
+	for (i = 0; i < n; i++)
+		delivery_set(&env->rcpts[idx[i]], j.r[i].status == SMTP_OK ?
+		    Q_RCPT_DELIVERED : j.r[i].status == SMTP_PERM ? Q_RCPT_FAILED :
+		    Q_RCPT_DEFERRED, j.r[i].reply);
+	mx_list_free(list);
+	free(j.r);
+}
+
+static int
+delivery_fallback(struct job *j)
+{
+	const struct config *cfg = j->dl->cfg;
+	struct mx_list *list = NULL;
+	char reason[SMTP_REPLY_MAX];
+	struct hop hop;
+	size_t k;
+
+	if (j->fallback_done || cfg->nfallback_relays == 0)
+		return 0;
+	j->fallback_done = 1;
+	for (k = 0; k < cfg->nfallback_relays && delivery_pending(j) > 0 &&
+	    !j->dl->stopping; k++) {
+		memset(&hop, 0, sizeof(hop));
+		hop.kind = "fallback";
+		hop.conf_host = cfg->fallback_relays[k].host;
+		hop.port = cfg->fallback_relays[k].port;
+		snprintf(hop.key, sizeof(hop.key), "relay:%s:%d|%d",
+		    cfg->fallback_relays[k].host, hop.port, j->policy);
+		if (mx_host(j->dl->mx, cfg->fallback_relays[k].host, hop.port, &list,
+		    reason, sizeof(reason)) != MX_OK || list == NULL) {
+			mx_list_free(list);
+			list = NULL;
+			continue;
+		}
+		hop.hosts = list;
+		delivery_try_hop(j, &hop, 0);
+		mx_list_free(list);
+		list = NULL;
+	}
+	return 0;
+}
+
+/*
+ * Tries the hop: an idle session first, then every address of every host in
+ * order, until no recipient is temporarily failed.  otp_early: after the
+ * first temporary failure go to the fallback relays before the other hosts.
+ */
+static int
+delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
+{
+	struct delivery *dl = j->dl;
+	const struct config *cfg = dl->cfg;
+	struct smtp_params p;
+	struct smtp_session *s;
+	struct tlsa_set *tlsa;
+	char host[256], reply[SMTP_REPLY_MAX], tlsname[ADDR_DOMAIN_MAX + 1];
+	size_t h, a;
+	int retry, concluded = 0;
+
+	/* A parked session to the same destination. */
+	while (delivery_pending(j) > 0 && !dl->stopping &&
+	    (s = delivery_pool_take(dl, hop->key, host, sizeof(host))) != NULL) {
+		retry = delivery_transaction(j, hop, s, host);
+		if (!retry)
+			return 0;
+	}
+	/* A concluded transaction (the peer answered) ends the search. */
+	for (h = 0; h < hop->hosts->nhosts && delivery_pending(j) > 0 &&
+	    !dl->stopping && !concluded; h++) {
+		const struct mx_host *mh = &hop->hosts->hosts[h];
+
+		tlsa = NULL;
+		/*
+		 * The name TLS checks (and SNI): the MX or relay host name; for a
+		 * route to an address literal, the recipient domain; for a literal
+		 * relay, its address.
+		 */
+		if (hop->conf_host != NULL && delivery_is_literal(hop->conf_host))
+			snprintf(tlsname, sizeof(tlsname), "%s",
+			    strcmp(hop->kind, "route") == 0 ? j->domain : hop->conf_host);
+		else
+			snprintf(tlsname, sizeof(tlsname), "%s", mh->name);
+		if (j->policy == TLS_DANE && mh->secure && !delivery_is_literal(mh->name)) {
+			char why[200];
+			enum mx_status ts = mx_tlsa(dl->mx, mh->name, hop->port, &tlsa,
+			    why, sizeof(why));
+
+			if (ts != MX_OK) {
+				/* RFC 7672 2.2: a failed TLSA lookup makes the host unusable. */
+				snprintf(j->last_temp, sizeof(j->last_temp),
+				    "4.7.5 TLSA lookup for %.255s failed: %s", mh->name, why);
+				delivery_log_attempt(j, hop, mh->name, NULL, NULL, "deferred",
+				    j->last_temp, delivery_pending(j));
+				continue;
+			}
+		}
+		memset(&p, 0, sizeof(p));
+		p.helo = dl->d->hostname;
+		p.tls_name = tlsname;
+		p.policy = j->policy;
+		p.tlsa = tlsa != NULL && tlsa->secure && tlsa->n > 0 ? tlsa : NULL;
+		p.tls_ctx = dl->tls;
+		p.connect_timeout = cfg->smtp_connect_timeout;
+		p.greeting_timeout = cfg->smtp_greeting_timeout;
+		p.command_timeout = cfg->smtp_command_timeout;
+		p.data_timeout = cfg->smtp_data_timeout;
+		p.data_done_timeout = cfg->smtp_data_done_timeout;
+		p.abort = &dl->abort;
+		if (hop->auth) {
+			p.auth_user = cfg->smarthost_user;
+			p.auth_pass = dl->auth_pass;
+		}
+		for (a = 0; a < mh->naddr && delivery_pending(j) > 0 && !dl->stopping; ) {
+			const struct mx_addr *ma = &mh->addrs[a];
+			int got = delivery_slot(dl, hop->key, &s, host, sizeof(host),
+			    reply, sizeof(reply));
+
+			if (got == -1) {
+				snprintf(j->last_temp, sizeof(j->last_temp), "%s", reply);
+				break;
+			}
+			if (got == 1) {
+				/* A session to this destination came free meanwhile. */
+				if (!delivery_transaction(j, hop, s, host))
+					concluded = 1;
+				if (concluded)
+					break;
+				continue;
+			}
+			a++;
+			if (smtp_open(&p, (const struct sockaddr *)&ma->ss, ma->sslen, &s,
+			    reply, sizeof(reply)) != SMTP_OK) {
+				delivery_unslot(dl, hop->key);
+				delivery_open_failed(j, hop, mh->name, ma, reply);
+				if (otp_early && !j->fallback_done)
+					delivery_fallback(j);
+				continue;
+			}
+			retry = delivery_transaction(j, hop, s, mh->name);
+			if (!retry && delivery_pending(j) > 0 && otp_early && !j->fallback_done)
+				delivery_fallback(j);
+			if (!retry) {
+				concluded = 1;
+				break;
+			}
+		}
+		tlsa_set_free(tlsa);
+	}
+	return 0;
+}
+
+/* A connection or session setup failed: every open recipient gets the reason. */
+static void
+delivery_open_failed(struct job *j, struct hop *hop, const char *name,
+    const struct mx_addr *ma, const char *reply)
+{
+	char ip[64] = "?";
+	size_t i;
+
+	getnameinfo((const struct sockaddr *)&ma->ss, ma->sslen, ip, sizeof(ip),
+	    NULL, 0, NI_NUMERICHOST);
+	snprintf(j->last_temp, sizeof(j->last_temp), "%s", reply);
+	for (i = 0; i < j->n; i++)
+		if (j->r[i].status == SMTP_TEMP)
+			snprintf(j->r[i].reply, sizeof(j->r[i].reply), "%s", reply);
+	delivery_log_attempt(j, hop, name, NULL, ip, "deferred", reply,
+	    delivery_pending(j));
+}
+
+/*
+ * Runs one transaction for the still-temporary recipients on s, logs it,
+ * parks or closes s.  Returns 1 if the session failed before the message
+ * was accepted (the same recipients may go to the next address).
+ */
+static int
+delivery_transaction(struct job *j, struct hop *hop, struct smtp_session *s,
+    const char *host)
+{
+	struct delivery *dl = j->dl;
+	struct smtp_rcpt *sub = NULL;
+	size_t i, k, m = 0, *map = NULL;
+	int retry, round = 0, again;
+	unsigned char *more = NULL;
+
+	if ((sub = calloc(j->n, sizeof(*sub))) == NULL ||
+	    (map = calloc(j->n, sizeof(*map))) == NULL ||
+	    (more = calloc(j->n, 1)) == NULL) {
+		free(sub);
+		free(map);
+		smtp_close(s);
+		delivery_unslot(dl, hop->key);
+		return 0;
+	}
+next_round:
+	/*
+	 * Round 0 takes every open recipient; later rounds (same session, new
+	 * transaction) only those refused with 452 "too many recipients" while
+	 * others of the round went through (RFC 5321 4.5.3.1.10).
+	 */
+	m = 0;
+	for (i = 0; i < j->n; i++)
+		if (j->r[i].status == SMTP_TEMP && (round == 0 || more[i])) {
+			memset(&sub[m], 0, sizeof(sub[m]));
+			sub[m].addr = j->r[i].addr;
+			map[m++] = i;
+		}
+	memset(more, 0, j->n);
+	if (dl->cfg->domain_rate > 0)
+		delivery_rate(dl, hop->key);
+	retry = smtp_send(s, j->env->sender, sub, m, j->data, j->len,
+	    (j->env->flags & Q_F_8BIT) != 0);
+	again = 0;
+	for (k = 0; k < m; k++)
+		if (sub[k].status == SMTP_OK)
+			again = 1;
+	for (k = 0; k < m && again; k++)
+		if (sub[k].code == 452)
+			more[map[k]] = 1;
+	for (k = 0, again = 0; k < m; k++)
+		again |= more[map[k]];
+	for (k = 0; k < m; k++) {
+		j->r[map[k]] = sub[k];
+		j->r[map[k]].addr = sub[k].addr;
+		if (sub[k].status == SMTP_TEMP)
+			snprintf(j->last_temp, sizeof(j->last_temp), "%s", sub[k].reply);
+	}
+	/* One log line per distinct outcome of this attempt. */
+	for (k = 0; k < m; k++) {
+		size_t same = 0, x;
+		int seen = 0;
+
+		for (x = 0; x < k; x++)
+			if (sub[x].status == sub[k].status &&
+			    strcmp(sub[x].reply, sub[k].reply) == 0)
+				seen = 1;
+		if (seen)
+			continue;
+		for (x = k; x < m; x++)
+			if (sub[x].status == sub[k].status &&
+			    strcmp(sub[x].reply, sub[k].reply) == 0)
+				same++;
+		delivery_log_attempt(j, hop, host, s, NULL, sub[k].status == SMTP_OK ?
+		    "delivered" : sub[k].status == SMTP_PERM ? "failed" : "deferred",
+		    sub[k].reply, same);
+	}
+	if (again && !retry && smtp_usable(s) && !dl->stopping &&
+	    smtp_messages(s) < dl->cfg->session_reuse_max) {
+		round++;
+		goto next_round;
+	}
+	free(sub);
+	free(map);
+	free(more);
+	/* A session that failed at session level is not parked (nor retried). */
+	if (!retry && smtp_usable(s) && !dl->stopping &&
+	    smtp_messages(s) < dl->cfg->session_reuse_max &&
+	    dl->cfg->session_idle_timeout > 0 && smtp_reset(s) == 0) {
+		delivery_pool_put(dl, hop->key, s, host);
+		return retry;
+	}
+	smtp_close(s);
+	delivery_unslot(dl, hop->key);
+	return retry;
+}
+
+static void
+delivery_log_attempt(struct job *j, struct hop *hop, const char *host,
+    struct smtp_session *s, const char *ip, const char *result, const char *reply,
+    size_t nrcpt)
+{
+	char q[SMTP_REPLY_MAX + 64], hq[300];
+
+	log_msg(LOG_INFO, "event=delivery id=%s class=%s domain=%s route=%s relay=%s "
+	    "ip=%s tls_policy=%s tls=%s cipher=%s tls_auth=%s result=%s rcpts=%zu "
+	    "reply=%s delay=%lds", j->env->id, q_class_name(j->env->klass),
+	    j->domain, hop->kind, log_quote(host, hq, sizeof(hq)),
+	    s ? smtp_peer_ip(s) : ip ? ip : "-", tls_policy_name(j->policy),
+	    s ? smtp_tls_version(s) : "-", s ? smtp_tls_cipher(s) : "-",
+	    s ? smtp_tls_auth(s) : "-", result, nrcpt, log_quote(reply, q, sizeof(q)),
+	    (long)(time(NULL) - j->env->created));
+}
+
+/* Destination record (created on demand); dl->mu held. */
+/* Wakes the workers waiting for a slot (only_global: those held by the
+ * global cap).  With dl->mu held. */
+static void
+delivery_wake_all(struct delivery *dl, int only_global)
+{
+	struct dest *de;
+
+	for (de = dl->dests; de != NULL; de = de->next)
+		if (only_global ? de->nwait_global > 0 : de->nwait > 0)
+			pthread_cond_broadcast(&de->cv);
+}
+
+static struct dest *
+delivery_dest(struct delivery *dl, const char *key)
+{
+	struct dest *de;
+
+	for (de = dl->dests; de != NULL; de = de->next)
+		if (strcmp(de->key, key) == 0)
+			return de;
+	if ((de = calloc(1, sizeof(*de))) == NULL)
+		return NULL;
+	pthread_cond_init(&de->cv, NULL);
+	snprintf(de->key, sizeof(de->key), "%s", key);
+	de->next = dl->dests;
+	dl->dests = de;
+	return de;
+}
+
+/*
+ * Takes a connection slot for key under max_connections_per_domain and
+ * max_connections: 0 with a slot, 1 with an idle session of this
+ * destination in *sp instead (reuse beats a new connection), -1 on timeout
+ * or shutdown.  At the global cap, idle sessions of other destinations are
+ * closed to make room.
+ */
+static int
+delivery_slot(struct delivery *dl, const char *key, struct smtp_session **sp,
+    char *host, size_t hostlen, char *why, size_t whylen)
+{
+	struct idle *victim = NULL, *it;
+	struct dest *de, *o;
+	struct timespec ts;
+	double start = delivery_mono();
+	int global;
+
+	*sp = NULL;
+	pthread_mutex_lock(&dl->mu);
+	for (;;) {
+		if ((de = delivery_dest(dl, key)) == NULL) {
+			pthread_mutex_unlock(&dl->mu);
+			snprintf(why, whylen, "4.3.0 out of memory");
+			return -1;
+		}
+		if (dl->stopping) {
+			pthread_mutex_unlock(&dl->mu);
+			snprintf(why, whylen, "4.3.0 shutting down");
+			return -1;
+		}
+		if ((it = de->idle) != NULL) {
+			de->idle = it->next;
+			pthread_mutex_unlock(&dl->mu);
+			*sp = it->s;
+			snprintf(host, hostlen, "%s", it->host);
+			free(it);
+			return 1;
+		}
+		if (de->active < dl->cfg->max_connections_per_domain &&
+		    dl->active < dl->cfg->max_connections)
+			break;
+		if (de->active < dl->cfg->max_connections_per_domain) {
+			/*
+			 * Global cap: close another destination's idle session;
+			 * its slot is given back only once it is closed.
+			 */
+			for (o = dl->dests; o != NULL && victim == NULL; o = o->next)
+				if (o->idle != NULL) {
+					victim = o->idle;
+					o->idle = victim->next;
+				}
+			if (victim != NULL) {
+				pthread_mutex_unlock(&dl->mu);
+				smtp_close(victim->s);
+				delivery_unslot(dl, victim->key);
+				free(victim);
+				victim = NULL;
+				pthread_mutex_lock(&dl->mu);
+				continue;
+			}
+		}
+		if (delivery_mono() - start > DELIVERY_SLOT_WAIT) {
+			pthread_mutex_unlock(&dl->mu);
+			snprintf(why, whylen, "4.4.5 connection limit reached for this destination");
+			return -1;
+		}
+		/* wait on the destination's own condition: a freed session
+		 * or slot wakes one worker that can use it, not every worker
+		 * of every destination */
+		global = de->active < dl->cfg->max_connections_per_domain;
+		de->nwait++;
+		de->nwait_global += global;
+		dl->nwait_global += global;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&de->cv, &dl->mu, &ts);
+		de->nwait--;
+		de->nwait_global -= global;
+		dl->nwait_global -= global;
+	}
+	de->active++;
+	dl->active++;
+	pthread_mutex_unlock(&dl->mu);
+	return 0;
+}
+
+static void
+delivery_unslot(struct delivery *dl, const char *key)
+{
+	struct dest *de;
+
+	pthread_mutex_lock(&dl->mu);
+	if ((de = delivery_dest(dl, key)) != NULL && de->active > 0)
+		de->active--;
+	if (dl->active > 0)
+		dl->active--;
+	if (de != NULL && de->nwait > 0)
+		pthread_cond_signal(&de->cv);
+	if (dl->nwait_global > 0)	/* a slot under max_connections freed */
+		delivery_wake_all(dl, 1);
+	pthread_mutex_unlock(&dl->mu);
+}
+
+static struct smtp_session *
+delivery_pool_take(struct delivery *dl, const char *key, char *host, size_t hostlen)
+{
+	struct smtp_session *s = NULL;
+	struct dest *de;
+	struct idle *it;
+
+	pthread_mutex_lock(&dl->mu);
+	if ((de = delivery_dest(dl, key)) != NULL && (it = de->idle) != NULL) {
+		de->idle = it->next;
+		s = it->s;
+		snprintf(host, hostlen, "%s", it->host);
+		free(it);
+	}
+	pthread_mutex_unlock(&dl->mu);
+	return s;
+}
+
+static void
+delivery_pool_put(struct delivery *dl, const char *key, struct smtp_session *s,
+    const char *host)
+{
+	struct dest *de;
+	struct idle *it;
+
+	if ((it = calloc(1, sizeof(*it))) == NULL)
+		goto close;
+	it->s = s;
+	it->since = time(NULL);
+	snprintf(it->host, sizeof(it->host), "%s", host);
+	snprintf(it->key, sizeof(it->key), "%s", key);
+	pthread_mutex_lock(&dl->mu);
+	if ((de = delivery_dest(dl, key)) == NULL || dl->stopping) {
+		pthread_mutex_unlock(&dl->mu);
+		free(it);
+		goto close;
+	}
+	it->next = de->idle;
+	de->idle = it;
+	if (de->nwait > 0)
+		pthread_cond_signal(&de->cv);
+	if (dl->nwait_global > 0)	/* it may be closed for another */
+		delivery_wake_all(dl, 1);
+	pthread_mutex_unlock(&dl->mu);
+	return;
+close:
+	smtp_close(s);
+	delivery_unslot(dl, key);
+}
+
+/* Closes idle sessions past session_idle_timeout (all of them if all). */
+static void
+delivery_reap(struct delivery *dl, int all)
+{
+	struct idle *doomed = NULL, **pp, *it;
+	struct dest *de, **dp;
+	time_t now = time(NULL);
+
+	pthread_mutex_lock(&dl->mu);
+	for (de = dl->dests; de != NULL; de = de->next) {
+		for (pp = &de->idle; (it = *pp) != NULL; ) {
+			if (all || now - it->since >= dl->cfg->session_idle_timeout) {
+				*pp = it->next;
+				it->next = doomed;
+				doomed = it;
+			} else
+				pp = &it->next;
+		}
+	}
+	/* Forget destinations with nothing open, nobody waiting on them
+	 * (a worker held by max_connections waits on a destination with no
+	 * connection) and no rate state pending. */
+	for (dp = &dl->dests; (de = *dp) != NULL; ) {
+		if (de->active == 0 && de->idle == NULL && de->nwait == 0 &&
+		    de->next_send < delivery_mono()) {
+			*dp = de->next;
+			pthread_cond_destroy(&de->cv);
+			free(de);
+		} else
+			dp = &de->next;
+	}
+	pthread_mutex_unlock(&dl->mu);
+	/* Slots are given back once the connections are really closed. */
+	while ((it = doomed) != NULL) {
+		doomed = it->next;
+		smtp_close(it->s);
+		delivery_unslot(dl, it->key);
+		free(it);
+	}
+}
+
+/* domain_rate: waits for this destination's next send time. */
+static void
+delivery_rate(struct delivery *dl, const char *key)
+{
+	struct dest *de;
+	double now, at = 0;
+
+	pthread_mutex_lock(&dl->mu);
+	now = delivery_mono();
+	if ((de = delivery_dest(dl, key)) != NULL) {
+		at = de->next_send > now ? de->next_send : now;
+		de->next_send = at + 1.0 / dl->cfg->domain_rate;
+	}
+	pthread_mutex_unlock(&dl->mu);
+	while (!dl->stopping && (now = delivery_mono()) < at) {
+		double left = at - now;
+
+		usleep(left > 0.2 ? 200000 : (useconds_t)(left * 1e6));
+	}
+}

@@ -1,0 +1,111 @@
+/*
+ * mx.h - DNS for delivery through libunbound: MX lookup with preference
+ * order (equal preferences shuffled), implicit MX, null MX, addresses of
+ * hosts, TLSA records with their DNSSEC status.  One resolver per daemon,
+ * thread-safe.
+ */
+#ifndef OTPMAIL_MX_H
+#define OTPMAIL_MX_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "agent/core/config.h"
+
+enum mx_status {
+	MX_OK = 0,
+	MX_TEMPFAIL,	/* SERVFAIL, timeout, resolver trouble: defer */
+	MX_NXDOMAIN,	/* the domain does not exist: permanent (5.1.2) */
+	MX_NULLMX,	/* RFC 7505 null MX: permanent (5.1.10) */
+	MX_NOHOST,	/* no MX and no address: permanent */
+	MX_BADANSWER,	/* malformed answer: defer */
+};
+
+struct mx_addr {
+	struct sockaddr_storage	 ss;	/* port set to the destination port */
+	socklen_t		 sslen;
+};
+
+struct mx_host {
+	char		*name;		/* without the trailing dot */
+	int		 pref;
+	int		 secure;	/* the lookup that found it was DNSSEC-validated */
+	size_t		 naddr;
+	struct mx_addr	*addrs;		/* IPv6 and IPv4 */
+};
+
+struct mx_list {
+	size_t		 nhosts;
+	struct mx_host	*hosts;		/* in the order to try */
+	int		 implicit;	/* no MX: the domain itself */
+};
+
+struct tlsa_rr {
+	unsigned char	 usage, selector, mtype;
+	unsigned char	*data;
+	size_t		 len;
+};
+
+struct tlsa_set {
+	int		 secure;	/* answer validated by DNSSEC */
+	size_t		 n;
+	struct tlsa_rr	*rrs;
+};
+
+struct mx_resolver;
+
+struct mx_resolver *mx_resolver_new(const struct config *, char *err, size_t errlen);
+/*
+ * Another handle on the same libunbound context (its thread and caches,
+ * about 1 MiB), with its own timeout (default 8000 ms).  The context goes
+ * with the last handle freed.
+ */
+struct mx_resolver *mx_resolver_dup(struct mx_resolver *);
+void		 mx_resolver_free(struct mx_resolver *);
+
+/* MX hosts of a domain with their addresses (port = port). */
+enum mx_status	 mx_lookup(struct mx_resolver *, const char *domain, int port,
+		    struct mx_list **out, char *reason, size_t len);
+/* Addresses of one host name or "[literal]" (routes, relays). */
+enum mx_status	 mx_host(struct mx_resolver *, const char *host, int port,
+		    struct mx_list **out, char *reason, size_t len);
+void		 mx_list_free(struct mx_list *);
+/* TLSA records at _port._tcp.host; MX_OK with set->n == 0 when none. */
+enum mx_status	 mx_tlsa(struct mx_resolver *, const char *host, int port,
+		    struct tlsa_set **out, char *reason, size_t len);
+void		 tlsa_set_free(struct tlsa_set *);
+
+/* Short name of a status for logs ("tempfail", "nullmx", ...). */
+const char	*mx_status_name(enum mx_status);
+
+/*
+ * The daemon's resolver, made from cfg on first use (thread-safe): the
+ * submission-time checks (delivery_domain_check) use it with lookups bounded
+ * to 3 s since an app waits, delivery a handle from mx_resolver_dup on it;
+ * NULL with err set if it cannot be made.
+ */
+struct mx_resolver *mx_resolver_shared(const struct config *, char *err, size_t errlen);
+void		 mx_resolver_shared_free(void);
+/* Bound of one lookup round in milliseconds (default 8000; tests lower it). */
+void		 mx_resolver_set_timeout(struct mx_resolver *, int ms);
+
+/* Answer parsing, exposed for the unit tests (tests/unit/test_mx.c). */
+int		 mx_domain_valid(const char *);
+/* Uncompressed wire name -> text without the trailing dot ("" = root). */
+int		 mx_parse_name(const unsigned char *, size_t len, size_t *used,
+		    char *out, size_t outlen);
+int		 mx_parse_mx_rdata(const unsigned char *, size_t len, int *pref,
+		    char *name, size_t namelen);
+/* Fills rr (rr->data malloc'd) or returns -1. */
+int		 mx_parse_tlsa_rdata(const unsigned char *, size_t len, struct tlsa_rr *);
+/* MX rdata set -> hosts in the order to try (no addresses yet); MX_NULLMX,
+ * MX_BADANSWER.  The hosts array and names are malloc'd. */
+enum mx_status	 mx_hosts_from_rdata(char **data, const int *lens, size_t n,
+		    struct mx_host **hosts, size_t *nhosts, char *reason, size_t len);
+/* Sort by preference, shuffle equal preferences. */
+void		 mx_order(struct mx_host *, size_t);
+/* "[1.2.3.4]", "[IPv6:...]", "[::1]" or a bare address: 0; 1 = not a
+ * literal; -1 = malformed literal. */
+int		 mx_parse_literal(const char *host, int port, struct mx_addr *);
+
+#endif
