@@ -24,8 +24,7 @@
 #include <unistd.h>
 
 #include "agent/control/control.h"
-#include "agent/core/log.h"
-#include "agent/core/metrics.h"
+#include "agent/core/otpmaild.h"
 
 #define CTL_READ_CHUNK	65536
 #define CTL_MAX_GROUPS	256

@@ -1,9 +1,15 @@
 /*
- * control.h - the control socket: a UNIX stream socket speaking JSON Lines.
+ * control.h - the interface of agent/control/: the control socket, a UNIX
+ * stream socket speaking JSON Lines, with peer credentials deciding roles.
  * One event thread owns the sockets (accept, read, write, limits, idle
- * timeouts); a pool of request workers runs the handlers, one request per
- * connection at a time, so pipelined answers come back in order and a slow
- * handler never blocks other clients.
+ * timeouts); a pool of request workers runs the handlers (ops_*.c, one file
+ * per op family, listed in ops.c), one request per connection at a time, so
+ * pipelined answers come back in order and a slow handler never blocks
+ * other clients.
+ *
+ * May call: store/, queue/, dkim/, agent/core/, agent/mail/ and
+ * agent/delivery/ through their interface headers.  Must not touch: the
+ * network beyond its own socket.  ops.h is internal to this folder.
  */
 #ifndef OTPMAIL_CONTROL_H
 #define OTPMAIL_CONTROL_H

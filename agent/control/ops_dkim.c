@@ -16,7 +16,7 @@
 #include <unistd.h>
 #include <unbound.h>
 
-#include "agent/core/log.h"
+#include "agent/core/otpmaild.h"
 #include "agent/control/ops.h"
 #include "dkim/dkim_sign.h"
 

@@ -11,13 +11,10 @@
 
 #include <openssl/crypto.h>
 
-#include "agent/mail/address.h"
+#include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
-#include "agent/core/guard.h"
-#include "agent/core/log.h"
+#include "agent/core/otpmaild.h"
 #include "agent/control/ops.h"
-#include "agent/mail/otp_mail.h"
-#include "agent/mail/submit.h"
 #include "queue/queue.h"
 #include "store/store.h"
 

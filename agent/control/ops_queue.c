@@ -11,12 +11,9 @@
 #include <strings.h>
 #include <time.h>
 
-#include "agent/mail/address.h"
-#include "agent/core/log.h"
-#include "agent/core/metrics.h"
-#include "agent/mail/message.h"
+#include "agent/mail/mail.h"
+#include "agent/core/otpmaild.h"
 #include "agent/control/ops.h"
-#include "agent/mail/submit.h"
 #include "queue/queue.h"
 
 #define OPQ_SUBJECT_MAX		998

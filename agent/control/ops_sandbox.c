@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "agent/control/ops.h"
-#include "agent/delivery/sandbox.h"
+#include "agent/delivery/delivery.h"
 
 #define SANDBOX_LIST_DEFAULT	50
 #define SANDBOX_LIST_MAX	1000

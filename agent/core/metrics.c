@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "agent/core/metrics.h"
+#include "agent/mail/mail.h"
 
 #define METRICS_MAX_SERIES	256
 #define METRICS_LABEL_MAX	96

@@ -6,7 +6,7 @@
 #ifndef OTPMAIL_METRICS_H
 #define OTPMAIL_METRICS_H
 
-#include "agent/mail/message.h"
+struct buf;
 
 /* One answered request: result is "ok" or the error code. */
 void	metrics_request(const char *op, const char *result);

@@ -1,7 +1,15 @@
 /*
- * otpmaild.h - the daemon's shared context and the control protocol's
- * handler interface: every op is one entry in ctl_ops[] (ops.c) plus its
- * handler, which gets the parsed request and returns the reply object.
+ * otpmaild.h - the interface of agent/core/, the daemon's core: the shared
+ * context (struct otpmaild) every part receives, the configuration
+ * (config.h), logging (log.h), metrics (metrics.h), the submission guard
+ * (guard.h) and privilege dropping (privs.h); main.c wires store/, queue/,
+ * dkim/ and the other agent/ folders together and owns start and stop.
+ * It also carries the control protocol's handler interface: every op is one
+ * entry in ctl_ops[] (agent/control/ops.c) plus its handler, which gets the
+ * parsed request and returns the reply object.
+ *
+ * May call: everything (it is the wiring).  The other agent/ folders
+ * include only this header of core's.
  */
 #ifndef OTPMAIL_OTPMAILD_H
 #define OTPMAIL_OTPMAILD_H
@@ -14,6 +22,10 @@
 #include <jansson.h>
 
 #include "agent/core/config.h"
+#include "agent/core/guard.h"
+#include "agent/core/log.h"
+#include "agent/core/metrics.h"
+#include "agent/core/privs.h"
 
 struct store;
 struct queue;

@@ -17,10 +17,9 @@
 #include <unistd.h>
 #include <netdb.h>
 
-#include "agent/mail/address.h"
+#include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
-#include "agent/core/log.h"
-#include "agent/core/metrics.h"
+#include "agent/core/otpmaild.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"
 #include "agent/delivery/smtp.h"

@@ -1,13 +1,22 @@
 /*
- * delivery.h - the delivery workers: lease due messages from the queue,
- * route them (sandbox Maildir, route override, smarthost, or MX), speak SMTP
- * and report per-recipient outcomes back to the queue.
+ * delivery.h - the interface of agent/delivery/, the side of the daemon
+ * that talks to other hosts: delivery workers that lease due messages from
+ * the queue, route them (sandbox Maildir, route override, smarthost, or MX
+ * via libunbound), speak SMTP through libetpan over an OpenSSL stream under
+ * the TLS policy, and report per-recipient outcomes back to the queue.
+ *
+ * May call: queue/ (lease, outcomes), agent/core/ (config, log, metrics)
+ * and agent/mail/ (address checks).  Must not touch: store/ (codes and
+ * secrets), dkim/ (messages arrive signed), the control socket.  Other
+ * folders include only this header; mx.h, smtp.h, tlsstream.h and
+ * sandbox.h are internal to agent/delivery/ (and its unit tests).
  */
 #ifndef OTPMAIL_DELIVERY_H
 #define OTPMAIL_DELIVERY_H
 
 #include <stddef.h>
 #include "agent/core/otpmaild.h"
+#include "agent/delivery/sandbox.h"
 
 struct delivery	*delivery_start(struct otpmaild *, char *err, size_t errlen);
 /* Stops taking work, lets in-flight sessions end within their timeouts. */
@@ -20,5 +29,16 @@ void		 delivery_stop(struct delivery *);
  */
 int		 delivery_domain_check(struct otpmaild *, const char *domain,
 		    char *detail, size_t len);
+
+/*
+ * The daemon's resolver, made from cfg on first use (thread-safe): the
+ * submission-time checks (delivery_domain_check) use it with lookups bounded
+ * to 3 s since an app waits, delivery a handle from mx_resolver_dup on it;
+ * NULL with err set if it cannot be made.  main.c makes it before the socket
+ * answers, so a bad resolver or trust anchor fails at start.
+ */
+struct mx_resolver;
+struct mx_resolver *mx_resolver_shared(const struct config *, char *err, size_t errlen);
+void		 mx_resolver_shared_free(void);
 
 #endif

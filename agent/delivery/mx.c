@@ -21,7 +21,6 @@
 #include <openssl/rand.h>
 
 #include "agent/delivery/delivery.h"
-#include "agent/core/log.h"
 #include "agent/delivery/mx.h"
 #include "agent/core/otpmaild.h"
 

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
-#include "agent/core/config.h"
+#include "agent/core/otpmaild.h"
 
 enum mx_status {
 	MX_OK = 0,
@@ -78,14 +78,6 @@ void		 tlsa_set_free(struct tlsa_set *);
 /* Short name of a status for logs ("tempfail", "nullmx", ...). */
 const char	*mx_status_name(enum mx_status);
 
-/*
- * The daemon's resolver, made from cfg on first use (thread-safe): the
- * submission-time checks (delivery_domain_check) use it with lookups bounded
- * to 3 s since an app waits, delivery a handle from mx_resolver_dup on it;
- * NULL with err set if it cannot be made.
- */
-struct mx_resolver *mx_resolver_shared(const struct config *, char *err, size_t errlen);
-void		 mx_resolver_shared_free(void);
 /* Bound of one lookup round in milliseconds (default 8000; tests lower it). */
 void		 mx_resolver_set_timeout(struct mx_resolver *, int ms);
 

@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <time.h>
 
-#include "agent/core/config.h"
+#include "agent/core/otpmaild.h"
 
 #define SANDBOX_NAME_MAX	200
 #define SANDBOX_FIELD_MAX	256

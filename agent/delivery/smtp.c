@@ -18,7 +18,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 
-#include "agent/mail/address.h"
+#include "agent/mail/mail.h"
 #include "agent/delivery/smtp.h"
 #include "agent/delivery/tlsstream.h"
 

@@ -11,7 +11,7 @@
 #include <sys/socket.h>
 #include <openssl/ssl.h>
 
-#include "agent/core/config.h"
+#include "agent/core/otpmaild.h"
 #include "agent/delivery/mx.h"
 
 #define SMTP_REPLY_MAX	512	/* = QUEUE_REPLY_MAX */

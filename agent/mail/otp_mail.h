@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <time.h>
 
-#include "agent/core/config.h"
+#include "agent/core/otpmaild.h"
 #include "store/store.h"
 
 #define OTP_LOCALE_MAX	16

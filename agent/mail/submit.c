@@ -7,8 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "agent/core/log.h"
-#include "agent/core/metrics.h"
+#include "agent/core/otpmaild.h"
 #include "agent/mail/message.h"
 #include "agent/mail/submit.h"
 #include "dkim/dkim_sign.h"
