@@ -30,6 +30,8 @@ struct otp_args {
 	const char	*purpose;
 	const char	*context;
 	char		 who[80];	/* "to=addr" or "to_pseudonym=..." for logs */
+	char		 canon[ADDR_PATH_MAX + 1];	/* to, canonical: the code's key */
+	char		 limit_key[ADDR_PATH_MAX + 1];	/* limits and lock-outs */
 };
 
 static int	otp_args(struct otpmaild *, json_t *, struct otp_args *, json_t **);
@@ -41,6 +43,7 @@ otp_args(struct otpmaild *d, json_t *req, struct otp_args *a, json_t **err)
 {
 	char why[256], pn[17];
 	const char *c;
+	int rc;
 
 	memset(a, 0, sizeof(*a));
 	a->purpose = "login";
@@ -48,8 +51,16 @@ otp_args(struct otpmaild *d, json_t *req, struct otp_args *a, json_t **err)
 	    req_str(req, "purpose", 0, OTP_PURPOSE_MAX, &a->purpose, err) == -1 ||
 	    req_str(req, "context", 0, OTP_CONTEXT_MAX, &a->context, err) == -1)
 		return -1;
-	if (addr_validate(a->to, why, sizeof(why)) == -1) {
-		*err = reply_bad_field("to", "%s", why);
+	if ((rc = addr_canonical(a->to, d->cfg->allow_address_literals ?
+	    ADDR_ALLOW_LITERAL : 0, a->canon, sizeof(a->canon), why, sizeof(why))) != 0) {
+		*err = rc == ADDR_REFUSED ? reply_field_error("bad_address", "to", "%s", why) :
+		    reply_bad_field("to", "%s", why);
+		return -1;
+	}
+	a->to = a->canon;
+	if (addr_limit_key(a->canon, d->cfg->otp_limit_tag_separators, a->limit_key,
+	    sizeof(a->limit_key)) == -1) {
+		*err = reply_bad_field("to", "address too long");
 		return -1;
 	}
 	if (a->purpose[0] == '\0') {
@@ -153,6 +164,7 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.context = a.context;
 	q.ttl = (int)ttl;
@@ -248,6 +260,7 @@ op_otp_verify(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return err;
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.context = a.context;
 	q.client_uid = (uint32_t)p->uid;
@@ -304,6 +317,7 @@ op_otp_revoke(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return err;
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.client_uid = (uint32_t)p->uid;
 	q.now = time(NULL);
@@ -332,6 +346,7 @@ op_otp_unlock(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return err;
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.client_uid = (uint32_t)p->uid;
 	q.now = time(NULL);
