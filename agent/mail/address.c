@@ -236,7 +236,9 @@ addr_unquote(const char *s, size_t len, char *out, size_t outlen, char *why, siz
 		snprintf(why, wl, "empty local part");
 		return ADDR_BAD;
 	}
-	if (addr_local_ok(out, n, err, sizeof(err)) == -1) {
+	/* a dot-atom: addr_local_ok would take a leading quote as a new
+	 * quoted string */
+	if (out[0] == '"' || addr_local_ok(out, n, err, sizeof(err)) == -1) {
 		snprintf(why, wl, "a quoted local part that needs its quotes (spaces, "
 		    "quotes, backslashes, \"(),:;<>@[]\" or dots out of place) is not "
 		    "supported: use a plain local part such as user.name");

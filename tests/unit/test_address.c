@@ -119,6 +119,8 @@ main(void)
 	canon("\"a@b\"@example.org", 0, ADDR_REFUSED, "needs its quotes");
 	canon("\"..\"@example.org", 0, ADDR_REFUSED, "needs its quotes");
 	canon("\"\"@example.org", 0, ADDR_BAD, "empty local");
+	/* found by fuzz_addr: the unquoted text is itself a quoted string */
+	canon("\"\\\"x\\\"\"@example.org", 0, ADDR_REFUSED, "needs its quotes");
 	canon("\"j\xc3\xb6rg\"@example.org", 0, ADDR_REFUSED, "SMTPUTF8");
 	canon("j\xc3\xb6rg@example.org", 0, ADDR_REFUSED, "SMTPUTF8");
 	/* no mail to the inside */
