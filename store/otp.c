@@ -440,6 +440,18 @@ op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
 	if (s->has_old)
 		store_mac(&s->old_key, buf, alen + 1 + plen, NULL, 0, op->okey[1] + 1);
 	op->akey[0] = REC_ADDR;
+	if (q->limit_addr != NULL) {
+		/* one person's budget: the caller's canonical limit key */
+		alen = strnlen(q->limit_addr, STORE_ADDR_MAX + 1);
+		if (alen == 0 || alen > STORE_ADDR_MAX)
+			return -1;
+		for (i = 0; i < alen; i++) {
+			unsigned char ch = (unsigned char)q->limit_addr[i];
+
+			buf[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
+		}
+		buf[alen] = '\0';
+	}
 	store_mac(&s->key, buf, alen + 1, NULL, 0, op->akey + 1);
 	op->now = q->now > 0 ? (uint64_t)q->now : 0;
 	return 0;

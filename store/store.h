@@ -64,6 +64,8 @@ void		 store_close(struct store *);
 
 struct otp_request {
 	const char	*addr;		/* validated by the caller */
+	const char	*limit_addr;	/* key of the address limits and lock-outs
+					 * (agent: addr_limit_key); NULL = addr */
 	const char	*purpose;	/* "login" if NULL */
 	const char	*context;	/* opaque binding, NULL = none */
 	int		 ttl;		/* 0 = default */

@@ -27,10 +27,40 @@ struct otp_args {
 	const char	*purpose;
 	const char	*context;
 	char		 who[80];	/* "to=addr" or "to_pseudonym=..." for logs */
+	char		 canon[ADDR_PATH_MAX + 1];	/* to, canonical: the code's key */
+	char		 limit_key[ADDR_PATH_MAX + 1];	/* limits and lock-outs */
 };
 
 static int	otp_args(struct otpmaild *, json_t *, struct otp_args *, json_t **);
 static json_t	*otp_store_error(enum s_status, const struct otp_result *);
+static int	otp_display_fields(struct otpmaild *, const char *, const char *, json_t **);
+
+/*
+ * What the mail shows a person from the request: "app" only if the admin
+ * lets requests name the app (otp_app_from_request), and like client_info
+ * only as plain text, so no app can write markup or a link into a mail.
+ */
+static int
+otp_display_fields(struct otpmaild *d, const char *app, const char *client, json_t **err)
+{
+	char why[160];
+
+	if (app != NULL && !d->cfg->otp_app_from_request) {
+		*err = reply_bad_field("app", "the app name is set by the configuration "
+		    "(otp_app_name); otp_app_from_request is off");
+		return -1;
+	}
+	if (app != NULL && !otp_display_text_ok(app, OTP_APP_CHARS, 0, why, sizeof(why))) {
+		*err = reply_bad_field("app", "app name: %s", why);
+		return -1;
+	}
+	if (client != NULL && !otp_display_text_ok(client, OTP_CLIENT_CHARS, 1, why,
+	    sizeof(why))) {
+		*err = reply_bad_field("client_info", "client_info: %s", why);
+		return -1;
+	}
+	return 0;
+}
 
 /* The fields every otp op takes: to, purpose?, context?. */
 static int
@@ -38,6 +68,7 @@ otp_args(struct otpmaild *d, json_t *req, struct otp_args *a, json_t **err)
 {
 	char why[256], pn[17];
 	const char *c;
+	int rc;
 
 	memset(a, 0, sizeof(*a));
 	a->purpose = "login";
@@ -45,8 +76,16 @@ otp_args(struct otpmaild *d, json_t *req, struct otp_args *a, json_t **err)
 	    req_str(req, "purpose", 0, OTP_PURPOSE_MAX, &a->purpose, err) == -1 ||
 	    req_str(req, "context", 0, OTP_CONTEXT_MAX, &a->context, err) == -1)
 		return -1;
-	if (addr_validate(a->to, why, sizeof(why)) == -1) {
-		*err = reply_bad_field("to", "%s", why);
+	if ((rc = addr_canonical(a->to, d->cfg->allow_address_literals ?
+	    ADDR_ALLOW_LITERAL : 0, a->canon, sizeof(a->canon), why, sizeof(why))) != 0) {
+		*err = rc == ADDR_REFUSED ? reply_field_error("bad_address", "to", "%s", why) :
+		    reply_bad_field("to", "%s", why);
+		return -1;
+	}
+	a->to = a->canon;
+	if (addr_limit_key(a->canon, d->cfg->otp_limit_tag_separators, a->limit_key,
+	    sizeof(a->limit_key)) == -1) {
+		*err = reply_bad_field("to", "address too long");
 		return -1;
 	}
 	if (a->purpose[0] == '\0') {
@@ -129,7 +168,7 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	struct otp_mail_vars v;
 	struct q_envelope env;
 	struct q_rcpt rcpt;
-	const char *locale = NULL, *app = NULL, *used_locale;
+	const char *locale = NULL, *app = NULL, *client = NULL, *used_locale;
 	char qid[QUEUE_ID_LEN + 1], why[512], *msg = NULL;
 	json_t *err = NULL, *r;
 	enum s_status st;
@@ -139,7 +178,9 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	if (otp_args(d, req, &a, &err) == -1 ||
 	    req_str(req, "locale", 0, OTP_LOCALE_MAX, &locale, &err) == -1 ||
 	    req_str(req, "app", 0, OTP_APP_MAX, &app, &err) == -1 ||
-	    req_int(req, "ttl", 0, 10, d->cfg->otp_max_ttl, &ttl, &err) == -1)
+	    req_str(req, "client_info", 0, OTP_CLIENT_MAX, &client, &err) == -1 ||
+	    req_int(req, "ttl", 0, 10, d->cfg->otp_max_ttl, &ttl, &err) == -1 ||
+	    otp_display_fields(d, app, client, &err) == -1)
 		return err;
 	if (d->cfg->otp_check_deliverability &&
 	    delivery_domain_check(d, addr_domain(a.to), why, sizeof(why)) == -1) {
@@ -150,6 +191,7 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.context = a.context;
 	q.ttl = (int)ttl;
@@ -174,6 +216,7 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	v.code = res.code;
 	v.ttl = res.ttl;
 	v.app = app ? app : d->cfg->otp_app_name;
+	v.client = client;
 	v.purpose = a.purpose;
 	v.locale = locale ? locale : d->cfg->otp_default_locale;
 	v.from = d->cfg->otp_from;
@@ -245,6 +288,7 @@ op_otp_verify(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return err;
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.context = a.context;
 	q.client_uid = (uint32_t)p->uid;
@@ -301,6 +345,7 @@ op_otp_revoke(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return err;
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.client_uid = (uint32_t)p->uid;
 	q.now = time(NULL);
@@ -329,6 +374,7 @@ op_otp_unlock(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return err;
 	memset(&q, 0, sizeof(q));
 	q.addr = a.to;
+	q.limit_addr = a.limit_key;
 	q.purpose = a.purpose;
 	q.client_uid = (uint32_t)p->uid;
 	q.now = time(NULL);

@@ -29,12 +29,14 @@ static json_t	*opq_status_error(enum q_status, const char *id);
 static const char *opq_public_state(const struct q_envelope *);
 static json_t	*opq_rcpts(const struct q_envelope *, int full);
 static json_t	*opq_entry(const struct q_envelope *, time_t now);
-static int	 opq_from(const char *from, char *addr, size_t alen, char *hdr,
-		    size_t hlen, json_t **err);
+static int	 opq_addr(struct otpmaild *, const char *field, const char *in,
+		    char *out, size_t outlen, json_t **err);
+static int	 opq_from(struct otpmaild *, const char *from, char *addr, size_t alen,
+		    char *hdr, size_t hlen, json_t **err);
 static int	 opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid,
 		    json_t **err);
 static int	 opq_raw(struct otpmaild *, const char *raw, size_t len, struct buf *b,
-		    json_t **err);
+		    json_t *removed, json_t **err);
 static void	 opq_base64(struct buf *, const unsigned char *, size_t);
 static json_t	*opq_ids_action(struct otpmaild *, const struct ctl_peer *, json_t *,
 		    enum opq_action);
@@ -151,35 +153,49 @@ opq_base64(struct buf *b, const unsigned char *p, size_t n)
 
 /* --- mail.send ------------------------------------------------------ */
 
+/* An address of the request in its canonical form (agent/mail/address.c):
+ * bad_request if it is not an address, bad_address if otpmail refuses it. */
+static int
+opq_addr(struct otpmaild *d, const char *field, const char *in, char *out, size_t outlen,
+    json_t **err)
+{
+	char reason[256];
+	int rc;
+
+	rc = addr_canonical(in, d->cfg->allow_address_literals ? ADDR_ALLOW_LITERAL : 0,
+	    out, outlen, reason, sizeof(reason));
+	if (rc == 0)
+		return 0;
+	*err = reply_field_error(rc == ADDR_REFUSED ? "bad_address" : "bad_request", field,
+	    "%.80s: %s", in, reason);
+	return -1;
+}
+
 /* "addr" or "Display Name <addr>": the bare address for the envelope and
  * the From header to write. */
 static int
-opq_from(const char *from, char *addr, size_t alen, char *hdr, size_t hlen, json_t **err)
+opq_from(struct otpmaild *d, const char *from, char *addr, size_t alen, char *hdr,
+    size_t hlen, json_t **err)
 {
 	const char *lt = strchr(from, '<'), *gt;
-	char reason[128], name[256];
+	char name[256], in[ADDR_PATH_MAX * 4 + 1];
 	size_t nl;
 
 	if (lt == NULL) {
-		snprintf(addr, alen, "%s", from);
-		if (strlen(from) >= alen || addr_validate(addr, reason, sizeof(reason)) == -1) {
-			*err = reply_bad_field("from", "bad sender address: %s", reason);
+		if (opq_addr(d, "from", from, addr, alen, err) == -1)
 			return -1;
-		}
 		snprintf(hdr, hlen, "%s", addr);
 		return 0;
 	}
 	gt = strchr(lt, '>');
-	if (gt == NULL || gt[1] != '\0' || (size_t)(gt - lt - 1) >= alen) {
+	if (gt == NULL || gt[1] != '\0' || (size_t)(gt - lt - 1) >= sizeof(in)) {
 		*err = reply_bad_field("from", "use \"address\" or \"Name <address>\"");
 		return -1;
 	}
-	memcpy(addr, lt + 1, (size_t)(gt - lt - 1));
-	addr[gt - lt - 1] = '\0';
-	if (addr_validate(addr, reason, sizeof(reason)) == -1) {
-		*err = reply_bad_field("from", "bad sender address: %s", reason);
+	memcpy(in, lt + 1, (size_t)(gt - lt - 1));
+	in[gt - lt - 1] = '\0';
+	if (opq_addr(d, "from", in, addr, alen, err) == -1)
 		return -1;
-	}
 	nl = (size_t)(lt - from);
 	while (nl > 0 && from[nl - 1] == ' ')
 		nl--;
@@ -224,6 +240,12 @@ opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid, json_t **er
 			*err = reply_bad_field("headers", "bad header name");
 			return -1;
 		}
+		if (msg_header_trace(name, strlen(name))) {
+			*err = reply_bad_field("headers", "header %s is written by mail "
+			    "systems only (sender, path and authentication results); a "
+			    "request cannot set it", name);
+			return -1;
+		}
 		for (i = 0; reserved[i] != NULL; i++)
 			if (strcasecmp(name, reserved[i]) == 0) {
 				*err = reply_bad_field("headers", "header %s is set by otpmail "
@@ -247,9 +269,12 @@ opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid, json_t **er
 }
 
 /* A raw RFC 5322 message: CRLF line ends, a From header, header lines of at
- * most 998 bytes, Date and Message-ID added when missing, Bcc removed. */
+ * most 998 bytes, Date and Message-ID added when missing, Bcc and the
+ * headers only mail systems write (msg_header_trace) removed; the names of
+ * those removed are appended to removed. */
 static int
-opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t **err)
+opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out,
+    json_t *removed, json_t **err)
 {
 	struct buf n;
 	size_t i, line = 0, hdr_end = 0;
@@ -326,9 +351,11 @@ opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t
 		msg_add_header(out, "Message-ID", mid);
 	}
 	free(v);
-	/* Bcc is for the envelope only: never show it to the recipients. */
+	/* Bcc is for the envelope only: never show it to the recipients.  A
+	 * Received or Authentication-Results from the app would vouch for a
+	 * path the message never took. */
 	for (i = 0; i < hdr_end; ) {
-		size_t e = i;
+		size_t e = i, nl = 0;
 
 		while (e < hdr_end && n.data[e] != '\n')
 			e++;
@@ -338,7 +365,13 @@ opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out, json_t
 				e++;
 			e = e < hdr_end ? e + 1 : hdr_end;
 		}
-		if (e - i < 4 || strncasecmp(n.data + i, "Bcc:", 4) != 0)
+		while (i + nl < e && n.data[i + nl] != ':')
+			nl++;
+		if (nl == 3 && strncasecmp(n.data + i, "Bcc", 3) == 0)
+			;
+		else if (msg_header_trace(n.data + i, nl))
+			json_array_append_new(removed, json_stringn(n.data + i, nl));
+		else
 			buf_add(out, n.data + i, e - i);
 		i = e;
 	}
@@ -352,13 +385,14 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 {
 	const char *from = NULL, *subject = NULL, *text = NULL, *html = NULL, *raw = NULL;
 	const char *cls = NULL, **to = NULL;
-	char fromaddr[ADDR_PATH_MAX + 1], fromhdr[ADDR_PATH_MAX + 300], reason[128];
+	char fromaddr[ADDR_PATH_MAX + 1], fromhdr[ADDR_PATH_MAX + 300];
+	char (*canon)[ADDR_PATH_MAX + 1] = NULL;
 	char date[64], mid[300], boundary[80], id[QUEUE_ID_LEN + 1];
 	size_t nto = 0, textlen = 0, htmllen = 0, rawlen = 0, i, limit;
 	struct q_envelope tmpl;
 	struct q_rcpt *rc = NULL;
 	struct buf b, tohdr;
-	json_t *err = NULL;
+	json_t *err = NULL, *removed = NULL;
 	long ttl = 0;
 	int klass = Q_CLASS_DEFAULT, has_date = 0, has_mid = 0;
 
@@ -380,13 +414,19 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		err = reply_bad_field("class", "class must be \"default\" or \"otp\"");
 		goto fail;
 	}
-	if (opq_from(from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr), &err) == -1)
+	if (opq_from(d, from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr),
+	    &err) == -1)
 		goto fail;
-	for (i = 0; i < nto; i++)
-		if (addr_validate(to[i], reason, sizeof(reason)) == -1) {
-			err = reply_bad_field("to", "recipient %zu (%.80s): %s", i, to[i], reason);
+	/* the canonical forms go to the envelope and the To header */
+	if ((canon = calloc(nto, sizeof(*canon))) == NULL) {
+		err = reply_error("unavailable", "out of memory");
+		goto fail;
+	}
+	for (i = 0; i < nto; i++) {
+		if (opq_addr(d, "to", to[i], canon[i], sizeof(canon[i]), &err) == -1)
 			goto fail;
-		}
+		to[i] = canon[i];
+	}
 
 	if (raw != NULL) {
 		if (json_object_get(req, "subject") || json_object_get(req, "text") ||
@@ -394,7 +434,8 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 			err = reply_bad_field("raw", "raw excludes subject/text/html/headers");
 			goto fail;
 		}
-		if (opq_raw(d, raw, rawlen, &b, &err) == -1)
+		if ((removed = json_array()) == NULL ||
+		    opq_raw(d, raw, rawlen, &b, removed, &err) == -1)
 			goto fail;
 	} else {
 		if (req_str(req, "subject", 1, OPQ_SUBJECT_MAX, &subject, &err) == -1 ||
@@ -466,12 +507,22 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		goto fail;
 	free(rc);
 	free(to);
+	free(canon);
 	buf_free(&b);
 	buf_free(&tohdr);
+	if (removed != NULL && json_array_size(removed) > 0) {
+		log_msg(LOG_NOTICE, "event=mail.send id=%s removed_headers=%zu uid=%u", id,
+		    json_array_size(removed), (unsigned)peer->uid);
+		return json_pack("{s:b, s:s, s:o}", "ok", 1, "id", id, "removed_headers",
+		    removed);
+	}
+	json_decref(removed);
 	return json_pack("{s:b, s:s}", "ok", 1, "id", id);
 fail:
 	free(rc);
 	free(to);
+	free(canon);
+	json_decref(removed);
 	buf_free(&b);
 	buf_free(&tohdr);
 	return err ? err : reply_error("unavailable", "out of memory");

@@ -59,6 +59,18 @@ reply_error(const char *code, const char *fmt, ...)
 }
 
 json_t *
+reply_field_error(const char *code, const char *field, const char *fmt, ...)
+{
+	va_list ap;
+	json_t *r;
+
+	va_start(ap, fmt);
+	r = reply_verror(code, field, fmt, ap);
+	va_end(ap);
+	return r;
+}
+
+json_t *
 reply_bad_field(const char *field, const char *fmt, ...)
 {
 	va_list ap;

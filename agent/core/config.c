@@ -128,6 +128,9 @@ static const struct cfg_key config_table[] = {
 	STR(templates_dir, ""),
 	STR(otp_old_secret_file, ""),
 	BOOL(otp_check_deliverability, "yes"),
+	BOOL(otp_app_from_request, "yes"),
+	STR(otp_limit_tag_separators, "+"),
+	BOOL(allow_address_literals, "no"),
 	/* DKIM */
 	SPECIAL(dkim_key, cfg_dkim_key, cfg_print_dkim),
 	ENUM(dkim_canonicalization, "relaxed/relaxed",
@@ -151,6 +154,7 @@ static const struct cfg_key config_table[] = {
 	DUR(smtp_data_done_timeout, "600s", 1, 3600),
 	STR(resolver, ""),
 	STR(dns_trust_anchor, ""),
+	BOOL(mx_allow_internal, "no"),
 	TLS(tls_policy, "may"),
 	SPECIAL(domain_tls_policy, cfg_domain_tls, cfg_print_domain_tls),
 	STR(tls_ca_file, ""),

@@ -105,6 +105,9 @@ struct config {
 	char		*templates_dir;		/* "" = built-in path */
 	char		*otp_old_secret_file;	/* "" = none */
 	int		 otp_check_deliverability;
+	int		 otp_app_from_request;	/* a request's plain-text "app" is used */
+	char		*otp_limit_tag_separators; /* "+": alice+x shares alice's limits */
+	int		 allow_address_literals;	/* user@[192.0.2.1] */
 
 	/* DKIM */
 	struct dkim_key_conf *dkim_keys;	/* dkim_key = domain selector alg file */
@@ -128,6 +131,7 @@ struct config {
 	int		 smtp_data_done_timeout;
 	char		*resolver;		/* "" = /etc/resolv.conf; "addr[@port]" */
 	char		*dns_trust_anchor;	/* file for DNSSEC (dane) */
+	int		 mx_allow_internal;	/* MX/A/AAAA at loopback, private... */
 	enum tls_policy	 tls_policy;
 	struct domain_tls *domain_tls;
 	size_t		 ndomain_tls;

@@ -80,6 +80,9 @@ json_t	*reply_ok(void);
 json_t	*reply_error(const char *code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* bad_request naming the field: {"ok":false,"error":"bad_request","field":f,...} */
 json_t	*reply_bad_field(const char *field, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* any error code naming the field (bad_address for a refused address) */
+json_t	*reply_field_error(const char *code, const char *field, const char *fmt, ...)
+	    __attribute__((format(printf, 3, 4)));
 /* rate_limited / locked with "limit" and "retry_after". */
 json_t	*reply_limited(const char *code, const char *limit, int retry_after, const char *detail);
 

@@ -101,6 +101,8 @@ static void	 delivery_sandbox(struct delivery *, struct q_envelope *,
 static void	 delivery_domain(struct delivery *, struct q_envelope *,
 		    const char *data, size_t len, const char *domain,
 		    size_t *idx, size_t n);
+static enum mx_status delivery_drop_internal(const struct q_envelope *, const char *,
+		    struct mx_list *, char *, size_t);
 static int	 delivery_try_hop(struct job *, struct hop *, int otp_early);
 static int	 delivery_fallback(struct job *);
 static int	 delivery_transaction(struct job *, struct hop *,
@@ -463,6 +465,32 @@ delivery_pending(const struct job *j)
 	return n;
 }
 
+/*
+ * What DNS (or an address literal) names is the recipient domain's to
+ * choose, so it must not reach the inside: internal addresses are dropped
+ * (a route, smarthost or relay the admin configured may name them).
+ * MX_INTERNAL if nothing is left.
+ */
+static enum mx_status
+delivery_drop_internal(const struct q_envelope *env, const char *domain,
+    struct mx_list *list, char *reason, size_t len)
+{
+	char first[300 + INET6_ADDRSTRLEN] = "", q[600];
+	size_t n;
+
+	if ((n = mx_list_drop_internal(list, first, sizeof(first))) == 0)
+		return MX_OK;
+	log_msg(LOG_WARNING, "event=delivery_internal_refused id=%s domain=%s "
+	    "addresses=%zu first=%s left=%zu", env->id, domain, n,
+	    log_quote(first, q, sizeof(q)), list->nhosts);
+	if (list->nhosts > 0)
+		return MX_OK;
+	snprintf(reason, len, "every mail server of %s is at an internal address "
+	    "(loopback, private, link-local or metadata), such as %s; otpmail does "
+	    "not deliver there unless a route names it", domain, first);
+	return MX_INTERNAL;
+}
+
 /* Delivers the recipients idx[0..n) of env, all in domain. */
 static void
 delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
@@ -520,6 +548,8 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 		hop.port = cfg->smtp_port;
 		snprintf(hop.key, sizeof(hop.key), "mx:%s|%d", domain, j.policy);
 		ms = mx_lookup(dl->mx, domain, cfg->smtp_port, &list, reason, sizeof(reason));
+		if (ms == MX_OK && !cfg->mx_allow_internal)
+			ms = delivery_drop_internal(env, domain, list, reason, sizeof(reason));
 	}
 	if (ms == MX_OK && list != NULL && list->nhosts > 0) {
 		hop.hosts = list;
@@ -529,11 +559,12 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 		/* Only the recipient domain's own DNS can fail a mail; a broken
 		 * route or relay name is the admin's to fix: defer. */
 		int perm = strcmp(hop.kind, "mx") == 0 && (ms == MX_NXDOMAIN ||
-		    ms == MX_NULLMX || ms == MX_NOHOST);
+		    ms == MX_NULLMX || ms == MX_NOHOST || ms == MX_INTERNAL);
 		char why[SMTP_REPLY_MAX];
 
 		snprintf(why, sizeof(why), "%s %s: %s",
-		    ms == MX_NULLMX ? "5.1.10" : perm ? "5.1.2" : "4.4.3",
+		    ms == MX_NULLMX ? "5.1.10" : ms == MX_INTERNAL ? "5.4.4" :
+		    perm ? "5.1.2" : "4.4.3",
 		    strcmp(hop.kind, "mx") == 0 ? domain : "next hop",
 		    reason[0] ? reason : ms == MX_NULLMX ? "null MX: the domain accepts no mail" :
 		    perm ? "no such domain" : "DNS lookup failed");

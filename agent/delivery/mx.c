@@ -920,6 +920,90 @@ mx_list_free(struct mx_list *l)
 	free(l);
 }
 
+/* ------------------------------------------------------------ internal */
+
+static int
+mx_v4_internal(const unsigned char *b)
+{
+	uint32_t a = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+	static const struct { uint32_t net; int bits; } nets[] = {
+		{ 0x00000000, 8 },	/* "this network" */
+		{ 0x0a000000, 8 },	/* RFC 1918 */
+		{ 0x64400000, 10 },	/* shared address space (CGN; some metadata) */
+		{ 0x7f000000, 8 },	/* loopback */
+		{ 0xa9fe0000, 16 },	/* link-local: 169.254.169.254 metadata */
+		{ 0xac100000, 12 },	/* RFC 1918 */
+		{ 0xc0000000, 24 },	/* IETF protocol assignments */
+		{ 0xc0a80000, 16 },	/* RFC 1918 */
+		{ 0xc6120000, 15 },	/* benchmarking */
+		{ 0xe0000000, 4 },	/* multicast */
+		{ 0xf0000000, 4 },	/* reserved, broadcast */
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(nets) / sizeof(nets[0]); i++)
+		if ((a >> (32 - nets[i].bits)) == (nets[i].net >> (32 - nets[i].bits)))
+			return 1;
+	return 0;
+}
+
+int
+mx_addr_internal(const struct mx_addr *a)
+{
+	static const unsigned char nat64[12] = { 0, 0x64, 0xff, 0x9b };
+	const unsigned char *b;
+
+	if (a->ss.ss_family == AF_INET)
+		return mx_v4_internal((const unsigned char *)
+		    &((const struct sockaddr_in *)&a->ss)->sin_addr);
+	if (a->ss.ss_family != AF_INET6)
+		return 1;
+	b = ((const struct sockaddr_in6 *)&a->ss)->sin6_addr.s6_addr;
+	if (IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)b) ||
+	    IN6_IS_ADDR_V4COMPAT((const struct in6_addr *)b) ||
+	    memcmp(b, nat64, sizeof(nat64)) == 0)
+		return mx_v4_internal(b + 12);
+	if (b[0] == 0x20 && b[1] == 0x02)	/* 6to4 */
+		return mx_v4_internal(b + 2);
+	return IN6_IS_ADDR_UNSPECIFIED((const struct in6_addr *)b) ||
+	    IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)b) ||
+	    (b[0] & 0xfe) == 0xfc ||			/* ULA fc00::/7 */
+	    (b[0] == 0xfe && (b[1] & 0xc0) == 0x80) ||	/* link-local */
+	    (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) ||	/* site-local */
+	    b[0] == 0xff ||				/* multicast */
+	    (b[0] == 0x01 && b[1] == 0x00 && !b[2] && !b[3] && !b[4] && !b[5] &&
+	    !b[6] && !b[7]);				/* discard 100::/64 */
+}
+
+size_t
+mx_list_drop_internal(struct mx_list *l, char *first, size_t len)
+{
+	char txt[INET6_ADDRSTRLEN];
+	size_t h, i, k, dropped = 0;
+
+	for (h = 0; h < l->nhosts; h++) {
+		struct mx_host *mh = &l->hosts[h];
+
+		for (i = k = 0; i < mh->naddr; i++) {
+			if (!mx_addr_internal(&mh->addrs[i])) {
+				mh->addrs[k++] = mh->addrs[i];
+				continue;
+			}
+			if (dropped++ == 0 && first != NULL) {
+				const struct sockaddr_storage *ss = &mh->addrs[i].ss;
+				inet_ntop(ss->ss_family, ss->ss_family == AF_INET ?
+				    (const void *)&((const struct sockaddr_in *)ss)->sin_addr :
+				    (const void *)&((const struct sockaddr_in6 *)ss)->sin6_addr,
+				    txt, sizeof(txt));
+				snprintf(first, len, "%s (%s)", mh->name, txt);
+			}
+		}
+		mh->naddr = k;
+	}
+	mx_list_compact(l);
+	return dropped;
+}
+
 /* ------------------------------------------------------------ lookups */
 
 enum mx_status
@@ -1133,6 +1217,7 @@ mx_status_name(enum mx_status st)
 	case MX_NULLMX:		return "nullmx";
 	case MX_NOHOST:		return "nohost";
 	case MX_BADANSWER:	return "badanswer";
+	case MX_INTERNAL:	return "internal";
 	}
 	return "?";
 }
@@ -1181,17 +1266,29 @@ delivery_domain_check(struct otpmaild *d, const char *domain, char *detail,
 
 	if (d == NULL || d->cfg == NULL || domain == NULL || d->cfg->sandbox)
 		return 0;
-	if (domain[0] == '[')
-		return 0;
 	for (i = 0; i < d->cfg->nroutes; i++)
 		if (d->cfg->routes[i].domain != NULL &&
 		    strcasecmp(d->cfg->routes[i].domain, domain) == 0)
 			return 0;
+	if (domain[0] == '[') {
+		struct mx_addr a;
+
+		if (!d->cfg->mx_allow_internal && mx_parse_literal(domain, 25, &a) == 0 &&
+		    mx_addr_internal(&a)) {
+			snprintf(detail, len, "%s is an internal address: otpmail does "
+			    "not deliver there", domain);
+			return -1;
+		}
+		return 0;
+	}
 	if ((r = mx_resolver_shared(d->cfg, err, sizeof(err))) == NULL) {
 		log_msg(LOG_WARNING, "event=dns_error detail=\"%s\"", err);
 		return 0;
 	}
 	st = mx_lookup(r, domain, 25, &l, reason, sizeof(reason));
+	if (st == MX_OK && !d->cfg->mx_allow_internal &&
+	    mx_list_drop_internal(l, reason, sizeof(reason)) > 0 && l->nhosts == 0)
+		st = MX_INTERNAL;
 	mx_list_free(l);
 	switch (st) {
 	case MX_NXDOMAIN:
@@ -1203,6 +1300,10 @@ delivery_domain_check(struct otpmaild *d, const char *domain, char *detail,
 	case MX_NOHOST:
 		snprintf(detail, len, "domain %s has no mail server (%s)", domain,
 		    reason);
+		return -1;
+	case MX_INTERNAL:
+		snprintf(detail, len, "every mail server of %s is at an internal "
+		    "address, such as %s: otpmail does not deliver there", domain, reason);
 		return -1;
 	default:
 		return 0;

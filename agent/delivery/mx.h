@@ -19,6 +19,7 @@ enum mx_status {
 	MX_NULLMX,	/* RFC 7505 null MX: permanent (5.1.10) */
 	MX_NOHOST,	/* no MX and no address: permanent */
 	MX_BADANSWER,	/* malformed answer: defer */
+	MX_INTERNAL,	/* every address is internal (mx_addr_internal): permanent (5.4.4) */
 };
 
 struct mx_addr {
@@ -74,6 +75,20 @@ void		 mx_list_free(struct mx_list *);
 enum mx_status	 mx_tlsa(struct mx_resolver *, const char *host, int port,
 		    struct tlsa_set **out, char *reason, size_t len);
 void		 tlsa_set_free(struct tlsa_set *);
+
+/*
+ * 1 if delivery found through DNS must not connect to a: unspecified,
+ * loopback, private (RFC 1918, ULA), shared (100.64/10), link-local (and so
+ * cloud metadata, 169.254.169.254), site-local, multicast, reserved,
+ * benchmarking; IPv4-mapped, NAT64 and 6to4 addresses by their IPv4 part.
+ */
+int		 mx_addr_internal(const struct mx_addr *a);
+/*
+ * Drops the internal addresses of every host and the hosts left without
+ * one (order kept); returns how many addresses went, and names the first
+ * in first (may be NULL).
+ */
+size_t		 mx_list_drop_internal(struct mx_list *, char *first, size_t len);
 
 /* Short name of a status for logs ("tempfail", "nullmx", ...). */
 const char	*mx_status_name(enum mx_status);

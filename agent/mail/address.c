@@ -8,10 +8,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include <idn2.h>
+
 #include "agent/mail/address.h"
 
 static int	addr_local_ok(const char *, size_t, char *, size_t);
 static int	addr_domain_ok(const char *, size_t, char *, size_t);
+static int	addr_unquote(const char *, size_t, char *, size_t, char *, size_t);
+static int	addr_canon_domain(const char *, int, char *, size_t, char *, size_t);
 
 /* RFC 5322 atext */
 static int
@@ -189,5 +193,201 @@ addr_domain_lower(const char *addr, char *out, size_t len)
 		return -1;
 	for (i = 0; i <= n; i++)
 		out[i] = tolower((unsigned char)d[i]);
+	return 0;
+}
+
+/*
+ * A quoted local part without its quotes and escapes, if the result is a
+ * dot-atom; ADDR_REFUSED if it needs the quotes (the queue and the SMTP
+ * client carry only dot-atoms), ADDR_BAD if it is malformed.
+ */
+static int
+addr_unquote(const char *s, size_t len, char *out, size_t outlen, char *why, size_t wl)
+{
+	char err[128];
+	size_t i, n = 0;
+
+	if (len < 2 || s[len - 1] != '"') {
+		snprintf(why, wl, "unterminated quoted local part");
+		return ADDR_BAD;
+	}
+	for (i = 1; i < len - 1; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '\\' && i + 1 < len - 1)
+			c = (unsigned char)s[++i];
+		else if (c == '\\' || c == '"') {
+			snprintf(why, wl, "malformed quoted local part");
+			return ADDR_BAD;
+		}
+		if (c >= 0x80) {
+			snprintf(why, wl, "internationalised local parts (SMTPUTF8) are not "
+			    "supported");
+			return ADDR_REFUSED;
+		}
+		if (n + 1 >= outlen) {
+			snprintf(why, wl, "local part longer than %d bytes", ADDR_LOCAL_MAX);
+			return ADDR_BAD;
+		}
+		out[n++] = (char)c;
+	}
+	out[n] = '\0';
+	if (n == 0) {
+		snprintf(why, wl, "empty local part");
+		return ADDR_BAD;
+	}
+	/* a dot-atom: addr_local_ok would take a leading quote as a new
+	 * quoted string */
+	if (out[0] == '"' || addr_local_ok(out, n, err, sizeof(err)) == -1) {
+		snprintf(why, wl, "a quoted local part that needs its quotes (spaces, "
+		    "quotes, backslashes, \"(),:;<>@[]\" or dots out of place) is not "
+		    "supported: use a plain local part such as user.name");
+		return ADDR_REFUSED;
+	}
+	return 0;
+}
+
+/* The domain as a lower-case A-label name or the one printed form of an
+ * address literal. */
+static int
+addr_canon_domain(const char *d, int flags, char *out, size_t outlen, char *why, size_t wl)
+{
+	unsigned char bin[16];
+	char lit[ADDR_DOMAIN_MAX + 1], txt[INET6_ADDRSTRLEN], *a = NULL;
+	const char *last;
+	size_t n = strlen(d), i;
+	int rc, idn = 0, v6;
+
+	if (d[0] == '[') {
+		if (n < 3 || d[n - 1] != ']' || n - 2 >= sizeof(lit))
+			goto badlit;
+		memcpy(lit, d + 1, n - 2);
+		lit[n - 2] = '\0';
+		v6 = strncasecmp(lit, "IPv6:", 5) == 0;
+		if (inet_pton(v6 ? AF_INET6 : AF_INET, v6 ? lit + 5 : lit, bin) != 1 ||
+		    inet_ntop(v6 ? AF_INET6 : AF_INET, bin, txt, sizeof(txt)) == NULL)
+			goto badlit;
+		if (!(flags & ADDR_ALLOW_LITERAL)) {
+			snprintf(why, wl, "address literals (user@[192.0.2.1]) are refused; "
+			    "the admin may allow them with allow_address_literals");
+			return ADDR_REFUSED;
+		}
+		if ((size_t)snprintf(out, outlen, "[%s%s]", v6 ? "IPv6:" : "", txt) >= outlen)
+			goto badlit;
+		return 0;
+badlit:
+		snprintf(why, wl, "bad address literal");
+		return ADDR_BAD;
+	}
+	for (i = 0; i < n; i++)
+		if ((unsigned char)d[i] >= 0x80 || ((i == 0 || d[i - 1] == '.') &&
+		    strncasecmp(d + i, "xn--", 4) == 0))
+			idn = 1;
+	if (idn) {
+		rc = idn2_to_ascii_8z(d, &a, IDN2_NFC_INPUT | IDN2_NONTRANSITIONAL);
+		if (rc != IDN2_OK) {
+			snprintf(why, wl, "the domain is not a valid internationalised "
+			    "name: %s", idn2_strerror(rc));
+			return ADDR_BAD;
+		}
+		d = a;
+		n = strlen(d);
+	}
+	if (n + 1 > outlen) {
+		idn2_free(a);
+		snprintf(why, wl, "domain longer than %d bytes", ADDR_DOMAIN_MAX);
+		return ADDR_BAD;
+	}
+	for (i = 0; i <= n; i++)
+		out[i] = (char)tolower((unsigned char)d[i]);
+	idn2_free(a);
+	/* RFC 1123 2.1: a top-level label is never all digits. */
+	last = strrchr(out, '.');
+	last = last ? last + 1 : out;
+	if (*last != '\0' && strspn(last, "0123456789") == strlen(last)) {
+		snprintf(why, wl, "%s is an IP address, not a domain: address literals "
+		    "(user@[192.0.2.1]) are refused unless the admin allows them with "
+		    "allow_address_literals", out);
+		return ADDR_REFUSED;
+	}
+	return 0;
+}
+
+int
+addr_canonical(const char *in, int flags, char *out, size_t outlen, char *why, size_t wl)
+{
+	char local[ADDR_LOCAL_MAX * 2 + 8], domain[ADDR_DOMAIN_MAX + 1];
+	const char *at;
+	size_t len, i, ll;
+	int rc;
+
+	if (in == NULL || *in == '\0') {
+		snprintf(why, wl, "empty address");
+		return ADDR_BAD;
+	}
+	/* a U-label domain may be longer than its A-label: bounded at 4x */
+	if ((len = strnlen(in, 4 * ADDR_PATH_MAX + 1)) > 4 * ADDR_PATH_MAX) {
+		snprintf(why, wl, "address longer than %d bytes", ADDR_PATH_MAX);
+		return ADDR_BAD;
+	}
+	for (i = 0; i < len; i++)
+		if ((unsigned char)in[i] < 0x20 || in[i] == 0x7f) {
+			snprintf(why, wl, "address holds a control character");
+			return ADDR_BAD;
+		}
+	if ((at = strrchr(in, '@')) == NULL) {
+		snprintf(why, wl, "address has no @");
+		return ADDR_BAD;
+	}
+	ll = (size_t)(at - in);
+	if (ll > 0 && in[0] == '"') {
+		if ((rc = addr_unquote(in, ll, local, sizeof(local), why, wl)) != 0)
+			return rc;
+	} else {
+		if (ll >= sizeof(local)) {
+			snprintf(why, wl, "local part longer than %d bytes", ADDR_LOCAL_MAX);
+			return ADDR_BAD;
+		}
+		for (i = 0; i < ll; i++)
+			if ((unsigned char)in[i] >= 0x80) {
+				snprintf(why, wl, "internationalised local parts (SMTPUTF8) "
+				    "are not supported");
+				return ADDR_REFUSED;
+			}
+		memcpy(local, in, ll);
+		local[ll] = '\0';
+	}
+	if (at[1] == '\0') {
+		snprintf(why, wl, "empty domain");
+		return ADDR_BAD;
+	}
+	if ((rc = addr_canon_domain(at + 1, flags, domain, sizeof(domain), why, wl)) != 0)
+		return rc;
+	if ((size_t)snprintf(out, outlen, "%s@%s", local, domain) >= outlen) {
+		snprintf(why, wl, "address longer than %d bytes", ADDR_PATH_MAX);
+		return ADDR_BAD;
+	}
+	return addr_validate(out, why, wl) == 0 ? 0 : ADDR_BAD;
+}
+
+int
+addr_limit_key(const char *canonical, const char *tag_seps, char *out, size_t outlen)
+{
+	const char *at = strrchr(canonical, '@');
+	size_t ll, i, cut;
+
+	if (at == NULL || strlen(canonical) + 1 > outlen)
+		return -1;
+	ll = (size_t)(at - canonical);
+	cut = ll;
+	if (tag_seps != NULL && *tag_seps != '\0')
+		for (i = 1; i < ll; i++)
+			if (strchr(tag_seps, canonical[i]) != NULL) {
+				cut = i;
+				break;
+			}
+	for (i = 0; i < cut; i++)
+		out[i] = (char)tolower((unsigned char)canonical[i]);
+	snprintf(out + cut, outlen - cut, "%s", at);
 	return 0;
 }

@@ -23,4 +23,32 @@ const char	*addr_domain(const char *addr);
 /* Lower-cased copy of the domain part into out; -1 if it does not fit. */
 int		 addr_domain_lower(const char *addr, char *out, size_t len);
 
+/* addr_canonical: outcomes besides 0 */
+#define ADDR_BAD	(-1)	/* not an address: bad_request */
+#define ADDR_REFUSED	(-2)	/* an address otpmail will not send to: bad_address */
+/* addr_canonical flags */
+#define ADDR_ALLOW_LITERAL	0x01	/* user@[192.0.2.1], user@[IPv6:...] */
+
+/*
+ * The one form of an address that reaches the store, the queue and SMTP:
+ * the domain lower-cased and IDNA-normalised to its A-label (libidn2,
+ * IDNA2008 with UTS #46 mapping, so "B\xc3\x9cCHER.example" and
+ * "xn--bcher-kva.example" are one domain), a quoted local part unquoted
+ * when it needs no quotes ("alice"@ is alice@), an address literal
+ * rewritten in its one printed form.  Refused (ADDR_REFUSED, with why):
+ * address literals without ADDR_ALLOW_LITERAL, a domain whose last label
+ * is numeric (user@127.0.0.1), local parts that need quotes or are not
+ * ASCII.  The local part keeps its case and +tag: it names the mailbox.
+ */
+int		 addr_canonical(const char *in, int flags, char *out, size_t outlen,
+		    char *why, size_t whylen);
+/*
+ * The key a person's limits and lock-outs are counted under, from a
+ * canonical address: the local part lower-cased and, when tag_seps is not
+ * empty, cut at the first of those characters that is not its first
+ * ("alice+news" -> "alice").  -1 if out is too small.
+ */
+int		 addr_limit_key(const char *canonical, const char *tag_seps, char *out,
+		    size_t outlen);
+
 #endif

@@ -144,6 +144,23 @@ msg_header_name_ok(const char *n)
 }
 
 int
+msg_header_trace(const char *n, size_t len)
+{
+	static const char *const exact[] = { "Sender", "Return-Path", "Received",
+	    "Received-SPF", "Authentication-Results", "DKIM-Signature", NULL };
+	static const char *const prefix[] = { "ARC-", "Resent-", NULL };
+	size_t i;
+
+	for (i = 0; exact[i] != NULL; i++)
+		if (strlen(exact[i]) == len && strncasecmp(n, exact[i], len) == 0)
+			return 1;
+	for (i = 0; prefix[i] != NULL; i++)
+		if (len > strlen(prefix[i]) && strncasecmp(n, prefix[i], strlen(prefix[i])) == 0)
+			return 1;
+	return 0;
+}
+
+int
 msg_header_value_ok(const char *v, size_t maxlen)
 {
 	size_t i;

@@ -29,6 +29,13 @@ void	msg_date(time_t, char *out, size_t len);
 void	msg_message_id(const char *hostname, char *out, size_t len);
 /* A header field name: printable ASCII but ':' and space (RFC 5322 2.2). */
 int	msg_header_name_ok(const char *);
+/*
+ * 1 if the header (name of len bytes) vouches for the sender or the path
+ * and only a mail system may write it: Sender, Return-Path, Received,
+ * Received-SPF, Authentication-Results, DKIM-Signature, ARC-*, Resent-*.
+ * A request never supplies these.
+ */
+int	msg_header_trace(const char *name, size_t len);
 /* A header value: no CR, LF or NUL; length bounded. */
 int	msg_header_value_ok(const char *, size_t maxlen);
 /* Adds "Name: value\r\n", value encoded as RFC 2047 words if not ASCII,

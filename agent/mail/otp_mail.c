@@ -1,8 +1,10 @@
 /*
  * otp_mail.c - the one-time-code mail: loads and checks the per-locale
  * templates once (start and reload), picks a locale per request, fills the
- * placeholders ({{code}}, {{minutes}}, {{app}}, {{purpose}}; HTML-escaped in
- * the HTML part) and builds a multipart/alternative message.
+ * placeholders ({{code}}, {{minutes}}, {{app}}, {{purpose}}, {{time}},
+ * {{client}}; HTML-escaped in the HTML part; {{#client}}...{{/client}} only
+ * when the app passed client_info) and builds a multipart/alternative
+ * message.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -35,7 +37,8 @@ struct otp_templates {
 	size_t		 def;
 };
 
-static const char *const otp_placeholders[] = { "code", "minutes", "app", "purpose", NULL };
+static const char *const otp_placeholders[] = { "code", "minutes", "app", "purpose",
+	"time", "client", "#client", "/client", NULL };
 
 static int	otp_locale_name_ok(const char *);
 static int	otp_utf8_ok(const char *, size_t);
@@ -52,6 +55,9 @@ static const char *otp_var(const struct otp_mail_vars *, const char *name, size_
 static const char *otp_default_dir(const char *default_locale);
 static const struct otp_locale *otp_pick(const struct otp_templates *, const char *);
 static int	otp_value_ok(const char *, size_t max);
+static size_t	otp_utf8_next(const unsigned char *, size_t, unsigned *);
+static int	otp_cp_lookalike(unsigned);
+static int	otp_hex(int);
 
 static int
 otp_locale_name_ok(const char *s)
@@ -157,7 +163,7 @@ static int
 otp_check_template(const char *t, int need_code, const char *what, char *err, size_t errlen)
 {
 	const char *p = t, *end;
-	int i, has_code = 0;
+	int i, has_code = 0, section = 0;
 
 	while ((p = strstr(p, "{{")) != NULL) {
 		if ((end = strstr(p + 2, "}}")) == NULL) {
@@ -170,13 +176,26 @@ otp_check_template(const char *t, int need_code, const char *what, char *err, si
 				break;
 		if (otp_placeholders[i] == NULL) {
 			snprintf(err, errlen, "templates: %s: unknown placeholder \"%.*s\" "
-			    "(known: code, minutes, app, purpose)", what,
+			    "(known: code, minutes, app, purpose, time, client, "
+			    "#client, /client)", what,
 			    (int)(end - p + 2 > 40 ? 40 : end - p + 2), p);
 			return -1;
 		}
 		if (i == 0)
 			has_code = 1;
+		if (p[2] == '#' || p[2] == '/') {
+			if ((p[2] == '#') == section) {
+				snprintf(err, errlen, "templates: %s: {{#client}} and "
+				    "{{/client}} must pair, unnested", what);
+				return -1;
+			}
+			section = !section;
+		}
 		p = end + 2;
+	}
+	if (section) {
+		snprintf(err, errlen, "templates: %s: {{#client}} without {{/client}}", what);
+		return -1;
 	}
 	if (need_code && !has_code) {
 		snprintf(err, errlen, "templates: %s: no {{code}}", what);
@@ -348,6 +367,16 @@ otp_var(const struct otp_mail_vars *v, const char *name, size_t len, char *tmp,
 		return v->app ? v->app : "";
 	if (len == 7 && strncmp(name, "purpose", 7) == 0)
 		return v->purpose ? v->purpose : "login";
+	if (len == 4 && strncmp(name, "time", 4) == 0) {
+		struct tm tm;
+		time_t t = v->now;
+
+		gmtime_r(&t, &tm);
+		strftime(tmp, tmplen, "%Y-%m-%d %H:%M UTC", &tm);
+		return tmp;
+	}
+	if (len == 6 && strncmp(name, "client", 6) == 0)
+		return v->client ? v->client : "";
 	return NULL;
 }
 
@@ -359,6 +388,14 @@ otp_render(struct buf *b, const char *t, const struct otp_mail_vars *v, int html
 
 	while ((p = strstr(t, "{{")) != NULL && (end = strstr(p + 2, "}}")) != NULL) {
 		buf_add(b, t, (size_t)(p - t));
+		if (strncmp(p, "{{#client}}", 11) == 0 || strncmp(p, "{{/client}}", 11) == 0) {
+			/* a section shown only with client_info */
+			t = end + 2;
+			if (p[2] == '#' && (v->client == NULL || v->client[0] == '\0') &&
+			    (end = strstr(t, "{{/client}}")) != NULL)
+				t = end + 11;
+			continue;
+		}
 		val = otp_var(v, p + 2, (size_t)(end - p - 2), tmp, sizeof(tmp));
 		if (val == NULL)
 			buf_add(b, p, (size_t)(end + 2 - p));
@@ -369,6 +406,107 @@ otp_render(struct buf *b, const char *t, const struct otp_mail_vars *v, int html
 		t = end + 2;
 	}
 	buf_adds(b, t);
+}
+
+/* One UTF-8 character at s (n bytes left): its code point and length, or
+ * length 0 if malformed. */
+static size_t
+otp_utf8_next(const unsigned char *s, size_t n, unsigned *cp)
+{
+	size_t k, len;
+
+	if (s[0] < 0x80) {
+		*cp = s[0];
+		return 1;
+	}
+	len = (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 :
+	    (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+	if (len == 0 || len > n || !otp_utf8_ok((const char *)s, len))
+		return 0;
+	*cp = s[0] & (0x7f >> len);
+	for (k = 1; k < len; k++)
+		*cp = *cp << 6 | (s[k] & 0x3f);
+	return len;
+}
+
+/* Characters that read as a dot, slash, colon, @ or bracket, or are
+ * invisible or reorder text (bidi): a link or a disguise in plain text. */
+static int
+otp_cp_lookalike(unsigned cp)
+{
+	static const unsigned one[] = { 0x061c, 0x2024, 0x2044, 0x2215, 0x3002,
+	    0xfe52, 0xfe55, 0xfe64, 0xfe65, 0xfe6b, 0xfeff, 0xff0e, 0xff0f, 0xff1a,
+	    0xff1c, 0xff1e, 0xff20, 0xff61, 0 };
+	size_t i;
+
+	for (i = 0; one[i] != 0; i++)
+		if (cp == one[i])
+			return 1;
+	return (cp >= 0x80 && cp <= 0xa0) || cp == 0xad ||
+	    (cp >= 0x200b && cp <= 0x200f) || (cp >= 0x2028 && cp <= 0x202f) ||
+	    (cp >= 0x2060 && cp <= 0x206f) || (cp >= 0xe000 && cp <= 0xf8ff) ||
+	    (cp >= 0xfff0 && cp <= 0xffff) || cp >= 0xe0000;
+}
+
+static int
+otp_hex(int c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+int
+otp_display_text_ok(const char *str, size_t maxchars, int ip, char *why, size_t wl)
+{
+	const unsigned char *s = (const unsigned char *)str;
+	size_t n = strlen(str), i = 0, chars = 0, len;
+	unsigned cp;
+	int prev = 0, next;
+
+	if (n == 0 || s[0] == ' ' || s[n - 1] == ' ') {
+		snprintf(why, wl, "empty, or starts or ends with a space");
+		return 0;
+	}
+	while (i < n) {
+		if ((len = otp_utf8_next(s + i, n - i, &cp)) == 0) {
+			snprintf(why, wl, "not UTF-8 text");
+			return 0;
+		}
+		next = i + len < n ? s[i + len] : 0;
+		if (++chars > maxchars) {
+			snprintf(why, wl, "longer than %zu characters", maxchars);
+			return 0;
+		}
+		if (cp >= 0x80) {
+			if (otp_cp_lookalike(cp)) {
+				snprintf(why, wl, "holds U+%04X, an invisible, bidi or "
+				    "punctuation character that could disguise a link", cp);
+				return 0;
+			}
+		} else if (cp == ' ') {
+			if (prev == ' ') {
+				snprintf(why, wl, "two spaces in a row");
+				return 0;
+			}
+		} else if (cp == '.' || cp == ':') {
+			int fits = cp == '.' ? prev >= '0' && prev <= '9' && next >= '0' &&
+			    next <= '9' : (otp_hex(prev) || prev == ':') &&
+			    (otp_hex(next) || next == ':' || next == 0);
+
+			if (!ip || !fits) {
+				snprintf(why, wl, "plain text only: '%c' %s", cp, ip ?
+				    "only inside an IP address" : "is not allowed");
+				return 0;
+			}
+		} else if (!(cp >= 'a' && cp <= 'z') && !(cp >= 'A' && cp <= 'Z') &&
+		    !(cp >= '0' && cp <= '9') && strchr("-_&'(),!+", (int)cp) == NULL) {
+			snprintf(why, wl, "plain text only: letters, digits, spaces and "
+			    "- _ & ' ( ) , ! + (no markup, links or addresses)");
+			return 0;
+		}
+		prev = (int)cp;
+		i += len;
+	}
+	return 1;
 }
 
 /* A value from the request may become part of a header: no controls. */
@@ -400,6 +538,7 @@ otp_mail_compose(const struct otp_templates *t, const struct otp_mail_vars *v,
 		return NULL;
 	}
 	if (!otp_value_ok(v->app, OTP_APP_MAX) || !otp_value_ok(v->purpose, 64) ||
+	    !otp_value_ok(v->client, OTP_CLIENT_MAX) ||
 	    !otp_value_ok(v->to, 320) || !otp_value_ok(v->from, 320) ||
 	    !otp_value_ok(v->code, OTP_CODE_MAX)) {
 		snprintf(err, errlen, "otp mail: a value holds control characters or is too long");

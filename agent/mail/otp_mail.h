@@ -14,6 +14,9 @@
 
 #define OTP_LOCALE_MAX	16
 #define OTP_APP_MAX	64
+#define OTP_APP_CHARS	40	/* a request's app name, in characters */
+#define OTP_CLIENT_MAX	400	/* client_info, bytes */
+#define OTP_CLIENT_CHARS 100	/* client_info, characters */
 #define OTP_TEMPLATE_MAX (64 * 1024)
 
 struct otp_templates;
@@ -39,8 +42,21 @@ struct otp_mail_vars {
 	const char	*from;		/* envelope/header sender */
 	const char	*to;		/* validated address */
 	const char	*hostname;	/* for Message-ID */
-	time_t		 now;
+	time_t		 now;		/* when the code was asked for: {{time}} */
+	const char	*client;	/* the app's client_info: {{client}}; NULL = none */
 };
+
+/*
+ * A value from a request that a mail will show to a person (the app name,
+ * client_info): plain text only, so it can neither be markup nor become a
+ * link in a mail reader.  UTF-8 of at most maxchars characters; letters,
+ * digits, single spaces and - _ & ' ( ) , ! +; no controls, bidi or
+ * invisible characters, nothing that reads as a dot, slash, colon or @ in
+ * any script.  With ip, '.' between digits and ':' between hex digits are
+ * allowed (203.0.113.7, 2001:db8::1).  Returns 1, or 0 with why set.
+ */
+int		 otp_display_text_ok(const char *s, size_t maxchars, int ip, char *why,
+		    size_t whylen);
 
 /*
  * Composes the multipart/alternative message (CRLF line ends).  Returns a

@@ -1,6 +1,7 @@
 /*
  * fuzz_addr.c - libFuzzer target for the one address validator
- * (addr_validate) and its helpers.  Oracles: an accepted address is
+ * (addr_validate), the canonical form (addr_canonical, addr_limit_key)
+ * and its helpers.  Oracles: an accepted address is
  * NUL-terminated within ADDR_PATH_MAX, holds no control, space-less
  * outside quotes, no 8-bit byte, has a local part and a domain within the
  * RFC 5321 limits, and addr_domain/addr_domain_lower agree with it.
@@ -52,6 +53,28 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					abort();
 	} else if (err[0] == '\0')
 		abort();	/* a refusal always says why */
+	/*
+	 * addr_canonical: what it gives passes the validator, is ASCII, is
+	 * its own canonical form, and has a limit key no longer than itself.
+	 */
+	{
+		char c1[ADDR_PATH_MAX + 1], c2[ADDR_PATH_MAX + 1], k[ADDR_PATH_MAX + 1];
+		int rc;
+
+		err[0] = '\0';
+		rc = addr_canonical(a, ADDR_ALLOW_LITERAL, c1, sizeof(c1), err, sizeof(err));
+		if (rc != 0 && (err[0] == '\0' || (rc != ADDR_BAD && rc != ADDR_REFUSED)))
+			abort();
+		if (rc == 0) {
+			if (addr_validate(c1, err, sizeof(err)) != 0)
+				abort();
+			if (addr_canonical(c1, ADDR_ALLOW_LITERAL, c2, sizeof(c2), err,
+			    sizeof(err)) != 0 || strcmp(c1, c2) != 0)
+				abort();
+			if (addr_limit_key(c1, "+", k, sizeof(k)) != 0 || strlen(k) > strlen(c1))
+				abort();
+		}
+	}
 	free(a);
 	return 0;
 }

@@ -250,6 +250,7 @@ def fallback_tests(ca):
             SmtpSink("127.0.6.22", PORT) as mx2, SmtpSink("127.0.6.23", PORT) as fb:
         conf = ("sandbox = no\nhostname = otpmail.example.com\ntls_policy = none\n"
                 "resolver = %s\nsmtp_port = %d\nfallback_relay = [127.0.6.23]:%d\n"
+                "mx_allow_internal = yes\n"
                 "smtp_connect_timeout = 3s\n" % (dns.resolver, PORT, PORT))
         with Daemon(conf_extra=conf) as d:
             # OTP first: no session to the domain is open yet.

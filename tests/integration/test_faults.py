@@ -345,7 +345,7 @@ class FakeDns:
 
 def dns_tests():
     conf = ("sandbox = no\nhostname = otpmail.example.com\ntls_policy = none\n"
-            "resolver = 127.0.8.53@5354\n" + TIMEOUTS +
+            "resolver = 127.0.8.53@5354\nmx_allow_internal = yes\n" + TIMEOUTS +
             "default_retry_min = 600s\ndefault_retry_max = 600s\n"
             "otp_check_deliverability = yes\n")
     dns = FakeDns().start()

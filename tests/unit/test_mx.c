@@ -611,10 +611,38 @@ out:
 	close(fake_fd);
 }
 
+/* Which addresses delivery through DNS never connects to. */
+static void
+test_internal(void)
+{
+	static const char *const inside[] = { "127.0.0.1", "127.9.9.9", "10.1.2.3",
+	    "172.16.0.1", "172.31.255.255", "192.168.1.1", "169.254.169.254",
+	    "100.64.0.1", "100.100.100.200", "0.0.0.0", "224.0.0.1", "255.255.255.255",
+	    "198.18.0.1", "192.0.0.1", "::1", "::", "fe80::1", "fd00:ec2::254", "fc00::1",
+	    "ff02::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "64:ff9b::a9fe:a9fe",
+	    "2002:7f00:1::1", "fec0::1", "100::1", NULL };
+	static const char *const outside[] = { "192.0.2.1", "8.8.8.8", "172.32.0.1",
+	    "100.128.0.1", "169.253.0.1", "2001:db8::1", "2a00:1450::1",
+	    "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1", NULL };
+	struct mx_addr a;
+	char name[128];
+	size_t i;
+
+	for (i = 0; inside[i] != NULL; i++) {
+		snprintf(name, sizeof(name), "%s is internal", inside[i]);
+		ok(mx_parse_literal(inside[i], 25, &a) == 0 && mx_addr_internal(&a), name);
+	}
+	for (i = 0; outside[i] != NULL; i++) {
+		snprintf(name, sizeof(name), "%s is not internal", outside[i]);
+		ok(mx_parse_literal(outside[i], 25, &a) == 0 && !mx_addr_internal(&a), name);
+	}
+}
+
 int
 main(void)
 {
 	test_names();
+	test_internal();
 	test_mx_rdata();
 	test_hosts();
 	test_tlsa();

@@ -143,6 +143,12 @@ main(void)
 		ok(strstr(dec, "valid for 5 minutes") != NULL, "minutes in the text");
 		ok(strstr(dec, "Never share this code") != NULL, "never-share warning");
 		ok(strstr(dec, "did not ask for this code") != NULL, "what to do if not asked");
+		/* v.now = 1800000000 */
+		ok(strstr(dec, "Shop was asked for a code (login) for this address") != NULL &&
+		    strstr(dec, "on 2027-01-15 08:00 UTC. Your code") != NULL,
+		    "which site asked and when; no client line without client_info");
+		ok(strstr(dec, "from") == NULL || strstr(dec, ", from") == NULL,
+		    "no client section without client_info");
 		free(dec);
 		for (i = 0; i < len; i++)
 			if (m[i] == '\n' && (i == 0 || m[i - 1] != '\r'))
@@ -158,6 +164,59 @@ main(void)
 	    "German subject (non-ASCII) as RFC 2047 encoded words");
 	ok(m != NULL && strstr(m, "Content-Language: de") != NULL, "Content-Language de");
 	free(m);
+
+	{
+		struct otp_mail_vars v;
+
+		memset(&v, 0, sizeof(v));
+		v.code = "492817";
+		v.ttl = 300;
+		v.app = "Shop";
+		v.from = "noreply@example.org";
+		v.to = "alice@example.org";
+		v.now = 1800000000;
+		v.client = "Firefox on Linux <b> (203.0.113.7)";
+		m = otp_mail_compose(t, &v, &len, err, sizeof(err));
+		dec = m ? qp_decode(strstr(m, "\r\n\r\n")) : NULL;
+		ok(dec != NULL && strstr(dec, "2027-01-15 08:00 UTC, from Firefox on Linux "
+		    "<b> (203.0.113.7). Your code") != NULL &&
+		    strstr(dec, "from Firefox on Linux &lt;b&gt; (203.0.113.7)") != NULL,
+		    "client_info in both parts, escaped in the HTML part");
+		free(dec);
+		free(m);
+	}
+	{
+		char why[200];
+		static const char *const good_app[] = { "Evil Bank", "Caf\xc3\xa9 M\xc3\xbcller",
+		    "AT&T", "O'Brien (EU)", "\xe6\x9d\xb1\xe4\xba\xac", NULL };
+		static const char *const bad_app[] = { "<a href='http://evil.test'>click</a>",
+		    "evil.test", "http:x", "a@b", "two  spaces", " lead", "x/y",
+		    "evil\xe3\x80\x82test", "evil\xef\xbc\x8etest", "rtl\xe2\x80\xae",
+		    "zero\xe2\x80\x8bwidth", "", "x\ty", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+		    NULL };
+		int okc = 0, badc = 0, n_bad = 0;
+
+		for (i = 0; good_app[i] != NULL; i++)
+			if (otp_display_text_ok(good_app[i], OTP_APP_CHARS, 0, why, sizeof(why)))
+				okc++;
+			else
+				diag("refused \"%s\": %s", good_app[i], why);
+		is_int(okc, (long)i, "plain app names accepted");
+		for (i = 0; bad_app[i] != NULL; i++, n_bad++)
+			if (!otp_display_text_ok(bad_app[i], OTP_APP_CHARS, 0, why, sizeof(why)))
+				badc++;
+			else
+				diag("accepted \"%s\"", bad_app[i]);
+		is_int(badc, n_bad, "markup, URLs, domains, lookalikes, bidi refused in app");
+		ok(otp_display_text_ok("Firefox on Linux (203.0.113.7, 2001:db8::1)",
+		    OTP_CLIENT_CHARS, 1, why, sizeof(why)), "client_info: IP addresses allowed");
+		ok(!otp_display_text_ok("Chrome, see evil.test", OTP_CLIENT_CHARS, 1, why,
+		    sizeof(why)), "client_info: a domain refused");
+		ok(!otp_display_text_ok("https://1.2.3.4", OTP_CLIENT_CHARS, 1, why,
+		    sizeof(why)), "client_info: a URL refused");
+		ok(!otp_display_text_ok("203.0.113.7", OTP_APP_CHARS, 0, why, sizeof(why)),
+		    "app: no dots at all");
+	}
 
 	m = compose(t, "en", "<script>x</script> & \"Co\"", &len);
 	dec = m ? qp_decode(strstr(m, "text/html")) : NULL;
