@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Daemon, Tap, TOP_BUILDDIR, TOP_SRCDIR  # noqa: E402
+from harness import Daemon, Tap, TOP_BUILDDIR  # noqa: E402
 from peers import DnsServer, SmtpSink, Zone  # noqa: E402
 
 MXPROBE = os.path.join(TOP_BUILDDIR, "tests", "integration", "mxprobe")
@@ -182,15 +182,11 @@ def daemon_tests(t):
     try:
         d = Daemon(conf_extra=conf)
     except (RuntimeError, OSError) as e:
-        t.skip("daemon delivery through MX", "otpmaild did not start: %s" %
-               str(e).splitlines()[0])
+        t.ok(False, "otpmaild starts with a resolver", e)
         return
     with d, SmtpSink("127.0.1.2", 25) as mx1, SmtpSink("127.0.1.3", 25) as mx2, \
             SmtpSink("127.0.1.6", 25) as imp:
         r = send(d, "bob@example.org")
-        if r.get("error") == "unavailable":
-            t.skip("daemon delivery through MX", "mail.send not built yet")
-            return
         if not r.get("ok"):
             t.ok(False, "mail.send accepted", r)
             return
@@ -279,10 +275,7 @@ def main():
         probe_tests(t)
         if os.environ.get("OTPMAIL_MX_PROBE_ONLY"):
             t.done()
-        if not os.path.exists(os.path.join(TOP_SRCDIR, "agent", "delivery", "deliver.c")):
-            t.skip("daemon delivery through MX", "delivery not built yet")
-        else:
-            daemon_tests(t)
+        daemon_tests(t)
     t.done()
 
 
