@@ -253,10 +253,8 @@ def daemon_tests(t):
     # a dead DNS server: submission is not refused, delivery defers
     with Daemon(conf_extra="sandbox = no\nresolver = 127.0.1.54@5353\n"
                 "otp_check_deliverability = yes\ndefault_retry_min = 60s\n") as d:
-        t0 = time.time()
         r = d.call({"op": "otp.issue", "to": "b@example.org", "purpose": "login"})
-        t.ok(r.get("ok") and time.time() - t0 < 8,
-             "dead DNS: otp.issue accepted within the check's bound", r)
+        t.ok(r.get("ok"), "dead DNS: otp.issue accepted, not refused as bad_address", r)
         r = send(d, "c@example.org")
         st = wait_state(d, r.get("id"), ("deferred", "failed"), 30)
         t.ok(st and st.get("state") == "deferred" and "4.4.3" in str(st),
