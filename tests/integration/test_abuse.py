@@ -836,7 +836,8 @@ def part_c():
             except OSError as e:
                 r = {"connect_error": repr(e)}
             results.append((r, time.time() - t0))
-        t.ok(all(r.get("error") == "unavailable" and dt < 5 for r, dt in results),
+        # "not a hang": the client's read timeout (5 s, scaled) bounds each
+        t.ok(len(results) == 3 and all(r.get("error") == "unavailable" for r, _ in results),
              "past control_max_connections (10): an error answer, not a hang",
              results)
         held[0].close()
