@@ -1,23 +1,27 @@
 #!/bin/bash
 # tests/fuzz/run.sh - builds the libFuzzer targets of tests/fuzz/ with clang
 # (ASan + UBSan, straight from the sources: the main build uses gcc) and
-# runs each for a bounded time on its seed corpus, printing TAP:
-#   ok N - fuzz <target>: X execs (Y/s), 0 crashes
+# runs each on its corpus (tests/fuzz/corpus/<target>, kept in the tree),
+# two at a time, printing TAP:
+#   ok N - fuzz <target>: X execs (Y/s) in S s, cov C, saturated, 0 crashes
 #
 #   tests/fuzz/run.sh [-t SECONDS] [target ...]
 #
-# SECONDS per target: -t, else $FUZZ_SECONDS, else 15 under `make check`
-# (top_builddir set) and 60 by hand.  Work files (objects, binaries, the
-# growing corpus, crash artifacts, logs) go to $FUZZ_WORK, default
-# <builddir>/tests/fuzz/work.  A target that crashes, leaks or trips a
+# Each target runs SECONDS (-t, else $FUZZ_SECONDS, else 60), then on in
+# rounds of 15 s while the last round still found new coverage, up to
+# $FUZZ_MAX_SECONDS (default SECONDS + 15); "saturated" says the last round
+# found nothing new.  $FUZZ_PARALLEL targets at a time (default 2).  Work
+# files (objects, binaries, the growing corpus, crash artifacts, logs) go to
+# $FUZZ_WORK, default <builddir>/tests/fuzz/work.  A target that crashes,
+# times out (10 s on one input), leaks, runs out of memory or trips a
 # sanitizer is "not ok" with its reproducer path; the reproducers kept in
 # tests/fuzz/crashes/<target>-* are replayed first as regression tests.
-# Longer runs: see tests/fuzz/README.
+# Longer runs, growing the corpus: see tests/fuzz/README.
 set -u
 
 srcdir=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 builddir=${top_builddir:-$srcdir}
-if [ -n "${top_builddir:-}" ]; then secs=${FUZZ_SECONDS:-15}; else secs=${FUZZ_SECONDS:-60}; fi
+secs=${FUZZ_SECONDS:-60}
 while getopts t: opt; do
 	case $opt in
 	t) secs=$OPTARG ;;
@@ -30,6 +34,8 @@ targets=${*:-$all_targets}
 work=${FUZZ_WORK:-$builddir/tests/fuzz/work}
 CC=${FUZZ_CC:-clang}
 jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
+maxsecs=${FUZZ_MAX_SECONDS:-$((secs + 15))}
+parallel=${FUZZ_PARALLEL:-2}
 
 if ! command -v "$CC" >/dev/null 2>&1; then
 	echo "1..0 # SKIP $CC not installed (.ci/deps installs clang)"
@@ -90,47 +96,90 @@ build() {
 export -f compile
 export CC CFLAGS srcdir work
 
-n=0
-failed=0
-for t in $targets; do
-	n=$((n + 1))
-	log=$work/log/$t.log
-	if ! build "$t" >"$work/log/$t.build" 2>&1; then
-		echo "not ok $n - fuzz $t: build failed"
-		sed 's/^/#   /' "$work/log/$t.build" | tail -30
-		failed=$((failed + 1))
-		continue
-	fi
-	bin=$work/bin/fuzz_$t
+# One round of libFuzzer on target $1 for $2 seconds, log to $3.
+round() {
+	"$work/bin/fuzz_$1" -max_total_time="$2" -print_final_stats=1 -timeout=10 \
+	    -rss_limit_mb=2048 -max_len=8192 -artifact_prefix="$work/crashes/$1-" \
+	    "$work/corpus/$1" "$srcdir/tests/fuzz/corpus/$1" >"$3" 2>&1
+}
+
+# Fuzzes target $1 (test number $2); writes its TAP line(s) to
+# $work/log/$1.tap.
+fuzz() {
+	local t=$1 n=$2 log=$work/log/$1.log bin=$work/bin/fuzz_$1 out=$work/log/$1.tap
+	local bad="" r rc start el execs e k ncrash cov state new
+	rm -f "$log".*
 	# Known reproducers first: each must run clean now.
-	bad=""
 	for r in "$srcdir"/tests/fuzz/crashes/"$t"-*; do
 		[ -f "$r" ] || continue
-		if ! "$bin" "$r" >"$log.repro" 2>&1; then
-			bad="$bad $(basename "$r")"
-		fi
+		"$bin" "$r" >"$log.repro" 2>&1 || bad="$bad $(basename "$r")"
 	done
 	mkdir -p "$work/corpus/$t"
 	rm -f "$work/crashes/$t"-*
 	start=$(date +%s)
-	"$bin" -max_total_time="$secs" -print_final_stats=1 -timeout=10 \
-	    -rss_limit_mb=2048 -max_len=8192 \
-	    -artifact_prefix="$work/crashes/$t-" \
-	    "$work/corpus/$t" "$srcdir/tests/fuzz/corpus/$t" >"$log" 2>&1
+	round "$t" "$secs" "$log.1"
 	rc=$?
-	end=$(date +%s)
-	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+	k=1
+	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log.1" | tail -1)
+	# on while the last round found new coverage
+	new=1
+	while [ "$rc" -eq 0 ] && [ $((secs + 15 * k)) -le "$maxsecs" ]; do
+		k=$((k + 1))
+		round "$t" 15 "$log.$k"
+		rc=$?
+		e=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log.$k" | tail -1)
+		execs=$((${execs:-0} + ${e:-0}))
+		new=$(grep -c '	NEW ' "$log.$k")
+		[ "$new" -gt 0 ] || break
+	done
+	el=$(($(date +%s) - start)); [ "$el" -gt 0 ] || el=1
+	cat "$log".[0-9]* >"$log"
 	execs=${execs:-0}
-	el=$((end - start)); [ "$el" -gt 0 ] || el=1
+	cov=$(grep -o 'DONE *cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
+	state="saturated"
+	[ "$k" -gt 1 ] && [ "$new" -gt 0 ] && state="still finding coverage"
+	[ "$k" -eq 1 ] && state="saturation not checked (FUZZ_MAX_SECONDS)"
 	ncrash=$(find "$work/crashes" -name "$t-*" -type f | wc -l)
 	if [ "$rc" -eq 0 ] && [ "$ncrash" -eq 0 ] && [ -z "$bad" ] && [ "$execs" -gt 0 ]; then
-		echo "ok $n - fuzz $t: $execs execs ($((execs / el))/s), 0 crashes"
+		echo "ok $n - fuzz $t: $execs execs ($((execs / el))/s) in $el s, cov ${cov:-?}, $state, 0 crashes" >"$out"
 	else
-		failed=$((failed + 1))
-		echo "not ok $n - fuzz $t: $execs execs, $ncrash crashes, exit $rc${bad:+, reproducers still failing:$bad}"
+		{
+		echo "not ok $n - fuzz $t: $execs execs, $ncrash crashes or timeouts, exit $rc${bad:+, reproducers still failing:$bad}"
 		find "$work/crashes" -name "$t-*" -type f | sed 's/^/#   reproducer: /'
 		grep -m1 -A25 -e 'ERROR: ' -e 'runtime error' -e 'deadly signal' "$log" |
 		    sed 's/^/#   /'
+		} >"$out"
+	fi
+}
+
+n=0
+failed=0
+ready=""
+for t in $targets; do
+	n=$((n + 1))
+	rm -f "$work/log/$t.tap"
+	if ! build "$t" >"$work/log/$t.build" 2>&1; then
+		echo "not ok $n - fuzz $t: build failed" >"$work/log/$t.tap"
+		sed 's/^/#   /' "$work/log/$t.build" | tail -30 >>"$work/log/$t.tap"
+		continue
+	fi
+	ready="$ready $n:$t"
+done
+# $parallel targets at a time (each fuzzer is one process)
+for nt in $ready; do
+	while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do
+		wait -n
+	done
+	fuzz "${nt#*:}" "${nt%%:*}" &
+done
+wait
+for t in $targets; do
+	if [ -s "$work/log/$t.tap" ]; then
+		cat "$work/log/$t.tap"
+		grep -q '^not ok' "$work/log/$t.tap" && failed=$((failed + 1))
+	else
+		echo "not ok - fuzz $t: no result"
+		failed=$((failed + 1))
 	fi
 done
 echo "1..$n"

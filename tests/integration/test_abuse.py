@@ -346,12 +346,16 @@ def part_a():
             if len(others) < int(time.time() - t0):
                 others.append(d.call({"op": "ping"}, timeout=5).get("ok"))
             time.sleep(0.002)
+        # still connected (or just cut off): served now too, whatever the pace
+        for _ in range(3):
+            others.append(d.call({"op": "ping"}, timeout=5).get("ok"))
         grow = rss_kb(pid) - rss_before
         s.close()
         t.diag("non-reading client: %d request bytes accepted in %.1f s, %s, daemon RSS "
                "+%d kB" % (sent, time.time() - t0, "cut off" if cut else "not cut off",
                            grow))
-        t.ok(all(others), "other clients are served while one never reads")
+        t.ok(len(others) >= 3 and all(others),
+             "other clients are served while one never reads (%d pings)" % len(others))
         t.ok(grow < 32 * 1024, "a client that never reads its answers cannot grow the "
              "daemon's memory without bound (+%d kB for %d request bytes)" % (grow, sent))
         t.ok("event=crash" not in d.log_text() and "AddressSanitizer" not in d.log_text(),
@@ -835,7 +839,8 @@ def part_c():
             except OSError as e:
                 r = {"connect_error": repr(e)}
             results.append((r, time.time() - t0))
-        t.ok(all(r.get("error") == "unavailable" and dt < 5 for r, dt in results),
+        # "not a hang": the client's read timeout (5 s, scaled) bounds each
+        t.ok(len(results) == 3 and all(r.get("error") == "unavailable" for r, _ in results),
              "past control_max_connections (10): an error answer, not a hang",
              results)
         held[0].close()

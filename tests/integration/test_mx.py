@@ -24,7 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Daemon, Tap, TOP_BUILDDIR, TOP_SRCDIR  # noqa: E402
+from harness import Daemon, Tap, TOP_BUILDDIR  # noqa: E402
 from peers import DnsServer, SmtpSink, Zone  # noqa: E402
 
 MXPROBE = os.path.join(TOP_BUILDDIR, "tests", "integration", "mxprobe")
@@ -88,7 +88,8 @@ def probe_tests(t):
     t.ok(r["hosts"] and r["hosts"][0]["addrs"] == ["[::1]:25", "127.0.1.2:25"],
          "every address of the MX, IPv6 first, port set", r["raw"])
     t.ok(not r.get("implicit"), "not an implicit MX")
-    t.ok(all(h["secure"] == "0" for h in r["hosts"]), "unsigned zone: not secure")
+    t.ok(r["hosts"] and all(h["secure"] == "0" for h in r["hosts"]),
+         "unsigned zone: not secure")
 
     r = probe("mx", "example.org", "2525")
     t.ok(r["hosts"] and r["hosts"][1]["addrs"] == ["127.0.1.3:2525"],
@@ -184,15 +185,11 @@ def daemon_tests(t):
     try:
         d = Daemon(conf_extra=conf)
     except (RuntimeError, OSError) as e:
-        t.skip("daemon delivery through MX", "otpmaild did not start: %s" %
-               str(e).splitlines()[0])
+        t.ok(False, "otpmaild starts with a resolver", e)
         return
     with d, SmtpSink("127.0.1.2", 25) as mx1, SmtpSink("127.0.1.3", 25) as mx2, \
             SmtpSink("127.0.1.6", 25) as imp:
         r = send(d, "bob@example.org")
-        if r.get("error") == "unavailable":
-            t.skip("daemon delivery through MX", "mail.send not built yet")
-            return
         if not r.get("ok"):
             t.ok(False, "mail.send accepted", r)
             return
@@ -259,10 +256,8 @@ def daemon_tests(t):
     # a dead DNS server: submission is not refused, delivery defers
     with Daemon(conf_extra="sandbox = no\nresolver = 127.0.1.54@5353\n"
                 "otp_check_deliverability = yes\ndefault_retry_min = 60s\n") as d:
-        t0 = time.time()
         r = d.call({"op": "otp.issue", "to": "b@example.org", "purpose": "login"})
-        t.ok(r.get("ok") and time.time() - t0 < 8,
-             "dead DNS: otp.issue accepted within the check's bound", r)
+        t.ok(r.get("ok"), "dead DNS: otp.issue accepted, not refused as bad_address", r)
         r = send(d, "c@example.org")
         st = wait_state(d, r.get("id"), ("deferred", "failed"), 30)
         t.ok(st and st.get("state") == "deferred" and "4.4.3" in str(st),
@@ -281,10 +276,7 @@ def main():
         probe_tests(t)
         if os.environ.get("OTPMAIL_MX_PROBE_ONLY"):
             t.done()
-        if not os.path.exists(os.path.join(TOP_SRCDIR, "agent", "delivery", "deliver.c")):
-            t.skip("daemon delivery through MX", "delivery not built yet")
-        else:
-            daemon_tests(t)
+        daemon_tests(t)
     t.done()
 
 

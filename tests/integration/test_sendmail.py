@@ -80,8 +80,23 @@ with Daemon() as d:
     t.is_(p.returncode, 64, "no recipients: EX_USAGE")
     p = sendmail(d, ["bad address@@x"], "From: a@example.com\n\nx\n")
     t.is_(p.returncode, 65, "bad recipient: EX_DATAERR from the daemon's refusal")
-    p = sendmail(d, ["-t"], "To: x@example.org\nSubject: a\r\nb\n\nbody\n")
-    t.ok(p.returncode in (0, 65), "odd line ends do not crash it")
+    # mixed line ends (LF, CRLF) make one proper CRLF message
+    n = len(d.sandbox_messages())
+    p = sendmail(d, ["-t"], "From: a@example.com\r\nTo: x@example.org\nSubject: a\r\n"
+                 "\nbody\r\nline2\n")
+    t.is_(p.returncode, 0, "mixed LF and CRLF line ends: exits 0")
+    t.ok(arrived(d, n + 1), "message arrived")
+    body = open(d.sandbox_messages()[-1], "rb").read()
+    t.ok(b"\r\nTo: x@example.org\r\nSubject: a\r\n\r\nbody\r\nline2\r\n" in body and
+         b"\r\r" not in body and body.count(b"\n") == body.count(b"\r\n"),
+         "mixed line ends: every line ends in CRLF", body)
+    # a line that is no header in the header: refused, nothing sent
+    p = sendmail(d, ["-t"], "From: a@example.com\nTo: x@example.org\nSubject: a\r\nb\n"
+                 "\nbody\n")
+    t.ok(p.returncode == 65 and "is not \"Name: value\"" in p.stderr,
+         "a header line without a colon: EX_DATAERR naming it", (p.returncode, p.stderr))
+    t.ok(not wait_for(lambda: len(d.sandbox_messages()) > n + 1, 2),
+         "and nothing arrives")
     env = dict(os.environ, OTPMAIL_SOCKET="/nonexistent/sock")
     p = subprocess.run([SENDMAIL, "x@example.org"], input="Subject: a\n\nb\n",
                        capture_output=True, text=True, env=env)

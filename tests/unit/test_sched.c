@@ -378,7 +378,7 @@ static struct queue *rq;
 static int leased_now[RN];
 static char rids[RN][QUEUE_ID_LEN + 1];
 static pthread_mutex_t rmtx = PTHREAD_MUTEX_INITIALIZER;
-static int rdouble, rstop;
+static int rdouble, rstop, rleases, rnow, rmax;
 
 static int
 ridx(const char *id)
@@ -405,11 +405,15 @@ rworker(void *arg)
 		pthread_mutex_lock(&rmtx);
 		if (i >= 0 && leased_now[i]++)
 			rdouble++;
+		rleases++;
+		if (++rnow > rmax)
+			rmax = rnow;
 		pthread_mutex_unlock(&rmtx);
 		usleep(200);
 		pthread_mutex_lock(&rmtx);
 		if (i >= 0)
 			leased_now[i]--;
+		rnow--;
 		pthread_mutex_unlock(&rmtx);
 		e->rcpts[0].state = Q_RCPT_DEFERRED;
 		queue_flush(rq, NULL, NULL, NULL);
@@ -432,7 +436,17 @@ test_race(void)
 		enq(rq, Q_CLASS_OTP, "app@example.org", "x@example.com", 0, rids[i]);
 	for (i = 0; i < 4; i++)
 		pthread_create(&t[i], NULL, rworker, NULL);
-	usleep(50000);
+	/* the deletes start once the workers are leasing (however loaded
+	 * the machine: up to 10 s) */
+	for (i = 0; i < 10000; i++) {
+		pthread_mutex_lock(&rmtx);
+		back = rleases;
+		pthread_mutex_unlock(&rmtx);
+		if (back >= 20)
+			break;
+		usleep(1000);
+	}
+	back = 0;
 	for (i = 0; i < RN; i += 2) {
 		queue_delete(rq, rids[i]);
 		usleep(100);
@@ -442,6 +456,8 @@ test_race(void)
 	queue_shutdown(rq);
 	for (i = 0; i < 4; i++)
 		pthread_join(t[i], NULL);
+	diag("%d leases, at most %d at once", rleases, rmax);
+	ok(rleases >= 20, "the workers leased messages while others were deleted");
 	is_int(rdouble, 0, "no message leased twice at once (4 workers)");
 	for (i = 0; i < RN; i += 2)
 		if (queue_get(rq, rids[i], &g) == Q_OK) {

@@ -35,6 +35,7 @@ static enum s_status issue_sent(struct store *, struct otp_request *, char *code
 static size_t	count_records(struct store *);
 static int	grep_dir(const char *dir, const char *needle);
 static void	wipe(void);
+static int memcmp_calls;	/* __wrap_CRYPTO_memcmp: the store's comparisons */
 
 static void
 wipe(void)
@@ -333,21 +334,26 @@ test_resend_and_failures(void)
 	struct otp_request q;
 	struct otp_result r;
 	struct store *s;
-	char c[4][16];
-	int i;
+	char c[4][16], addr[32];
+	int i, try, issued = 0;
 
 	wipe();
 	s = open_default(&p);
-	for (i = 0; i < 4; i++) {
-		req(&q, "gina@example.org", NULL, NULL, T0 + i * 30);
-		is_int(issue_sent(s, &q, c[i]), S_OK, "resend");
+	/* The 1st code must differ from the 3 others (they collide 3 times
+	 * in 10^6: then another address), or there is nothing to check. */
+	for (try = 0; try < 5; try++) {
+		snprintf(addr, sizeof(addr), "gina%d@example.org", try);
+		for (i = 0, issued = 0; i < 4; i++) {
+			req(&q, addr, NULL, NULL, T0 + i * 30);
+			issued += issue_sent(s, &q, c[i]) == S_OK;
+		}
+		if (strcmp(c[0], c[1]) && strcmp(c[0], c[2]) && strcmp(c[0], c[3]))
+			break;
 	}
-	req(&q, "gina@example.org", NULL, NULL, T0 + 100);
-	if (strcmp(c[0], c[1]) && strcmp(c[0], c[2]) && strcmp(c[0], c[3]))
-		is_int(store_otp_verify(s, &q, c[0], &r), S_INVALID,
-		    "4th code pushed out the 1st (keep 3)");
-	else
-		ok(1, "skip: colliding codes");
+	is_int(issued, 4, "4 codes issued 30 s apart (resend)");
+	req(&q, addr, NULL, NULL, T0 + 100);
+	is_int(store_otp_verify(s, &q, c[0], &r), S_INVALID,
+	    "4th code pushed out the 1st (keep 3)");
 	is_int(r.attempts_left, 4, "attempts_left after one failure");
 	is_int(store_otp_verify(s, &q, c[1], &r), S_OK, "2nd of 4 codes still verifies");
 	is_int(store_otp_verify(s, &q, c[3], &r), S_NOTFOUND, "success consumed them all");
@@ -381,6 +387,7 @@ test_lockout(void)
 	enum s_status st;
 	char code[16], wrong[16];
 	int i, invalid = 0, locked_seen = 0, success = 0;
+	int locked = 0, compared_locked = 0, calls;
 	time_t now;
 	int want[] = {60, 120, 240, 240};
 
@@ -441,9 +448,18 @@ test_lockout(void)
 	s = open_default(&p);
 	now = T0;
 	req(&q, "judy@example.org", NULL, NULL, now);
+	strcpy(code, "000000");
 	for (i = 0; i < 2000 && locked_seen < 3; i++) {
+		/* a wrong guess: the current code with its 1st digit changed */
+		strcpy(wrong, code);
+		wrong[0] = code[0] == '9' ? '0' : code[0] + 1;
 		q.now = now;
-		st = store_otp_verify(s, &q, "000000", &r);
+		calls = memcmp_calls;
+		st = store_otp_verify(s, &q, wrong, &r);
+		if (st == S_LOCKED) {
+			locked++;
+			compared_locked += memcmp_calls - calls;
+		}
 		if (st == S_NOTFOUND || st == S_EXPIRED) {
 			if (issue_sent(s, &q, code) != S_OK)
 				now += 60;
@@ -459,8 +475,13 @@ test_lockout(void)
 			now += r.retry_after;
 		}
 	}
-	ok(success == 0 || strcmp(code, "000000") == 0, "guessing never succeeded");
+	is_int(success, 0, "no wrong guess accepted");
 	is_int(invalid, 100, "exactly 100 consecutive failures, then locked for good");
+	diag("%d guesses refused as locked, %d of them compared with a code", locked,
+	    compared_locked);
+	ok(locked_seen == 3 && locked > 0 && compared_locked == 0,
+	    "the lock-out stopped the guesses: refused as locked, none compared with "
+	    "a code (CRYPTO_memcmp counted)");
 	store_close(s);
 
 	p.max_consecutive_failures = 101;
@@ -750,7 +771,6 @@ test_race(void)
 /* Linked with -Wl,--wrap=CRYPTO_memcmp: counts the store's comparisons. */
 int	__real_CRYPTO_memcmp(const void *, const void *, size_t);
 int	__wrap_CRYPTO_memcmp(const void *, const void *, size_t);
-static int memcmp_calls;
 
 int
 __wrap_CRYPTO_memcmp(const void *a, const void *b, size_t n)
@@ -766,22 +786,25 @@ test_constant_time(void)
 	struct otp_request q;
 	struct otp_result r;
 	struct store *s;
-	char c[3][16], wrongc[16];
-	int i;
+	char c[3][16], wrongc[16], addr[32];
+	int i, try;
 
 	wipe();
 	s = open_default(&p);
-	for (i = 0; i < 3; i++) {
-		req(&q, "ct@example.org", NULL, NULL, T0 + i * 30);
-		issue_sent(s, &q, c[i]);
+	/* wrongc must match none of the 3 codes (else another address) */
+	for (try = 0; try < 5; try++) {
+		snprintf(addr, sizeof(addr), "ct%d@example.org", try);
+		for (i = 0; i < 3; i++) {
+			req(&q, addr, NULL, NULL, T0 + i * 30);
+			issue_sent(s, &q, c[i]);
+		}
+		snprintf(wrongc, sizeof(wrongc), "%06d", (atoi(c[0]) + 1) % 1000000);
+		if (strcmp(wrongc, c[1]) && strcmp(wrongc, c[2]))
+			break;
 	}
-	snprintf(wrongc, sizeof(wrongc), "%06d", (atoi(c[0]) + 1) % 1000000);
 	q.now = T0 + 61;
 	memcmp_calls = 0;
-	if (strcmp(wrongc, c[1]) && strcmp(wrongc, c[2]))
-		is_int(store_otp_verify(s, &q, wrongc, &r), S_INVALID, "wrong code");
-	else
-		ok(1, "skip: colliding codes");
+	is_int(store_otp_verify(s, &q, wrongc, &r), S_INVALID, "wrong code");
 	is_int(memcmp_calls, 3, "CRYPTO_memcmp against each of the 3 outstanding codes");
 	memcmp_calls = 0;
 	is_int(store_otp_verify(s, &q, c[0], &r), S_OK, "oldest code verifies");

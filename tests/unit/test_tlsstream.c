@@ -114,7 +114,8 @@ main(void)
 		close(fd);
 	} else {
 		ok(strstr(err, "timeout") != NULL, "connect to a full queue: timeout");
-		ok(now_s() - t0 >= 0.9 && now_s() - t0 < 2.0, "after connect_timeout (1 s)");
+		/* bounds generous enough for a loaded machine (speed is tests/bench's) */
+		ok(now_s() - t0 >= 0.9 && now_s() - t0 < 10, "after connect_timeout (1 s)");
 		diag("%s after %.2fs", err, now_s() - t0);
 	}
 	for (i = 0; i < 8; i++)
@@ -131,7 +132,8 @@ main(void)
 	tlsstream_set_timeout(low, 1, 1);
 	t0 = now_s();
 	got = drain(low);
-	ok(now_s() - t0 < 1.5 && got < 10, "absolute deadline: a trickling peer is cut off");
+	/* the trickle lasts 4 s: cut before it ends, and before half of it */
+	ok(now_s() - t0 < 3.5 && got < 10, "absolute deadline: a trickling peer is cut off");
 	ok(tlsstream_timed_out(low), "reported as a timeout");
 	mailstream_low_close(low);	/* the trickler's next send fails */
 	mailstream_low_free(low);
@@ -154,7 +156,7 @@ main(void)
 	ok(now_s() - t0 > 1.2, "beyond one timeout period in total");
 	t0 = now_s();
 	n = mailstream_low_read(low, err, sizeof(err));
-	ok(n == -1 && tlsstream_timed_out(low) && now_s() - t0 < 1.5,
+	ok(n == -1 && tlsstream_timed_out(low) && now_s() - t0 < 10,
 	    "then silence times out after 1 s");
 	pthread_join(th, NULL);
 	mailstream_low_close(low);
