@@ -93,6 +93,8 @@ struct store {
 	pthread_cond_t	 fwant, fdone;
 	uint64_t	 f_asked, f_done, f_failed;
 	int		 f_running, f_stop;
+	/* the newest log file whose name is known durable (env.c) */
+	_Atomic uint32_t log_dir_synced;
 };
 
 /* env.c */

@@ -6,7 +6,8 @@
  *   POWERCUT_ROOT=<dir>    the tree to model (otpmaild's state directory)
  *   POWERCUT_SHADOW=<dir>  where the durable image is kept (outside ROOT)
  *   POWERCUT_DROP=<class>  one sync class made a no-op: spool-file,
- *                          spool-dir, state, bdb-log (or none)
+ *                          spool-dir, state, bdb-log, bdb-data, bdb-dir
+ *                          (or none)
  *
  * At load, the whole tree is taken as durable (the test synced it): every
  * file's content goes to SHADOW/ino/<identity> and every directory's
@@ -36,10 +37,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-enum pc_class { PC_OTHER, PC_SPOOL_FILE, PC_SPOOL_DIR, PC_STATE, PC_BDB_LOG, PC_BDB_DATA };
+enum pc_class {
+	PC_OTHER, PC_SPOOL_FILE, PC_SPOOL_DIR, PC_STATE, PC_BDB_LOG, PC_BDB_DATA, PC_BDB_DIR
+};
 
 static const char *pc_class_names[] = {
-	"other", "spool-file", "spool-dir", "state", "bdb-log", "bdb-data"
+	"other", "spool-file", "spool-dir", "state", "bdb-log", "bdb-data", "bdb-dir"
 };
 
 static int	(*real_fsync)(int);
@@ -236,6 +239,8 @@ pc_classify(const char *rel, int isdir, int datasync)
 			return PC_SPOOL_DIR;
 		return datasync ? PC_STATE : PC_SPOOL_FILE;
 	}
+	if (strcmp(rel, "db") == 0 && isdir)
+		return PC_BDB_DIR;
 	if (strncmp(rel, "db/", 3) == 0 && !isdir)
 		return strncmp(base, "log.", 4) == 0 ? PC_BDB_LOG : PC_BDB_DATA;
 	return PC_OTHER;
