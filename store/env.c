@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -19,7 +20,6 @@
 #include "store/store_int.h"
 
 static void	env_errcall(const DB_ENV *, const char *, const char *);
-static int	env_fsync_dir(const char *);
 static int	store_log_flush(struct store *);
 
 void
@@ -62,8 +62,8 @@ store_backoff(int attempt)
 	nanosleep(&ts, NULL);
 }
 
-static int
-env_fsync_dir(const char *path)
+int
+store_fsync_dir(const char *path)
 {
 	int fd, r;
 
@@ -96,7 +96,7 @@ store_log_flush(struct store *s)
 	free(st);
 	if (cur <= atomic_load(&s->log_dir_synced))
 		return 0;
-	if (env_fsync_dir(s->p.dir) == -1)
+	if (store_fsync_dir(s->p.dir) == -1)
 		return errno;
 	atomic_store(&s->log_dir_synced, cur);
 	return 0;
@@ -242,18 +242,15 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	uint32_t flags = DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG |
 	    DB_INIT_MPOOL | DB_THREAD | DB_RECOVER;
 	DB_TXN *txn = NULL;
-	char parent[PATH_MAX], *slash;
+	char parent[PATH_MAX];
 	int r;
 
 	if (mkdir(s->p.dir, 0700) == 0) {
 		/* a new directory: its name too must survive a power cut */
 		snprintf(parent, sizeof(parent), "%s", s->p.dir);
-		if ((slash = strrchr(parent, '/')) != NULL && slash != parent)
-			*slash = '\0';
-		else
-			snprintf(parent, sizeof(parent), "%s", slash ? "/" : ".");
-		if (env_fsync_dir(parent) == -1) {
-			snprintf(err, errlen, "store: fsync %s: %s", parent, strerror(errno));
+		if (store_fsync_dir(dirname(parent)) == -1) {
+			snprintf(err, errlen, "store: fsync of the parent of %s: %s", s->p.dir,
+			    strerror(errno));
 			return -1;
 		}
 	} else if (errno != EEXIST) {

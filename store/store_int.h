@@ -99,6 +99,7 @@ struct store {
 
 /* env.c */
 int	store_env_open(struct store *, char *err, size_t errlen);
+int	store_fsync_dir(const char *dir);
 void	store_env_close(struct store *);
 void	store_logf(struct store *, int prio, const char *fmt, ...)
 	    __attribute__((format(printf, 3, 4)));
