@@ -1327,11 +1327,13 @@ queue_pause(struct queue *q, int paused)
 	q->paused = paused ? 1 : 0;
 	snprintf(path, sizeof(path), "%s/paused", q->dir);
 	if (paused) {
-		/* remembered across restarts, like a held queue */
+		/* remembered across restarts (and power cuts), like a held queue */
 		if ((fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)) != -1)
 			close(fd);
 	} else
 		unlink(path);
+	if (spool_fsync_dir(&q->sp, "paused") == -1)
+		q_log(q, LOG_ERR, "queue: fsync of the spool directory: %s", strerror(errno));
 	pthread_cond_broadcast(&q->cv);
 	pthread_mutex_unlock(&q->mtx);
 	q_log(q, LOG_INFO, "queue: delivery %s", paused ? "paused" : "resumed");

@@ -74,6 +74,7 @@ int		 spool_load(struct spool *, const char *id, struct q_envelope **,
 /* Reads and checks the body; a bad body is quarantined (Q_NOTFOUND). */
 enum q_status	 spool_read_body(struct spool *, const char *id, char **, size_t *);
 void		 spool_remove(struct spool *, const char *id, int sync);
+int		 spool_fsync_dir(struct spool *, const char *rel);
 /* Moves a message file (or one stray file) into corrupt/. */
 void		 spool_quarantine(struct spool *, const char *id, const char *why);
 void		 spool_quarantine_path(struct spool *, const char *rel, const char *why);

@@ -77,7 +77,6 @@ static int	spool_kv_str(const char **, const char *, const char *, size_t, char 
 static int	spool_parse_header(const char *, size_t, const char *magic, int nnum,
 		    uint64_t *nums, size_t *hdrlen);
 static int	spool_read_file(int fd, off_t off, char *, size_t);
-static int	spool_fsync_dir(struct spool *, const char *rel);
 static enum q_status spool_write_file(struct spool *, const char *, const struct iovec *,
 		    int, int, int (*)(void *), void *);
 static enum q_status spool_compact(struct spool *, const char *id, int fd,
@@ -286,7 +285,8 @@ spool_fault(const char *step)
 		abort();
 }
 
-static int
+/* fsync of the directory that holds rel (relative to the spool). */
+int
 spool_fsync_dir(struct spool *sp, const char *rel)
 {
 	char path[PATH_MAX];

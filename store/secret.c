@@ -25,15 +25,10 @@ static int
 secret_fsync_dir(const char *path)
 {
 	char tmp[4096];
-	int fd, r;
 
 	if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp))
 		return -1;
-	if ((fd = open(dirname(tmp), O_RDONLY | O_DIRECTORY)) == -1)
-		return -1;
-	r = fsync(fd);
-	close(fd);
-	return r;
+	return store_fsync_dir(dirname(tmp));
 }
 
 static int

@@ -93,10 +93,13 @@ struct store {
 	pthread_cond_t	 fwant, fdone;
 	uint64_t	 f_asked, f_done, f_failed;
 	int		 f_running, f_stop;
+	/* the newest log file whose name is known durable (env.c) */
+	_Atomic uint32_t log_dir_synced;
 };
 
 /* env.c */
 int	store_env_open(struct store *, char *err, size_t errlen);
+int	store_fsync_dir(const char *dir);
 void	store_env_close(struct store *);
 void	store_logf(struct store *, int prio, const char *fmt, ...)
 	    __attribute__((format(printf, 3, 4)));

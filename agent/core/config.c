@@ -298,6 +298,7 @@ cfg_dkim_key(struct config *c, const char *val, char *err, size_t errlen)
 {
 	char *copy = cfg_strdup(val), *w[5];
 	struct dkim_key_conf *k;
+	size_t i;
 	int alg;
 
 	if (cfg_words(copy, w, 4) != 4) {
@@ -312,6 +313,12 @@ cfg_dkim_key(struct config *c, const char *val, char *err, size_t errlen)
 		snprintf(err, errlen, "dkim_key algorithm must be rsa-sha256 or ed25519-sha256");
 		goto fail;
 	}
+	for (i = 0; i < c->ndkim_keys; i++)
+		if (strcasecmp(c->dkim_keys[i].domain, w[0]) == 0 &&
+		    strcasecmp(c->dkim_keys[i].selector, w[1]) == 0) {
+			snprintf(err, errlen, "a second dkim_key for selector %s of %s", w[1], w[0]);
+			goto fail;
+		}
 	c->dkim_keys = cfg_grow(c->dkim_keys, c->ndkim_keys, sizeof(*c->dkim_keys));
 	k = &c->dkim_keys[c->ndkim_keys++];
 	k->domain = cfg_strdup(w[0]);
@@ -331,6 +338,7 @@ cfg_route(struct config *c, const char *val, char *err, size_t errlen)
 	char *copy = cfg_strdup(val), *w[3];
 	struct route *r;
 	char *host;
+	size_t i;
 	int port;
 
 	if (cfg_words(copy, w, 2) != 2) {
@@ -343,6 +351,12 @@ cfg_route(struct config *c, const char *val, char *err, size_t errlen)
 	}
 	if (cfg_hostport(w[1], &host, &port, 25, err, errlen) == -1)
 		goto fail;
+	for (i = 0; i < c->nroutes; i++)
+		if (strcasecmp(c->routes[i].domain, w[0]) == 0) {
+			snprintf(err, errlen, "a second route for %s", w[0]);
+			free(host);
+			goto fail;
+		}
 	c->routes = cfg_grow(c->routes, c->nroutes, sizeof(*c->routes));
 	r = &c->routes[c->nroutes++];
 	r->domain = cfg_strdup(w[0]);
@@ -359,6 +373,7 @@ static int
 cfg_domain_tls(struct config *c, const char *val, char *err, size_t errlen)
 {
 	char *copy = cfg_strdup(val), *w[3];
+	size_t i;
 	int p;
 
 	if (cfg_words(copy, w, 2) != 2 || !cfg_domain_ok(w[0])) {
@@ -369,6 +384,11 @@ cfg_domain_tls(struct config *c, const char *val, char *err, size_t errlen)
 		snprintf(err, errlen, "TLS policy must be none, may, encrypt, verify or dane");
 		goto fail;
 	}
+	for (i = 0; i < c->ndomain_tls; i++)
+		if (strcasecmp(c->domain_tls[i].domain, w[0]) == 0) {
+			snprintf(err, errlen, "a second domain_tls_policy for %s", w[0]);
+			goto fail;
+		}
 	c->domain_tls = cfg_grow(c->domain_tls, c->ndomain_tls, sizeof(*c->domain_tls));
 	c->domain_tls[c->ndomain_tls].domain = cfg_strdup(w[0]);
 	c->domain_tls[c->ndomain_tls++].policy = p;
@@ -666,9 +686,32 @@ cfg_trim(char *s)
 	return s;
 }
 
+/*
+ * The line that set the last of the keys named (space-separated): a check
+ * of several keys together names where the file set them; 0 = defaults.
+ */
+static int
+cfg_line(const int *lines, const char *names)
+{
+	char name[64];
+	const struct cfg_key *k;
+	size_t n;
+	int line = 0;
+
+	while (*names != '\0') {
+		n = strcspn(names, " ");
+		snprintf(name, sizeof(name), "%.*s", (int)n, names);
+		names += n + (names[n] == ' ');
+		if ((k = cfg_find(name)) != NULL && lines[k - config_table] > line)
+			line = lines[k - config_table];
+	}
+	return line;
+}
+
 /* Checks user and group names exist, so a typo fails at start. */
 static int
-cfg_check_names(const struct config *c, char *err, size_t errlen)
+cfg_check_names(const struct config *c, const int *lines, int *errline, char *err,
+    size_t errlen)
 {
 	char *const *lists[] = { c->app_users, c->admin_users, c->app_groups, c->admin_groups };
 	const char *names[] = { "app_users", "admin_users", "app_groups", "admin_groups" };
@@ -682,6 +725,7 @@ cfg_check_names(const struct config *c, char *err, size_t errlen)
 			if (*n != '\0' && *end == '\0')
 				continue;	/* numeric id */
 			if (i < 2 ? getpwnam(n) == NULL : getgrnam(n) == NULL) {
+				*errline = cfg_line(lines, names[i]);
 				snprintf(err, errlen, "%s: no such %s \"%s\"", names[i],
 				    i < 2 ? "user" : "group", n);
 				return -1;
@@ -689,10 +733,12 @@ cfg_check_names(const struct config *c, char *err, size_t errlen)
 		}
 	}
 	if (c->user[0] != '\0' && getpwnam(c->user) == NULL) {
+		*errline = cfg_line(lines, "user");
 		snprintf(err, errlen, "user: no such user \"%s\"", c->user);
 		return -1;
 	}
 	if (c->control_socket_group[0] != '\0' && getgrnam(c->control_socket_group) == NULL) {
+		*errline = cfg_line(lines, "control_socket_group");
 		snprintf(err, errlen, "control_socket_group: no such group \"%s\"",
 		    c->control_socket_group);
 		return -1;
@@ -712,7 +758,7 @@ cfg_join(const char *dir, const char *name)
 
 /* Fills the values whose defaults derive from others. */
 static int
-cfg_finish(struct config *c, char *err, size_t errlen)
+cfg_finish(struct config *c, const int *lines, int *errline, char *err, size_t errlen)
 {
 	char cwd[PATH_MAX], host[256], *p;
 	struct addrinfo hints, *ai;
@@ -720,6 +766,7 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 	if (c->state_dir[0] != '/') {
 		const char *rel = c->state_dir;
 		if (getcwd(cwd, sizeof(cwd)) == NULL) {
+			*errline = cfg_line(lines, "state_dir");
 			snprintf(err, errlen, "getcwd: %s", strerror(errno));
 			return -1;
 		}
@@ -765,6 +812,9 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 	}
 	if (strpbrk(c->otp_from, "<>\" \t") != NULL || strchr(c->otp_from, '@') == NULL ||
 	    strpbrk(c->bounce_from, "<>\" \t") != NULL) {
+		*errline = cfg_line(lines, "otp_from bounce_from");
+		if (*errline == 0)
+			*errline = cfg_line(lines, "hostname");
 		snprintf(err, errlen, "otp_from and bounce_from take a bare address "
 		    "(local@domain), without a display name");
 		return -1;
@@ -772,6 +822,7 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 	if (!c->sandbox && (strchr(strrchr(c->otp_from, '@'), '.') == NULL ||
 	    strchr(strrchr(c->bounce_from, '@') ? strrchr(c->bounce_from, '@') : "@",
 	    '.') == NULL)) {
+		*errline = cfg_line(lines, "otp_from bounce_from hostname sandbox");
 		snprintf(err, errlen, "otp_from (%s) or bounce_from (%s) has no "
 		    "fully-qualified domain, so remote servers would refuse the "
 		    "sender: set hostname, or otp_from and bounce_from",
@@ -779,14 +830,18 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 		return -1;
 	}
 	if (c->otp_retry_max < c->otp_retry_min || c->default_retry_max < c->default_retry_min) {
+		*errline = c->otp_retry_max < c->otp_retry_min ?
+		    cfg_line(lines, "otp_retry_min otp_retry_max") :
+		    cfg_line(lines, "default_retry_min default_retry_max");
 		snprintf(err, errlen, "a *_retry_max is smaller than its *_retry_min");
 		return -1;
 	}
 	if (c->otp_ttl > c->otp_max_ttl) {
+		*errline = cfg_line(lines, "otp_ttl otp_max_ttl");
 		snprintf(err, errlen, "otp_ttl is larger than otp_max_ttl");
 		return -1;
 	}
-	return cfg_check_names(c, err, errlen);
+	return cfg_check_names(c, lines, errline, err, errlen);
 }
 
 struct config *
@@ -798,7 +853,8 @@ config_load(const char *path, char *err, size_t errlen)
 	size_t cap = 0;
 	ssize_t n;
 	FILE *f = NULL;
-	int lineno = 0;
+	int lineno = 0, errline = 0;
+	int lines[sizeof(config_table) / sizeof(config_table[0])] = { 0 };
 
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		abort();
@@ -844,6 +900,7 @@ config_load(const char *path, char *err, size_t errlen)
 			snprintf(err, errlen, "%s:%d: %s", path, lineno, msg);
 			goto fail;
 		}
+		lines[k - config_table] = lineno;
 	}
 	if (ferror(f)) {
 		snprintf(err, errlen, "%s: read error", path);
@@ -854,8 +911,11 @@ config_load(const char *path, char *err, size_t errlen)
 	free(line);
 	line = NULL;
 finish:
-	if (cfg_finish(c, msg, sizeof(msg)) == -1) {
-		snprintf(err, errlen, "%s: %s", path ? path : "built-in defaults", msg);
+	if (cfg_finish(c, lines, &errline, msg, sizeof(msg)) == -1) {
+		if (path != NULL && errline > 0)
+			snprintf(err, errlen, "%s:%d: %s", path, errline, msg);
+		else
+			snprintf(err, errlen, "%s: %s", path ? path : "built-in defaults", msg);
 		goto fail;
 	}
 	return c;

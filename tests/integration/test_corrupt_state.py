@@ -246,7 +246,7 @@ def garble_middle(dbdir):
 
 def garble_cold(dbdir):
     # BDB's environment regions (__db.00N) are files that keep the page
-    # cache across a clean restart (DB_REGISTER runs no recovery then): gone,
+    # cache across a clean restart: gone,
     # the pages are read back from the damaged files
     what = garble_middle(dbdir)
     for p in glob.glob(os.path.join(dbdir, "__db.0*")):

@@ -687,7 +687,7 @@ test_crash(void)
 	waitpid(pid, &status, 0);
 	ok(WIFSIGNALED(status), "writer killed with SIGKILL");
 	s = open_default(&p);
-	ok(s != NULL, "reopen after the crash (recovery through DB_REGISTER)");
+	ok(s != NULL, "reopen after the crash (recovery at open)");
 	if (s == NULL)
 		return;
 	for (i = 0; i < n; i++) {
