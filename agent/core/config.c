@@ -752,11 +752,12 @@ cfg_check_limits(struct config *c, char *err, size_t errlen)
 		    "possible codes, below NIST SP 800-63B (otp_allow_small_code_space "
 		    "= yes)", c->otp_length, c->otp_alphabet, space);
 	}
-	if (c->otp_max_ttl > OTP_MAX_SAFE_TTL) {
+	if (c->otp_ttl > OTP_MAX_SAFE_TTL || c->otp_max_ttl > OTP_MAX_SAFE_TTL) {
 		if (!c->otp_allow_long_ttl) {
 			snprintf(err, errlen, "%s = %ds is longer than the %d s NIST SP "
-			    "800-63B allows a code that authenticates; shorten it, or set "
-			    "otp_allow_long_ttl = yes to accept the risk",
+			    "800-63B allows a code that authenticates (otp_ttl and "
+			    "otp_max_ttl); shorten it, or set otp_allow_long_ttl = yes to "
+			    "accept the risk",
 			    c->otp_ttl > OTP_MAX_SAFE_TTL ? "otp_ttl" : "otp_max_ttl",
 			    c->otp_ttl > OTP_MAX_SAFE_TTL ? c->otp_ttl : c->otp_max_ttl,
 			    OTP_MAX_SAFE_TTL);
@@ -867,12 +868,12 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 		snprintf(err, errlen, "a *_retry_max is smaller than its *_retry_min");
 		return -1;
 	}
+	if (cfg_check_limits(c, err, errlen) == -1)
+		return -1;
 	if (c->otp_ttl > c->otp_max_ttl) {
 		snprintf(err, errlen, "otp_ttl is larger than otp_max_ttl");
 		return -1;
 	}
-	if (cfg_check_limits(c, err, errlen) == -1)
-		return -1;
 	return cfg_check_names(c, err, errlen);
 }
 
