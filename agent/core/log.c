@@ -31,6 +31,7 @@ static void	log_put_escaped(struct log_buf *, const char *, size_t, int);
 static int	log_bare_ok(const char *, size_t);
 static int	log_frag_ok(const char *, size_t);
 static void	log_spec(char *, const char *, char);
+static void	log_cut(struct log_buf *);
 static void	log_format(struct log_buf *, const char *, va_list);
 
 static int log_to_stderr = 1;
@@ -376,15 +377,34 @@ log_format(struct log_buf *b, const char *fmt, va_list ap)
 			break;
 		}
 	}
-	if (in_quotes)
-		log_put(b, "\"", 1);	/* a truncated literal: close it */
-	if (b->full) {
-		if (b->len > 0 && b->s[b->len - 1] == '=')
-			log_put(b, "\"\"", 2);
-		b->full = 0;
-		log_put(b, " truncated=yes", 14);
-	}
+	if (b->full)
+		log_cut(b);
+	else if (in_quotes)
+		log_put(b, "\"", 1);	/* a literal that never closed its quote */
 	b->s[b->len] = '\0';
+}
+
+/*
+ * A full line is cut after its last whole pair (the last space outside
+ * quotes) and says so: a cut never leaves half a value or an open quote.
+ */
+static void
+log_cut(struct log_buf *b)
+{
+	size_t i, cut = 0;
+	int inq = 0;
+
+	for (i = 0; i < b->len; i++) {
+		if (inq && b->s[i] == '\\')
+			i++;
+		else if (b->s[i] == '"')
+			inq = !inq;
+		else if (!inq && b->s[i] == ' ')
+			cut = i;
+	}
+	/* the 32 bytes kept free hold it */
+	b->len = cut + (size_t)sprintf(b->s + cut, "%struncated=yes", cut ? " " : "");
+	b->full = 0;
 }
 
 void
