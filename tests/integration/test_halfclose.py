@@ -159,7 +159,7 @@ with Daemon() as d:
         path = os.path.join(work, "req.txt")
         with open(path, "wb") as f:
             f.write(data)
-        rc, out, err = sh("socat - UNIX-CONNECT:otpmail-state/control.sock < req.txt")
+        rc, out, err = sh("socat -t 10 - UNIX-CONNECT:otpmail-state/control.sock < req.txt")
         got = [a.get("req_id") for a in answers(out)]
         t.is_(got, ids, "socat: 20 pipelined requests, the last without newline: "
               "20 answers in order")
