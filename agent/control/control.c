@@ -4,7 +4,9 @@
  * error), reads lines (refusing lines over control_max_line and more than
  * control_max_pipeline pending requests), writes answers and closes idle
  * connections.  Request workers take one pending request of a connection at
- * a time, so answers keep the order of the requests.
+ * a time, so answers keep the order of the requests.  Connections are
+ * counted per uid: peers with no role get a few (together a small share),
+ * each app uid its own share, and the last slots are kept for admins.
  */
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -72,6 +74,11 @@ struct ctl_acl {
 	uid_t		 self;
 };
 
+struct ctl_uid_count {
+	uid_t		 uid;
+	int		 n;
+};
+
 struct control {
 	struct otpmaild	*d;
 	struct ctl_acl	*acl;
@@ -85,6 +92,11 @@ struct control {
 	int		 running;
 	int		 stopping;
 	size_t		 nconns;
+	size_t		 nanon;		/* connections of peers with no role */
+	struct ctl_uid_count *uids;	/* open connections per uid (event thread) */
+	size_t		 nuids;
+	time_t		 last_refuse_log;
+	unsigned	 refused_quiet;	/* refusals not logged since */
 	struct ctl_conn	*all;
 	/* work queue */
 	pthread_mutex_t	 wmu;
@@ -228,6 +240,126 @@ ctl_peer_groups(pid_t pid, gid_t primary, gid_t *out, size_t max)
 	}
 	fclose(f);
 	return n;
+}
+
+/* ---- connection shares ------------------------------------------------ */
+
+static int
+ctl_is_anon(const struct ctl_peer *p)
+{
+	return (p->roles & (ROLE_APP | ROLE_ADMIN)) == 0;
+}
+
+/* The count of uid's open connections (event thread). */
+static int *
+ctl_uid_slot(struct control *ctl, uid_t uid, int add)
+{
+	size_t i;
+
+	for (i = 0; i < ctl->nuids; i++)
+		if (ctl->uids[i].uid == uid)
+			return &ctl->uids[i].n;
+	if (!add)
+		return NULL;
+	ctl->uids = realloc(ctl->uids, (ctl->nuids + 1) * sizeof(*ctl->uids));
+	if (ctl->uids == NULL)
+		abort();
+	ctl->uids[ctl->nuids].uid = uid;
+	ctl->uids[ctl->nuids].n = 0;
+	return &ctl->uids[ctl->nuids++].n;
+}
+
+/* A connection of p closed; the table keeps only uids with connections. */
+static void
+ctl_uid_put(struct control *ctl, const struct ctl_peer *p)
+{
+	size_t i;
+
+	if (ctl_is_anon(p))
+		ctl->nanon--;
+	for (i = 0; i < ctl->nuids; i++)
+		if (ctl->uids[i].uid == p->uid) {
+			if (--ctl->uids[i].n <= 0)
+				ctl->uids[i] = ctl->uids[--ctl->nuids];
+			return;
+		}
+}
+
+/*
+ * May this peer open one more connection?  Returns NULL, or the name of
+ * the limit in the way with a sentence in detail.  Admins may use every
+ * slot; apps all but control_admin_reserve, up to their own share; peers
+ * with no role (who may only ping) a few each and never more than half
+ * of what apps may use, so they can never starve an app or an admin.
+ */
+static const char *
+ctl_admit(struct control *ctl, const struct ctl_peer *p, char *detail, size_t len)
+{
+	const struct config *cfg = ctl->d->cfg;
+	size_t max = (size_t)cfg->control_max_connections;
+	size_t shared = max - (size_t)cfg->control_admin_reserve;
+	int *mine = ctl_uid_slot(ctl, p->uid, 0), n = mine ? *mine : 0;
+
+	if (p->roles & ROLE_ADMIN) {
+		if (ctl->nconns < max)
+			return NULL;
+		snprintf(detail, len, "too many connections (control_max_connections)");
+		return "control_max_connections";
+	}
+	if (ctl->nconns >= shared) {
+		snprintf(detail, len, "too many connections (control_max_connections; "
+		    "the last %d are kept for admins)", cfg->control_admin_reserve);
+		return "control_max_connections";
+	}
+	if (p->roles & ROLE_APP) {
+		if (n < cfg->control_max_connections_per_uid)
+			return NULL;
+		snprintf(detail, len, "too many connections from uid %u "
+		    "(control_max_connections_per_uid)", (unsigned)p->uid);
+		return "control_max_connections_per_uid";
+	}
+	if (n >= cfg->control_anon_max_connections_per_uid) {
+		snprintf(detail, len, "too many connections from uid %u, which has no "
+		    "role (control_anon_max_connections_per_uid)", (unsigned)p->uid);
+		return "control_anon_max_connections_per_uid";
+	}
+	if (ctl->nanon >= (size_t)cfg->control_anon_max_connections ||
+	    ctl->nanon >= shared / 2) {
+		snprintf(detail, len, "too many connections from users with no role "
+		    "(control_anon_max_connections)");
+		return "control_anon_max_connections";
+	}
+	return NULL;
+}
+
+/* Answers a refused client and logs it, at most once a second. */
+static void
+ctl_refuse(struct control *ctl, int fd, const struct ctl_peer *p, const char *limit,
+    const char *detail)
+{
+	json_t *r = reply_limited("unavailable", limit, 1, detail);
+	char *s = json_dumps(r, JSON_COMPACT | JSON_ENSURE_ASCII);
+	time_t now = time(NULL);
+
+	if (s != NULL) {
+		size_t l = strlen(s);
+		s[l] = '\n';	/* json_dumps leaves room: replace the NUL */
+		/* best effort: the client may have left already */
+		(void)!send(fd, s, l + 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+	}
+	free(s);
+	json_decref(r);
+	close(fd);
+	if (now == ctl->last_refuse_log) {
+		ctl->refused_quiet++;
+		return;
+	}
+	ctl->last_refuse_log = now;
+	log_msg(LOG_WARNING, "event=control_refused reason=%s uid=%u role=%s "
+	    "connections=%zu not_logged=%u", limit, (unsigned)p->uid,
+	    p->roles & ROLE_ADMIN ? "admin" : p->roles & ROLE_APP ? "app" : "none",
+	    ctl->nconns, ctl->refused_quiet);
+	ctl->refused_quiet = 0;
 }
 
 /* ---- dispatch -------------------------------------------------------- */
@@ -490,6 +622,7 @@ ctl_conn_line(struct control *ctl, struct ctl_conn *c, const char *line, size_t 
 		c->head = r;
 	c->tail = r;
 	c->npending++;
+	c->last_active = time(NULL);
 	start = !c->queued;
 	c->queued = 1;
 	pthread_mutex_unlock(&c->mu);
@@ -514,8 +647,29 @@ ctl_conn_error_close(struct control *ctl, struct ctl_conn *c, const char *code,
 	json_decref(err);
 }
 
+/*
+ * End of input, the peer still reading (socat, nc -N, shutdown(SHUT_WR),
+ * Node's end()): a last line without its newline is a request like any
+ * other; every request gets its answer, in order, and then we close.
+ */
 static void
-ctl_conn_read(struct control *ctl, struct ctl_conn *c)
+ctl_conn_eof(struct control *ctl, struct ctl_conn *c, size_t max)
+{
+	if (c->inlen > max)
+		ctl_conn_error_close(ctl, c, "bad_request",
+		    "request line longer than control_max_line; closing");
+	else if (c->inlen > 0)
+		ctl_conn_line(ctl, c, c->in, c->inlen);
+	c->inlen = 0;
+	pthread_mutex_lock(&c->mu);
+	c->closing = 1;		/* read no more; close once all is answered */
+	pthread_mutex_unlock(&c->mu);
+	ctl_conn_flush(ctl, c);
+}
+
+/* hup: the peer closed both ways, so nothing we write can reach it. */
+static void
+ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 {
 	size_t max = ctl->d->cfg->control_max_line, start, i, outlen;
 	ssize_t n;
@@ -550,11 +704,18 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c)
 			continue;
 		if (n == -1 && errno == EAGAIN)
 			break;
+		if (n == 0 && !hup) {
+			ctl_conn_eof(ctl, c, max);
+			return;
+		}
 		if (n <= 0) {
 			ctl_conn_close(ctl, c);
 			return;
 		}
-		c->last_active = time(NULL);
+		/* A peer with no role is busy only when it completes a request
+		 * (ctl_conn_line): dribbling bytes keeps no slot. */
+		if (!ctl_is_anon(&c->peer))
+			c->last_active = time(NULL);
 		/* Split complete lines; scan only the new bytes. */
 		start = 0;
 		for (i = c->inlen; i < c->inlen + (size_t)n; i++) {
@@ -708,6 +869,7 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 	close(c->fd);
 	c->fd = -1;
 	ctl->nconns--;
+	ctl_uid_put(ctl, &c->peer);
 	if (c->all_prev)
 		c->all_prev->all_next = c->all_next;
 	else
@@ -726,12 +888,13 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 static void
 ctl_accept(struct control *ctl)
 {
-	static const char toomany[] = "{\"ok\":false,\"error\":\"unavailable\","
-	    "\"detail\":\"too many connections (control_max_connections)\"}\n";
+	struct ctl_peer peer;
 	struct epoll_event ev;
 	struct ucred cred;
 	socklen_t clen = sizeof(cred);
 	gid_t groups[CTL_MAX_GROUPS];
+	char detail[256];
+	const char *limit;
 	struct ctl_conn *c;
 	size_t ng;
 	int fd;
@@ -765,25 +928,23 @@ ctl_accept(struct control *ctl)
 		}
 		if (fd == -1)
 			return;
-		if (ctl->nconns >= (size_t)ctl->d->cfg->control_max_connections) {
-			/* best effort: the client may have left already */
-			(void)!send(fd, toomany, sizeof(toomany) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-			close(fd);
-			log_msg(LOG_WARNING, "event=control_refused reason=max_connections");
-			continue;
-		}
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == -1) {
 			close(fd);
+			continue;
+		}
+		peer.uid = cred.uid;
+		peer.gid = cred.gid;
+		peer.pid = cred.pid;
+		ng = ctl_peer_groups(cred.pid, cred.gid, groups, CTL_MAX_GROUPS);
+		peer.roles = ctl_acl_roles(ctl->acl, cred.uid, groups, ng);
+		if ((limit = ctl_admit(ctl, &peer, detail, sizeof(detail))) != NULL) {
+			ctl_refuse(ctl, fd, &peer, limit, detail);
 			continue;
 		}
 		if ((c = calloc(1, sizeof(*c))) == NULL)
 			abort();
 		c->fd = fd;
-		c->peer.uid = cred.uid;
-		c->peer.gid = cred.gid;
-		c->peer.pid = cred.pid;
-		ng = ctl_peer_groups(cred.pid, cred.gid, groups, CTL_MAX_GROUPS);
-		c->peer.roles = ctl_acl_roles(ctl->acl, cred.uid, groups, ng);
+		c->peer = peer;
 		c->last_active = time(NULL);
 		pthread_mutex_init(&c->mu, NULL);
 		c->events = ev.events = EPOLLIN;
@@ -798,6 +959,9 @@ ctl_accept(struct control *ctl)
 			ctl->all->all_prev = c;
 		ctl->all = c;
 		ctl->nconns++;
+		(*ctl_uid_slot(ctl, peer.uid, 1))++;
+		if (ctl_is_anon(&peer))
+			ctl->nanon++;
 	}
 }
 
@@ -859,10 +1023,13 @@ ctl_idle_sweep(struct control *ctl)
 	int idle;
 
 	for (c = ctl->all; c != NULL; c = next) {
+		int anon = ctl_is_anon(&c->peer);
 		next = c->all_next;
 		pthread_mutex_lock(&c->mu);
-		idle = !c->queued && !c->subscriber && c->outlen == 0 &&
-		    now - c->last_active > (c->draining ? 2 :
+		/* A peer with no role holds a slot only while it asks something. */
+		idle = !c->queued && !c->subscriber && (c->outlen == 0 || anon) &&
+		    now - c->last_active > (c->draining ? 2 : anon ?
+		    ctl->d->cfg->control_anon_idle_timeout :
 		    ctl->d->cfg->control_idle_timeout);
 		pthread_mutex_unlock(&c->mu);
 		if (idle)
@@ -897,7 +1064,8 @@ ctl_event_loop(void *arg)
 				if ((evs[i].events & EPOLLOUT) && ctl_conn_flush(ctl, c))
 					continue;	/* closed, maybe freed */
 				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-					ctl_conn_read(ctl, c);
+					ctl_conn_read(ctl, c, (evs[i].events &
+					    (EPOLLHUP | EPOLLERR)) != 0);
 			}
 		}
 		if (dirty)
@@ -1096,6 +1264,7 @@ control_stop(struct control *ctl)
 	if (ctl->evfd != -1)
 		close(ctl->evfd);
 	ctl_acl_free(ctl->acl);
+	free(ctl->uids);
 	if (ctl->spare != -1)
 		close(ctl->spare);
 	free(ctl->workers);

@@ -26,9 +26,9 @@ struct otp_args {
 	const char	*to;
 	const char	*purpose;
 	const char	*context;
-	char		 who[80];	/* "to=addr" or "to_pseudonym=..." for logs */
 	char		 canon[ADDR_PATH_MAX + 1];	/* to, canonical: the code's key */
 	char		 limit_key[ADDR_PATH_MAX + 1];	/* limits and lock-outs */
+	char		 who[1400];	/* "to=addr" or "to_pseudonym=..." for logs */
 };
 
 static int	otp_args(struct otpmaild *, json_t *, struct otp_args *, json_t **);
@@ -101,9 +101,9 @@ otp_args(struct otpmaild *d, json_t *req, struct otp_args *a, json_t **err)
 		}
 	if (d->cfg->log_pseudonymize) {
 		store_pseudonym(d->store, a->to, pn);
-		snprintf(a->who, sizeof(a->who), "to_pseudonym=%s", pn);
+		log_pair(a->who, sizeof(a->who), "to_pseudonym", pn);
 	} else
-		snprintf(a->who, sizeof(a->who), "to=%.72s", a->to);
+		log_pair(a->who, sizeof(a->who), "to", a->to);
 	return 0;
 }
 

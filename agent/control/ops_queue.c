@@ -705,8 +705,8 @@ opq_ids_action(struct otpmaild *d, const struct ctl_peer *peer, json_t *req,
 			return reply_bad_field("ids", "give ids, a domain, or all:true");
 		}
 		queue_flush(d->queue, NULL, domain, &cnt);
-		log_msg(LOG_INFO, "event=admin op=queue.flush %s%s uid=%u count=%zu",
-		    domain ? "domain=" : "all=1", domain ? domain : "", (unsigned)peer->uid, cnt);
+		log_msg(LOG_INFO, "event=admin op=queue.flush %s=%s uid=%u count=%zu",
+		    domain ? "domain" : "all", domain ? domain : "1", (unsigned)peer->uid, cnt);
 		free(ids);
 		return json_pack("{s:b, s:I}", "ok", 1, "count", (json_int_t)cnt);
 	}

@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <netdb.h>
 #include <pwd.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,9 @@
 #include "agent/core/config.h"
 
 #define CONFIG_LINE_MAX	4096
+#define OTP_ALNUM_SIZE	31		/* store/code.c: 2-9 and A-Z less I, L, O */
+#define OTP_MIN_CODE_SPACE 1e6		/* NIST SP 800-63B: 20 bits */
+#define OTP_MAX_SAFE_TTL 600		/* NIST SP 800-63B: 10 minutes */
 
 enum cfg_type {
 	T_STR, T_BOOL, T_INT, T_DUR, T_SIZE, T_U64, T_DOUBLE, T_MODE, T_LIST,
@@ -39,6 +43,8 @@ struct cfg_key {
 	int		 secret;	/* elided from config.show */
 };
 
+static int	cfg_check_limits(struct config *, char *, size_t);
+static void	cfg_warn(struct config *, const char *, ...) __attribute__((format(printf, 2, 3)));
 static int	cfg_dkim_key(struct config *, const char *, char *, size_t);
 static int	cfg_route(struct config *, const char *, char *, size_t);
 static int	cfg_domain_tls(struct config *, const char *, char *, size_t);
@@ -71,6 +77,7 @@ static const struct cfg_key config_table[] = {
 	STR(state_dir, "./otpmail-state"),
 	STR(control_socket, ""),
 	MODE(control_socket_mode, "0660"),
+	BOOL(control_socket_allow_world_writable, "no"),
 	STR(control_socket_group, ""),
 	STR(user, ""),
 	BOOL(sandbox, "yes"),
@@ -79,7 +86,7 @@ static const struct cfg_key config_table[] = {
 	BOOL(log_stderr, "yes"),
 	BOOL(log_syslog, "no"),
 	ENUM(log_level, "info", "debug|info|warning|error"),
-	BOOL(log_pseudonymize, "no"),
+	BOOL(log_pseudonymize, "yes"),
 	/* access */
 	LIST(app_users, ""),
 	LIST(app_groups, ""),
@@ -88,6 +95,11 @@ static const struct cfg_key config_table[] = {
 	/* control socket */
 	SIZE(control_max_line, "16M", 1024, 1L << 30),
 	INT(control_max_connections, "256", 1, 100000),
+	INT(control_admin_reserve, "8", 0, 100000),
+	INT(control_max_connections_per_uid, "64", 1, 100000),
+	INT(control_anon_max_connections, "16", 0, 100000),
+	INT(control_anon_max_connections_per_uid, "4", 0, 100000),
+	DUR(control_anon_idle_timeout, "5s", 1, DAY),
 	DUR(control_idle_timeout, "300s", 1, DAY),
 	INT(control_max_pipeline, "64", 1, 100000),
 	INT(request_workers, "16", 1, 256),
@@ -108,7 +120,9 @@ static const struct cfg_key config_table[] = {
 	INT(otp_length, "6", 4, 12),
 	ENUM(otp_alphabet, "digits", "digits|alnum"),
 	DUR(otp_ttl, "300s", 30, DAY),
-	DUR(otp_max_ttl, "3600s", 30, DAY),
+	DUR(otp_max_ttl, "600s", 30, DAY),
+	BOOL(otp_allow_small_code_space, "no"),
+	BOOL(otp_allow_long_ttl, "no"),
 	INT(otp_keep_codes, "3", 1, 16),
 	DUR(otp_resend_cooldown, "30s", 0, DAY),
 	INT(otp_max_per_address_hour, "10", 1, 1000000),
@@ -746,6 +760,82 @@ cfg_check_names(const struct config *c, const int *lines, int *errline, char *er
 	return 0;
 }
 
+static void
+cfg_warn(struct config *c, const char *fmt, ...)
+{
+	va_list ap;
+	char *w;
+
+	va_start(ap, fmt);
+	if (vasprintf(&w, fmt, ap) == -1)
+		abort();
+	va_end(ap);
+	c->warnings = cfg_grow(c->warnings, c->nwarnings + 1, sizeof(char *));
+	c->warnings[c->nwarnings++] = w;
+}
+
+/*
+ * NIST SP 800-63B floors for a code that authenticates: at least 10^6
+ * possible codes (about 20 bits) in any alphabet, valid at most 10
+ * minutes.  Below them only with the admin's explicit override, and then
+ * with a warning; a socket anyone may connect to is refused outright
+ * unless allowed by name.
+ */
+static int
+cfg_check_limits(struct config *c, char *err, size_t errlen)
+{
+	double space = 1;
+	int i;
+
+	for (i = 0; i < c->otp_length; i++)
+		space *= strcmp(c->otp_alphabet, "alnum") == 0 ? OTP_ALNUM_SIZE : 10;
+
+	if (space < OTP_MIN_CODE_SPACE) {
+		if (!c->otp_allow_small_code_space) {
+			snprintf(err, errlen, "otp_length = %d with otp_alphabet = %s gives "
+			    "%.0f possible codes, fewer than the 1000000 NIST SP 800-63B "
+			    "asks for; lengthen the code, or set otp_allow_small_code_space "
+			    "= yes to accept the risk", c->otp_length, c->otp_alphabet, space);
+			return -1;
+		}
+		cfg_warn(c, "otp_length = %d with otp_alphabet = %s gives only %.0f "
+		    "possible codes, below NIST SP 800-63B (otp_allow_small_code_space "
+		    "= yes)", c->otp_length, c->otp_alphabet, space);
+	}
+	if (c->otp_ttl > OTP_MAX_SAFE_TTL || c->otp_max_ttl > OTP_MAX_SAFE_TTL) {
+		if (!c->otp_allow_long_ttl) {
+			snprintf(err, errlen, "%s = %ds is longer than the %d s NIST SP "
+			    "800-63B allows a code that authenticates (otp_ttl and "
+			    "otp_max_ttl); shorten it, or set otp_allow_long_ttl = yes to "
+			    "accept the risk",
+			    c->otp_ttl > OTP_MAX_SAFE_TTL ? "otp_ttl" : "otp_max_ttl",
+			    c->otp_ttl > OTP_MAX_SAFE_TTL ? c->otp_ttl : c->otp_max_ttl,
+			    OTP_MAX_SAFE_TTL);
+			return -1;
+		}
+		cfg_warn(c, "otp_ttl = %ds, otp_max_ttl = %ds: codes may live longer than "
+		    "the %d s of NIST SP 800-63B (otp_allow_long_ttl = yes)", c->otp_ttl,
+		    c->otp_max_ttl, OTP_MAX_SAFE_TTL);
+	}
+	if (c->control_socket_mode & 0002) {
+		if (!c->control_socket_allow_world_writable) {
+			snprintf(err, errlen, "control_socket_mode = %04o lets every local "
+			    "user connect; use 0660 with control_socket_group (or set "
+			    "control_socket_allow_world_writable = yes)", c->control_socket_mode);
+			return -1;
+		}
+		cfg_warn(c, "control_socket_mode = %04o: every local user may connect "
+		    "(control_socket_allow_world_writable = yes)", c->control_socket_mode);
+	}
+	if (c->control_admin_reserve >= c->control_max_connections) {
+		snprintf(err, errlen, "control_admin_reserve (%d) must be smaller than "
+		    "control_max_connections (%d)", c->control_admin_reserve,
+		    c->control_max_connections);
+		return -1;
+	}
+	return 0;
+}
+
 static char *
 cfg_join(const char *dir, const char *name)
 {
@@ -836,6 +926,8 @@ cfg_finish(struct config *c, const int *lines, int *errline, char *err, size_t e
 		snprintf(err, errlen, "a *_retry_max is smaller than its *_retry_min");
 		return -1;
 	}
+	if (cfg_check_limits(c, err, errlen) == -1)
+		return -1;
 	if (c->otp_ttl > c->otp_max_ttl) {
 		*errline = cfg_line(lines, "otp_ttl otp_max_ttl");
 		snprintf(err, errlen, "otp_ttl is larger than otp_max_ttl");
@@ -962,6 +1054,9 @@ config_free(struct config *c)
 	for (i = 0; i < c->nfallback_relays; i++)
 		free(c->fallback_relays[i].host);
 	free(c->fallback_relays);
+	for (i = 0; i < c->nwarnings; i++)
+		free(c->warnings[i]);
+	free(c->warnings);
 	free(c->file);
 	free(c);
 }

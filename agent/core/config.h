@@ -44,6 +44,7 @@ struct config {
 	char		*state_dir;
 	char		*control_socket;	/* "" = <state_dir>/control.sock */
 	unsigned	 control_socket_mode;
+	int		 control_socket_allow_world_writable;
 	char		*control_socket_group;
 	char		*user;
 	int		 sandbox;
@@ -63,6 +64,11 @@ struct config {
 	/* control socket limits */
 	size_t		 control_max_line;
 	int		 control_max_connections;
+	int		 control_admin_reserve;		/* slots only admins may take */
+	int		 control_max_connections_per_uid;	/* an app's uid */
+	int		 control_anon_max_connections;	/* peers with no role, together */
+	int		 control_anon_max_connections_per_uid;
+	int		 control_anon_idle_timeout;
 	int		 control_idle_timeout;
 	int		 control_max_pipeline;
 	int		 request_workers;
@@ -108,6 +114,8 @@ struct config {
 	int		 otp_app_from_request;	/* a request's plain-text "app" is used */
 	char		*otp_limit_tag_separators; /* "+": alice+x shares alice's limits */
 	int		 allow_address_literals;	/* user@[192.0.2.1] */
+	int		 otp_allow_small_code_space;	/* below NIST SP 800-63B */
+	int		 otp_allow_long_ttl;
 
 	/* DKIM */
 	struct dkim_key_conf *dkim_keys;	/* dkim_key = domain selector alg file */
@@ -143,6 +151,10 @@ struct config {
 	size_t		 nfallback_relays;
 	char		*smarthost_user;
 	char		*smarthost_password_file;
+
+	/* accepted risks, said at start (config_load fills them) */
+	char		**warnings;
+	size_t		 nwarnings;
 };
 
 /*

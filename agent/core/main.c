@@ -200,6 +200,8 @@ main(int argc, char **argv)
 		fprintf(stderr, "otpmaild: %s\n", err);
 		return 1;
 	}
+	for (size_t i = 0; check && i < d.cfg->nwarnings; i++)
+		fprintf(stderr, "otpmaild: warning: %s\n", d.cfg->warnings[i]);
 	if (check) {
 		/* Keys are part of the configuration: load them too. */
 		struct dkim_signer *s = NULL;
@@ -222,6 +224,8 @@ main(int argc, char **argv)
 		d.cfg->log_syslog = 1;
 	}
 	log_init("otpmaild", d.cfg->log_stderr, d.cfg->log_syslog, d.cfg->log_level);
+	for (size_t i = 0; i < d.cfg->nwarnings; i++)
+		log_msg(LOG_WARNING, "event=config_warning detail=%s", d.cfg->warnings[i]);
 	signal(SIGPIPE, SIG_IGN);
 	/* Every thread inherits this mask; only main waits for the signals. */
 	sigemptyset(&set);

@@ -417,7 +417,7 @@ static void
 delivery_sandbox(struct delivery *dl, struct q_envelope *env, const char *data, size_t len)
 {
 	const char **rc;
-	char name[SANDBOX_NAME_MAX + 1], err[512], q[600];
+	char name[SANDBOX_NAME_MAX + 1], err[512];
 	size_t i, n = 0;
 	int r;
 
@@ -444,7 +444,7 @@ delivery_sandbox(struct delivery *dl, struct q_envelope *env, const char *data, 
 		    env->id, n, name, (long)(time(NULL) - env->created));
 	else
 		log_msg(LOG_ERR, "event=delivery id=%s relay=sandbox rcpts=%zu "
-		    "result=deferred reply=%s", env->id, n, log_quote(err, q, sizeof(q)));
+		    "result=deferred reply=%s", env->id, n, err);
 	free(rc);
 }
 
@@ -499,7 +499,7 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 	const struct config *cfg = dl->cfg;
 	const struct route *rt;
 	struct mx_list *list = NULL;
-	char reason[SMTP_REPLY_MAX], q[600];
+	char reason[SMTP_REPLY_MAX];
 	struct job j;
 	struct hop hop;
 	enum mx_status ms;
@@ -574,7 +574,7 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 		}
 		log_msg(LOG_INFO, "event=delivery id=%s domain=%s relay=none "
 		    "result=%s rcpts=%zu reply=%s delay=%lds", env->id, domain,
-		    perm ? "failed" : "deferred", n, log_quote(why, q, sizeof(q)),
+		    perm ? "failed" : "deferred", n, why,
 		    (long)(time(NULL) - env->created));
 		snprintf(j.last_temp, sizeof(j.last_temp), "%s", why);
 	}
@@ -856,15 +856,13 @@ delivery_log_attempt(struct job *j, struct hop *hop, const char *host,
     struct smtp_session *s, const char *ip, const char *result, const char *reply,
     size_t nrcpt)
 {
-	char q[SMTP_REPLY_MAX + 64], hq[300];
-
 	log_msg(LOG_INFO, "event=delivery id=%s class=%s domain=%s route=%s relay=%s "
 	    "ip=%s tls_policy=%s tls=%s cipher=%s tls_auth=%s result=%s rcpts=%zu "
 	    "reply=%s delay=%lds", j->env->id, q_class_name(j->env->klass),
-	    j->domain, hop->kind, log_quote(host, hq, sizeof(hq)),
+	    j->domain, hop->kind, host,
 	    s ? smtp_peer_ip(s) : ip ? ip : "-", tls_policy_name(j->policy),
 	    s ? smtp_tls_version(s) : "-", s ? smtp_tls_cipher(s) : "-",
-	    s ? smtp_tls_auth(s) : "-", result, nrcpt, log_quote(reply, q, sizeof(q)),
+	    s ? smtp_tls_auth(s) : "-", result, nrcpt, reply,
 	    (long)(time(NULL) - j->env->created));
 }
 

@@ -370,7 +370,7 @@ static pthread_once_t	 mx_ublog_once = PTHREAD_ONCE_INIT;
 static ssize_t
 mx_ublog_write(void *cookie, const char *buf, size_t len)
 {
-	char line[512], q[600];
+	char line[512];
 	size_t n = len < sizeof(line) - 1 ? len : sizeof(line) - 1;
 	const char *p;
 
@@ -385,7 +385,7 @@ mx_ublog_write(void *cookie, const char *buf, size_t len)
 		p = line;
 	if (*p != '\0')
 		log_msg(LOG_WARNING, "event=dns_library detail=%s",
-		    log_quote(p, q, sizeof(q)));
+		    p);
 	return (ssize_t)len;
 }
 

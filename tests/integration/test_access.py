@@ -269,7 +269,8 @@ finally:
 for want in (0o600, 0o666):
     d = Daemon(start=False)
     try:
-        write_conf(d, "", socket_mode="%04o" % want)
+        write_conf(d, "control_socket_allow_world_writable = yes\n" if want & 0o002
+                   else "", socket_mode="%04o" % want)
         start_plain(d)
         t.is_(oct(mode(d.sock)), oct(want), "control_socket_mode = %04o honoured" % want)
         os.chmod(d.state, 0o755)  # let nobody reach the socket: only its mode decides

@@ -406,7 +406,7 @@ with SmtpSink(SINK, PORT) as sink:
         # (a kill right after a start may come before "event=started" is logged:
         # the socket answers first; so this is a figure, not a check)
         t.diag("log: %d event=started, %d queue recoveries" %
-               (log.count("event=started"), log.count("queue: recovered")))
+               (log.count("event=started"), log.count("event=queue detail=\"recovered")))
         t.ok("panic" not in log.lower() and "DB_RUNRECOVERY" not in log,
              "no BDB panic / run-recovery error in the log",
              [ln for ln in log.splitlines() if "panic" in ln.lower() or

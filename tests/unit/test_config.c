@@ -147,7 +147,20 @@ main(void)
 	expect_error("app_users = no-such-user-xyz\n", "no such user", "unknown user");
 	expect_error("admin_groups = no-such-group-xyz\n", "no such group", "unknown group");
 	expect_error("otp_retry_min = 100s\notp_retry_max = 10s\n", "retry_max", "max < min");
-	expect_error("otp_ttl = 2h\notp_max_ttl = 1h\n", "otp_max_ttl", "ttl > max ttl");
+	expect_error("otp_ttl = 2h\notp_max_ttl = 1h\notp_allow_long_ttl = yes\n",
+	    "otp_ttl is larger than otp_max_ttl", "ttl > max ttl");
+	/* NIST SP 800-63B floors (the override keys are tested in
+	 * tests/integration/test_config_floors.py) */
+	expect_error("otp_length = 5\n", "100000 possible codes", "5 digits: too few codes");
+	expect_error("otp_alphabet = alnum\notp_length = 4\n", "923521 possible codes",
+	    "4 alnum characters: too few codes");
+	expect_error("otp_ttl = 11m\n", "NIST SP 800-63B", "otp_ttl over 10 minutes");
+	expect_error("otp_max_ttl = 1h\n", "otp_allow_long_ttl", "otp_max_ttl over 10 minutes");
+	expect_error("control_socket_mode = 0777\n", "control_socket_mode = 0777",
+	    "world-writable socket");
+	expect_error("control_socket_mode = 0662\n", "every local user", "o+w socket");
+	expect_error("control_max_connections = 8\n", "control_admin_reserve",
+	    "admin reserve not below the connection limit");
 	expect_error("otp_from = Login <noreply@example.org>\n", "bare address",
 	    "otp_from with a display name");
 	expect_error("sandbox = no\nhostname = vm\n", "fully-qualified",
