@@ -475,14 +475,14 @@ static enum mx_status
 delivery_drop_internal(const struct q_envelope *env, const char *domain,
     struct mx_list *list, char *reason, size_t len)
 {
-	char first[300 + INET6_ADDRSTRLEN] = "", q[600];
+	char first[300 + INET6_ADDRSTRLEN] = "";
 	size_t n;
 
 	if ((n = mx_list_drop_internal(list, first, sizeof(first))) == 0)
 		return MX_OK;
 	log_msg(LOG_WARNING, "event=delivery_internal_refused id=%s domain=%s "
 	    "addresses=%zu first=%s left=%zu", env->id, domain, n,
-	    log_quote(first, q, sizeof(q)), list->nhosts);
+	    first, list->nhosts);
 	if (list->nhosts > 0)
 		return MX_OK;
 	snprintf(reason, len, "every mail server of %s is at an internal address "
