@@ -785,6 +785,7 @@ ctl_accept(struct control *ctl)
 		c->peer.pid = cred.pid;
 		ng = ctl_peer_groups(cred.pid, cred.gid, groups, CTL_MAX_GROUPS);
 		c->peer.roles = ctl_acl_roles(ctl->acl, cred.uid, groups, ng);
+		ctl_peer_set_app(ctl->d->cfg, &c->peer, groups, ng);
 		c->last_active = time(NULL);
 		pthread_mutex_init(&c->mu, NULL);
 		c->events = ev.events = EPOLLIN;
