@@ -527,19 +527,16 @@ fail_note(struct store *s, struct fail_state *f, uint64_t now)
 	return 1;
 }
 
-/* Failures are forgotten lockout_max after the last one (or the lock-out's
- * end): a slow guesser meets the lock-out again; a permanent one stays. */
+/* Failures are forgotten after lockout_max of quiet past the last one and
+ * the lock-out's end; a permanent lock-out stays. */
 static uint64_t
 fail_purge(struct store *s, const struct fail_state *f)
 {
-	uint64_t p;
-
 	if (f->failures == 0)
 		return 0;
 	if (f->until == STORE_FOREVER)
 		return STORE_FOREVER;
-	p = f->last + (uint64_t)s->p.lockout_max;
-	return f->until > p ? f->until : p;
+	return (f->until > f->last ? f->until : f->last) + (uint64_t)s->p.lockout_max;
 }
 
 /* Seconds left of the resend cooldown: the last mail, or an issue of this
