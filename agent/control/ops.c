@@ -82,7 +82,8 @@ ctl_req_app(const struct otpmaild *d, const struct ctl_peer *p, json_t *req, jso
 		*err = reply_error("forbidden", "only an admin may act as another app");
 		return NULL;
 	}
-	if (strncmp(as, "uid:", 4) != 0 && config_app_named(d->cfg, as) == NULL) {
+	if (strncmp(as, "uid:", 4) == 0 ? as[4] == '\0' || strspn(as + 4, "0123456789") !=
+	    strlen(as + 4) : config_app_named(d->cfg, as) == NULL) {
 		*err = reply_bad_field("as_app", "no app \"%s\" in the configuration", as);
 		return NULL;
 	}
