@@ -1123,6 +1123,18 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 			if ((r = kfail_save(s, txn, op->ckey, &cf)) != 0)
 				return r;
 		}
+		/* The owner proved herself: her next code need not wait. */
+		{
+			struct purpose_rec pr;
+
+			if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
+				return r;
+			if (pr.last_sent) {
+				pr.last_sent = 0;
+				if ((r = purpose_save(s, txn, op->pkey, &pr)) != 0)
+					return r;
+			}
+		}
 		op->st = S_OK;
 		return 0;
 	}
