@@ -3,12 +3,20 @@
  * pending, then mark_sent or cancel), verify, revoke, unlock.  Records are
  * keyed by HMACs and hold only HMACs of codes; each operation is one short
  * transaction, retried on deadlock.
+ *
+ * Every key starts with the app's name.  Codes live per (app, address,
+ * purpose, context), with that context's failure count and lock-out; the
+ * resend cooldown per (app, address, purpose); the hourly window per (app,
+ * address); failures of an end user per (app, client_id).  A stranger's
+ * wrong guesses in his own context or from his own client never lock the
+ * owner out of a fresh code in hers.
  */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -23,9 +31,12 @@ struct op {
 	struct otp_result *res;
 	const char	*purpose;
 	uint8_t		 okey[2][KEY_MAX];	/* [0] current secret, [1] old */
+	uint8_t		 pkey[KEY_MAX];
 	uint8_t		 akey[KEY_MAX];
+	uint8_t		 ckey[KEY_MAX];		/* with has_client */
 	uint8_t		 ctxh[1 + SHA256_DIGEST_LENGTH];
 	int		 nkeys;
+	int		 has_client;
 	uint64_t	 now;
 	int		 ttl;
 	uint8_t		 issue_id[16];	/* mark_sent, cancel */
@@ -37,6 +48,7 @@ struct op {
 	int		 took_global;
 	int		 count;
 	int		 lockout;	/* verify: this failure started a lock-out */
+	int		 unlock_client;	/* unlock: the client_id too */
 };
 
 typedef int (*op_fn)(struct store *, DB_TXN *, struct op *);
@@ -55,13 +67,25 @@ static int	rec_del(struct store *, DB_TXN *, const uint8_t *key);
 static int	otp_load(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *,
 		    int *found);
 static int	otp_save(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *);
+static int	purpose_load(struct store *, DB_TXN *, const uint8_t *key,
+		    struct purpose_rec *);
+static int	purpose_save(struct store *, DB_TXN *, const uint8_t *key,
+		    struct purpose_rec *);
 static int	addr_load(struct store *, DB_TXN *, const uint8_t *key, struct addr_rec *,
 		    int rmw);
 static int	addr_save(struct store *, DB_TXN *, const uint8_t *key, struct addr_rec *);
+static int	kfail_load(struct store *, DB_TXN *, const uint8_t *key, struct fail_state *);
+static int	kfail_save(struct store *, DB_TXN *, const uint8_t *key,
+		    const struct fail_state *);
 static void	otp_drop(struct otp_rec *, int i);
 static void	code_mac(const struct store_key *, const char *code, const uint8_t *ctxh,
 		    uint8_t out[STORE_MAC_LEN]);
-static int	locked_retry(struct store *, const struct addr_rec *, uint64_t now);
+static int	fail_retry(struct store *, const struct fail_state *, uint64_t now);
+static int	fail_note(struct store *, struct fail_state *, uint64_t now);
+static uint64_t	fail_purge(struct store *, const struct fail_state *);
+static void	fail_decode(const uint8_t *, struct fail_state *);
+static void	fail_encode(const struct fail_state *, uint8_t *);
+static int	cooldown_left(struct store *, const struct purpose_rec *, uint64_t now);
 static int	issue_txn(struct store *, DB_TXN *, struct op *);
 static int	mark_txn(struct store *, DB_TXN *, struct op *);
 static int	cancel_txn(struct store *, DB_TXN *, struct op *);
@@ -113,6 +137,22 @@ put_be32(uint8_t *p, uint32_t v)
 	p[3] = v;
 }
 
+static void
+fail_decode(const uint8_t *p, struct fail_state *f)
+{
+	f->last = get_be64(p);
+	f->failures = get_be32(p + 8);
+	f->until = get_be64(p + 12);
+}
+
+static void
+fail_encode(const struct fail_state *f, uint8_t *p)
+{
+	put_be64(p, f->last);
+	put_be32(p + 8, f->failures);
+	put_be64(p + 12, f->until);
+}
+
 int
 otp_rec_decode(const void *v, size_t len, struct otp_rec *o)
 {
@@ -123,11 +163,11 @@ otp_rec_decode(const void *v, size_t len, struct otp_rec *o)
 	if (len < OTP_REC_HDR)
 		return -1;
 	o->purge = get_be64(p);
-	o->last_sent = get_be64(p + 8);
-	o->ncodes = p[16];
+	fail_decode(p + 8, &o->fail);
+	o->ncodes = p[8 + FAIL_SZ];
 	if (o->ncodes > STORE_KEEP_MAX ||
 	    len != OTP_REC_HDR + (size_t)o->ncodes * OTP_CODE_SZ) {
-		o->ncodes = 0;
+		memset(o, 0, sizeof(*o));
 		return -1;
 	}
 	p += OTP_REC_HDR;
@@ -153,8 +193,8 @@ otp_rec_encode(const struct otp_rec *o, uint8_t *out)
 	int i;
 
 	put_be64(p, o->purge);
-	put_be64(p + 8, o->last_sent);
-	p[16] = (uint8_t)o->ncodes;
+	fail_encode(&o->fail, p + 8);
+	p[8 + FAIL_SZ] = (uint8_t)o->ncodes;
 	p += OTP_REC_HDR;
 	for (i = 0; i < o->ncodes; i++, p += OTP_CODE_SZ) {
 		const struct otp_code_rec *c = &o->codes[i];
@@ -302,18 +342,65 @@ static int
 otp_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct otp_rec *o)
 {
 	uint8_t buf[REC_MAX];
-	uint64_t purge = 0;
+	uint64_t purge = fail_purge(s, &o->fail);
 	int i;
 
-	if (o->last_sent)
-		purge = o->last_sent + (uint64_t)s->p.resend_cooldown;
 	for (i = 0; i < o->ncodes; i++)
 		if (o->codes[i].expires > purge)
 			purge = o->codes[i].expires;
-	if (o->ncodes == 0 && (o->last_sent == 0 || s->p.resend_cooldown <= 0))
+	if (purge == 0)
 		return rec_del(s, txn, key);
 	o->purge = purge;
 	return rec_put(s, txn, key, buf, otp_rec_encode(o, buf));
+}
+
+static int
+purpose_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct purpose_rec *pr)
+{
+	uint8_t buf[PURPOSE_REC_SZ + 8];
+	uint32_t n;
+	int r;
+
+	memset(pr, 0, sizeof(*pr));
+	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	if (r == DB_NOTFOUND)
+		return 0;
+	if (r != 0)
+		return r;
+	if (n != PURPOSE_REC_SZ)
+		return 0;
+	pr->purge = get_be64(buf);
+	pr->last_sent = get_be64(buf + 8);
+	pr->pend_at = get_be64(buf + 16);
+	pr->pend_run = get_be64(buf + 24);
+	memcpy(pr->queue_id, buf + 32, STORE_QID_MAX);
+	pr->queue_id[STORE_QID_MAX] = '\0';
+	return 0;
+}
+
+/* Kept while a cooldown runs or an issue is in flight, and as long as the
+ * newest mail's code may live (message.status finds it). */
+static int
+purpose_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct purpose_rec *pr)
+{
+	uint8_t buf[PURPOSE_REC_SZ];
+	uint64_t purge = 0, t;
+
+	if (pr->last_sent)
+		purge = pr->last_sent + (uint64_t)(s->p.resend_cooldown > s->p.max_ttl ?
+		    s->p.resend_cooldown : s->p.max_ttl);
+	if (pr->pend_at && (t = pr->pend_at + (uint64_t)s->p.max_ttl) > purge)
+		purge = t;
+	if (purge == 0)
+		return rec_del(s, txn, key);
+	pr->purge = purge;
+	put_be64(buf, pr->purge);
+	put_be64(buf + 8, pr->last_sent);
+	put_be64(buf + 16, pr->pend_at);
+	put_be64(buf + 24, pr->pend_run);
+	memset(buf + 32, 0, STORE_QID_MAX);
+	memcpy(buf + 32, pr->queue_id, strnlen(pr->queue_id, STORE_QID_MAX));
+	return rec_put(s, txn, key, buf, sizeof(buf));
 }
 
 static int
@@ -337,24 +424,45 @@ static int
 addr_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct addr_rec *a)
 {
 	uint8_t buf[ADDR_REC_SZ];
-	uint64_t purge;
 
-	/*
-	 * Consecutive failures are forgotten only by a success (or an admin
-	 * unlock): a record with failures is never swept, so the hard cap
-	 * holds however slowly an attacker guesses.
-	 */
-	if (a->failures > 0 || a->lockout_until == STORE_FOREVER)
-		purge = STORE_FOREVER;
-	else {
-		purge = a->hour_count ? a->hour_start + 3600 : 0;
-		if (a->lockout_until > purge)
-			purge = a->lockout_until;
-		if (purge == 0)
-			return rec_del(s, txn, key);
-	}
-	a->purge = purge;
+	(void)s;
+	a->failures = 0;
+	a->lockout_until = 0;
+	if (a->hour_count == 0)
+		return rec_del(s, txn, key);
+	a->purge = a->hour_start + 3600;
 	return rec_put(s, txn, key, buf, addr_rec_encode(a, buf));
+}
+
+static int
+kfail_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct fail_state *f)
+{
+	uint8_t buf[KFAIL_REC_SZ + 8];
+	uint32_t n;
+	int r;
+
+	memset(f, 0, sizeof(*f));
+	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	if (r == DB_NOTFOUND)
+		return 0;
+	if (r != 0)
+		return r;
+	if (n == KFAIL_REC_SZ)
+		fail_decode(buf + 8, f);
+	return 0;
+}
+
+static int
+kfail_save(struct store *s, DB_TXN *txn, const uint8_t *key, const struct fail_state *f)
+{
+	uint8_t buf[KFAIL_REC_SZ];
+	uint64_t purge = fail_purge(s, f);
+
+	if (purge == 0)
+		return rec_del(s, txn, key);
+	put_be64(buf, purge);
+	fail_encode(f, buf + 8);
+	return rec_put(s, txn, key, buf, sizeof(buf));
 }
 
 static void
@@ -377,15 +485,73 @@ code_mac(const struct store_key *key, const char *code, const uint8_t *ctxh,
 	store_mac(key, code, strlen(code), b, sizeof(b), out);
 }
 
-/* Seconds left of a lock-out, 0 if none. */
+/* Seconds left of a lock-out, 0 if none; a permanent one says lockout_max
+ * (the earliest an admin's unlock could matter is unknown). */
 static int
-locked_retry(struct store *s, const struct addr_rec *a, uint64_t now)
+fail_retry(struct store *s, const struct fail_state *f, uint64_t now)
 {
-	if (a->lockout_until == STORE_FOREVER)
-		return s->p.lockout_max > 0 ? s->p.lockout_max : 3600;
-	if (a->lockout_until > now)
-		return (int)(a->lockout_until - now);
+	if (f->until == STORE_FOREVER)
+		return s->p.lockout_max;
+	if (f->until > now)
+		return (int)(f->until - now);
 	return 0;
+}
+
+/*
+ * Counts a failure: after lockout_after consecutive ones, each further one
+ * locks for lockout_base doubling up to lockout_max.  At the cap the lock
+ * is permanent only if the admin said so (permanent_lockout); otherwise it
+ * is lockout_max, and retry_after stays true.  1 if a lock-out started.
+ */
+static int
+fail_note(struct store *s, struct fail_state *f, uint64_t now)
+{
+	unsigned shift;
+	uint64_t until;
+
+	f->last = now;
+	if (f->failures < UINT32_MAX)
+		f->failures++;
+	if (s->p.permanent_lockout &&
+	    f->failures >= (uint32_t)s->p.max_consecutive_failures) {
+		f->until = STORE_FOREVER;
+		return 1;
+	}
+	if (f->failures < (uint32_t)s->p.lockout_after)
+		return 0;
+	shift = f->failures - (uint32_t)s->p.lockout_after;
+	until = (uint64_t)s->p.lockout_base << (shift > 20 ? 20 : shift);
+	if (until > (uint64_t)s->p.lockout_max)
+		until = (uint64_t)s->p.lockout_max;
+	f->until = now + until;
+	return 1;
+}
+
+/* Failures are forgotten after lockout_max of quiet past the last one and
+ * the lock-out's end; a permanent lock-out stays. */
+static uint64_t
+fail_purge(struct store *s, const struct fail_state *f)
+{
+	if (f->failures == 0)
+		return 0;
+	if (f->until == STORE_FOREVER)
+		return STORE_FOREVER;
+	return (f->until > f->last ? f->until : f->last) + (uint64_t)s->p.lockout_max;
+}
+
+/* Seconds left of the resend cooldown: the last mail, or an issue of this
+ * run still composing its mail (a crashed run's never blocks). */
+static int
+cooldown_left(struct store *s, const struct purpose_rec *pr, uint64_t now)
+{
+	uint64_t cd = (uint64_t)s->p.resend_cooldown, t = 0;
+
+	if (pr->last_sent && now < pr->last_sent + cd)
+		t = pr->last_sent + cd;
+	if (pr->pend_at && pr->pend_run == s->run && now < pr->pend_at + cd &&
+	    pr->pend_at + cd > t)
+		t = pr->pend_at + cd;
+	return t ? (int)(t - now) : 0;
 }
 
 /* ---- the operation runner ---- */
@@ -394,9 +560,11 @@ static int
 op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
     struct op *op)
 {
-	char buf[STORE_ADDR_MAX + 1 + STORE_PURPOSE_MAX + 1];
-	size_t alen, plen, clen, i;
-	const char *c;
+	/* app 0 addr 0 purpose 0 context-hash */
+	uint8_t buf[STORE_APP_MAX + 1 + STORE_ADDR_MAX + 1 + STORE_PURPOSE_MAX + 1 +
+	    1 + SHA256_DIGEST_LENGTH];
+	size_t alen, plen, clen, nlen, i, o;
+	const char *c, *app;
 
 	memset(op, 0, sizeof(*op));
 	op->q = q;
@@ -407,24 +575,36 @@ op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
 	}
 	if (q == NULL || q->addr == NULL)
 		return -1;
+	app = q->app != NULL ? q->app : "";
 	op->purpose = q->purpose != NULL ? q->purpose : "login";
+	nlen = strnlen(app, STORE_APP_MAX + 1);
 	alen = strnlen(q->addr, STORE_ADDR_MAX + 1);
 	plen = strnlen(op->purpose, STORE_PURPOSE_MAX + 1);
-	if (alen == 0 || alen > STORE_ADDR_MAX || plen == 0 || plen > STORE_PURPOSE_MAX)
+	if (nlen > STORE_APP_MAX || alen == 0 || alen > STORE_ADDR_MAX || plen == 0 ||
+	    plen > STORE_PURPOSE_MAX)
 		return -1;
 	for (c = op->purpose; *c; c++)
 		if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
 		    *c == '-' || *c == '_' || *c == '.'))
 			return -1;
+	memcpy(buf, app, nlen);
+	buf[nlen] = 0;
+	o = nlen + 1;
 	for (i = 0; i < alen; i++) {
 		unsigned char ch = (unsigned char)q->addr[i];
 
 		if (ch <= ' ' || ch == 0x7f)
 			return -1;
-		buf[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
+		buf[o + i] = (uint8_t)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
 	}
-	buf[alen] = '\0';
-	memcpy(buf + alen + 1, op->purpose, plen);
+	o += alen;
+	buf[o++] = 0;
+	op->akey[0] = REC_ADDR;
+	store_mac(&s->key, buf, o, NULL, 0, op->akey + 1);
+	memcpy(buf + o, op->purpose, plen);
+	o += plen;
+	op->pkey[0] = REC_PURPOSE;
+	store_mac(&s->key, buf, o, NULL, 0, op->pkey + 1);
 
 	/* Context: 0 for none, 1 | SHA-256 of it otherwise. */
 	if (q->context != NULL) {
@@ -434,25 +614,38 @@ op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
 		op->ctxh[0] = 1;
 		SHA256((const unsigned char *)q->context, clen, op->ctxh + 1);
 	}
+	buf[o++] = 0;
+	memcpy(buf + o, op->ctxh, sizeof(op->ctxh));
+	o += sizeof(op->ctxh);
 	op->nkeys = s->has_old ? 2 : 1;
 	op->okey[0][0] = op->okey[1][0] = REC_OTP;
-	store_mac(&s->key, buf, alen + 1 + plen, NULL, 0, op->okey[0] + 1);
+	store_mac(&s->key, buf, o, NULL, 0, op->okey[0] + 1);
 	if (s->has_old)
-		store_mac(&s->old_key, buf, alen + 1 + plen, NULL, 0, op->okey[1] + 1);
-	op->akey[0] = REC_ADDR;
+		store_mac(&s->old_key, buf, o, NULL, 0, op->okey[1] + 1);
+
+	if (q->client_id != NULL && q->client_id[0] != '\0') {
+		clen = strnlen(q->client_id, STORE_CLIENT_MAX + 1);
+		if (clen > STORE_CLIENT_MAX)
+			return -1;
+		memcpy(buf + nlen + 1, q->client_id, clen);
+		op->ckey[0] = REC_CLIENT;
+		store_mac(&s->key, buf, nlen + 1 + clen, NULL, 0, op->ckey + 1);
+		op->has_client = 1;
+	}
 	if (q->limit_addr != NULL) {
-		/* one person's budget: the caller's canonical limit key */
+		/* one person's budget: the caller's canonical limit key
+		 * (alice+x@ and alice@ share it) for the per-address limits */
 		alen = strnlen(q->limit_addr, STORE_ADDR_MAX + 1);
 		if (alen == 0 || alen > STORE_ADDR_MAX)
 			return -1;
 		for (i = 0; i < alen; i++) {
 			unsigned char ch = (unsigned char)q->limit_addr[i];
 
-			buf[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
+			buf[nlen + 1 + i] = (uint8_t)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
 		}
-		buf[alen] = '\0';
+		buf[nlen + 1 + alen] = 0;
+		store_mac(&s->key, buf, nlen + 1 + alen + 1, NULL, 0, op->akey + 1);
 	}
-	store_mac(&s->key, buf, alen + 1, NULL, 0, op->akey + 1);
 	op->now = q->now > 0 ? (uint64_t)q->now : 0;
 	return 0;
 }
@@ -551,6 +744,8 @@ store_open(const struct store_params *p, char *err, size_t errlen)
 		return NULL;
 	}
 	s->p = *p;
+	if (RAND_bytes((unsigned char *)&s->run, sizeof(s->run)) != 1 || s->run == 0)
+		s->run = (uint64_t)time(NULL) | 1;
 	pthread_mutex_init(&s->glock, NULL);
 	if (store_secret_load(p->secret_file, 1, secret, err, errlen) == -1)
 		goto fail;
@@ -633,36 +828,23 @@ static int
 issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
 	struct otp_result *res = op->res;
-	struct otp_rec o, old;
+	struct purpose_rec pr;
+	struct otp_rec o;
 	struct otp_code_rec *c;
 	struct addr_rec a;
 	uint64_t now = op->now;
 	int r, found, retry, i;
 
+	/* Every record read for update, in one order (A, P, O): concurrent
+	 * issues for one address run one after the other, and each sees the
+	 * one before it (the pending issue holds the cooldown). */
 	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
 		return r;
-	if ((retry = locked_retry(s, &a, now)) > 0) {
-		op->st = S_LOCKED;
-		res->limit = "address_lockout";
-		res->retry_after = retry;
-		return 0;
-	}
+	if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
+		return r;
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
 		return r;
-	/* Pending codes do not hold the cooldown: a crash before the mail
-	 * was queued must never block the resend. */
-	retry = 0;
-	if (o.last_sent && now < o.last_sent + (uint64_t)s->p.resend_cooldown)
-		retry = (int)(o.last_sent + (uint64_t)s->p.resend_cooldown - now);
-	if (op->nkeys == 2) {
-		if ((r = otp_load(s, txn, op->okey[1], &old, &found)) != 0)
-			return r;
-		if (old.last_sent &&
-		    now < old.last_sent + (uint64_t)s->p.resend_cooldown &&
-		    (int)(old.last_sent + (uint64_t)s->p.resend_cooldown - now) > retry)
-			retry = (int)(old.last_sent + (uint64_t)s->p.resend_cooldown - now);
-	}
-	if (retry > 0) {
+	if ((retry = cooldown_left(s, &pr, now)) > 0) {
 		op->st = S_RATE_LIMITED;
 		res->limit = "resend_cooldown";
 		res->retry_after = retry;
@@ -692,6 +874,10 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 			i++;
 	while (o.ncodes >= s->p.keep_codes)
 		otp_drop(&o, 0);
+	/* A fresh code is a fresh secret: guesses at the old ones do not
+	 * count against it, so a lock-out never keeps the owner from a new
+	 * code and its use (the client's own lock-out stays). */
+	memset(&o.fail, 0, sizeof(o.fail));
 	c = &o.codes[o.ncodes++];
 	memset(c, 0, sizeof(*c));
 	if (otp_code_generate(s->p.alphabet, s->p.code_length, res->code) == -1 ||
@@ -704,6 +890,10 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	c->issued = now;
 	c->expires = now + (uint64_t)op->ttl;
 	if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
+		return r;
+	pr.pend_at = now;
+	pr.pend_run = s->run;
+	if ((r = purpose_save(s, txn, op->pkey, &pr)) != 0)
 		return r;
 	rl_window_take(&a.hour_start, &a.hour_count, 3600, now);
 	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
@@ -784,9 +974,12 @@ otp_find_issue(const struct otp_rec *o, const unsigned char *issue_id)
 static int
 mark_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
+	struct purpose_rec pr;
 	struct otp_rec o;
 	int r, found, i;
 
+	if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
+		return r;
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
 		return r;
 	if ((i = otp_find_issue(&o, op->issue_id)) == -1) {
@@ -796,7 +989,11 @@ mark_txn(struct store *s, DB_TXN *txn, struct op *op)
 	o.codes[i].sent = 1;
 	snprintf(o.codes[i].queue_id, sizeof(o.codes[i].queue_id), "%s",
 	    op->queue_id ? op->queue_id : "");
-	o.last_sent = op->now;
+	pr.last_sent = op->now;
+	pr.pend_at = pr.pend_run = 0;
+	snprintf(pr.queue_id, sizeof(pr.queue_id), "%s", op->queue_id ? op->queue_id : "");
+	if ((r = purpose_save(s, txn, op->pkey, &pr)) != 0)
+		return r;
 	return otp_save(s, txn, op->okey[0], &o);
 }
 
@@ -817,10 +1014,15 @@ store_otp_mark_sent(struct store *s, const struct otp_request *q, const char *is
 static int
 cancel_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
+	struct purpose_rec pr;
 	struct otp_rec o;
 	struct addr_rec a;
 	int r, found, i;
 
+	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
+		return r;
+	if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
+		return r;
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
 		return r;
 	if ((i = otp_find_issue(&o, op->issue_id)) == -1) {
@@ -830,7 +1032,8 @@ cancel_txn(struct store *s, DB_TXN *txn, struct op *op)
 	otp_drop(&o, i);
 	if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
 		return r;
-	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
+	pr.pend_at = pr.pend_run = 0;
+	if ((r = purpose_save(s, txn, op->pkey, &pr)) != 0)
 		return r;
 	rl_window_give(a.hour_start, &a.hour_count, 3600, op->now);
 	op->count = 1;
@@ -855,37 +1058,55 @@ store_otp_cancel(struct store *s, const struct otp_request *q, const char *issue
 
 /* ---- verify ---- */
 
+/*
+ * One path for every failure, whether a code was there or not: the same
+ * records are read and written (the context's failure count, the client's),
+ * so neither the answer nor its time says whether the address has a code.
+ */
 static int
 verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
 	struct otp_result *res = op->res;
 	struct otp_rec o[2];
-	struct addr_rec a;
+	struct fail_state cf;
 	uint8_t mac[2][STORE_MAC_LEN];
 	char code[OTP_CODE_MAX + 1];
 	const struct otp_code_rec *newest = NULL, *matched = NULL;
 	uint32_t maxf = (uint32_t)s->p.max_failures_per_code;
 	int r, found, k, i, live = 0, expired = 0, wellformed, left, lock;
-	uint64_t now = op->now, until;
+	uint64_t now = op->now;
 
-	if ((r = addr_load(s, txn, op->akey, &a, 0)) != 0)
-		return r;
-	if ((lock = locked_retry(s, &a, now)) > 0) {
-		op->st = S_LOCKED;
-		res->limit = "address_lockout";
-		res->retry_after = lock;
-		return 0;
+	memset(&cf, 0, sizeof(cf));
+	if (op->has_client) {
+		if ((r = kfail_load(s, txn, op->ckey, &cf)) != 0)
+			return r;
+		if (fail_purge(s, &cf) <= now)
+			memset(&cf, 0, sizeof(cf));
+		if ((lock = fail_retry(s, &cf, now)) > 0) {
+			op->st = S_LOCKED;
+			res->limit = "client_lockout";
+			res->retry_after = lock;
+			return 0;
+		}
 	}
 	for (k = 0; k < op->nkeys; k++)
 		if ((r = otp_load(s, txn, op->okey[k], &o[k], &found)) != 0)
 			return r;
+	if (fail_purge(s, &o[0].fail) <= now)
+		memset(&o[0].fail, 0, sizeof(o[0].fail));
+	if ((lock = fail_retry(s, &o[0].fail, now)) > 0) {
+		op->st = S_LOCKED;
+		res->limit = "context_lockout";
+		res->retry_after = lock;
+		return 0;
+	}
 	wellformed = otp_code_normalise(s->p.alphabet, s->p.code_length, op->code,
 	    code) == 0;
-	if (wellformed) {
-		code_mac(&s->key, code, op->ctxh, mac[0]);
-		if (op->nkeys == 2)
-			code_mac(&s->old_key, code, op->ctxh, mac[1]);
-	}
+	if (!wellformed)
+		snprintf(code, sizeof(code), "-");	/* the same work, no match */
+	code_mac(&s->key, code, op->ctxh, mac[0]);
+	if (op->nkeys == 2)
+		code_mac(&s->old_key, code, op->ctxh, mac[1]);
 	/* Every live code is compared, in constant time, whatever matches. */
 	for (k = 0; k < op->nkeys; k++)
 		for (i = 0; i < o[k].ncodes; i++) {
@@ -900,41 +1121,38 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 			live++;
 			if (newest == NULL || c->issued >= newest->issued)
 				newest = c;
-			if (wellformed && CRYPTO_memcmp(c->mac, mac[k], STORE_MAC_LEN) == 0)
+			if (CRYPTO_memcmp(c->mac, mac[k], STORE_MAC_LEN) == 0 && wellformed)
 				matched = c;
 		}
-	if (live == 0) {
-		/* For the log: the newest expired code's mail. */
-		for (k = 0; k < op->nkeys; k++)
-			for (i = 0; i < o[k].ncodes; i++)
-				if (newest == NULL || o[k].codes[i].issued >= newest->issued)
-					newest = &o[k].codes[i];
-		if (newest != NULL)
-			snprintf(res->queue_id, sizeof(res->queue_id), "%s", newest->queue_id);
-		op->st = expired ? S_EXPIRED : S_NOTFOUND;
-		return 0;
-	}
 	if (matched != NULL) {
 		snprintf(res->queue_id, sizeof(res->queue_id), "%s", matched->queue_id);
 		hex_encode(matched->issue_id, 16, res->issue_id);
 		res->expires_at = (time_t)matched->expires;
-		/* Success consumes every code of the address+purpose. */
+		/* Success consumes every code of the context. */
 		for (k = 0; k < op->nkeys; k++)
 			if ((r = rec_del(s, txn, op->okey[k])) != 0)
 				return r;
-		if (a.failures || a.lockout_until) {
-			if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
+		if (op->has_client && cf.failures) {
+			memset(&cf, 0, sizeof(cf));
+			if ((r = kfail_save(s, txn, op->ckey, &cf)) != 0)
 				return r;
-			a.failures = 0;
-			a.lockout_until = 0;
-			if ((r = addr_save(s, txn, op->akey, &a)) != 0)
+		}
+		/* The owner proved herself: her next code need not wait. */
+		{
+			struct purpose_rec pr;
+
+			if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
 				return r;
+			if (pr.last_sent) {
+				pr.last_sent = 0;
+				if ((r = purpose_save(s, txn, op->pkey, &pr)) != 0)
+					return r;
+			}
 		}
 		op->st = S_OK;
 		return 0;
 	}
 
-	snprintf(res->queue_id, sizeof(res->queue_id), "%s", newest->queue_id);
 	left = 0;
 	for (k = 0; k < op->nkeys; k++) {
 		for (i = 0; i < o[k].ncodes; ) {
@@ -951,51 +1169,43 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 			}
 			i++;
 		}
-		if ((r = otp_save(s, txn, op->okey[k], &o[k])) != 0)
+	}
+	if (fail_note(s, &o[0].fail, now)) {
+		op->lockout = 1;
+		res->limit = "context_lockout";
+		res->retry_after = fail_retry(s, &o[0].fail, now);
+	}
+	for (k = 0; k < op->nkeys; k++)
+		if ((k == 0 || found) && (r = otp_save(s, txn, op->okey[k], &o[k])) != 0)
+			return r;
+	if (op->has_client) {
+		if (fail_note(s, &cf, now) && !op->lockout) {
+			op->lockout = 1;
+			res->limit = "client_lockout";
+			res->retry_after = fail_retry(s, &cf, now);
+		}
+		if ((r = kfail_save(s, txn, op->ckey, &cf)) != 0)
 			return r;
 	}
-	/* Read for update only now: a success seldom writes it. */
-	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
-		return r;
-	if ((lock = locked_retry(s, &a, now)) > 0) {
-		/* A concurrent failure locked it meanwhile: this one does not
-		 * count, so the hard cap holds under concurrency too. */
-		op->abort = 1;
-		op->st = S_LOCKED;
-		res->limit = "address_lockout";
-		res->retry_after = lock;
+	if (newest == NULL)
+		for (k = 0; k < op->nkeys; k++)
+			for (i = 0; i < o[k].ncodes; i++)
+				if (newest == NULL || o[k].codes[i].issued >= newest->issued)
+					newest = &o[k].codes[i];
+	if (newest != NULL)
+		snprintf(res->queue_id, sizeof(res->queue_id), "%s", newest->queue_id);
+	if (live == 0) {
+		op->st = expired ? S_EXPIRED : S_NOTFOUND;
 		return 0;
 	}
-	if (a.failures < UINT32_MAX)
-		a.failures++;
-	if (a.failures >= (uint32_t)s->p.max_consecutive_failures) {
-		a.lockout_until = STORE_FOREVER;
-		op->lockout = 1;
-	} else if (a.failures >= (uint32_t)s->p.lockout_after) {
-		unsigned shift = a.failures - (uint32_t)s->p.lockout_after;
-
-		until = (uint64_t)s->p.lockout_base << (shift > 20 ? 20 : shift);
-		if (until > (uint64_t)s->p.lockout_max)
-			until = (uint64_t)s->p.lockout_max;
-		a.lockout_until = now + until;
-		op->lockout = 1;
-	}
-	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
-		return r;
-	if (op->lockout) {
-		res->limit = "address_lockout";
-		res->retry_after = locked_retry(s, &a, now);
-	} else if (left == 0) {
+	if (!op->lockout && left == 0) {
 		/* Every code is dead: a new one can come after the cooldown. */
+		struct purpose_rec pr;
+
 		res->limit = "code_attempts";
-		res->retry_after = 0;
-		for (k = 0; k < op->nkeys; k++)
-			if (o[k].last_sent &&
-			    o[k].last_sent + (uint64_t)s->p.resend_cooldown > now &&
-			    (int)(o[k].last_sent + (uint64_t)s->p.resend_cooldown - now) >
-			    res->retry_after)
-				res->retry_after = (int)(o[k].last_sent +
-				    (uint64_t)s->p.resend_cooldown - now);
+		if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
+			return r;
+		res->retry_after = cooldown_left(s, &pr, now);
 	}
 	res->attempts_left = left;
 	op->st = S_INVALID;
@@ -1063,15 +1273,24 @@ store_otp_revoke(struct store *s, const struct otp_request *q, int *count)
 static int
 unlock_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
-	struct addr_rec a;
-	int r;
+	struct fail_state f;
+	struct otp_rec o;
+	int r, found;
 
-	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
+	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
 		return r;
-	a.failures = 0;
-	a.lockout_until = 0;
+	if (found) {
+		memset(&o.fail, 0, sizeof(o.fail));
+		if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
+			return r;
+	}
+	if (op->has_client) {
+		memset(&f, 0, sizeof(f));
+		if ((r = kfail_save(s, txn, op->ckey, &f)) != 0)
+			return r;
+	}
 	op->st = S_OK;
-	return addr_save(s, txn, op->akey, &a);
+	return 0;
 }
 
 enum s_status
@@ -1087,30 +1306,13 @@ store_otp_unlock(struct store *s, const struct otp_request *q)
 static int
 last_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
-	struct otp_rec o;
-	uint8_t buf[REC_MAX];
-	uint64_t best = 0;
-	uint32_t n;
-	int r, k, i, found = 0;
+	struct purpose_rec pr;
+	int r;
 
-	for (k = 0; k < op->nkeys; k++) {
-		r = rec_get(s, txn, op->okey[k], buf, sizeof(buf), &n, 0);
-		if (r == DB_NOTFOUND)
-			continue;
-		if (r != 0)
-			return r;
-		if (otp_rec_decode(buf, n, &o) == -1)
-			continue;
-		for (i = 0; i < o.ncodes; i++)
-			if (o.codes[i].sent && o.codes[i].queue_id[0] &&
-			    (!found || o.codes[i].issued >= best)) {
-				snprintf(op->res->queue_id, sizeof(op->res->queue_id),
-				    "%s", o.codes[i].queue_id);
-				best = o.codes[i].issued;
-				found = 1;
-			}
-	}
-	op->st = found ? S_OK : S_NOTFOUND;
+	if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
+		return r;
+	snprintf(op->res->queue_id, sizeof(op->res->queue_id), "%s", pr.queue_id);
+	op->st = pr.queue_id[0] ? S_OK : S_NOTFOUND;
 	return 0;
 }
 

@@ -16,6 +16,8 @@
 
 #define OTP_CODE_MAX	12
 #define OTP_ID_LEN	32	/* hex of a random 16-byte issue id */
+#define STORE_APP_MAX	64	/* an app's name (its namespace) */
+#define STORE_CLIENT_MAX 256	/* an opaque client identifier */
 
 enum s_status {
 	S_OK = 0,
@@ -51,6 +53,8 @@ struct store_params {
 	int		 lockout_base;		/* first lock-out (s), doubling, 60 */
 	int		 lockout_max;		/* longest lock-out (s), 3600 */
 	int		 max_consecutive_failures;	/* hard cap, <= 100 (NIST) */
+	int		 permanent_lockout;	/* 1: at the cap, locked until an admin
+						 * unlocks; 0 (default): lockout_max */
 	int		 durable;	/* 1: commits sync the log (default) */
 	void		(*log)(int prio, const char *line);	/* may be NULL */
 };
@@ -62,7 +66,15 @@ void		 store_params_defaults(struct store_params *);
 struct store	*store_open(const struct store_params *, char *err, size_t errlen);
 void		 store_close(struct store *);
 
+/*
+ * Every record is in the namespace of one app: codes, failure counts,
+ * lock-outs and limits of one app are invisible to another.  Failures count
+ * per code, per (app, address, purpose, context) and per (app, client_id):
+ * no address-wide lock-out, so a stranger cannot lock the owner out.
+ */
 struct otp_request {
+	const char	*app;		/* namespace, "" if NULL */
+	const char	*client_id;	/* the end user's IP or device, NULL = none */
 	const char	*addr;		/* validated by the caller */
 	const char	*limit_addr;	/* key of the address limits and lock-outs
 					 * (agent: addr_limit_key); NULL = addr */
@@ -117,12 +129,29 @@ enum s_status	 store_otp_verify(struct store *, const struct otp_request *,
 		    const char *code, struct otp_result *);
 /* Kills the outstanding codes; *count says how many. */
 enum s_status	 store_otp_revoke(struct store *, const struct otp_request *, int *count);
-/* Added by the store work: clears an address's failure count and lock-out
- * (an admin action; at the hard cap the lock-out lasts until this). */
+/* Clears the failure count and lock-out of a context (and of the client_id
+ * if given): an admin action; with permanent_lockout the cap lasts until this. */
 enum s_status	 store_otp_unlock(struct store *, const struct otp_request *);
-/* Queue id of the newest code's mail for an address+purpose (message.status). */
+/* Queue id of the newest code's mail for an app+address+purpose. */
 enum s_status	 store_otp_last_mail(struct store *, const struct otp_request *,
 		    char *queue_id, size_t len);
+
+/*
+ * Idempotency keys (per app, kept 24 h, durable): begin reserves a key for a
+ * request whose canonical body hashes to hash.  IDEM_NEW: go ahead, then
+ * finish (with the answer to replay) or abandon; IDEM_DONE: answer holds the
+ * first answer; IDEM_MISMATCH: the key was used with another body;
+ * IDEM_BUSY: the first request is still running.
+ */
+#define STORE_IDEM_KEY_MAX	128
+#define STORE_IDEM_ANSWER_MAX	1024
+#define STORE_IDEM_TTL		86400
+enum idem_state { IDEM_NEW, IDEM_DONE, IDEM_MISMATCH, IDEM_BUSY, IDEM_FAIL };
+enum idem_state	 store_idem_begin(struct store *, const char *app, const char *key,
+		    const uint8_t hash[32], time_t now, char *answer, size_t len);
+enum s_status	 store_idem_finish(struct store *, const char *app, const char *key,
+		    time_t now, const char *answer);
+void		 store_idem_abandon(struct store *, const char *app, const char *key);
 
 /* Deletes expired records and counters; *count says how many. */
 enum s_status	 store_sweep(struct store *, time_t now, size_t *count);

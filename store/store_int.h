@@ -22,10 +22,22 @@
 #define STORE_RETRIES		50	/* deadlock retries per operation */
 #define STORE_FOREVER		UINT64_MAX	/* purge time of a record kept for good */
 
-/* One-byte prefixes of the primary keys. */
-#define REC_OTP		'O'	/* 'O' + HMAC(secret, lower(addr) 0 purpose) */
-#define REC_ADDR	'A'	/* 'A' + HMAC(secret, lower(addr) 0) */
+/* One-byte prefixes of the primary keys; every HMAC input starts with the
+ * app's name and a 0 byte: one app's keys are another's noise. */
+#define REC_OTP		'O'	/* HMAC(app 0 lower(addr) 0 purpose 0 H(context)) */
+#define REC_PURPOSE	'P'	/* HMAC(app 0 lower(addr) 0 purpose): cooldown */
+#define REC_ADDR	'A'	/* HMAC(app 0 lower(addr) 0): hourly window */
+#define REC_CLIENT	'K'	/* HMAC(app 0 client_id): failures of one client */
+#define REC_IDEM	'I'	/* HMAC(app 0 idempotency key) */
 #define KEY_MAX		(1 + STORE_MAC_LEN)
+
+/* A failure count with its lock-out (contexts and clients). */
+struct fail_state {
+	uint64_t	 last;		/* time of the last failure */
+	uint32_t	 failures;	/* consecutive */
+	uint64_t	 until;		/* lock-out end, STORE_FOREVER if permanent */
+};
+#define FAIL_SZ		(8 + 4 + 8)
 
 /* A code as stored: only its MAC. */
 struct otp_code_rec {
@@ -38,21 +50,31 @@ struct otp_code_rec {
 	char		 queue_id[STORE_QID_MAX + 1];
 };
 
-/* Outstanding codes of an address+purpose. */
+/* Outstanding codes of an app+address+purpose+context, and its failures. */
 struct otp_rec {
 	uint64_t	 purge;		/* sweep may delete the record after this */
-	uint64_t	 last_sent;	/* cooldown starts here (mark_sent) */
+	struct fail_state fail;
 	int		 ncodes;
 	struct otp_code_rec codes[STORE_KEEP_MAX];
 };
 
-/* Address-level state: hourly issue window and consecutive failures. */
+/* Cooldown of an app+address+purpose: the last mail, an issue in flight. */
+struct purpose_rec {
+	uint64_t	 purge;
+	uint64_t	 last_sent;	/* cooldown starts here (mark_sent) */
+	uint64_t	 pend_at;	/* an issue of this run is composing its mail */
+	uint64_t	 pend_run;	/* the store run (struct store.run) that began it */
+	char		 queue_id[STORE_QID_MAX + 1];	/* newest code's mail */
+};
+
+/* App+address state: the hourly issue window.  (failures and lockout_until
+ * are no longer used: there is no address-wide lock-out.) */
 struct addr_rec {
 	uint64_t	 purge;
 	uint64_t	 hour_start;
 	uint32_t	 hour_count;
-	uint32_t	 failures;	/* consecutive failed verifies */
-	uint64_t	 lockout_until;	/* STORE_FOREVER at the hard cap */
+	uint32_t	 failures;
+	uint64_t	 lockout_until;
 };
 
 /* Per client uid issue window (rate.db). */
@@ -62,11 +84,16 @@ struct client_rec {
 	uint32_t	 count;
 };
 
-#define OTP_REC_HDR	(8 + 8 + 1)
+#define OTP_REC_HDR	(8 + FAIL_SZ + 1)
 #define OTP_CODE_SZ	(STORE_MAC_LEN + 16 + 8 + 8 + 4 + 1 + STORE_QID_MAX)
 #define OTP_REC_MAX	(OTP_REC_HDR + STORE_KEEP_MAX * OTP_CODE_SZ)
+#define PURPOSE_REC_SZ	(8 + 8 + 8 + 8 + STORE_QID_MAX)
 #define ADDR_REC_SZ	(8 + 8 + 4 + 4 + 8)
+#define KFAIL_REC_SZ	(8 + FAIL_SZ)
 #define CLIENT_REC_SZ	(8 + 8 + 4)
+/* idempotency record: purge, created, run, state, hash, answer length, answer */
+#define IDEM_REC_HDR	(8 + 8 + 8 + 1 + 32 + 2)
+#define IDEM_REC_MAX	(IDEM_REC_HDR + STORE_IDEM_ANSWER_MAX)
 #define REC_MAX		OTP_REC_MAX
 
 /* HMAC-SHA256 under one secret, with the padded key blocks pre-hashed. */
@@ -84,6 +111,7 @@ struct store {
 	struct store_key key;		/* the current secret */
 	struct store_key old_key;	/* the previous one (rotation) */
 	int		 has_old;
+	uint64_t	 run;		/* random per open: names issues in flight */
 	pthread_mutex_t	 glock;		/* the global rate window */
 	uint64_t	 g_sec;
 	uint32_t	 g_count;

@@ -932,11 +932,13 @@ ctl_accept(struct control *ctl)
 			close(fd);
 			continue;
 		}
+		memset(&peer, 0, sizeof(peer));
 		peer.uid = cred.uid;
 		peer.gid = cred.gid;
 		peer.pid = cred.pid;
 		ng = ctl_peer_groups(cred.pid, cred.gid, groups, CTL_MAX_GROUPS);
 		peer.roles = ctl_acl_roles(ctl->acl, cred.uid, groups, ng);
+		ctl_peer_set_app(ctl->d->cfg, &peer, groups, ng);
 		if ((limit = ctl_admit(ctl, &peer, detail, sizeof(detail))) != NULL) {
 			ctl_refuse(ctl, fd, &peer, limit, detail);
 			continue;

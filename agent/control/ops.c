@@ -2,9 +2,15 @@
  * ops.c - the dispatch table of the control protocol.  Adding an op is one
  * entry here plus its handler; roles say who may call it.
  */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include <openssl/sha.h>
 
 #include "agent/control/ops.h"
+#include "store/store.h"
 
 #define APP	(ROLE_APP | ROLE_ADMIN)
 #define ADMIN	ROLE_ADMIN
@@ -49,4 +55,120 @@ ctl_op_find(const char *name)
 		if (strcmp(op->name, name) == 0)
 			return op;
 	return NULL;
+}
+
+void
+ctl_peer_set_app(const struct config *cfg, struct ctl_peer *p, const gid_t *groups,
+    size_t ng)
+{
+	p->appc = config_app_for(cfg, p->uid, groups, ng);
+	if (p->appc != NULL) {
+		snprintf(p->app, sizeof(p->app), "%s", p->appc->name);
+		p->roles |= ROLE_APP;
+	} else
+		snprintf(p->app, sizeof(p->app), "uid:%u", (unsigned)p->uid);
+}
+
+const char *
+ctl_req_app(const struct otpmaild *d, const struct ctl_peer *p, json_t *req, json_t **err)
+{
+	const char *as = NULL;
+
+	if (req_str(req, "as_app", 0, CONFIG_APP_NAME_MAX, &as, err) == -1)
+		return NULL;
+	if (as == NULL || strcmp(as, p->app) == 0)
+		return p->app;
+	if (!(p->roles & ROLE_ADMIN)) {
+		*err = reply_error("forbidden", "only an admin may act as another app");
+		return NULL;
+	}
+	if (strncmp(as, "uid:", 4) == 0 ? as[4] == '\0' || strspn(as + 4, "0123456789") !=
+	    strlen(as + 4) : config_app_named(d->cfg, as) == NULL) {
+		*err = reply_bad_field("as_app", "no app \"%s\" in the configuration", as);
+		return NULL;
+	}
+	return as;
+}
+
+/*
+ * Idempotency keys (otp.issue, mail.send): the same key from the same app
+ * within 24 h gets the first answer back, across restarts; another body
+ * under a used key is an error.  The body is the request without req_id,
+ * as canonical JSON.
+ */
+int
+ctl_idem_begin(struct otpmaild *d, const char *app, json_t *req, const char **key,
+    json_t **reply)
+{
+	unsigned char hash[SHA256_DIGEST_LENGTH];
+	char answer[STORE_IDEM_ANSWER_MAX + 1], *body;
+	json_t *copy, *err = NULL;
+
+	*key = NULL;
+	*reply = NULL;
+	if (req_str(req, "idempotency_key", 0, STORE_IDEM_KEY_MAX, key, &err) == -1) {
+		*reply = err;
+		return 1;
+	}
+	if (*key == NULL)
+		return 0;
+	if ((*key)[0] == '\0') {
+		*key = NULL;
+		*reply = reply_bad_field("idempotency_key", "empty idempotency_key");
+		return 1;
+	}
+	copy = json_copy(req);
+	json_object_del(copy, "req_id");
+	body = json_dumps(copy, JSON_SORT_KEYS | JSON_COMPACT | JSON_ENSURE_ASCII);
+	json_decref(copy);
+	if (body == NULL) {
+		*key = NULL;
+		*reply = reply_error("unavailable", "out of memory");
+		return 1;
+	}
+	SHA256((unsigned char *)body, strlen(body), hash);
+	free(body);
+	switch (store_idem_begin(d->store, app, *key, hash, time(NULL), answer,
+	    sizeof(answer))) {
+	case IDEM_NEW:
+		return 0;
+	case IDEM_DONE:
+		*reply = json_loads(answer, 0, NULL);
+		if (*reply == NULL)
+			*reply = reply_error("unavailable", "the stored answer is unreadable");
+		else
+			json_object_set_new(*reply, "replayed", json_true());
+		break;
+	case IDEM_MISMATCH:
+		*reply = reply_bad_field("idempotency_key", "this idempotency_key was used "
+		    "within 24 h for a different request");
+		json_object_set_new(*reply, "error", json_string("idempotency_mismatch"));
+		break;
+	case IDEM_BUSY:
+		*reply = reply_limited("rate_limited", "idempotency_in_progress", 1,
+		    "a request with this idempotency_key is still running");
+		break;
+	default:
+		*reply = reply_error("unavailable", "the store failed; try again later");
+		break;
+	}
+	*key = NULL;
+	return 1;
+}
+
+void
+ctl_idem_end(struct otpmaild *d, const char *app, const char *key, json_t *reply)
+{
+	char *s;
+
+	if (key == NULL)
+		return;
+	if (json_is_true(json_object_get(reply, "ok")) &&
+	    (s = json_dumps(reply, JSON_COMPACT)) != NULL) {
+		if (strlen(s) > STORE_IDEM_ANSWER_MAX ||
+		    store_idem_finish(d->store, app, key, time(NULL), s) != S_OK)
+			store_idem_abandon(d->store, app, key);
+		free(s);
+	} else
+		store_idem_abandon(d->store, app, key);
 }

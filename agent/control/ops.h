@@ -19,4 +19,7 @@ OP(op_dkim_records); OP(op_dkim_keygen); OP(op_dkim_check);
 OP(op_sandbox_list); OP(op_sandbox_show);
 #undef OP
 
+/* 1 if the queued message id is the peer's app's (admins: any). */
+int	ops_msg_owned(struct otpmaild *, const struct ctl_peer *, const char *id);
+
 #endif

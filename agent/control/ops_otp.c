@@ -23,6 +23,8 @@
 #define OTP_ADDR_MAX	(ADDR_PATH_MAX + 64)
 
 struct otp_args {
+	const char	*app;		/* the namespace: the peer's app */
+	const char	*client_id;	/* the end user's IP or device, opaque */
 	const char	*to;
 	const char	*purpose;
 	const char	*context;
@@ -31,8 +33,14 @@ struct otp_args {
 	char		 who[1400];	/* "to=addr" or "to_pseudonym=..." for logs */
 };
 
-static int	otp_args(struct otpmaild *, json_t *, struct otp_args *, json_t **);
+static int	otp_args(struct otpmaild *, const struct ctl_peer *, json_t *,
+		    struct otp_args *, json_t **);
 static json_t	*otp_store_error(enum s_status, const struct otp_result *);
+static json_t	*otp_verify_error(struct otpmaild *, enum s_status, const struct otp_result *);
+static void	otp_request_init(struct otp_request *, const struct otp_args *,
+		    const struct ctl_peer *);
+static json_t	*otp_issue(struct otpmaild *, const struct ctl_peer *, json_t *,
+		    struct otp_args *);
 static int	otp_display_fields(struct otpmaild *, const char *, const char *, json_t **);
 
 /*
@@ -62,9 +70,11 @@ otp_display_fields(struct otpmaild *d, const char *app, const char *client, json
 	return 0;
 }
 
-/* The fields every otp op takes: to, purpose?, context?. */
+/* The fields every otp op takes: to, purpose?, context?, client_id?, and
+ * as_app? (admins only). */
 static int
-otp_args(struct otpmaild *d, json_t *req, struct otp_args *a, json_t **err)
+otp_args(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_args *a,
+    json_t **err)
 {
 	char why[256], pn[17];
 	const char *c;
@@ -72,7 +82,9 @@ otp_args(struct otpmaild *d, json_t *req, struct otp_args *a, json_t **err)
 
 	memset(a, 0, sizeof(*a));
 	a->purpose = "login";
-	if (req_str(req, "to", 1, OTP_ADDR_MAX, &a->to, err) == -1 ||
+	if ((a->app = ctl_req_app(d, p, req, err)) == NULL ||
+	    req_str(req, "client_id", 0, STORE_CLIENT_MAX, &a->client_id, err) == -1 ||
+	    req_str(req, "to", 1, OTP_ADDR_MAX, &a->to, err) == -1 ||
 	    req_str(req, "purpose", 0, OTP_PURPOSE_MAX, &a->purpose, err) == -1 ||
 	    req_str(req, "context", 0, OTP_CONTEXT_MAX, &a->context, err) == -1)
 		return -1;
@@ -117,8 +129,8 @@ otp_store_error(enum s_status st, const struct otp_result *res)
 		return reply_limited("rate_limited", res->limit, res->retry_after,
 		    "too many codes requested; try again later");
 	case S_LOCKED:
-		return reply_limited("locked", res->limit ? res->limit : "address_lockout",
-		    res->retry_after, "too many failed attempts for this address");
+		return reply_limited("locked", res->limit ? res->limit : "context_lockout",
+		    res->retry_after, "too many failed attempts; try again later");
 	case S_INVALID:
 		r = reply_error("invalid_code", "the code is not valid");
 		json_object_set_new(r, "attempts_left",
@@ -133,10 +145,43 @@ otp_store_error(enum s_status st, const struct otp_result *res)
 	case S_NOTFOUND:
 		return reply_error("not_found", "no outstanding code for this address and purpose");
 	case S_BADINPUT:
-		return reply_error("bad_request", "bad address, purpose, context or ttl");
+		return reply_error("bad_request", "bad address, purpose, context, client_id "
+		    "or ttl");
 	default:
 		return reply_error("unavailable", "the code store failed; try again later");
 	}
+}
+
+/*
+ * By default a wrong, expired or never issued code get one answer, with the
+ * same fields: whether an address has a live code is not for a guesser to
+ * learn.  A lock-out (of the guesser's own context or client) is said, with
+ * retry_after.  otp_verify_detail = yes restores the detailed answers.
+ */
+static json_t *
+otp_verify_error(struct otpmaild *d, enum s_status st, const struct otp_result *res)
+{
+	if (d->cfg->otp_verify_detail ||
+	    (st != S_INVALID && st != S_EXPIRED && st != S_NOTFOUND))
+		return otp_store_error(st, res);
+	if (res->limit != NULL && strcmp(res->limit, "code_attempts") != 0)
+		return reply_limited("invalid_code", res->limit, res->retry_after,
+		    "the code is not valid, and too many failed attempts");
+	return reply_error("invalid_code", "the code is not valid");
+}
+
+static void
+otp_request_init(struct otp_request *q, const struct otp_args *a, const struct ctl_peer *p)
+{
+	memset(q, 0, sizeof(*q));
+	q->app = a->app;
+	q->client_id = a->client_id;
+	q->addr = a->to;
+	q->limit_addr = a->limit_key;
+	q->purpose = a->purpose;
+	q->context = a->context;
+	q->client_uid = (uint32_t)p->uid;
+	q->now = time(NULL);
 }
 
 struct otp_barrier {
@@ -161,22 +206,37 @@ otp_issue_barrier(void *arg)
 json_t *
 op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
-	struct otp_barrier bar = { NULL, 0 };
 	struct otp_args a;
+	const char *key;
+	json_t *err = NULL, *r;
+
+	if (otp_args(d, p, req, &a, &err) == -1)
+		return err;
+	if (ctl_idem_begin(d, a.app, req, &key, &r) == 1)
+		return r;
+	r = otp_issue(d, p, req, &a);
+	ctl_idem_end(d, a.app, key, r);
+	return r;
+}
+
+static json_t *
+otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_args *ap)
+{
+	struct otp_barrier bar = { NULL, 0 };
+	struct otp_args a = *ap;
 	struct otp_request q;
 	struct otp_result res;
 	struct otp_mail_vars v;
 	struct q_envelope env;
 	struct q_rcpt rcpt;
 	const char *locale = NULL, *app = NULL, *client = NULL, *used_locale;
-	char qid[QUEUE_ID_LEN + 1], why[512], *msg = NULL;
+	char qid[QUEUE_ID_LEN + 1], why[512], *msg = NULL, tag[CONFIG_APP_NAME_MAX + 16];
 	json_t *err = NULL, *r;
 	enum s_status st;
 	size_t len = 0;
 	long ttl = 0;
 
-	if (otp_args(d, req, &a, &err) == -1 ||
-	    req_str(req, "locale", 0, OTP_LOCALE_MAX, &locale, &err) == -1 ||
+	if (req_str(req, "locale", 0, OTP_LOCALE_MAX, &locale, &err) == -1 ||
 	    req_str(req, "app", 0, OTP_APP_MAX, &app, &err) == -1 ||
 	    req_str(req, "client_info", 0, OTP_CLIENT_MAX, &client, &err) == -1 ||
 	    req_int(req, "ttl", 0, 10, d->cfg->otp_max_ttl, &ttl, &err) == -1 ||
@@ -189,14 +249,8 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return reply_error("bad_address", "%s", why);
 	}
 
-	memset(&q, 0, sizeof(q));
-	q.addr = a.to;
-	q.limit_addr = a.limit_key;
-	q.purpose = a.purpose;
-	q.context = a.context;
+	otp_request_init(&q, &a, p);
 	q.ttl = (int)ttl;
-	q.client_uid = (uint32_t)p->uid;
-	q.now = time(NULL);
 	/* committed without a sync: the log flush runs while the mail is
 	 * composed, signed and written; the mail gets its name only after it */
 	st = store_otp_issue_async(d->store, &q, &res, &bar.ticket);
@@ -206,9 +260,9 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		abort();
 	if (st != S_OK) {
 		log_msg(st == S_TEMPFAIL ? LOG_ERR : LOG_INFO, "event=otp.issue result=refused "
-		    "reason=%s limit=%s retry_after=%d %s purpose=%s uid=%u",
+		    "reason=%s limit=%s retry_after=%d %s purpose=%s app=%s uid=%u",
 		    s_status_error(st), res.limit ? res.limit : "-", res.retry_after,
-		    a.who, a.purpose, (unsigned)p->uid);
+		    a.who, a.purpose, a.app, (unsigned)p->uid);
 		return otp_store_error(st, &res);
 	}
 
@@ -243,7 +297,8 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	env.nrcpt = 1;
 	env.rcpts = &rcpt;
 	env.expires = res.expires_at;
-	env.tag = "otp";
+	snprintf(tag, sizeof(tag), "otp app=%s", a.app);
+	env.tag = tag;
 	env.client_uid = (uint32_t)p->uid;
 	bar.store = d->store;
 	if (submit_message(d, &env, msg, len, qid, &err, otp_issue_barrier, &bar) == -1) {
@@ -262,8 +317,8 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		log_msg(LOG_WARNING, "event=otp.mark_sent_failed id=%s error=%s", qid,
 		    s_status_error(st));
 	log_msg(LOG_INFO, "event=otp.issue result=ok id=%s %s purpose=%s ttl=%d "
-	    "locale=%s uid=%u", qid, a.who, a.purpose, res.ttl, used_locale,
-	    (unsigned)p->uid);
+	    "locale=%s app=%s uid=%u", qid, a.who, a.purpose, res.ttl, used_locale,
+	    a.app, (unsigned)p->uid);
 
 	r = reply_ok();
 	json_object_set_new(r, "id", json_string(qid));
@@ -279,57 +334,51 @@ op_otp_verify(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	struct otp_args a;
 	struct otp_request q;
 	struct otp_result res;
-	const char *code;
+	const char *code, *limit = NULL;
 	json_t *err = NULL;
 	enum s_status st;
+	int wait;
 
-	if (otp_args(d, req, &a, &err) == -1 ||
+	if (otp_args(d, p, req, &a, &err) == -1 ||
 	    req_str(req, "code", 1, 64, &code, &err) == -1)
 		return err;
-	memset(&q, 0, sizeof(q));
-	q.addr = a.to;
-	q.limit_addr = a.limit_key;
-	q.purpose = a.purpose;
-	q.context = a.context;
-	q.client_uid = (uint32_t)p->uid;
-	q.now = time(NULL);
-	{
-		const char *limit = NULL;
-		int wait = guard_verify_begin(d->cfg, p->uid, q.now, &limit);
-		if (wait > 0) {
-			log_msg(LOG_WARNING, "event=otp.verify result=refused limit=%s "
-			    "retry_after=%d uid=%u", limit, wait, (unsigned)p->uid);
-			return reply_limited("rate_limited", limit, wait,
-			    "too many failed code checks; try again later");
-		}
+	otp_request_init(&q, &a, p);
+	wait = guard_verify_begin(d->cfg, p->uid, q.now, &limit);
+	if (wait > 0) {
+		log_msg(LOG_WARNING, "event=otp.verify result=refused limit=%s "
+		    "retry_after=%d app=%s uid=%u", limit, wait, a.app, (unsigned)p->uid);
+		return reply_limited("rate_limited", limit, wait,
+		    "too many failed code checks; try again later");
 	}
 	st = store_otp_verify(d->store, &q, code, &res);
 	if (st == S_OK || st == S_TEMPFAIL || st == S_BADINPUT)
 		guard_verify_success(p->uid, q.now);	/* not a failed guess */
 	switch (st) {
 	case S_OK:
-		log_msg(LOG_INFO, "event=otp.verify result=ok id=%s %s purpose=%s uid=%u",
-		    res.queue_id[0] ? res.queue_id : "-", a.who, a.purpose,
+		log_msg(LOG_INFO, "event=otp.verify result=ok id=%s %s purpose=%s app=%s "
+		    "uid=%u", res.queue_id[0] ? res.queue_id : "-", a.who, a.purpose, a.app,
 		    (unsigned)p->uid);
 		return reply_ok();
 	case S_INVALID:
 		log_msg(LOG_NOTICE, "event=otp.verify result=failed reason=invalid_code "
-		    "id=%s attempts_left=%d limit=%s %s purpose=%s uid=%u",
+		    "id=%s attempts_left=%d limit=%s %s purpose=%s app=%s uid=%u",
 		    res.queue_id[0] ? res.queue_id : "-", res.attempts_left > 0 ?
 		    res.attempts_left : 0, res.limit ? res.limit : "-", a.who, a.purpose,
-		    (unsigned)p->uid);
-		if (res.limit != NULL && strcmp(res.limit, "address_lockout") == 0)
-			log_msg(LOG_WARNING, "event=otp.lockout id=%s %s retry_after=%d",
-			    res.queue_id[0] ? res.queue_id : "-", a.who, res.retry_after);
+		    a.app, (unsigned)p->uid);
 		break;
 	default:
 		log_msg(st == S_TEMPFAIL ? LOG_ERR : LOG_NOTICE, "event=otp.verify "
-		    "result=failed reason=%s id=%s retry_after=%d %s purpose=%s uid=%u",
-		    s_status_error(st), res.queue_id[0] ? res.queue_id : "-",
-		    res.retry_after, a.who, a.purpose, (unsigned)p->uid);
+		    "result=failed reason=%s id=%s limit=%s retry_after=%d %s purpose=%s "
+		    "app=%s uid=%u", s_status_error(st), res.queue_id[0] ? res.queue_id : "-",
+		    res.limit ? res.limit : "-", res.retry_after, a.who, a.purpose, a.app,
+		    (unsigned)p->uid);
 		break;
 	}
-	return otp_store_error(st, &res);
+	if (res.limit != NULL && (strcmp(res.limit, "context_lockout") == 0 ||
+	    strcmp(res.limit, "client_lockout") == 0) && st != S_LOCKED)
+		log_msg(LOG_WARNING, "event=otp.lockout limit=%s %s purpose=%s app=%s "
+		    "retry_after=%d", res.limit, a.who, a.purpose, a.app, res.retry_after);
+	return otp_verify_error(d, st, &res);
 }
 
 json_t *
@@ -341,17 +390,12 @@ op_otp_revoke(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	enum s_status st;
 	int n = 0;
 
-	if (otp_args(d, req, &a, &err) == -1)
+	if (otp_args(d, p, req, &a, &err) == -1)
 		return err;
-	memset(&q, 0, sizeof(q));
-	q.addr = a.to;
-	q.limit_addr = a.limit_key;
-	q.purpose = a.purpose;
-	q.client_uid = (uint32_t)p->uid;
-	q.now = time(NULL);
+	otp_request_init(&q, &a, p);
 	st = store_otp_revoke(d->store, &q, &n);
 	log_msg(st == S_OK ? LOG_INFO : LOG_ERR, "event=otp.revoke result=%s count=%d "
-	    "%s purpose=%s uid=%u", s_status_error(st), n, a.who, a.purpose,
+	    "%s purpose=%s app=%s uid=%u", s_status_error(st), n, a.who, a.purpose, a.app,
 	    (unsigned)p->uid);
 	if (st != S_OK)
 		return otp_store_error(st, NULL);
@@ -360,8 +404,9 @@ op_otp_revoke(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	return r;
 }
 
-/* Admin: after the hard cap of consecutive failures an address stays
- * locked until this (NIST SP 800-63B: no more than 100). */
+/* Admin: clears the failures and lock-out of a context (to, purpose,
+ * context, as_app) and of a client_id if given; with otp_permanent_lockout
+ * a lock at the cap lasts until this. */
 json_t *
 op_otp_unlock(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
@@ -370,17 +415,12 @@ op_otp_unlock(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	json_t *err = NULL;
 	enum s_status st;
 
-	if (otp_args(d, req, &a, &err) == -1)
+	if (otp_args(d, p, req, &a, &err) == -1)
 		return err;
-	memset(&q, 0, sizeof(q));
-	q.addr = a.to;
-	q.limit_addr = a.limit_key;
-	q.purpose = a.purpose;
-	q.client_uid = (uint32_t)p->uid;
-	q.now = time(NULL);
+	otp_request_init(&q, &a, p);
 	st = store_otp_unlock(d->store, &q);
-	log_msg(st == S_OK ? LOG_NOTICE : LOG_ERR, "event=otp.unlock result=%s %s uid=%u",
-	    s_status_error(st), a.who, (unsigned)p->uid);
+	log_msg(st == S_OK ? LOG_NOTICE : LOG_ERR, "event=otp.unlock result=%s %s app=%s "
+	    "uid=%u", s_status_error(st), a.who, a.app, (unsigned)p->uid);
 	if (st != S_OK)
 		return otp_store_error(st, NULL);
 	return reply_ok();

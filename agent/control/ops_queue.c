@@ -380,14 +380,82 @@ opq_raw(struct otpmaild *d, const char *raw, size_t len, struct buf *out,
 	return 0;
 }
 
+/*
+ * Every address in every From field of the header section must be one the
+ * app may send as (app's senders=): an app cannot sign or send as another's
+ * domain.  The body is not looked at.
+ */
+static int
+opq_from_fields_ok(const struct app_conf *app, const char *m, size_t len, char *bad,
+    size_t badlen)
+{
+	size_t i = 0, e, k, a, z;
+	char addr[ADDR_PATH_MAX + 1];
+	int seen;
+
+	if (app == NULL)
+		return 1;
+	while (i < len && !(m[i] == '\r' || m[i] == '\n')) {
+		for (e = i; e < len && m[e] != '\n'; e++)
+			;
+		while (e + 1 < len && (m[e + 1] == ' ' || m[e + 1] == '\t'))
+			for (e++; e < len && m[e] != '\n'; e++)
+				;
+		if (e - i >= 5 && strncasecmp(m + i, "From:", 5) == 0) {
+			seen = 0;
+			for (k = i + 5; k < e; k++) {
+				if (m[k] != '@')
+					continue;
+				for (a = k; a > i + 5 && !strchr(" \t\r\n<>,;:\"()", m[a - 1]); a--)
+					;
+				for (z = k + 1; z < e && !strchr(" \t\r\n<>,;:\"()", m[z]); z++)
+					;
+				snprintf(addr, sizeof(addr), "%.*s", (int)(z - a), m + a);
+				if (!config_app_sender_ok(app, addr)) {
+					snprintf(bad, badlen, "%s", addr);
+					return 0;
+				}
+				seen = 1;
+			}
+			if (!seen) {
+				snprintf(bad, badlen, "a From field with no address");
+				return 0;
+			}
+		}
+		i = e + 1;
+	}
+	return 1;
+}
+
+static json_t	*opq_mail_send(struct otpmaild *, const struct ctl_peer *, json_t *,
+		    const char *app);
+
 json_t *
 op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
+{
+	const char *app, *key;
+	json_t *err = NULL, *r;
+
+	if ((app = ctl_req_app(d, peer, req, &err)) == NULL)
+		return err;
+	if (ctl_idem_begin(d, app, req, &key, &r) == 1)
+		return r;
+	r = opq_mail_send(d, peer, req, app);
+	ctl_idem_end(d, app, key, r);
+	return r;
+}
+
+static json_t *
+opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, const char *app)
 {
 	const char *from = NULL, *subject = NULL, *text = NULL, *html = NULL, *raw = NULL;
 	const char *cls = NULL, **to = NULL;
 	char fromaddr[ADDR_PATH_MAX + 1], fromhdr[ADDR_PATH_MAX + 300];
 	char (*canon)[ADDR_PATH_MAX + 1] = NULL;
 	char date[64], mid[300], boundary[80], id[QUEUE_ID_LEN + 1];
+	char tag[CONFIG_APP_NAME_MAX + 32], bad[ADDR_PATH_MAX + 64];
+	const struct app_conf *appc = strcmp(app, peer->app) == 0 ? peer->appc :
+	    config_app_named(d->cfg, app);
 	size_t nto = 0, textlen = 0, htmllen = 0, rawlen = 0, i, limit;
 	struct q_envelope tmpl;
 	struct q_rcpt *rc = NULL;
@@ -417,6 +485,12 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	if (opq_from(d, from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr),
 	    &err) == -1)
 		goto fail;
+	if (!config_app_sender_ok(appc, fromaddr)) {
+		err = reply_error("forbidden", "app %s may not send as %s (its senders=)",
+		    app, fromaddr);
+		json_object_set_new(err, "field", json_string("from"));
+		goto fail;
+	}
 	/* the canonical forms go to the envelope and the To header */
 	if ((canon = calloc(nto, sizeof(*canon))) == NULL) {
 		err = reply_error("unavailable", "out of memory");
@@ -483,6 +557,12 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 			buf_printf(&b, "\r\n--%s--\r\n", boundary);
 		}
 	}
+	if (!opq_from_fields_ok(appc, b.data, b.len, bad, sizeof(bad))) {
+		err = reply_error("forbidden", "app %s may not send as %s (its senders=)",
+		    app, bad);
+		json_object_set_new(err, "field", json_string(raw ? "raw" : "from"));
+		goto fail;
+	}
 	if (b.len > limit) {
 		err = reply_bad_field(raw ? "raw" : "text", "message of %zu bytes is larger "
 		    "than message_size_limit (%zu)", b.len, limit);
@@ -499,7 +579,8 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	tmpl.sender = fromaddr;
 	tmpl.rcpts = rc;
 	tmpl.nrcpt = nto;
-	tmpl.tag = "mail.send";
+	snprintf(tag, sizeof(tag), "mail.send app=%s", app);
+	tmpl.tag = tag;
 	tmpl.client_uid = (uint32_t)peer->uid;
 	if (ttl > 0)
 		tmpl.expires = time(NULL) + ttl;
@@ -530,6 +611,33 @@ fail:
 
 /* --- message.status ------------------------------------------------- */
 
+/* Is the message the peer's app's?  Its tag says "app=NAME"; messages
+ * queued before apps had names belong to their uid. */
+static int
+opq_owned(const struct ctl_peer *peer, const struct q_envelope *e)
+{
+	const char *a = e->tag ? strstr(e->tag, " app=") : NULL;
+
+	if (a == NULL)
+		return e->client_uid == (uint32_t)peer->uid;
+	return strcmp(a + 5, peer->app) == 0;
+}
+
+int
+ops_msg_owned(struct otpmaild *d, const struct ctl_peer *peer, const char *id)
+{
+	struct q_envelope *e = NULL;
+	int r;
+
+	if (peer->roles & ROLE_ADMIN)
+		return 1;
+	if (queue_get(d->queue, id, &e) != Q_OK)
+		return 0;
+	r = opq_owned(peer, e);
+	q_envelope_free(e);
+	return r;
+}
+
 json_t *
 op_message_status(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 {
@@ -543,7 +651,7 @@ op_message_status(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	if ((st = queue_get(d->queue, id, &e)) != Q_OK)
 		return opq_status_error(st, id);
 	/* an app sees its own messages only; admins see all */
-	if (!(peer->roles & ROLE_ADMIN) && e->client_uid != (uint32_t)peer->uid) {
+	if (!(peer->roles & ROLE_ADMIN) && !opq_owned(peer, e)) {
 		q_envelope_free(e);
 		return opq_status_error(Q_NOTFOUND, id);
 	}

@@ -1,7 +1,8 @@
 /*
  * ops_sandbox.c - sandbox.list and sandbox.show: what the sandbox transport
  * delivered into its Maildir, so a developer can read the code from the mail
- * (otpmailctl sandbox list|show).
+ * (otpmailctl sandbox list|show).  An app sees the mail of its own queued
+ * messages only (the file name carries the queue id); admins see all.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -12,8 +13,45 @@
 #define SANDBOX_LIST_DEFAULT	50
 #define SANDBOX_LIST_MAX	1000
 #define SANDBOX_SHOW_MAX	(10 * 1024 * 1024)
+#define SANDBOX_SCAN_MAX	20000	/* files looked at for an app's list */
 
 static json_t	*ops_sandbox_str(const char *s, size_t len);
+static int	ops_sandbox_mine(struct otpmaild *, const struct ctl_peer *, const char *file);
+static int	ops_sandbox_scan(struct otpmaild *, const struct ctl_peer *, const char *dir,
+		    size_t limit, struct sandbox_entry **, size_t *, char *err, size_t errlen);
+
+/* The file name ends in "_<queue id>.otpmail": is that message the peer's? */
+static int
+ops_sandbox_mine(struct otpmaild *d, const struct ctl_peer *p, const char *file)
+{
+	const char *us = strrchr(file, '_'), *dot;
+	char id[64];
+
+	if (p->roles & ROLE_ADMIN)
+		return 1;
+	if (us == NULL || (dot = strstr(us, ".otpmail")) == NULL ||
+	    (size_t)(dot - us - 1) >= sizeof(id))
+		return 0;
+	snprintf(id, sizeof(id), "%.*s", (int)(dot - us - 1), us + 1);
+	return ops_msg_owned(d, p, id);
+}
+
+/* The newest messages the peer may see, at most limit. */
+static int
+ops_sandbox_scan(struct otpmaild *d, const struct ctl_peer *p, const char *dir,
+    size_t limit, struct sandbox_entry **v, size_t *n, char *err, size_t errlen)
+{
+	size_t i, k = 0;
+
+	if (sandbox_list(dir, (p->roles & ROLE_ADMIN) ? limit : SANDBOX_SCAN_MAX, v, n,
+	    err, errlen) == -1)
+		return -1;
+	for (i = 0; i < *n && k < limit; i++)
+		if (ops_sandbox_mine(d, p, (*v)[i].file))
+			(*v)[k++] = (*v)[i];
+	*n = k;
+	return 0;
+}
 
 /* A JSON string of arbitrary bytes: invalid UTF-8 becomes U+FFFD. */
 static json_t *
@@ -74,7 +112,7 @@ op_sandbox_list(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	if (req_int(req, "limit", 0, 1, SANDBOX_LIST_MAX, &limit, &bad) == -1)
 		return bad;
 	sandbox_dir(d->cfg, d->state_dir, dir, sizeof(dir));
-	if (sandbox_list(dir, (size_t)limit, &v, &n, err, sizeof(err)) == -1)
+	if (ops_sandbox_scan(d, p, dir, (size_t)limit, &v, &n, err, sizeof(err)) == -1)
 		return reply_error("unavailable", "%s", err);
 	arr = json_array();
 	for (i = 0; i < n; i++) {
@@ -100,7 +138,7 @@ json_t *
 op_sandbox_show(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
 	const char *file = NULL;
-	char dir[4096], err[512], name[SANDBOX_NAME_MAX + 1];
+	char dir[4096], err[512], name[SANDBOX_NAME_MAX + 1], pick[SANDBOX_NAME_MAX + 1];
 	json_t *reply, *bad = NULL;
 	char *data = NULL;
 	size_t len = 0;
@@ -115,6 +153,24 @@ op_sandbox_show(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	if (file != NULL && !sandbox_name_ok(file))
 		return reply_bad_field("file", "not a sandbox message name");
 	sandbox_dir(d->cfg, d->state_dir, dir, sizeof(dir));
+	if (file == NULL && !(p->roles & ROLE_ADMIN)) {
+		/* the newest of the app's own */
+		struct sandbox_entry *v = NULL;
+		size_t n = 0;
+
+		if (ops_sandbox_scan(d, p, dir, 1, &v, &n, err, sizeof(err)) == -1)
+			return reply_error("unavailable", "%s", err);
+		if (n == 0) {
+			free(v);
+			return reply_error("not_found", "the sandbox holds no mail of yours");
+		}
+		snprintf(pick, sizeof(pick), "%s", v[0].file);
+		free(v);
+		file = pick;
+	}
+	/* another app's mail is "not found", as if it were not there */
+	if (file != NULL && !ops_sandbox_mine(d, p, file))
+		return reply_error("not_found", "no sandbox message %s", file);
 	r = sandbox_read(dir, file, SANDBOX_SHOW_MAX, &data, &len, name, sizeof(name),
 	    err, sizeof(err));
 	if (r == 1)

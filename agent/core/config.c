@@ -92,6 +92,7 @@ static const struct cfg_key config_table[] = {
 	LIST(app_groups, ""),
 	LIST(admin_users, ""),
 	LIST(admin_groups, ""),
+	SPECIAL(app, config_app_parse, config_app_print),
 	/* control socket */
 	SIZE(control_max_line, "16M", 1024, 1L << 30),
 	INT(control_max_connections, "256", 1, 100000),
@@ -145,6 +146,8 @@ static const struct cfg_key config_table[] = {
 	BOOL(otp_app_from_request, "yes"),
 	STR(otp_limit_tag_separators, "+"),
 	BOOL(allow_address_literals, "no"),
+	BOOL(otp_verify_detail, "no"),
+	BOOL(otp_permanent_lockout, "no"),
 	/* DKIM */
 	SPECIAL(dkim_key, cfg_dkim_key, cfg_print_dkim),
 	ENUM(dkim_canonicalization, "relaxed/relaxed",
@@ -1040,6 +1043,7 @@ config_free(struct config *c)
 		free((char *)c->dkim_keys[i].keyfile);
 	}
 	free(c->dkim_keys);
+	config_apps_free(c);
 	for (i = 0; i < c->nroutes; i++) {
 		free(c->routes[i].domain);
 		free(c->routes[i].host);

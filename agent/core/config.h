@@ -37,6 +37,17 @@ struct relay {			/* smarthost / fallback_relay values */
 	int	 port;
 };
 
+#define CONFIG_APP_NAME_MAX	48
+
+struct app_conf {		/* app = name users=... groups=... senders=... */
+	char		*name;		/* its namespace */
+	unsigned	*uids;
+	size_t		 nuids;
+	unsigned	*gids;
+	size_t		 ngids;
+	char		**senders;	/* domains, addresses, "*"; NULL = none */
+};
+
 struct config {
 	char		*file;		/* NULL = built-in defaults */
 
@@ -60,6 +71,8 @@ struct config {
 	char		**app_groups;
 	char		**admin_users;
 	char		**admin_groups;
+	struct app_conf	*apps;
+	size_t		 napps;
 
 	/* control socket limits */
 	size_t		 control_max_line;
@@ -116,6 +129,8 @@ struct config {
 	int		 allow_address_literals;	/* user@[192.0.2.1] */
 	int		 otp_allow_small_code_space;	/* below NIST SP 800-63B */
 	int		 otp_allow_long_ttl;
+	int		 otp_verify_detail;	/* say not_found/expired/attempts_left */
+	int		 otp_permanent_lockout;	/* at the cap: until an admin unlocks */
 
 	/* DKIM */
 	struct dkim_key_conf *dkim_keys;	/* dkim_key = domain selector alg file */
@@ -176,5 +191,17 @@ int		 tls_policy_parse(const char *);	/* -1 if unknown */
 enum tls_policy	 config_tls_policy(const struct config *, const char *domain);
 /* Route override for a domain, or NULL. */
 const struct route *config_route(const struct config *, const char *domain);
+
+/* config_app.c: the app lines.  config_app_for gives the app of a peer
+ * (by uid first, then groups), NULL if none names it (an implicit app). */
+int		 config_app_parse(struct config *, const char *, char *, size_t);
+void		 config_app_print(const struct config *, FILE *, const char *);
+void		 config_apps_free(struct config *);
+void		 config_strv_free(char **);
+const struct app_conf *config_app_for(const struct config *, uid_t, const gid_t *groups,
+		    size_t ngroups);
+const struct app_conf *config_app_named(const struct config *, const char *);
+/* 1 if the app may send as addr (NULL app: any). */
+int		 config_app_sender_ok(const struct app_conf *, const char *addr);
 
 #endif

@@ -57,7 +57,23 @@ struct ctl_peer {
 	gid_t		 gid;
 	pid_t		 pid;
 	int		 roles;		/* ROLE_* bits this peer has */
+	/* Its app (namespace): a configured app line, or "uid:N" (ops.c). */
+	char		 app[CONFIG_APP_NAME_MAX + 1];
+	const struct app_conf *appc;	/* NULL for an implicit app */
 };
+
+/* Sets peer->app/appc from its uid and groups; an app line gives ROLE_APP. */
+void	ctl_peer_set_app(const struct config *, struct ctl_peer *, const gid_t *groups,
+	    size_t ngroups);
+/* The namespace a request acts in: the peer's app, or for an admin the
+ * request's "as_app"; NULL and *err if an app asks for another's. */
+/* idempotency_key: 0 to go on (*key set if one was given), 1 with *reply
+ * (the first answer, or an error); ctl_idem_end records an ok answer. */
+int	ctl_idem_begin(struct otpmaild *, const char *app, json_t *req, const char **key,
+	    json_t **reply);
+void	ctl_idem_end(struct otpmaild *, const char *app, const char *key, json_t *reply);
+const char *ctl_req_app(const struct otpmaild *, const struct ctl_peer *, json_t *req,
+	    json_t **err);
 
 /*
  * A handler returns a new reply object ({"ok":true,...} or an error from

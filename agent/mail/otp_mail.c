@@ -631,6 +631,7 @@ otp_store_params_from_config(const struct config *c, const char *state_dir,
 	p->lockout_base = c->otp_lockout_base;
 	p->lockout_max = c->otp_lockout_max;
 	p->max_consecutive_failures = c->otp_max_consecutive_failures;
+	p->permanent_lockout = c->otp_permanent_lockout;
 	p->durable = 1;
 	if (p->code_length < 4 || p->code_length > OTP_CODE_MAX || p->keep_codes < 1 ||
 	    p->max_consecutive_failures > 100 || p->ttl > p->max_ttl ||

@@ -136,8 +136,8 @@ fz_check_accessors(json_t *req)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct ctl_peer nobody = { 65534, 65534, 1, ROLE_ANY };
-	struct ctl_peer admin = { 0, 0, 1, ROLE_ANY | ROLE_APP | ROLE_ADMIN };
+	struct ctl_peer nobody = { .uid = 65534, .gid = 65534, .pid = 1, .roles = ROLE_ANY };
+	struct ctl_peer admin = { .uid = 0, .gid = 0, .pid = 1, .roles = ROLE_ANY | ROLE_APP | ROLE_ADMIN };
 	const char *line = (const char *)data, *op;
 	const struct ctl_op *o;
 	json_error_t jerr;

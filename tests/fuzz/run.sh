@@ -57,7 +57,7 @@ sources() {
 	case $1 in
 	addr) echo agent/mail/address.c ;;
 	header) echo agent/mail/message.c ;;
-	config) echo agent/core/config.c dkim/keys.c ;;
+	config) echo agent/core/config.c agent/core/config_app.c dkim/keys.c ;;
 	spool_env|spool_file) (cd "$srcdir" && ls queue/*.c | grep -v bench) ;;
 	smtp) echo agent/delivery/tlsstream.c agent/mail/address.c ;;
 	ctl) (cd "$srcdir" && ls agent/*/*.c store/*.c queue/*.c dkim/*.c |

@@ -44,9 +44,9 @@ expect(const struct ctl_peer *p, const char *line, const char *code, const char 
 int
 main(void)
 {
-	struct ctl_peer admin = { 0, 0, 1, ROLE_ANY | ROLE_APP | ROLE_ADMIN };
-	struct ctl_peer app = { 1000, 1000, 1, ROLE_ANY | ROLE_APP };
-	struct ctl_peer nobody = { 65534, 65534, 1, ROLE_ANY };
+	struct ctl_peer admin = { .uid = 0, .gid = 0, .pid = 1, .roles = ROLE_ANY | ROLE_APP | ROLE_ADMIN };
+	struct ctl_peer app = { .uid = 1000, .gid = 1000, .pid = 1, .roles = ROLE_ANY | ROLE_APP };
+	struct ctl_peer nobody = { .uid = 65534, .gid = 65534, .pid = 1, .roles = ROLE_ANY };
 	struct ctl_acl *acl;
 	struct config *c;
 	char err[256], *big;

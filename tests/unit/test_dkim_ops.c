@@ -19,7 +19,7 @@ static json_t *
 call(json_t *(*fn)(struct otpmaild *, const struct ctl_peer *, json_t *),
     struct otpmaild *d, const char *req)
 {
-	struct ctl_peer p = { getuid(), getgid(), getpid(), ROLE_ADMIN };
+	struct ctl_peer p = { .uid = getuid(), .gid = getgid(), .pid = getpid(), .roles = ROLE_ADMIN };
 	json_error_t je;
 	json_t *r, *q = json_loads(req, 0, &je);
 
