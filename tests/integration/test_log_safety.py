@@ -64,6 +64,9 @@ HOSTILE_ADDRS = ['"a%sb"@example.org' % PLANT.replace('"', '\\"'),
                  '"a event=otp.verify result=ok planted=1"@example.org',
                  '"q=1 planted=2"@example.org',
                  'plain+%s@example.org' % "tag"]
+# Quoted local parts that need their quotes are refused (bad_address) before
+# anything logs them as an address; the others reach the otp lines.
+ACCEPTED = [a for a in HOSTILE_ADDRS if not a.startswith('"')] + ["alice-p@example.org"]
 
 
 def requests(tag, hostile, ctl=False):
@@ -174,15 +177,15 @@ for pseudo in (True, False):
             t.ok(not leaks and "alice-p" not in text and "example.org" not in text,
                  "%s: no address in the log" % label, leaks)
             pn = [dict(p).get("to_pseudonym") for p in otp if "to_pseudonym" in dict(p)]
-            t.ok(len(pn) >= 20 and all(re.match(r"^[0-9a-f]{16}$", x) for x in pn) and
+            t.ok(len(pn) >= 8 and all(re.match(r"^[0-9a-f]{16}$", x) for x in pn) and
                  not any("to" in dict(p) for p in otp),
                  "%s: %d otp lines carry to_pseudonym=<16 hex>, none to=" % (label, len(pn)))
-            t.ok(len(set(pn)) == 1 + len(HOSTILE_ADDRS),
+            t.ok(len(set(pn)) == len(ACCEPTED),
                  "%s: one pseudonym per address (%d addresses)" %
-                 (label, 1 + len(HOSTILE_ADDRS)), sorted(set(pn)))
+                 (label, len(ACCEPTED)), sorted(set(pn)))
         else:
             tos = {dict(p).get("to") for p in otp if "to" in dict(p)}
-            want = set(HOSTILE_ADDRS + ["alice-p@example.org"])
+            want = set(ACCEPTED)
             t.ok(want <= tos, "%s: each address logged, unescaped back exactly" % label,
                  (sorted(want - tos), sorted(tos)))
 
