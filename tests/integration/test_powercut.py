@@ -13,10 +13,11 @@ model of the disk instead:
 What the model keeps (tests/powercut/powercut.c): at start, the whole state
 directory (made by a clean run, then sync(1)).  Afterwards, only what a
 sync made durable: fsync/fdatasync of a regular file keeps the file's whole
-content as it was when the call began (the copy is taken before the real
-call, so nothing written later counts); fsync of a directory keeps its
-entries (names, kinds, modes, and which file each name points to, by inode
-number and birth time).  At the cut (SIGKILL), the test rebuilds the tree
+content (copied before the real call is made, so a write the daemon issues
+after its sync never counts; one lock orders the copies, so a write racing
+another thread's sync of the same file may); fsync of a directory keeps
+its entries (names, kinds, modes, and which file each name points to, by
+inode number and birth time, so a reused inode number is another file).  At the cut (SIGKILL), the test rebuilds the tree
 from that image: a directory never fsynced since the start has its entries
 from the start (a new one is empty); a name points to the last synced
 content of its file, or to an empty file if the file never had its data
@@ -43,7 +44,13 @@ rebuilds them from the log at the next open, which is what BDB requires.
 What it does not model: unsynced writes that partly reach the disk (torn
 appends, a subset of pages: test_crash_state.py and the spool and BDB
 checksums cover those), a disk that lies about its cache flush, metadata
-of the state directory's own parent, other processes' writes.
+of the state directory's own parent, other processes' writes, directory
+renames (otpmaild makes none).  It is stricter than ext4 or XFS, where an
+fsync of a new file usually makes its name durable too; POSIX does not
+promise that, and the daemon must not rely on it.  The runs with a cut
+just after a new BDB log file use a DB_CONFIG with small log files
+(set_lg_max 64 KiB, placed before BDB makes the environment), so that a
+new file comes after ~30 issues and the shim copies little at each sync.
 
 The classes (POWERCUT_DROP makes one a no-op, as if the call were deleted):
   spool-file  fsync of a new message file (spool_write_file)
