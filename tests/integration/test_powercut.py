@@ -47,10 +47,12 @@ checksums cover those), a disk that lies about its cache flush, metadata
 of the state directory's own parent, other processes' writes, directory
 renames (otpmaild makes none).  It is stricter than ext4 or XFS, where an
 fsync of a new file usually makes its name durable too; POSIX does not
-promise that, and the daemon must not rely on it.  The runs with a cut
-just after a new BDB log file use a DB_CONFIG with small log files
-(set_lg_max 64 KiB, placed before BDB makes the environment), so that a
-new file comes after ~30 issues and the shim copies little at each sync.
+promise that, and the daemon must not rely on it.  Every run puts a
+DB_CONFIG with small log files (set_lg_max 64 KiB) in place before BDB
+makes the environment: the shim copies little at each sync, and the run
+with every sync kept and the bdb-dir run issue codes until BDB starts a
+new log file (~30 issues) before the acknowledged work, so that the cut
+also tests the name of a log file that has just been made.
 
 The classes (POWERCUT_DROP makes one a no-op, as if the call were deleted):
   spool-file  fsync of a new message file (spool_write_file)
