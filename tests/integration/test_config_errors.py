@@ -108,6 +108,14 @@ def check(path):
     return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
 
 
+def put(d, name, data, mode):
+    p = os.path.join(d, name)
+    with open(p, "wb") as f:
+        f.write(data)
+    os.chmod(p, mode)
+    return p
+
+
 def main():
     d = tempfile.mkdtemp(prefix="otpm-conferr-")
     try:
@@ -142,14 +150,10 @@ def main():
         subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", good],
                        check=True, capture_output=True)
         os.chmod(good, 0o600)
-        opened = os.path.join(d, "open.pem")
-        with open(good, "rb") as f, open(opened, "wb") as g:
-            g.write(f.read())
-        os.chmod(opened, 0o644)
-        garbage = os.path.join(d, "garbage.pem")
-        with open(garbage, "w") as f:
-            f.write("not a key\n")
-        os.chmod(garbage, 0o600)
+        with open(good, "rb") as f:
+            pem = f.read()
+        opened = put(d, "open.pem", pem, 0o644)
+        garbage = put(d, "garbage.pem", b"not a key\n", 0o600)
         keys = [("a good key", good, None),
                 ("a missing key file", os.path.join(d, "missing.pem"), r"cannot open"),
                 ("a key file readable by others", opened, r"mode 0644"),
