@@ -62,10 +62,12 @@ The classes (POWERCUT_DROP makes one a no-op, as if the call were deleted):
   bdb-dir     fsync of db/ when BDB has started a new log file (env.c's
               store_log_flush; checked with a cut just after a new file)
 
-The test: pause the queue, issue codes and send mails, hold some; note
-every acknowledged id, code and hold; cut; rebuild; start a daemon on the
-rebuilt state; the queue must be paused, every acknowledged message must be
-in the queue (held ones still held), every code must verify.
+The test: pause the queue, issue codes and send mails, hold some, verify
+some codes; note every acknowledged id, code, hold and verify; cut;
+rebuild; start a daemon on the rebuilt state; the queue must be paused,
+every acknowledged message must be in the queue (held ones still held),
+every code not used must verify, and no used code may verify again (a
+success is consumed durably: otp.verify commits with a log flush).
 
 What it caught: every code issued since the daemon started was lost (BDB's
 DB_REGISTER saw a clean register file and ran no recovery; store/env.c now
@@ -94,7 +96,7 @@ CLASSES = ("spool-file", "spool-dir", "state", "bdb-log")
 CONF = ("otp_resend_cooldown = 0s\n"
         "otp_max_per_address_hour = 1000\n"
         "log_level = info\n")
-N_OTP, N_MAIL, N_HOLD = 6, 6, 3
+N_OTP, N_MAIL, N_HOLD, N_USED = 6, 6, 3, 2
 
 t = Tap()
 
@@ -230,6 +232,12 @@ def run(drop, roll=False, small=False):
             r = d.call({"op": "queue.hold", "id": qid})
             if not r.get("ok"):
                 raise RuntimeError("queue.hold: %r" % r)
+        used = list(codes)[-N_USED:]
+        for qid in used:
+            to, code = codes[qid]
+            r = d.call({"op": "otp.verify", "to": to, "purpose": "login", "code": code})
+            if not r.get("ok"):
+                raise RuntimeError("otp.verify: %r" % r)
         flags = sync_flags(d.pid(), os.path.realpath(d.state))
         d.kill9()                                  # the cut
         try:
@@ -261,7 +269,9 @@ def run(drop, roll=False, small=False):
             for qid, (to, code) in codes.items():
                 r = d2.call({"op": "otp.verify", "to": to, "purpose": "login",
                              "code": code})
-                if not r.get("ok"):
+                if qid in used and r.get("ok"):
+                    lost.append("code of %s, used before the cut, verifies again" % qid)
+                elif qid not in used and not r.get("ok"):
                     lost.append("code of %s: %s" % (qid, r.get("error")))
         finally:
             d2.stop()
@@ -284,7 +294,8 @@ def main():
          "sync_file_range)", unmodelled)
     t.ok(not lost, "power cut, every sync kept, just after BDB started a new log "
          "file: the pause, all %d messages, %d holds and %d codes acknowledged "
-         "survive" % (N_OTP + N_MAIL, N_HOLD, N_OTP),
+         "survive, and %d codes used stay used" % (N_OTP + N_MAIL, N_HOLD,
+                                                  N_OTP - N_USED, N_USED),
          "\n".join(lost) + "\n" + log2[-2000:])
     classes = CLASSES + ("bdb-dir",)
     if WRAPPER:
