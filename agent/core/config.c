@@ -996,6 +996,12 @@ config_load(const char *path, char *err, size_t errlen)
 			goto fail;
 		}
 		lines[k - config_table] = lineno;
+		if (k->parse == cfg_dkim_key) {
+			/* a key file that fails to load is reported at its line */
+			c->dkim_key_lines = cfg_grow(c->dkim_key_lines, c->ndkim_keys - 1,
+			    sizeof(int));
+			c->dkim_key_lines[c->ndkim_keys - 1] = lineno;
+		}
 	}
 	if (ferror(f)) {
 		snprintf(err, errlen, "%s: read error", path);
@@ -1044,6 +1050,7 @@ config_free(struct config *c)
 	}
 	free(c->dkim_keys);
 	config_apps_free(c);
+	free(c->dkim_key_lines);
 	for (i = 0; i < c->nroutes; i++) {
 		free(c->routes[i].domain);
 		free(c->routes[i].host);

@@ -135,6 +135,7 @@ struct config {
 	/* DKIM */
 	struct dkim_key_conf *dkim_keys;	/* dkim_key = domain selector alg file */
 	size_t		 ndkim_keys;
+	int		*dkim_key_lines;	/* the file's line of each (0 = none) */
 	char		*dkim_canonicalization;	/* header/body: relaxed/relaxed */
 	char		**dkim_sign_headers;
 	char		**dkim_oversign_headers;

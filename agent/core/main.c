@@ -68,6 +68,9 @@ static struct dkim_signer *
 main_dkim(const struct config *c, char *err, size_t errlen)
 {
 	struct dkim_params dp;
+	struct dkim_signer *s;
+	char msg[1024];
+	size_t i;
 
 	if (c->ndkim_keys == 0)
 		return NULL;
@@ -79,7 +82,17 @@ main_dkim(const struct config *c, char *err, size_t errlen)
 	dp.sign_headers = (const char *const *)c->dkim_sign_headers;
 	dp.oversign_headers = (const char *const *)c->dkim_oversign_headers;
 	dp.check_key_modes = 1;
-	return dkim_signer_new(&dp, err, errlen);
+	if ((s = dkim_signer_new(&dp, err, errlen)) != NULL || c->file == NULL ||
+	    c->dkim_key_lines == NULL)
+		return s;
+	/* name the line of the key at fault, as the config errors do */
+	for (i = 0; i < c->ndkim_keys; i++)
+		if (strstr(err, c->dkim_keys[i].keyfile) != NULL) {
+			snprintf(msg, sizeof(msg), "%s:%d: %s", c->file, c->dkim_key_lines[i], err);
+			snprintf(err, errlen, "%s", msg);
+			break;
+		}
+	return NULL;
 }
 
 static char *
@@ -207,6 +220,7 @@ main(int argc, char **argv)
 		struct dkim_signer *s = NULL;
 		if (d.cfg->ndkim_keys > 0 && (s = main_dkim(d.cfg, err, sizeof(err))) == NULL) {
 			fprintf(stderr, "otpmaild: %s\n", err);
+			config_free(d.cfg);
 			return 1;
 		}
 		dkim_signer_free(s);

@@ -13,10 +13,13 @@ control character, an overlong line, a NUL byte, each special key
 of its errors and a second entry for the same domain, and the checks of
 several keys together (otp_ttl > otp_max_ttl, retry max < min, a display
 name in otp_from, no fully-qualified sender outside sandbox mode, unknown
-users and groups).  A good file passes.
+users and groups), and a DKIM key file that cannot be used (missing,
+readable by others, no key, a directory: --check-config loads the keys).
+A good file passes.
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,6 +108,14 @@ def check(path):
     return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
 
 
+def put(d, name, data, mode):
+    p = os.path.join(d, name)
+    with open(p, "wb") as f:
+        f.write(data)
+    os.chmod(p, mode)
+    return p
+
+
 def main():
     d = tempfile.mkdtemp(prefix="otpm-conferr-")
     try:
@@ -132,10 +143,38 @@ def main():
         rc, out, err = check(path)
         t.ok(rc != 0 and "%s:%d: NUL byte in line" % (path, len(GOOD) + 1) in err,
              "NUL byte: fails naming the line", err)
+
+        # key files are part of the configuration: --check-config loads
+        # them, and one that fails names the dkim_key line
+        good = os.path.join(d, "good.pem")
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", good],
+                       check=True, capture_output=True)
+        os.chmod(good, 0o600)
+        with open(good, "rb") as f:
+            pem = f.read()
+        opened = put(d, "open.pem", pem, 0o644)
+        garbage = put(d, "garbage.pem", b"not a key\n", 0o600)
+        keys = [("a good key", good, None),
+                ("a missing key file", os.path.join(d, "missing.pem"), r"cannot open"),
+                ("a key file readable by others", opened, r"mode 0644"),
+                ("a key file that is no key", garbage, r"not a PEM private key"),
+                ("a key file that is a directory", d, r"not a regular file")]
+        for name, kf, want in keys:
+            lines = GOOD + ["dkim_key = example.com s0 ed25519-sha256 " + good,
+                            "dkim_key = example.com s1 ed25519-sha256 " + kf]
+            with open(path, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            rc, out, err = check(path)
+            if want is None:
+                t.ok(rc == 0, "%s: passes" % name, err)
+                continue
+            first = err.strip().splitlines()[0] if err.strip() else ""
+            t.ok(rc != 0 and first.startswith("otpmaild: %s:%d: dkim key " % (path, len(lines)))
+                 and re.search(want, first) is not None,
+                 "%s: fails naming %s:%d" % (name, os.path.basename(path), len(lines)),
+                 "exit %d, stderr %r" % (rc, err[:600]))
     finally:
-        for n in os.listdir(d):
-            os.unlink(os.path.join(d, n))
-        os.rmdir(d)
+        shutil.rmtree(d, ignore_errors=True)
     t.done()
 
 
