@@ -7,10 +7,10 @@
 #
 #   tests/fuzz/run.sh [-t SECONDS] [target ...]
 #
-# Each target runs SECONDS (-t, else $FUZZ_SECONDS, else 60), then on in
+# Each target runs SECONDS (-t, else $FUZZ_SECONDS, else 45), then on in
 # rounds of 15 s while the last round still found new coverage, up to
-# $FUZZ_MAX_SECONDS (default SECONDS + 15); "saturated" says the last round
-# found nothing new.  $FUZZ_PARALLEL targets at a time (default 2).  Work
+# $FUZZ_MAX_SECONDS (default SECONDS + 15: 60 s in all by default);
+# "saturated" says the last round found nothing new.  $FUZZ_PARALLEL targets at a time (default 2).  Work
 # files (objects, binaries, the growing corpus, crash artifacts, logs) go to
 # $FUZZ_WORK, default <builddir>/tests/fuzz/work.  A target that crashes,
 # times out (10 s on one input), leaks, runs out of memory or trips a
@@ -21,7 +21,7 @@ set -u
 
 srcdir=${top_srcdir:-$(cd "$(dirname "$0")/../.." && pwd)}
 builddir=${top_builddir:-$srcdir}
-secs=${FUZZ_SECONDS:-60}
+secs=${FUZZ_SECONDS:-45}
 while getopts t: opt; do
 	case $opt in
 	t) secs=$OPTARG ;;
@@ -34,7 +34,7 @@ targets=${*:-$all_targets}
 work=${FUZZ_WORK:-$builddir/tests/fuzz/work}
 CC=${FUZZ_CC:-clang}
 jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
-maxsecs=${FUZZ_MAX_SECONDS:-$((secs + 15))}
+maxsecs=${FUZZ_MAX_SECONDS:-$((secs + 15))}	# at least one 15 s round more
 parallel=${FUZZ_PARALLEL:-2}
 
 if ! command -v "$CC" >/dev/null 2>&1; then
