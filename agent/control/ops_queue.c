@@ -383,7 +383,11 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		err = reply_bad_field("class", "class must be \"default\" or \"otp\"");
 		goto fail;
 	}
-	if (opq_from(from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr), &err) == -1)
+	/* the null sender (sendmail -f '<>'): a raw message has its own From */
+	if (strcmp(from, "<>") == 0 && raw != NULL)
+		fromaddr[0] = fromhdr[0] = '\0';
+	else if (opq_from(from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr),
+	    &err) == -1)
 		goto fail;
 	for (i = 0; i < nto; i++)
 		if (addr_validate(to[i], reason, sizeof(reason)) == -1) {

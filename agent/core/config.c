@@ -76,6 +76,8 @@ static const struct cfg_key config_table[] = {
 	BOOL(sandbox, "yes"),
 	STR(sandbox_maildir, ""),
 	STR(hostname, ""),
+	STR(origin_domain, ""),
+	STR(aliases_file, "/etc/aliases"),
 	BOOL(log_stderr, "yes"),
 	BOOL(log_syslog, "no"),
 	ENUM(log_level, "info", "debug|info|warning|error"),
@@ -748,6 +750,11 @@ cfg_finish(struct config *c, char *err, size_t errlen)
 		}
 		free(c->hostname);
 		c->hostname = cfg_strdup(host);
+	}
+	if (c->origin_domain[0] != '\0' && !cfg_domain_ok(c->origin_domain)) {
+		snprintf(err, errlen, "origin_domain: \"%s\" is not a domain name",
+		    c->origin_domain);
+		return -1;
 	}
 	if (c->otp_from[0] == '\0') {
 		free(c->otp_from);

@@ -49,6 +49,8 @@ struct config {
 	int		 sandbox;
 	char		*sandbox_maildir;	/* "" = <state_dir>/sandbox */
 	char		*hostname;		/* "" = the machine's FQDN */
+	char		*origin_domain;		/* otpmail-sendmail: "" = hostname */
+	char		*aliases_file;		/* otpmail-sendmail's aliases */
 	int		 log_stderr;
 	int		 log_syslog;
 	char		*log_level;		/* debug|info|warning|error */

@@ -22,6 +22,7 @@
 #include "agent/delivery/delivery.h"
 #include "agent/core/log.h"
 #include "agent/delivery/mx.h"
+#include "agent/mail/maildrop.h"
 #include "agent/mail/otp_mail.h"
 #include "agent/core/otpmaild.h"
 #include "agent/core/privs.h"
@@ -29,6 +30,8 @@
 #include "dkim/dkim_sign.h"
 #include "queue/queue.h"
 #include "store/store.h"
+
+#define MAIN_MAILDROP_INTERVAL	5	/* seconds between maildrop scans */
 
 struct otpmaild *otpmaild_ctx;
 
@@ -176,7 +179,7 @@ main(int argc, char **argv)
 	const char *path = getenv("OTPMAIL_CONFIG");
 	char err[1024], *spool;
 	int ch, foreground = 0, check = 0, lockfd, sig, rc = 1;
-	time_t last_sweep, last_ckpt;
+	time_t last_sweep, last_ckpt, last_drop;
 	sigset_t set;
 	struct passwd *pw;
 
@@ -271,6 +274,8 @@ main(int argc, char **argv)
 		goto fail;
 	if (privs_chown_state(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
+	if (maildrop_init(d.cfg, err, sizeof(err)) == -1)
+		goto fail;
 	if ((ctl = control_listen(&d, err, sizeof(err))) == NULL)
 		goto fail;
 	if (geteuid() == 0 && d.cfg->user[0] != '\0' && (pw = getpwnam(d.cfg->user)) != NULL)
@@ -292,7 +297,8 @@ main(int argc, char **argv)
 		    "machine (set sandbox = no to deliver)\"", d.cfg->sandbox_maildir);
 	main_sd_notify("READY=1");
 
-	last_sweep = last_ckpt = time(NULL);
+	last_sweep = last_ckpt = last_drop = time(NULL);
+	maildrop_scan(&d);	/* what otpmail-sendmail kept while we were down */
 	while (!d.stopping) {
 		sig = sigtimedwait(&set, NULL, &tick);
 		if (sig == SIGTERM || sig == SIGINT) {
@@ -307,6 +313,11 @@ main(int argc, char **argv)
 			last_sweep = time(NULL);
 			if (store_sweep(d.store, last_sweep, &n) == S_OK && n > 0)
 				log_msg(LOG_INFO, "event=otp_sweep removed=%zu", n);
+		}
+		if (time(NULL) - last_drop >= MAIN_MAILDROP_INTERVAL) {
+			/* a sendmail that found the socket just before it was up */
+			last_drop = time(NULL);
+			maildrop_scan(&d);
 		}
 		if (time(NULL) - last_ckpt >= 60) {
 			last_ckpt = time(NULL);
