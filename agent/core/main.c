@@ -22,6 +22,7 @@
 #include "agent/delivery/delivery.h"
 #include "agent/core/log.h"
 #include "agent/delivery/mx.h"
+#include "agent/core/metrics_http.h"
 #include "agent/mail/maildrop.h"
 #include "agent/mail/otp_mail.h"
 #include "agent/core/otpmaild.h"
@@ -175,6 +176,7 @@ main(int argc, char **argv)
 	struct store_params sp;
 	struct queue_params qp;
 	struct control *ctl = NULL;
+	struct metrics_http *mhttp = NULL;
 	struct timespec tick = { 1, 0 };
 	const char *path = getenv("OTPMAIL_CONFIG");
 	char err[1024], *spool;
@@ -280,6 +282,9 @@ main(int argc, char **argv)
 		goto fail;
 	if (geteuid() == 0 && d.cfg->user[0] != '\0' && (pw = getpwnam(d.cfg->user)) != NULL)
 		(void)!chown(d.cfg->control_socket, pw->pw_uid, (gid_t)-1);
+	if (d.cfg->metrics_listen[0] != '\0' &&
+	    (mhttp = metrics_http_listen(d.cfg->metrics_listen, err, sizeof(err))) == NULL)
+		goto fail;
 	if (privs_drop(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
 	/* Delivery (and its resolver) first: once the socket answers, clients
@@ -287,6 +292,8 @@ main(int argc, char **argv)
 	if ((d.delivery = delivery_start(&d, err, sizeof(err))) == NULL)
 		goto fail;
 	if (control_run(ctl, err, sizeof(err)) == -1)
+		goto fail;
+	if (mhttp != NULL && metrics_http_start(mhttp, &d, err, sizeof(err)) == -1)
 		goto fail;
 
 	log_msg(LOG_INFO, "event=started version=%s state_dir=%s socket=%s mode=%s uid=%u",
@@ -325,6 +332,8 @@ main(int argc, char **argv)
 		}
 	}
 	main_sd_notify("STOPPING=1");
+	metrics_http_stop(mhttp);
+	mhttp = NULL;
 	control_stop(ctl);
 	ctl = NULL;
 	delivery_stop(d.delivery);
@@ -337,6 +346,7 @@ fail:
 	if (foreground && !d.cfg->log_stderr)
 		fprintf(stderr, "otpmaild: %s\n", err);
 out:
+	metrics_http_stop(mhttp);
 	control_stop(ctl);
 	if (d.delivery)
 		delivery_stop(d.delivery);

@@ -110,9 +110,11 @@ with Daemon() as d:
 
     # pip install of the package (offline: no build isolation)
     target = os.path.join(tmp, "site")
+    src = os.path.join(tmp, "python-src")     # pip builds in place: not in the source tree
+    shutil.copytree(os.path.join(TOP_SRCDIR, "clients", "python"), src,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     p = subprocess.run(["/usr/bin/python3", "-m", "pip", "install", "-q", "--no-index",
-                        "--no-build-isolation", "--target", target,
-                        os.path.join(TOP_SRCDIR, "clients", "python")],
+                        "--no-build-isolation", "--target", target, src],
                        capture_output=True, text=True, timeout=120,
                        cwd=tmp, env=dict(os.environ, PIP_NO_CACHE_DIR="1"))
     t.ok(p.returncode == 0 and os.path.exists(os.path.join(target, "otpmail", "__init__.py")),
