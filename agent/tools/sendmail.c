@@ -550,6 +550,10 @@ sm_send(const struct sm_env *e, int argc, char **argv, int tflag, int iflag,
 			rc = EX_TEMPFAIL;
 		else
 			rc = EX_DATAERR;
+		if (rc == EX_DATAERR && strchr(e->origin, '.') == NULL)
+			fprintf(stderr, "otpmail-sendmail: hint: unqualified addresses get "
+			    "\"@%s\", which is not a domain: set origin_domain (or hostname) "
+			    "in the configuration\n", e->origin);
 	}
 	json_decref(ans);
 	return rc;

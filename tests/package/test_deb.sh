@@ -13,7 +13,7 @@ ok() { n=$((n + 1)); if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not o
 check() { desc=$1; shift; if "$@" >/dev/null 2>&1; then ok 0 "$desc"; else ok 1 "$desc"; fi; }
 
 deb=$(ls "$dir"/otpmail_*.deb | head -1)
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$deb" \
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "$deb" \
     >/tmp/otpmail-deb-install.log 2>&1
 ok $? "apt install ./$(basename "$deb")"
 check "otpmail system user" getent passwd otpmail
@@ -45,7 +45,7 @@ while [ $i -lt 100 ] && ! otpmailctl -s /var/lib/otpmail/control.sock ping >/dev
 	sleep 0.1; i=$((i + 1))
 done
 check "otpmailctl ping" otpmailctl -s /var/lib/otpmail/control.sock ping
-printf 'Subject: package test\n\nhello\n' | OTPMAIL_SOCKET= otpmail-sendmail -i root@example.org
+printf 'Subject: package test\n\nhello\n' | OTPMAIL_SOCKET= otpmail-sendmail -i -f app@example.com root@example.org
 ok $? "otpmail-sendmail submits through the packaged daemon"
 check "otpmailctl --version" otpmailctl --version
 if [ -d /run/systemd/system ]; then
@@ -55,11 +55,11 @@ else
 fi
 ok $? "otpmaild stops cleanly"
 
-DEBIAN_FRONTEND=noninteractive apt-get remove -y -q otpmail >/tmp/otpmail-deb-remove.log 2>&1
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 remove -y -q otpmail >/tmp/otpmail-deb-remove.log 2>&1
 ok $? "apt remove otpmail"
 check "binaries gone after remove" sh -c '! test -e /usr/sbin/otpmaild'
 check "conffile kept after remove" test -f /etc/otpmail/otpmail.conf
-DEBIAN_FRONTEND=noninteractive apt-get purge -y -q otpmail >/tmp/otpmail-deb-purge.log 2>&1
+DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 purge -y -q otpmail >/tmp/otpmail-deb-purge.log 2>&1
 ok $? "apt purge otpmail"
 check "conffile gone after purge" sh -c '! test -e /etc/otpmail/otpmail.conf'
 check "state directory gone after purge" sh -c '! test -e /var/lib/otpmail'
