@@ -64,5 +64,18 @@ ok $? "apt purge otpmail"
 check "conffile gone after purge" sh -c '! test -e /etc/otpmail/otpmail.conf'
 check "state directory gone after purge" sh -c '! test -e /var/lib/otpmail'
 check "package gone" sh -c '! dpkg -s otpmail'
+# otpmail-mta is not installed for real (it replaces the MTA other tests
+# use): its links, and what apt would do, are checked instead.
+mta=$(ls "$dir"/otpmail-mta_*.deb | head -1)
+check "otpmail-mta links /usr/sbin/sendmail, mailq, newaliases" sh -c \
+    "dpkg -c '$mta' | grep -q './usr/sbin/sendmail -> otpmail-sendmail' &&
+     dpkg -c '$mta' | grep -q './usr/bin/mailq -> ../sbin/otpmail-sendmail' &&
+     dpkg -c '$mta' | grep -q './usr/bin/newaliases -> ../sbin/otpmail-sendmail'"
+check "otpmail-mta provides mail-transport-agent" sh -c \
+    "dpkg-deb -f '$mta' Provides Conflicts | grep -c mail-transport-agent | grep -q 2"
+if dpkg -s postfix >/dev/null 2>&1; then
+	check "installing otpmail-mta would replace postfix (simulated)" sh -c \
+	    "apt-get -s install '$deb' '$mta' 2>&1 | grep -q '^Remv postfix'"
+fi
 echo "1..$n"
 [ "$failed" -eq 0 ]
