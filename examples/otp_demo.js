@@ -2,6 +2,9 @@
 // otp_demo.js - issue a one-time code, read it from the sandbox, verify it.
 //     node otp_demo.js [socket] [address]
 // No dependencies; the daemon must run in sandbox mode (the default).
+// Run it as often as you like: it reads the mail of the code it just asked
+// for.  The client library (clients/node) does the socket part for you:
+//     new (require("otpmail").Client)().otpIssue(ADDR, { purpose: "login" })
 "use strict";
 const net = require("net");
 const SOCK = process.argv[2] || "otpmail-state/control.sock";
@@ -24,14 +27,23 @@ function otpmail(req) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 (async () => {
-  const issued = await otpmail({ op: "otp.issue", to: ADDR, purpose: "login" });
+  let issued = await otpmail({ op: "otp.issue", to: ADDR, purpose: "login" });
+  if (!issued.ok && issued.error === "rate_limited") {
+    // a second run within the resend cooldown: wait as the daemon says
+    console.log(`rate limited (${issued.limit}), retrying in ${issued.retry_after}s`);
+    await sleep(issued.retry_after * 1000);
+    issued = await otpmail({ op: "otp.issue", to: ADDR, purpose: "login" });
+  }
   if (!issued.ok) throw new Error(`issue refused: ${issued.error} (${issued.detail})`);
   console.log(`code mailed, queue id ${issued.id}, valid ${issued.ttl}s`);
 
-  let code = null; // the sandbox Maildir stands in for the person's inbox
+  // The sandbox Maildir stands in for the person's inbox.  The mail to read
+  // is the one just queued: its file name holds the queue id (an earlier
+  // run's mail to the same address carries a code that is used up).
+  let code = null;
   for (let i = 0; i < 100 && !code; i++) {
-    const list = await otpmail({ op: "sandbox.list" });
-    const mine = (list.messages || []).filter((m) => (m.to || "").includes(ADDR));
+    const list = await otpmail({ op: "sandbox.list", limit: 1000 });
+    const mine = (list.messages || []).filter((m) => m.file.includes(issued.id));
     if (mine.length) {
       const msg = await otpmail({ op: "sandbox.show", file: mine[0].file });
       const m = /^ {4}([0-9A-Z]{4,12})\r?$/m.exec(msg.text);

@@ -3,6 +3,9 @@
 
     python3 otp_demo.py [socket] [address]
 Standard library only; the daemon must run in sandbox mode (the default).
+Run it as often as you like: it reads the mail of the code it just asked
+for.  The client library (clients/python) does the socket part for you:
+    import otpmail; otpmail.Client().otp_issue(ADDR, purpose="login")
 """
 import json, re, socket, sys, time
 
@@ -25,15 +28,22 @@ def otpmail(req):
 
 
 issued = otpmail({"op": "otp.issue", "to": ADDR, "purpose": "login"})
+if not issued["ok"] and issued["error"] == "rate_limited":
+    # a second run within the resend cooldown: wait as the daemon says
+    print("rate limited (%s), retrying in %ds" % (issued.get("limit"), issued["retry_after"]))
+    time.sleep(issued["retry_after"])
+    issued = otpmail({"op": "otp.issue", "to": ADDR, "purpose": "login"})
 if not issued["ok"]:
     sys.exit("issue refused: %s (%s)" % (issued["error"], issued["detail"]))
 print("code mailed, queue id %s, valid %ds" % (issued["id"], issued["ttl"]))
 
-# The sandbox Maildir stands in for the person's inbox.
+# The sandbox Maildir stands in for the person's inbox.  The mail to read is
+# the one just queued: its file name holds the queue id (an earlier run's
+# mail to the same address carries a code that is used up).
 code = None
 for _ in range(100):
-    msgs = otpmail({"op": "sandbox.list"}).get("messages", [])
-    mine = [m for m in msgs if ADDR in m.get("to", "")]
+    msgs = otpmail({"op": "sandbox.list", "limit": 1000}).get("messages", [])
+    mine = [m for m in msgs if issued["id"] in m["file"]]
     if mine:
         text = otpmail({"op": "sandbox.show", "file": mine[0]["file"]})["text"]
         m = re.search(r"^ {4}([0-9A-Z]{4,12})\r?$", text, re.M)

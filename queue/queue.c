@@ -23,6 +23,7 @@ struct qmsg {
 	struct q_envelope env;
 	int		 leased;	/* handed to a worker */
 	int		 deleted;	/* deleted while leased: drop at release */
+	time_t		 flushed_from;	/* next_attempt before an admin's flush, 0 none */
 	unsigned	 gen;		/* bumped by every change to env */
 	struct sched_node run;		/* in run[class] when due-able */
 	struct sched_node timer;	/* expiry, or purge when finished */
@@ -817,7 +818,7 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 	size_t i, pending = 0, elen = 0;
 	unsigned gen0;
 	char *text;
-	time_t now;
+	time_t now, flushed;
 	int need_dsn = 0, durable;
 
 	if (env == NULL)
@@ -829,6 +830,10 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 		return Q_NOTFOUND;
 	}
 	now = q_now(q);
+	/* an admin's flush is an extra try: a deferral then neither counts as
+	 * a failed attempt nor moves the retry schedule on */
+	flushed = m->flushed_from;
+	m->flushed_from = 0;
 	for (i = 0; env->nrcpt == m->env.nrcpt && i < m->env.nrcpt; i++) {
 		o = &m->env.rcpts[i];
 		r = &env->rcpts[i];
@@ -837,7 +842,8 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 		if (r->state == Q_RCPT_PENDING)
 			continue;	/* not tried this time */
 		o->state = r->state;
-		o->attempts++;
+		if (!(flushed && (r->state == Q_RCPT_DEFERRED || r->state == Q_RCPT_PENDING)))
+			o->attempts++;
 		o->last_attempt = r->last_attempt > 0 ? r->last_attempt : now;
 		if (r->reply != NULL) {
 			free(o->reply);
@@ -850,7 +856,6 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 		default:		o->state = Q_RCPT_DEFERRED; q->deferred++; break;
 		}
 	}
-	m->env.attempts++;
 	if (env->last_error != NULL) {
 		free(m->env.last_error);
 		m->env.last_error = q_strndup_cap(env->last_error, QUEUE_REPLY_MAX);
@@ -862,8 +867,12 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 		if (m->env.rcpts[i].state == Q_RCPT_PENDING ||
 		    m->env.rcpts[i].state == Q_RCPT_DEFERRED)
 			pending++;
+	if (!flushed || pending == 0)
+		m->env.attempts++;
 	if (pending > 0 && now >= m->env.expires)
 		need_dsn = q_expire_locked(q, m, now);
+	else if (pending > 0 && flushed > now)
+		m->env.next_attempt = flushed;	/* back on the schedule it had */
 	else if (pending > 0) {
 		m->env.next_attempt = now + sched_backoff(&q->p.klass[m->env.klass],
 		    m->env.attempts, sched_random());
@@ -1090,6 +1099,8 @@ q_match(const struct qmsg *m, const struct q_filter *f)
 		return 0;
 	if (f->state >= 0 && (int)q_state(m) != f->state)
 		return 0;
+	if (f->state == Q_FILTER_PENDING && q_state(m) == Q_MSG_DONE)
+		return 0;
 	if (f->klass >= 0 && (int)m->env.klass != f->klass)
 		return 0;
 	if (f->sender != NULL && strcasecmp(m->env.sender, f->sender) != 0)
@@ -1294,6 +1305,7 @@ queue_flush(struct queue *q, const char *id, const char *domain, size_t *count)
 			return Q_NOTFOUND;
 		}
 		if (!m->env.finished && !m->env.held && !m->leased && m->env.next_attempt > now) {
+			m->flushed_from = m->env.next_attempt;
 			m->env.next_attempt = now;
 			q_schedule(q, m);
 		}
@@ -1304,6 +1316,7 @@ queue_flush(struct queue *q, const char *id, const char *domain, size_t *count)
 				if (m->env.finished || m->env.held || m->leased || !q_match(m, &f))
 					continue;
 				if (m->env.next_attempt > now) {
+					m->flushed_from = m->env.next_attempt;
 					m->env.next_attempt = now;
 					q_schedule(q, m);
 				}

@@ -154,8 +154,9 @@ void		 queue_shutdown(struct queue *);
 
 /* Status and admin operations. */
 enum q_status	 queue_get(struct queue *, const char *id, struct q_envelope **);
+#define Q_FILTER_PENDING	(-2)	/* every state but done */
 struct q_filter {
-	int		 state;		/* -1 any, else enum q_msg_state */
+	int		 state;		/* -1 any, Q_FILTER_PENDING, else enum q_msg_state */
 	int		 klass;		/* -1 any */
 	const char	*domain;	/* recipient domain, NULL any */
 	const char	*sender;	/* NULL any */

@@ -447,6 +447,10 @@ done:
 	metrics_request(op != NULL ? op->name : "invalid",
 	    json_is_true(json_object_get(reply, "ok")) ? "ok" :
 	    json_string_value(json_object_get(reply, "error")) ?: "error");
+	metrics_otp(op != NULL ? op->name : "invalid",
+	    json_is_true(json_object_get(reply, "ok")) ? "ok" :
+	    json_string_value(json_object_get(reply, "error")) ?: "error",
+	    json_string_value(json_object_get(reply, "limit")));
 	if (id != NULL)
 		json_object_set(reply, "req_id", id);
 	json_decref(req);

@@ -482,10 +482,13 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 		err = reply_bad_field("class", "class must be \"default\" or \"otp\"");
 		goto fail;
 	}
-	if (opq_from(d, from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr),
+	/* the null sender (sendmail -f '<>'): a raw message has its own From */
+	if (strcmp(from, "<>") == 0 && raw != NULL)
+		fromaddr[0] = fromhdr[0] = '\0';
+	else if (opq_from(d, from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr),
 	    &err) == -1)
 		goto fail;
-	if (!config_app_sender_ok(appc, fromaddr)) {
+	if (fromaddr[0] != '\0' && !config_app_sender_ok(appc, fromaddr)) {
 		err = reply_error("forbidden", "app %s may not send as %s (its senders=)",
 		    app, fromaddr);
 		json_object_set_new(err, "field", json_string("from"));
@@ -695,9 +698,11 @@ op_queue_list(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	    req_int(req, "younger_than", 0, 0, 100L * 365 * 86400, &younger, &err) == -1 ||
 	    req_int(req, "limit", 0, 1, OPQ_LIST_MAX, &limit, &err) == -1)
 		return err;
-	if (state != NULL && (f.state = q_msg_state_parse(state)) < 0)
-		return reply_bad_field("state", "state is one of queued, delivering, "
-		    "deferred, held, done");
+	if (state != NULL && strcmp(state, "pending") == 0)
+		f.state = Q_FILTER_PENDING;	/* what mailq shows: all but done */
+	else if (state != NULL && (f.state = q_msg_state_parse(state)) < 0)
+		return reply_bad_field("state", "state is one of pending, queued, "
+		    "delivering, deferred, held, done");
 	if (cls != NULL && (f.klass = q_class_parse(cls)) < 0)
 		return reply_bad_field("class", "class is \"otp\" or \"default\"");
 	f.domain = domain;
@@ -785,6 +790,23 @@ op_queue_show(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 
 /* --- hold / release / delete / flush --------------------------------- */
 
+/* 1 (and the id and its final state added to fin) if the message is done. */
+static int
+opq_finished(struct otpmaild *d, const char *id, json_t *fin)
+{
+	struct q_envelope *e = NULL;
+	int done;
+
+	if (queue_get(d->queue, id, &e) != Q_OK)
+		return 0;
+	done = e->state == Q_MSG_DONE;
+	if (done)
+		json_array_append_new(fin, json_pack("{s:s, s:s}", "id", e->id,
+		    "state", opq_public_state(e)));
+	q_envelope_free(e);
+	return done;
+}
+
 static json_t *
 opq_ids_action(struct otpmaild *d, const struct ctl_peer *peer, json_t *req,
     enum opq_action act)
@@ -792,7 +814,7 @@ opq_ids_action(struct otpmaild *d, const struct ctl_peer *peer, json_t *req,
 	static const char *const names[] = { "queue.hold", "queue.release", "queue.delete",
 	    "queue.flush" };
 	const char **ids = NULL, *domain = NULL;
-	json_t *err = NULL, *nf, *r;
+	json_t *err = NULL, *nf, *fin, *r;
 	size_t n = 0, i, done = 0, cnt;
 	enum q_status st;
 	int all = 0;
@@ -823,7 +845,10 @@ opq_ids_action(struct otpmaild *d, const struct ctl_peer *peer, json_t *req,
 		return reply_bad_field("ids", "missing field \"ids\" (or \"id\")");
 	}
 	nf = json_array();
+	fin = json_array();
 	for (i = 0; i < n; i++) {
+		if ((act == OPQ_HOLD || act == OPQ_RELEASE) && opq_finished(d, ids[i], fin))
+			continue;
 		switch (act) {
 		case OPQ_HOLD:		st = queue_hold(d->queue, ids[i]); break;
 		case OPQ_RELEASE:	st = queue_unhold(d->queue, ids[i]); break;
@@ -844,8 +869,22 @@ opq_ids_action(struct otpmaild *d, const struct ctl_peer *peer, json_t *req,
 			return r;
 		}
 	}
+	if (done == 0 && json_array_size(fin) > 0 && json_array_size(nf) == 0) {
+		/* "hold" on a delivered message: say so, it is not an error of ids */
+		json_t *f0 = json_array_get(fin, 0);
+		r = reply_error("already_finished", "message %s is already %s%s",
+		    json_string_value(json_object_get(f0, "id")),
+		    json_string_value(json_object_get(f0, "state")),
+		    json_array_size(fin) > 1 ? " (and so are the others)" : "");
+		json_object_set(r, "finished", fin);
+		json_decref(nf);
+		json_decref(fin);
+		free(ids);
+		return r;
+	}
 	if (done == 0) {
 		json_decref(nf);
+		json_decref(fin);
 		r = n == 1 ? opq_status_error(Q_NOTFOUND, ids[0]) :
 		    reply_error("not_found", "none of the %zu ids is in the queue", n);
 		free(ids);
@@ -857,6 +896,10 @@ opq_ids_action(struct otpmaild *d, const struct ctl_peer *peer, json_t *req,
 		json_object_set_new(r, "not_found", nf);
 	else
 		json_decref(nf);
+	if (json_array_size(fin) > 0)
+		json_object_set_new(r, "finished", fin);
+	else
+		json_decref(fin);
 	return r;
 }
 

@@ -83,6 +83,9 @@ static const struct cfg_key config_table[] = {
 	BOOL(sandbox, "yes"),
 	STR(sandbox_maildir, ""),
 	STR(hostname, ""),
+	STR(origin_domain, ""),
+	STR(aliases_file, "/etc/aliases"),
+	STR(metrics_listen, ""),
 	BOOL(log_stderr, "yes"),
 	BOOL(log_syslog, "no"),
 	ENUM(log_level, "info", "debug|info|warning|error"),
@@ -892,6 +895,23 @@ cfg_finish(struct config *c, const int *lines, int *errline, char *err, size_t e
 		}
 		free(c->hostname);
 		c->hostname = cfg_strdup(host);
+	}
+	if (c->metrics_listen[0] != '\0') {
+		char *host = NULL;
+		int port = 0;
+		if (cfg_hostport(c->metrics_listen, &host, &port, 0, err, errlen) == -1)
+			return -1;
+		free(host);
+		if (port == 0) {
+			snprintf(err, errlen, "metrics_listen: give host:port, e.g. "
+			    "127.0.0.1:9425");
+			return -1;
+		}
+	}
+	if (c->origin_domain[0] != '\0' && !cfg_domain_ok(c->origin_domain)) {
+		snprintf(err, errlen, "origin_domain: \"%s\" is not a domain name",
+		    c->origin_domain);
+		return -1;
 	}
 	if (c->otp_from[0] == '\0') {
 		free(c->otp_from);

@@ -61,6 +61,9 @@ struct config {
 	int		 sandbox;
 	char		*sandbox_maildir;	/* "" = <state_dir>/sandbox */
 	char		*hostname;		/* "" = the machine's FQDN */
+	char		*origin_domain;		/* otpmail-sendmail: "" = hostname */
+	char		*aliases_file;		/* otpmail-sendmail's aliases */
+	char		*metrics_listen;	/* "host:port" of the HTTP scrape endpoint, "" off */
 	int		 log_stderr;
 	int		 log_syslog;
 	char		*log_level;		/* debug|info|warning|error */

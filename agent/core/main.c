@@ -22,11 +22,14 @@
 #include "agent/delivery/delivery.h"
 #include "agent/core/log.h"
 #include "agent/mail/mail.h"
+#include "agent/core/metrics_http.h"
 #include "agent/core/otpmaild.h"
 #include "agent/core/privs.h"
 #include "dkim/dkim_sign.h"
 #include "queue/queue.h"
 #include "store/store.h"
+
+#define MAIN_MAILDROP_INTERVAL	5	/* seconds between maildrop scans */
 
 struct otpmaild *otpmaild_ctx;
 
@@ -183,11 +186,12 @@ main(int argc, char **argv)
 	struct store_params sp;
 	struct queue_params qp;
 	struct control *ctl = NULL;
+	struct metrics_http *mhttp = NULL;
 	struct timespec tick = { 1, 0 };
 	const char *path = getenv("OTPMAIL_CONFIG");
 	char err[1024], *spool;
 	int ch, foreground = 0, check = 0, lockfd, sig, rc = 1;
-	time_t last_sweep, last_ckpt;
+	time_t last_sweep, last_ckpt, last_drop;
 	sigset_t set;
 	struct passwd *pw;
 
@@ -287,10 +291,15 @@ main(int argc, char **argv)
 		goto fail;
 	if (privs_chown_state(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
+	if (maildrop_init(d.cfg, err, sizeof(err)) == -1)
+		goto fail;
 	if ((ctl = control_listen(&d, err, sizeof(err))) == NULL)
 		goto fail;
 	if (geteuid() == 0 && d.cfg->user[0] != '\0' && (pw = getpwnam(d.cfg->user)) != NULL)
 		(void)!chown(d.cfg->control_socket, pw->pw_uid, (gid_t)-1);
+	if (d.cfg->metrics_listen[0] != '\0' &&
+	    (mhttp = metrics_http_listen(d.cfg->metrics_listen, err, sizeof(err))) == NULL)
+		goto fail;
 	if (privs_drop(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
 	/* Delivery (and its resolver) first: once the socket answers, clients
@@ -298,6 +307,8 @@ main(int argc, char **argv)
 	if ((d.delivery = delivery_start(&d, err, sizeof(err))) == NULL)
 		goto fail;
 	if (control_run(ctl, err, sizeof(err)) == -1)
+		goto fail;
+	if (mhttp != NULL && metrics_http_start(mhttp, &d, err, sizeof(err)) == -1)
 		goto fail;
 
 	log_msg(LOG_INFO, "event=started version=%s state_dir=%s socket=%s mode=%s uid=%u",
@@ -308,7 +319,8 @@ main(int argc, char **argv)
 		    "machine (set sandbox = no to deliver)\"", d.cfg->sandbox_maildir);
 	main_sd_notify("READY=1");
 
-	last_sweep = last_ckpt = time(NULL);
+	last_sweep = last_ckpt = last_drop = time(NULL);
+	maildrop_scan(&d);	/* what otpmail-sendmail kept while we were down */
 	while (!d.stopping) {
 		sig = sigtimedwait(&set, NULL, &tick);
 		if (sig == SIGTERM || sig == SIGINT) {
@@ -324,12 +336,19 @@ main(int argc, char **argv)
 			if (store_sweep(d.store, last_sweep, &n) == S_OK && n > 0)
 				log_msg(LOG_INFO, "event=otp_sweep removed=%zu", n);
 		}
+		if (time(NULL) - last_drop >= MAIN_MAILDROP_INTERVAL) {
+			/* a sendmail that found the socket just before it was up */
+			last_drop = time(NULL);
+			maildrop_scan(&d);
+		}
 		if (time(NULL) - last_ckpt >= 60) {
 			last_ckpt = time(NULL);
 			store_checkpoint(d.store);
 		}
 	}
 	main_sd_notify("STOPPING=1");
+	metrics_http_stop(mhttp);
+	mhttp = NULL;
 	control_stop(ctl);
 	ctl = NULL;
 	delivery_stop(d.delivery);
@@ -342,6 +361,7 @@ fail:
 	if (foreground && !d.cfg->log_stderr)
 		fprintf(stderr, "otpmaild: %s\n", err);
 out:
+	metrics_http_stop(mhttp);
 	control_stop(ctl);
 	if (d.delivery)
 		delivery_stop(d.delivery);

@@ -10,13 +10,16 @@ struct buf;
 
 /* One answered request: result is "ok" or the error code. */
 void	metrics_request(const char *op, const char *result);
+/* The OTP view of an answered request: codes issued, verifications by
+ * result, lock-outs, rate limits by name (limit may be NULL). */
+void	metrics_otp(const char *op, const char *result, const char *limit);
 /* One recipient's attempt: result delivered|deferred|failed|expired; reply
  * gives the reason (its enhanced status code, e.g. 4.4.1). */
 void	metrics_delivery(const char *klass, const char *result, const char *reply);
 /* Seconds from submission to a 2xx, per recipient. */
 void	metrics_delivery_latency(double seconds);
 void	metrics_dkim_sign(double seconds);
-/* Appends the exposition of everything above. */
+/* Appends the exposition of everything above, and the process_* metrics. */
 void	metrics_render(struct buf *);
 
 #endif

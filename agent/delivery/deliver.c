@@ -323,7 +323,7 @@ delivery_count(const struct q_envelope *env, const struct q_rcpt *r)
 static void
 delivery_message(struct delivery *dl, struct q_envelope *env)
 {
-	char domain[ADDR_DOMAIN_MAX + 1], *data = NULL, *summary = NULL;
+	char domain[ADDR_DOMAIN_MAX + 1], *data = NULL, *summary = NULL, *fsummary = NULL;
 	size_t i, j, n, len = 0, *idx = NULL;
 	char **doms = NULL, *was_open;
 	size_t ndoms = 0, nopen;
@@ -391,11 +391,15 @@ release:
 			    "4.3.0 delivery interrupted");
 		if (env->rcpts[i].state == Q_RCPT_DEFERRED && summary == NULL)
 			summary = env->rcpts[i].reply;
+		if (env->rcpts[i].state == Q_RCPT_FAILED && fsummary == NULL)
+			fsummary = env->rcpts[i].reply;	/* a 5xx shows too */
 		/* every recipient open at lease time was tried (or deferred) now */
 		if (i < nopen && was_open[i])
 			delivery_count(env, &env->rcpts[i]);
 	}
 	free(was_open);
+	if (summary == NULL)
+		summary = fsummary;
 	if (summary != NULL) {
 		char *dup = strdup(summary);
 

@@ -17,5 +17,6 @@
 #include "agent/mail/message.h"
 #include "agent/mail/otp_mail.h"
 #include "agent/mail/submit.h"
+#include "agent/mail/maildrop.h"
 
 #endif

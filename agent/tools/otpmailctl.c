@@ -25,6 +25,15 @@
 #define EX_UNREACHABLE	3
 #define EX_FORBIDDEN	4
 
+#define CTL_BULK_MAX	1000	/* ids per request (the daemon's cap) */
+#define CTL_BULK_OPTS \
+	"--state S\tpending (default) | queued | deferred | held | done\n" \
+	"--domain D\ta recipient domain\n--class C\totp | default\n" \
+	"--sender S\tthe envelope sender\n--older-than SECS\tcreated before now-SECS\n" \
+	"--younger-than SECS\tcreated after now-SECS\n" \
+	"--all\tevery pending message (no other filter needed)\n" \
+	"--yes\tgo ahead when more than one message matches\n"
+
 typedef void (*ctl_fmt)(json_t *);
 
 struct cmd {
@@ -64,13 +73,16 @@ static const struct cmd cmds[] = {
 	{ "send", "mail.send", "to...", "", "", fmt_generic,
 	    "<to>... --from F --subject S (--text T | --raw-file FILE) [--html H]" },
 	{ "status", "message.status", "id", "", "", fmt_generic, "<queue id>" },
-	{ "queue list", "queue.list", "", "older_than younger_than limit", "", fmt_queue_list,
-	    "[--state S] [--class C] [--domain D] [--sender S] [--older-than SECS] "
+	{ "queue list", "queue.list", "", "older_than younger_than limit", "all", fmt_queue_list,
+	    "[--all | --state S] [--class C] [--domain D] [--sender S] [--older-than SECS] "
 	    "[--younger-than SECS] [--after ID] [--limit N]" },
 	{ "queue show", "queue.show", "id", "", "body", fmt_generic, "<id> [--body]" },
-	{ "queue hold", "queue.hold", "ids...", "", "", fmt_generic, "<id>..." },
-	{ "queue release", "queue.release", "ids...", "", "", fmt_generic, "<id>..." },
-	{ "queue delete", "queue.delete", "ids...", "", "", fmt_generic, "<id>..." },
+	{ "queue hold", "queue.hold", "ids...", "older_than younger_than", "all", fmt_generic,
+	    "<id>... | --all | [--state S] [--domain D] ... [--yes]" },
+	{ "queue release", "queue.release", "ids...", "older_than younger_than", "all",
+	    fmt_generic, "<id>... | --all | [--state S] [--domain D] ... [--yes]" },
+	{ "queue delete", "queue.delete", "ids...", "older_than younger_than", "all",
+	    fmt_generic, "<id>... | --all | [--state S] [--domain D] ... [--yes]" },
 	{ "queue flush", "queue.flush", "ids...", "", "all", fmt_generic,
 	    "[<id>...] [--domain D] [--all]" },
 	{ "queue pause", "queue.pause", "", "", "", fmt_generic, "pause all delivery" },
@@ -90,16 +102,88 @@ static const struct cmd cmds[] = {
 	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL }
 };
 
+/* What --help after a command prints: a description and each option. */
+struct cmd_doc {
+	const char	*words;
+	const char	*desc;
+	const char	*opts;		/* "--opt VALUE\tdescription\n" lines */
+};
+
+static const struct cmd_doc cmd_docs[] = {
+	{ "ping", "Checks that otpmaild answers on the socket (anyone may).", "" },
+	{ "version", "Prints the daemon's version and uptime.", "" },
+	{ "help", "Lists the operations this user may call.", "" },
+	{ "config show", "Prints the running daemon's effective configuration (admin).", "" },
+	{ "otp issue", "Mails a one-time code to <to>; prints the queue id and when it expires.",
+	    "--purpose P\twhat the code is for (login, reset, ...; default login)\n"
+	    "--context C\tan opaque value the code is bound to (a session id)\n"
+	    "--locale L\ttemplate language (en, de, fr; default from the config)\n"
+	    "--app NAME\tthe application name shown in the mail\n"
+	    "--ttl SECS\tvalidity in seconds (default otp_ttl)\n" },
+	{ "otp verify", "Checks <code> for <to>; exit 0 if right, 1 otherwise (the error says "
+	    "invalid_code, expired, locked or not_found).",
+	    "--purpose P\tas issued\n--context C\tas issued\n" },
+	{ "otp revoke", "Kills every outstanding code of <to> for a purpose.",
+	    "--purpose P\tdefault login\n" },
+	{ "otp unlock", "Lifts the lock-out of <to> after too many failures (admin).",
+	    "--purpose P\tdefault login\n" },
+	{ "send", "Queues a message to each <to>.",
+	    "--from F\tsender address, or \"Name <address>\"\n--subject S\tsubject\n"
+	    "--text T\tplain-text body\n--html H\tHTML alternative\n"
+	    "--raw-file FILE\ta whole RFC 5322 message instead (- = stdin)\n"
+	    "--class C\tdefault | otp\n" },
+	{ "status", "What an app sees of its message: state and each recipient's.", "" },
+	{ "queue list", "Lists the messages still in the queue (all but finished ones, like "
+	    "mailq), oldest first; AGE and NEXT are relative to now.",
+	    "--all\talso the finished ones (delivered, failed, expired)\n"
+	    "--state S\tpending | queued | delivering | deferred | held | done\n"
+	    "--class C\totp | default\n--domain D\ta recipient domain\n"
+	    "--sender S\tthe envelope sender\n--older-than SECS\tcreated before now-SECS\n"
+	    "--younger-than SECS\tcreated after now-SECS\n"
+	    "--after ID\tthe next page after this id\n--limit N\tpage size (default 100)\n" },
+	{ "queue show", "Everything about one message: envelope, recipients and their last "
+	    "replies, flags.", "--body\talso the message as queued\n" },
+	{ "queue hold", "Holds messages (no delivery until released): the given ids, or every "
+	    "pending message matching the filters.", CTL_BULK_OPTS },
+	{ "queue release", "Releases held messages: ids, or by filter (default state held).",
+	    CTL_BULK_OPTS },
+	{ "queue delete", "Deletes messages without a bounce: ids, or by filter.", CTL_BULK_OPTS },
+	{ "queue flush", "Retries now: ids, a domain, or all.  An extra try: if it defers, "
+	    "the message keeps its retry schedule and attempt count.",
+	    "--domain D\tevery message with a recipient there\n--all\tevery queued message\n" },
+	{ "queue pause", "Pauses all delivery (submissions are still queued).", "" },
+	{ "queue resume", "Resumes delivery.", "" },
+	{ "stats", "Queue counts by state and class, delivery totals since start.", "" },
+	{ "tail", "Follows the daemon's events (deliveries, deferrals, OTP) until Ctrl-C.", "" },
+	{ "metrics", "The Prometheus text exposition.", "" },
+	{ "dkim records", "The DNS records to publish: DKIM TXT, SPF and DMARC suggestions.", "" },
+	{ "dkim keygen", "Makes a DKIM key (mode 0600) and prints its DNS record and "
+	    "the dkim_key line for otpmail.conf.",
+	    "--domain D\tsigning domain\n--selector S\tDNS selector\n"
+	    "--algorithm A\trsa | ed25519\n--bits N\tRSA size (2048 default)\n"
+	    "--file F\twhere to write the key\n" },
+	{ "dkim check", "Compares the published DKIM records with the keys in use.",
+	    "--domain D\tonly this domain\n" },
+	{ "sandbox list", "Messages in the sandbox Maildir (sandbox mode).",
+	    "--limit N\tat most N\n" },
+	{ "sandbox show", "One message from the sandbox Maildir.",
+	    "--latest\tthe newest one\n" },
+	{ NULL, NULL, NULL }
+};
+
 static int json_out;
 static int use_colour;	/* only on a terminal, never with NO_COLOR */
+static int assume_yes;	/* --yes: bulk operations on more than one message */
+static int list_all;	/* queue list --all */
 
 static void
 usage(FILE *f)
 {
 	const struct cmd *c;
 
-	fprintf(f, "usage: otpmailctl [-s socket] [--json] [--watch SECS] <command> [args]\n"
-	    "       otpmailctl [-s socket] call '<json request>'   (or '-' for lines on stdin)\n\n"
+	fprintf(f, "usage: otpmailctl [-s socket] [--json] [--watch SECS] [--yes] <command> [args]\n"
+	    "       otpmailctl [-s socket] call '<json request>'   (or '-' for lines on stdin)\n"
+	    "       otpmailctl --version | <command> --help\n\n"
 	    "commands:\n");
 	for (c = cmds; c->words; c++)
 		fprintf(f, "  %-14s %s\n", c->words, c->help);
@@ -215,19 +299,66 @@ print_value(json_t *v)
 	}
 }
 
+/* A duration: "45s", "3m", "2h5m", "3d4h". */
 static void
-human_age(long secs, char *out, size_t len)
+human_span(long secs, char *out, size_t len)
 {
-	if (secs < 0)
-		snprintf(out, len, "-");
-	else if (secs < 120)
+	if (secs < 120)
 		snprintf(out, len, "%lds", secs);
 	else if (secs < 7200)
 		snprintf(out, len, "%ldm", secs / 60);
 	else if (secs < 172800)
-		snprintf(out, len, "%ldh", secs / 3600);
+		snprintf(out, len, "%ldh%ldm", secs / 3600, secs % 3600 / 60);
 	else
-		snprintf(out, len, "%ldd", secs / 86400);
+		snprintf(out, len, "%ldd%ldh", secs / 86400, secs % 86400 / 3600);
+}
+
+/* A time relative to now: "3m ago", "in 20m", "now". */
+static void
+human_rel(time_t t, time_t now, char *out, size_t len)
+{
+	char span[32];
+
+	if (t == now) {
+		snprintf(out, len, "now");
+		return;
+	}
+	human_span(t < now ? (long)(now - t) : (long)(t - now), span, sizeof(span));
+	snprintf(out, len, t < now ? "%s ago" : "in %s", span);
+}
+
+/* "2026-12-06 08:10:03 CET (3m ago)": local time and age of an epoch. */
+static void
+human_time(time_t t, char *out, size_t len)
+{
+	char date[64], rel[48];
+	struct tm tm;
+
+	localtime_r(&t, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S %Z", &tm);
+	human_rel(t, time(NULL), rel, sizeof(rel));
+	snprintf(out, len, "%s (%s)", date, rel);
+}
+
+/* Answer fields that hold an epoch time, or a duration in seconds. */
+static int
+key_is_time(const char *k)
+{
+	static const char *const keys[] = { "created", "expires", "expires_at",
+	    "next_attempt", "finished", "last_attempt", "started", "time", NULL };
+	size_t i;
+
+	for (i = 0; keys[i]; i++)
+		if (strcmp(k, keys[i]) == 0)
+			return 1;
+	return 0;
+}
+
+static int
+key_is_span(const char *k)
+{
+	return strcmp(k, "age") == 0 || strcmp(k, "uptime") == 0 ||
+	    strcmp(k, "oldest_age") == 0;
 }
 
 static void
@@ -252,6 +383,14 @@ fmt_generic_obj(json_t *o, int indent)
 				printf("%*s- \n", indent + 2, "");
 				fmt_generic_obj(e, indent + 4);
 			}
+		} else if (json_is_integer(v) && json_integer_value(v) > 0 && key_is_time(k)) {
+			char when[128];
+			human_time((time_t)json_integer_value(v), when, sizeof(when));
+			printf("%*s%s: %s\n", indent, "", k, when);
+		} else if (json_is_integer(v) && json_integer_value(v) >= 0 && key_is_span(k)) {
+			char span[32];
+			human_span((long)json_integer_value(v), span, sizeof(span));
+			printf("%*s%s: %s\n", indent, "", k, span);
 		} else {
 			printf("%*s%s: ", indent, "", k);
 			print_value(v);
@@ -347,18 +486,20 @@ fmt_queue_list(json_t *r)
 		return;
 	}
 	if (json_array_size(list) == 0) {
-		printf("queue empty (for these filters)\n");
+		printf("queue empty (for these filters)%s\n",
+		    list_all ? "" :
+		    "; --all shows delivered and failed messages too");
 		return;
 	}
-	printf("%-24s %-7s %-10s %5s %4s %6s  %-30s %s\n", "ID", "CLASS", "STATE", "AGE",
+	printf("%-24s %-7s %-10s %-9s %4s %-9s %-30s %s\n", "ID", "CLASS", "STATE", "AGE",
 	    "TRY", "NEXT", "RECIPIENT", "LAST ERROR");
 	json_array_foreach(list, i, e) {
 		json_int_t created = json_integer_value(json_object_get(e, "created"));
 		json_int_t na = json_integer_value(json_object_get(e, "next_attempt"));
 		json_t *rcpts = json_object_get(e, "recipients");
-		human_age(now - created, age, sizeof(age));
+		human_rel((time_t)created, now, age, sizeof(age));
 		if (na > 0)
-			human_age(na - now, next, sizeof(next));
+			human_rel(na <= now ? now : (time_t)na, now, next, sizeof(next));
 		else
 			strcpy(next, "-");
 		rcpt[0] = '\0';
@@ -381,7 +522,7 @@ fmt_queue_list(json_t *r)
 			printf("%-24s %-7s %s%-10s%s ", jstr(e, "id"), jstr(e, "class"),
 			    col, st, *col ? "\033[0m" : "");
 		}
-		printf("%5s %4lld %6s  %-30.60s %.70s\n", age,
+		printf("%-9s %4lld %-9s %-30.60s %.70s\n", age,
 		    (long long)json_integer_value(json_object_get(e, "attempts")), next,
 		    rcpt, jstr(e, "last_error"));
 	}
@@ -583,6 +724,151 @@ run(int fd, json_t **reqs, size_t n, ctl_fmt fmt)
 	return rc;
 }
 
+static void
+cmd_help(const struct cmd *c)
+{
+	const struct cmd_doc *d;
+	const char *p, *tab, *nl;
+
+	printf("usage: otpmailctl %s %s\n", c->words, c->help);
+	for (d = cmd_docs; d->words; d++)
+		if (strcmp(d->words, c->words) == 0)
+			break;
+	if (d->words != NULL) {
+		printf("\n%s\n", d->desc);
+		if (*d->opts)
+			printf("\noptions:\n");
+		for (p = d->opts; *p; p = nl + 1) {
+			nl = strchr(p, '\n');
+			tab = memchr(p, '\t', (size_t)(nl - p));
+			if (tab == NULL)
+				break;
+			printf("  %-22.*s %.*s\n", (int)(tab - p), p, (int)(nl - tab - 1), tab + 1);
+		}
+	}
+	printf("\n(op \"%s\"; --json prints the daemon's answer as is)\n", c->op);
+}
+
+/*
+ * queue hold/release/delete by filter: lists what matches (every page),
+ * asks for --yes when that is more than one message, then acts on the ids
+ * in requests of CTL_BULK_MAX.
+ */
+static int
+bulk(const struct cmd *c, json_t *req, const char *sock)
+{
+	static const char *const filters[] = { "state", "domain", "class", "sender",
+	    "older_than", "younger_than", NULL };
+	const char *verb = strchr(c->words, ' ') + 1, *k;
+	json_t *list, *ids = json_array(), *ans, *m, *v;
+	char *pending = NULL, *line, after[128] = "";
+	size_t plen = 0, i, off, total = 0;
+	int fd, rc = EX_OK, any = json_is_true(json_object_get(req, "all"));
+
+	list = json_pack("{s:s, s:i}", "op", "queue.list", "limit", CTL_BULK_MAX);
+	for (i = 0; filters[i]; i++)
+		if ((v = json_object_get(req, filters[i])) != NULL) {
+			json_object_set(list, filters[i], v);
+			any = 1;
+		}
+	if (!any) {
+		fprintf(stderr, "otpmailctl: queue %s needs ids, a filter or --all\n", verb);
+		json_decref(list);
+		json_decref(ids);
+		return EX_USAGE;
+	}
+	if (json_object_get(list, "state") == NULL)
+		json_object_set_new(list, "state", json_string(strcmp(verb, "release") == 0 ?
+		    "held" : "pending"));
+	if ((fd = ctl_connect(sock)) == -1) {
+		json_decref(list);
+		json_decref(ids);
+		return EX_UNREACHABLE;
+	}
+	for (;;) {
+		char *out;
+		if (after[0])
+			json_object_set_new(list, "after", json_string(after));
+		out = json_dumps(list, JSON_COMPACT);
+		if (out == NULL || write_all(fd, out, strlen(out)) == -1 ||
+		    write_all(fd, "\n", 1) == -1 ||
+		    (line = read_line(fd, &pending, &plen)) == NULL) {
+			free(out);
+			fprintf(stderr, "otpmailctl: the daemon closed the connection\n");
+			rc = EX_UNREACHABLE;
+			goto out;
+		}
+		free(out);
+		ans = json_loads(line, 0, NULL);
+		free(line);
+		if ((rc = exit_code(ans)) != EX_OK) {
+			fprintf(stderr, "otpmailctl: %s: %s\n", jstr(ans, "error"),
+			    jstr(ans, "detail"));
+			json_decref(ans);
+			goto out;
+		}
+		json_array_foreach(json_object_get(ans, "messages"), i, m) {
+			json_array_append_new(ids, json_string(jstr(m, "id")));
+			snprintf(after, sizeof(after), "%s", jstr(m, "id"));
+		}
+		k = json_is_true(json_object_get(ans, "more")) ? after : NULL;
+		json_decref(ans);
+		if (k == NULL || json_array_size(ids) > 1000000)
+			break;
+	}
+	if (json_array_size(ids) == 0) {
+		printf("no message matches\n");
+		goto out;
+	}
+	if (json_array_size(ids) > 1 && !assume_yes) {
+		printf("%zu messages match (first %s, last %s); add --yes to %s them\n",
+		    json_array_size(ids), json_string_value(json_array_get(ids, 0)),
+		    json_string_value(json_array_get(ids, json_array_size(ids) - 1)), verb);
+		rc = EX_REFUSED;
+		goto out;
+	}
+	for (off = 0; off < json_array_size(ids); off += CTL_BULK_MAX) {
+		json_t *act = json_pack("{s:s, s:[]}", "op", c->op, "ids"), *chunk;
+		char *out;
+		chunk = json_object_get(act, "ids");
+		for (i = off; i < off + CTL_BULK_MAX && i < json_array_size(ids); i++)
+			json_array_append(chunk, json_array_get(ids, i));
+		out = json_dumps(act, JSON_COMPACT);
+		json_decref(act);
+		if (out == NULL || write_all(fd, out, strlen(out)) == -1 ||
+		    write_all(fd, "\n", 1) == -1 ||
+		    (line = read_line(fd, &pending, &plen)) == NULL) {
+			free(out);
+			rc = EX_UNREACHABLE;
+			goto out;
+		}
+		free(out);
+		ans = json_loads(line, 0, NULL);
+		free(line);
+		if (exit_code(ans) == EX_OK)
+			total += (size_t)json_integer_value(json_object_get(ans, "count"));
+		else if (strcmp(jstr(ans, "error"), "not_found") != 0 &&
+		    strcmp(jstr(ans, "error"), "already_finished") != 0) {
+			fprintf(stderr, "otpmailctl: %s: %s\n", jstr(ans, "error"),
+			    jstr(ans, "detail"));
+			rc = exit_code(ans);
+		}
+		json_decref(ans);
+	}
+	if (json_out)
+		printf("{\"ok\":%s,\"matched\":%zu,\"count\":%zu}\n", rc ? "false" : "true",
+		    json_array_size(ids), total);
+	else
+		printf("%s: %zu of %zu matching message%s\n", c->op, total,
+		    json_array_size(ids), json_array_size(ids) == 1 ? "" : "s");
+out:
+	close(fd);
+	free(pending);
+	json_decref(list);
+	json_decref(ids);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -616,9 +902,34 @@ main(int argc, char **argv)
 		} else if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
 			usage(stdout);
 			return EX_OK;
+		} else if (strcmp(argv[1], "-V") == 0 || strcmp(argv[1], "--version") == 0) {
+			printf("otpmailctl %s\n", PACKAGE_VERSION);
+			return EX_OK;
+		} else if (strcmp(argv[1], "--list-commands") == 0) {
+			/* for the bash completion: each command and its options */
+			const struct cmd_doc *d;
+			for (d = cmd_docs; d->words; d++) {
+				const char *p;
+				printf("%s\t", d->words);
+				for (p = d->opts; (p = strstr(p, "--")) != NULL; p += 2) {
+					if (p != d->opts && p[-1] != '\n')
+						continue;
+					printf(" %.*s", (int)strcspn(p, " \t"), p);
+				}
+				printf(" --help\n");
+			}
+			return EX_OK;
 		} else
 			break;
 	}
+	/* --yes anywhere: the confirmation of a bulk operation */
+	for (i = 1; i < (size_t)argc; i++)
+		if (strcmp(argv[i], "--yes") == 0 || strcmp(argv[i], "-y") == 0) {
+			assume_yes = 1;
+			memmove(argv + i, argv + i + 1, (argc - i) * sizeof(*argv));
+			argc--;
+			i--;
+		}
 	if (argc < 2) {
 		usage(stderr);
 		return EX_USAGE;
@@ -681,8 +992,7 @@ main(int argc, char **argv)
 		}
 		for (i = 1 + used; i < (size_t)argc; i++)
 			if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-				printf("usage: otpmailctl %s %s\n  (op \"%s\")\n", best->words,
-				    best->help, best->op);
+				cmd_help(best);
 				return EX_OK;
 			}
 		reqs = calloc(1, sizeof(*reqs));
@@ -692,6 +1002,21 @@ main(int argc, char **argv)
 			return EX_USAGE;
 		}
 		nreq = 1;
+		if (strcmp(best->op, "queue.list") == 0) {
+			/* like mailq: what is still to do, unless --all or a state */
+			list_all = json_is_true(json_object_get(reqs[0], "all"));
+			json_object_del(reqs[0], "all");
+			if (!list_all && json_object_get(reqs[0], "state") == NULL)
+				json_object_set_new(reqs[0], "state", json_string("pending"));
+		}
+		if ((strcmp(best->op, "queue.hold") == 0 || strcmp(best->op, "queue.release") == 0 ||
+		    strcmp(best->op, "queue.delete") == 0) &&
+		    json_object_get(reqs[0], "ids") == NULL) {
+			rc = bulk(best, reqs[0], sock);
+			json_decref(reqs[0]);
+			free(reqs);
+			return rc;
+		}
 	}
 	/* --watch: the same request again every few seconds, screen cleared */
 	for (;;) {

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """test_examples.py - the client examples in examples/ against a real daemon.
 
-Starts: otpmaild in sandbox mode.  Runs examples/otp_demo.py (Python) and
-examples/otp_demo.js (Node): each issues a code, reads it from the sandbox
-Maildir, verifies it once (ok) and again (refused).
+Starts: otpmaild in sandbox mode (otp_resend_cooldown = 0s, so a second
+run needs no wait).  Runs examples/otp_demo.py (Python) and
+examples/otp_demo.js (Node) twice each: each run issues a code, reads its
+own mail (by queue id) from the sandbox Maildir, verifies it once (ok) and
+again (refused); the second run must not read the first run's mail.
 """
 import os
 import shutil
@@ -12,8 +14,10 @@ import subprocess
 from harness import Daemon, Tap, TOP_SRCDIR
 
 t = Tap()
-with Daemon() as d:
+with Daemon(conf_extra="otp_resend_cooldown = 0s\n") as d:
     for name, interp, addr in (("otp_demo.py", "python3", "py@example.org"),
+                               ("otp_demo.js", "node", "js@example.org"),
+                               ("otp_demo.py", "python3", "py@example.org"),
                                ("otp_demo.js", "node", "js@example.org")):
         if shutil.which(interp) is None:
             t.skip(name, interp + " not installed")

@@ -208,17 +208,32 @@ test_lifecycle(void)
 	is_int(e->state, Q_MSG_DEFERRED, "otp deferred");
 	q_envelope_free(e);
 	ok(queue_lease(q, 0, &e) == Q_NOTFOUND, "not due before its retry time");
-	/* flush makes it due */
+	ok(queue_get(q, o1, &e) == Q_OK, "get otp before the flush");
 	{
+		time_t sched = e->next_attempt;
+		int tries = e->attempts;
 		size_t n;
 
+		q_envelope_free(e);
+		/* flush makes it due */
 		ok(queue_flush(q, NULL, "EXAMPLE.net", &n) == Q_OK && n == 1, "flush by domain");
+		ok(queue_lease(q, 0, &e) == Q_OK && strcmp(e->id, o1) == 0, "due after flush");
+		e->rcpts[0].state = Q_RCPT_DEFERRED;
+		queue_release_lease(q, e);
+		ok(queue_get(q, o1, &e) == Q_OK, "get otp after the flushed try");
+		is_int(e->attempts, 1, "a flushed try that defers is not counted");
+		is_int(e->rcpts[0].attempts, 1, "nor counted for the recipient");
+		ok(e->attempts == tries && e->next_attempt == sched,
+		    "and the retry schedule stays where it was (no backoff pushed)");
+		q_envelope_free(e);
+		fake_now = sched;
 	}
-	ok(queue_lease(q, 0, &e) == Q_OK && strcmp(e->id, o1) == 0, "due after flush");
+	ok(queue_lease(q, 0, &e) == Q_OK && strcmp(e->id, o1) == 0, "due on its schedule");
 	e->rcpts[0].state = Q_RCPT_DEFERRED;
 	queue_release_lease(q, e);
 	ok(queue_get(q, o1, &e) == Q_OK && e->next_attempt >= fake_now + 8 &&
 	    e->next_attempt <= fake_now + 12, "second otp retry doubles to 10 s");
+	is_int(e->attempts, 2, "two counted tries");
 	q_envelope_free(e);
 
 	/* hold, release, pause */
