@@ -3,7 +3,8 @@
 
 Starts (peers.py): smtp-sink on 127.0.9.2:2525 that waits 3 s before
 answering the final "." with 250 (-W .:3), and one on 127.0.9.3:2525 that
-waits 3 s and then answers 4xx (-W .:3 -r .); otpmaild (sandbox = no,
+waits 3 s before its DATA reply and answers the "." with 4xx (-w 3 -r .;
+smtp-sink ignores a -W delay of a command it rejects); otpmaild (sandbox = no,
 tls_policy none) routing ok.example.org to the first and soft.example.org
 to the second, with a 600 s retry so nothing is retried by itself.
 
@@ -85,7 +86,7 @@ def main():
             "smtp_command_timeout = 20s\nsession_idle_timeout = 1s\n"
             % (OK_SINK, PORT, SOFT_SINK, PORT))
     with SmtpSink(OK_SINK, PORT, extra_args=["-W", ".:%d" % DELAY]) as ok_sink, \
-            SmtpSink(SOFT_SINK, PORT, extra_args=["-W", ".:%d" % DELAY, "-r", "."]), \
+            SmtpSink(SOFT_SINK, PORT, extra_args=["-w", str(DELAY), "-r", "."]), \
             Daemon(conf_extra=conf) as d:
         # hold during an attempt that defers
         q = send(d, "h@soft.example.org", "hold-soft")
