@@ -22,6 +22,7 @@ import threading
 from harness import Daemon, Tap, TOP_SRCDIR
 
 t = Tap()
+sys.dont_write_bytecode = True     # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(TOP_SRCDIR, "clients", "python"))
 import otpmail  # noqa: E402
 
