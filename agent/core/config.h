@@ -132,6 +132,9 @@ struct config {
 	struct domain_tls *domain_tls;
 	size_t		 ndomain_tls;
 	char		*tls_ca_file;		/* "" = system store */
+	int		 mta_sts;		/* apply MTA-STS policies (RFC 8461) */
+	int		 mta_sts_check_interval;	/* seconds between TXT checks */
+	int		 mta_sts_fetch_timeout;
 	struct route	*routes;
 	size_t		 nroutes;
 	struct relay	*smarthost;		/* NULL = direct MX delivery */

@@ -17,10 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <curl/curl.h>
 
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/log.h"
+#include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/mail/otp_mail.h"
 #include "agent/core/otpmaild.h"
@@ -225,6 +227,7 @@ main(int argc, char **argv)
 	}
 	log_init("otpmaild", d.cfg->log_stderr, d.cfg->log_syslog, d.cfg->log_level);
 	signal(SIGPIPE, SIG_IGN);
+	curl_global_init(CURL_GLOBAL_DEFAULT);	/* before any thread (MTA-STS) */
 	/* Every thread inherits this mask; only main waits for the signals. */
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -335,7 +338,9 @@ out:
 		store_close(d.store);
 	dkim_signer_free(d.dkim);
 	otp_templates_free(d.templates);
+	mtasts_shared_free();
 	mx_resolver_shared_free();
+	curl_global_cleanup();
 	config_free(d.cfg);
 	return rc;
 }

@@ -38,6 +38,8 @@
 #define RR_MX		15
 #define RR_AAAA		28
 #define RR_TLSA		52
+#define RR_TXT		16
+#define MX_MAX_TXT	16
 #define RCODE_SERVFAIL	2
 #define RCODE_NXDOMAIN	3
 
@@ -1122,6 +1124,76 @@ tlsa_set_free(struct tlsa_set *set)
 		free(set->rrs[i].data);
 	free(set->rrs);
 	free(set);
+}
+
+/* TXT records of name (MTA-STS, TLS-RPT): each record's strings joined. */
+enum mx_status
+mx_txt(struct mx_resolver *r, const char *name, char ***out, char *reason,
+    size_t len)
+{
+	struct mx_query *q = NULL;
+	enum mx_status st;
+	char **v = NULL;
+	size_t n = 0, i, k, l;
+
+	*out = NULL;
+	reason[0] = '\0';
+	if (!mx_domain_valid(name)) {
+		snprintf(reason, len, "invalid name for TXT");
+		return MX_BADANSWER;
+	}
+	if ((q = mx_query_new(name, RR_TXT)) == NULL) {
+		snprintf(reason, len, "out of memory");
+		return MX_TEMPFAIL;
+	}
+	mx_resolve(r, &q, 1);
+	if ((st = mx_query_status(q, reason, len)) != MX_OK)
+		goto done;
+	while (q->res->havedata && q->res->data[n] != NULL && n < MX_MAX_TXT)
+		n++;
+	if ((v = calloc(n + 1, sizeof(*v))) == NULL) {
+		st = MX_TEMPFAIL;
+		goto done;
+	}
+	for (i = 0; i < n; i++) {
+		const unsigned char *d = (const unsigned char *)q->res->data[i];
+		size_t dl = q->res->len[i] > 0 ? (size_t)q->res->len[i] : 0;
+
+		if ((v[i] = malloc(dl + 1)) == NULL) {
+			st = MX_TEMPFAIL;
+			goto done;
+		}
+		for (k = 0, l = 0; k < dl; k += 1 + d[k]) {
+			size_t c = d[k];
+
+			if (k + 1 + c > dl) {
+				snprintf(reason, len, "malformed TXT record at %s", name);
+				st = MX_BADANSWER;
+				goto done;
+			}
+			memcpy(v[i] + l, d + k + 1, c);
+			l += c;
+		}
+		v[i][l] = '\0';
+	}
+	*out = v;
+	v = NULL;
+done:
+	if (st != MX_OK && reason[0] == '\0')
+		snprintf(reason, len, "out of memory");
+	mx_txt_free(v);
+	mx_query_free(q);
+	return st;
+}
+
+void
+mx_txt_free(char **v)
+{
+	size_t i;
+
+	for (i = 0; v != NULL && v[i] != NULL; i++)
+		free(v[i]);
+	free(v);
 }
 
 const char *

@@ -75,6 +75,12 @@ enum mx_status	 mx_tlsa(struct mx_resolver *, const char *host, int port,
 		    struct tlsa_set **out, char *reason, size_t len);
 void		 tlsa_set_free(struct tlsa_set *);
 
+/* TXT records at name, each record's strings joined, NULL-terminated
+ * (empty when the name has none). */
+enum mx_status	 mx_txt(struct mx_resolver *, const char *name, char ***out,
+		    char *reason, size_t len);
+void		 mx_txt_free(char **);
+
 /* Short name of a status for logs ("tempfail", "nullmx", ...). */
 const char	*mx_status_name(enum mx_status);
 

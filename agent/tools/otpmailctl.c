@@ -80,6 +80,8 @@ static const struct cmd cmds[] = {
 	{ "dkim keygen", "dkim.keygen", "", "bits", "", fmt_zone,
 	    "--domain D --selector S [--algorithm rsa|ed25519] [--bits N] [--file F]" },
 	{ "dkim check", "dkim.check", "", "", "", fmt_generic, "[--domain D]" },
+	{ "tls policy", "tls.policy", "domain", "", "", fmt_generic,
+	    "<domain>: TLS policy in force (DANE, MTA-STS, configured, default)" },
 	{ "sandbox list", "sandbox.list", "", "limit", "", fmt_sandbox_list,
 	    "messages in the sandbox Maildir" },
 	{ "sandbox show", "sandbox.show", "file", "", "latest", fmt_text,
