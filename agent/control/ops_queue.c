@@ -22,6 +22,8 @@
 #define OPQ_SUBJECT_MAX		998
 #define OPQ_HEADER_MAX		998	/* bytes of a header value we accept */
 #define OPQ_HEADERS_MAX		50	/* extra headers in one mail.send */
+#define OPQ_NAME_MAX		255	/* bytes of a display name */
+#define OPQ_ADDR_HDR_MAX	20	/* mailboxes in a Reply-To or Sender header */
 #define OPQ_LINE_MAX		998	/* RFC 5322 2.1.1 */
 #define OPQ_LIST_MAX		1000	/* queue.list page size cap */
 #define OPQ_IDS_MAX		1000	/* ids in one admin request */
@@ -32,8 +34,10 @@ static json_t	*opq_status_error(enum q_status, const char *id);
 static const char *opq_public_state(const struct q_envelope *);
 static json_t	*opq_rcpts(const struct q_envelope *, int full);
 static json_t	*opq_entry(const struct q_envelope *, time_t now);
-static int	 opq_from(const char *from, char *addr, size_t alen, char *hdr,
-		    size_t hlen, json_t **err);
+static int	 opq_from(const char *field, const char *from, char *addr, size_t alen,
+		    char *name, size_t nlen, json_t **err);
+static int	 opq_addr_header(struct buf *, const char *name, const char *value,
+		    json_t **err);
 static int	 opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid,
 		    json_t **err);
 static int	 opq_raw(struct otpmaild *, const char *raw, size_t len, struct buf *b,
@@ -154,50 +158,72 @@ opq_base64(struct buf *b, const unsigned char *p, size_t n)
 
 /* --- mail.send ------------------------------------------------------ */
 
-/* "addr" or "Display Name <addr>": the bare address for the envelope and
- * the From header to write. */
+/* "addr" or "Display Name <addr>" (the name any UTF-8): the bare address
+ * for the envelope and the display name for the header. */
 static int
-opq_from(const char *from, char *addr, size_t alen, char *hdr, size_t hlen, json_t **err)
+opq_from(const char *field, const char *from, char *addr, size_t alen, char *name,
+    size_t nlen, json_t **err)
 {
-	const char *lt = strchr(from, '<'), *gt;
-	char reason[128], name[256];
-	size_t nl;
+	char reason[128];
 
-	if (lt == NULL) {
-		snprintf(addr, alen, "%s", from);
-		if (strlen(from) >= alen || addr_validate(addr, reason, sizeof(reason)) == -1) {
-			*err = reply_bad_field("from", "bad sender address: %s", reason);
+	if (msg_parse_mailbox(from, name, nlen, addr, alen) == -1) {
+		*err = reply_bad_field(field, "use \"address\" or \"Name <address>\" "
+		    "(a name of at most %zu bytes)", nlen - 1);
+		return -1;
+	}
+	if (addr_validate(addr, reason, sizeof(reason)) == -1) {
+		*err = reply_bad_field(field, "bad address %.80s: %s", addr, reason);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * An address header from the app ("a@b, Name <c@d>"): split at commas
+ * outside quotes, each mailbox checked, display names encoded, the
+ * addresses never.
+ */
+static int
+opq_addr_header(struct buf *b, const char *hname, const char *value, json_t **err)
+{
+	char item[ADDR_PATH_MAX + OPQ_NAME_MAX + 8];
+	char names[OPQ_ADDR_HDR_MAX][OPQ_NAME_MAX + 1], addrs[OPQ_ADDR_HDR_MAX][ADDR_PATH_MAX + 1];
+	const char *np[OPQ_ADDR_HDR_MAX], *ap[OPQ_ADDR_HDR_MAX], *p = value, *st;
+	size_t n = 0, l;
+	int inq;
+
+	while (*p != '\0') {
+		for (st = p, inq = 0; *p != '\0' && (inq || *p != ','); p++)
+			if (*p == '"')
+				inq = !inq;
+		l = (size_t)(p - st);
+		if (*p == ',')
+			p++;
+		while (l > 0 && (*st == ' ' || *st == '\t')) {
+			st++;
+			l--;
+		}
+		if (l == 0)
+			continue;
+		if (n == OPQ_ADDR_HDR_MAX || l >= sizeof(item)) {
+			*err = reply_bad_field("headers", "header %s: at most %d addresses",
+			    hname, OPQ_ADDR_HDR_MAX);
 			return -1;
 		}
-		snprintf(hdr, hlen, "%s", addr);
-		return 0;
+		memcpy(item, st, l);
+		item[l] = '\0';
+		if (opq_from("headers", item, addrs[n], sizeof(addrs[n]), names[n],
+		    sizeof(names[n]), err) == -1)
+			return -1;
+		np[n] = names[n];
+		ap[n] = addrs[n];
+		n++;
 	}
-	gt = strchr(lt, '>');
-	if (gt == NULL || gt[1] != '\0' || (size_t)(gt - lt - 1) >= alen) {
-		*err = reply_bad_field("from", "use \"address\" or \"Name <address>\"");
+	if (n == 0) {
+		*err = reply_bad_field("headers", "header %s: no address", hname);
 		return -1;
 	}
-	memcpy(addr, lt + 1, (size_t)(gt - lt - 1));
-	addr[gt - lt - 1] = '\0';
-	if (addr_validate(addr, reason, sizeof(reason)) == -1) {
-		*err = reply_bad_field("from", "bad sender address: %s", reason);
-		return -1;
-	}
-	nl = (size_t)(lt - from);
-	while (nl > 0 && from[nl - 1] == ' ')
-		nl--;
-	if (nl >= sizeof(name) || memchr(from, '"', nl) != NULL || memchr(from, '\\', nl)) {
-		*err = reply_bad_field("from", "display name too long or holds quotes");
-		return -1;
-	}
-	memcpy(name, from, nl);
-	name[nl] = '\0';
-	if (nl == 0)
-		snprintf(hdr, hlen, "<%s>", addr);
-	else if (strpbrk(name, "()<>[]:;@,.") != NULL)
-		snprintf(hdr, hlen, "\"%s\" <%s>", name, addr);
-	else
-		snprintf(hdr, hlen, "%s <%s>", name, addr);
+	msg_add_mailboxes(b, hname, np, ap, n);
 	return 0;
 }
 
@@ -244,6 +270,11 @@ opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid, json_t **er
 			*has_date = 1;
 		if (strcasecmp(name, "Message-ID") == 0)
 			*has_mid = 1;
+		if (strcasecmp(name, "Reply-To") == 0 || strcasecmp(name, "Sender") == 0) {
+			if (opq_addr_header(b, name, json_string_value(v), err) == -1)
+				return -1;
+			continue;
+		}
 		msg_add_header(b, name, json_string_value(v));
 	}
 	return 0;
@@ -355,21 +386,23 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 {
 	const char *from = NULL, *subject = NULL, *text = NULL, *html = NULL, *raw = NULL;
 	const char *cls = NULL, **to = NULL;
-	char fromaddr[ADDR_PATH_MAX + 1], fromhdr[ADDR_PATH_MAX + 300], reason[128];
+	char fromaddr[ADDR_PATH_MAX + 1], fromname[OPQ_NAME_MAX + 1];
+	char (*toaddr)[ADDR_PATH_MAX + 1] = NULL, (*toname)[OPQ_NAME_MAX + 1] = NULL;
+	const char **tonp = NULL, **toap = NULL, *fp[1], *fa[1];
 	char date[64], mid[300], boundary[80], id[QUEUE_ID_LEN + 1];
 	size_t nto = 0, textlen = 0, htmllen = 0, rawlen = 0, i, limit;
 	struct q_envelope tmpl;
 	struct q_rcpt *rc = NULL;
-	struct buf b, tohdr;
+	struct buf b;
 	json_t *err = NULL;
 	long ttl = 0;
 	int klass = Q_CLASS_DEFAULT, has_date = 0, has_mid = 0;
 
 	buf_init(&b);
-	buf_init(&tohdr);
 	limit = d->cfg->message_size_limit;
 	if (req_str(req, "from", 1, ADDR_PATH_MAX + 256, &from, &err) == -1 ||
-	    req_str_list(req, "to", 1, (size_t)d->cfg->max_recipients, ADDR_PATH_MAX,
+	    req_str_list(req, "to", 1, (size_t)d->cfg->max_recipients,
+	    ADDR_PATH_MAX + OPQ_NAME_MAX + 8,
 	    &to, &nto, &err) == -1 ||
 	    req_str(req, "class", 0, 16, &cls, &err) == -1 ||
 	    req_int(req, "ttl", 0, 1, 30L * 86400, &ttl, &err) == -1 ||
@@ -383,13 +416,23 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		err = reply_bad_field("class", "class must be \"default\" or \"otp\"");
 		goto fail;
 	}
-	if (opq_from(from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr), &err) == -1)
+	if (opq_from("from", from, fromaddr, sizeof(fromaddr), fromname, sizeof(fromname),
+	    &err) == -1)
 		goto fail;
-	for (i = 0; i < nto; i++)
-		if (addr_validate(to[i], reason, sizeof(reason)) == -1) {
-			err = reply_bad_field("to", "recipient %zu (%.80s): %s", i, to[i], reason);
+	if ((toaddr = calloc(nto, sizeof(*toaddr))) == NULL ||
+	    (toname = calloc(nto, sizeof(*toname))) == NULL ||
+	    (tonp = calloc(nto, sizeof(*tonp))) == NULL ||
+	    (toap = calloc(nto, sizeof(*toap))) == NULL) {
+		err = reply_error("unavailable", "out of memory");
+		goto fail;
+	}
+	for (i = 0; i < nto; i++) {
+		if (opq_from("to", to[i], toaddr[i], sizeof(toaddr[i]), toname[i],
+		    sizeof(toname[i]), &err) == -1)
 			goto fail;
-		}
+		tonp[i] = toname[i];
+		toap[i] = toaddr[i];
+	}
 
 	if (raw != NULL) {
 		if (json_object_get(req, "subject") || json_object_get(req, "text") ||
@@ -408,8 +451,6 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 			err = reply_bad_field("text", "text and html exceed message_size_limit");
 			goto fail;
 		}
-		for (i = 0; i < nto; i++)
-			buf_printf(&tohdr, "%s%s", i ? ", " : "", to[i]);
 		if (opq_headers(req, &b, &has_date, &has_mid, &err) == -1)
 			goto fail;
 		if (!has_date) {
@@ -420,8 +461,10 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 			msg_message_id(d->hostname ? d->hostname : "localhost", mid, sizeof(mid));
 			msg_add_header(&b, "Message-ID", mid);
 		}
-		msg_add_header(&b, "From", fromhdr);
-		msg_add_header(&b, "To", tohdr.data);
+		fp[0] = fromname;
+		fa[0] = fromaddr;
+		msg_add_mailboxes(&b, "From", fp, fa, 1);
+		msg_add_mailboxes(&b, "To", tonp, toap, nto);
 		msg_add_header(&b, "Subject", subject);
 		buf_adds(&b, "MIME-Version: 1.0\r\n");
 		if (html == NULL) {
@@ -455,7 +498,7 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		goto fail;
 	}
 	for (i = 0; i < nto; i++)
-		rc[i].addr = (char *)to[i];
+		rc[i].addr = toaddr[i];
 	memset(&tmpl, 0, sizeof(tmpl));
 	tmpl.klass = (enum q_class)klass;
 	tmpl.sender = fromaddr;
@@ -467,16 +510,15 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		tmpl.expires = time(NULL) + ttl;
 	if (submit_message(d, &tmpl, b.data, b.len, id, &err, NULL, NULL) == -1)
 		goto fail;
-	free(rc);
-	free(to);
-	buf_free(&b);
-	buf_free(&tohdr);
-	return json_pack("{s:b, s:s}", "ok", 1, "id", id);
+	err = json_pack("{s:b, s:s}", "ok", 1, "id", id);
 fail:
 	free(rc);
 	free(to);
+	free(toaddr);
+	free(toname);
+	free(tonp);
+	free(toap);
 	buf_free(&b);
-	buf_free(&tohdr);
 	return err ? err : reply_error("unavailable", "out of memory");
 }
 
