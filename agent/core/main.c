@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <curl/curl.h>
 
@@ -97,6 +98,44 @@ main_path(const char *dir, const char *name)
 }
 
 /* Tells systemd (Type=notify) we are ready, without libsystemd. */
+/*
+ * --check-config: what is valid but will hurt delivery.  No DKIM key for
+ * otp_from's domain (or a parent of it) means unsigned OTP mail; Ed25519
+ * alone is not verified by many receivers yet.
+ */
+static void
+main_check_warnings(const struct config *c)
+{
+	const char *from = c->otp_from && *c->otp_from ? c->otp_from : NULL;
+	char dom[256];
+	size_t i, l, ned = 0, kl;
+	int covered = 0;
+
+	if (c->sandbox)
+		return;
+	if (from != NULL && strrchr(from, '@') != NULL)
+		snprintf(dom, sizeof(dom), "%s", strrchr(from, '@') + 1);
+	else
+		snprintf(dom, sizeof(dom), "%s", c->hostname ? c->hostname : "");
+	dom[strcspn(dom, ">")] = '\0';
+	l = strlen(dom);
+	for (i = 0; i < c->ndkim_keys; i++) {
+		kl = strlen(c->dkim_keys[i].domain);
+		if (l >= kl && strcasecmp(dom + l - kl, c->dkim_keys[i].domain) == 0 &&
+		    (l == kl || dom[l - kl - 1] == '.'))
+			covered = 1;
+		if (c->dkim_keys[i].alg == DKIM_ALG_ED25519_SHA256)
+			ned++;
+	}
+	if (!covered)
+		fprintf(stderr, "otpmaild: warning: delivery is on and no dkim_key covers "
+		    "the domain of otp_from (%s): its mail goes out unsigned\n",
+		    dom[0] ? dom : "the host name");
+	if (c->ndkim_keys > 0 && ned == c->ndkim_keys)
+		fprintf(stderr, "otpmaild: warning: only Ed25519 DKIM keys: many receivers "
+		    "do not verify Ed25519 yet; add an RSA key beside it\n");
+}
+
 static void
 main_sd_notify(const char *msg)
 {
@@ -212,6 +251,7 @@ main(int argc, char **argv)
 			return 1;
 		}
 		dkim_signer_free(s);
+		main_check_warnings(d.cfg);
 		config_print(d.cfg, stdout);
 		config_free(d.cfg);
 		return 0;

@@ -79,6 +79,9 @@ void		 tlsa_set_free(struct tlsa_set *);
  * (empty when the name has none). */
 enum mx_status	 mx_txt(struct mx_resolver *, const char *name, char ***out,
 		    char *reason, size_t len);
+/* PTR names of an address (NULL-terminated, free with mx_txt_free). */
+enum mx_status	 mx_ptr(struct mx_resolver *, const struct mx_addr *, char ***out,
+		    char *reason, size_t len);
 void		 mx_txt_free(char **);
 
 /* Short name of a status for logs ("tempfail", "nullmx", ...). */

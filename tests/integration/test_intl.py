@@ -17,6 +17,7 @@ for example.org.
 import email
 import email.policy
 import os
+import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -89,6 +90,7 @@ def main():
             r = d.call(req)
             t.ok(r.get("error") == "bad_request" and r.get("field") == field,
                  "refused: %s" % list(bad.values())[0], r)
+    shutil.rmtree(kd, ignore_errors=True)
     t.done()
 
 
