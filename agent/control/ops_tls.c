@@ -3,7 +3,8 @@
  * where it comes from — "configured" (domain_tls_policy, a route or the
  * smarthost), "dane" (dane policy and TLSA records under DNSSEC for an MX
  * host), "mta-sts" (a testing or enforce policy, fetched or cached), or
- * "default" (tls_policy) — with the MTA-STS policy and TLS-RPT counters.
+ * "default" (tls_policy) — with the MTA-STS policy and TLS-RPT counters;
+ * tls.report: send the TLS-RPT reports now instead of at tls_rpt_interval.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -67,6 +68,23 @@ tls_ops_dane(struct otpmaild *d, const char *domain, int *any)
 	}
 	mx_list_free(list);
 	return hosts;
+}
+
+json_t *
+op_tls_report(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
+{
+	size_t ns, nf;
+	json_t *r;
+
+	if (d->cfg->sandbox)
+		return reply_error("unavailable", "sandbox mode: no TLS reports");
+	tlsrpt_send(d, &ns, &nf);
+	r = reply_ok();
+	json_object_set_new(r, "reports_queued", json_integer((json_int_t)ns));
+	json_object_set_new(r, "reports_failed", json_integer((json_int_t)nf));
+	(void)peer;
+	(void)req;
+	return r;
 }
 
 json_t *

@@ -135,6 +135,9 @@ struct config {
 	int		 mta_sts;		/* apply MTA-STS policies (RFC 8461) */
 	int		 mta_sts_check_interval;	/* seconds between TXT checks */
 	int		 mta_sts_fetch_timeout;
+	int		 tls_rpt;		/* send TLS-RPT reports (RFC 8460) */
+	int		 tls_rpt_interval;
+	char		*tls_rpt_from;		/* "" = tlsrpt-noreply@hostname */
 	struct route	*routes;
 	size_t		 nroutes;
 	struct relay	*smarthost;		/* NULL = direct MX delivery */

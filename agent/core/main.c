@@ -25,6 +25,7 @@
 #include "agent/core/log.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
+#include "agent/delivery/tlsrpt.h"
 #include "agent/mail/otp_mail.h"
 #include "agent/core/otpmaild.h"
 #include "agent/core/privs.h"
@@ -217,7 +218,7 @@ main(int argc, char **argv)
 	const char *path = getenv("OTPMAIL_CONFIG");
 	char err[1024], *spool;
 	int ch, foreground = 0, check = 0, lockfd, sig, rc = 1;
-	time_t last_sweep, last_ckpt;
+	time_t last_sweep, last_ckpt, last_rpt;
 	sigset_t set;
 	struct passwd *pw;
 
@@ -335,7 +336,7 @@ main(int argc, char **argv)
 		    "machine (set sandbox = no to deliver)\"", d.cfg->sandbox_maildir);
 	main_sd_notify("READY=1");
 
-	last_sweep = last_ckpt = time(NULL);
+	last_sweep = last_ckpt = last_rpt = time(NULL);
 	while (!d.stopping) {
 		sig = sigtimedwait(&set, NULL, &tick);
 		if (sig == SIGTERM || sig == SIGINT) {
@@ -350,6 +351,13 @@ main(int argc, char **argv)
 			last_sweep = time(NULL);
 			if (store_sweep(d.store, last_sweep, &n) == S_OK && n > 0)
 				log_msg(LOG_INFO, "event=otp_sweep removed=%zu", n);
+		}
+		if (d.cfg->tls_rpt && !d.cfg->sandbox &&
+		    time(NULL) - last_rpt >= d.cfg->tls_rpt_interval) {
+			size_t ns, nf;
+
+			last_rpt = time(NULL);
+			tlsrpt_send(&d, &ns, &nf);
 		}
 		if (time(NULL) - last_ckpt >= 60) {
 			last_ckpt = time(NULL);

@@ -22,6 +22,12 @@ enum tlsrpt_ptype { TLSRPT_NOPOLICY = 0, TLSRPT_STS, TLSRPT_TLSA };
 void		 tlsrpt_record(const char *domain, enum tlsrpt_ptype,
 		    const struct mtasts_policy *, const char *mx, const char *ip,
 		    const char *rtype);
+struct otpmaild;
+/*
+ * Sends the reports of everything counted since the last call (one per
+ * policy domain that publishes rua=mailto:) and starts a new period.
+ */
+void		 tlsrpt_send(struct otpmaild *, size_t *nsent, size_t *nfailed);
 /* Successes and failures counted for domain since the last report. */
 void		 tlsrpt_counts(const char *domain, unsigned long *ok,
 		    unsigned long *fail);

@@ -84,6 +84,8 @@ static const struct cmd cmds[] = {
 	{ "dkim check", "dkim.check", "", "", "", fmt_generic, "[--domain D]" },
 	{ "tls policy", "tls.policy", "domain", "", "", fmt_generic,
 	    "<domain>: TLS policy in force (DANE, MTA-STS, configured, default)" },
+	{ "tls report", "tls.report", "", "", "", fmt_generic,
+	    "send the TLS-RPT reports now (else every tls_rpt_interval)" },
 	{ "domain check", "domain.check", "domain", "", "", fmt_domain_check,
 	    "<domain>: DKIM, SPF, DMARC, FCrDNS, MTA-STS, TLS-RPT as receivers see them" },
 	{ "sandbox list", "sandbox.list", "", "limit", "", fmt_sandbox_list,
