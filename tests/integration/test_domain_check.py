@@ -24,6 +24,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from test_dkim import Keys, txt_zone_line, write_conf_keys  # noqa: E402
+from test_mtasts import internal_conf  # noqa: E402
 from harness import Daemon, Tap, OTPMAILD  # noqa: E402
 from peers import DnsServer, Zone, _mkdtemp  # noqa: E402
 
@@ -64,7 +65,8 @@ def main():
     wd = _mkdtemp("otpm-dc-wrong-", 0o700)
     wrong = Keys(wd)
     with DnsServer(zones(keys, wrong), addr=DNS_ADDR, port=5353) as dns:
-        conf = ("sandbox = no\n" + dns.conf_extra() + write_conf_keys(keys) +
+        conf = ("sandbox = no\n" + dns.conf_extra() + internal_conf() +
+                write_conf_keys(keys) +
                 "dkim_key = example.net rsa1 rsa-sha256 %s\n" % keys.rsa +
                 "hostname = %s\notp_from = noreply@example.org\n" % HOST)
         with Daemon(conf_extra=conf) as d:

@@ -22,12 +22,14 @@ certificate for another name), and otpmaild with tls_ca_file = the test CA.
 """
 import json
 import os
+import re
+import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Daemon, Tap, wait_for  # noqa: E402
+from harness import Daemon, Tap, OTPMAILD  # noqa: E402
 from peers import DnsServer, HttpsServer, PostfixPeer, TestCA, Zone  # noqa: E402
 from test_dane import wait_status  # noqa: E402
 
@@ -36,6 +38,15 @@ WEB = "127.0.3.80"
 GOOD_MX = "127.0.3.10"
 BAD_MX = "127.0.3.11"
 POLICY = "/.well-known/mta-sts.txt"
+
+
+def internal_conf():
+    """The peers of these tests are on loopback: where the daemon refuses
+    MX hosts at internal addresses (mx_allow_internal), allow them."""
+    p = subprocess.run([OTPMAILD, "--check-config"], capture_output=True, text=True,
+                       env=dict(os.environ, OTPMAIL_CONFIG=""), cwd="/tmp")
+    return ("mx_allow_internal = yes\n"
+            if re.search(r"^mx_allow_internal =", p.stdout, re.M) else "")
 
 
 def zones(sts_id="1"):
@@ -106,14 +117,15 @@ def main():
                       policy("testing", "*.ststest.example.net"))
             https.put("mta-sts.stsconf.example.net", POLICY,
                       policy("enforce", "mx.stsconf.example.net"))
-            conf = ("sandbox = no\n%s"
+            conf = ("sandbox = no\n%s%s"
                     "hostname = otpmail.example.com\n"
                     "tls_ca_file = %s\n"
                     "mta_sts_check_interval = 0s\n"
                     "mta_sts_fetch_timeout = 5s\n"
                     "domain_tls_policy = stsconf.example.net may\n"
                     "default_retry_min = 60s\n"
-                    "smtp_connect_timeout = 5s\n" % (dns.conf_extra(), ca.ca_file))
+                    "smtp_connect_timeout = 5s\n" % (dns.conf_extra(), internal_conf(),
+                                                      ca.ca_file))
             d = Daemon(conf_extra=conf)
             with d:
                 run(t, d, dns, https, pg, pb)

@@ -29,6 +29,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from test_dkim import Keys, verify, write_conf_keys  # noqa: E402
+from test_mtasts import internal_conf  # noqa: E402
 from harness import Daemon, Tap  # noqa: E402
 from peers import DnsServer, HttpsServer, PostfixPeer, TestCA, Zone, _mkdtemp  # noqa: E402
 import jsonschema  # noqa: E402
@@ -120,7 +121,8 @@ def main():
             https.put("mta-sts.rpt.example.net", "/.well-known/mta-sts.txt",
                       "version: STSv1\nmode: enforce\nmx: mx.rpt.example.net\n"
                       "max_age: 86400\n")
-            conf = ("sandbox = no\n%s" % dns.conf_extra() + write_conf_keys(keys) +
+            conf = ("sandbox = no\n%s" % dns.conf_extra() + internal_conf() +
+                    write_conf_keys(keys) +
                     "hostname = otpmail.example.org\n"
                     "tls_ca_file = %s\n"
                     "tls_rpt_from = tlsrpt-noreply@example.org\n"
