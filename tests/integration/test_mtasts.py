@@ -121,7 +121,7 @@ def main():
                     "hostname = otpmail.example.com\n"
                     "tls_ca_file = %s\n"
                     "mta_sts_check_interval = 0s\n"
-                    "mta_sts_fetch_timeout = 5s\n"
+                    "mta_sts_fetch_timeout = 30s\n"
                     "domain_tls_policy = stsconf.example.net may\n"
                     "default_retry_min = 60s\n"
                     "smtp_connect_timeout = 5s\n" % (dns.conf_extra(), internal_conf(),
