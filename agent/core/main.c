@@ -218,7 +218,7 @@ main(int argc, char **argv)
 	const char *path = getenv("OTPMAIL_CONFIG");
 	char err[1024], *spool;
 	int ch, foreground = 0, check = 0, lockfd, sig, rc = 1;
-	time_t last_sweep, last_ckpt, last_rpt;
+	time_t last_sweep, last_ckpt, last_rpt, last_sts;
 	sigset_t set;
 	struct passwd *pw;
 
@@ -336,7 +336,7 @@ main(int argc, char **argv)
 		    "machine (set sandbox = no to deliver)\"", d.cfg->sandbox_maildir);
 	main_sd_notify("READY=1");
 
-	last_sweep = last_ckpt = last_rpt = time(NULL);
+	last_sweep = last_ckpt = last_rpt = last_sts = time(NULL);
 	while (!d.stopping) {
 		sig = sigtimedwait(&set, NULL, &tick);
 		if (sig == SIGTERM || sig == SIGINT) {
@@ -351,6 +351,11 @@ main(int argc, char **argv)
 			last_sweep = time(NULL);
 			if (store_sweep(d.store, last_sweep, &n) == S_OK && n > 0)
 				log_msg(LOG_INFO, "event=otp_sweep removed=%zu", n);
+		}
+		if (d.cfg->mta_sts && !d.cfg->sandbox &&
+		    time(NULL) - last_sts >= d.cfg->mta_sts_check_interval) {
+			last_sts = time(NULL);
+			mtasts_refresh(mtasts_shared(d.cfg, d.state_dir));
 		}
 		if (d.cfg->tls_rpt && !d.cfg->sandbox &&
 		    time(NULL) - last_rpt >= d.cfg->tls_rpt_interval) {

@@ -33,6 +33,7 @@
 #define MTASTS_CACHE_MAX	10000	/* domains kept */
 #define MTASTS_FILE		"mta-sts.json"
 #define MTASTS_HTTPS_PORT	443
+#define MTASTS_REFRESH_MAX	64	/* policies refreshed per round */
 
 struct mtasts_entry {
 	char			 domain[MTASTS_NAME_MAX + 1];
@@ -757,4 +758,28 @@ mtasts_for_delivery(const struct config *cfg, const char *state_dir,
 	default:
 		return 0;
 	}
+}
+
+void
+mtasts_refresh(struct mtasts *m)
+{
+	char doms[MTASTS_REFRESH_MAX][MTASTS_NAME_MAX + 1], why[512];
+	struct mtasts_policy pol;
+	struct mtasts_entry *e;
+	const char *rtype;
+	time_t now = time(NULL);
+	size_t n = 0, i;
+
+	if (m == NULL)
+		return;
+	pthread_mutex_lock(&m->mu);
+	for (e = m->entries; e != NULL && n < MTASTS_REFRESH_MAX; e = e->next)
+		if (e->have && now < e->pol.expires &&
+		    now >= e->pol.fetched + e->pol.max_age / 2)
+			snprintf(doms[n++], sizeof(doms[0]), "%s", e->domain);
+	pthread_mutex_unlock(&m->mu);
+	/* mtasts_get refetches what is past half its max_age (and keeps the
+	 * cached copy if that fails) */
+	for (i = 0; i < n; i++)
+		(void)mtasts_get(m, doms[i], &pol, &rtype, why, sizeof(why));
 }

@@ -59,6 +59,12 @@ enum mtasts_status mtasts_get(struct mtasts *, const char *domain,
 		    struct mtasts_policy *out, const char **rtype,
 		    char *why, size_t whylen);
 
+/*
+ * Refetches the cached policies past half their max_age, so a policy does
+ * not lapse while no mail goes to its domain (RFC 8461 5.1).  The daemon
+ * calls it every mta_sts_check_interval.
+ */
+void		 mtasts_refresh(struct mtasts *);
 /* 1 if a domain_tls_policy entry names domain (it overrides MTA-STS). */
 int		 mtasts_configured(const struct config *, const char *domain);
 /*

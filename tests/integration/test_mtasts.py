@@ -18,7 +18,8 @@ certificate for another name), and otpmaild with tls_ca_file = the test CA.
 - the policy is kept in <state_dir>/mta-sts.json; after a restart, with the
   TXT id changed and the policy gone from the server, the cached policy
   stays in force (a failed fetch keeps the cache);
-- a domain_tls_policy entry overrides MTA-STS (source configured).
+- a domain_tls_policy entry overrides MTA-STS (source configured);
+- a cached policy is fetched again half-way to its max_age without mail.
 """
 import json
 import os
@@ -56,7 +57,8 @@ def zones(sts_id="1"):
                           ("stsnomatch.example.net", "mx", GOOD_MX),
                           ("ststest.example.net", "mx", BAD_MX),
                           ("stsfail.example.net", "mx", GOOD_MX),
-                          ("stsconf.example.net", "mx", BAD_MX)):
+                          ("stsconf.example.net", "mx", BAD_MX),
+                          ("stsshort.example.net", "mx", GOOD_MX)):
         z.append(Zone(dom, [
             "@ MX 10 %s" % mx,
             "%s A %s" % (mx, addr),
@@ -96,7 +98,7 @@ def main():
         other = ca.issue("someone-else.example.net")
         web = ca.issue("mta-sts.sts.example.net", alt=tuple(
             "mta-sts.%s.example.net" % n for n in
-            ("stsbad", "stsnomatch", "ststest", "stsfail", "stsconf")))
+            ("stsbad", "stsnomatch", "ststest", "stsfail", "stsconf", "stsshort")))
         with DnsServer(zones(), addr=DNS_ADDR, port=5353) as dns, \
                 HttpsServer(web, addr=WEB) as https, \
                 PostfixPeer(GOOD_MX, 25, domains=["sts.example.net",
@@ -117,6 +119,8 @@ def main():
                       policy("testing", "*.ststest.example.net"))
             https.put("mta-sts.stsconf.example.net", POLICY,
                       policy("enforce", "mx.stsconf.example.net"))
+            https.put("mta-sts.stsshort.example.net", POLICY,
+                      policy("testing", "mx.stsshort.example.net", max_age=4))
             conf = ("sandbox = no\n%s%s"
                     "hostname = otpmail.example.com\n"
                     "tls_ca_file = %s\n"
@@ -204,7 +208,17 @@ def run(t, d, dns, https, pg, pb):
     p = d.call({"op": "tls.policy", "domain": "bad domain\n"})
     t.ok(p.get("error") == "bad_request", "tls.policy refuses a bad domain", p)
 
-    # 7. persisted; after a restart, a changed id whose fetch fails keeps the cache
+    # 7. a policy is fetched again before it lapses, with no mail to its domain
+    p = d.call({"op": "tls.policy", "domain": "stsshort.example.net"})
+    t.ok(p.get("mta_sts", {}).get("max_age") == 4, "short-lived policy fetched", p)
+    deadline = time.time() + 20
+    while time.time() < deadline and d.log_text().count(
+            "event=mta_sts_policy domain=stsshort.example.net") < 2:
+        time.sleep(0.5)
+    t.ok(d.log_text().count("event=mta_sts_policy domain=stsshort.example.net") >= 2,
+         "refreshed before it lapses (max_age 4 s), without mail to the domain")
+
+    # 8. persisted; after a restart, a changed id whose fetch fails keeps the cache
     path = os.path.join(d.state, "mta-sts.json")
     try:
         with open(path) as f:
