@@ -41,6 +41,9 @@ const struct ctl_op ctl_ops[] = {
 	{ "dkim.records",	ADMIN,	op_dkim_records,	"DNS records to publish (DKIM, SPF, DMARC)" },
 	{ "dkim.keygen",	ADMIN,	op_dkim_keygen,		"make a signing key and print its record" },
 	{ "dkim.check",		ADMIN,	op_dkim_check,		"compare published DKIM records with the keys" },
+	{ "tls.policy",		ADMIN,	op_tls_policy,		"TLS policy in force for a domain and its source" },
+	{ "tls.report",		ADMIN,	op_tls_report,		"send the TLS-RPT reports now" },
+	{ "domain.check",	ADMIN,	op_domain_check,	"what receivers see of a sending domain: DKIM, SPF, DMARC, FCrDNS, MTA-STS, TLS-RPT" },
 	{ "sandbox.list",	APP,	op_sandbox_list,	"messages delivered to the sandbox Maildir" },
 	{ "sandbox.show",	APP,	op_sandbox_show,	"one sandbox message" },
 	{ NULL, 0, NULL, NULL }

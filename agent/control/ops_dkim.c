@@ -180,11 +180,12 @@ op_dkim_records(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		free(note);
 		name = value = note = NULL;
 		if (asprintf(&name, "_dmarc.%s.", ki.domain) != -1 &&
-		    asprintf(&value, "v=DMARC1; p=quarantine; rua=mailto:dmarc@%s",
+		    asprintf(&value, "v=DMARC1; p=none; rua=mailto:dmarc@%s",
 		    ki.domain) != -1)
 			dkim_ops_add(list, &zone, &zlen, ki.domain, name, value,
-			    "dmarc", "suggestion: p=none first to collect reports, "
-			    "then quarantine or reject; the rua mailbox must exist");
+			    "dmarc", "suggestion: start with p=none and read the "
+			    "reports sent to rua, then move to quarantine or reject; "
+			    "the rua mailbox must exist");
 		free(name);
 		free(value);
 		name = value = NULL;

@@ -19,6 +19,8 @@
 #define OPQ_SUBJECT_MAX		998
 #define OPQ_HEADER_MAX		998	/* bytes of a header value we accept */
 #define OPQ_HEADERS_MAX		50	/* extra headers in one mail.send */
+#define OPQ_NAME_MAX		255	/* bytes of a display name */
+#define OPQ_ADDR_HDR_MAX	20	/* mailboxes in a Reply-To or Sender header */
 #define OPQ_LINE_MAX		998	/* RFC 5322 2.1.1 */
 #define OPQ_LIST_MAX		1000	/* queue.list page size cap */
 #define OPQ_IDS_MAX		1000	/* ids in one admin request */
@@ -31,8 +33,10 @@ static json_t	*opq_rcpts(const struct q_envelope *, int full);
 static json_t	*opq_entry(const struct q_envelope *, time_t now);
 static int	 opq_addr(struct otpmaild *, const char *field, const char *in,
 		    char *out, size_t outlen, json_t **err);
-static int	 opq_from(struct otpmaild *, const char *from, char *addr, size_t alen,
-		    char *hdr, size_t hlen, json_t **err);
+static int	 opq_from(struct otpmaild *, const char *field, const char *from, char *addr,
+		    size_t alen, char *name, size_t nlen, json_t **err);
+static int	 opq_addr_header(struct buf *, const char *name, const char *value,
+		    json_t **err);
 static int	 opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid,
 		    json_t **err);
 static int	 opq_raw(struct otpmaild *, const char *raw, size_t len, struct buf *b,
@@ -171,46 +175,77 @@ opq_addr(struct otpmaild *d, const char *field, const char *in, char *out, size_
 	return -1;
 }
 
-/* "addr" or "Display Name <addr>": the bare address for the envelope and
- * the From header to write. */
+/* "addr" or "Display Name <addr>" (the name any UTF-8): the bare address
+ * for the envelope, in its canonical form when d is given (from, to), and
+ * the display name for the header. */
 static int
-opq_from(struct otpmaild *d, const char *from, char *addr, size_t alen, char *hdr,
-    size_t hlen, json_t **err)
+opq_from(struct otpmaild *d, const char *field, const char *from, char *addr, size_t alen,
+    char *name, size_t nlen, json_t **err)
 {
-	const char *lt = strchr(from, '<'), *gt;
-	char name[256], in[ADDR_PATH_MAX * 4 + 1];
-	size_t nl;
+	char reason[128], in[ADDR_PATH_MAX + 1];
 
-	if (lt == NULL) {
-		if (opq_addr(d, "from", from, addr, alen, err) == -1)
+	if (msg_parse_mailbox(from, name, nlen, addr, alen) == -1) {
+		*err = reply_bad_field(field, "use \"address\" or \"Name <address>\" "
+		    "(a name of at most %zu bytes)", nlen - 1);
+		return -1;
+	}
+	if (d != NULL) {
+		snprintf(in, sizeof(in), "%s", addr);
+		return opq_addr(d, field, in, addr, alen, err);
+	}
+	if (addr_validate(addr, reason, sizeof(reason)) == -1) {
+		*err = reply_bad_field(field, "bad address %.80s: %s", addr, reason);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * An address header from the app ("a@b, Name <c@d>"): split at commas
+ * outside quotes, each mailbox checked, display names encoded, the
+ * addresses never.
+ */
+static int
+opq_addr_header(struct buf *b, const char *hname, const char *value, json_t **err)
+{
+	char item[ADDR_PATH_MAX + OPQ_NAME_MAX + 8];
+	char names[OPQ_ADDR_HDR_MAX][OPQ_NAME_MAX + 1], addrs[OPQ_ADDR_HDR_MAX][ADDR_PATH_MAX + 1];
+	const char *np[OPQ_ADDR_HDR_MAX], *ap[OPQ_ADDR_HDR_MAX], *p = value, *st;
+	size_t n = 0, l;
+	int inq;
+
+	while (*p != '\0') {
+		for (st = p, inq = 0; *p != '\0' && (inq || *p != ','); p++)
+			if (*p == '"')
+				inq = !inq;
+		l = (size_t)(p - st);
+		if (*p == ',')
+			p++;
+		while (l > 0 && (*st == ' ' || *st == '\t')) {
+			st++;
+			l--;
+		}
+		if (l == 0)
+			continue;
+		if (n == OPQ_ADDR_HDR_MAX || l >= sizeof(item)) {
+			*err = reply_bad_field("headers", "header %s: at most %d addresses",
+			    hname, OPQ_ADDR_HDR_MAX);
 			return -1;
-		snprintf(hdr, hlen, "%s", addr);
-		return 0;
+		}
+		memcpy(item, st, l);
+		item[l] = '\0';
+		if (opq_from(NULL, "headers", item, addrs[n], sizeof(addrs[n]), names[n],
+		    sizeof(names[n]), err) == -1)
+			return -1;
+		np[n] = names[n];
+		ap[n] = addrs[n];
+		n++;
 	}
-	gt = strchr(lt, '>');
-	if (gt == NULL || gt[1] != '\0' || (size_t)(gt - lt - 1) >= sizeof(in)) {
-		*err = reply_bad_field("from", "use \"address\" or \"Name <address>\"");
+	if (n == 0) {
+		*err = reply_bad_field("headers", "header %s: no address", hname);
 		return -1;
 	}
-	memcpy(in, lt + 1, (size_t)(gt - lt - 1));
-	in[gt - lt - 1] = '\0';
-	if (opq_addr(d, "from", in, addr, alen, err) == -1)
-		return -1;
-	nl = (size_t)(lt - from);
-	while (nl > 0 && from[nl - 1] == ' ')
-		nl--;
-	if (nl >= sizeof(name) || memchr(from, '"', nl) != NULL || memchr(from, '\\', nl)) {
-		*err = reply_bad_field("from", "display name too long or holds quotes");
-		return -1;
-	}
-	memcpy(name, from, nl);
-	name[nl] = '\0';
-	if (nl == 0)
-		snprintf(hdr, hlen, "<%s>", addr);
-	else if (strpbrk(name, "()<>[]:;@,.") != NULL)
-		snprintf(hdr, hlen, "\"%s\" <%s>", name, addr);
-	else
-		snprintf(hdr, hlen, "%s <%s>", name, addr);
+	msg_add_mailboxes(b, hname, np, ap, n);
 	return 0;
 }
 
@@ -263,6 +298,11 @@ opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid, json_t **er
 			*has_date = 1;
 		if (strcasecmp(name, "Message-ID") == 0)
 			*has_mid = 1;
+		if (strcasecmp(name, "Reply-To") == 0 || strcasecmp(name, "Sender") == 0) {
+			if (opq_addr_header(b, name, json_string_value(v), err) == -1)
+				return -1;
+			continue;
+		}
 		msg_add_header(b, name, json_string_value(v));
 	}
 	return 0;
@@ -450,8 +490,9 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 {
 	const char *from = NULL, *subject = NULL, *text = NULL, *html = NULL, *raw = NULL;
 	const char *cls = NULL, **to = NULL;
-	char fromaddr[ADDR_PATH_MAX + 1], fromhdr[ADDR_PATH_MAX + 300];
-	char (*canon)[ADDR_PATH_MAX + 1] = NULL;
+	char fromaddr[ADDR_PATH_MAX + 1], fromname[OPQ_NAME_MAX + 1];
+	char (*toaddr)[ADDR_PATH_MAX + 1] = NULL, (*toname)[OPQ_NAME_MAX + 1] = NULL;
+	const char **tonp = NULL, **toap = NULL, *fp[1], *fa[1];
 	char date[64], mid[300], boundary[80], id[QUEUE_ID_LEN + 1];
 	char tag[CONFIG_APP_NAME_MAX + 32], bad[ADDR_PATH_MAX + 64];
 	const struct app_conf *appc = strcmp(app, peer->app) == 0 ? peer->appc :
@@ -459,16 +500,16 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 	size_t nto = 0, textlen = 0, htmllen = 0, rawlen = 0, i, limit;
 	struct q_envelope tmpl;
 	struct q_rcpt *rc = NULL;
-	struct buf b, tohdr;
+	struct buf b;
 	json_t *err = NULL, *removed = NULL;
 	long ttl = 0;
 	int klass = Q_CLASS_DEFAULT, has_date = 0, has_mid = 0;
 
 	buf_init(&b);
-	buf_init(&tohdr);
 	limit = d->cfg->message_size_limit;
 	if (req_str(req, "from", 1, ADDR_PATH_MAX + 256, &from, &err) == -1 ||
-	    req_str_list(req, "to", 1, (size_t)d->cfg->max_recipients, ADDR_PATH_MAX,
+	    req_str_list(req, "to", 1, (size_t)d->cfg->max_recipients,
+	    ADDR_PATH_MAX + OPQ_NAME_MAX + 8,
 	    &to, &nto, &err) == -1 ||
 	    req_str(req, "class", 0, 16, &cls, &err) == -1 ||
 	    req_int(req, "ttl", 0, 1, 30L * 86400, &ttl, &err) == -1 ||
@@ -484,9 +525,9 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 	}
 	/* the null sender (sendmail -f '<>'): a raw message has its own From */
 	if (strcmp(from, "<>") == 0 && raw != NULL)
-		fromaddr[0] = fromhdr[0] = '\0';
-	else if (opq_from(d, from, fromaddr, sizeof(fromaddr), fromhdr, sizeof(fromhdr),
-	    &err) == -1)
+		fromaddr[0] = fromname[0] = '\0';
+	else if (opq_from(d, "from", from, fromaddr, sizeof(fromaddr), fromname,
+	    sizeof(fromname), &err) == -1)
 		goto fail;
 	if (fromaddr[0] != '\0' && !config_app_sender_ok(appc, fromaddr)) {
 		err = reply_error("forbidden", "app %s may not send as %s (its senders=)",
@@ -494,15 +535,19 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 		json_object_set_new(err, "field", json_string("from"));
 		goto fail;
 	}
-	/* the canonical forms go to the envelope and the To header */
-	if ((canon = calloc(nto, sizeof(*canon))) == NULL) {
+	if ((toaddr = calloc(nto, sizeof(*toaddr))) == NULL ||
+	    (toname = calloc(nto, sizeof(*toname))) == NULL ||
+	    (tonp = calloc(nto, sizeof(*tonp))) == NULL ||
+	    (toap = calloc(nto, sizeof(*toap))) == NULL) {
 		err = reply_error("unavailable", "out of memory");
 		goto fail;
 	}
 	for (i = 0; i < nto; i++) {
-		if (opq_addr(d, "to", to[i], canon[i], sizeof(canon[i]), &err) == -1)
+		if (opq_from(d, "to", to[i], toaddr[i], sizeof(toaddr[i]), toname[i],
+		    sizeof(toname[i]), &err) == -1)
 			goto fail;
-		to[i] = canon[i];
+		tonp[i] = toname[i];
+		toap[i] = toaddr[i];
 	}
 
 	if (raw != NULL) {
@@ -523,8 +568,6 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 			err = reply_bad_field("text", "text and html exceed message_size_limit");
 			goto fail;
 		}
-		for (i = 0; i < nto; i++)
-			buf_printf(&tohdr, "%s%s", i ? ", " : "", to[i]);
 		if (opq_headers(req, &b, &has_date, &has_mid, &err) == -1)
 			goto fail;
 		if (!has_date) {
@@ -535,8 +578,10 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 			msg_message_id(d->hostname ? d->hostname : "localhost", mid, sizeof(mid));
 			msg_add_header(&b, "Message-ID", mid);
 		}
-		msg_add_header(&b, "From", fromhdr);
-		msg_add_header(&b, "To", tohdr.data);
+		fp[0] = fromname;
+		fa[0] = fromaddr;
+		msg_add_mailboxes(&b, "From", fp, fa, 1);
+		msg_add_mailboxes(&b, "To", tonp, toap, nto);
 		msg_add_header(&b, "Subject", subject);
 		buf_adds(&b, "MIME-Version: 1.0\r\n");
 		if (html == NULL) {
@@ -576,7 +621,7 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 		goto fail;
 	}
 	for (i = 0; i < nto; i++)
-		rc[i].addr = (char *)to[i];
+		rc[i].addr = toaddr[i];
 	memset(&tmpl, 0, sizeof(tmpl));
 	tmpl.klass = (enum q_class)klass;
 	tmpl.sender = fromaddr;
@@ -591,9 +636,11 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 		goto fail;
 	free(rc);
 	free(to);
-	free(canon);
+	free(toaddr);
+	free(toname);
+	free(tonp);
+	free(toap);
 	buf_free(&b);
-	buf_free(&tohdr);
 	if (removed != NULL && json_array_size(removed) > 0) {
 		log_msg(LOG_NOTICE, "event=mail.send id=%s removed_headers=%zu uid=%u", id,
 		    json_array_size(removed), (unsigned)peer->uid);
@@ -605,10 +652,12 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 fail:
 	free(rc);
 	free(to);
-	free(canon);
+	free(toaddr);
+	free(toname);
+	free(tonp);
+	free(toap);
 	json_decref(removed);
 	buf_free(&b);
-	buf_free(&tohdr);
 	return err ? err : reply_error("unavailable", "out of memory");
 }
 

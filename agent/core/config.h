@@ -163,6 +163,12 @@ struct config {
 	struct domain_tls *domain_tls;
 	size_t		 ndomain_tls;
 	char		*tls_ca_file;		/* "" = system store */
+	int		 mta_sts;		/* apply MTA-STS policies (RFC 8461) */
+	int		 mta_sts_check_interval;	/* seconds between TXT checks */
+	int		 mta_sts_fetch_timeout;
+	int		 tls_rpt;		/* send TLS-RPT reports (RFC 8460) */
+	int		 tls_rpt_interval;
+	char		*tls_rpt_from;		/* "" = tlsrpt-noreply@hostname */
 	struct route	*routes;
 	size_t		 nroutes;
 	struct relay	*smarthost;		/* NULL = direct MX delivery */

@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+#include <curl/curl.h>
 
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
@@ -109,6 +111,44 @@ main_path(const char *dir, const char *name)
 }
 
 /* Tells systemd (Type=notify) we are ready, without libsystemd. */
+/*
+ * --check-config: what is valid but will hurt delivery.  No DKIM key for
+ * otp_from's domain (or a parent of it) means unsigned OTP mail; Ed25519
+ * alone is not verified by many receivers yet.
+ */
+static void
+main_check_warnings(const struct config *c)
+{
+	const char *from = c->otp_from && *c->otp_from ? c->otp_from : NULL;
+	char dom[256];
+	size_t i, l, ned = 0, kl;
+	int covered = 0;
+
+	if (c->sandbox)
+		return;
+	if (from != NULL && strrchr(from, '@') != NULL)
+		snprintf(dom, sizeof(dom), "%s", strrchr(from, '@') + 1);
+	else
+		snprintf(dom, sizeof(dom), "%s", c->hostname ? c->hostname : "");
+	dom[strcspn(dom, ">")] = '\0';
+	l = strlen(dom);
+	for (i = 0; i < c->ndkim_keys; i++) {
+		kl = strlen(c->dkim_keys[i].domain);
+		if (l >= kl && strcasecmp(dom + l - kl, c->dkim_keys[i].domain) == 0 &&
+		    (l == kl || dom[l - kl - 1] == '.'))
+			covered = 1;
+		if (c->dkim_keys[i].alg == DKIM_ALG_ED25519_SHA256)
+			ned++;
+	}
+	if (!covered)
+		fprintf(stderr, "otpmaild: warning: delivery is on and no dkim_key covers "
+		    "the domain of otp_from (%s): its mail goes out unsigned\n",
+		    dom[0] ? dom : "the host name");
+	if (c->ndkim_keys > 0 && ned == c->ndkim_keys)
+		fprintf(stderr, "otpmaild: warning: only Ed25519 DKIM keys: many receivers "
+		    "do not verify Ed25519 yet; add an RSA key beside it\n");
+}
+
 static void
 main_sd_notify(const char *msg)
 {
@@ -191,7 +231,7 @@ main(int argc, char **argv)
 	const char *path = getenv("OTPMAIL_CONFIG");
 	char err[1024], *spool;
 	int ch, foreground = 0, check = 0, lockfd, sig, rc = 1;
-	time_t last_sweep, last_ckpt, last_drop;
+	time_t last_sweep, last_ckpt, last_drop, last_rpt, last_sts;
 	sigset_t set;
 	struct passwd *pw;
 
@@ -228,6 +268,7 @@ main(int argc, char **argv)
 			return 1;
 		}
 		dkim_signer_free(s);
+		main_check_warnings(d.cfg);
 		config_print(d.cfg, stdout);
 		config_free(d.cfg);
 		return 0;
@@ -245,6 +286,7 @@ main(int argc, char **argv)
 	for (size_t i = 0; i < d.cfg->nwarnings; i++)
 		log_msg(LOG_WARNING, "event=config_warning detail=%s", d.cfg->warnings[i]);
 	signal(SIGPIPE, SIG_IGN);
+	curl_global_init(CURL_GLOBAL_DEFAULT);	/* before any thread (MTA-STS) */
 	/* Every thread inherits this mask; only main waits for the signals. */
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -319,7 +361,7 @@ main(int argc, char **argv)
 		    "machine (set sandbox = no to deliver)\"", d.cfg->sandbox_maildir);
 	main_sd_notify("READY=1");
 
-	last_sweep = last_ckpt = last_drop = time(NULL);
+	last_sweep = last_ckpt = last_drop = last_rpt = last_sts = time(NULL);
 	maildrop_scan(&d);	/* what otpmail-sendmail kept while we were down */
 	while (!d.stopping) {
 		sig = sigtimedwait(&set, NULL, &tick);
@@ -340,6 +382,18 @@ main(int argc, char **argv)
 			/* a sendmail that found the socket just before it was up */
 			last_drop = time(NULL);
 			maildrop_scan(&d);
+		}
+		if (d.cfg->mta_sts && !d.cfg->sandbox &&
+		    time(NULL) - last_sts >= d.cfg->mta_sts_check_interval) {
+			last_sts = time(NULL);
+			mtasts_refresh(mtasts_shared(d.cfg, d.state_dir));
+		}
+		if (d.cfg->tls_rpt && !d.cfg->sandbox &&
+		    time(NULL) - last_rpt >= d.cfg->tls_rpt_interval) {
+			size_t ns, nf;
+
+			last_rpt = time(NULL);
+			tlsrpt_send(&d, &ns, &nf);
 		}
 		if (time(NULL) - last_ckpt >= 60) {
 			last_ckpt = time(NULL);
@@ -371,7 +425,9 @@ out:
 		store_close(d.store);
 	dkim_signer_free(d.dkim);
 	otp_templates_free(d.templates);
+	mtasts_shared_free();
 	mx_resolver_shared_free();
+	curl_global_cleanup();
 	config_free(d.cfg);
 	return rc;
 }

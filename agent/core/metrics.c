@@ -59,6 +59,8 @@ static struct metrics_family metrics_otp_locked = { "otpmail_otp_locked_total",
     "OTP requests refused because the address is locked out.", {{ "", 0 }}, 0 };
 static struct metrics_family metrics_rate_limited = { "otpmail_rate_limited_total",
     "Requests refused by a named rate limit, by op and limit.", {{ "", 0 }}, 0 };
+static struct metrics_family metrics_events = { "otpmail_policy_events_total",
+    "MTA-STS policy fetches and TLS-RPT reports, by what and result.", {{ "", 0 }}, 0 };
 static struct metrics_hist metrics_latency = { "otpmail_delivery_latency_seconds",
     "Seconds from submission to acceptance by the receiving server, per recipient.",
     metrics_latency_bounds, sizeof(metrics_latency_bounds) / sizeof(double), { 0 }, 0, 0 };
@@ -99,17 +101,25 @@ metrics_clean(char *out, size_t len, const char *in)
 	out[i] = '\0';
 }
 
+/* Adds 1 to f's series {k1="v1",result="v2"}, both values cleaned. */
+static void
+metrics_inc2(struct metrics_family *f, const char *k1, const char *v1,
+    const char *v2)
+{
+	char a[32], b[32], labels[METRICS_LABEL_MAX];
+
+	metrics_clean(a, sizeof(a), v1);
+	metrics_clean(b, sizeof(b), v2);
+	snprintf(labels, sizeof(labels), "%s=\"%s\",result=\"%s\"", k1, a, b);
+	pthread_mutex_lock(&metrics_mu);
+	metrics_inc(f, labels);
+	pthread_mutex_unlock(&metrics_mu);
+}
+
 void
 metrics_request(const char *op, const char *result)
 {
-	char o[32], r[32], labels[METRICS_LABEL_MAX];
-
-	metrics_clean(o, sizeof(o), op);
-	metrics_clean(r, sizeof(r), result);
-	snprintf(labels, sizeof(labels), "op=\"%s\",result=\"%s\"", o, r);
-	pthread_mutex_lock(&metrics_mu);
-	metrics_inc(&metrics_requests, labels);
-	pthread_mutex_unlock(&metrics_mu);
+	metrics_inc2(&metrics_requests, "op", op, result);
 }
 
 void
@@ -178,6 +188,12 @@ metrics_delivery(const char *klass, const char *result, const char *reply)
 	pthread_mutex_lock(&metrics_mu);
 	metrics_inc(&metrics_deliveries, labels);
 	pthread_mutex_unlock(&metrics_mu);
+}
+
+void
+metrics_event(const char *what, const char *result)
+{
+	metrics_inc2(&metrics_events, "what", what, result);
 }
 
 static void
@@ -314,6 +330,7 @@ metrics_render(struct buf *b)
 	metrics_render_plain(b, &metrics_otp_locked);
 	metrics_render_family(b, &metrics_rate_limited);
 	metrics_render_family(b, &metrics_deliveries);
+	metrics_render_family(b, &metrics_events);
 	metrics_render_hist(b, &metrics_latency);
 	metrics_render_hist(b, &metrics_sign);
 	pthread_mutex_unlock(&metrics_mu);

@@ -19,6 +19,8 @@ void	metrics_delivery(const char *klass, const char *result, const char *reply);
 /* Seconds from submission to a 2xx, per recipient. */
 void	metrics_delivery_latency(double seconds);
 void	metrics_dkim_sign(double seconds);
+/* Deliverability machinery (MTA-STS fetches, TLS-RPT reports...): what, result. */
+void	metrics_event(const char *what, const char *result);
 /* Appends the exposition of everything above, and the process_* metrics. */
 void	metrics_render(struct buf *);
 

@@ -20,9 +20,11 @@
 #include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/otpmaild.h"
+#include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"
 #include "agent/delivery/smtp.h"
+#include "agent/delivery/tlsrpt.h"
 #include "queue/queue.h"
 
 #define DELIVERY_KEY_MAX	700
@@ -82,6 +84,8 @@ struct job {
 	size_t			 n;
 	int			 fallback_done;
 	char			 last_temp[SMTP_REPLY_MAX];
+	int			 sts_on;	/* MX hosts under an MTA-STS policy */
+	struct mtasts_policy	 sts;
 };
 
 /* A list of hosts to try for one destination. */
@@ -128,6 +132,11 @@ static void	 delivery_log_attempt(struct job *, struct hop *, const char *host,
 static double	 delivery_mono(void);
 static int	 delivery_is_literal(const char *);
 static char	*delivery_read_secret(const char *path, char *err, size_t errlen);
+static int	 delivery_sts_host(struct job *, struct hop *, const char *host,
+		    int dane);
+static void	 delivery_tls_outcome(struct job *, struct hop *, const char *host,
+		    const struct mx_addr *, const struct smtp_params *,
+		    const struct smtp_tls_report *);
 
 static double
 delivery_mono(void)
@@ -550,7 +559,9 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 	} else {
 		hop.kind = "mx";
 		hop.port = cfg->smtp_port;
-		snprintf(hop.key, sizeof(hop.key), "mx:%s|%d", domain, j.policy);
+		j.sts_on = mtasts_for_delivery(cfg, dl->d->state_dir, domain, &j.sts);
+		snprintf(hop.key, sizeof(hop.key), "mx:%s|%d%s", domain, j.policy,
+		    j.sts_on ? "|sts" : "");
 		ms = mx_lookup(dl->mx, domain, cfg->smtp_port, &list, reason, sizeof(reason));
 		if (ms == MX_OK && !cfg->mx_allow_internal)
 			ms = delivery_drop_internal(env, domain, list, reason, sizeof(reason));
@@ -643,6 +654,7 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 	struct delivery *dl = j->dl;
 	const struct config *cfg = dl->cfg;
 	struct smtp_params p;
+	struct smtp_tls_report rep;
 	struct smtp_session *s;
 	struct tlsa_set *tlsa;
 	char host[256], reply[SMTP_REPLY_MAX], tlsname[ADDR_DOMAIN_MAX + 1];
@@ -686,6 +698,11 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 				continue;
 			}
 		}
+		if (j->sts_on && delivery_sts_host(j, hop, mh->name, tlsa != NULL &&
+		    tlsa->secure && tlsa->n > 0) == -1) {
+			tlsa_set_free(tlsa);
+			continue;
+		}
 		memset(&p, 0, sizeof(p));
 		p.helo = dl->d->hostname;
 		p.tls_name = tlsname;
@@ -698,6 +715,15 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 		p.data_timeout = cfg->smtp_data_timeout;
 		p.data_done_timeout = cfg->smtp_data_done_timeout;
 		p.abort = &dl->abort;
+		if (strcmp(hop->kind, "mx") == 0)
+			p.report = &rep;
+		/* MTA-STS, unless DANE authenticates this host (RFC 8461 2) */
+		if (j->sts_on && p.tlsa == NULL) {
+			if (j->sts.mode == MTASTS_ENFORCE)
+				p.policy = TLS_VERIFY;
+			else
+				p.check_name = 1;
+		}
 		if (hop->auth) {
 			p.auth_user = cfg->smarthost_user;
 			p.auth_pass = dl->auth_pass;
@@ -722,12 +748,18 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 			a++;
 			if (smtp_open(&p, (const struct sockaddr *)&ma->ss, ma->sslen, &s,
 			    reply, sizeof(reply)) != SMTP_OK) {
+				delivery_tls_outcome(j, hop, mh->name, ma, &p, &rep);
+				if (j->sts_on && p.policy == TLS_VERIFY && p.tlsa == NULL)
+					snprintf(reply + strlen(reply), sizeof(reply) -
+					    strlen(reply), " (MTA-STS policy of %.255s: "
+					    "enforce)", j->domain);
 				delivery_unslot(dl, hop->key);
 				delivery_open_failed(j, hop, mh->name, ma, reply);
 				if (otp_early && !j->fallback_done)
 					delivery_fallback(j);
 				continue;
 			}
+			delivery_tls_outcome(j, hop, mh->name, ma, &p, &rep);
 			retry = delivery_transaction(j, hop, s, mh->name);
 			if (!retry && delivery_pending(j) > 0 && otp_early && !j->fallback_done)
 				delivery_fallback(j);
@@ -739,6 +771,54 @@ delivery_try_hop(struct job *j, struct hop *hop, int otp_early)
 		tlsa_set_free(tlsa);
 	}
 	return 0;
+}
+
+/*
+ * MTA-STS: may this MX host be used?  In enforce mode only hosts the policy
+ * names (-1 = skip it, with the reason); testing mode reports and goes on.
+ * A host DANE authenticates is not held to the MTA-STS policy.
+ */
+static int
+delivery_sts_host(struct job *j, struct hop *hop, const char *host, int dane)
+{
+	if (dane || mtasts_mx_match(&j->sts, host))
+		return 0;
+	tlsrpt_record(j->domain, TLSRPT_STS, &j->sts, host, NULL, "validation-failure");
+	if (j->sts.mode == MTASTS_TESTING) {
+		log_msg(LOG_WARNING, "event=mta_sts_violation mode=testing domain=%s "
+		    "mx=%s result_type=validation-failure note=\"MX host not in the "
+		    "policy; delivered anyway\"", j->domain, host);
+		return 0;
+	}
+	snprintf(j->last_temp, sizeof(j->last_temp), "4.7.5 MTA-STS policy of "
+	    "%.200s (enforce) does not list the MX host %.200s", j->domain, host);
+	delivery_log_attempt(j, hop, host, NULL, NULL, "deferred", j->last_temp,
+	    delivery_pending(j));
+	return -1;
+}
+
+/* Counts what TLS achieved with an MX host for TLS-RPT (nothing if the
+ * connection never got as far as TLS). */
+static void
+delivery_tls_outcome(struct job *j, struct hop *hop, const char *host,
+    const struct mx_addr *ma, const struct smtp_params *p,
+    const struct smtp_tls_report *rep)
+{
+	char ip[64] = "";
+
+	if (p->report == NULL || (rep->rtype == NULL && !rep->tls))
+		return;			/* no TLS step reached, or plain by policy */
+	getnameinfo((const struct sockaddr *)&ma->ss, ma->sslen, ip, sizeof(ip),
+	    NULL, 0, NI_NUMERICHOST);
+	tlsrpt_record(j->domain, p->tlsa != NULL ? TLSRPT_TLSA : j->sts_on ?
+	    TLSRPT_STS : TLSRPT_NOPOLICY, j->sts_on ? &j->sts : NULL, host, ip,
+	    rep->rtype);
+	if (rep->rtype != NULL && j->sts_on && j->sts.mode == MTASTS_TESTING &&
+	    p->tlsa == NULL)
+		log_msg(LOG_WARNING, "event=mta_sts_violation mode=testing domain=%s "
+		    "mx=%s ip=%s result_type=%s note=\"delivered anyway\"",
+		    j->domain, host, ip, rep->rtype);
+	(void)hop;
 }
 
 /* A connection or session setup failed: every open recipient gets the reason. */

@@ -8,15 +8,20 @@
  * May call: queue/ (lease, outcomes), agent/core/ (config, log, metrics)
  * and agent/mail/ (address checks).  Must not touch: store/ (codes and
  * secrets), dkim/ (messages arrive signed), the control socket.  Other
- * folders include only this header; mx.h, smtp.h, tlsstream.h and
- * sandbox.h are internal to agent/delivery/ (and its unit tests).
+ * folders include only this header, which brings in the parts others may
+ * use: DNS lookups (mx.h: MX, TXT, PTR, TLSA, for the domain check), the
+ * MTA-STS policy cache and TLS-RPT counts (mtasts.h, tlsrpt.h) and the
+ * sandbox Maildir (sandbox.h); smtp.h and tlsstream.h are internal.
  */
 #ifndef OTPMAIL_DELIVERY_H
 #define OTPMAIL_DELIVERY_H
 
 #include <stddef.h>
 #include "agent/core/otpmaild.h"
+#include "agent/delivery/mtasts.h"
+#include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"
+#include "agent/delivery/tlsrpt.h"
 
 struct delivery	*delivery_start(struct otpmaild *, char *err, size_t errlen);
 /* Stops taking work, lets in-flight sessions end within their timeouts. */

@@ -37,6 +37,9 @@
 #define RR_MX		15
 #define RR_AAAA		28
 #define RR_TLSA		52
+#define RR_TXT		16
+#define RR_PTR		12
+#define MX_MAX_TXT	16
 #define RCODE_SERVFAIL	2
 #define RCODE_NXDOMAIN	3
 
@@ -1205,6 +1208,130 @@ tlsa_set_free(struct tlsa_set *set)
 		free(set->rrs[i].data);
 	free(set->rrs);
 	free(set);
+}
+
+/* TXT rdata -> its strings joined; -1 if malformed. */
+static int
+mx_txt_text(const unsigned char *d, size_t dl, char *out, size_t outlen)
+{
+	size_t k, l = 0, c;
+
+	for (k = 0; k < dl; k += 1 + c) {
+		c = d[k];
+		if (k + 1 + c > dl || l + c >= outlen)
+			return -1;
+		memcpy(out + l, d + k + 1, c);
+		l += c;
+	}
+	out[l] = '\0';
+	return 0;
+}
+
+/* PTR rdata -> the name. */
+static int
+mx_ptr_text(const unsigned char *d, size_t dl, char *out, size_t outlen)
+{
+	size_t used;
+
+	return mx_parse_name(d, dl, &used, out, outlen);
+}
+
+/*
+ * The records of one type at name as text (conv turns one rdata into it),
+ * NULL-terminated; an empty list when there are none.
+ */
+static enum mx_status
+mx_text_records(struct mx_resolver *r, const char *name, int type,
+    int (*conv)(const unsigned char *, size_t, char *, size_t), char ***out,
+    char *reason, size_t len)
+{
+	struct mx_query *q = NULL;
+	enum mx_status st;
+	char **v = NULL;
+	size_t n = 0, i, dl;
+
+	*out = NULL;
+	reason[0] = '\0';
+	if ((q = mx_query_new(name, type)) == NULL) {
+		snprintf(reason, len, "out of memory");
+		return MX_TEMPFAIL;
+	}
+	mx_resolve(r, &q, 1);
+	if ((st = mx_query_status(q, reason, len)) != MX_OK)
+		goto done;
+	while (q->res->havedata && q->res->data[n] != NULL && n < MX_MAX_TXT)
+		n++;
+	if ((v = calloc(n + 1, sizeof(*v))) == NULL) {
+		st = MX_TEMPFAIL;
+		goto done;
+	}
+	for (i = 0; i < n; i++) {
+		dl = q->res->len[i] > 0 ? (size_t)q->res->len[i] : 0;
+		if ((v[i] = malloc(dl + MX_NAME_MAX + 2)) == NULL) {
+			st = MX_TEMPFAIL;
+			goto done;
+		}
+		if (conv((const unsigned char *)q->res->data[i], dl, v[i],
+		    dl + MX_NAME_MAX + 2) == -1) {
+			snprintf(reason, len, "malformed record at %s", name);
+			st = MX_BADANSWER;
+			goto done;
+		}
+	}
+	*out = v;
+	v = NULL;
+done:
+	if (st != MX_OK && reason[0] == '\0')
+		snprintf(reason, len, "out of memory");
+	mx_txt_free(v);
+	mx_query_free(q);
+	return st;
+}
+
+/* TXT records of name (MTA-STS, TLS-RPT, SPF, DMARC). */
+enum mx_status
+mx_txt(struct mx_resolver *r, const char *name, char ***out, char *reason,
+    size_t len)
+{
+	*out = NULL;
+	if (!mx_domain_valid(name)) {
+		snprintf(reason, len, "invalid name for TXT");
+		return MX_BADANSWER;
+	}
+	return mx_text_records(r, name, RR_TXT, mx_txt_text, out, reason, len);
+}
+
+/* PTR names of an address (FCrDNS checks), without trailing dots. */
+enum mx_status
+mx_ptr(struct mx_resolver *r, const struct mx_addr *a, char ***out, char *reason,
+    size_t len)
+{
+	const unsigned char *ip;
+	char name[80];
+	size_t i, o = 0;
+
+	if (a->ss.ss_family == AF_INET) {
+		ip = (const unsigned char *)&((const struct sockaddr_in *)&a->ss)->sin_addr;
+		snprintf(name, sizeof(name), "%u.%u.%u.%u.in-addr.arpa", ip[3], ip[2],
+		    ip[1], ip[0]);
+	} else {
+		ip = (const unsigned char *)&((const struct sockaddr_in6 *)&a->ss)->sin6_addr;
+		for (i = 16; i-- > 0; )
+			o += (size_t)snprintf(name + o, sizeof(name) - o, "%x.%x.",
+			    ip[i] & 15, ip[i] >> 4);
+		snprintf(name + o, sizeof(name) - o, "ip6.arpa");
+	}
+	return mx_text_records(r, name, RR_PTR, mx_ptr_text, out, reason, len);
+}
+
+void
+mx_txt_free(char **v)
+{
+	size_t i;
+
+	for (i = 0; v != NULL && v[i] != NULL; i++)
+		free(v[i]);
+	free(v);
 }
 
 const char *

@@ -89,6 +89,14 @@ int		 mx_addr_internal(const struct mx_addr *a);
  * in first (may be NULL).
  */
 size_t		 mx_list_drop_internal(struct mx_list *, char *first, size_t len);
+/* TXT records at name, each record's strings joined, NULL-terminated
+ * (empty when the name has none). */
+enum mx_status	 mx_txt(struct mx_resolver *, const char *name, char ***out,
+		    char *reason, size_t len);
+/* PTR names of an address (NULL-terminated, free with mx_txt_free). */
+enum mx_status	 mx_ptr(struct mx_resolver *, const struct mx_addr *, char ***out,
+		    char *reason, size_t len);
+void		 mx_txt_free(char **);
 
 /* Short name of a status for logs ("tempfail", "nullmx", ...). */
 const char	*mx_status_name(enum mx_status);

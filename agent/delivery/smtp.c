@@ -62,6 +62,8 @@ static enum smtp_status smtp_open_once(const struct smtp_params *,
 static int	 smtp_cmd(struct smtp_session *, int timeout, const char *fmt, ...)
 		    __attribute__((format(printf, 3, 4)));
 static int	 smtp_ehlo(struct smtp_session *, char *, size_t);
+static void	 smtp_report(struct smtp_session *, const char *rtype, int verified);
+static const char *smtp_verify_rtype(long);
 static enum smtp_status smtp_starttls(struct smtp_session *, int *tls_failed,
 		    char *, size_t);
 static enum smtp_status smtp_auth(struct smtp_session *, char *, size_t);
@@ -326,6 +328,38 @@ smtp_ehlo(struct smtp_session *s, char *err, size_t errlen)
 	return -1;
 }
 
+/* Records what TLS achieved (first failure wins over a later success). */
+static void
+smtp_report(struct smtp_session *s, const char *rtype, int verified)
+{
+	struct smtp_tls_report *r = s->p.report;
+
+	if (r == NULL)
+		return;
+	if (rtype != NULL && r->rtype == NULL)
+		r->rtype = rtype;
+	r->verified = verified;
+}
+
+/* RFC 8460 4.3 result type of a certificate verification error. */
+static const char *
+smtp_verify_rtype(long vr)
+{
+	switch (vr) {
+	case X509_V_ERR_HOSTNAME_MISMATCH:
+		return "certificate-host-mismatch";
+	case X509_V_ERR_CERT_HAS_EXPIRED:
+		return "certificate-expired";
+	case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+	case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+		return "certificate-not-trusted";
+	default:
+		return "validation-failure";
+	}
+}
+
 static enum smtp_status
 smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 {
@@ -341,6 +375,7 @@ smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 	required = s->p.policy == TLS_ENCRYPT || s->p.policy == TLS_VERIFY ||
 	    (s->p.policy == TLS_DANE && tlsa != NULL && tlsa->secure && tlsa->n > 0);
 	if (!(s->smtp->esmtp & MAILSMTP_ESMTP_STARTTLS)) {
+		smtp_report(s, "starttls-not-supported", 0);
 		if (!required)
 			return SMTP_OK;
 		snprintf(err, errlen, "TLS required (policy %s) but the server "
@@ -349,7 +384,8 @@ smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 		return SMTP_TEMP;
 	}
 	/* verify and dane check the chain: they need the CA store. */
-	check = s->p.policy == TLS_VERIFY || (s->p.policy == TLS_DANE && required);
+	check = s->p.policy == TLS_VERIFY || (s->p.policy == TLS_DANE && required) ||
+	    s->p.check_name;
 	if ((ctx = smtp_tls_ctx(s->p.tls_ctx, check ? &ca : NULL, why,
 	    sizeof(why))) == NULL) {
 		snprintf(err, errlen, "TLS setup: %s", why);
@@ -398,7 +434,7 @@ smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 			    tlsa->rrs[i].data, tlsa->rrs[i].len) > 0)
 				dane++;
 		/* All records unusable: TLS still mandatory, no authentication. */
-	} else if (s->p.policy == TLS_VERIFY) {
+	} else if (s->p.policy == TLS_VERIFY || s->p.check_name) {
 		if (smtp_is_ip_literal(s->p.tls_name, lit, sizeof(lit)))
 			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), lit);
 		else {
@@ -408,28 +444,36 @@ smtp_starttls(struct smtp_session *s, int *tls_failed, char *err, size_t errlen)
 	}
 	tlsstream_set_timeout(s->low, s->p.command_timeout, 1);
 	if (tlsstream_start_tls(s->low, ssl, why, sizeof(why)) == -1) {
+		smtp_report(s, "validation-failure", 0);
 		s->usable = 0;
 		*tls_failed = 1;
 		snprintf(err, errlen, "%s", why);
 		return SMTP_TEMP;
 	}
 	s->tls = 1;
+	if (s->p.report != NULL)
+		s->p.report->tls = 1;
 	snprintf(s->tls_version, sizeof(s->tls_version), "%s", SSL_get_version(ssl));
 	snprintf(s->tls_cipher, sizeof(s->tls_cipher), "%s", SSL_get_cipher_name(ssl));
 	s->tls_auth = "unverified";
-	if (s->p.policy == TLS_VERIFY || dane > 0) {
+	if (s->p.policy == TLS_VERIFY || dane > 0 || s->p.check_name) {
 		vr = SSL_get_verify_result(ssl);
-		if (vr != X509_V_OK || SSL_get0_peer_certificate(ssl) == NULL) {
+		if (SSL_get0_peer_certificate(ssl) == NULL && vr == X509_V_OK)
+			vr = X509_V_ERR_UNSPECIFIED;
+		smtp_report(s, vr == X509_V_OK ? NULL : dane > 0 ? "tlsa-invalid" :
+		    smtp_verify_rtype(vr), vr == X509_V_OK);
+		if (vr == X509_V_OK)
+			s->tls_auth = dane > 0 ? "dane" : "verified";
+		else if (s->p.policy == TLS_VERIFY || dane > 0) {
 			snprintf(err, errlen, "TLS %s failed for %s: %s",
 			    dane > 0 ? "DANE authentication" : "certificate verification",
 			    s->p.tls_name ? s->p.tls_name : "?",
-			    vr != X509_V_OK ? X509_verify_cert_error_string(vr) :
-			    "no certificate");
+			    X509_verify_cert_error_string(vr));
 			smtp_cmd(s, 5, "QUIT");
 			s->usable = 0;
 			return SMTP_TEMP;
 		}
-		s->tls_auth = dane > 0 ? "dane" : "verified";
+		/* check_name alone: reported, not enforced */
 	}
 	if (smtp_ehlo(s, err, errlen) == -1)
 		return smtp_class(s->smtp->response_code) == SMTP_PERM ?
@@ -558,6 +602,7 @@ smtp_open_once(const struct smtp_params *p, const struct sockaddr *sa,
 	s->p.tlsa = NULL;
 	s->p.auth_user = NULL;
 	s->p.auth_pass = NULL;
+	s->p.report = NULL;
 	*out = s;
 	return SMTP_OK;
 fail:
@@ -572,6 +617,8 @@ smtp_open(const struct smtp_params *p, const struct sockaddr *sa,
 	enum smtp_status st;
 	int tls_failed = 0;
 
+	if (p->report != NULL)
+		memset(p->report, 0, sizeof(*p->report));
 	st = smtp_open_once(p, sa, salen, 0, &tls_failed, out, reply, len);
 	if (st != SMTP_OK && tls_failed && (p->policy == TLS_MAY ||
 	    (p->policy == TLS_DANE && (p->tlsa == NULL || !p->tlsa->secure ||

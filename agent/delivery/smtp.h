@@ -22,6 +22,13 @@ enum smtp_status {
 	SMTP_PERM,		/* 5xx or a local permanent refusal */
 };
 
+/* What TLS achieved on a connection, for MTA-STS and TLS-RPT (RFC 8460). */
+struct smtp_tls_report {
+	const char		*rtype;		/* NULL, or an RFC 8460 result type */
+	int			 verified;	/* certificate (or DANE) checked out */
+	int			 tls;		/* a TLS session was set up */
+};
+
 struct smtp_params {
 	const char		*helo;		/* EHLO name */
 	const char		*tls_name;	/* SNI and the name "verify" checks */
@@ -36,6 +43,10 @@ struct smtp_params {
 	const char		*auth_user;	/* AUTH PLAIN/LOGIN (TLS only) or NULL */
 	const char		*auth_pass;
 	const volatile int	*abort;		/* non-zero: stop waiting (shutdown) */
+	int			 check_name;	/* may/encrypt: check the certificate
+						 * against tls_name too, without
+						 * enforcing (MTA-STS testing) */
+	struct smtp_tls_report	*report;	/* out, or NULL */
 };
 
 struct smtp_rcpt {

@@ -248,7 +248,8 @@ msg_add_header(struct buf *b, const char *name, const char *value)
 	 */
 	if (msg_needs_encoding(value) || col + 1 + msg_longest_word(value) > MSG_LINE_MAX) {
 		buf_adds(b, " ");
-		msg_add_encoded_words(b, value, col + 1);
+		/* no fold before the first word: it would decode as a space */
+		msg_add_encoded_words(b, value, 1);
 		buf_adds(b, "\r\n");
 		return;
 	}
@@ -400,4 +401,76 @@ msg_add_html_escaped(struct buf *b, const char *t)
 		default:	buf_add(b, t, 1);
 		}
 	}
+}
+
+int
+msg_parse_mailbox(const char *in, char *name, size_t namelen, char *addr,
+    size_t addrlen)
+{
+	const char *lt = strrchr(in, '<'), *gt, *s, *e;
+	size_t l;
+
+	name[0] = '\0';
+	if (lt == NULL) {
+		if (strchr(in, '>') != NULL || strlen(in) >= addrlen)
+			return -1;
+		snprintf(addr, addrlen, "%s", in);
+		return 0;
+	}
+	gt = strchr(lt, '>');
+	if (gt == NULL || gt[1] != '\0' || (size_t)(gt - lt - 1) >= addrlen)
+		return -1;
+	memcpy(addr, lt + 1, (size_t)(gt - lt - 1));
+	addr[gt - lt - 1] = '\0';
+	for (s = in; *s == ' ' || *s == '\t'; s++)
+		;
+	for (e = lt; e > s && (e[-1] == ' ' || e[-1] == '\t'); e--)
+		;
+	/* "Quoted Name": the quotes go, the text stays (re-quoted on output) */
+	if (e - s >= 2 && *s == '"' && e[-1] == '"') {
+		s++;
+		e--;
+	}
+	l = (size_t)(e - s);
+	if (l >= namelen || memchr(s, '<', l) != NULL || memchr(s, '>', l) != NULL)
+		return -1;
+	memcpy(name, s, l);
+	name[l] = '\0';
+	return 0;
+}
+
+void
+msg_add_mailboxes(struct buf *b, const char *name, const char *const *names,
+    const char *const *addrs, size_t n)
+{
+	size_t i, col;
+	const char *p;
+
+	buf_printf(b, "%s:", name);
+	col = strlen(name) + 1;
+	for (i = 0; i < n; i++) {
+		if (i > 0) {
+			buf_adds(b, ",\r\n");
+			col = 0;
+		}
+		buf_adds(b, " ");
+		col++;
+		if (names[i] != NULL && names[i][0] != '\0') {
+			if (msg_needs_encoding(names[i]))
+				msg_add_encoded_words(b, names[i], 1);
+			else if (strpbrk(names[i], "()<>[]:;@\\,.\"") != NULL) {
+				buf_adds(b, "\"");
+				for (p = names[i]; *p; p++) {
+					if (*p == '"' || *p == '\\')
+						buf_adds(b, "\\");
+					buf_add(b, p, 1);
+				}
+				buf_adds(b, "\"");
+			} else
+				buf_adds(b, names[i]);
+			buf_printf(b, " <%s>", addrs[i]);
+		} else
+			buf_adds(b, addrs[i]);
+	}
+	buf_adds(b, "\r\n");
 }

@@ -41,6 +41,20 @@ int	msg_header_value_ok(const char *, size_t maxlen);
 /* Adds "Name: value\r\n", value encoded as RFC 2047 words if not ASCII,
  * folded at 78 columns. */
 void	msg_add_header(struct buf *, const char *name, const char *value);
+/*
+ * A mailbox as an app writes it: "addr" or "Display Name <addr>" (the name
+ * any UTF-8, optionally in double quotes).  0 with the name (may be "") and
+ * the bare address, -1 if malformed.  The address is not validated here.
+ */
+int	msg_parse_mailbox(const char *in, char *name, size_t namelen,
+	    char *addr, size_t addrlen);
+/*
+ * Adds "Name: mailbox, mailbox\r\n": display names become RFC 2047 words
+ * when not ASCII, quoted strings when they hold specials; addresses are
+ * written as they are (never encoded).  One mailbox per folded line.
+ */
+void	msg_add_mailboxes(struct buf *, const char *name, const char *const *names,
+	    const char *const *addrs, size_t n);
 /* Appends text with every line ending turned into CRLF; ensures a final CRLF. */
 void	msg_add_crlf_text(struct buf *, const char *text, size_t len);
 /* 1 if any byte >= 0x80 (the message needs 8BITMIME). */

@@ -53,6 +53,8 @@ static void	fmt_config(json_t *);
 static void	fmt_help(json_t *);
 static void	fmt_sandbox_list(json_t *);
 static void	fmt_zone(json_t *);
+static void	fmt_domain_check(json_t *);
+static const char *jstr(json_t *, const char *);
 
 static const struct cmd cmds[] = {
 	{ "ping", "ping", "", "", "", fmt_generic, "check the daemon answers" },
@@ -95,6 +97,12 @@ static const struct cmd cmds[] = {
 	{ "dkim keygen", "dkim.keygen", "", "bits", "", fmt_zone,
 	    "--domain D --selector S [--algorithm rsa|ed25519] [--bits N] [--file F]" },
 	{ "dkim check", "dkim.check", "", "", "", fmt_generic, "[--domain D]" },
+	{ "tls policy", "tls.policy", "domain", "", "", fmt_generic,
+	    "<domain>: TLS policy in force (DANE, MTA-STS, configured, default)" },
+	{ "tls report", "tls.report", "", "", "", fmt_generic,
+	    "send the TLS-RPT reports now (else every tls_rpt_interval)" },
+	{ "domain check", "domain.check", "domain", "", "", fmt_domain_check,
+	    "<domain>: DKIM, SPF, DMARC, FCrDNS, MTA-STS, TLS-RPT as receivers see them" },
 	{ "sandbox list", "sandbox.list", "", "limit", "", fmt_sandbox_list,
 	    "messages in the sandbox Maildir" },
 	{ "sandbox show", "sandbox.show", "file", "", "latest", fmt_text,
@@ -279,8 +287,10 @@ exit_code(json_t *reply)
 {
 	const char *e;
 
+	/* a check that ran but found problems (dkim check, domain check) */
 	if (json_is_true(json_object_get(reply, "ok")))
-		return EX_OK;
+		return json_integer_value(json_object_get(reply, "problems")) > 0 ?
+		    EX_REFUSED : EX_OK;
 	e = json_string_value(json_object_get(reply, "error"));
 	return e && strcmp(e, "forbidden") == 0 ? EX_FORBIDDEN : EX_REFUSED;
 }
@@ -432,9 +442,27 @@ fmt_zone(json_t *r)
 		fmt_generic(r);
 		return;
 	}
+	if (*t == '\0' && json_is_string(json_object_get(r, "note")))
+		printf("%s\n", json_string_value(json_object_get(r, "note")));
 	fputs(t, stdout);
 	if (json_is_string(cl))
 		printf("\n# add to otpmail.conf:\n%s\n", json_string_value(cl));
+}
+
+/* One line per check: OK / WARN / FAIL, what, and the detail. */
+static void
+fmt_domain_check(json_t *r)
+{
+	json_t *c, *lines = json_object_get(r, "checks");
+	size_t i;
+
+	if (!json_is_array(lines)) {
+		fmt_generic(r);
+		return;
+	}
+	json_array_foreach(lines, i, c)
+		printf("%-4s %-8s %s\n", jstr(c, "status"), jstr(c, "check"),
+		    jstr(c, "detail"));
 }
 
 static void

@@ -50,7 +50,7 @@ CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined
 	-DPACKAGE_STRING=\"otpmail\" -DPACKAGE=\"otpmail\"
 	-DSYSCONFDIR=\"/etc\" -DDATADIR=\"$srcdir/etc\" -DSRCDIR=\"$srcdir\"
 	-I/usr/include/opendkim"
-LIBS="-ljansson -letpan -lopendkim -lssl -lcrypto -ldb-5.3 -lunbound -lidn2 -lpthread -lm"
+LIBS="-ljansson -letpan -lopendkim -lssl -lcrypto -ldb-5.3 -lunbound -lidn2 -lcurl -lz -lpthread -lm"
 
 # Sources each target needs (ctl needs the whole daemon but main.c).
 sources() {

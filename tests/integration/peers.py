@@ -55,6 +55,10 @@ hook (also on SIGTERM).  Traffic stays on 127.0.0.0/8.
   wait_port(addr, port, timeout=10, banner=True): waits for a listener
   (and its 220 banner).  port_in_use(addr, port).  Postfix and smtp-sink
   refuse to start on an address that already answers.
+  HttpsServer(cert, addr='127.0.0.80', port=443)
+      nginx (nginx-light) with TLS on addr:port; https.put(host, path, text)
+      publishes a file under the Host name (text None removes it; an
+      unpublished name answers 404), .txt as text/plain.  For MTA-STS.
 """
 
 import atexit
@@ -842,3 +846,88 @@ class SilentPeer(_Fixture):
             c.close()
         self.conns = []
         self._unregister()
+
+
+# ---------------------------------------------------------------- HTTPS
+
+class HttpsServer(_Fixture):
+    """nginx on addr:443 serving files under .root/<host name>/ (the Host
+    header picks the directory), one certificate for every name; a name
+    with no directory answers 404.  For MTA-STS policies."""
+
+    def __init__(self, cert, addr='127.0.0.80', port=443):
+        self.cert = cert
+        self.addr = addr
+        self.port = port
+        self.dir = None
+        self.proc = None
+
+    def __repr__(self):
+        return 'HttpsServer(%s:%d)' % (self.addr, self.port)
+
+    @property
+    def root(self):
+        return os.path.join(self.dir, 'www')
+
+    def put(self, host, path, text):
+        """Publishes text at https://host/path (None removes it)."""
+        full = os.path.join(self.root, host, path.lstrip('/'))
+        if text is None:
+            if os.path.exists(full):
+                os.unlink(full)
+            return
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, 'w') as f:
+            f.write(text)
+
+    def start(self):
+        _need_free(self, self.addr, self.port)
+        self.dir = _mkdtemp('otpm-nginx-')
+        self._register()
+        os.mkdir(self.root)
+        for d in ('tmp', 'logs'):
+            os.mkdir(os.path.join(self.dir, d))
+        conf = os.path.join(self.dir, 'nginx.conf')
+        with open(conf, 'w') as f:
+            f.write(
+                'daemon off;\nmaster_process off;\nuser root;\n'
+                'pid %(d)s/nginx.pid;\nerror_log %(d)s/logs/error.log info;\n'
+                'events { worker_connections 64; }\n'
+                'http {\n'
+                '  access_log %(d)s/logs/access.log;\n'
+                '  client_body_temp_path %(d)s/tmp;\n'
+                '  proxy_temp_path %(d)s/tmp;\n'
+                '  fastcgi_temp_path %(d)s/tmp;\n'
+                '  uwsgi_temp_path %(d)s/tmp;\n'
+                '  scgi_temp_path %(d)s/tmp;\n'
+                '  types { text/plain txt; }\n'
+                '  default_type application/octet-stream;\n'
+                '  server {\n'
+                '    listen %(a)s:%(p)d ssl;\n'
+                '    ssl_certificate %(c)s;\n'
+                '    ssl_certificate_key %(k)s;\n'
+                '    root %(r)s/$host;\n'
+                '  }\n'
+                '}\n' % {'d': self.dir, 'a': self.addr, 'p': self.port,
+                         'c': self.cert.chain, 'k': self.cert.key,
+                         'r': self.root})
+        self._log = open(os.path.join(self.dir, 'nginx.out'), 'ab')
+        self.proc = subprocess.Popen(['nginx', '-c', conf, '-p', self.dir],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.addr, self.port, 10, banner=False)
+        except RuntimeError as e:
+            raise RuntimeError('%s: %s\n%s' % (self, e, self.log()))
+        return self
+
+    def log(self):
+        out = ''
+        for n in ('nginx.out', 'logs/error.log', 'logs/access.log'):
+            try:
+                with open(os.path.join(self.dir, n), errors='replace') as f:
+                    out += f.read()
+            except OSError:
+                pass
+        return out
+
+    stop = SmtpSink.stop

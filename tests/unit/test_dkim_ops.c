@@ -105,8 +105,8 @@ main(void)
 			ndmarc++;
 			is_str(str(e, "name"), "_dmarc.example.org.", "DMARC name");
 			is_str(str(e, "value"),
-			    "v=DMARC1; p=quarantine; rua=mailto:dmarc@example.org",
-			    "DMARC suggestion");
+			    "v=DMARC1; p=none; rua=mailto:dmarc@example.org",
+			    "DMARC suggestion: p=none with reports first");
 		}
 		is_str(str(e, "type"), "TXT", "type TXT");
 		is_str(str(e, "domain"), "example.org", "domain");

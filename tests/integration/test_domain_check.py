@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+"""test_domain_check.py - domain.check / `otpmailctl domain check`, and the
+exit codes of `dkim check` and `dkim records`.
+
+Starts: NSD on 127.0.5.53:5353 serving example.org (DKIM records of the
+daemon's RSA and Ed25519 keys, SPF, DMARC, TLS-RPT, the host's A record),
+example.net (a wrong DKIM record, an SPF record that excludes the host, no
+DMARC) and the reverse zone of the host's address; otpmaild (delivery on,
+hostname otpmail.example.org) with the keys.
+
+- example.org: every DKIM key OK, SPF allows the host's address, DMARC OK,
+  FCrDNS OK, MTA-STS WARN (none published), TLS-RPT OK; exit status 0;
+- example.net: DKIM FAIL (mismatch), SPF FAIL, DMARC WARN suggesting
+  p=none with rua, exit status 1; `dkim check` exits 1 on the mismatch;
+- a domain with no key: DKIM FAIL; a bad domain name: bad_request;
+- `dkim records` on a daemon without keys says so; --check-config warns
+  about a missing key for otp_from's domain and about Ed25519-only keys.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from test_dkim import Keys, txt_zone_line, write_conf_keys  # noqa: E402
+from test_mtasts import internal_conf  # noqa: E402
+from harness import Daemon, Tap, OTPMAILD  # noqa: E402
+from peers import DnsServer, Zone, _mkdtemp  # noqa: E402
+
+DNS_ADDR = "127.0.5.53"
+HOST_IP = "198.18.5.25"        # not a locally served zone in libunbound
+HOST = "otpmail.example.org"
+
+
+def zones(keys, wrong):
+    return [
+        Zone("example.org", [
+            txt_zone_line("rsa1._domainkey", keys.rsa_txt),
+            txt_zone_line("ed1._domainkey", keys.ed_txt),
+            '@ TXT "v=spf1 ip4:198.18.5.0/24 -all"',
+            '_dmarc TXT "v=DMARC1; p=none; rua=mailto:dmarc@example.org"',
+            '_smtp._tls TXT "v=TLSRPTv1; rua=mailto:tlsrpt@example.org"',
+            "otpmail A %s" % HOST_IP,
+        ]),
+        Zone("example.net", [
+            txt_zone_line("rsa1._domainkey", wrong.rsa_txt),
+            '@ TXT "v=spf1 ip4:10.0.0.1 -all"',
+        ]),
+        Zone("5.18.198.in-addr.arpa", ["25 PTR %s." % HOST]),
+    ]
+
+
+def lines(r, check):
+    return [c for c in r.get("checks", []) if c.get("check") == check]
+
+
+def main():
+    t = Tap()
+    if os.geteuid() != 0:
+        t.skip("test_domain_check", "needs root")
+        t.done()
+    kd = _mkdtemp("otpm-dc-keys-", 0o700)
+    keys = Keys(kd)
+    wd = _mkdtemp("otpm-dc-wrong-", 0o700)
+    wrong = Keys(wd)
+    with DnsServer(zones(keys, wrong), addr=DNS_ADDR, port=5353) as dns:
+        conf = ("sandbox = no\n" + dns.conf_extra() + internal_conf() +
+                write_conf_keys(keys) +
+                "dkim_key = example.net rsa1 rsa-sha256 %s\n" % keys.rsa +
+                "hostname = %s\notp_from = noreply@example.org\n" % HOST)
+        with Daemon(conf_extra=conf) as d:
+            r = d.call({"op": "domain.check", "domain": "example.org"})
+            t.ok(r.get("ok"), "domain.check answers", r)
+            st = {c["check"]: c["status"] for c in r.get("checks", [])}
+            t.ok([c["status"] for c in lines(r, "dkim")] == ["OK", "OK"],
+                 "example.org: both DKIM keys OK", lines(r, "dkim"))
+            t.is_(st.get("spf"), "OK", "example.org: SPF allows the host's address")
+            t.is_(st.get("dmarc"), "OK", "example.org: DMARC OK")
+            t.ok(st.get("fcrdns") == "OK", "example.org: FCrDNS OK", lines(r, "fcrdns"))
+            t.is_(st.get("mta-sts"), "WARN", "example.org: no MTA-STS is a warning")
+            t.is_(st.get("tls-rpt"), "OK", "example.org: TLS-RPT record OK")
+            out = d.ctl("domain", "check", "example.org")
+            t.ok(out.returncode == 0 and "OK   spf" in out.stdout and
+                 "WARN mta-sts" in out.stdout,
+                 "otpmailctl domain check: one line per check, exit 0",
+                 out.stdout + out.stderr)
+
+            r = d.call({"op": "domain.check", "domain": "example.net"})
+            st = {c["check"]: c["status"] for c in r.get("checks", [])}
+            t.is_(st.get("dkim"), "FAIL", "example.net: DKIM mismatch FAIL")
+            t.is_(st.get("spf"), "FAIL", "example.net: SPF excludes the host: FAIL")
+            dm = lines(r, "dmarc")
+            t.ok(dm and dm[0]["status"] == "WARN" and "p=none" in dm[0]["detail"] and
+                 "rua=" in dm[0]["detail"], "example.net: no DMARC, p=none with rua suggested",
+                 dm)
+            out = d.ctl("domain", "check", "example.net")
+            t.is_(out.returncode, 1, "otpmailctl domain check exits 1 on a FAIL")
+            out = d.ctl("dkim", "check", "--domain", "example.net")
+            t.is_(out.returncode, 1, "otpmailctl dkim check exits 1 on a mismatch")
+            out = d.ctl("dkim", "check", "--domain", "example.org")
+            t.is_(out.returncode, 0, "otpmailctl dkim check exits 0 when all match")
+
+            r = d.call({"op": "domain.check", "domain": "nokey.example.com"})
+            t.ok(lines(r, "dkim") and lines(r, "dkim")[0]["status"] == "FAIL",
+                 "a domain without a key: DKIM FAIL", r)
+            r = d.call({"op": "domain.check", "domain": "bad domain"})
+            t.is_(r.get("error"), "bad_request", "a bad domain name is refused")
+
+    with Daemon(conf_extra="") as d:
+        out = d.ctl("dkim", "records")
+        t.ok(out.returncode == 0 and "no DKIM key" in out.stdout,
+             "dkim records without a key says so", out.stdout + out.stderr)
+
+    conf = os.path.join(kd, "warn.conf")
+    with open(conf, "w") as f:
+        f.write("sandbox = no\nstate_dir = %s/state\nhostname = %s\n"
+                "otp_from = noreply@example.com\n"
+                "dkim_key = example.org ed1 ed25519-sha256 %s\n" % (kd, HOST, keys.ed))
+    p = subprocess.run([OTPMAILD, "--check-config", "-c", conf], capture_output=True,
+                       text=True)
+    t.ok(p.returncode == 0 and "no dkim_key covers" in p.stderr and
+         "only Ed25519" in p.stderr, "--check-config warns: no key for otp_from, "
+         "Ed25519 only", p.stderr)
+    shutil.rmtree(kd, ignore_errors=True)
+    shutil.rmtree(wd, ignore_errors=True)
+    t.done()
+
+
+if __name__ == "__main__":
+    main()
