@@ -51,6 +51,7 @@ struct mtasts {
 	char			*ca_file;	/* NULL = system store */
 	int			 check_interval;
 	int			 timeout;
+	int			 allow_internal;	/* mx_allow_internal */
 	struct mtasts_entry	*entries;
 	size_t			 n;
 };
@@ -296,6 +297,7 @@ mtasts_shared(const struct config *cfg, const char *state_dir)
 		goto out;
 	}
 	mx_resolver_set_timeout(m->mx, 5000);
+	m->allow_internal = cfg->mx_allow_internal;
 	if (cfg->tls_ca_file != NULL && cfg->tls_ca_file[0] != '\0')
 		m->ca_file = strdup(cfg->tls_ca_file);
 	m->check_interval = cfg->mta_sts_check_interval;
@@ -516,6 +518,13 @@ mtasts_fetch(struct mtasts *m, const char *domain, char **text, size_t *len,
 	if (mx_host(m->mx, host, MTASTS_HTTPS_PORT, &list, why, sizeof(why)) != MX_OK ||
 	    list == NULL) {
 		snprintf(err, errlen, "%s: %s", host, why[0] ? why : "no address");
+		goto out;
+	}
+	/* a hostile domain's DNS must not make us fetch from the inside
+	 * (loopback, private, metadata addresses), as for delivery */
+	if (!m->allow_internal && mx_list_drop_internal(list, why, sizeof(why)) > 0 &&
+	    list->nhosts == 0) {
+		snprintf(err, errlen, "%s: only internal addresses (%s); not fetched", host, why);
 		goto out;
 	}
 	o = (size_t)snprintf(resolve, sizeof(resolve), "%s:%d:", host, MTASTS_HTTPS_PORT);

@@ -133,6 +133,15 @@ def main():
             d = Daemon(conf_extra=conf)
             with d:
                 run(t, d, dns, https, pg, pb)
+            # a hostile domain's DNS pointing mta-sts.<domain> inside: no
+            # fetch from there unless mx_allow_internal says so
+            d2 = Daemon(conf_extra=conf.replace(internal_conf(), ""))
+            with d2:
+                p = d2.call({"op": "tls.policy", "domain": "stsbad.example.net"})
+                log = d2.log_text()
+                t.ok(p.get("source") != "mta-sts" and "only internal addresses" in log,
+                     "without mx_allow_internal, no policy is fetched from an internal "
+                     "address", (p, log[-1500:]))
     t.done()
 
 
