@@ -324,6 +324,9 @@ main(int argc, char **argv)
 	    err, sizeof(err));
 	if (d.templates == NULL)
 		goto fail;
+	/* before any thread: the rules are read once, a bad line fails the start */
+	if (bounce_init(d.cfg->bounce_rules_file, err, sizeof(err)) == -1)
+		goto fail;
 	if (d.cfg->sandbox && mkdir(d.cfg->sandbox_maildir, 0750) == -1 && errno != EEXIST) {
 		snprintf(err, sizeof(err), "mkdir %s: %s", d.cfg->sandbox_maildir, strerror(errno));
 		goto fail;
