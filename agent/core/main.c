@@ -430,6 +430,7 @@ out:
 	otp_templates_free(d.templates);
 	mtasts_shared_free();
 	mx_resolver_shared_free();
+	bounce_shutdown();
 	curl_global_cleanup();
 	config_free(d.cfg);
 	return rc;

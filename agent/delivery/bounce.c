@@ -440,3 +440,11 @@ bounce_classify(const char *reply, struct bounce_result *res)
 	pthread_once(&bounce_once, bounce_builtin_init);
 	bounce_classify_with(bounce_builtin, reply, res);
 }
+
+void
+bounce_shutdown(void)
+{
+	bounce_rules_free(bounce_active);
+	bounce_rules_free(bounce_builtin);
+	bounce_active = bounce_builtin = NULL;
+}

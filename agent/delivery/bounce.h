@@ -52,6 +52,8 @@ void		 bounce_classify_with(const struct bounce_rules *, const char *reply,
  */
 int		 bounce_init(const char *path, char *err, size_t errlen);
 void		 bounce_classify(const char *reply, struct bounce_result *);
+/* Frees the daemon's rules (at exit, after the last thread). */
+void		 bounce_shutdown(void);
 const char	*bounce_class_name(enum bounce_class);
 
 extern const char bounce_builtin_rules[];	/* etc/bounce-rules */

@@ -267,6 +267,7 @@ test_admin_file(void)
 	is_str(bounce_class_name(res.klass), "mailbox_full", "bounce_classify uses them");
 	ok(bounce_init(path, err, sizeof(err)) == -1, "bounce_init refuses a missing file");
 	bounce_init(NULL, err, sizeof(err));
+	bounce_shutdown();
 }
 
 int
