@@ -268,6 +268,13 @@ main(int argc, char **argv)
 			return 1;
 		}
 		dkim_signer_free(s);
+		/* and the admin's bounce rules, refused with file:line */
+		if (bounce_init(d.cfg->bounce_rules_file, err, sizeof(err)) == -1) {
+			fprintf(stderr, "otpmaild: %s\n", err);
+			config_free(d.cfg);
+			return 1;
+		}
+		bounce_shutdown();
 		main_check_warnings(d.cfg);
 		config_print(d.cfg, stdout);
 		config_free(d.cfg);

@@ -13,11 +13,12 @@ admin's rule goes first; a bad rules line refuses the start with file:line.
 """
 
 import os
+import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Daemon, Tap, wait_for  # noqa: E402
+from harness import OTPMAILD, Daemon, Tap, wait_for  # noqa: E402
 from peers import SmtpSink  # noqa: E402
 
 t = Tap()
@@ -129,6 +130,10 @@ def main():
         with open(rules, "a") as f:
             f.write("hard 550 5.1\n")
         d = Daemon(conf_extra=conf, start=False)
+        chk = subprocess.run([OTPMAILD, "--check-config", "-c", d.conf],
+                             capture_output=True, text=True)
+        t.ok(chk.returncode != 0 and "%s:3: bad enhanced code" % rules in chk.stderr,
+             "--check-config refuses a bad rules line with file:line", chk.stderr)
         try:
             d.start()
             t.ok(False, "a bad rules line refuses the start")
