@@ -118,6 +118,10 @@ def main():
                 t.ok(show.get("last_error_class") == klass and
                      rcpt0(show).get("reply_class") == klass,
                      "%s: class %s in queue.show" % (name, klass), show)
+            p = d.ctl("queue", "list", "--all")
+            t.ok("[hard] 550 5.1.1" in p.stdout and "[policy:Spamhaus] 550" in p.stdout,
+                 "otpmailctl queue list shows the class before the last error",
+                 p.stdout)
             log = d.log_text()
             t.ok("bounce=hard" in log and "bounce=transport" in log and
                  "blocklist=Spamhaus" in log,
