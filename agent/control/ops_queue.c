@@ -14,6 +14,7 @@
 #include "agent/mail/mail.h"
 #include "agent/core/otpmaild.h"
 #include "agent/control/ops.h"
+#include "agent/delivery/delivery.h"
 #include "queue/queue.h"
 
 #define OPQ_SUBJECT_MAX		998
@@ -31,6 +32,8 @@ static json_t	*opq_status_error(enum q_status, const char *id);
 static const char *opq_public_state(const struct q_envelope *);
 static json_t	*opq_rcpts(const struct q_envelope *, int full);
 static json_t	*opq_entry(const struct q_envelope *, time_t now);
+static void	 opq_bounce(json_t *, const char *kclass, const char *klist,
+		    const char *reply);
 static int	 opq_addr(struct otpmaild *, const char *field, const char *in,
 		    char *out, size_t outlen, json_t **err);
 static int	 opq_from(struct otpmaild *, const char *field, const char *from, char *addr,
@@ -100,10 +103,25 @@ opq_rcpts(const struct q_envelope *e, int full)
 			json_object_set_new(o, "attempts", json_integer(r->attempts));
 			json_object_set_new(o, "last_attempt", json_integer((json_int_t)r->last_attempt));
 			json_object_set_new(o, "reply", r->reply ? json_string(r->reply) : json_null());
+			if (r->state != Q_RCPT_DELIVERED)
+				opq_bounce(o, "reply_class", "reply_blocklist", r->reply);
 		}
 		json_array_append_new(a, o);
 	}
 	return a;
+}
+
+/* The class of a failure's reply (etc/bounce-rules), and the blocklist it names. */
+static void
+opq_bounce(json_t *o, const char *kclass, const char *klist, const char *reply)
+{
+	struct bounce_result b;
+
+	bounce_classify(reply, &b);
+	json_object_set_new(o, kclass, b.klass != BOUNCE_NONE ?
+	    json_string(bounce_class_name(b.klass)) : json_null());
+	if (b.list[0] != '\0')
+		json_object_set_new(o, klist, json_string(b.list));
 }
 
 static json_t *
@@ -123,6 +141,7 @@ opq_entry(const struct q_envelope *e, time_t now)
 	json_object_set_new(o, "expires", json_integer((json_int_t)e->expires));
 	json_object_set_new(o, "last_error", e->last_error ? json_string(e->last_error) :
 	    json_null());
+	opq_bounce(o, "last_error_class", "last_error_blocklist", e->last_error);
 	return o;
 }
 
@@ -716,6 +735,7 @@ op_message_status(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		    json_null() : json_integer((json_int_t)e->next_attempt));
 		json_object_set_new(r, "last_error", e->last_error ?
 		    json_string(e->last_error) : json_null());
+		opq_bounce(r, "last_error_class", "last_error_blocklist", e->last_error);
 		if (e->finished)
 			json_object_set_new(r, "finished", json_integer((json_int_t)e->finished));
 	}

@@ -120,6 +120,7 @@ static const struct cfg_key config_table[] = {
 	DBL(retry_jitter, "0.2", 0, 1),
 	DUR(queue_keep_done, "1d", 0, 365 * DAY),
 	STR(bounce_from, ""),
+	STR(bounce_rules_file, ""),
 	/* one-time codes */
 	INT(otp_length, "6", 4, 12),
 	ENUM(otp_alphabet, "digits", "digits|alnum"),

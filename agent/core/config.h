@@ -102,6 +102,7 @@ struct config {
 	double		 retry_jitter;
 	int		 queue_keep_done;
 	char		*bounce_from;		/* "" = MAILER-DAEMON@hostname */
+	char		*bounce_rules_file;	/* "" = the built-in rules only */
 
 	/* one-time codes */
 	int		 otp_length;

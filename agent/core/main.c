@@ -268,6 +268,13 @@ main(int argc, char **argv)
 			return 1;
 		}
 		dkim_signer_free(s);
+		/* and the admin's bounce rules, refused with file:line */
+		if (bounce_init(d.cfg->bounce_rules_file, err, sizeof(err)) == -1) {
+			fprintf(stderr, "otpmaild: %s\n", err);
+			config_free(d.cfg);
+			return 1;
+		}
+		bounce_shutdown();
 		main_check_warnings(d.cfg);
 		config_print(d.cfg, stdout);
 		config_free(d.cfg);
@@ -323,6 +330,9 @@ main(int argc, char **argv)
 	d.templates = otp_templates_load(d.cfg->templates_dir, d.cfg->otp_default_locale,
 	    err, sizeof(err));
 	if (d.templates == NULL)
+		goto fail;
+	/* before any thread: the rules are read once, a bad line fails the start */
+	if (bounce_init(d.cfg->bounce_rules_file, err, sizeof(err)) == -1)
 		goto fail;
 	if (d.cfg->sandbox && mkdir(d.cfg->sandbox_maildir, 0750) == -1 && errno != EEXIST) {
 		snprintf(err, sizeof(err), "mkdir %s: %s", d.cfg->sandbox_maildir, strerror(errno));
@@ -427,6 +437,7 @@ out:
 	otp_templates_free(d.templates);
 	mtasts_shared_free();
 	mx_resolver_shared_free();
+	bounce_shutdown();
 	curl_global_cleanup();
 	config_free(d.cfg);
 	return rc;

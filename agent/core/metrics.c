@@ -178,13 +178,14 @@ metrics_reason(const char *reply, char *out, size_t len)
 }
 
 void
-metrics_delivery(const char *klass, const char *result, const char *reply)
+metrics_delivery(const char *klass, const char *result, const char *reply,
+    const char *bounce)
 {
 	char reason[16], labels[METRICS_LABEL_MAX];
 
 	metrics_reason(reply, reason, sizeof(reason));
-	snprintf(labels, sizeof(labels), "class=\"%s\",result=\"%s\",reason=\"%s\"",
-	    klass, result, reason);
+	snprintf(labels, sizeof(labels), "class=\"%s\",result=\"%s\",reason=\"%s\","
+	    "bounce=\"%s\"", klass, result, reason, bounce);
 	pthread_mutex_lock(&metrics_mu);
 	metrics_inc(&metrics_deliveries, labels);
 	pthread_mutex_unlock(&metrics_mu);

@@ -14,8 +14,10 @@ void	metrics_request(const char *op, const char *result);
  * result, lock-outs, rate limits by name (limit may be NULL). */
 void	metrics_otp(const char *op, const char *result, const char *limit);
 /* One recipient's attempt: result delivered|deferred|failed|expired; reply
- * gives the reason (its enhanced status code, e.g. 4.4.1). */
-void	metrics_delivery(const char *klass, const char *result, const char *reply);
+ * gives the reason (its enhanced status code, e.g. 4.4.1), bounce its class
+ * (hard, policy, ...; "none" when delivered). */
+void	metrics_delivery(const char *klass, const char *result, const char *reply,
+	    const char *bounce);
 /* Seconds from submission to a 2xx, per recipient. */
 void	metrics_delivery_latency(double seconds);
 void	metrics_dkim_sign(double seconds);

@@ -323,8 +323,12 @@ delivery_count(const struct q_envelope *env, const struct q_rcpt *r)
 {
 	const char *res = r->state == Q_RCPT_DELIVERED ? "delivered" :
 	    r->state == Q_RCPT_FAILED ? "failed" : "deferred";
+	struct bounce_result b = { 0 };
 
-	metrics_delivery(q_class_name(env->klass), res, r->reply);
+	if (r->state != Q_RCPT_DELIVERED)
+		bounce_classify(r->reply, &b);
+	metrics_delivery(q_class_name(env->klass), res, r->reply,
+	    bounce_class_name(b.klass));
 	if (r->state == Q_RCPT_DELIVERED)
 		metrics_delivery_latency((double)(time(NULL) - env->created));
 }
@@ -576,6 +580,7 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 		int perm = strcmp(hop.kind, "mx") == 0 && (ms == MX_NXDOMAIN ||
 		    ms == MX_NULLMX || ms == MX_NOHOST || ms == MX_INTERNAL);
 		char why[SMTP_REPLY_MAX];
+		struct bounce_result b;
 
 		snprintf(why, sizeof(why), "%s %s: %s",
 		    ms == MX_NULLMX ? "5.1.10" : ms == MX_INTERNAL ? "5.4.4" :
@@ -587,10 +592,11 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 			j.r[i].status = perm ? SMTP_PERM : SMTP_TEMP;
 			snprintf(j.r[i].reply, sizeof(j.r[i].reply), "%s", why);
 		}
+		bounce_classify(why, &b);
 		log_msg(LOG_INFO, "event=delivery id=%s domain=%s relay=none "
-		    "result=%s rcpts=%zu reply=%s delay=%lds", env->id, domain,
+		    "result=%s rcpts=%zu reply=%s delay=%lds bounce=%s", env->id, domain,
 		    perm ? "failed" : "deferred", n, why,
-		    (long)(time(NULL) - env->created));
+		    (long)(time(NULL) - env->created), bounce_class_name(b.klass));
 		snprintf(j.last_temp, sizeof(j.last_temp), "%s", why);
 	}
 	/* Direct delivery deferred: the fallback relays (never for DNS non-existence). */
@@ -940,14 +946,22 @@ delivery_log_attempt(struct job *j, struct hop *hop, const char *host,
     struct smtp_session *s, const char *ip, const char *result, const char *reply,
     size_t nrcpt)
 {
+	struct bounce_result b = { 0 };
+	char frag[24 + BOUNCE_LIST_MAX];
+
+	if (strcmp(result, "delivered") != 0)
+		bounce_classify(reply, &b);
+	/* class and list names are bare words: a fragment log_msg keeps as is */
+	snprintf(frag, sizeof(frag), "bounce=%s%s%s", bounce_class_name(b.klass),
+	    b.list[0] ? " blocklist=" : "", b.list);
 	log_msg(LOG_INFO, "event=delivery id=%s class=%s domain=%s route=%s relay=%s "
 	    "ip=%s tls_policy=%s tls=%s cipher=%s tls_auth=%s result=%s rcpts=%zu "
-	    "reply=%s delay=%lds", j->env->id, q_class_name(j->env->klass),
+	    "reply=%s delay=%lds %s", j->env->id, q_class_name(j->env->klass),
 	    j->domain, hop->kind, host,
 	    s ? smtp_peer_ip(s) : ip ? ip : "-", tls_policy_name(j->policy),
 	    s ? smtp_tls_version(s) : "-", s ? smtp_tls_cipher(s) : "-",
 	    s ? smtp_tls_auth(s) : "-", result, nrcpt, reply,
-	    (long)(time(NULL) - j->env->created));
+	    (long)(time(NULL) - j->env->created), frag);
 }
 
 /* Destination record (created on demand); dl->mu held. */

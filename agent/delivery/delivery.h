@@ -9,7 +9,7 @@
  * and agent/mail/ (address checks).  Must not touch: store/ (codes and
  * secrets), dkim/ (messages arrive signed), the control socket.  Other
  * folders include only this header, which brings in the parts others may
- * use: DNS lookups (mx.h: MX, TXT, PTR, TLSA, for the domain check), the
+ * use: bounce classification of a reply (bounce.h), DNS lookups (mx.h: MX, TXT, PTR, TLSA, for the domain check), the
  * MTA-STS policy cache and TLS-RPT counts (mtasts.h, tlsrpt.h) and the
  * sandbox Maildir (sandbox.h); smtp.h and tlsstream.h are internal.
  */
@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include "agent/core/otpmaild.h"
+#include "agent/delivery/bounce.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"

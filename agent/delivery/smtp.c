@@ -665,7 +665,8 @@ smtp_rcpt_bad(struct smtp_rcpt *r)
 /*
  * The connection was lost (or the server is closing) at recipient i before
  * DATA: recipients accepted so far got nothing either, so every one is
- * temporary.  Returns 1 (retry).
+ * temporary.  The server's 421 text stays with the recipient it answered
+ * (it says why: rate, reputation).  Returns 1 (retry).
  */
 static int
 smtp_lost_rcpt(struct smtp_rcpt *r, size_t n, size_t i, int code)
@@ -678,10 +679,12 @@ smtp_lost_rcpt(struct smtp_rcpt *r, size_t n, size_t i, int code)
 			r[j].code = 0;
 			snprintf(r[j].reply, sizeof(r[j].reply), "connection lost before DATA");
 		}
-	for (; i < n; i++) {
-		r[i].status = SMTP_TEMP;
-		r[i].code = 0;
-		snprintf(r[i].reply, sizeof(r[i].reply), "%s",
+	for (j = i; j < n; j++) {
+		r[j].status = SMTP_TEMP;
+		r[j].code = 0;
+		if (j == i && code != 0 && r[j].reply[0] != '\0')
+			continue;
+		snprintf(r[j].reply, sizeof(r[j].reply), "%s",
 		    code == 0 ? "RCPT TO: connection lost or timeout" :
 		    "RCPT TO: server closing");
 	}

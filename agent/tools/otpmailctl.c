@@ -550,9 +550,20 @@ fmt_queue_list(json_t *r)
 			printf("%-24s %-7s %s%-10s%s ", jstr(e, "id"), jstr(e, "class"),
 			    col, st, *col ? "\033[0m" : "");
 		}
-		printf("%-9s %4lld %-9s %-30.60s %.70s\n", age,
-		    (long long)json_integer_value(json_object_get(e, "attempts")), next,
-		    rcpt, jstr(e, "last_error"));
+		{
+			/* the bounce class first: what an admin acts on */
+			const char *bc = json_string_value(json_object_get(e,
+			    "last_error_class"));
+			const char *bl = json_string_value(json_object_get(e,
+			    "last_error_blocklist"));
+			char why[128];
+
+			snprintf(why, sizeof(why), "%s%s%s%s%s", bc ? "[" : "", bc ? bc : "",
+			    bc && bl ? ":" : "", bc && bl ? bl : "", bc ? "] " : "");
+			printf("%-9s %4lld %-9s %-30.60s %s%.70s\n", age,
+			    (long long)json_integer_value(json_object_get(e, "attempts")),
+			    next, rcpt, why, jstr(e, "last_error"));
+		}
 	}
 	if (json_is_true(json_object_get(r, "more")))
 		printf("(more: --after %s)\n", jstr(json_array_get(list,
