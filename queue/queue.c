@@ -715,7 +715,7 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	env->expires = tmpl->expires > 0 ? tmpl->expires :
 	    now + q->p.klass[tmpl->klass].lifetime;
 	env->next_attempt = now;
-	env->flags = tmpl->flags & (Q_F_BOUNCE | Q_F_8BIT);
+	env->flags = tmpl->flags & (Q_F_BOUNCE | Q_F_8BIT | Q_F_SMTPUTF8);
 	env->size = len;
 	env->client_uid = tmpl->client_uid;
 	env->held = tmpl->held ? 1 : 0;
