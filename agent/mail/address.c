@@ -5,10 +5,13 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include <idn2.h>
+#include <unicase.h>
+#include <uninorm.h>
 
 #include "agent/mail/address.h"
 
@@ -20,6 +23,8 @@ static int	addr_unquote(const char *, size_t, int, char *, size_t, char *, size_
 	"are off: the admin may turn them on with smtputf8 = yes"
 
 static int	addr_canon_domain(const char *, int, char *, size_t, char *, size_t);
+static int	addr_nfc(char *, size_t, char *, size_t);
+static int	addr_limit_fold(const char *, size_t, const char *, char *, size_t);
 
 /* RFC 5322 atext */
 static int
@@ -387,6 +392,37 @@ badlit:
 	return 0;
 }
 
+/*
+ * A UTF-8 local part in Unicode Normalization Form C, in place (RFC 6530
+ * 10.1: one form of a mailbox name, "j\xc3\xb6rg" whether the app sent
+ * U+00F6 or o + U+0308).  -1 if it is not UTF-8 or does not fit.
+ */
+static int
+addr_nfc(char *local, size_t size, char *why, size_t wl)
+{
+	uint8_t buf[ADDR_LOCAL_MAX * 2 + 8], *r;
+	size_t n = sizeof(buf) - 1, i, k;
+
+	/* libunistring turns what is not UTF-8 into U+FFFD: check first */
+	for (i = 0; local[i] != '\0'; i += k)
+		if ((k = (unsigned char)local[i] < 0x80 ? 1 : addr_utf8_seq(
+		    (const unsigned char *)local + i, strlen(local + i))) == 0) {
+			snprintf(why, wl, "local part is not well-formed UTF-8 or "
+			    "holds a control character");
+			return -1;
+		}
+	r = u8_normalize(UNINORM_NFC, (const uint8_t *)local, strlen(local), buf, &n);
+	if (r == NULL || r != buf || n >= size) {
+		if (r != buf)
+			free(r);
+		snprintf(why, wl, "local part longer than %d bytes", ADDR_LOCAL_MAX);
+		return -1;
+	}
+	memcpy(local, buf, n);
+	local[n] = '\0';
+	return 0;
+}
+
 int
 addr_canonical(const char *in, int flags, char *out, size_t outlen, char *why, size_t wl)
 {
@@ -431,6 +467,8 @@ addr_canonical(const char *in, int flags, char *out, size_t outlen, char *why, s
 		memcpy(local, in, ll);
 		local[ll] = '\0';
 	}
+	if (addr_is_utf8(local) && addr_nfc(local, sizeof(local), why, wl) == -1)
+		return ADDR_BAD;
 	if (at[1] == '\0') {
 		snprintf(why, wl, "empty domain");
 		return ADDR_BAD;
@@ -442,6 +480,27 @@ addr_canonical(const char *in, int flags, char *out, size_t outlen, char *why, s
 		return ADDR_BAD;
 	}
 	return addr_validate_flags(out, flags & ADDR_ALLOW_UTF8, why, wl) == 0 ? 0 : ADDR_BAD;
+}
+
+/*
+ * The limit key of a UTF-8 local part: NFKC case folding (Unicode
+ * toNFKC_Casefold), so "J\xc3\x96RG", "j\xc3\xb6rg" and their fullwidth or
+ * decomposed forms spend one budget, as ASCII case variants do.
+ */
+static int
+addr_limit_fold(const char *local, size_t n, const char *at, char *out, size_t outlen)
+{
+	uint8_t *r;
+	size_t len = outlen;
+
+	r = u8_casefold((const uint8_t *)local, n, NULL, UNINORM_NFKC, (uint8_t *)out, &len);
+	if (r == NULL || r != (uint8_t *)out || len + strlen(at) + 1 > outlen) {
+		if (r != (uint8_t *)out)
+			free(r);
+		return -1;
+	}
+	snprintf(out + len, outlen - len, "%s", at);
+	return 0;
 }
 
 int
@@ -460,6 +519,9 @@ addr_limit_key(const char *canonical, const char *tag_seps, char *out, size_t ou
 				cut = i;
 				break;
 			}
+	for (i = 0; i < cut; i++)
+		if ((unsigned char)canonical[i] >= 0x80)
+			return addr_limit_fold(canonical, cut, at, out, outlen);
 	for (i = 0; i < cut; i++)
 		out[i] = (char)tolower((unsigned char)canonical[i]);
 	snprintf(out + cut, outlen - cut, "%s", at);

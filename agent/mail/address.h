@@ -48,14 +48,16 @@ int		 addr_domain_lower(const char *addr, char *out, size_t len);
  * rewritten in its one printed form.  Refused (ADDR_REFUSED, with why):
  * address literals without ADDR_ALLOW_LITERAL, a domain whose last label
  * is numeric (user@127.0.0.1), local parts that need quotes, and local
- * parts that are not ASCII unless ADDR_ALLOW_UTF8 (then kept as given: no
- * Unicode normalisation).  The local part keeps its case and +tag: it names the mailbox.
+ * parts that are not ASCII unless ADDR_ALLOW_UTF8 (then in Unicode NFC,
+ * RFC 6530 10.1).  The local part keeps its case and +tag: it names the
+ * mailbox.
  */
 int		 addr_canonical(const char *in, int flags, char *out, size_t outlen,
 		    char *why, size_t whylen);
 /*
  * The key a person's limits and lock-outs are counted under, from a
- * canonical address: the local part lower-cased and, when tag_seps is not
+ * canonical address: the local part lower-cased (a UTF-8 one NFKC
+ * case-folded: "J\xc3\x96RG" counts as "j\xc3\xb6rg") and, when tag_seps is not
  * empty, cut at the first of those characters that is not its first
  * ("alice+news" -> "alice").  -1 if out is too small.
  */

@@ -160,6 +160,9 @@ main(void)
 	canon("\xf0\x9f\x98\x80.x@example.org", ADDR_ALLOW_UTF8, 0,
 	    "\xf0\x9f\x98\x80.x@example.org");
 	canon("j\xc3\xb6rg@example.org", ADDR_ALLOW_LITERAL, ADDR_REFUSED, "smtputf8 = yes");
+	/* NFC: o + U+0308 is U+00F6 */
+	canon("jo\xcc\x88rg@example.org", ADDR_ALLOW_UTF8, 0, "j\xc3\xb6rg@example.org");
+	canon("\"jo\xcc\x88rg\"@example.org", ADDR_ALLOW_UTF8, 0, "j\xc3\xb6rg@example.org");
 	canon("j\xc3@example.org", ADDR_ALLOW_UTF8, ADDR_BAD, "UTF-8");
 	canon("j\xc2\x85rg@example.org", ADDR_ALLOW_UTF8, ADDR_BAD, "control");
 	canon("j\xc3\xb6 rg@example.org", ADDR_ALLOW_UTF8, ADDR_BAD, "not allowed");
@@ -199,6 +202,14 @@ main(void)
 	limit_key("alice+news@example.org", "", "alice+news@example.org");
 	limit_key("alice-news@example.org", "+-", "alice@example.org");
 	limit_key("user@[IPv6:::1]", "+", "user@[IPv6:::1]");
+	/* UTF-8: NFKC case folding, so case, width and composition variants of
+	 * one mailbox spend one budget */
+	limit_key("J\xc3\x96RG+x@example.org", "+", "j\xc3\xb6rg@example.org");
+	limit_key("jo\xcc\x88rg@example.org", "+", "j\xc3\xb6rg@example.org");
+	limit_key("\xef\xbc\xaa\xc3\xb6rg@example.org", "", "j\xc3\xb6rg@example.org");
+	limit_key("stra\xc3\x9f""e@example.org", "", "strasse@example.org");
+	ok(addr_limit_key("J\xc3\x96RG@example.org", "", buf, 12) == -1,
+	    "limit key of a UTF-8 local part refuses a short buffer");
 
 	is_str(addr_domain("a@b.example"), "b.example", "domain part");
 	ok(addr_domain_lower("a@B.Example.ORG", d, sizeof(d)) == 0 &&
