@@ -7,8 +7,8 @@ Starts: two private Postfix peers, 127.0.4.61 for example.net with
 smtputf8_enable = yes and 127.0.4.62 for example.com with smtputf8_enable
 = no (it does not announce SMTPUTF8); otpmaild routing to them.
 
-- mail.send from app@example.org to "Jörg <jörg@bücher.example.net>"-style
-  addresses: accepted, the domain in its A-label form, the queue entry
+- mail.send from app@example.org to "Jörg Müller <jörg@EXAMPLE.net>" (the
+  ö decomposed): accepted, the local part in NFC, the queue entry
   flagged smtputf8; Postfix receives it for jörg@ (Delivered-To), the To
   header carries the raw UTF-8 address (RFC 6532), the body intact;
 - otp.issue to a UTF-8 address: delivered the same way;
@@ -67,13 +67,14 @@ def main():
                         tls=False, extra_main={"smtputf8_enable": "no"}) as pfa, \
             Daemon(conf_extra=conf) as d:
         # 1. delivered intact to a server that offers SMTPUTF8
-        r = send(d, ["Jörg Müller <%s@EXAMPLE.net>" % JOERG])
+        # o + U+0308: the canonical form is NFC (U+00F6)
+        r = send(d, ["Jörg Müller <jo\u0308rg@EXAMPLE.net>"])
         t.ok(r.get("ok"), "mail.send to a UTF-8 local part accepted", r)
         qid = r.get("id")
         s = d.call({"op": "queue.show", "id": qid}) if qid else {}
         t.ok("smtputf8" in (s.get("flags") or []), "queue entry flagged smtputf8", s)
         t.is_([x.get("to") for x in s.get("recipients") or []], ["jörg@example.net"],
-              "the envelope keeps the UTF-8 local part, the domain lower-cased")
+              "the envelope keeps the UTF-8 local part in NFC, the domain lower-cased")
         r2 = d.call({"op": "otp.issue", "to": "jörg.otp@example.net"})
         t.ok(r2.get("ok"), "otp.issue to a UTF-8 local part accepted", r2)
         try:
