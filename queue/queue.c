@@ -324,7 +324,7 @@ q_send_dsn(struct queue *q, struct q_envelope *env)
 	struct qmsg *m;
 	enum q_status st;
 	char *body = NULL, *msg;
-	size_t blen = 0, mlen = 0;
+	size_t blen = 0, mlen = 0, i;
 
 	if (spool_read_body(&q->sp, env->id, &body, &blen) != Q_OK)
 		body = NULL;
@@ -357,6 +357,12 @@ q_send_dsn(struct queue *q, struct q_envelope *env)
 	tmpl.nrcpt = 1;
 	tmpl.rcpts = &rcpt;
 	tmpl.flags = Q_F_BOUNCE;
+	/* the original header section may be 8-bit (a UTF-8 address, RFC 6532) */
+	for (i = 0; i < mlen; i++)
+		if ((unsigned char)msg[i] >= 0x80) {
+			tmpl.flags |= Q_F_8BIT;
+			break;
+		}
 	tmpl.tag = "dsn";
 	st = queue_enqueue(q, &tmpl, msg, mlen, id);
 	free(msg);

@@ -13,8 +13,9 @@ smtputf8_enable = yes and 127.0.4.62 for example.com with smtputf8_enable
   header carries the raw UTF-8 address (RFC 6532), the body intact;
 - otp.issue to a UTF-8 address: delivered the same way;
 - the same message to jörg@example.com: the recipient fails permanently,
-  queue.show says 5.6.7 and "does not support SMTPUTF8"; an ASCII message
-  to that server still goes through;
+  queue.show says 5.6.7 and "does not support SMTPUTF8", the bounce has
+  "Final-Recipient: utf-8; j\\x{F6}rg@example.com"; an ASCII message to
+  that server still goes through;
 - attacks at submission: a C1 control or an overlong local part of UTF-8
   (65 octets) is bad_request, a UTF-8 address in Reply-To bad_address;
 - with smtputf8 = no, a UTF-8 local part is bad_address naming the option.
@@ -103,6 +104,14 @@ def main():
         reply = rc.get("reply") or ""
         t.ok("5.6.7" in reply and "does not support SMTPUTF8" in reply,
              "queue.show gives the clear reason", reply)
+        def dsn():
+            r = d.call({"op": "queue.list", "sender": "", "limit": 10})
+            return [m for m in r.get("messages", []) if m["sender"] == ""]
+        bl = wait_for(dsn, 15)
+        body = d.call({"op": "queue.show", "id": bl[0]["id"], "body": True}).get(
+            "body", "") if bl else ""
+        t.ok("Final-Recipient: utf-8; j\\x{F6}rg@example.com" in body,
+             "the bounce names it as a utf-8 address (RFC 6533)", body[-1500:])
         r = send(d, ["plain@example.com"], **{"from": "app@example.org"})
         s = rcpt_final(d, r.get("id")) or {}
         t.ok([x.get("state") for x in s.get("recipients") or []] == ["delivered"],
