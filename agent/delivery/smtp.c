@@ -195,7 +195,8 @@ smtp_addr_ok(const char *addr, int allow_empty)
 		return allow_empty;
 	/*
 	 * The one validator the submission used: RFC 5321 lengths (so nothing
-	 * reaches libetpan's fixed command buffer), no CR, LF, NUL or 8-bit.
+	 * reaches libetpan's fixed command buffer), no CR, LF, NUL or 8-bit
+	 * outside a local part of well-formed UTF-8.
 	 * A quoted local part ("john smith"@example.org) is valid SMTP, and
 	 * a UTF-8 one (smtp_send sends it only with SMTPUTF8).
 	 */
@@ -806,7 +807,7 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 	char reply[SMTP_REPLY_MAX], sizeparam[48] = "";
 	size_t i, accepted = 0;
 	int code, eightbit = (flags & SMTP_SEND_8BIT) != 0;
-	int utf8 = (flags & SMTP_SEND_SMTPUTF8) != 0 || addr_is_utf8(sender);
+	int utf8 = (flags & SMTP_SEND_SMTPUTF8) != 0;
 
 	for (i = 0; i < n; i++) {
 		r[i].status = SMTP_TEMP;
@@ -822,6 +823,7 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 		    "5.1.7 sender address exceeds RFC 5321 limits or is malformed");
 		return 0;
 	}
+	utf8 = utf8 || addr_is_utf8(sender);
 	for (i = 0; i < n && !utf8; i++)
 		utf8 = r[i].addr != NULL && addr_is_utf8(r[i].addr);
 	if (utf8 && !s->smtputf8) {
