@@ -10,7 +10,8 @@ smtputf8_enable = yes and 127.0.4.62 for example.com with smtputf8_enable
 - mail.send from app@example.org to "Jörg Müller <jörg@EXAMPLE.net>" (the
   ö decomposed): accepted, the local part in NFC, the queue entry
   flagged smtputf8; Postfix receives it for jörg@ (Delivered-To), the To
-  header carries the raw UTF-8 address (RFC 6532), the body intact;
+  header carries the raw UTF-8 address (RFC 6532), the body intact, the
+  DKIM signatures (RSA, Ed25519) verify with python3-dkim;
 - otp.issue to a UTF-8 address: delivered the same way;
 - the same message to jörg@example.com: the recipient fails permanently,
   queue.show says 5.6.7 and "does not support SMTPUTF8", the bounce has
@@ -23,12 +24,15 @@ smtputf8_enable = yes and 127.0.4.62 for example.com with smtputf8_enable
 import email
 import email.policy
 import os
+import shutil
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# (test_dkim re-runs this script under Debian's python3 if dkim is missing)
+from test_dkim import Keys, verify, write_conf_keys  # noqa: E402
 from harness import Daemon, Tap, wait_for  # noqa: E402
-from peers import PostfixPeer  # noqa: E402
+from peers import PostfixPeer, _mkdtemp  # noqa: E402
 
 PF_UTF8 = "127.0.4.61"
 PF_ASCII = "127.0.4.62"
@@ -58,7 +62,9 @@ def main():
     if os.geteuid() != 0:
         t.skip("test_smtputf8", "needs root")
         t.done()
-    conf = ("sandbox = no\n"
+    kd = _mkdtemp("otpm-utf8-keys-", 0o700)
+    keys = Keys(kd)
+    conf = ("sandbox = no\n" + write_conf_keys(keys) +
             "route = example.net [%s]:25\n"
             "route = example.com [%s]:25\n"
             "default_retry_min = 60s\n" % (PF_UTF8, PF_ASCII))
@@ -94,6 +100,8 @@ def main():
         to = [(a.display_name, a.addr_spec) for a in pm["To"].addresses]
         t.is_(to, [("Jörg Müller", "jörg@example.net")], "To round-trips")
         t.is_(pm.get_content(), BODY, "body intact")
+        ok, out = verify(keys, m.data)
+        t.ok(ok, "its DKIM signatures (RSA, Ed25519) verify after the Postfix hop", out)
 
         # 2. a server without SMTPUTF8: a permanent failure with the reason
         r = send(d, [JOERG + "@example.com"])
@@ -141,6 +149,7 @@ def main():
              "smtputf8 = no: a UTF-8 local part is bad_address", r)
         r = d.call({"op": "otp.issue", "to": JOERG + "@example.net"})
         t.ok(r.get("error") == "bad_address", "smtputf8 = no: otp.issue too", r)
+    shutil.rmtree(kd, ignore_errors=True)
     t.done()
 
 
