@@ -27,6 +27,7 @@ static void	dsn_printf(struct dsn_buf *, const char *, ...)
 		    __attribute__((format(printf, 2, 3)));
 static void	dsn_clean(const char *in, char *out, size_t outlen);
 static void	dsn_status(const struct q_rcpt *, char *out, size_t len);
+static void	dsn_addr(struct dsn_buf *, const char *, int typed);
 
 static void
 dsn_add(struct dsn_buf *b, const char *s, size_t n)
@@ -130,6 +131,44 @@ dsn_status(const struct q_rcpt *r, char *out, size_t len)
 	snprintf(out, len, "%s", r->state == Q_RCPT_EXPIRED ? "4.4.7" : "5.0.0");
 }
 
+/*
+ * An address in the 7-bit report (typed: with its type, "rfc822; a@b"), a
+ * UTF-8 one (SMTPUTF8) of type "utf-8" with each non-ASCII character as \x{HEX} (RFC 6533 3.3,
+ * utf-8-addr-xtext).  The address was checked to be well-formed UTF-8.
+ */
+static void
+dsn_addr(struct dsn_buf *b, const char *a, int typed)
+{
+	const unsigned char *p = (const unsigned char *)a;
+	unsigned cp;
+	int n, k;
+
+	for (; *p != '\0' && *p < 0x80; p++)
+		;
+	if (*p == '\0') {
+		dsn_printf(b, "%s%s", typed ? "rfc822; " : "", a);
+		return;
+	}
+	if (typed)
+		dsn_adds(b, "utf-8; ");
+	for (p = (const unsigned char *)a; *p != '\0'; p += n) {
+		n = *p < 0x80 ? 1 : *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : 2;
+		if (n == 1) {
+			dsn_add(b, (const char *)p, 1);
+			continue;
+		}
+		cp = *p & (0xff >> (n + 1));
+		for (k = 1; k < n; k++) {
+			if ((p[k] & 0xc0) != 0x80) {
+				n = k;	/* not UTF-8: never here, but stay in bounds */
+				break;
+			}
+			cp = (cp << 6) | (p[k] & 0x3f);
+		}
+		dsn_printf(b, "\\x{%X}", cp);
+	}
+}
+
 char *
 dsn_build(const struct q_envelope *env, const char *body, size_t bodylen,
     const char *bounce_from, const char *hostname, time_t now, size_t *len)
@@ -169,7 +208,9 @@ dsn_build(const struct q_envelope *env, const char *body, size_t bodylen,
 			continue;
 		nfail++;
 		dsn_clean(r->reply, diag, sizeof(diag));
-		dsn_printf(&b, "<%s>: %s\r\n", r->addr,
+		dsn_adds(&b, "<");
+		dsn_addr(&b, r->addr, 0);
+		dsn_printf(&b, ">: %s\r\n",
 		    *diag ? diag : r->state == Q_RCPT_EXPIRED ?
 		    "message lifetime expired before delivery" : "delivery failed");
 	}
@@ -186,7 +227,11 @@ dsn_build(const struct q_envelope *env, const char *body, size_t bodylen,
 	dsn_printf(&b, "Reporting-MTA: dns; %s\r\n", host);
 	dsn_printf(&b, "X-Otpmail-Queue-ID: %s\r\n", env->id);
 	if (env->sender != NULL && *env->sender != '\0')
-		dsn_printf(&b, "X-Original-Envelope-From: rfc822; %s\r\n", env->sender);
+	{
+		dsn_adds(&b, "X-Original-Envelope-From: ");
+		dsn_addr(&b, env->sender, 1);
+		dsn_adds(&b, "\r\n");
+	}
 	dsn_printf(&b, "Arrival-Date: %s\r\n", arr);
 	for (i = 0; i < env->nrcpt; i++) {
 		const struct q_rcpt *r = &env->rcpts[i];
@@ -194,7 +239,9 @@ dsn_build(const struct q_envelope *env, const char *body, size_t bodylen,
 		if (r->state != Q_RCPT_FAILED && r->state != Q_RCPT_EXPIRED)
 			continue;
 		dsn_status(r, status, sizeof(status));
-		dsn_printf(&b, "\r\nFinal-Recipient: rfc822; %s\r\n", r->addr);
+		dsn_adds(&b, "\r\nFinal-Recipient: ");
+		dsn_addr(&b, r->addr, 1);
+		dsn_adds(&b, "\r\n");
 		dsn_adds(&b, "Action: failed\r\n");
 		dsn_printf(&b, "Status: %s\r\n", status);
 		dsn_clean(r->reply, diag, sizeof(diag));

@@ -324,7 +324,7 @@ q_send_dsn(struct queue *q, struct q_envelope *env)
 	struct qmsg *m;
 	enum q_status st;
 	char *body = NULL, *msg;
-	size_t blen = 0, mlen = 0;
+	size_t blen = 0, mlen = 0, i;
 
 	if (spool_read_body(&q->sp, env->id, &body, &blen) != Q_OK)
 		body = NULL;
@@ -357,6 +357,12 @@ q_send_dsn(struct queue *q, struct q_envelope *env)
 	tmpl.nrcpt = 1;
 	tmpl.rcpts = &rcpt;
 	tmpl.flags = Q_F_BOUNCE;
+	/* the original header section may be 8-bit (a UTF-8 address, RFC 6532) */
+	for (i = 0; i < mlen; i++)
+		if ((unsigned char)msg[i] >= 0x80) {
+			tmpl.flags |= Q_F_8BIT;
+			break;
+		}
 	tmpl.tag = "dsn";
 	st = queue_enqueue(q, &tmpl, msg, mlen, id);
 	free(msg);
@@ -715,7 +721,7 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	env->expires = tmpl->expires > 0 ? tmpl->expires :
 	    now + q->p.klass[tmpl->klass].lifetime;
 	env->next_attempt = now;
-	env->flags = tmpl->flags & (Q_F_BOUNCE | Q_F_8BIT);
+	env->flags = tmpl->flags & (Q_F_BOUNCE | Q_F_8BIT | Q_F_SMTPUTF8);
 	env->size = len;
 	env->client_uid = tmpl->client_uid;
 	env->held = tmpl->held ? 1 : 0;

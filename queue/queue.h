@@ -79,6 +79,7 @@ struct q_envelope {
 #define Q_F_BOUNCE	0x01	/* this message is a DSN: never bounce it */
 #define Q_F_8BIT	0x02	/* body has 8-bit bytes: needs 8BITMIME */
 #define Q_F_NOTIFIED	0x04	/* the DSN for it has been generated */
+#define Q_F_SMTPUTF8	0x08	/* UTF-8 addresses: needs SMTPUTF8 (RFC 6531) */
 
 /* Schedule of one class; all values are config keys. */
 struct q_class_params {

@@ -88,8 +88,8 @@ otp_args(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_a
 	    req_str(req, "purpose", 0, OTP_PURPOSE_MAX, &a->purpose, err) == -1 ||
 	    req_str(req, "context", 0, OTP_CONTEXT_MAX, &a->context, err) == -1)
 		return -1;
-	if ((rc = addr_canonical(a->to, d->cfg->allow_address_literals ?
-	    ADDR_ALLOW_LITERAL : 0, a->canon, sizeof(a->canon), why, sizeof(why))) != 0) {
+	if ((rc = addr_canonical(a->to, (d->cfg->allow_address_literals ?
+	    ADDR_ALLOW_LITERAL : 0) | (d->cfg->smtputf8 ? ADDR_ALLOW_UTF8 : 0), a->canon, sizeof(a->canon), why, sizeof(why))) != 0) {
 		*err = rc == ADDR_REFUSED ? reply_field_error("bad_address", "to", "%s", why) :
 		    reply_bad_field("to", "%s", why);
 		return -1;

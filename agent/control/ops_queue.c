@@ -185,8 +185,8 @@ opq_addr(struct otpmaild *d, const char *field, const char *in, char *out, size_
 	char reason[256];
 	int rc;
 
-	rc = addr_canonical(in, d->cfg->allow_address_literals ? ADDR_ALLOW_LITERAL : 0,
-	    out, outlen, reason, sizeof(reason));
+	rc = addr_canonical(in, (d->cfg->allow_address_literals ? ADDR_ALLOW_LITERAL : 0) |
+	    (d->cfg->smtputf8 ? ADDR_ALLOW_UTF8 : 0), out, outlen, reason, sizeof(reason));
 	if (rc == 0)
 		return 0;
 	*err = reply_field_error(rc == ADDR_REFUSED ? "bad_address" : "bad_request", field,
@@ -213,7 +213,14 @@ opq_from(struct otpmaild *d, const char *field, const char *from, char *addr, si
 		return opq_addr(d, field, in, addr, alen, err);
 	}
 	if (addr_validate(addr, reason, sizeof(reason)) == -1) {
-		*err = reply_bad_field(field, "bad address %.80s: %s", addr, reason);
+		if (addr_is_utf8(addr))
+			/* only the envelope fields mark a message SMTPUTF8 */
+			*err = reply_field_error("bad_address", field, "%.80s: a UTF-8 "
+			    "address (SMTPUTF8) is taken only in from and to, not in "
+			    "this header", addr);
+		else
+			*err = reply_bad_field(field, "bad address %.80s: %s", addr,
+			    reason);
 		return -1;
 	}
 	return 0;
@@ -646,6 +653,11 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 	tmpl.sender = fromaddr;
 	tmpl.rcpts = rc;
 	tmpl.nrcpt = nto;
+	for (i = 0; i < nto; i++)
+		if (addr_is_utf8(toaddr[i]))
+			tmpl.flags |= Q_F_SMTPUTF8;
+	if (addr_is_utf8(fromaddr))
+		tmpl.flags |= Q_F_SMTPUTF8;
 	snprintf(tag, sizeof(tag), "mail.send app=%s", app);
 	tmpl.tag = tag;
 	tmpl.client_uid = (uint32_t)peer->uid;
@@ -826,6 +838,8 @@ op_queue_show(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		json_array_append_new(flags, json_string("8bit"));
 	if (e->flags & Q_F_NOTIFIED)
 		json_array_append_new(flags, json_string("dsn_sent"));
+	if (e->flags & Q_F_SMTPUTF8)
+		json_array_append_new(flags, json_string("smtputf8"));
 	json_object_set_new(r, "flags", flags);
 	if (body) {
 		st = queue_body(d->queue, id, &data, &len);

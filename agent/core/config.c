@@ -150,6 +150,7 @@ static const struct cfg_key config_table[] = {
 	BOOL(otp_app_from_request, "yes"),
 	STR(otp_limit_tag_separators, "+"),
 	BOOL(allow_address_literals, "no"),
+	BOOL(smtputf8, "yes"),
 	BOOL(otp_verify_detail, "no"),
 	BOOL(otp_permanent_lockout, "no"),
 	/* DKIM */

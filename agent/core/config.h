@@ -131,6 +131,7 @@ struct config {
 	int		 otp_app_from_request;	/* a request's plain-text "app" is used */
 	char		*otp_limit_tag_separators; /* "+": alice+x shares alice's limits */
 	int		 allow_address_literals;	/* user@[192.0.2.1] */
+	int		 smtputf8;	/* UTF-8 local parts (RFC 6531) */
 	int		 otp_allow_small_code_space;	/* below NIST SP 800-63B */
 	int		 otp_allow_long_ttl;
 	int		 otp_verify_detail;	/* say not_found/expired/attempts_left */

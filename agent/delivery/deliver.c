@@ -886,7 +886,8 @@ next_round:
 	if (dl->cfg->domain_rate > 0)
 		delivery_rate(dl, hop->key);
 	retry = smtp_send(s, j->env->sender, sub, m, j->data, j->len,
-	    (j->env->flags & Q_F_8BIT) != 0);
+	    ((j->env->flags & Q_F_8BIT) ? SMTP_SEND_8BIT : 0) |
+	    ((j->env->flags & Q_F_SMTPUTF8) ? SMTP_SEND_SMTPUTF8 : 0));
 	again = 0;
 	for (k = 0; k < m; k++)
 		if (sub[k].status == SMTP_OK)

@@ -54,6 +54,7 @@ struct smtp_session {
 	char			 tls_version[32];
 	char			 tls_cipher[96];
 	int			 nmsgs;
+	int			 smtputf8;	/* the EHLO offered SMTPUTF8 */
 };
 
 static enum smtp_status smtp_open_once(const struct smtp_params *,
@@ -62,6 +63,7 @@ static enum smtp_status smtp_open_once(const struct smtp_params *,
 static int	 smtp_cmd(struct smtp_session *, int timeout, const char *fmt, ...)
 		    __attribute__((format(printf, 3, 4)));
 static int	 smtp_ehlo(struct smtp_session *, char *, size_t);
+static int	 smtp_ehlo_has(const char *, const char *);
 static void	 smtp_report(struct smtp_session *, const char *rtype, int verified);
 static const char *smtp_verify_rtype(long);
 static enum smtp_status smtp_starttls(struct smtp_session *, int *tls_failed,
@@ -193,10 +195,12 @@ smtp_addr_ok(const char *addr, int allow_empty)
 		return allow_empty;
 	/*
 	 * The one validator the submission used: RFC 5321 lengths (so nothing
-	 * reaches libetpan's fixed command buffer), no CR, LF, NUL or 8-bit.
-	 * A quoted local part ("john smith"@example.org) is valid SMTP.
+	 * reaches libetpan's fixed command buffer), no CR, LF, NUL or 8-bit
+	 * outside a local part of well-formed UTF-8.
+	 * A quoted local part ("john smith"@example.org) is valid SMTP, and
+	 * a UTF-8 one (smtp_send sends it only with SMTPUTF8).
 	 */
-	return addr_validate(addr, err, sizeof(err)) == 0;
+	return addr_validate_flags(addr, ADDR_ALLOW_UTF8, err, sizeof(err)) == 0;
 }
 
 static enum smtp_status
@@ -294,14 +298,37 @@ smtp_is_ip_literal(const char *name, char *out, size_t len)
 	return inet_pton(AF_INET, out, buf) == 1 || inet_pton(AF_INET6, out, buf) == 1;
 }
 
+/*
+ * Whether an EHLO reply (libetpan's text: one line per reply line, codes
+ * cut off, the first line the greeting) names the keyword.  libetpan knows
+ * no SMTPUTF8 (LIBNOTES.md).
+ */
+static int
+smtp_ehlo_has(const char *resp, const char *kw)
+{
+	size_t n = strlen(kw);
+	const char *l;
+
+	if (resp == NULL || (l = strchr(resp, '\n')) == NULL)
+		return 0;
+	for (l++; *l != '\0'; l += strcspn(l, "\n"), l += *l == '\n') {
+		l += strspn(l, " ");
+		if (strncasecmp(l, kw, n) == 0 && strchr(" \r\n", l[n]) != NULL)
+			return 1;
+	}
+	return 0;
+}
+
 /* EHLO, or HELO when EHLO is refused.  0 ok, -1 with the reason in err. */
 static int
 smtp_ehlo(struct smtp_session *s, char *err, size_t errlen)
 {
 	int code;
 
+	s->smtputf8 = 0;
 	code = smtp_cmd(s, s->p.command_timeout, "EHLO %s", s->p.helo);
 	if (code / 100 == 2) {
+		s->smtputf8 = smtp_ehlo_has(s->smtp->response, "SMTPUTF8");
 		/*
 		 * libetpan 1.9.4's EHLO parser loops forever on a tab after a
 		 * keyword ("AUTH PLAIN\t"): it knows only space as a separator.
@@ -778,11 +805,12 @@ smtp_send_pipelined(struct smtp_session *s, const char *sender, const char *size
 
 int
 smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
-    size_t n, const char *data, size_t len, int eightbit)
+    size_t n, const char *data, size_t len, int flags)
 {
-	char reply[SMTP_REPLY_MAX], sizeparam[32] = "";
+	char reply[SMTP_REPLY_MAX], sizeparam[48] = "";
 	size_t i, accepted = 0;
-	int code;
+	int code, eightbit = (flags & SMTP_SEND_8BIT) != 0;
+	int utf8 = (flags & SMTP_SEND_SMTPUTF8) != 0;
 
 	for (i = 0; i < n; i++) {
 		r[i].status = SMTP_TEMP;
@@ -796,6 +824,15 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 	if (!smtp_addr_ok(sender, 1)) {
 		smtp_set_all(r, n, 0, SMTP_PERM, 0,
 		    "5.1.7 sender address exceeds RFC 5321 limits or is malformed");
+		return 0;
+	}
+	utf8 = utf8 || addr_is_utf8(sender);
+	for (i = 0; i < n && !utf8; i++)
+		utf8 = r[i].addr != NULL && addr_is_utf8(r[i].addr);
+	if (utf8 && !s->smtputf8) {
+		/* RFC 6531 3.5: not to be downgraded; the address is the mailbox */
+		smtp_set_all(r, n, 0, SMTP_PERM, 0, "5.6.7 the receiving server "
+		    "does not support SMTPUTF8, which this address needs");
 		return 0;
 	}
 	if (eightbit && !(s->smtp->esmtp & MAILSMTP_ESMTP_8BITMIME)) {
@@ -812,6 +849,9 @@ smtp_send(struct smtp_session *s, const char *sender, struct smtp_rcpt *r,
 	}
 	if (s->smtp->esmtp & MAILSMTP_ESMTP_SIZE)
 		snprintf(sizeparam, sizeof(sizeparam), " SIZE=%zu", len);
+	if (utf8)	/* fits: 6 + 20 + 9 < 48 */
+		snprintf(sizeparam + strlen(sizeparam), sizeof(sizeparam) -
+		    strlen(sizeparam), " SMTPUTF8");
 	if (s->smtp->esmtp & MAILSMTP_ESMTP_PIPELINING)
 		return smtp_send_pipelined(s, sender, sizeparam, eightbit, r, n, data, len);
 	code = smtp_cmd(s, s->p.command_timeout, "MAIL FROM:<%s>%s%s", sender,

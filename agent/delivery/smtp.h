@@ -79,16 +79,22 @@ void		 smtp_tls_free(struct smtp_tls *);
 enum smtp_status smtp_open(const struct smtp_params *, const struct sockaddr *,
 		    socklen_t, struct smtp_session **, char *reply, size_t len);
 
+/* smtp_send flags */
+#define SMTP_SEND_8BIT		0x01	/* BODY=8BITMIME: needs 8BITMIME */
+#define SMTP_SEND_SMTPUTF8	0x02	/* SMTPUTF8 (RFC 6531): needs SMTPUTF8 */
+
 /*
- * One transaction: MAIL FROM (SIZE=, BODY=8BITMIME when eightbit), RCPT per
+ * One transaction: MAIL FROM (SIZE=, BODY=8BITMIME with SMTP_SEND_8BIT,
+ * SMTPUTF8 with SMTP_SEND_SMTPUTF8 or when an address is UTF-8), RCPT per
  * recipient, DATA, the message (dot-stuffed by libetpan), final reply.
- * Every rcpt gets a status.  Returns 1 if the failure was at session level
+ * A message that needs 8BITMIME or SMTPUTF8 the server does not offer fails
+ * every recipient permanently (5.6.3, 5.6.7).  Every rcpt gets a status.  Returns 1 if the failure was at session level
  * before the message was accepted anywhere (the temp-failed recipients may be
  * retried at another address), else 0.
  */
 int		 smtp_send(struct smtp_session *, const char *sender,
 		    struct smtp_rcpt *, size_t nrcpt, const char *data,
-		    size_t len, int eightbit);
+		    size_t len, int flags);
 /* RSET for the next transaction; -1 if the session is no longer usable. */
 int		 smtp_reset(struct smtp_session *);
 /* QUIT (if usable) and free. */
@@ -103,7 +109,8 @@ const char	*smtp_tls_cipher(const struct smtp_session *);	/* "none" if plain */
 const char	*smtp_tls_auth(const struct smtp_session *);
 int		 smtp_messages(const struct smtp_session *);	/* sent so far */
 
-/* An address fits RFC 5321 limits and holds nothing libetpan would choke on. */
+/* An address fits RFC 5321 limits and holds nothing libetpan would choke on
+ * (a UTF-8 local part is fine: it goes only to an SMTPUTF8 server). */
 int		 smtp_addr_ok(const char *addr, int allow_empty);
 
 #endif

@@ -5,17 +5,26 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include <idn2.h>
+#include <unicase.h>
+#include <uninorm.h>
 
 #include "agent/mail/address.h"
 
-static int	addr_local_ok(const char *, size_t, char *, size_t);
+static int	addr_local_ok(const char *, size_t, int, char *, size_t);
+static size_t	addr_utf8_seq(const unsigned char *, size_t);
 static int	addr_domain_ok(const char *, size_t, char *, size_t);
-static int	addr_unquote(const char *, size_t, char *, size_t, char *, size_t);
+static int	addr_unquote(const char *, size_t, int, char *, size_t, char *, size_t);
+#define ADDR_NO_UTF8_WHY	"internationalised local parts (SMTPUTF8, RFC 6531) " \
+	"are off: the admin may turn them on with smtputf8 = yes"
+
 static int	addr_canon_domain(const char *, int, char *, size_t, char *, size_t);
+static int	addr_nfc(char *, size_t, char *, size_t);
+static int	addr_limit_fold(const char *, size_t, const char *, char *, size_t);
 
 /* RFC 5322 atext */
 static int
@@ -24,10 +33,57 @@ addr_atext(int c)
 	return isalnum(c) || (c != '\0' && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL);
 }
 
-static int
-addr_local_ok(const char *s, size_t len, char *err, size_t errlen)
+/*
+ * The length of the well-formed UTF-8 sequence of a non-ASCII character
+ * at s (RFC 3629: no overlong forms, no surrogates, nothing above
+ * U+10FFFF), 0 if there is none.  The C1 controls (U+0080-U+009F) count
+ * as none: RFC 6532 3.2 keeps control characters out of addresses.
+ */
+static size_t
+addr_utf8_seq(const unsigned char *s, size_t n)
 {
-	size_t i;
+	unsigned char lo = 0x80, hi = 0xbf;
+	size_t len, i;
+
+	if (s[0] >= 0xc2 && s[0] <= 0xdf)
+		len = 2;
+	else if (s[0] >= 0xe0 && s[0] <= 0xef)
+		len = 3;
+	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+		len = 4;
+	else
+		return 0;
+	if (s[0] == 0xc2)
+		lo = 0xa0;		/* U+0080-U+009F: C1 controls */
+	else if (s[0] == 0xe0)
+		lo = 0xa0;		/* overlong */
+	else if (s[0] == 0xed)
+		hi = 0x9f;		/* surrogates */
+	else if (s[0] == 0xf0)
+		lo = 0x90;		/* overlong */
+	else if (s[0] == 0xf4)
+		hi = 0x8f;		/* above U+10FFFF */
+	if (len > n || s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < len; i++)
+		if (s[i] < 0x80 || s[i] > 0xbf)
+			return 0;
+	return len;
+}
+
+int
+addr_is_utf8(const char *addr)
+{
+	for (; *addr != '\0'; addr++)
+		if ((unsigned char)*addr >= 0x80)
+			return 1;
+	return 0;
+}
+
+static int
+addr_local_ok(const char *s, size_t len, int utf8, char *err, size_t errlen)
+{
+	size_t i, k;
 
 	if (len == 0) {
 		snprintf(err, errlen, "empty local part");
@@ -44,7 +100,12 @@ addr_local_ok(const char *s, size_t len, char *err, size_t errlen)
 			return -1;
 		}
 		for (i = 1; i < len - 1; i++) {
-			if (s[i] == '\\') {
+			if (utf8 && (unsigned char)s[i] >= 0x80) {
+				if ((k = addr_utf8_seq((const unsigned char *)s + i,
+				    len - 1 - i)) == 0)
+					goto badutf8;
+				i += k - 1;
+			} else if (s[i] == '\\') {
 				if (++i >= len - 1 || s[i] < 0x20 || s[i] > 0x7e)
 					goto bad;
 			} else if (s[i] == '"' || s[i] < 0x20 || s[i] > 0x7e)
@@ -64,10 +125,21 @@ addr_local_ok(const char *s, size_t len, char *err, size_t errlen)
 			}
 			continue;
 		}
+		if (utf8 && (unsigned char)s[i] >= 0x80) {
+			/* RFC 6531 3.3: atext =/ UTF8-non-ascii */
+			if ((k = addr_utf8_seq((const unsigned char *)s + i, len - i)) == 0)
+				goto badutf8;
+			i += k - 1;
+			continue;
+		}
 		if (!addr_atext((unsigned char)s[i]))
 			goto bad;
 	}
 	return 0;
+badutf8:
+	snprintf(err, errlen, "local part is not well-formed UTF-8 or holds a "
+	    "control character");
+	return -1;
 bad:
 	snprintf(err, errlen, "local part holds a character not allowed in an address");
 	return -1;
@@ -141,6 +213,12 @@ badlit:
 int
 addr_validate(const char *addr, char *err, size_t errlen)
 {
+	return addr_validate_flags(addr, 0, err, errlen);
+}
+
+int
+addr_validate_flags(const char *addr, int flags, char *err, size_t errlen)
+{
 	const char *at;
 	size_t len, i;
 
@@ -159,9 +237,9 @@ addr_validate(const char *addr, char *err, size_t errlen)
 			snprintf(err, errlen, "address holds a control character");
 			return -1;
 		}
-		if (c >= 0x80) {
-			snprintf(err, errlen, "internationalised addresses are not "
-			    "supported yet");
+		if (c >= 0x80 && !(flags & ADDR_ALLOW_UTF8)) {
+			snprintf(err, errlen, "internationalised addresses (SMTPUTF8) "
+			    "are not allowed here");
 			return -1;
 		}
 	}
@@ -170,7 +248,8 @@ addr_validate(const char *addr, char *err, size_t errlen)
 		snprintf(err, errlen, "address has no @");
 		return -1;
 	}
-	if (addr_local_ok(addr, at - addr, err, errlen) == -1)
+	if (addr_local_ok(addr, at - addr, (flags & ADDR_ALLOW_UTF8) != 0, err,
+	    errlen) == -1)
 		return -1;
 	return addr_domain_ok(at + 1, len - (at + 1 - addr), err, errlen);
 }
@@ -202,7 +281,8 @@ addr_domain_lower(const char *addr, char *out, size_t len)
  * client carry only dot-atoms), ADDR_BAD if it is malformed.
  */
 static int
-addr_unquote(const char *s, size_t len, char *out, size_t outlen, char *why, size_t wl)
+addr_unquote(const char *s, size_t len, int utf8, char *out, size_t outlen, char *why,
+    size_t wl)
 {
 	char err[128];
 	size_t i, n = 0;
@@ -220,9 +300,8 @@ addr_unquote(const char *s, size_t len, char *out, size_t outlen, char *why, siz
 			snprintf(why, wl, "malformed quoted local part");
 			return ADDR_BAD;
 		}
-		if (c >= 0x80) {
-			snprintf(why, wl, "internationalised local parts (SMTPUTF8) are not "
-			    "supported");
+		if (c >= 0x80 && !utf8) {
+			snprintf(why, wl, ADDR_NO_UTF8_WHY);
 			return ADDR_REFUSED;
 		}
 		if (n + 1 >= outlen) {
@@ -238,7 +317,7 @@ addr_unquote(const char *s, size_t len, char *out, size_t outlen, char *why, siz
 	}
 	/* a dot-atom: addr_local_ok would take a leading quote as a new
 	 * quoted string */
-	if (out[0] == '"' || addr_local_ok(out, n, err, sizeof(err)) == -1) {
+	if (out[0] == '"' || addr_local_ok(out, n, utf8, err, sizeof(err)) == -1) {
 		snprintf(why, wl, "a quoted local part that needs its quotes (spaces, "
 		    "quotes, backslashes, \"(),:;<>@[]\" or dots out of place) is not "
 		    "supported: use a plain local part such as user.name");
@@ -313,6 +392,37 @@ badlit:
 	return 0;
 }
 
+/*
+ * A UTF-8 local part in Unicode Normalization Form C, in place (RFC 6530
+ * 10.1: one form of a mailbox name, "j\xc3\xb6rg" whether the app sent
+ * U+00F6 or o + U+0308).  -1 if it is not UTF-8 or does not fit.
+ */
+static int
+addr_nfc(char *local, size_t size, char *why, size_t wl)
+{
+	uint8_t buf[ADDR_LOCAL_MAX * 2 + 8], *r;
+	size_t n = sizeof(buf) - 1, i, k;
+
+	/* libunistring turns what is not UTF-8 into U+FFFD: check first */
+	for (i = 0; local[i] != '\0'; i += k)
+		if ((k = (unsigned char)local[i] < 0x80 ? 1 : addr_utf8_seq(
+		    (const unsigned char *)local + i, strlen(local + i))) == 0) {
+			snprintf(why, wl, "local part is not well-formed UTF-8 or "
+			    "holds a control character");
+			return -1;
+		}
+	r = u8_normalize(UNINORM_NFC, (const uint8_t *)local, strlen(local), buf, &n);
+	if (r == NULL || r != buf || n >= size) {
+		if (r != buf)
+			free(r);
+		snprintf(why, wl, "local part longer than %d bytes", ADDR_LOCAL_MAX);
+		return -1;
+	}
+	memcpy(local, buf, n);
+	local[n] = '\0';
+	return 0;
+}
+
 int
 addr_canonical(const char *in, int flags, char *out, size_t outlen, char *why, size_t wl)
 {
@@ -341,22 +451,24 @@ addr_canonical(const char *in, int flags, char *out, size_t outlen, char *why, s
 	}
 	ll = (size_t)(at - in);
 	if (ll > 0 && in[0] == '"') {
-		if ((rc = addr_unquote(in, ll, local, sizeof(local), why, wl)) != 0)
+		if ((rc = addr_unquote(in, ll, (flags & ADDR_ALLOW_UTF8) != 0, local,
+		    sizeof(local), why, wl)) != 0)
 			return rc;
 	} else {
 		if (ll >= sizeof(local)) {
 			snprintf(why, wl, "local part longer than %d bytes", ADDR_LOCAL_MAX);
 			return ADDR_BAD;
 		}
-		for (i = 0; i < ll; i++)
+		for (i = 0; i < ll && !(flags & ADDR_ALLOW_UTF8); i++)
 			if ((unsigned char)in[i] >= 0x80) {
-				snprintf(why, wl, "internationalised local parts (SMTPUTF8) "
-				    "are not supported");
+				snprintf(why, wl, ADDR_NO_UTF8_WHY);
 				return ADDR_REFUSED;
 			}
 		memcpy(local, in, ll);
 		local[ll] = '\0';
 	}
+	if (addr_is_utf8(local) && addr_nfc(local, sizeof(local), why, wl) == -1)
+		return ADDR_BAD;
 	if (at[1] == '\0') {
 		snprintf(why, wl, "empty domain");
 		return ADDR_BAD;
@@ -367,7 +479,28 @@ addr_canonical(const char *in, int flags, char *out, size_t outlen, char *why, s
 		snprintf(why, wl, "address longer than %d bytes", ADDR_PATH_MAX);
 		return ADDR_BAD;
 	}
-	return addr_validate(out, why, wl) == 0 ? 0 : ADDR_BAD;
+	return addr_validate_flags(out, flags & ADDR_ALLOW_UTF8, why, wl) == 0 ? 0 : ADDR_BAD;
+}
+
+/*
+ * The limit key of a UTF-8 local part: NFKC case folding (Unicode
+ * toNFKC_Casefold), so "J\xc3\x96RG", "j\xc3\xb6rg" and their fullwidth or
+ * decomposed forms spend one budget, as ASCII case variants do.
+ */
+static int
+addr_limit_fold(const char *local, size_t n, const char *at, char *out, size_t outlen)
+{
+	uint8_t *r;
+	size_t len = outlen;
+
+	r = u8_casefold((const uint8_t *)local, n, NULL, UNINORM_NFKC, (uint8_t *)out, &len);
+	if (r == NULL || r != (uint8_t *)out || len + strlen(at) + 1 > outlen) {
+		if (r != (uint8_t *)out)
+			free(r);
+		return -1;
+	}
+	snprintf(out + len, outlen - len, "%s", at);
+	return 0;
 }
 
 int
@@ -386,6 +519,9 @@ addr_limit_key(const char *canonical, const char *tag_seps, char *out, size_t ou
 				cut = i;
 				break;
 			}
+	for (i = 0; i < cut; i++)
+		if ((unsigned char)canonical[i] >= 0x80)
+			return addr_limit_fold(canonical, cut, at, out, outlen);
 	for (i = 0; i < cut; i++)
 		out[i] = (char)tolower((unsigned char)canonical[i]);
 	snprintf(out + cut, outlen - cut, "%s", at);

@@ -18,6 +18,15 @@
  * refused for now).  Returns 0, or -1 with a reason in err.
  */
 int		 addr_validate(const char *addr, char *err, size_t errlen);
+/*
+ * addr_validate with flags: ADDR_ALLOW_UTF8 also takes a local part of
+ * UTF-8 (RFC 6531 3.3: atext or any non-ASCII character; well-formed
+ * UTF-8, no overlong forms, surrogates or C1 controls; the limits in
+ * octets).  The domain stays ASCII (its A-label).
+ */
+int		 addr_validate_flags(const char *addr, int flags, char *err, size_t errlen);
+/* 1 if the address holds a non-ASCII byte (it needs SMTPUTF8), else 0. */
+int		 addr_is_utf8(const char *addr);
 /* The domain part (after the last '@'), or "" if none. */
 const char	*addr_domain(const char *addr);
 /* Lower-cased copy of the domain part into out; -1 if it does not fit. */
@@ -28,6 +37,7 @@ int		 addr_domain_lower(const char *addr, char *out, size_t len);
 #define ADDR_REFUSED	(-2)	/* an address otpmail will not send to: bad_address */
 /* addr_canonical flags */
 #define ADDR_ALLOW_LITERAL	0x01	/* user@[192.0.2.1], user@[IPv6:...] */
+#define ADDR_ALLOW_UTF8		0x02	/* a UTF-8 local part (SMTPUTF8, RFC 6531) */
 
 /*
  * The one form of an address that reaches the store, the queue and SMTP:
@@ -37,14 +47,17 @@ int		 addr_domain_lower(const char *addr, char *out, size_t len);
  * when it needs no quotes ("alice"@ is alice@), an address literal
  * rewritten in its one printed form.  Refused (ADDR_REFUSED, with why):
  * address literals without ADDR_ALLOW_LITERAL, a domain whose last label
- * is numeric (user@127.0.0.1), local parts that need quotes or are not
- * ASCII.  The local part keeps its case and +tag: it names the mailbox.
+ * is numeric (user@127.0.0.1), local parts that need quotes, and local
+ * parts that are not ASCII unless ADDR_ALLOW_UTF8 (then in Unicode NFC,
+ * RFC 6530 10.1).  The local part keeps its case and +tag: it names the
+ * mailbox.
  */
 int		 addr_canonical(const char *in, int flags, char *out, size_t outlen,
 		    char *why, size_t whylen);
 /*
  * The key a person's limits and lock-outs are counted under, from a
- * canonical address: the local part lower-cased and, when tag_seps is not
+ * canonical address: the local part lower-cased (a UTF-8 one NFKC
+ * case-folded: "J\xc3\x96RG" counts as "j\xc3\xb6rg") and, when tag_seps is not
  * empty, cut at the first of those characters that is not its first
  * ("alice+news" -> "alice").  -1 if out is too small.
  */

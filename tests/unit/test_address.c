@@ -1,6 +1,7 @@
 /*
  * test_address.c - the address validator: RFC 5321 lengths, syntax, and
- * refusal of CR, LF, NUL, spaces and non-ASCII.
+ * refusal of CR, LF, NUL, spaces and non-ASCII; UTF-8 local parts
+ * (SMTPUTF8, RFC 6531) only with ADDR_ALLOW_UTF8.
  */
 #include <string.h>
 
@@ -30,6 +31,17 @@ canon(const char *in, int flags, int rc_want, const char *want)
 			diag("rc %d out \"%s\" why \"%s\"", rc, out, why);
 	} else if (!ok(rc == rc_want && strstr(why, want) != NULL, name))
 		diag("rc %d (want %d) why \"%s\"", rc, rc_want, why);
+}
+
+/* addr_validate_flags with ADDR_ALLOW_UTF8: 0 or -1 with why in err */
+static void
+utf8(const char *a, int want, const char *why, const char *name)
+{
+	char err[128] = "";
+	int rc = addr_validate_flags(a, ADDR_ALLOW_UTF8, err, sizeof(err));
+
+	if (!ok(rc == want && (want == 0 || strstr(err, why) != NULL), name))
+		diag("rc %d err \"%s\"", rc, err);
 }
 
 static void
@@ -138,12 +150,66 @@ main(void)
 	canon("user@", 0, ADDR_BAD, "empty domain");
 	canon("user@localhost", 0, ADDR_BAD, "no dot");
 
+	/* SMTPUTF8: a UTF-8 local part, the domain as its A-label */
+	canon("j\xc3\xb6rg@example.org", ADDR_ALLOW_UTF8, 0, "j\xc3\xb6rg@example.org");
+	canon("J\xc3\x96rg@B\xc3\x9c""CHER.example", ADDR_ALLOW_UTF8, 0,
+	    "J\xc3\x96rg@xn--bcher-kva.example");
+	canon("\"j\xc3\xb6rg\"@example.org", ADDR_ALLOW_UTF8, 0, "j\xc3\xb6rg@example.org");
+	canon("\xe7\x94\xa8\xe6\x88\xb7@example.org", ADDR_ALLOW_UTF8, 0,
+	    "\xe7\x94\xa8\xe6\x88\xb7@example.org");
+	canon("\xf0\x9f\x98\x80.x@example.org", ADDR_ALLOW_UTF8, 0,
+	    "\xf0\x9f\x98\x80.x@example.org");
+	canon("j\xc3\xb6rg@example.org", ADDR_ALLOW_LITERAL, ADDR_REFUSED, "smtputf8 = yes");
+	/* NFC: o + U+0308 is U+00F6 */
+	canon("jo\xcc\x88rg@example.org", ADDR_ALLOW_UTF8, 0, "j\xc3\xb6rg@example.org");
+	canon("\"jo\xcc\x88rg\"@example.org", ADDR_ALLOW_UTF8, 0, "j\xc3\xb6rg@example.org");
+	canon("j\xc3@example.org", ADDR_ALLOW_UTF8, ADDR_BAD, "UTF-8");
+	canon("j\xc2\x85rg@example.org", ADDR_ALLOW_UTF8, ADDR_BAD, "control");
+	canon("j\xc3\xb6 rg@example.org", ADDR_ALLOW_UTF8, ADDR_BAD, "not allowed");
+	canon("\"j\xc3\xb6 rg\"@example.org", ADDR_ALLOW_UTF8, ADDR_REFUSED, "needs its quotes");
+	canon("j\xc3\xb6rg@example.org\r\nRCPT TO:<x@y.z>", ADDR_ALLOW_UTF8, ADDR_BAD,
+	    "control");
+	utf8("j\xc3\xb6rg@example.org", 0, "", "UTF-8 local part with the flag");
+	utf8("j\xc3\xb6rg.m\xc3\xbcller+tag@example.org", 0, "", "dots and a tag");
+	utf8("\"j\xc3\xb6rg x\"@example.org", 0, "", "UTF-8 in a quoted local part");
+	utf8("j\xc3\xb6rg@b\xc3\xbc""cher.example", -1, "domain holds",
+	    "a U-label domain is not the A-label");
+	utf8("j\xc0\xb6rg@example.org", -1, "UTF-8", "overlong form");
+	utf8("j\xe0\x80\xafrg@example.org", -1, "UTF-8", "overlong 3-byte slash");
+	utf8("j\xed\xa0\x80rg@example.org", -1, "UTF-8", "surrogate");
+	utf8("j\xf4\x90\x80\x80@example.org", -1, "UTF-8", "above U+10FFFF");
+	utf8("j\xff@example.org", -1, "UTF-8", "0xff byte");
+	utf8("j\xc3\xb6\xc3@example.org", -1, "UTF-8", "truncated sequence");
+	utf8("j\xc2\x9b@example.org", -1, "control", "C1 control (CSI)");
+	utf8("j\xc3\xb6\r\n@example.org", -1, "control", "CR LF after UTF-8");
+	utf8(".j\xc3\xb6rg@example.org", -1, "dot", "leading dot");
+	ok(addr_is_utf8("j\xc3\xb6rg@example.org") && !addr_is_utf8("jorg@example.org"),
+	    "addr_is_utf8");
+	/* the limits are in octets: 32 x U+00F6 is 64, 33 is 66 */
+	for (buf[0] = '\0'; strlen(buf) < 64; )
+		strcat(buf, "\xc3\xb6");
+	strcat(buf, "@example.org");
+	utf8(buf, 0, "", "64-octet UTF-8 local part");
+	canon(buf, ADDR_ALLOW_UTF8, 0, buf);
+	memmove(buf + 2, buf, strlen(buf) + 1);
+	memcpy(buf, "\xc3\xb6", 2);
+	utf8(buf, -1, "longer than 64", "66-octet UTF-8 local part");
+	canon(buf, ADDR_ALLOW_UTF8, ADDR_BAD, "longer than 64");
+
 	limit_key("Alice+news@example.org", "+", "alice@example.org");
 	limit_key("alice+a+b@example.org", "+", "alice@example.org");
 	limit_key("+alice@example.org", "+", "+alice@example.org");
 	limit_key("alice+news@example.org", "", "alice+news@example.org");
 	limit_key("alice-news@example.org", "+-", "alice@example.org");
 	limit_key("user@[IPv6:::1]", "+", "user@[IPv6:::1]");
+	/* UTF-8: NFKC case folding, so case, width and composition variants of
+	 * one mailbox spend one budget */
+	limit_key("J\xc3\x96RG+x@example.org", "+", "j\xc3\xb6rg@example.org");
+	limit_key("jo\xcc\x88rg@example.org", "+", "j\xc3\xb6rg@example.org");
+	limit_key("\xef\xbc\xaa\xc3\xb6rg@example.org", "", "j\xc3\xb6rg@example.org");
+	limit_key("stra\xc3\x9f""e@example.org", "", "strasse@example.org");
+	ok(addr_limit_key("J\xc3\x96RG@example.org", "", buf, 12) == -1,
+	    "limit key of a UTF-8 local part refuses a short buffer");
 
 	is_str(addr_domain("a@b.example"), "b.example", "domain part");
 	ok(addr_domain_lower("a@B.Example.ORG", d, sizeof(d)) == 0 &&

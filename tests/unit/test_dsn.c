@@ -122,5 +122,24 @@ main(void)
 	msg = dsn_build(&e, NULL, 0, NULL, NULL, 1800432001, &len);
 	ok(msg != NULL && strstr(msg, "text/rfc822-headers") != NULL, "DSN without the original");
 	free(msg);
+
+	/* SMTPUTF8 recipients: utf-8 addresses, \x{HEX} in the 7-bit report
+	 * (RFC 6533 3.3) */
+	r[1].addr = "j\xc3\xb6rg.\xe7\x94\xa8\xf0\x9f\x98\x80@example.com";
+	r[1].reply = "5.6.7 the receiving server does not support SMTPUTF8, which "
+	    "this address needs";
+	e.sender = "\xc3\xa4pp@example.org";
+	msg = dsn_build(&e, NULL, 0, NULL, NULL, 1800432001, &len);
+	ok(msg != NULL && strstr(msg, "Final-Recipient: utf-8; j\\x{F6}rg."
+	    "\\x{7528}\\x{1F600}@example.com\r\n") != NULL, "Final-Recipient of type utf-8");
+	ok(msg != NULL && strstr(msg, "<j\\x{F6}rg.\\x{7528}\\x{1F600}@example.com>: 5.6.7")
+	    != NULL, "the human part names it too");
+	ok(msg != NULL && strstr(msg, "X-Original-Envelope-From: utf-8; \\x{E4}pp@") != NULL,
+	    "a UTF-8 sender too");
+	ok(msg != NULL && strstr(msg, "Final-Recipient: rfc822; slow@example.net") != NULL,
+	    "ASCII recipients stay rfc822");
+	ok(msg != NULL && strstr(msg, "\r\nTo: <\xc3\xa4pp@example.org>\r\n") != NULL,
+	    "the To header carries the UTF-8 sender (RFC 6532; it goes by SMTPUTF8)");
+	free(msg);
 	return done_testing();
 }

@@ -425,6 +425,84 @@ out:
 	fake_stop(&f, th);
 }
 
+/*
+ * SMTPUTF8 (RFC 6531): MAIL FROM ... SMTPUTF8 for a UTF-8 address when the
+ * EHLO offers it (not a keyword that only starts with it), else 5.6.7
+ * with nothing sent.
+ */
+static void
+test_smtputf8(struct smtp_tls *ctx)
+{
+	struct fake f = { .greeting = "220 fake ESMTP\r\n", .ehlo =
+	    "250-fake.example.org hello\r\n250-SIZE 100000\r\n250-8BITMIME\r\n"
+	    "250 SMTPUTF8\r\n" };
+	struct fake g = { .greeting = "220 fake ESMTP\r\n", .ehlo =
+	    "250-fake.example.org hello\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+	    "250-XSMTPUTF8\r\n250 SMTPUTF8X\r\n" };
+	const char *msg = "To: j\xc3\xb6rg@example.org\r\n\r\nx\r\n";
+	struct smtp_rcpt r[2];
+	struct smtp_session *s;
+	struct smtp_params p;
+	struct sockaddr_in sin;
+	char reply[512];
+	pthread_t th;
+
+	th = fake_start(&f);
+	fake_addr(&f, &sin);
+	params_init(&p, ctx);
+	is_int(smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)), SMTP_OK, "open an SMTPUTF8 peer");
+	if (s != NULL) {
+		memset(r, 0, sizeof(r));
+		r[0].addr = "j\xc3\xb6rg@example.org";
+		r[1].addr = "plain@example.org";
+		smtp_send(s, "sender@example.net", r, 2, msg, strlen(msg), SMTP_SEND_8BIT);
+		ok(r[0].status == SMTP_OK && r[1].status == SMTP_OK,
+		    "UTF-8 recipient delivered where SMTPUTF8 is offered");
+		smtp_reset(s);
+		r[0].addr = "plain@example.org";
+		smtp_send(s, "sender@example.net", r, 1, "x\r\n", 3, 0);
+		is_int(r[0].status, SMTP_OK, "an ASCII message after it");
+		pthread_mutex_lock(&f.mu);
+		ok(strstr(f.log, "MAIL FROM:<sender@example.net> SIZE=") != NULL &&
+		    strstr(f.log, " SMTPUTF8 BODY=8BITMIME\nRCPT TO:<j\xc3\xb6rg@"
+		    "example.org>\n") != NULL, "MAIL FROM declares SMTPUTF8");
+		ok(strstr(f.log, "SIZE=3\n") != NULL, "no SMTPUTF8 for an ASCII message");
+		pthread_mutex_unlock(&f.mu);
+		smtp_close(s);
+	}
+	fake_stop(&f, th);
+
+	th = fake_start(&g);
+	fake_addr(&g, &sin);
+	is_int(smtp_open(&p, (struct sockaddr *)&sin, sizeof(sin), &s, reply,
+	    sizeof(reply)), SMTP_OK, "open a peer without SMTPUTF8");
+	if (s != NULL) {
+		memset(r, 0, sizeof(r));
+		r[0].addr = "plain@example.org";
+		r[1].addr = "j\xc3\xb6rg@example.org";
+		smtp_send(s, "sender@example.net", r, 2, msg, strlen(msg), SMTP_SEND_8BIT);
+		ok(r[0].status == SMTP_PERM && r[1].status == SMTP_PERM,
+		    "UTF-8 message to a peer without SMTPUTF8: permanent for all");
+		ok(strstr(r[1].reply, "5.6.7") != NULL &&
+		    strstr(r[1].reply, "does not support SMTPUTF8") != NULL,
+		    "with a clear reason");
+		memset(r, 0, sizeof(r));
+		r[0].addr = "plain@example.org";
+		smtp_send(s, "j\xc3\xb6rg@example.net", r, 1, "x\r\n", 3, 0);
+		is_int(r[0].status, SMTP_PERM, "a UTF-8 sender too");
+		memset(r, 0, sizeof(r));
+		r[0].addr = "plain@example.org";
+		smtp_send(s, "sender@example.net", r, 1, "x\r\n", 3, SMTP_SEND_SMTPUTF8);
+		is_int(r[0].status, SMTP_PERM, "a message flagged SMTPUTF8 too");
+		pthread_mutex_lock(&g.mu);
+		ok(strstr(g.log, "MAIL FROM") == NULL, "nothing sent for them");
+		pthread_mutex_unlock(&g.mu);
+		smtp_close(s);
+	}
+	fake_stop(&g, th);
+}
+
 static void
 test_refusals(struct smtp_tls *ctx)
 {
@@ -880,11 +958,15 @@ main(void)
 	ok(!smtp_addr_ok("", 0) && smtp_addr_ok("", 1), "null path only where allowed");
 	ok(!smtp_addr_ok("a b@example.org", 0), "space refused");
 	ok(!smtp_addr_ok("noat", 0), "no @ refused");
+	ok(smtp_addr_ok("j\xc3\xb6rg@example.org", 0), "UTF-8 local part ok (SMTPUTF8)");
+	ok(!smtp_addr_ok("j\xc2\x85rg@example.org", 0), "C1 control refused");
+	ok(!smtp_addr_ok("jorg@b\xc3\xbc""cher.example", 0), "U-label domain refused");
 	make_cert();
 	ctx = smtp_tls_new(NULL, err, sizeof(err));
 	ok(ctx != NULL, "client context with the system store");
 	test_basic(ctx);
 	test_refusals(ctx);
+	test_smtputf8(ctx);
 	test_helo_and_mail_fail(ctx);
 	test_timeouts(ctx);
 	test_abort(ctx);
