@@ -126,6 +126,7 @@ struct store {
 	/* files quarantined at open (verify.c) */
 	struct store_quarantine quarantined[STORE_QUARANTINE_MAX];
 	size_t		 nquarantined;
+	uint64_t	 lost_until;	/* a quarantined otp.db's codes could live */
 	/* the newest log file whose name is known durable (env.c) */
 	_Atomic uint32_t log_dir_synced;
 };

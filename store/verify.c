@@ -6,7 +6,9 @@
  * saying what failed, what is lost and what to do.  The store then starts
  * with what is sound: a quarantined otp.db is recreated empty (its expiry
  * index goes with it), expiry.db is rebuilt from otp.db, rate.db starts
- * empty.  store_quarantined() lists what the folder holds (stats).
+ * empty.  store_quarantined() lists what the folder holds (stats); for
+ * max_ttl after a quarantined otp.db a failed verify answers unavailable
+ * (otp.c): the code may have been right.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -268,6 +270,10 @@ store_verify_files(struct store *s, char *err, size_t errlen)
 		if (bad[i] && quarantine(s, i, c[i].reason, err, errlen) == -1)
 			return -1;
 	list_earlier(s);
+	for (i = 0; i < s->nquarantined; i++)
+		if (strcmp(s->quarantined[i].file, "otp.db") == 0 &&
+		    (uint64_t)s->quarantined[i].when + (uint64_t)s->p.max_ttl > s->lost_until)
+			s->lost_until = (uint64_t)s->quarantined[i].when + (uint64_t)s->p.max_ttl;
 	return 0;
 nochild:
 	snprintf(err, errlen, "store: cannot check %s in a child process: %s", path,
