@@ -87,6 +87,7 @@ struct check {
 	int		 present;
 	int		 status;
 	int		 done;
+	int		 waiterr;	/* errno of a failed waitpid: result unknown */
 	char		 reason[STORE_QREASON_MAX];
 };
 
@@ -128,6 +129,7 @@ wait_children(struct check *c, size_t n)
 				continue;
 			r = waitpid(c[i].pid, &c[i].status, WNOHANG);
 			if (r == c[i].pid || (r == -1 && errno != EINTR)) {
+				c[i].waiterr = r == -1 ? errno : 0;
 				c[i].done = 1;
 				continue;
 			}
@@ -255,6 +257,16 @@ store_verify_files(struct store *s, char *err, size_t errlen)
 	for (i = 0; i < STORE_DB_FILES; i++) {
 		if (!c[i].present)
 			continue;
+		if (c[i].waiterr != 0) {
+			/* not known to be sound, nor damaged: neither open nor move it */
+			snprintf(err, errlen, "store: %s/%s: the result of its check is "
+			    "unknown (waitpid: %s): start again", s->p.dir, db_files[i].name,
+			    strerror(c[i].waiterr));
+			for (; i < STORE_DB_FILES; i++)
+				if (c[i].present)
+					close(c[i].fd);
+			return -1;
+		}
 		if (!WIFEXITED(c[i].status) || WEXITSTATUS(c[i].status) != 0) {
 			check_reason(&c[i]);
 			bad[i] = 1;
