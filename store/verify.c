@@ -40,6 +40,17 @@ static const struct db_file {
 	{ "rate.db", "the per-client issue windows (at most a minute of counts)" },
 };
 
+struct check;
+
+static void	child_errcall(const DB_ENV *, const char *, const char *);
+static void	verify_child(const char *, int) __attribute__((noreturn));
+static void	check_reason(struct check *);
+static void	wait_children(struct check *, size_t);
+static int	quarantine_path(const struct store *, char *, size_t);
+static int	quarantine_dir(struct store *, char *, size_t);
+static int	quarantine(struct store *, size_t, const char *, char *, size_t);
+static void	list_earlier(struct store *);
+
 /* The child's fd for BDB's first error message (one per child). */
 static int child_errfd = -1;
 
@@ -63,7 +74,7 @@ child_errcall(const DB_ENV *env, const char *pfx, const char *msg)
 }
 
 /* In the child: 0 sound, 1 damaged; a crash shows as a signal. */
-static void __attribute__((noreturn))
+static void
 verify_child(const char *path, int errfd)
 {
 	DB *db;
@@ -75,9 +86,8 @@ verify_child(const char *path, int errfd)
 	db->set_errcall(db, child_errcall);
 	/* verify closes the handle, whatever it finds */
 	r = db->verify(db, path, NULL, NULL, DB_NOORDERCHK);
-	if (r != 0 && child_errfd != -1) {
+	if (r != 0 && child_errfd != -1)
 		child_errcall(NULL, NULL, db_strerror(r));
-	}
 	_exit(r == 0 ? 0 : 1);
 }
 
@@ -148,8 +158,6 @@ wait_children(struct check *c, size_t n)
 		waited++;
 	}
 }
-
-static void	list_earlier(struct store *);
 
 /* <state_dir>/quarantine: beside the environment's directory */
 static int
