@@ -50,6 +50,9 @@ static int	quarantine_path(const struct store *, char *, size_t);
 static int	quarantine_dir(struct store *, char *, size_t);
 static int	quarantine(struct store *, size_t, const char *, char *, size_t);
 static void	list_earlier(struct store *);
+static void	recover_child(const struct store *, const int *) __attribute__((noreturn));
+static void	recover_retry(struct store *, int *);
+static void	quiet_errcall(const DB_ENV *, const char *, const char *);
 
 /* The child's fd for BDB's first error message (one per child). */
 static int child_errfd = -1;
@@ -121,6 +124,77 @@ check_reason(struct check *c)
 	else
 		snprintf(c->reason, sizeof(c->reason), "DB->verify could not run "
 		    "(status %d)", c->status);
+}
+
+static void
+quiet_errcall(const DB_ENV *env, const char *pfx, const char *msg)
+{
+	(void)env;
+	(void)pfx;
+	(void)msg;
+}
+
+/*
+ * In a child: recovery (the log redoes what a crash left half written in
+ * the files), then the failed files verified again.  Exits with a bit per
+ * file still damaged.
+ */
+static void
+recover_child(const struct store *s, const int *bad)
+{
+	char path[PATH_MAX];
+	DB_ENV *env;
+	DB *db;
+	int i, still = 0;
+
+	if (db_env_create(&env, 0) != 0)
+		_exit(0x7f);
+	env->set_errcall(env, quiet_errcall);
+	if (env->open(env, s->p.dir, DB_CREATE | DB_INIT_TXN | DB_INIT_LOCK |
+	    DB_INIT_LOG | DB_INIT_MPOOL | DB_RECOVER, 0600) != 0)
+		_exit(0x7f);
+	env->close(env, 0);
+	for (i = 0; i < STORE_DB_FILES; i++) {
+		if (!bad[i])
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", s->p.dir, db_files[i].name);
+		if (db_create(&db, NULL, 0) != 0)
+			_exit(0x7f);
+		db->set_errcall(db, quiet_errcall);
+		if (db->verify(db, path, NULL, NULL, DB_NOORDERCHK) != 0)
+			still |= 1 << i;
+	}
+	_exit(still);
+}
+
+/*
+ * A file that fails before recovery may only be what a crash left: pages
+ * the log still holds.  Only then (a clean start pays nothing) recovery
+ * runs in a child, and what verifies after it is kept.
+ */
+static void
+recover_retry(struct store *s, int *bad)
+{
+	struct check c;
+	size_t i;
+
+	memset(&c, 0, sizeof(c));
+	c.present = 1;
+	c.fd = -1;
+	if ((c.pid = fork()) == -1)
+		return;
+	if (c.pid == 0)
+		recover_child(s, bad);
+	wait_children(&c, 1);
+	if (c.waiterr != 0 || !WIFEXITED(c.status) || WEXITSTATUS(c.status) == 0x7f)
+		return;
+	for (i = 0; i < STORE_DB_FILES; i++)
+		if (bad[i] && !(WEXITSTATUS(c.status) & (1 << i))) {
+			bad[i] = 0;
+			store_logf(s, LOG_WARNING, "event=store.verify file=%s/%s "
+			    "result=\"damaged before recovery, sound after it: kept\"",
+			    s->p.dir, db_files[i].name);
+		}
 }
 
 /* Waits for every child, killing those past the deadline. */
@@ -281,6 +355,8 @@ store_verify_files(struct store *s, char *err, size_t errlen)
 		}
 		close(c[i].fd);
 	}
+	if (bad[0] || bad[1] || bad[2])
+		recover_retry(s, bad);
 	/* the expiry index of a quarantined otp.db indexes nothing left */
 	if (bad[0] && c[1].present && !bad[1]) {
 		bad[1] = 1;
