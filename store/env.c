@@ -225,7 +225,6 @@ store_flush_wait(struct store *s, uint64_t ticket)
 
 static int	store_check_db(struct store *, DB *, const char *, char *, size_t);
 static int	store_env_check(struct store *, char *, size_t);
-static int	store_verify_files(struct store *, char *, size_t);
 
 int
 store_env_open(struct store *s, char *err, size_t errlen)
@@ -303,6 +302,11 @@ store_env_open(struct store *s, char *err, size_t errlen)
 		goto dberr;
 	/* Small pages: BDB locks pages, and records are keyed at random. */
 	s->db->set_pagesize(s->db, 2048);
+	/* Page checksums (new files only: ignored for an existing one), so
+	 * DB->verify at open sees a flipped bit anywhere (verify.c). */
+	s->db->set_flags(s->db, DB_CHKSUM);
+	s->exp->set_flags(s->exp, DB_CHKSUM);
+	s->rate->set_flags(s->rate, DB_CHKSUM);
 	s->exp->set_flags(s->exp, DB_DUP | DB_DUPSORT);
 	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
 		goto dberr;
@@ -312,7 +316,9 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	if ((r = s->exp->open(s->exp, txn, "expiry.db", NULL, DB_BTREE,
 	    DB_CREATE | DB_THREAD, 0600)) != 0)
 		goto dberr;
-	if ((r = s->db->associate(s->db, txn, s->exp, store_exp_callback, 0)) != 0)
+	/* DB_CREATE: an empty index (new, or quarantined) is rebuilt */
+	if ((r = s->db->associate(s->db, txn, s->exp, store_exp_callback,
+	    DB_CREATE)) != 0)
 		goto dberr;
 	if ((r = s->rate->open(s->rate, txn, "rate.db", NULL, DB_BTREE,
 	    DB_CREATE | DB_THREAD, 0600)) != 0)
@@ -374,38 +380,6 @@ fail:
 	    "move %s aside to start with an empty one (codes in flight are then lost)",
 	    s->p.dir, file, db_strerror(r), s->p.dir);
 	return -1;
-}
-
-/*
- * DB->verify on each database file that exists, before the environment
- * maps it: a damaged page is reported naming the file, instead of a panic
- * (or a SIGBUS) when a request first reads it.
- */
-static int
-store_verify_files(struct store *s, char *err, size_t errlen)
-{
-	static const char *const files[] = { "otp.db", "expiry.db", "rate.db" };
-	char path[4096];
-	DB *db;
-	size_t i;
-	int r;
-
-	for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", s->p.dir, files[i]);
-		if (access(path, F_OK) == -1)
-			continue;
-		if ((r = db_create(&db, NULL, 0)) != 0)
-			return -1;
-		db->set_errcall(db, NULL);
-		/* verify closes the handle, whatever it finds */
-		if ((r = db->verify(db, path, NULL, NULL, DB_NOORDERCHK)) != 0) {
-			snprintf(err, errlen, "store: %s is damaged (%s): restore the store "
-			    "from a backup, or move %s aside to start with an empty one "
-			    "(codes in flight are then lost)", path, db_strerror(r), s->p.dir);
-			return -1;
-		}
-	}
-	return 0;
 }
 
 static int

@@ -1216,6 +1216,7 @@ enum s_status
 store_otp_verify(struct store *s, const struct otp_request *q, const char *code,
     struct otp_result *res)
 {
+	enum s_status st;
 	struct op op;
 
 	if (op_prepare(s, q, res, &op) == -1 || code == NULL)
@@ -1228,7 +1229,17 @@ store_otp_verify(struct store *s, const struct otp_request *q, const char *code,
 	 * may be lost only with the OS, which no guesser controls.  This is
 	 * what lets wrong guesses not queue behind disk syncs.
 	 */
-	return op_run(s, verify_txn, &op, OP_DURABLE_ON_SUCCESS, "verify");
+	st = op_run(s, verify_txn, &op, OP_DURABLE_ON_SUCCESS, "verify");
+	/*
+	 * After a damaged otp.db was quarantined (verify.c), a code issued
+	 * before may be right: "unavailable", not "invalid", until every code
+	 * it could have held has expired.  Every failure answers so (counted
+	 * as before), so the answer tells a guesser nothing.
+	 */
+	if ((st == S_INVALID || st == S_EXPIRED || st == S_NOTFOUND) && !op.lockout &&
+	    (uint64_t)q->now < s->lost_until)
+		return S_TEMPFAIL;
+	return st;
 }
 
 /* ---- revoke, unlock, last mail ---- */

@@ -153,6 +153,22 @@ enum s_status	 store_idem_finish(struct store *, const char *app, const char *ke
 		    time_t now, const char *answer);
 void		 store_idem_abandon(struct store *, const char *app, const char *key);
 
+/*
+ * Database files found damaged at open (DB->verify in a forked child) and
+ * moved into <state_dir>/quarantine/ (verify.c), by this start (reason says
+ * what failed) or an earlier one, still in the folder (the first 32): the
+ * store started with new empty ones.  Valid until store_close.
+ */
+#define STORE_QREASON_MAX	160
+struct store_quarantine {
+	char		 file[16];		/* "otp.db" */
+	char		 moved_to[96];		/* "quarantine/otp.db.<UTC>.<pid>" */
+	char		 reason[STORE_QREASON_MAX];	/* what failed */
+	char		 lost[160];		/* what the new empty file lacks */
+	time_t		 when;
+};
+size_t		 store_quarantined(const struct store *, const struct store_quarantine **);
+
 /* Deletes expired records and counters; *count says how many. */
 enum s_status	 store_sweep(struct store *, time_t now, size_t *count);
 /* Checkpoint and log removal; call every minute or so. */

@@ -30,6 +30,8 @@
 #define REC_CLIENT	'K'	/* HMAC(app 0 client_id): failures of one client */
 #define REC_IDEM	'I'	/* HMAC(app 0 idempotency key) */
 #define KEY_MAX		(1 + STORE_MAC_LEN)
+#define STORE_DB_FILES	3	/* otp.db, expiry.db, rate.db (verify.c) */
+#define STORE_QUARANTINE_MAX	32	/* files of the folder reported (stats) */
 
 /* A failure count with its lock-out (contexts and clients). */
 struct fail_state {
@@ -121,6 +123,10 @@ struct store {
 	pthread_cond_t	 fwant, fdone;
 	uint64_t	 f_asked, f_done, f_failed;
 	int		 f_running, f_stop;
+	/* files quarantined at open (verify.c) */
+	struct store_quarantine quarantined[STORE_QUARANTINE_MAX];
+	size_t		 nquarantined;
+	uint64_t	 lost_until;	/* a quarantined otp.db's codes could live */
 	/* the newest log file whose name is known durable (env.c) */
 	_Atomic uint32_t log_dir_synced;
 };
@@ -140,6 +146,9 @@ int	store_commit(struct store *, DB_TXN *, int durable);
  * before it closes. */
 int	store_flusher_start(struct store *, char *err, size_t errlen);
 void	store_flusher_stop(struct store *);
+
+/* verify.c: each file in a forked child; quarantines what fails */
+int	store_verify_files(struct store *, char *err, size_t errlen);
 
 /* secret.c */
 int	store_secret_load(const char *path, int create, uint8_t out[STORE_SECRET_LEN],

@@ -16,6 +16,7 @@
 #include "agent/control/ops.h"
 #include "agent/delivery/delivery.h"
 #include "queue/queue.h"
+#include "store/store.h"
 
 #define OPQ_SUBJECT_MAX		998
 #define OPQ_HEADER_MAX		998	/* bytes of a header value we accept */
@@ -1028,6 +1029,22 @@ op_queue_resume(struct otpmaild *d, const struct ctl_peer *p, json_t *r)
 
 /* --- stats / metrics ------------------------------------------------- */
 
+/* Database files moved aside at start (store/verify.c): [] normally. */
+static json_t *
+stats_quarantined(struct otpmaild *d)
+{
+	const struct store_quarantine *q;
+	json_t *a = json_array();
+	size_t i, n;
+
+	n = d->store != NULL ? store_quarantined(d->store, &q) : 0;
+	for (i = 0; a != NULL && i < n; i++)
+		json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:s, s:I}",
+		    "file", q[i].file, "moved_to", q[i].moved_to, "reason", q[i].reason,
+		    "lost", q[i].lost, "at", (json_int_t)q[i].when));
+	return a;
+}
+
 json_t *
 op_stats(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
@@ -1055,6 +1072,8 @@ op_stats(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	    "failed", (json_int_t)s.failed, "expired", (json_int_t)s.expired,
 	    "bounces", (json_int_t)s.bounces,
 	    "paused", queue_paused(d->queue), "uptime", (json_int_t)(now - d->started));
+	if (r != NULL)
+		json_object_set_new(r, "db_quarantined", stats_quarantined(d));
 	return r ? r : reply_error("unavailable", "out of memory");
 }
 

@@ -155,6 +155,14 @@ def code_for(d, qid):
     return None
 
 
+def issue_and_verify(d, to="after@example.org"):
+    """Issues a code, reads it from its mail, verifies it: (issue, verify)."""
+    r = d.call({"op": "otp.issue", "to": to, "purpose": "login"})
+    c = code_for(d, r.get("id", "?")) if r.get("ok") else None
+    v = d.call({"op": "otp.verify", "to": to, "purpose": "login", "code": c or "000000"})
+    return r, v
+
+
 def try_start(d):
     """(started, returncode or None, new log text)."""
     before = len(d.log_text())
@@ -202,10 +210,7 @@ def db_case(label, damage):
             t.ok(all(r.get("ok") or r.get("error") == "unavailable" for r in answers),
                  "%s: started; every earlier code verifies or the answer is "
                  "unavailable, never invalid_code" % label, answers)
-            r = d.call({"op": "otp.issue", "to": "after@example.org", "purpose": "login"})
-            c = code_for(d, r.get("id", "?")) if r.get("ok") else None
-            v = d.call({"op": "otp.verify", "to": "after@example.org",
-                        "purpose": "login", "code": c or "000000"})
+            r, v = issue_and_verify(d)
             # up and answering ping, the code store must work: a daemon that
             # starts only to answer every OTP request unavailable is a
             # broken service that looks healthy

@@ -3,7 +3,8 @@
  * clock: single use, expiry, context and purpose binding, every limit and
  * its retry_after, resend keeping the last codes, per-code failures,
  * lock-out growth and the hard cap, secret rotation and file mode, pending
- * and cancel, revoke, sweep, reopen, concurrency, and no clear text on disk.
+ * and cancel, revoke, sweep, reopen, concurrency, no clear text on disk, and
+ * damaged files quarantined at open (verify.c).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -40,9 +41,10 @@ static int memcmp_calls;	/* __wrap_CRYPTO_memcmp: the store's comparisons */
 static void
 wipe(void)
 {
-	char cmd[600];
+	char cmd[1024];
 
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'/db '%s'/secret* ", root, root);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'/db '%s'/secret* '%s'/quarantine", root, root,
+	    root);
 	if (system(cmd) != 0)
 		diag("cleanup failed");
 }
@@ -918,6 +920,190 @@ test_mac(void)
 	is_int(bad, 0, "store_mac equals OpenSSL HMAC-SHA256 (200 random inputs)");
 }
 
+/* Damages dir/file: truncated to off, or the byte at off flipped (off < 0: -off). */
+static void
+damage_file(const char *file, long off)
+{
+	char path[400];
+	unsigned char b;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dbdir, file);
+	if (off >= 0) {
+		if (truncate(path, off) == -1)
+			diag("truncate %s: %s", path, strerror(errno));
+		return;
+	}
+	if ((fd = open(path, O_RDWR)) == -1 || pread(fd, &b, 1, -off) != 1) {
+		diag("open %s: %s", path, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	b ^= 0x10;
+	if (pwrite(fd, &b, 1, -off) != 1)
+		diag("pwrite %s: %s", path, strerror(errno));
+	close(fd);
+}
+
+static void
+test_quarantine(void)
+{
+	const struct store_quarantine *qs;
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char code[16], code2[16], path[400], err[512];
+	time_t now = time(NULL);
+	size_t n, swept = 0;
+	int fd;
+
+	wipe();
+	s = open_default(&p);
+	ok(s != NULL && store_quarantined(s, &qs) == 0, "a new store: nothing quarantined");
+	req(&q, "quinn@example.org", NULL, NULL, now);
+	issue_sent(s, &q, code);
+	store_close(s);
+
+	/* a damaged index: moved aside, rebuilt from otp.db, nothing lost */
+	damage_file("expiry.db", 100);
+	s = open_default(&p);
+	ok(s != NULL, "a truncated expiry.db: the store opens");
+	if (s == NULL)
+		return;
+	n = store_quarantined(s, &qs);
+	ok(n == 1 && strcmp(qs[0].file, "expiry.db") == 0 && qs[0].when >= now &&
+	    strncmp(qs[0].moved_to, "quarantine/expiry.db.", 21) == 0 &&
+	    strstr(qs[0].reason, "verify") != NULL, "expiry.db quarantined, with when and why");
+	snprintf(path, sizeof(path), "%s/%s", root, qs[0].moved_to);
+	ok(access(path, F_OK) == 0, "the damaged file is in the quarantine folder");
+	is_int(store_sweep(s, now + 3700, &swept), S_OK, "sweep with the rebuilt index");
+	ok(swept >= 1, "the rebuilt index finds the records");
+	store_close(s);
+
+	/* otp.db with a flipped bit (page checksums): lost, and said so */
+	wipe();
+	s = open_default(&p);
+	issue_sent(s, &q, code);
+	store_close(s);
+	damage_file("otp.db", -100);
+	s = open_default(&p);
+	ok(s != NULL, "otp.db with a flipped bit: the store opens");
+	if (s == NULL)
+		return;
+	n = store_quarantined(s, &qs);
+	ok(n == 2 && strcmp(qs[0].file, "otp.db") == 0 && strcmp(qs[1].file, "expiry.db") == 0,
+	    "otp.db quarantined, its index with it");
+	is_int(store_otp_verify(s, &q, code, &r), S_TEMPFAIL,
+	    "a code of the lost otp.db: unavailable, not invalid");
+	req(&q, "rex@example.org", NULL, NULL, now);
+	is_int(store_otp_verify(s, &q, "123456", &r), S_TEMPFAIL,
+	    "a guess at an address without a code: the same answer");
+	is_int(issue_sent(s, &q, code2), S_OK, "the new otp.db issues");
+	is_int(store_otp_verify(s, &q, code2, &r), S_OK, "and verifies");
+	q.now = time(NULL) + p.max_ttl + 1;
+	is_int(store_otp_verify(s, &q, "123456", &r), S_NOTFOUND,
+	    "after max_ttl a wrong code is an ordinary failure again");
+	store_close(s);
+	s = open_default(&p);
+	n = s != NULL ? store_quarantined(s, &qs) : 0;
+	ok(n == 2 && strstr(qs[0].reason, "earlier") != NULL,
+	    "a later start still lists the quarantined files");
+	if (s != NULL)
+		store_close(s);
+
+	/* no quarantine possible: refused, naming the file */
+	wipe();
+	s = open_default(&p);
+	store_close(s);
+	damage_file("otp.db", 0);
+	snprintf(path, sizeof(path), "%s/quarantine", root);
+	if ((fd = open(path, O_CREAT | O_WRONLY, 0600)) != -1)
+		close(fd);
+	p.dir = dbdir;
+	s = store_open(&p, err, sizeof(err));
+	ok(s == NULL && strstr(err, "otp.db is damaged") != NULL &&
+	    strstr(err, "cannot be moved aside") != NULL, "cannot move it aside: refused");
+	if (s == NULL)
+		diag("%s", err);
+	if (s != NULL)
+		store_close(s);
+	unlink(path);
+}
+
+static int kept_lines;
+
+static void
+count_kept(int prio, const char *line)
+{
+	(void)prio;
+	if (strstr(line, "event=store.verify") && strstr(line, "sound after it: kept"))
+		kept_lines++;
+}
+
+/*
+ * A crash after pages reached otp.db but before a checkpoint, then the
+ * file cut back to its size at the last checkpoint: DB->verify fails
+ * before recovery, passes after it (the log redoes the pages): kept.
+ */
+static void
+test_quarantine_recoverable(void)
+{
+	const struct store_quarantine *qs;
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char path[400], addr[64];
+	struct stat st0, st1;
+	time_t now = time(NULL);
+	int i, good = 0, status = 0;
+	pid_t pid;
+
+	wipe();
+	s = open_default(&p);
+	store_close(s);
+	snprintf(path, sizeof(path), "%s/otp.db", dbdir);
+	stat(path, &st0);
+	if ((pid = fork()) == 0) {
+		s = open_default(&p);
+		for (i = 0; s != NULL && i < 300; i++) {
+			snprintf(addr, sizeof(addr), "crash%d@example.org", i);
+			req(&q, addr, NULL, NULL, now);
+			issue_sent(s, &q, NULL);
+		}
+		if (s != NULL) {
+			s->env->log_flush(s->env, NULL);
+			s->env->memp_sync(s->env, NULL);
+		}
+		_exit(0);	/* a crash: no close, no checkpoint */
+	}
+	waitpid(pid, &status, 0);
+	stat(path, &st1);
+	ok(st1.st_size > st0.st_size, "pages reached otp.db after the last checkpoint");
+	if (truncate(path, st0.st_size) == -1)
+		diag("truncate: %s", strerror(errno));
+	store_params_defaults(&p);
+	p.dir = dbdir;
+	p.secret_file = secret;
+	p.durable = 0;
+	p.log = count_kept;
+	s = open_with(&p);
+	ok(s != NULL && store_quarantined(s, &qs) == 0 && kept_lines == 1,
+	    "cut back to its size at the checkpoint: damaged before recovery, sound "
+	    "after it: kept (logged), not quarantined");
+	for (i = 0; s != NULL && i < 300; i++) {
+		snprintf(addr, sizeof(addr), "crash%d@example.org", i);
+		req(&q, addr, NULL, NULL, now);
+		if (store_otp_verify(s, &q, "000000", &r) == S_INVALID)
+			good++;
+	}
+	is_int(good, 300, "every code the crashed run issued is there (a wrong guess: invalid)");
+	if (s != NULL)
+		store_close(s);
+}
+
 int
 main(void)
 {
@@ -945,6 +1131,8 @@ main(void)
 	test_cleartext();
 	test_race();
 	test_crash();
+	test_quarantine();
+	test_quarantine_recoverable();
 
 	wipe();
 	rmdir(root);
