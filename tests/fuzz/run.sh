@@ -50,7 +50,7 @@ CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined
 	-DPACKAGE_STRING=\"otpmail\" -DPACKAGE=\"otpmail\"
 	-DSYSCONFDIR=\"/etc\" -DDATADIR=\"$srcdir/etc\" -DSRCDIR=\"$srcdir\"
 	-I/usr/include/opendkim"
-LIBS="-ljansson -letpan -lopendkim -lssl -lcrypto -ldb-5.3 -lunbound -lidn2 -lcurl -lz -lpthread -lm"
+LIBS="-ljansson -letpan -lopendkim -lssl -lcrypto -ldb-5.3 -lunbound -lidn2 -lunistring -lcurl -lz -lpthread -lm"
 
 # Sources each target needs (ctl needs the whole daemon but main.c).
 sources() {
@@ -89,6 +89,18 @@ build() {
 	# shellcheck disable=SC2086
 	printf '%s\n' $(sources "$t") tests/fuzz/fuzz_$t.c |
 	    xargs -P "$jobs" -I{} bash -c 'compile "$@"' _ {} || return 1
+	# the daemon's built-in bounce rules: a C file make generates from
+	# etc/bounce-rules (agent/Makefile.inc); made here the same way
+	if [ "$t" = ctl ]; then
+		{ echo '#include "agent/delivery/bounce.h"'
+		  echo 'const char bounce_builtin_rules[] ='
+		  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$/\\n"/' \
+		      "$srcdir/etc/bounce-rules"
+		  echo ';'; } >"$work/obj/bounce_builtin.c" &&
+		    $CC $CFLAGS -c "$work/obj/bounce_builtin.c" -o "$work/obj/bounce_builtin.o" ||
+		    return 1
+		objs="$objs $work/obj/bounce_builtin.o"
+	fi
 	# shellcheck disable=SC2086
 	$CC $CFLAGS -fsanitize=fuzzer $work/obj/tests_fuzz_fuzz_$t.c.o $objs \
 	    $LIBS -o "$work/bin/fuzz_$t"
