@@ -31,7 +31,6 @@ typedef char idem_fits_sweep[IDEM_REC_MAX <= REC_MAX ? 1 : -1];
 static int	idem_key(struct store *, const char *app, const char *key, uint8_t out[KEY_MAX]);
 static int	idem_get(struct store *, DB_TXN *, const uint8_t *k, struct idem_rec *);
 static int	idem_put(struct store *, DB_TXN *, const uint8_t *k, const struct idem_rec *);
-static int	idem_del(struct store *, DB_TXN *, const uint8_t *k);
 
 static int
 idem_key(struct store *s, const char *app, const char *key, uint8_t out[KEY_MAX])
@@ -59,20 +58,13 @@ static int
 idem_get(struct store *s, DB_TXN *txn, const uint8_t *key, struct idem_rec *e)
 {
 	uint8_t buf[IDEM_REC_MAX];
-	DBT k, v;
+	uint32_t got;
 	int r;
 
 	memset(e, 0, sizeof(*e));
-	memset(&k, 0, sizeof(k));
-	memset(&v, 0, sizeof(v));
-	k.data = (void *)key;
-	k.size = KEY_MAX;
-	v.data = buf;
-	v.ulen = sizeof(buf);
-	v.flags = DB_DBT_USERMEM;
-	if ((r = s->db->get(s->db, txn, &k, &v, DB_RMW)) != 0)
+	if ((r = store_rec_get(s, txn, key, buf, sizeof(buf), &got, 1)) != 0)
 		return r;
-	if (v.size < IDEM_REC_HDR)
+	if (got < IDEM_REC_HDR)
 		return DB_NOTFOUND;
 	e->purge = get_be64(buf);
 	e->created = get_be64(buf + 8);
@@ -80,7 +72,7 @@ idem_get(struct store *s, DB_TXN *txn, const uint8_t *key, struct idem_rec *e)
 	e->state = buf[24];
 	memcpy(e->hash, buf + 25, 32);
 	e->anslen = (size_t)buf[57] << 8 | buf[58];
-	if (e->anslen > STORE_IDEM_ANSWER_MAX || IDEM_REC_HDR + e->anslen != v.size)
+	if (e->anslen > STORE_IDEM_ANSWER_MAX || IDEM_REC_HDR + e->anslen != got)
 		return DB_NOTFOUND;
 	memcpy(e->answer, buf + IDEM_REC_HDR, e->anslen);
 	e->answer[e->anslen] = '\0';
@@ -91,7 +83,6 @@ static int
 idem_put(struct store *s, DB_TXN *txn, const uint8_t *key, const struct idem_rec *e)
 {
 	uint8_t buf[IDEM_REC_MAX];
-	DBT k, v;
 
 	put_be64(buf, e->purge);
 	put_be64(buf + 8, e->created);
@@ -101,26 +92,7 @@ idem_put(struct store *s, DB_TXN *txn, const uint8_t *key, const struct idem_rec
 	buf[57] = (uint8_t)(e->anslen >> 8);
 	buf[58] = (uint8_t)e->anslen;
 	memcpy(buf + IDEM_REC_HDR, e->answer, e->anslen);
-	memset(&k, 0, sizeof(k));
-	memset(&v, 0, sizeof(v));
-	k.data = (void *)key;
-	k.size = KEY_MAX;
-	v.data = buf;
-	v.size = (uint32_t)(IDEM_REC_HDR + e->anslen);
-	return s->db->put(s->db, txn, &k, &v, 0);
-}
-
-static int
-idem_del(struct store *s, DB_TXN *txn, const uint8_t *key)
-{
-	DBT k;
-	int r;
-
-	memset(&k, 0, sizeof(k));
-	k.data = (void *)key;
-	k.size = KEY_MAX;
-	r = s->db->del(s->db, txn, &k, 0);
-	return r == DB_NOTFOUND ? 0 : r;
+	return store_rec_put(s, txn, key, buf, IDEM_REC_HDR + e->anslen);
 }
 
 /* mode 0 begin, 1 finish, 2 abandon; one transaction, retried. */
@@ -165,7 +137,7 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 			memcpy(e.answer, answer, e.anslen);
 			r = idem_put(s, txn, key, &e);
 		} else if (mode == 2 && have && e.state == IDEM_PENDING && e.run == s->run)
-			r = idem_del(s, txn, key);
+			r = store_rec_del(s, txn, key);
 		if (r == 0) {
 			/* the reservation need not survive an OS crash; the answer must */
 			r = store_commit(s, txn, mode == 1);

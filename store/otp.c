@@ -59,11 +59,6 @@ static enum s_status op_run(struct store *, op_fn, struct op *, int durable, con
 #define OP_DURABLE_ON_SUCCESS	2	/* op_run: sync only if op->st == S_OK */
 struct otp_rec;
 static int	otp_find_issue(const struct otp_rec *, const unsigned char *);
-static int	rec_get(struct store *, DB_TXN *, const uint8_t *key, uint8_t *buf,
-		    size_t len, uint32_t *got, int rmw);
-static int	rec_put(struct store *, DB_TXN *, const uint8_t *key, const uint8_t *v,
-		    size_t len);
-static int	rec_del(struct store *, DB_TXN *, const uint8_t *key);
 static int	otp_load(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *,
 		    int *found);
 static int	otp_save(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *);
@@ -269,8 +264,8 @@ hex_decode16(const char *s, uint8_t out[16])
 
 /* ---- database access ---- */
 
-static int
-rec_get(struct store *s, DB_TXN *txn, const uint8_t *key, uint8_t *buf, size_t len,
+int
+store_rec_get(struct store *s, DB_TXN *txn, const uint8_t *key, uint8_t *buf, size_t len,
     uint32_t *got, int rmw)
 {
 	DBT k, v;
@@ -290,8 +285,8 @@ rec_get(struct store *s, DB_TXN *txn, const uint8_t *key, uint8_t *buf, size_t l
 	return r;
 }
 
-static int
-rec_put(struct store *s, DB_TXN *txn, const uint8_t *key, const uint8_t *val, size_t len)
+int
+store_rec_put(struct store *s, DB_TXN *txn, const uint8_t *key, const uint8_t *val, size_t len)
 {
 	DBT k, v;
 
@@ -304,8 +299,8 @@ rec_put(struct store *s, DB_TXN *txn, const uint8_t *key, const uint8_t *val, si
 	return s->db->put(s->db, txn, &k, &v, 0);
 }
 
-static int
-rec_del(struct store *s, DB_TXN *txn, const uint8_t *key)
+int
+store_rec_del(struct store *s, DB_TXN *txn, const uint8_t *key)
 {
 	DBT k;
 	int r;
@@ -326,7 +321,7 @@ otp_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct otp_rec *o, in
 
 	*found = 0;
 	memset(o, 0, sizeof(*o));
-	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	r = store_rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
 	if (r == DB_NOTFOUND)
 		return 0;
 	if (r != 0)
@@ -349,9 +344,9 @@ otp_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct otp_rec *o)
 		if (o->codes[i].expires > purge)
 			purge = o->codes[i].expires;
 	if (purge == 0)
-		return rec_del(s, txn, key);
+		return store_rec_del(s, txn, key);
 	o->purge = purge;
-	return rec_put(s, txn, key, buf, otp_rec_encode(o, buf));
+	return store_rec_put(s, txn, key, buf, otp_rec_encode(o, buf));
 }
 
 static int
@@ -362,7 +357,7 @@ purpose_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct purpose_re
 	int r;
 
 	memset(pr, 0, sizeof(*pr));
-	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	r = store_rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
 	if (r == DB_NOTFOUND)
 		return 0;
 	if (r != 0)
@@ -392,7 +387,7 @@ purpose_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct purpose_re
 	if (pr->pend_at && (t = pr->pend_at + (uint64_t)s->p.max_ttl) > purge)
 		purge = t;
 	if (purge == 0)
-		return rec_del(s, txn, key);
+		return store_rec_del(s, txn, key);
 	pr->purge = purge;
 	put_be64(buf, pr->purge);
 	put_be64(buf + 8, pr->last_sent);
@@ -400,7 +395,7 @@ purpose_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct purpose_re
 	put_be64(buf + 24, pr->pend_run);
 	memset(buf + 32, 0, STORE_QID_MAX);
 	memcpy(buf + 32, pr->queue_id, strnlen(pr->queue_id, STORE_QID_MAX));
-	return rec_put(s, txn, key, buf, sizeof(buf));
+	return store_rec_put(s, txn, key, buf, sizeof(buf));
 }
 
 static int
@@ -411,7 +406,7 @@ addr_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct addr_rec *a, 
 	int r;
 
 	memset(a, 0, sizeof(*a));
-	r = rec_get(s, txn, key, buf, sizeof(buf), &n, rmw);
+	r = store_rec_get(s, txn, key, buf, sizeof(buf), &n, rmw);
 	if (r == DB_NOTFOUND)
 		return 0;
 	if (r != 0)
@@ -429,9 +424,9 @@ addr_save(struct store *s, DB_TXN *txn, const uint8_t *key, struct addr_rec *a)
 	a->failures = 0;
 	a->lockout_until = 0;
 	if (a->hour_count == 0)
-		return rec_del(s, txn, key);
+		return store_rec_del(s, txn, key);
 	a->purge = a->hour_start + 3600;
-	return rec_put(s, txn, key, buf, addr_rec_encode(a, buf));
+	return store_rec_put(s, txn, key, buf, addr_rec_encode(a, buf));
 }
 
 static int
@@ -442,7 +437,7 @@ kfail_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct fail_state *
 	int r;
 
 	memset(f, 0, sizeof(*f));
-	r = rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	r = store_rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
 	if (r == DB_NOTFOUND)
 		return 0;
 	if (r != 0)
@@ -459,10 +454,10 @@ kfail_save(struct store *s, DB_TXN *txn, const uint8_t *key, const struct fail_s
 	uint64_t purge = fail_purge(s, f);
 
 	if (purge == 0)
-		return rec_del(s, txn, key);
+		return store_rec_del(s, txn, key);
 	put_be64(buf, purge);
 	fail_encode(f, buf + 8);
-	return rec_put(s, txn, key, buf, sizeof(buf));
+	return store_rec_put(s, txn, key, buf, sizeof(buf));
 }
 
 static void
@@ -1130,7 +1125,7 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 		res->expires_at = (time_t)matched->expires;
 		/* Success consumes every code of the context. */
 		for (k = 0; k < op->nkeys; k++)
-			if ((r = rec_del(s, txn, op->okey[k])) != 0)
+			if ((r = store_rec_del(s, txn, op->okey[k])) != 0)
 				return r;
 		if (op->has_client && cf.failures) {
 			memset(&cf, 0, sizeof(cf));

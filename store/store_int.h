@@ -184,4 +184,13 @@ size_t	client_rec_encode(const struct client_rec *, uint8_t *out);
 /* sweep.c */
 int	store_exp_callback(DB *, const DBT *, const DBT *, DBT *);
 
+/* One record of the store's database by its KEY_MAX-byte key (otp.c):
+ * get (DB_RMW with rmw, else read committed; *got = its size), put, and
+ * delete (a missing record is no error).  idem.c uses them too. */
+int	store_rec_get(struct store *, DB_TXN *, const uint8_t *key, uint8_t *buf,
+	    size_t len, uint32_t *got, int rmw);
+int	store_rec_put(struct store *, DB_TXN *, const uint8_t *key, const uint8_t *val,
+	    size_t len);
+int	store_rec_del(struct store *, DB_TXN *, const uint8_t *key);
+
 #endif
