@@ -640,6 +640,10 @@ op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
 		}
 		buf[nlen + 1 + alen] = 0;
 		store_mac(&s->key, buf, nlen + 1 + alen + 1, NULL, 0, op->akey + 1);
+		/* the resend cooldown (and the in-flight issue it counts) is
+		 * the person's too: alice+1@ waits for alice@'s mail */
+		memcpy(buf + nlen + 1 + alen + 1, op->purpose, plen);
+		store_mac(&s->key, buf, nlen + 1 + alen + 1 + plen, NULL, 0, op->pkey + 1);
 	}
 	op->now = q->now > 0 ? (uint64_t)q->now : 0;
 	return 0;
