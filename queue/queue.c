@@ -735,6 +735,8 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	for (i = 0; i < tmpl->nrcpt; i++)
 		if ((env->rcpts[i].addr = strdup(tmpl->rcpts[i].addr)) == NULL)
 			goto oom;
+	/* the barrier may read the id (the caller's answer names it) */
+	memcpy(id_out, env->id, QUEUE_ID_LEN + 1);
 	if ((st = spool_store_message(&q->sp, env, data, len, barrier, arg)) != Q_OK) {
 		q_msg_free(m);
 		return st;

@@ -126,6 +126,7 @@ enum q_status	 queue_enqueue(struct queue *, const struct q_envelope *tmpl,
  * disk but before the message gets its name (before it can ever be seen or
  * delivered, even after a crash).  If it returns -1 nothing is enqueued
  * and Q_TEMPFAIL is returned.  otp.issue waits there for its code's commit.
+ * id_out holds the message's id when the barrier runs.
  */
 enum q_status	 queue_enqueue_barrier(struct queue *, const struct q_envelope *tmpl,
 		    const char *data, size_t len, char id_out[QUEUE_ID_LEN + 1],

@@ -2,8 +2,10 @@
  * idem.c - idempotency keys of otp.issue and mail.send: per app, kept
  * 24 h in the store's database (durable across restarts), with the hash of
  * the request body and the first answer.  A key is reserved by the first
- * request ("pending", named by the store's run), then holds its answer; a
- * request of a crashed run never keeps a key busy.
+ * request ("pending", named by the store's run), holds the answer it will
+ * give from the enqueue barrier on ("prepared", synced before the mail is
+ * named), then its answer ("answered").  A request of a crashed run never
+ * keeps a key busy; its prepared answer is handed to the next begin.
  */
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 
 #define IDEM_PENDING	0
 #define IDEM_ANSWERED	1
+#define IDEM_PREPARED	2	/* the mail may be named: its answer is here */
 
 struct idem_rec {
 	uint64_t	 purge;
@@ -95,7 +98,7 @@ idem_put(struct store *s, DB_TXN *txn, const uint8_t *key, const struct idem_rec
 	return store_rec_put(s, txn, key, buf, IDEM_REC_HDR + e->anslen);
 }
 
-/* mode 0 begin, 1 finish, 2 abandon; one transaction, retried. */
+/* mode 0 begin, 1 finish, 2 abandon, 3 prepare; one transaction, retried. */
 static int
 idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
     uint64_t now, const char *answer, char *out, size_t outlen, enum idem_state *st)
@@ -122,7 +125,13 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 				snprintf(out, outlen, "%s", e.answer);
 			} else if (have && e.run == s->run)
 				*st = IDEM_BUSY;
-			else {
+			else if (have && e.state == IDEM_PREPARED) {
+				/* a crashed run's: this run's now, answer kept */
+				*st = IDEM_UNSURE;
+				snprintf(out, outlen, "%s", e.answer);
+				e.run = s->run;
+				r = idem_put(s, txn, key, &e);
+			} else {
 				memset(&e, 0, sizeof(e));
 				e.created = now;
 				e.purge = now + STORE_IDEM_TTL;
@@ -131,16 +140,20 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 				memcpy(e.hash, hash, 32);
 				r = idem_put(s, txn, key, &e);
 			}
-		} else if (mode == 1 && have) {
-			e.state = IDEM_ANSWERED;
+		} else if ((mode == 1 && have) || (mode == 3 && have && e.run == s->run &&
+		    e.state != IDEM_ANSWERED)) {
+			e.state = mode == 1 ? IDEM_ANSWERED : IDEM_PREPARED;
 			e.anslen = strnlen(answer, STORE_IDEM_ANSWER_MAX);
 			memcpy(e.answer, answer, e.anslen);
 			r = idem_put(s, txn, key, &e);
-		} else if (mode == 2 && have && e.state == IDEM_PENDING && e.run == s->run)
+		} else if (mode == 3)
+			*st = IDEM_FAIL;	/* not this run's reservation */
+		else if (mode == 2 && have && e.state != IDEM_ANSWERED && e.run == s->run)
 			r = store_rec_del(s, txn, key);
 		if (r == 0) {
-			/* the reservation need not survive an OS crash; the answer must */
-			r = store_commit(s, txn, mode == 1);
+			/* the reservation need not survive an OS crash; the
+			 * answer, prepared or given, must */
+			r = store_commit(s, txn, mode == 1 || mode == 3);
 			if (r == 0)
 				return 0;
 			break;
@@ -180,6 +193,20 @@ store_idem_finish(struct store *s, const char *app, const char *key, time_t now,
 		return S_BADINPUT;
 	return idem_txn(s, k, 1, NULL, (uint64_t)now, answer, NULL, 0, &st) == -1 ?
 	    S_TEMPFAIL : S_OK;
+}
+
+enum s_status
+store_idem_prepare(struct store *s, const char *app, const char *key, time_t now,
+    const char *answer)
+{
+	uint8_t k[KEY_MAX];
+	enum idem_state st = IDEM_NEW;
+
+	if (idem_key(s, app, key, k) == -1 || strlen(answer) > STORE_IDEM_ANSWER_MAX)
+		return S_BADINPUT;
+	if (idem_txn(s, k, 3, NULL, (uint64_t)now, answer, NULL, 0, &st) == -1)
+		return S_TEMPFAIL;
+	return st == IDEM_FAIL ? S_NOTFOUND : S_OK;
 }
 
 void

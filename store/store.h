@@ -142,13 +142,22 @@ enum s_status	 store_otp_last_mail(struct store *, const struct otp_request *,
  * finish (with the answer to replay) or abandon; IDEM_DONE: answer holds the
  * first answer; IDEM_MISMATCH: the key was used with another body;
  * IDEM_BUSY: the first request is still running.
+ *
+ * prepare, called while the request's mail is on disk but not yet named
+ * (the enqueue barrier), stores the answer it will give, durably.  A run
+ * that crashed after it leaves a prepared record: the next begin claims it
+ * for this run and answers IDEM_UNSURE with that answer; the caller looks
+ * for the answer's message in the queue: there, it finishes with the
+ * answer and replays it; not there (never named), it goes ahead as new.
  */
 #define STORE_IDEM_KEY_MAX	128
 #define STORE_IDEM_ANSWER_MAX	1024
 #define STORE_IDEM_TTL		86400
-enum idem_state { IDEM_NEW, IDEM_DONE, IDEM_MISMATCH, IDEM_BUSY, IDEM_FAIL };
+enum idem_state { IDEM_NEW, IDEM_DONE, IDEM_MISMATCH, IDEM_BUSY, IDEM_FAIL, IDEM_UNSURE };
 enum idem_state	 store_idem_begin(struct store *, const char *app, const char *key,
 		    const uint8_t hash[32], time_t now, char *answer, size_t len);
+enum s_status	 store_idem_prepare(struct store *, const char *app, const char *key,
+		    time_t now, const char *answer);
 enum s_status	 store_idem_finish(struct store *, const char *app, const char *key,
 		    time_t now, const char *answer);
 void		 store_idem_abandon(struct store *, const char *app, const char *key);

@@ -10,6 +10,7 @@
 #include <openssl/sha.h>
 
 #include "agent/control/ops.h"
+#include "queue/queue.h"
 #include "store/store.h"
 
 #define APP	(ROLE_APP | ROLE_ADMIN)
@@ -99,6 +100,20 @@ ctl_req_app(const struct otpmaild *d, const struct ctl_peer *p, json_t *req, jso
  * under a used key is an error.  The body is the request without req_id,
  * as canonical JSON.
  */
+/* Is the message of a prepared answer in the queue (it was named)? */
+static int
+idem_named(struct otpmaild *d, const char *answer)
+{
+	struct q_envelope *env = NULL;
+	json_t *a = json_loads(answer, 0, NULL);
+	const char *id = json_string_value(json_object_get(a, "id"));
+	int named = id != NULL && queue_get(d->queue, id, &env) == Q_OK;
+
+	q_envelope_free(env);
+	json_decref(a);
+	return named;
+}
+
 int
 ctl_idem_begin(struct otpmaild *d, const char *app, json_t *req, const char **key,
     json_t **reply)
@@ -151,12 +166,49 @@ ctl_idem_begin(struct otpmaild *d, const char *app, json_t *req, const char **ke
 		*reply = reply_limited("rate_limited", "idempotency_in_progress", 1,
 		    "a request with this idempotency_key is still running");
 		break;
+	case IDEM_UNSURE:
+		/* A crashed run prepared this answer: was its mail named? */
+		if (idem_named(d, answer)) {
+			if (store_idem_finish(d->store, app, *key, time(NULL), answer) != S_OK)
+				log_msg(LOG_ERR, "event=idempotency error=\"cannot record "
+				    "the answer of a crashed run\" app=%s", app);
+			*reply = json_loads(answer, 0, NULL);
+			json_object_set_new(*reply, "replayed", json_true());
+			break;
+		}
+		return 0;	/* never named: go ahead, the key is this run's */
 	default:
 		*reply = reply_error("unavailable", "the store failed; try again later");
 		break;
 	}
 	*key = NULL;
 	return 1;
+}
+
+int
+ctl_idem_barrier(void *arg)
+{
+	struct ctl_idem_barrier *b = arg;
+	enum s_status st;
+	char *s;
+
+	if (b->inner != NULL && b->inner(b->inner_arg) == -1)
+		return -1;
+	if (b->key == NULL)
+		return 0;
+	json_object_set_new(b->answer, "id", json_string(b->qid));
+	if ((s = json_dumps(b->answer, JSON_COMPACT)) == NULL)
+		return -1;
+	/* too long to keep: no replay, as in ctl_idem_end */
+	st = strlen(s) > STORE_IDEM_ANSWER_MAX ? S_OK :
+	    store_idem_prepare(b->d->store, b->app, b->key, time(NULL), s);
+	free(s);
+	if (st != S_OK) {
+		log_msg(LOG_ERR, "event=idempotency error=\"cannot prepare the answer\" "
+		    "status=%s app=%s", s_status_error(st), b->app);
+		return -1;
+	}
+	return 0;
 }
 
 void

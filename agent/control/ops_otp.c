@@ -40,7 +40,7 @@ static json_t	*otp_verify_error(struct otpmaild *, enum s_status, const struct o
 static void	otp_request_init(struct otp_request *, const struct otp_args *,
 		    const struct ctl_peer *);
 static json_t	*otp_issue(struct otpmaild *, const struct ctl_peer *, json_t *,
-		    struct otp_args *);
+		    struct otp_args *, const char *key);
 static int	otp_display_fields(struct otpmaild *, const char *, const char *, json_t **);
 
 /*
@@ -214,15 +214,17 @@ op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		return err;
 	if (ctl_idem_begin(d, a.app, req, &key, &r) == 1)
 		return r;
-	r = otp_issue(d, p, req, &a);
+	r = otp_issue(d, p, req, &a, key);
 	ctl_idem_end(d, a.app, key, r);
 	return r;
 }
 
 static json_t *
-otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_args *ap)
+otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_args *ap,
+    const char *key)
 {
 	struct otp_barrier bar = { NULL, 0 };
+	struct ctl_idem_barrier ib;
 	struct otp_args a = *ap;
 	struct otp_request q;
 	struct otp_result res;
@@ -301,7 +303,21 @@ otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_
 	env.tag = tag;
 	env.client_uid = (uint32_t)p->uid;
 	bar.store = d->store;
-	if (submit_message(d, &env, msg, len, qid, &err, otp_issue_barrier, &bar) == -1) {
+	/* the answer, but its id: a retry after a crash may need it */
+	r = reply_ok();
+	json_object_set_new(r, "expires_at", json_integer((json_int_t)res.expires_at));
+	json_object_set_new(r, "ttl", json_integer(res.ttl));
+	json_object_set_new(r, "resend_after", json_integer(res.resend_after));
+	memset(&ib, 0, sizeof(ib));
+	ib.d = d;
+	ib.app = a.app;
+	ib.key = key;
+	ib.qid = qid;
+	ib.answer = r;
+	ib.inner = otp_issue_barrier;
+	ib.inner_arg = &bar;
+	if (submit_message(d, &env, msg, len, qid, &err, ctl_idem_barrier, &ib) == -1) {
+		json_decref(r);
 		OPENSSL_cleanse(msg, len);
 		free(msg);
 		/* No mail: the code goes and the limits are given back. */
@@ -320,11 +336,7 @@ otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_
 	    "locale=%s app=%s uid=%u", qid, a.who, a.purpose, res.ttl, used_locale,
 	    a.app, (unsigned)p->uid);
 
-	r = reply_ok();
 	json_object_set_new(r, "id", json_string(qid));
-	json_object_set_new(r, "expires_at", json_integer((json_int_t)res.expires_at));
-	json_object_set_new(r, "ttl", json_integer(res.ttl));
-	json_object_set_new(r, "resend_after", json_integer(res.resend_after));
 	return r;
 }
 

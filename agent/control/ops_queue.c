@@ -495,7 +495,7 @@ opq_from_fields_ok(const struct app_conf *app, const char *m, size_t len, char *
 }
 
 static json_t	*opq_mail_send(struct otpmaild *, const struct ctl_peer *, json_t *,
-		    const char *app);
+		    const char *app, const char *key);
 
 json_t *
 op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
@@ -507,14 +507,17 @@ op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		return err;
 	if (ctl_idem_begin(d, app, req, &key, &r) == 1)
 		return r;
-	r = opq_mail_send(d, peer, req, app);
+	r = opq_mail_send(d, peer, req, app, key);
 	ctl_idem_end(d, app, key, r);
 	return r;
 }
 
 static json_t *
-opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, const char *app)
+opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, const char *app,
+    const char *key)
 {
+	struct ctl_idem_barrier ib;
+	json_t *answer;
 	const char *from = NULL, *subject = NULL, *text = NULL, *html = NULL, *raw = NULL;
 	const char *cls = NULL, **to = NULL;
 	char fromaddr[ADDR_PATH_MAX + 1], fromname[OPQ_NAME_MAX + 1];
@@ -664,8 +667,20 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 	tmpl.client_uid = (uint32_t)peer->uid;
 	if (ttl > 0)
 		tmpl.expires = time(NULL) + ttl;
-	if (submit_message(d, &tmpl, b.data, b.len, id, &err, NULL, NULL) == -1)
+	/* the answer, but its id: a retry after a crash may need it */
+	answer = reply_ok();
+	if (removed != NULL && json_array_size(removed) > 0)
+		json_object_set(answer, "removed_headers", removed);
+	memset(&ib, 0, sizeof(ib));
+	ib.d = d;
+	ib.app = app;
+	ib.key = key;
+	ib.qid = id;
+	ib.answer = answer;
+	if (submit_message(d, &tmpl, b.data, b.len, id, &err, ctl_idem_barrier, &ib) == -1) {
+		json_decref(answer);
 		goto fail;
+	}
 	free(rc);
 	free(to);
 	free(toaddr);
@@ -673,14 +688,12 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 	free(tonp);
 	free(toap);
 	buf_free(&b);
-	if (removed != NULL && json_array_size(removed) > 0) {
+	json_object_set_new(answer, "id", json_string(id));
+	if (removed != NULL && json_array_size(removed) > 0)
 		log_msg(LOG_NOTICE, "event=mail.send id=%s removed_headers=%zu uid=%u", id,
 		    json_array_size(removed), (unsigned)peer->uid);
-		return json_pack("{s:b, s:s, s:o}", "ok", 1, "id", id, "removed_headers",
-		    removed);
-	}
 	json_decref(removed);
-	return json_pack("{s:b, s:s}", "ok", 1, "id", id);
+	return answer;
 fail:
 	free(rc);
 	free(to);

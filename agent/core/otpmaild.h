@@ -65,13 +65,28 @@ struct ctl_peer {
 /* Sets peer->app/appc from its uid and groups; an app line gives ROLE_APP. */
 void	ctl_peer_set_app(const struct config *, struct ctl_peer *, const gid_t *groups,
 	    size_t ngroups);
-/* The namespace a request acts in: the peer's app, or for an admin the
- * request's "as_app"; NULL and *err if an app asks for another's. */
 /* idempotency_key: 0 to go on (*key set if one was given), 1 with *reply
  * (the first answer, or an error); ctl_idem_end records an ok answer. */
 int	ctl_idem_begin(struct otpmaild *, const char *app, json_t *req, const char **key,
 	    json_t **reply);
 void	ctl_idem_end(struct otpmaild *, const char *app, const char *key, json_t *reply);
+/*
+ * The enqueue barrier of a request with an idempotency key: runs inner
+ * (if any), then stores the answer, its "id" set to the message's, durably
+ * before the mail is named, so a retry after a crash finds it (a key of
+ * NULL: only inner).
+ */
+struct ctl_idem_barrier {
+	struct otpmaild	*d;
+	const char	*app, *key;
+	const char	*qid;		/* the enqueue's id_out */
+	json_t		*answer;
+	int		(*inner)(void *);
+	void		*inner_arg;
+};
+int	ctl_idem_barrier(void *);
+/* The namespace a request acts in: the peer's app, or for an admin the
+ * request's "as_app"; NULL and *err if an app asks for another's. */
 const char *ctl_req_app(const struct otpmaild *, const struct ctl_peer *, json_t *req,
 	    json_t **err);
 
