@@ -19,6 +19,7 @@
 #include <grp.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -390,6 +391,25 @@ ctl_json_tokens(const char *p, size_t len)
 	return n;
 }
 
+/*
+ * A peer with no role may ask for every op it may not use, as fast as it
+ * can write: at most one line a second, with the count of those not logged.
+ */
+static void
+ctl_log_forbidden(const struct ctl_op *op, const struct ctl_peer *peer)
+{
+	static _Atomic time_t last;
+	static atomic_uint quiet;
+	time_t now = time(NULL), was = atomic_load(&last);
+
+	if (was == now || !atomic_compare_exchange_strong(&last, &was, now)) {
+		atomic_fetch_add(&quiet, 1);
+		return;
+	}
+	log_msg(LOG_NOTICE, "event=forbidden op=%s uid=%u pid=%d not_logged=%u", op->name,
+	    (unsigned)peer->uid, (int)peer->pid, atomic_exchange(&quiet, 0));
+}
+
 json_t *
 ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, size_t len)
 {
@@ -436,8 +456,7 @@ ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, 
 	if ((op->roles & peer->roles) == 0) {
 		reply = reply_error("forbidden", "uid %u may not use \"%s\"",
 		    (unsigned)peer->uid, op->name);
-		log_msg(LOG_NOTICE, "event=forbidden op=%s uid=%u pid=%d", op->name,
-		    (unsigned)peer->uid, (int)peer->pid);
+		ctl_log_forbidden(op, peer);
 		goto done;
 	}
 	reply = op->fn(d, peer, req);

@@ -168,6 +168,41 @@ with Daemon(conf_extra="app_users = daemon\napp_groups = sys\nadmin_users = bin\
              "sandbox.show %r refused to the app role" % name, r)
     t.ok("event=forbidden" in d.log_text() and "uid=65534" in d.log_text(),
          "refusals are logged with the uid")
+    # a flood of forbidden requests does not flood the log
+    before = d.log_text().count("event=forbidden")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            c, n = d.client(60), 0
+            # reading as it goes (a no-role peer that does not read is
+            # closed), within control_max_pipeline
+            for _ in range(300):
+                c.send(b'{"op":"queue.list"}\n' * 10)
+                n += sum(c.recv().get("error") == "forbidden" for _ in range(10))
+            os.write(w, str(n).encode())
+        except BaseException as e:  # report, never return into the test
+            os.write(w, repr(e).encode()[:200])
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 256).decode() or "0"
+    os.close(r)
+    os.waitpid(pid, 0)
+    t.is_(got, "3000", "3000 forbidden requests from nobody, 3000 forbidden answers")
+    lines = [ln for ln in d.log_text().splitlines() if "event=forbidden" in ln][before:]
+    t.ok(0 < len(lines) <= 20, "they are logged at most once a second (%d lines)" %
+         len(lines), lines[:3])
+    d.call_as(65534, {"op": "queue.list"})
+    time.sleep(1.1)
+    d.call_as(65534, {"op": "queue.list"})
+    last = [ln for ln in d.log_text().splitlines() if "event=forbidden" in ln][-1]
+    m = re.search(r"not_logged=(\d+)", last)
+    t.ok(m is not None, "the next logged refusal counts those not logged", last)
 
 # --- file modes ----------------------------------------------------------------
 # default control_socket_mode: 0660
