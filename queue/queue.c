@@ -370,7 +370,9 @@ q_send_dsn(struct queue *q, struct q_envelope *env)
 		q_log(q, LOG_ERR, "queue: id=%s DSN not queued (status %d)", env->id, st);
 		goto done;
 	}
-	q_log(q, LOG_INFO, "queue: id=%s dsn=%s to=%s", env->id, id, env->sender);
+	/* the recipient (the bounced mail's sender) is not logged: the log keeps no
+	 * address in clear; queue.show of the DSN names it */
+	q_log(q, LOG_INFO, "queue: id=%s dsn=%s", env->id, id);
 	pthread_mutex_lock(&q->mtx);
 	q->bounces++;
 	if ((m = q_find(q, env->id)) != NULL && !m->deleted) {
