@@ -36,6 +36,9 @@ CC=${FUZZ_CC:-clang}
 jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}
 maxsecs=${FUZZ_MAX_SECONDS:-$((secs + 15))}	# at least one 15 s round more
 parallel=${FUZZ_PARALLEL:-2}
+# seconds one input may take; raise it for a niced run on a busy machine,
+# where a starved process would time out on wall time alone
+timeout=${FUZZ_TIMEOUT:-10}
 
 if ! command -v "$CC" >/dev/null 2>&1; then
 	echo "1..0 # SKIP $CC not installed (.ci/deps installs clang)"
@@ -106,11 +109,11 @@ build() {
 	    $LIBS -o "$work/bin/fuzz_$t"
 }
 export -f compile
-export CC CFLAGS srcdir work
+export CC CFLAGS srcdir work timeout
 
 # One round of libFuzzer on target $1 for $2 seconds, log to $3.
 round() {
-	"$work/bin/fuzz_$1" -max_total_time="$2" -print_final_stats=1 -timeout=10 \
+	"$work/bin/fuzz_$1" -max_total_time="$2" -print_final_stats=1 -timeout="$timeout" \
 	    -rss_limit_mb=2048 -max_len=8192 -artifact_prefix="$work/crashes/$1-" \
 	    "$work/corpus/$1" "$srcdir/tests/fuzz/corpus/$1" >"$3" 2>&1
 }
