@@ -34,6 +34,7 @@ struct op {
 	uint8_t		 pkey[KEY_MAX];
 	uint8_t		 akey[KEY_MAX];
 	uint8_t		 ckey[KEY_MAX];		/* with has_client */
+	uint8_t		 cikey[KEY_MAX];	/* with has_client: issues */
 	uint8_t		 ctxh[1 + SHA256_DIGEST_LENGTH];
 	int		 nkeys;
 	int		 has_client;
@@ -625,6 +626,8 @@ op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
 		memcpy(buf + nlen + 1, q->client_id, clen);
 		op->ckey[0] = REC_CLIENT;
 		store_mac(&s->key, buf, nlen + 1 + clen, NULL, 0, op->ckey + 1);
+		memcpy(op->cikey, op->ckey, sizeof(op->cikey));
+		op->cikey[0] = REC_CLIENT_ISSUE;
 		op->has_client = 1;
 	}
 	if (q->limit_addr != NULL) {
@@ -732,6 +735,7 @@ store_open(const struct store_params *p, char *err, size_t errlen)
 	    p->lockout_after < 1 || p->lockout_base < 1 ||
 	    p->lockout_max < p->lockout_base || p->resend_cooldown < 0 ||
 	    p->max_per_address_hour < 0 || p->max_per_client_minute < 0 ||
+	    p->max_per_client_id_hour < 0 ||
 	    p->max_global_per_second < 0) {
 		snprintf(err, errlen, "store: parameter out of range (code length 4-12, "
 		    "keep_codes 1-%d, max_consecutive_failures 1-100, ttl <= max_ttl, "
@@ -830,11 +834,11 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	struct purpose_rec pr;
 	struct otp_rec o;
 	struct otp_code_rec *c;
-	struct addr_rec a;
+	struct addr_rec a, ca;
 	uint64_t now = op->now;
-	int r, found, retry, i;
+	int r, found, retry, i, climit;
 
-	/* Every record read for update, in one order (A, P, O): concurrent
+	/* Every record read for update, in one order (A, P, O, C): concurrent
 	 * issues for one address run one after the other, and each sees the
 	 * one before it (the pending issue holds the cooldown). */
 	if ((r = addr_load(s, txn, op->akey, &a, 1)) != 0)
@@ -842,6 +846,12 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
 		return r;
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
+		return r;
+	/* one client (the app's end user) may spend only so many addresses'
+	 * budgets: a stranger at one IP cannot hold many owners off */
+	climit = op->has_client && s->p.max_per_client_id_hour > 0;
+	memset(&ca, 0, sizeof(ca));
+	if (climit && (r = addr_load(s, txn, op->cikey, &ca, 1)) != 0)
 		return r;
 	if ((retry = cooldown_left(s, &pr, now)) > 0) {
 		op->st = S_RATE_LIMITED;
@@ -853,6 +863,13 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	    (uint32_t)s->p.max_per_address_hour, 3600, now)) > 0) {
 		op->st = S_RATE_LIMITED;
 		res->limit = "address_hourly";
+		res->retry_after = retry;
+		return 0;
+	}
+	if (climit && (retry = rl_window_check(ca.hour_start, ca.hour_count,
+	    (uint32_t)s->p.max_per_client_id_hour, 3600, now)) > 0) {
+		op->st = S_RATE_LIMITED;
+		res->limit = "client_id_hourly";
 		res->retry_after = retry;
 		return 0;
 	}
@@ -897,6 +914,11 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	rl_window_take(&a.hour_start, &a.hour_count, 3600, now);
 	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
 		return r;
+	if (climit) {
+		rl_window_take(&ca.hour_start, &ca.hour_count, 3600, now);
+		if ((r = addr_save(s, txn, op->cikey, &ca)) != 0)
+			return r;
+	}
 
 	hex_encode(c->issue_id, sizeof(c->issue_id), res->issue_id);
 	res->expires_at = (time_t)c->expires;
@@ -1036,7 +1058,15 @@ cancel_txn(struct store *s, DB_TXN *txn, struct op *op)
 		return r;
 	rl_window_give(a.hour_start, &a.hour_count, 3600, op->now);
 	op->count = 1;
-	return addr_save(s, txn, op->akey, &a);
+	if ((r = addr_save(s, txn, op->akey, &a)) != 0)
+		return r;
+	if (op->has_client && s->p.max_per_client_id_hour > 0) {
+		if ((r = addr_load(s, txn, op->cikey, &a, 1)) != 0)
+			return r;
+		rl_window_give(a.hour_start, &a.hour_count, 3600, op->now);
+		return addr_save(s, txn, op->cikey, &a);
+	}
+	return 0;
 }
 
 enum s_status

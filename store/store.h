@@ -46,6 +46,7 @@ struct store_params {
 	int		 keep_codes;	/* outstanding codes per address+purpose, default 3 */
 	int		 resend_cooldown;	/* s between issues per address+purpose, 30 */
 	int		 max_per_address_hour;	/* 10 */
+	int		 max_per_client_id_hour; /* issues per app+client_id, 0 = none */
 	int		 max_per_client_minute;	/* per client uid */
 	int		 max_global_per_second;	/* 0 = no cap */
 	int		 max_failures_per_code;	/* 5 */

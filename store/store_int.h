@@ -28,6 +28,7 @@
 #define REC_PURPOSE	'P'	/* HMAC(app 0 lower(addr) 0 purpose): cooldown */
 #define REC_ADDR	'A'	/* HMAC(app 0 lower(addr) 0): hourly window */
 #define REC_CLIENT	'K'	/* HMAC(app 0 client_id): failures of one client */
+#define REC_CLIENT_ISSUE 'C'	/* HMAC(app 0 client_id): its issues in the hour */
 #define REC_IDEM	'I'	/* HMAC(app 0 idempotency key) */
 #define KEY_MAX		(1 + STORE_MAC_LEN)
 #define STORE_DB_FILES	3	/* otp.db, expiry.db, rate.db (verify.c) */

@@ -131,6 +131,7 @@ static const struct cfg_key config_table[] = {
 	INT(otp_keep_codes, "3", 1, 16),
 	DUR(otp_resend_cooldown, "30s", 0, DAY),
 	INT(otp_max_per_address_hour, "10", 1, 1000000),
+	INT(otp_max_per_client_id_hour, "30", 0, 1000000),
 	INT(otp_max_per_client_minute, "6000", 1, 100000000),
 	INT(otp_max_global_per_second, "0", 0, 100000000),
 	INT(otp_max_failures_per_code, "5", 1, 100),

@@ -112,6 +112,7 @@ struct config {
 	int		 otp_keep_codes;
 	int		 otp_resend_cooldown;
 	int		 otp_max_per_address_hour;
+	int		 otp_max_per_client_id_hour;
 	int		 otp_max_per_client_minute;
 	int		 otp_max_global_per_second;
 	int		 otp_max_failures_per_code;

@@ -624,6 +624,7 @@ otp_store_params_from_config(const struct config *c, const char *state_dir,
 	p->keep_codes = c->otp_keep_codes;
 	p->resend_cooldown = c->otp_resend_cooldown;
 	p->max_per_address_hour = c->otp_max_per_address_hour;
+	p->max_per_client_id_hour = c->otp_max_per_client_id_hour;
 	p->max_per_client_minute = c->otp_max_per_client_minute;
 	p->max_global_per_second = c->otp_max_global_per_second;
 	p->max_failures_per_code = c->otp_max_failures_per_code;

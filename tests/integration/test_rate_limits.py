@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """test_rate_limits.py - the otp.issue limits through the control socket of
 a real daemon, with the real config keys: otp_resend_cooldown,
-otp_max_per_client_minute (per client uid), otp_max_per_address_hour and
+otp_max_per_client_minute (per client uid), otp_max_per_address_hour,
+otp_max_per_client_id_hour (per app and client_id, across addresses) and
 otp_max_global_per_second.
 
 Starts: otpmaild (sandbox mode) twice, on fresh state directories, with
@@ -122,8 +123,34 @@ def global_cap():
         t.ok(r.get("ok"), "a second later an issue goes through", r)
 
 
+def per_client_id():
+    conf = "otp_max_per_client_id_hour = 5\notp_resend_cooldown = 0\n"
+    with Daemon(conf_extra=conf) as d:
+        def iss(to, cid):
+            return d.call({"op": "otp.issue", "to": to, "client_id": cid})
+        rs = [iss("victim%d@example.org" % i, "203.0.113.7") for i in range(5)]
+        t.ok(all(r.get("ok") for r in rs), "client 203.0.113.7: 5 issues to 5 "
+             "addresses", rs)
+        r = iss("victim5@example.org", "203.0.113.7")
+        t.ok(refused(r, "client_id_hourly", 1, 3600),
+             "the 6th address from that client: client_id_hourly", r)
+        r = iss("victim5@example.org", "198.51.100.9")
+        t.ok(r.get("ok"), "the same address from another client goes through", r)
+        r = d.call({"op": "otp.issue", "to": "victim6@example.org"})
+        t.ok(r.get("ok"), "an issue without client_id is not counted with it", r)
+        r = d.call({"op": "otp.verify", "to": "victim0@example.org", "code": "000000",
+                    "client_id": "203.0.113.7"})
+        t.ok(r.get("error") == "invalid_code", "verifies are not issues: the client "
+             "still checks codes", r)
+        d.stop()
+        d.start()
+        r = iss("victim7@example.org", "203.0.113.7")
+        t.ok(refused(r, "client_id_hourly", 1, 3600),
+             "the client's count holds across a restart", r)
+
+
 def main():
-    for fn in (per_client_and_address, global_cap):
+    for fn in (per_client_and_address, per_client_id, global_cap):
         try:
             fn()
         except Exception:  # report and go on with the next part
