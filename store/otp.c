@@ -35,6 +35,7 @@ struct op {
 	uint8_t		 akey[KEY_MAX];
 	uint8_t		 ckey[KEY_MAX];		/* with has_client */
 	uint8_t		 cikey[KEY_MAX];	/* with has_client: issues */
+	uint8_t		 fkey[KEY_MAX];		/* the context's failures */
 	uint8_t		 ctxh[1 + SHA256_DIGEST_LENGTH];
 	int		 nkeys;
 	int		 has_client;
@@ -461,6 +462,66 @@ kfail_save(struct store *s, DB_TXN *txn, const uint8_t *key, const struct fail_s
 	return store_rec_put(s, txn, key, buf, sizeof(buf));
 }
 
+/* The failures of a context since its last issue (see struct otp_rec). */
+struct cfail {
+	struct fail_state f;		/* lock-outs; forgotten after quiet */
+	uint32_t	 total;		/* every code's count grows by this */
+	uint64_t	 codes_until;	/* kept while a code it counts may live */
+};
+
+static int
+cfail_load(struct store *s, DB_TXN *txn, const uint8_t *key, struct cfail *c, uint64_t now)
+{
+	uint8_t buf[CFAIL_REC_SZ + 8];
+	uint32_t n;
+	int r;
+
+	memset(c, 0, sizeof(*c));
+	r = store_rec_get(s, txn, key, buf, sizeof(buf), &n, 1);
+	if (r == DB_NOTFOUND)
+		return 0;
+	if (r != 0)
+		return r;
+	if (n != CFAIL_REC_SZ)
+		return 0;
+	fail_decode(buf + 8, &c->f);
+	c->total = get_be32(buf + 8 + FAIL_SZ);
+	c->codes_until = get_be64(buf + 8 + FAIL_SZ + 4);
+	if (fail_purge(s, &c->f) <= now)
+		memset(&c->f, 0, sizeof(c->f));
+	if (c->codes_until <= now)
+		c->total = 0;
+	return 0;
+}
+
+static int
+cfail_save(struct store *s, DB_TXN *txn, const uint8_t *key, const struct cfail *c)
+{
+	uint8_t buf[CFAIL_REC_SZ];
+	uint64_t purge = fail_purge(s, &c->f);
+
+	if (c->codes_until > purge)
+		purge = c->codes_until;
+	if (purge == 0)
+		return store_rec_del(s, txn, key);
+	put_be64(buf, purge);
+	fail_encode(&c->f, buf + 8);
+	put_be32(buf + 8 + FAIL_SZ, c->total);
+	put_be64(buf + 8 + FAIL_SZ + 4, c->codes_until);
+	return store_rec_put(s, txn, key, buf, sizeof(buf));
+}
+
+/* An issue: the context's failures go into its codes' own counts. */
+static void
+cfail_fold(struct otp_rec *o, uint32_t total, uint32_t maxf)
+{
+	int i;
+
+	for (i = 0; i < o->ncodes; i++)
+		o->codes[i].failures = o->codes[i].failures + total >= maxf ? maxf :
+		    o->codes[i].failures + total;
+}
+
 static void
 otp_drop(struct otp_rec *o, int i)
 {
@@ -616,6 +677,8 @@ op_prepare(struct store *s, const struct otp_request *q, struct otp_result *res,
 	op->nkeys = s->has_old ? 2 : 1;
 	op->okey[0][0] = op->okey[1][0] = REC_OTP;
 	store_mac(&s->key, buf, o, NULL, 0, op->okey[0] + 1);
+	memcpy(op->fkey, op->okey[0], sizeof(op->fkey));
+	op->fkey[0] = REC_CFAIL;
 	if (s->has_old)
 		store_mac(&s->old_key, buf, o, NULL, 0, op->okey[1] + 1);
 
@@ -835,8 +898,11 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	struct otp_rec o;
 	struct otp_code_rec *c;
 	struct addr_rec a, ca;
+	struct otp_rec old;
+	struct cfail cfx;
 	uint64_t now = op->now;
-	int r, found, retry, i, climit;
+	uint32_t maxf = (uint32_t)s->p.max_failures_per_code;
+	int r, found, ofound = 0, retry, i, climit;
 
 	/* Every record read for update, in one order (A, P, O, C): concurrent
 	 * issues for one address run one after the other, and each sees the
@@ -846,6 +912,10 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	if ((r = purpose_load(s, txn, op->pkey, &pr)) != 0)
 		return r;
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
+		return r;
+	if (op->nkeys == 2 && (r = otp_load(s, txn, op->okey[1], &old, &ofound)) != 0)
+		return r;
+	if ((r = cfail_load(s, txn, op->fkey, &cfx, now)) != 0)
 		return r;
 	/* one client (the app's end user) may spend only so many addresses'
 	 * budgets: a stranger at one IP cannot hold many owners off */
@@ -881,7 +951,9 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	}
 	op->took_global = 1;
 
-	/* Expired and dead codes go; the oldest goes if the record is full. */
+	/* The context's failures become the codes' own; expired and dead
+	 * codes go; the oldest goes if the record is full. */
+	cfail_fold(&o, cfx.total, maxf);
 	for (i = 0; i < o.ncodes; )
 		if (o.codes[i].expires <= now ||
 		    o.codes[i].failures >= (uint32_t)s->p.max_failures_per_code)
@@ -906,6 +978,14 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 	c->issued = now;
 	c->expires = now + (uint64_t)op->ttl;
 	if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
+		return r;
+	if (ofound && cfx.total > 0) {
+		cfail_fold(&old, cfx.total, maxf);
+		if ((r = otp_save(s, txn, op->okey[1], &old)) != 0)
+			return r;
+	}
+	/* a fresh code, fresh failures: the context's lock-out goes too */
+	if ((r = store_rec_del(s, txn, op->fkey)) != 0)
 		return r;
 	pr.pend_at = now;
 	pr.pend_run = s->run;
@@ -1098,10 +1178,11 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 	struct otp_result *res = op->res;
 	struct otp_rec o[2];
 	struct fail_state cf;
+	struct cfail cfx;
 	uint8_t mac[2][STORE_MAC_LEN];
 	char code[OTP_CODE_MAX + 1];
 	const struct otp_code_rec *newest = NULL, *matched = NULL;
-	uint32_t maxf = (uint32_t)s->p.max_failures_per_code;
+	uint32_t maxf = (uint32_t)s->p.max_failures_per_code, ef;
 	int r, found, k, i, live = 0, expired = 0, wellformed, left, lock;
 	uint64_t now = op->now;
 
@@ -1121,9 +1202,9 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 	for (k = 0; k < op->nkeys; k++)
 		if ((r = otp_load(s, txn, op->okey[k], &o[k], &found)) != 0)
 			return r;
-	if (fail_purge(s, &o[0].fail) <= now)
-		memset(&o[0].fail, 0, sizeof(o[0].fail));
-	if ((lock = fail_retry(s, &o[0].fail, now)) > 0) {
+	if ((r = cfail_load(s, txn, op->fkey, &cfx, now)) != 0)
+		return r;
+	if ((lock = fail_retry(s, &cfx.f, now)) > 0) {
 		op->st = S_LOCKED;
 		res->limit = "context_lockout";
 		res->retry_after = lock;
@@ -1145,7 +1226,7 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 				expired++;
 				continue;
 			}
-			if (c->failures >= maxf)
+			if (c->failures + cfx.total >= maxf)
 				continue;
 			live++;
 			if (newest == NULL || c->issued >= newest->issued)
@@ -1157,10 +1238,12 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 		snprintf(res->queue_id, sizeof(res->queue_id), "%s", matched->queue_id);
 		hex_encode(matched->issue_id, 16, res->issue_id);
 		res->expires_at = (time_t)matched->expires;
-		/* Success consumes every code of the context. */
+		/* Success consumes every code of the context, and its failures. */
 		for (k = 0; k < op->nkeys; k++)
 			if ((r = store_rec_del(s, txn, op->okey[k])) != 0)
 				return r;
+		if ((r = store_rec_del(s, txn, op->fkey)) != 0)
+			return r;
 		if (op->has_client && cf.failures) {
 			memset(&cf, 0, sizeof(cf));
 			if ((r = kfail_save(s, txn, op->ckey, &cf)) != 0)
@@ -1182,31 +1265,33 @@ verify_txn(struct store *s, DB_TXN *txn, struct op *op)
 		return 0;
 	}
 
+	/*
+	 * A failure writes the context's failure record only, code or none
+	 * (the first failure after an issue creates it either way): every
+	 * live code's count grows by one through its total.
+	 */
+	if (cfx.total < UINT32_MAX)
+		cfx.total++;
 	left = 0;
-	for (k = 0; k < op->nkeys; k++) {
-		for (i = 0; i < o[k].ncodes; ) {
-			struct otp_code_rec *c = &o[k].codes[i];
+	for (k = 0; k < op->nkeys; k++)
+		for (i = 0; i < o[k].ncodes; i++) {
+			const struct otp_code_rec *c = &o[k].codes[i];
 
-			if (c->expires > now && c->failures < maxf) {
-				c->failures++;
-				if (c->failures >= maxf) {
-					otp_drop(&o[k], i);	/* dead */
-					continue;
-				}
-				if ((int)(maxf - c->failures) > left)
-					left = (int)(maxf - c->failures);
-			}
-			i++;
+			if (c->expires <= now)
+				continue;
+			if (c->expires > cfx.codes_until)
+				cfx.codes_until = c->expires;
+			ef = c->failures + cfx.total;
+			if (ef < maxf && (int)(maxf - ef) > left)
+				left = (int)(maxf - ef);
 		}
-	}
-	if (fail_note(s, &o[0].fail, now)) {
+	if (fail_note(s, &cfx.f, now)) {
 		op->lockout = 1;
 		res->limit = "context_lockout";
-		res->retry_after = fail_retry(s, &o[0].fail, now);
+		res->retry_after = fail_retry(s, &cfx.f, now);
 	}
-	for (k = 0; k < op->nkeys; k++)
-		if ((k == 0 || found) && (r = otp_save(s, txn, op->okey[k], &o[k])) != 0)
-			return r;
+	if ((r = cfail_save(s, txn, op->fkey, &cfx)) != 0)
+		return r;
 	if (op->has_client) {
 		if (fail_note(s, &cf, now) && !op->lockout) {
 			op->lockout = 1;
@@ -1314,16 +1399,23 @@ static int
 unlock_txn(struct store *s, DB_TXN *txn, struct op *op)
 {
 	struct fail_state f;
+	struct cfail cfx;
 	struct otp_rec o;
 	int r, found;
 
 	if ((r = otp_load(s, txn, op->okey[0], &o, &found)) != 0)
 		return r;
 	if (found) {
-		memset(&o.fail, 0, sizeof(o.fail));
+		memset(&o.fail, 0, sizeof(o.fail));	/* an older version's */
 		if ((r = otp_save(s, txn, op->okey[0], &o)) != 0)
 			return r;
 	}
+	/* the lock-out goes; what the codes have spent stays */
+	if ((r = cfail_load(s, txn, op->fkey, &cfx, op->now)) != 0)
+		return r;
+	memset(&cfx.f, 0, sizeof(cfx.f));
+	if ((r = cfail_save(s, txn, op->fkey, &cfx)) != 0)
+		return r;
 	if (op->has_client) {
 		memset(&f, 0, sizeof(f));
 		if ((r = kfail_save(s, txn, op->ckey, &f)) != 0)

@@ -28,6 +28,7 @@
 #define REC_PURPOSE	'P'	/* HMAC(app 0 lower(addr) 0 purpose): cooldown */
 #define REC_ADDR	'A'	/* HMAC(app 0 lower(addr) 0): hourly window */
 #define REC_CLIENT	'K'	/* HMAC(app 0 client_id): failures of one client */
+#define REC_CFAIL	'F'	/* as REC_OTP: the failures of its context */
 #define REC_CLIENT_ISSUE 'C'	/* HMAC(app 0 client_id): its issues in the hour */
 #define REC_IDEM	'I'	/* HMAC(app 0 idempotency key) */
 #define KEY_MAX		(1 + STORE_MAC_LEN)
@@ -53,7 +54,14 @@ struct otp_code_rec {
 	char		 queue_id[STORE_QID_MAX + 1];
 };
 
-/* Outstanding codes of an app+address+purpose+context, and its failures. */
+/*
+ * Outstanding codes of an app+address+purpose+context.  A code's failures
+ * are its own count plus the context's failure record's total (struct
+ * cfail, which an issue folds into the codes and deletes): a failed verify
+ * writes only that record, created by the first failure after an issue
+ * whether the context has a code or not, so the write is the same either
+ * way.  fail is no longer used (records of older versions).
+ */
 struct otp_rec {
 	uint64_t	 purge;		/* sweep may delete the record after this */
 	struct fail_state fail;
@@ -93,6 +101,7 @@ struct client_rec {
 #define PURPOSE_REC_SZ	(8 + 8 + 8 + 8 + STORE_QID_MAX)
 #define ADDR_REC_SZ	(8 + 8 + 4 + 4 + 8)
 #define KFAIL_REC_SZ	(8 + FAIL_SZ)
+#define CFAIL_REC_SZ	(8 + FAIL_SZ + 4 + 8)
 #define CLIENT_REC_SZ	(8 + 8 + 4)
 /* idempotency record: purge, created, run, state, hash, answer length, answer */
 #define IDEM_REC_HDR	(8 + 8 + 8 + 1 + 32 + 2)
