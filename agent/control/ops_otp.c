@@ -14,6 +14,7 @@
 #include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/otpmaild.h"
+#include "agent/core/suppress.h"
 #include "agent/control/ops.h"
 #include "queue/queue.h"
 #include "store/store.h"
@@ -242,6 +243,12 @@ otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_
 	    req_int(req, "ttl", 0, 10, d->cfg->otp_max_ttl, &ttl, &err) == -1 ||
 	    otp_display_fields(d, app, client, &err) == -1)
 		return err;
+	/* before any limit is counted or code made */
+	if ((err = suppress_refuse(d, a.app, &a.to, 1)) != NULL) {
+		log_msg(LOG_INFO, "event=otp.issue result=refused reason=suppressed %s "
+		    "purpose=%s app=%s uid=%u", a.who, a.purpose, a.app, (unsigned)p->uid);
+		return err;
+	}
 	if (d->cfg->otp_check_deliverability &&
 	    delivery_domain_check(d, addr_domain(a.to), why, sizeof(why)) == -1) {
 		log_msg(LOG_INFO, "event=otp.issue result=refused reason=bad_address %s "

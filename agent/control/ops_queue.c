@@ -13,6 +13,7 @@
 
 #include "agent/mail/mail.h"
 #include "agent/core/otpmaild.h"
+#include "agent/core/suppress.h"
 #include "agent/control/ops.h"
 #include "agent/delivery/delivery.h"
 #include "queue/queue.h"
@@ -35,8 +36,6 @@ static json_t	*opq_rcpts(const struct q_envelope *, int full);
 static json_t	*opq_entry(const struct q_envelope *, time_t now);
 static void	 opq_bounce(json_t *, const char *kclass, const char *klist,
 		    const char *reply);
-static int	 opq_addr(struct otpmaild *, const char *field, const char *in,
-		    char *out, size_t outlen, json_t **err);
 static int	 opq_from(struct otpmaild *, const char *field, const char *from, char *addr,
 		    size_t alen, char *name, size_t nlen, json_t **err);
 static int	 opq_addr_header(struct buf *, const char *name, const char *value,
@@ -179,7 +178,7 @@ opq_base64(struct buf *b, const unsigned char *p, size_t n)
 
 /* An address of the request in its canonical form (agent/mail/address.c):
  * bad_request if it is not an address, bad_address if otpmail refuses it. */
-static int
+int
 opq_addr(struct otpmaild *d, const char *field, const char *in, char *out, size_t outlen,
     json_t **err)
 {
@@ -575,6 +574,11 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 			goto fail;
 		tonp[i] = toname[i];
 		toap[i] = toaddr[i];
+	}
+	if ((err = suppress_refuse(d, app, toap, nto)) != NULL) {
+		log_msg(LOG_INFO, "event=mail.send result=refused reason=suppressed app=%s "
+		    "uid=%u", app, (unsigned)peer->uid);
+		goto fail;
 	}
 
 	if (raw != NULL) {

@@ -121,6 +121,8 @@ static const struct cfg_key config_table[] = {
 	DUR(queue_keep_done, "1d", 0, 365 * DAY),
 	STR(bounce_from, ""),
 	STR(bounce_rules_file, ""),
+	BOOL(suppress_hard_bounces, "yes"),
+	DUR(suppress_ttl, "30d", 0, 3650 * DAY),
 	/* one-time codes */
 	INT(otp_length, "6", 4, 12),
 	ENUM(otp_alphabet, "digits", "digits|alnum"),

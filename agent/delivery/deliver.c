@@ -20,6 +20,7 @@
 #include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/otpmaild.h"
+#include "agent/core/suppress.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"
@@ -426,6 +427,7 @@ release:
 	free(doms);
 	free(idx);
 	free(data);
+	suppress_note_outcome(dl->d, env);
 	if ((st = queue_release_lease(dl->d->queue, env)) != Q_OK)
 		log_msg(LOG_ERR, "event=delivery_error error=\"queue_release_lease failed\" status=%d", st);
 }
