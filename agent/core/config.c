@@ -161,8 +161,10 @@ static const struct cfg_key config_table[] = {
 	    "relaxed/relaxed|relaxed/simple|simple/relaxed|simple/simple"),
 	LIST(dkim_sign_headers, "From, To, Cc, Subject, Date, Message-ID, Reply-To, "
 	    "In-Reply-To, References, MIME-Version, Content-Type, "
-	    "Content-Transfer-Encoding, Auto-Submitted"),
-	LIST(dkim_oversign_headers, "From, To, Subject"),
+	    "Content-Transfer-Encoding, Auto-Submitted, List-Unsubscribe, "
+	    "List-Unsubscribe-Post, Feedback-ID"),
+	LIST(dkim_oversign_headers, "From, To, Subject, List-Unsubscribe, "
+	    "List-Unsubscribe-Post"),
 	/* delivery */
 	INT(delivery_workers, "16", 1, 1024),
 	INT(max_connections, "100", 1, 100000),
