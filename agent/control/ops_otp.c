@@ -14,7 +14,6 @@
 #include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/otpmaild.h"
-#include "agent/core/suppress.h"
 #include "agent/control/ops.h"
 #include "queue/queue.h"
 #include "store/store.h"

@@ -15,7 +15,6 @@
 
 #include "agent/mail/mail.h"
 #include "agent/core/otpmaild.h"
-#include "agent/core/suppress.h"
 #include "agent/control/ops.h"
 #include "agent/delivery/delivery.h"
 #include "queue/queue.h"

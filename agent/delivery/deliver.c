@@ -20,7 +20,6 @@
 #include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/otpmaild.h"
-#include "agent/core/suppress.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"
