@@ -159,7 +159,7 @@ void		 store_idem_abandon(struct store *, const char *app, const char *key);
  * (no address in clear; the stored reply has the address cut out).  ttl 0
  * keeps an entry until it is removed.  check: S_OK (in *out) or
  * S_NOTFOUND.  remove: by address, or by id (the entry's key in hex, from
- * list), only within app.  list: app NULL = every app's; paging after an id.
+ * list), only within app (NULL with an id: any app's).  list: app NULL = every app's; paging after an id.
  */
 #define STORE_SUPP_REASON_MAX	64
 #define STORE_SUPP_REPLY_MAX	400

@@ -187,37 +187,21 @@ supp_read(struct store *s, DB_TXN *txn, const uint8_t *key, time_t now,
 	return 0;
 }
 
-enum s_status
-store_supp_add(struct store *s, const char *app, const char *addr, const char *reason,
-    const char *reply, int ttl, time_t now, struct store_supp *out)
+/* One write transaction (durable), retried on lock conflicts. */
+typedef int (*supp_fn)(struct store *, DB_TXN *, void *arg);
+
+static enum s_status
+supp_run(struct store *s, supp_fn fn, void *arg)
 {
-	uint8_t key[KEY_MAX], buf[SUPP_REC_MAX];
-	struct store_supp e;
 	DB_TXN *txn;
-	size_t n;
 	int attempt, r = 0;
 
-	app = app ? app : "";
-	if (reason == NULL || *reason == '\0' || strlen(reason) > STORE_SUPP_REASON_MAX ||
-	    ttl < 0 || supp_key(&s->key, app, addr, key) == -1)
-		return S_BADINPUT;
-	memset(&e, 0, sizeof(e));
-	snprintf(e.app, sizeof(e.app), "%s", app);
-	snprintf(e.reason, sizeof(e.reason), "%s", reason);
-	supp_redact(reply ? reply : "", addr, e.reply, sizeof(e.reply));
-	e.created = now;
-	e.expires = ttl > 0 ? now + ttl : 0;
-	hex_encode(key + 1, STORE_MAC_LEN, e.id);
-	n = supp_encode(&e, buf);
 	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
 		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
 			break;
-		if ((r = store_rec_put(s, txn, key, buf, n)) == 0) {
-			if ((r = store_commit(s, txn, 1)) == 0) {
-				if (out != NULL)
-					*out = e;
+		if ((r = fn(s, txn, arg)) == 0) {
+			if ((r = store_commit(s, txn, 1)) == 0)
 				return S_OK;
-			}
 			break;
 		}
 		txn->abort(txn);
@@ -227,6 +211,45 @@ store_supp_add(struct store *s, const char *app, const char *addr, const char *r
 	}
 	store_logf(s, LOG_ERR, "event=store.suppress error=\"%s\"", db_strerror(r));
 	return S_TEMPFAIL;
+}
+
+struct supp_put {
+	uint8_t		 key[KEY_MAX];
+	uint8_t		 buf[SUPP_REC_MAX];
+	size_t		 len;
+};
+
+static int
+supp_put_txn(struct store *s, DB_TXN *txn, void *arg)
+{
+	struct supp_put *p = arg;
+
+	return store_rec_put(s, txn, p->key, p->buf, p->len);
+}
+
+enum s_status
+store_supp_add(struct store *s, const char *app, const char *addr, const char *reason,
+    const char *reply, int ttl, time_t now, struct store_supp *out)
+{
+	struct supp_put p;
+	struct store_supp e;
+	enum s_status st;
+
+	app = app ? app : "";
+	if (reason == NULL || *reason == '\0' || strlen(reason) > STORE_SUPP_REASON_MAX ||
+	    ttl < 0 || supp_key(&s->key, app, addr, p.key) == -1)
+		return S_BADINPUT;
+	memset(&e, 0, sizeof(e));
+	snprintf(e.app, sizeof(e.app), "%s", app);
+	snprintf(e.reason, sizeof(e.reason), "%s", reason);
+	supp_redact(reply ? reply : "", addr, e.reply, sizeof(e.reply));
+	e.created = now;
+	e.expires = ttl > 0 ? now + ttl : 0;
+	hex_encode(p.key + 1, STORE_MAC_LEN, e.id);
+	p.len = supp_encode(&e, p.buf);
+	if ((st = supp_run(s, supp_put_txn, &p)) == S_OK && out != NULL)
+		*out = e;
+	return st;
 }
 
 enum s_status
@@ -257,58 +280,65 @@ store_supp_check(struct store *s, const char *app, const char *addr, time_t now,
 	return S_NOTFOUND;
 }
 
+struct supp_del {
+	uint8_t		 keys[2][KEY_MAX];	/* under the secret, the previous one */
+	int		 nkeys;
+	const char	*app;			/* NULL: any app's (by id) */
+	time_t		 now;
+	int		 found;
+	struct store_supp e;
+};
+
+static int
+supp_del_txn(struct store *s, DB_TXN *txn, void *arg)
+{
+	struct supp_del *d = arg;
+	struct store_supp e;
+	int k, r;
+
+	d->found = 0;
+	for (k = 0; k < d->nkeys; k++) {
+		r = supp_read(s, txn, d->keys[k], d->now, &e, 1);
+		/* another app's entry is not there for this one */
+		if (r == DB_NOTFOUND || (r == 0 && d->app != NULL && strcmp(e.app, d->app) != 0))
+			continue;
+		if (r != 0 || (r = store_rec_del(s, txn, d->keys[k])) != 0)
+			return r;
+		if (!d->found)
+			d->e = e;
+		d->found = 1;
+	}
+	return 0;
+}
+
 enum s_status
 store_supp_remove(struct store *s, const char *app, const char *addr, const char *id,
     time_t now, struct store_supp *out)
 {
-	uint8_t keys[2][KEY_MAX];
-	struct store_supp e;
-	DB_TXN *txn;
-	int nk = 0, k, attempt, r = 0, found;
+	struct supp_del d;
+	enum s_status st;
 
-	app = app ? app : "";
+	memset(&d, 0, sizeof(d));
+	d.app = app;
+	d.now = now;
 	if (id != NULL) {
-		if (supp_id_decode(id, keys[0]) == -1)
+		if (supp_id_decode(id, d.keys[0]) == -1)
 			return S_BADINPUT;
-		nk = 1;
+		d.nkeys = 1;
 	} else {
-		if (addr == NULL || supp_key(&s->key, app, addr, keys[0]) == -1)
+		if (app == NULL || addr == NULL || supp_key(&s->key, app, addr, d.keys[0]) == -1)
 			return S_BADINPUT;
-		nk = 1;
-		if (s->has_old && supp_key(&s->old_key, app, addr, keys[nk]) == 0)
-			nk++;
+		d.nkeys = 1;
+		if (s->has_old && supp_key(&s->old_key, app, addr, d.keys[1]) == 0)
+			d.nkeys = 2;
 	}
-	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
-		found = 0;
-		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
-			break;
-		for (k = 0; k < nk && r == 0; k++) {
-			r = supp_read(s, txn, keys[k], now, &e, 1);
-			/* another app's entry is not there for this one */
-			if (r == 0 && strcmp(e.app, app) != 0)
-				r = DB_NOTFOUND;
-			if (r == DB_NOTFOUND) {
-				r = 0;
-				continue;
-			}
-			if (r == 0 && (r = store_rec_del(s, txn, keys[k])) == 0 && !found) {
-				found = 1;
-				if (out != NULL)
-					*out = e;
-			}
-		}
-		if (r == 0) {
-			if ((r = store_commit(s, txn, 1)) == 0)
-				return found ? S_OK : S_NOTFOUND;
-			break;
-		}
-		txn->abort(txn);
-		if (!store_retryable(r))
-			break;
-		store_backoff(attempt);
-	}
-	store_logf(s, LOG_ERR, "event=store.suppress error=\"%s\"", db_strerror(r));
-	return S_TEMPFAIL;
+	if ((st = supp_run(s, supp_del_txn, &d)) != S_OK)
+		return st;
+	if (!d.found)
+		return S_NOTFOUND;
+	if (out != NULL)
+		*out = d.e;
+	return S_OK;
 }
 
 enum s_status

@@ -232,6 +232,12 @@ def main_daemon(tmp, sink):
         t.ok(p.returncode == 0 and p2.returncode == 1,
              "otpmailctl suppress remove (exit 0, then 1: not found)",
              p.stdout + p.stderr + p2.stdout + p2.stderr)
+        r = d.call({"op": "suppress.add", "address": "gil@ok.example.org",
+                    "as_app": "bank"})
+        p = d.ctl("suppress", "remove", "--id", r.get("id", "?"))
+        t.ok(p.returncode == 0 and "bank" in p.stdout,
+             "an admin removes any app's entry by id (otpmailctl suppress remove --id)",
+             p.stdout + p.stderr)
         p = d.ctl("suppress", "list", uid=STRANGER)
         t.ok(p.returncode == 4, "otpmailctl suppress list as a stranger: exit 4 forbidden",
              p.stdout + p.stderr)

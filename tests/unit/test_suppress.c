@@ -119,6 +119,11 @@ main(void)
 	    "the sweep deleted the record");
 	is_int(store_supp_remove(s, "news", "USER3@example.net", NULL, T0, &e), S_OK,
 	    "remove by address");
+	store_supp_add(s, "news", "adm@example.net", "complaint", "", 0, T0, &e);
+	snprintf(id, sizeof(id), "%s", e.id);
+	ok(store_supp_remove(s, NULL, "adm@example.net", NULL, T0, &e) == S_BADINPUT &&
+	    store_supp_remove(s, NULL, NULL, id, T0, &e) == S_OK && strcmp(e.app, "news") == 0,
+	    "an admin removes any app's entry by id (not by address without an app)");
 	is_int(store_supp_check(s, "news", "user3@example.net", T0, &e), S_NOTFOUND,
 	    "then it is not suppressed");
 	store_supp_add(s, "news", "rot@example.net", "complaint", "", 0, T0, NULL);
