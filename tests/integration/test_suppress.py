@@ -274,6 +274,9 @@ def main_daemon(tmp, sink):
         rc = (st.get("recipients") or [{}])[0]
         t.ok(rc.get("state") == "delivered" and rc.get("last_error_class") == "hard",
              "message.status shows the DSN's class on the delivered recipient", st)
+        p = d.ctl("status", qid)
+        t.ok(p.returncode == 0 and "last_error_class: hard" in p.stdout,
+             "... and so does otpmailctl status", p.stdout + p.stderr)
         r = send(d, SHOP, "gus@ok.example.org")
         t.ok(r.get("error") == "suppressed", "mail.send to gus: suppressed", r)
         r = send(d, SHOP, "hal@ok.example.org")
