@@ -230,6 +230,10 @@ dsn_parse(const char *text, size_t len, struct dsn_rcpt *v, size_t max)
 			break;
 		}
 		line[o] = '\0';
+		/* the part ends at the next boundary: the returned message's
+		 * headers after it (a "Status: RO") are not the report's */
+		if (cur != NULL && line[0] == '-' && line[1] == '-')
+			break;
 		if ((val = strchr(line, ':')) == NULL)
 			continue;
 		*val++ = '\0';

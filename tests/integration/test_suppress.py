@@ -261,15 +261,18 @@ def main_daemon(tmp, sink):
                "Final-Recipient: rfc822; hal@ok.example.org\r\n"
                "Action: failed\r\nStatus: 5.1.1\r\n"
                "Diagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n"
-               "--b--\r\n")
+               "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+               "From: news@shop.example\r\nStatus: RO\r\n"
+               "Action: delivered\r\n\r\n--b--\r\n")
         r = d.call({"op": "dsn.report", "id": qid, "dsn": dsn})
         rs = r.get("recipients", [])
         t.ok(r.get("ok") and r.get("app") == "shop" and len(rs) == 2 and
              rs[0].get("class") == "hard" and rs[0].get("noted") == "yes" and
              rs[0].get("suppressed") is True and rs[1].get("noted") == "not_a_recipient"
-             and rs[1].get("suppressed") is False,
+             and rs[1].get("suppressed") is False and rs[1].get("status") == "5.1.1" and
+             rs[1].get("action") == "failed",
              "dsn.report: gus (a recipient) is hard and suppressed; hal (not on the "
-             "message) is not", r)
+             "message) is not; the returned headers after the part are not read", r)
         st = d.call_as(SHOP, {"op": "message.status", "id": qid})
         rc = (st.get("recipients") or [{}])[0]
         t.ok(rc.get("state") == "delivered" and rc.get("last_error_class") == "hard",
