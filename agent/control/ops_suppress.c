@@ -39,6 +39,7 @@ static const char *ops_supp_app(struct otpmaild *, const struct ctl_peer *, json
 		    int any_for_admin, json_t **err);
 static size_t	 dsn_parse(const char *text, size_t len, struct dsn_rcpt *, size_t max);
 static void	 dsn_reply(const struct dsn_rcpt *, char *out, size_t len);
+static const char *dsn_rcpt_of(const struct q_envelope *, const struct dsn_rcpt *);
 
 static json_t *
 ops_supp_entry(const struct store_supp *e)
@@ -296,6 +297,20 @@ dsn_reply(const struct dsn_rcpt *r, char *out, size_t len)
 	snprintf(out, len, "%s %s %s", code, r->status, d);
 }
 
+/* The message's recipient a DSN group reports on (its Original-Recipient,
+ * else its Final-Recipient), NULL if it has none of them. */
+static const char *
+dsn_rcpt_of(const struct q_envelope *e, const struct dsn_rcpt *r)
+{
+	size_t j;
+
+	for (j = 0; j < e->nrcpt; j++)
+		if ((r->orig[0] && strcasecmp(e->rcpts[j].addr, r->orig) == 0) ||
+		    strcasecmp(e->rcpts[j].addr, r->final) == 0)
+			return e->rcpts[j].addr;
+	return NULL;
+}
+
 json_t *
 op_dsn_report(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
@@ -342,14 +357,18 @@ op_dsn_report(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		    "status", v[i].status, "class", b.klass != BOUNCE_NONE ?
 		    json_string(bounce_class_name(b.klass)) : json_null());
 		if (b.klass != BOUNCE_NONE && id != NULL) {
-			qs = queue_note_rcpt(d->queue, id, addr, bounce_class_name(b.klass), reply);
-			if (qs != Q_OK && v[i].orig[0])
-				qs = queue_note_rcpt(d->queue, id, v[i].final,
-				    bounce_class_name(b.klass), reply);
-			noted = qs == Q_OK ? "yes" : qs == Q_BUSY ? "busy" : "not_a_recipient";
-			/* only a recipient of the message can be suppressed through it */
-			if (qs == Q_NOTFOUND)
+			/* only a recipient of the message can be noted or
+			 * suppressed through it: the one it was sent to */
+			if ((addr = dsn_rcpt_of(e, &v[i])) == NULL) {
+				noted = "not_a_recipient";
 				b.klass = BOUNCE_NONE;
+			} else {
+				qs = queue_note_rcpt(d->queue, id, addr,
+				    bounce_class_name(b.klass), reply);
+				noted = qs == Q_OK ? "yes" : qs == Q_BUSY ? "busy" : "no";
+			}
+			if (addr == NULL)
+				addr = v[i].orig[0] ? v[i].orig : v[i].final;
 		}
 		json_object_set_new(o, "noted", json_string(noted));
 		json_object_set_new(o, "suppressed", json_boolean(failed &&
