@@ -55,10 +55,11 @@ struct dkim_buf {
 static const char *const dkim_sign_default_headers[] = {
 	"from", "to", "subject", "date", "message-id", "mime-version",
 	"content-type", "content-transfer-encoding", "reply-to", "cc",
-	"in-reply-to", "references", "auto-submitted", NULL,
+	"in-reply-to", "references", "auto-submitted", "list-unsubscribe",
+	"list-unsubscribe-post", "feedback-id", NULL,
 };
 static const char *const dkim_sign_default_oversign[] = {
-	"from", "to", "subject", NULL,
+	"from", "to", "subject", "list-unsubscribe", "list-unsubscribe-post", NULL,
 };
 
 static int	 dkim_sign_name_ok(const char *, int);

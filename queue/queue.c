@@ -401,6 +401,7 @@ q_envelope_clear(struct q_envelope *e)
 	for (i = 0; e->rcpts != NULL && i < e->nrcpt; i++) {
 		free(e->rcpts[i].addr);
 		free(e->rcpts[i].reply);
+		free(e->rcpts[i].err_class);
 	}
 	free(e->rcpts);
 	memset(e, 0, sizeof(*e));
@@ -450,10 +451,13 @@ q_envelope_dup(const struct q_envelope *s)
 	d->nrcpt = s->nrcpt;
 	for (i = 0; i < s->nrcpt; i++) {
 		d->rcpts[i] = s->rcpts[i];
-		d->rcpts[i].addr = d->rcpts[i].reply = NULL;
+		d->rcpts[i].addr = d->rcpts[i].reply = d->rcpts[i].err_class = NULL;
 		if ((d->rcpts[i].addr = strdup(s->rcpts[i].addr)) == NULL)
 			goto fail;
 		if (s->rcpts[i].reply && (d->rcpts[i].reply = strdup(s->rcpts[i].reply)) == NULL)
+			goto fail;
+		if (s->rcpts[i].err_class &&
+		    (d->rcpts[i].err_class = strdup(s->rcpts[i].err_class)) == NULL)
 			goto fail;
 	}
 	return d;
@@ -859,6 +863,9 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 			free(o->reply);
 			o->reply = q_strndup_cap(r->reply, QUEUE_REPLY_MAX);
 		}
+		free(o->err_class);
+		o->err_class = r->err_class != NULL ?
+		    q_strndup_cap(r->err_class, Q_CLASS_WORD_MAX) : NULL;
 		switch (o->state) {
 		case Q_RCPT_DELIVERED:	q->delivered++; break;
 		case Q_RCPT_FAILED:	q->failed++; break;
@@ -1257,6 +1264,47 @@ q_set_held(struct queue *q, const char *id, int held)
 		q_schedule(q, m);
 	}
 	pthread_cond_broadcast(&q->cv);
+	pthread_mutex_unlock(&q->mtx);
+	return st;
+}
+
+enum q_status
+queue_note_rcpt(struct queue *q, const char *id, const char *addr, const char *err_class,
+    const char *reply)
+{
+	enum q_status st = Q_NOTFOUND;
+	struct q_rcpt *r;
+	struct qmsg *m;
+	char *c, *t;
+	size_t i;
+
+	pthread_mutex_lock(&q->mtx);
+	if ((m = q_find(q, id)) == NULL || m->deleted || m->leased) {
+		pthread_mutex_unlock(&q->mtx);
+		return m != NULL && m->leased && !m->deleted ? Q_BUSY : Q_NOTFOUND;
+	}
+	for (i = 0; i < m->env.nrcpt; i++) {
+		r = &m->env.rcpts[i];
+		if (strcasecmp(r->addr, addr) != 0)
+			continue;
+		c = q_strndup_cap(err_class, Q_CLASS_WORD_MAX);
+		t = reply != NULL ? q_strndup_cap(reply, QUEUE_REPLY_MAX) : NULL;
+		if (c == NULL || (reply != NULL && t == NULL)) {
+			free(c);
+			free(t);
+			st = Q_TEMPFAIL;
+			break;
+		}
+		free(r->err_class);
+		r->err_class = c;
+		if (t != NULL) {
+			free(r->reply);
+			r->reply = t;
+		}
+		m->gen++;
+		st = q_persist_locked(q, m);
+		break;
+	}
 	pthread_mutex_unlock(&q->mtx);
 	return st;
 }

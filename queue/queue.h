@@ -14,6 +14,7 @@
 
 #define QUEUE_ID_LEN	24	/* hex chars: time-sortable, unique forever */
 #define QUEUE_REPLY_MAX	512	/* bytes of remote reply kept per recipient */
+#define Q_CLASS_WORD_MAX	32	/* bytes of a recipient's err_class */
 
 /* Outcomes of every queue call; they map onto the protocol's errors. */
 enum q_status {
@@ -54,6 +55,8 @@ struct q_rcpt {
 	int		 attempts;
 	time_t		 last_attempt;
 	char		*reply;		/* last remote reply or reason; may be NULL */
+	char		*err_class;	/* class of the last failure or DSN ("hard"...),
+					 * a bare word set by the daemon; may be NULL */
 };
 
 struct q_envelope {
@@ -171,6 +174,11 @@ struct q_filter {
 enum q_status	 queue_list(struct queue *, const struct q_filter *,
 		    struct q_envelope ***out, size_t *n, int *more);
 enum q_status	 queue_hold(struct queue *, const char *id);
+/* Records news of a recipient after the fact (a DSN received back): its
+ * err_class and, if not NULL, the reply; Q_NOTFOUND if the message or the
+ * recipient (matched without case) is not there, Q_BUSY while leased. */
+enum q_status	 queue_note_rcpt(struct queue *, const char *id, const char *addr,
+		    const char *err_class, const char *reply);
 enum q_status	 queue_unhold(struct queue *, const char *id);
 enum q_status	 queue_delete(struct queue *, const char *id);
 /* Makes deferred messages due now: one id, a recipient domain, or all (both NULL). */

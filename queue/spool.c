@@ -14,7 +14,7 @@
  *   envelope:     fixed-order lines "v 1", "id", "class", "sender", "created",
  *                 "expires", "next", "attempts", "held", "flags", "size", "uid",
  *                 "finished", "tag", "error", "rcpts N", N x "r state attempts
- *                 last addr reply", "."; strings are "-" (none) or "=" + bytes
+ *                 last addr reply [class]", "."; strings are "-" (none) or "=" + bytes
  *                 with %XX for anything but printable ASCII.
  *
  * A new message gets its name only once it is whole and fsynced (an unnamed
@@ -533,6 +533,11 @@ spool_env_format(const struct q_envelope *env, size_t *len)
 		spool_sb_str(&sb, env->rcpts[i].addr);
 		spool_sb_add(&sb, " ", 1);
 		spool_sb_str(&sb, env->rcpts[i].reply);
+		/* the class is a later field: envelopes without it still load */
+		if (env->rcpts[i].err_class != NULL) {
+			spool_sb_add(&sb, " ", 1);
+			spool_sb_str(&sb, env->rcpts[i].err_class);
+		}
 		spool_sb_add(&sb, "\n", 1);
 	}
 	spool_sb_add(&sb, ".\n", 2);
@@ -692,8 +697,8 @@ int
 spool_env_parse(const char *text, size_t len, struct q_envelope *env,
     char *why, size_t whylen)
 {
-	const char *p = text, *end = text + len, *v, *f[6];
-	size_t vl, fl[6], i;
+	const char *p = text, *end = text + len, *v, *f[7];
+	size_t vl, fl[7], i, nf;
 	uint64_t u;
 	const char *what = "version";
 	char *s;
@@ -772,7 +777,8 @@ spool_env_parse(const char *text, size_t len, struct q_envelope *env,
 
 		if (spool_kv(&p, end, "r", &v, &vl) == -1)
 			goto bad;
-		if (spool_fields(v, vl, f, fl, 5) != 5)
+		nf = spool_fields(v, vl, f, fl, 6);
+		if (nf != 5 && nf != 6)
 			goto bad;
 		if (spool_parse_u64(f[0], fl[0], Q_RCPT_EXPIRED, &u) == -1)
 			goto bad;
@@ -790,6 +796,9 @@ spool_env_parse(const char *text, size_t len, struct q_envelope *env,
 		}
 		r->addr = s;
 		if (spool_parse_str(f[4], fl[4], Q_MAX_TEXT, &r->reply) == -1)
+			goto bad;
+		if (nf == 6 && spool_parse_str(f[5], fl[5], Q_CLASS_WORD_MAX,
+		    &r->err_class) == -1)
 			goto bad;
 	}
 	what = "end";

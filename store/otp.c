@@ -93,7 +93,6 @@ static int	last_txn(struct store *, DB_TXN *, struct op *);
 static int	hex_decode16(const char *, uint8_t out[16]);
 static uint32_t	get_be32(const uint8_t *);
 static void	put_be32(uint8_t *, uint32_t);
-static void	hex_encode(const uint8_t *, size_t, char *);
 
 /* ---- encoding ---- */
 
@@ -234,7 +233,7 @@ addr_rec_encode(const struct addr_rec *a, uint8_t *p)
 	return ADDR_REC_SZ;
 }
 
-static void
+void
 hex_encode(const uint8_t *in, size_t n, char *out)
 {
 	static const char hx[] = "0123456789abcdef";

@@ -164,6 +164,35 @@ enum s_status	 store_idem_finish(struct store *, const char *app, const char *ke
 void		 store_idem_abandon(struct store *, const char *app, const char *key);
 
 /*
+ * Suppression lists (suppress.c): per app, addresses that must get no mail
+ * (a hard bounce, a complaint, an admin's word), keyed like the OTP records
+ * (no address in clear; the stored reply has the address cut out).  ttl 0
+ * keeps an entry until it is removed.  check: S_OK (in *out) or
+ * S_NOTFOUND.  remove: by address, or by id (the entry's key in hex, from
+ * list), only within app (NULL with an id: any app's).  list: app NULL = every app's; paging after an id.
+ */
+#define STORE_SUPP_REASON_MAX	64
+#define STORE_SUPP_REPLY_MAX	400
+#define STORE_SUPP_ID_LEN	64
+struct store_supp {
+	char		 id[STORE_SUPP_ID_LEN + 1];
+	char		 app[STORE_APP_MAX + 1];
+	char		 reason[STORE_SUPP_REASON_MAX + 1];
+	char		 reply[STORE_SUPP_REPLY_MAX + 1];
+	time_t		 created;
+	time_t		 expires;	/* 0 = never */
+};
+enum s_status	 store_supp_add(struct store *, const char *app, const char *addr,
+		    const char *reason, const char *reply, int ttl, time_t now,
+		    struct store_supp *out);
+enum s_status	 store_supp_check(struct store *, const char *app, const char *addr,
+		    time_t now, struct store_supp *out);
+enum s_status	 store_supp_remove(struct store *, const char *app, const char *addr,
+		    const char *id, time_t now, struct store_supp *out);
+enum s_status	 store_supp_list(struct store *, const char *app, const char *after,
+		    time_t now, struct store_supp *out, size_t max, size_t *n, int *more);
+
+/*
  * Database files found damaged at open (DB->verify in a forked child) and
  * moved into <state_dir>/quarantine/ (verify.c), by this start (reason says
  * what failed) or an earlier one, still in the folder (the first 32): the

@@ -31,6 +31,7 @@
 #define REC_CFAIL	'F'	/* as REC_OTP: the failures of its context */
 #define REC_CLIENT_ISSUE 'C'	/* HMAC(app 0 client_id): its issues in the hour */
 #define REC_IDEM	'I'	/* HMAC(app 0 idempotency key) */
+#define REC_SUPPRESS	'S'	/* HMAC("suppress" 0 app 0 lower(addr)) (suppress.c) */
 #define KEY_MAX		(1 + STORE_MAC_LEN)
 #define STORE_DB_FILES	3	/* otp.db, expiry.db, rate.db (verify.c) */
 #define STORE_QUARANTINE_MAX	32	/* files of the folder reported (stats) */
@@ -174,6 +175,7 @@ size_t	otp_rec_encode(const struct otp_rec *, uint8_t *out);
 void	addr_rec_decode(const void *, size_t, struct addr_rec *);
 size_t	addr_rec_encode(const struct addr_rec *, uint8_t *out);
 uint64_t get_be64(const uint8_t *);
+void	hex_encode(const uint8_t *, size_t n, char *out);	/* 2n chars and a NUL */
 void	put_be64(uint8_t *, uint64_t);
 
 /* ratelimit.c */

@@ -47,6 +47,10 @@ const struct ctl_op ctl_ops[] = {
 	{ "domain.check",	ADMIN,	op_domain_check,	"what receivers see of a sending domain: DKIM, SPF, DMARC, FCrDNS, MTA-STS, TLS-RPT" },
 	{ "sandbox.list",	APP,	op_sandbox_list,	"messages delivered to the sandbox Maildir" },
 	{ "sandbox.show",	APP,	op_sandbox_show,	"one sandbox message" },
+	{ "suppress.list",	APP,	op_suppress_list,	"the app's suppression list (admins: every app's)" },
+	{ "suppress.add",	APP,	op_suppress_add,	"suppress an address (a complaint, an admin's word)" },
+	{ "suppress.remove",	APP,	op_suppress_remove,	"take an address off the suppression list" },
+	{ "dsn.report",		ADMIN,	op_dsn_report,		"feed a DSN received back: classify, note, suppress" },
 	{ NULL, 0, NULL, NULL }
 };
 

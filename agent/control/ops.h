@@ -18,9 +18,13 @@ OP(op_otp_issue); OP(op_otp_verify); OP(op_otp_revoke); OP(op_otp_unlock);
 OP(op_dkim_records); OP(op_dkim_keygen); OP(op_dkim_check);
 OP(op_sandbox_list); OP(op_sandbox_show);
 OP(op_tls_policy); OP(op_tls_report); OP(op_domain_check);
+OP(op_suppress_list); OP(op_suppress_add); OP(op_suppress_remove); OP(op_dsn_report);
 #undef OP
 
 /* 1 if the queued message id is the peer's app's (admins: any). */
 int	ops_msg_owned(struct otpmaild *, const struct ctl_peer *, const char *id);
+/* A request's address in canonical form (ops_queue.c); -1 with *err. */
+int	opq_addr(struct otpmaild *, const char *field, const char *in, char *out,
+	    size_t outlen, json_t **err);
 
 #endif

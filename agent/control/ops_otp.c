@@ -36,6 +36,7 @@ struct otp_args {
 static int	otp_args(struct otpmaild *, const struct ctl_peer *, json_t *,
 		    struct otp_args *, json_t **);
 static json_t	*otp_store_error(enum s_status, const struct otp_result *);
+static char	*otp_stream_tag(char *msg, size_t *len, const char *purpose, const char *app);
 static json_t	*otp_verify_error(struct otpmaild *, enum s_status, const struct otp_result *);
 static void	otp_request_init(struct otp_request *, const struct otp_args *,
 		    const struct ctl_peer *);
@@ -203,6 +204,28 @@ otp_issue_barrier(void *arg)
 	return 0;
 }
 
+/* The mail with the Feedback-ID stream tag in front (the old copy, which
+ * holds the code, is wiped); the mail as it was if memory runs out. */
+static char *
+otp_stream_tag(char *msg, size_t *len, const char *purpose, const char *app)
+{
+	struct buf b;
+	char *out;
+	size_t n;
+
+	buf_init(&b);
+	msg_add_feedback_id(&b, purpose, "otp", app);
+	buf_add(&b, msg, *len);
+	if ((out = buf_take(&b, &n)) == NULL) {
+		buf_free(&b);
+		return msg;
+	}
+	OPENSSL_cleanse(msg, *len);
+	free(msg);
+	*len = n;
+	return out;
+}
+
 json_t *
 op_otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
@@ -244,6 +267,12 @@ otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_
 	    req_int(req, "ttl", 0, 10, d->cfg->otp_max_ttl, &ttl, &err) == -1 ||
 	    otp_display_fields(d, app, client, &err) == -1)
 		return err;
+	/* before any limit is counted or code made */
+	if ((err = suppress_refuse(d, a.app, &a.to, 1)) != NULL) {
+		log_msg(LOG_INFO, "event=otp.issue result=refused reason=suppressed %s "
+		    "purpose=%s app=%s uid=%u", a.who, a.purpose, a.app, (unsigned)p->uid);
+		return err;
+	}
 	if (d->cfg->otp_check_deliverability &&
 	    delivery_domain_check(d, addr_domain(a.to), why, sizeof(why)) == -1) {
 		log_msg(LOG_INFO, "event=otp.issue result=refused reason=bad_address %s "
@@ -290,6 +319,8 @@ otp_issue(struct otpmaild *d, const struct ctl_peer *p, json_t *req, struct otp_
 		    "%s purpose=%s", why, a.who, a.purpose);
 		return reply_error("unavailable", "cannot compose the mail");
 	}
+
+	msg = otp_stream_tag(msg, &len, a.purpose, a.app);
 
 	memset(&env, 0, sizeof(env));
 	memset(&rcpt, 0, sizeof(rcpt));

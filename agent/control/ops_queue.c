@@ -26,6 +26,7 @@
 #define OPQ_LINE_MAX		998	/* RFC 5322 2.1.1 */
 #define OPQ_LIST_MAX		1000	/* queue.list page size cap */
 #define OPQ_IDS_MAX		1000	/* ids in one admin request */
+#define OPQ_URI_MAX		900	/* bytes of a List-Unsubscribe URI */
 
 enum opq_action { OPQ_HOLD, OPQ_RELEASE, OPQ_DELETE, OPQ_FLUSH };
 
@@ -35,8 +36,6 @@ static json_t	*opq_rcpts(const struct q_envelope *, int full);
 static json_t	*opq_entry(const struct q_envelope *, time_t now);
 static void	 opq_bounce(json_t *, const char *kclass, const char *klist,
 		    const char *reply);
-static int	 opq_addr(struct otpmaild *, const char *field, const char *in,
-		    char *out, size_t outlen, json_t **err);
 static int	 opq_from(struct otpmaild *, const char *field, const char *from, char *addr,
 		    size_t alen, char *name, size_t nlen, json_t **err);
 static int	 opq_addr_header(struct buf *, const char *name, const char *value,
@@ -46,6 +45,7 @@ static int	 opq_headers(json_t *req, struct buf *b, int *has_date, int *has_mid,
 static int	 opq_raw(struct otpmaild *, const char *raw, size_t len, struct buf *b,
 		    json_t *removed, json_t **err);
 static void	 opq_base64(struct buf *, const unsigned char *, size_t);
+static int	 opq_list_headers(json_t *req, int raw, struct buf *b, json_t **err);
 static json_t	*opq_ids_action(struct otpmaild *, const struct ctl_peer *, json_t *,
 		    enum opq_action);
 
@@ -106,6 +106,9 @@ opq_rcpts(const struct q_envelope *e, int full)
 			json_object_set_new(o, "reply", r->reply ? json_string(r->reply) : json_null());
 			if (r->state != Q_RCPT_DELIVERED)
 				opq_bounce(o, "reply_class", "reply_blocklist", r->reply);
+			/* the class recorded on the recipient: its last failure or a DSN */
+			json_object_set_new(o, "last_error_class", r->err_class ?
+			    json_string(r->err_class) : json_null());
 		}
 		json_array_append_new(a, o);
 	}
@@ -179,7 +182,7 @@ opq_base64(struct buf *b, const unsigned char *p, size_t n)
 
 /* An address of the request in its canonical form (agent/mail/address.c):
  * bad_request if it is not an address, bad_address if otpmail refuses it. */
-static int
+int
 opq_addr(struct otpmaild *d, const char *field, const char *in, char *out, size_t outlen,
     json_t **err)
 {
@@ -497,6 +500,57 @@ opq_from_fields_ok(const struct app_conf *app, const char *m, size_t len, char *
 static json_t	*opq_mail_send(struct otpmaild *, const struct ctl_peer *, json_t *,
 		    const char *app, const char *key);
 
+/* A URI fit for List-Unsubscribe: the scheme asked for, then printable
+ * ASCII without the list's delimiters. */
+static int
+opq_uri_ok(const char *u, const char *scheme)
+{
+	size_t n = strlen(scheme), i;
+
+	if (strncasecmp(u, scheme, n) != 0 || u[n] == '\0')
+		return 0;
+	for (i = n; u[i] != '\0'; i++)
+		if (u[i] <= ' ' || u[i] >= 0x7f || strchr("<>\",", u[i]) != NULL)
+			return 0;
+	return 1;
+}
+
+/*
+ * List-Unsubscribe with one-click (RFC 8058): "list_unsubscribe" is the
+ * HTTPS URI the receiver POSTs to, "list_unsubscribe_mailto" an optional
+ * mailto: URI beside it.  Both headers are in dkim_sign_headers' default,
+ * as RFC 8058 section 4 requires.
+ */
+static int
+opq_list_headers(json_t *req, int raw, struct buf *b, json_t **err)
+{
+	const char *https = NULL, *mailto = NULL;
+
+	if (req_str(req, "list_unsubscribe", 0, OPQ_URI_MAX, &https, err) == -1 ||
+	    req_str(req, "list_unsubscribe_mailto", 0, OPQ_URI_MAX, &mailto, err) == -1)
+		return -1;
+	if (https == NULL && mailto == NULL)
+		return 0;
+	if (raw) {
+		*err = reply_bad_field("list_unsubscribe", "a raw message carries its own "
+		    "List-Unsubscribe");
+		return -1;
+	}
+	if (https == NULL || !opq_uri_ok(https, "https://")) {
+		*err = reply_bad_field("list_unsubscribe", "one-click unsubscribe needs an "
+		    "https:// URI (RFC 8058)");
+		return -1;
+	}
+	if (mailto != NULL && !opq_uri_ok(mailto, "mailto:")) {
+		*err = reply_bad_field("list_unsubscribe_mailto", "not a mailto: URI");
+		return -1;
+	}
+	buf_printf(b, "List-Unsubscribe: <%s>%s%s%s\r\n", https, mailto ? ",\r\n <" : "",
+	    mailto ? mailto : "", mailto ? ">" : "");
+	buf_adds(b, "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
+	return 0;
+}
+
 json_t *
 op_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 {
@@ -519,7 +573,7 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 	struct ctl_idem_barrier ib;
 	json_t *answer;
 	const char *from = NULL, *subject = NULL, *text = NULL, *html = NULL, *raw = NULL;
-	const char *cls = NULL, **to = NULL;
+	const char *cls = NULL, **to = NULL, *purpose = "mail";
 	char fromaddr[ADDR_PATH_MAX + 1], fromname[OPQ_NAME_MAX + 1];
 	char (*toaddr)[ADDR_PATH_MAX + 1] = NULL, (*toname)[OPQ_NAME_MAX + 1] = NULL;
 	const char **tonp = NULL, **toap = NULL, *fp[1], *fa[1];
@@ -543,7 +597,8 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 	    &to, &nto, &err) == -1 ||
 	    req_str(req, "class", 0, 16, &cls, &err) == -1 ||
 	    req_int(req, "ttl", 0, 1, 30L * 86400, &ttl, &err) == -1 ||
-	    req_text(req, "raw", 0, limit, &raw, &rawlen, &err) == -1)
+	    req_text(req, "raw", 0, limit, &raw, &rawlen, &err) == -1 ||
+	    req_str(req, "purpose", 0, MSG_FEEDBACK_FIELD_MAX, &purpose, &err) == -1)
 		goto fail;
 	if (nto == 0) {
 		err = reply_bad_field("to", "at least one recipient");
@@ -579,7 +634,16 @@ opq_mail_send(struct otpmaild *d, const struct ctl_peer *peer, json_t *req, cons
 		tonp[i] = toname[i];
 		toap[i] = toaddr[i];
 	}
+	if ((err = suppress_refuse(d, app, toap, nto)) != NULL) {
+		log_msg(LOG_INFO, "event=mail.send result=refused reason=suppressed app=%s "
+		    "uid=%u", app, (unsigned)peer->uid);
+		goto fail;
+	}
 
+	/* our stream tag first; an app's own Feedback-ID was refused or removed */
+	msg_add_feedback_id(&b, purpose, klass == Q_CLASS_OTP ? "otp" : "mail", app);
+	if (opq_list_headers(req, raw != NULL, &b, &err) == -1)
+		goto fail;
 	if (raw != NULL) {
 		if (json_object_get(req, "subject") || json_object_get(req, "text") ||
 		    json_object_get(req, "html") || json_object_get(req, "headers")) {

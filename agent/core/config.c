@@ -121,6 +121,8 @@ static const struct cfg_key config_table[] = {
 	DUR(queue_keep_done, "1d", 0, 365 * DAY),
 	STR(bounce_from, ""),
 	STR(bounce_rules_file, ""),
+	BOOL(suppress_hard_bounces, "yes"),
+	DUR(suppress_ttl, "30d", 0, 3650 * DAY),
 	/* one-time codes */
 	INT(otp_length, "6", 4, 12),
 	ENUM(otp_alphabet, "digits", "digits|alnum"),
@@ -160,8 +162,10 @@ static const struct cfg_key config_table[] = {
 	    "relaxed/relaxed|relaxed/simple|simple/relaxed|simple/simple"),
 	LIST(dkim_sign_headers, "From, To, Cc, Subject, Date, Message-ID, Reply-To, "
 	    "In-Reply-To, References, MIME-Version, Content-Type, "
-	    "Content-Transfer-Encoding, Auto-Submitted"),
-	LIST(dkim_oversign_headers, "From, To, Subject"),
+	    "Content-Transfer-Encoding, Auto-Submitted, List-Unsubscribe, "
+	    "List-Unsubscribe-Post, Feedback-ID"),
+	LIST(dkim_oversign_headers, "From, To, Subject, List-Unsubscribe, "
+	    "List-Unsubscribe-Post"),
 	/* delivery */
 	INT(delivery_workers, "16", 1, 1024),
 	INT(max_connections, "100", 1, 100000),

@@ -103,6 +103,8 @@ struct config {
 	int		 queue_keep_done;
 	char		*bounce_from;		/* "" = MAILER-DAEMON@hostname */
 	char		*bounce_rules_file;	/* "" = the built-in rules only */
+	int		 suppress_hard_bounces;	/* a hard bounce suppresses the address */
+	int		 suppress_ttl;		/* s a suppression lasts, 0 = until removed */
 
 	/* one-time codes */
 	int		 otp_length;

@@ -26,6 +26,7 @@
 #include "agent/core/log.h"
 #include "agent/core/metrics.h"
 #include "agent/core/privs.h"
+#include "agent/core/suppress.h"
 
 struct store;
 struct queue;

@@ -426,6 +426,7 @@ release:
 	free(doms);
 	free(idx);
 	free(data);
+	suppress_note_outcome(dl->d, env);
 	if ((st = queue_release_lease(dl->d->queue, env)) != Q_OK)
 		log_msg(LOG_ERR, "event=delivery_error error=\"queue_release_lease failed\" status=%d", st);
 }

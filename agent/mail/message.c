@@ -147,7 +147,8 @@ int
 msg_header_trace(const char *n, size_t len)
 {
 	static const char *const exact[] = { "Sender", "Return-Path", "Received",
-	    "Received-SPF", "Authentication-Results", "DKIM-Signature", NULL };
+	    "Received-SPF", "Authentication-Results", "DKIM-Signature", "Feedback-ID",
+	    NULL };
 	static const char *const prefix[] = { "ARC-", "Resent-", NULL };
 	size_t i;
 
@@ -232,6 +233,35 @@ msg_add_encoded_words(struct buf *b, const char *v, size_t col)
 		buf_adds(b, "?=");
 		col += 12 + (n + 2) / 3 * 4;
 	}
+}
+
+static void
+msg_feedback_field(struct buf *b, const char *s)
+{
+	size_t i;
+	char c;
+
+	for (i = 0; s[i] != '\0' && i < MSG_FEEDBACK_FIELD_MAX; i++) {
+		c = s[i] >= 'A' && s[i] <= 'Z' ? (char)(s[i] + ('a' - 'A')) : s[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+		    c == '_' || c == '-'))
+			c = '-';
+		buf_add(b, &c, 1);
+	}
+	if (i == 0)
+		buf_adds(b, "none");
+}
+
+void
+msg_add_feedback_id(struct buf *b, const char *purpose, const char *klass, const char *app)
+{
+	buf_adds(b, "Feedback-ID: ");
+	msg_feedback_field(b, purpose ? purpose : "");
+	buf_adds(b, ":");
+	msg_feedback_field(b, klass ? klass : "");
+	buf_adds(b, ":");
+	msg_feedback_field(b, app ? app : "");
+	buf_adds(b, ":otpmail\r\n");
 }
 
 void

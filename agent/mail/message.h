@@ -42,6 +42,15 @@ int	msg_header_value_ok(const char *, size_t maxlen);
  * folded at 78 columns. */
 void	msg_add_header(struct buf *, const char *name, const char *value);
 /*
+ * The stream tag every message carries, for the big providers' feedback
+ * loops (Gmail's Feedback-ID layout, the sender's id last):
+ * "Feedback-ID: purpose:class:app:otpmail".  Fields are cut to a word of
+ * [a-z0-9._-] (':' in "uid:N" becomes '-'), so no field can forge another.
+ */
+#define MSG_FEEDBACK_FIELD_MAX	64
+void	msg_add_feedback_id(struct buf *, const char *purpose, const char *klass,
+	    const char *app);
+/*
  * A mailbox as an app writes it: "addr" or "Display Name <addr>" (the name
  * any UTF-8, optionally in double quotes).  0 with the name (may be "") and
  * the bare address, -1 if malformed.  The address is not validated here.

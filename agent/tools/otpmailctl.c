@@ -54,6 +54,7 @@ static void	fmt_help(json_t *);
 static void	fmt_sandbox_list(json_t *);
 static void	fmt_zone(json_t *);
 static void	fmt_domain_check(json_t *);
+static void	fmt_suppress_list(json_t *);
 static const char *jstr(json_t *, const char *);
 
 static const struct cmd cmds[] = {
@@ -107,6 +108,14 @@ static const struct cmd cmds[] = {
 	    "messages in the sandbox Maildir" },
 	{ "sandbox show", "sandbox.show", "file", "", "latest", fmt_text,
 	    "[<file> | --latest]" },
+	{ "suppress list", "suppress.list", "", "limit", "", fmt_suppress_list,
+	    "[--as-app APP] [--after ID] [--limit N]" },
+	{ "suppress add", "suppress.add", "address", "", "", fmt_generic,
+	    "<address> [--reason R] [--reply TEXT] [--as-app APP]" },
+	{ "suppress remove", "suppress.remove", "address", "", "", fmt_generic,
+	    "(<address> | --id ID) [--as-app APP]" },
+	{ "dsn report", "dsn.report", "", "", "", fmt_generic,
+	    "--dsn-file FILE [--id QUEUE-ID | --as-app APP]" },
 	{ NULL, NULL, NULL, NULL, NULL, NULL, NULL }
 };
 
@@ -176,6 +185,21 @@ static const struct cmd_doc cmd_docs[] = {
 	    "--limit N\tat most N\n" },
 	{ "sandbox show", "One message from the sandbox Maildir.",
 	    "--latest\tthe newest one\n" },
+	{ "suppress list", "The suppression list: an app's own, an admin's every app's "
+	    "(no address in clear: ids are keyed hashes).",
+	    "--as-app APP\tone app's list (admin)\n--after ID\tthe next page after this id\n"
+	    "--limit N\tpage size (default 100)\n" },
+	{ "suppress add", "Suppresses <address> for the app: otp.issue and mail.send to it "
+	    "answer \"suppressed\" until it is removed or expires (suppress_ttl).",
+	    "--reason R\ta word (default complaint)\n--reply TEXT\twhat the receiver said\n"
+	    "--as-app APP\tthe app's list (admin)\n" },
+	{ "suppress remove", "Takes <address> (or the entry --id ID) off the list.",
+	    "--id ID\tan id from suppress list\n--as-app APP\tthe app's list (admin)\n" },
+	{ "dsn report", "Feeds a DSN (RFC 3464) that came back to the return path: each "
+	    "recipient is classified, noted on the message, and a hard failure suppressed "
+	    "(admin).", "--dsn-file FILE\tthe DSN as received (- = stdin)\n"
+	    "--id ID\tthe queue id of the message it reports on\n"
+	    "--as-app APP\twithout an id: whose list a hard failure goes on\n" },
 	{ NULL, NULL, NULL }
 };
 
@@ -586,6 +610,29 @@ fmt_sandbox_list(json_t *r)
 		    jstr(e, "to"), jstr(e, "subject"));
 }
 
+static void
+fmt_suppress_list(json_t *r)
+{
+	json_t *list = json_object_get(r, "entries"), *e;
+	char when[32];
+	time_t t;
+	size_t i;
+
+	if (!json_is_array(list)) {
+		fmt_generic(r);
+		return;
+	}
+	printf("%-64s %-12s %-12s %-20s %s\n", "ID", "APP", "REASON", "SINCE (UTC)", "REPLY");
+	json_array_foreach(list, i, e) {
+		t = (time_t)json_integer_value(json_object_get(e, "created"));
+		strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", gmtime(&t));
+		printf("%-64s %-12s %-12s %-20s %s\n", jstr(e, "id"), jstr(e, "app"),
+		    jstr(e, "reason"), when, jstr(e, "reply"));
+	}
+	if (json_is_true(json_object_get(r, "more")))
+		printf("(more: --after the last id)\n");
+}
+
 static int
 word_in(const char *list, const char *w)
 {
@@ -627,7 +674,7 @@ build_request(const struct cmd *c, int argc, char **argv)
 				fprintf(stderr, "otpmailctl: --%s needs a value\n", a + 2);
 				goto fail;
 			}
-			if (strcmp(key, "raw_file") == 0) {
+			if (strcmp(key, "raw_file") == 0 || strcmp(key, "dsn_file") == 0) {
 				FILE *f = strcmp(argv[i + 1], "-") ? fopen(argv[i + 1], "r") : stdin;
 				char *text = NULL;
 				size_t len = 0, n;
@@ -643,7 +690,8 @@ build_request(const struct cmd *c, int argc, char **argv)
 				}
 				if (f != stdin)
 					fclose(f);
-				json_object_set_new(req, "raw", json_stringn(text ? text : "", len));
+				key[strlen(key) - 5] = '\0';	/* raw, dsn */
+				json_object_set_new(req, key, json_stringn(text ? text : "", len));
 				free(text);
 				i++;
 				continue;
@@ -680,9 +728,10 @@ build_request(const struct cmd *c, int argc, char **argv)
 		json_object_set_new(req, p, json_string(a));
 		p = strtok_r(NULL, " ", &save);
 	}
-	/* "sandbox show --latest" needs no <file>. */
+	/* "sandbox show --latest" needs no <file>, "suppress remove --id" no address. */
 	if (p != NULL && strstr(p, "...") == NULL &&
-	    !json_is_true(json_object_get(req, "latest"))) {
+	    !json_is_true(json_object_get(req, "latest")) &&
+	    json_object_get(req, "id") == NULL) {
 		fprintf(stderr, "otpmailctl: missing <%s>\n", p);
 		goto fail;
 	}

@@ -187,6 +187,37 @@ test_env_text(void)
 	is_int(back.rcpts[0].attempts, 2, "rcpt attempts round trip");
 	is_int(back.rcpts[1].state, Q_RCPT_DELIVERED, "rcpt state round trip");
 	q_envelope_clear(&back);
+	/* a recipient's err_class: round trip, and envelopes without it load */
+	r[0].err_class = "hard";
+	{
+		char *t2 = spool_env_format(&e, &len), *p;
+
+		ok(t2 != NULL && spool_env_parse(t2, len, &back, why, sizeof(why)) == 0 &&
+		    back.rcpts[0].err_class != NULL &&
+		    strcmp(back.rcpts[0].err_class, "hard") == 0 &&
+		    back.rcpts[1].err_class == NULL, "err_class round trip (set, unset)");
+		q_envelope_clear(&back);
+		free(t2);
+		ok(spool_env_parse(txt, strlen(txt), &back, why, sizeof(why)) == 0 &&
+		    back.rcpts[0].err_class == NULL, "an envelope from before err_class loads");
+		q_envelope_clear(&back);
+		t2 = spool_env_format(&e, &len);
+		/* a seventh field is refused */
+		p = strstr(t2, " =hard\n");
+		if (p != NULL) {
+			char *t3 = malloc(len + 3);
+
+			memcpy(t3, t2, (size_t)(p - t2) + 6);
+			memcpy(t3 + (p - t2) + 6, " -", 2);
+			memcpy(t3 + (p - t2) + 8, p + 6, len - (size_t)(p - t2) - 6);
+			ok(spool_env_parse(t3, len + 2, &back, why, sizeof(why)) == -1,
+			    "a recipient line with a seventh field is refused");
+			free(t3);
+		} else
+			ok(0, "a recipient line with a seventh field is refused");
+		free(t2);
+	}
+	r[0].err_class = NULL;
 	/* every strict rule: a changed byte anywhere either still parses to
 	 * something well-formed or is refused, never crashes (ASan checks) */
 	{
