@@ -36,6 +36,7 @@ struct otp_templates;
 struct otpmaild {
 	struct config		*cfg;
 	struct store		*store;
+	struct cluster		*cluster;	/* NULL: alone (cluster.c) */
 	struct queue		*queue;
 	struct dkim_signer	*dkim;
 	struct delivery		*delivery;

@@ -1,0 +1,34 @@
+/*
+ * cluster_int.h - the cluster handle, shared by cluster.c (settings, keys)
+ * and cluster_relay.c (the TLS relay).  Not for other files.
+ */
+#ifndef OTPMAIL_CLUSTER_INT_H
+#define OTPMAIL_CLUSTER_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <openssl/ssl.h>
+
+#include "agent/core/cluster.h"
+
+struct cluster {
+	int		 nsites, self, base_port;
+	char		 addr[STORE_CLUSTER_MAX][CLUSTER_ADDR_MAX];
+	char		 host[STORE_CLUSTER_MAX][CLUSTER_ADDR_MAX];
+	char		 port[STORE_CLUSTER_MAX][8];
+	uint8_t		 psk[32];
+	/* the relay (cluster_relay.c) */
+	SSL_CTX		*cctx, *sctx;
+	int		 lfd[STORE_CLUSTER_MAX];	/* [self]: TLS; others: loopback */
+	int		 stop_pipe[2];
+	pthread_t	 acceptor;
+	int		 running;
+	_Atomic int	 stop;
+	_Atomic int	 streams;		/* open now */
+	_Atomic uint64_t refused, total;
+};
+
+void	cluster_derive(const uint8_t *secret, size_t len, const char *label,
+	    uint8_t out[32]);
+
+#endif
