@@ -261,6 +261,13 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 		atomic_store(&rp->master_eid, DB_EID_INVALID);
 		store_logf(s, LOG_WARNING, "event=cluster.master_failure");
 		break;
+	case DB_EVENT_REP_CONNECT_ESTD:
+		store_logf(s, LOG_DEBUG, "event=cluster.connected eid=%d", *(int *)info);
+		break;
+	case DB_EVENT_REP_CONNECT_BROKEN:
+		store_logf(s, LOG_DEBUG, "event=cluster.disconnected eid=%d",
+		    info != NULL ? *(int *)info : -1);
+		break;
 	case DB_EVENT_REP_PERM_FAILED:
 		/* fired in the committing thread (checked: test_cluster.py) */
 		repl_perm_failed = 1;
@@ -336,6 +343,8 @@ repl_env_config(struct store *s, uint32_t *flags, char *err, size_t errlen)
 	env->rep_set_timeout(env, DB_REP_CONNECTION_RETRY, 1000000);
 	env->rep_set_timeout(env, DB_REP_ELECTION_RETRY, 2000000);
 	env->rep_set_timeout(env, DB_REP_ACK_TIMEOUT, 2000000);
+	/* a master's first checkpoint would wait 30 s (the open checks the files) */
+	env->rep_set_timeout(env, DB_REP_CHECKPOINT_DELAY, 0);
 	return 0;
 dberr:
 	snprintf(err, errlen, "store: cluster set-up: %s", db_strerror(r));

@@ -25,6 +25,9 @@ struct cluster {
 	int		 running;
 	_Atomic int	 stop;
 	_Atomic int	 streams;		/* open now */
+	/* a site whose relay could not be reached: its loopback port stays
+	 * closed until then, so repmgr sees it down, not up-then-gone */
+	_Atomic long	 down_until[STORE_CLUSTER_MAX];
 	_Atomic uint64_t refused, total;
 };
 

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -33,6 +34,7 @@
 #define RELAY_IO_TIMEOUT	5	/* s for a connect or a handshake */
 #define RELAY_BUF		16384
 #define RELAY_MAX_STREAMS	64
+#define RELAY_DOWN_HOLD		2	/* s a site's port stays closed after a failed connect */
 
 struct relay_stream {
 	struct cluster	*c;
@@ -49,6 +51,7 @@ static int	relay_connect(const char *host, const char *port);
 static void	relay_timeouts(int fd, int secs);
 static void	relay_pump(struct cluster *, SSL *, int tfd, int pfd);
 static void	*relay_stream_run(void *);
+static void	 relay_hold_down(struct cluster *);
 static void	*relay_accept_run(void *);
 
 static int relay_ex_index = -1;
@@ -285,6 +288,8 @@ relay_stream_run(void *arg)
 	if (out) {
 		pfd = st->fd;
 		tfd = relay_connect(c->host[st->to], c->port[st->to]);
+		if (tfd == -1)
+			atomic_store(&c->down_until[st->to], (long)time(NULL) + RELAY_DOWN_HOLD);
 	} else {
 		tfd = st->fd;
 		relay_timeouts(tfd, RELAY_IO_TIMEOUT);
@@ -316,6 +321,8 @@ relay_stream_run(void *arg)
 	relay_timeouts(tfd, 0);
 	relay_timeouts(pfd, 0);
 	atomic_fetch_add(&c->total, 1);
+	log_msg(LOG_DEBUG, "event=cluster.stream dir=%s site=%s", out ? "out" : "in",
+	    out ? c->addr[st->to] : "-");
 	relay_pump(c, ssl, tfd, pfd);
 done:
 	if (ssl != NULL) {
@@ -331,6 +338,34 @@ done:
 	return NULL;
 }
 
+/*
+ * Closes the loopback port of a site found unreachable, and opens it again
+ * RELAY_DOWN_HOLD s later: repmgr's connect is then refused, as on one
+ * network.  Accepting it and closing it once the far side fails looked to
+ * repmgr like a site coming and going every second, which stalled elections.
+ */
+static void
+relay_hold_down(struct cluster *c)
+{
+	char port[8], err[256];
+	long now = (long)time(NULL);
+	int j;
+
+	for (j = 0; j < c->nsites; j++) {
+		if (j == c->self)
+			continue;
+		if (atomic_load(&c->down_until[j]) > now) {
+			if (c->lfd[j] != -1) {
+				close(c->lfd[j]);
+				c->lfd[j] = -1;
+			}
+		} else if (c->lfd[j] == -1) {
+			snprintf(port, sizeof(port), "%d", c->base_port + j);
+			c->lfd[j] = relay_listen("127.0.0.1", port, err, sizeof(err));
+		}
+	}
+}
+
 static void *
 relay_accept_run(void *arg)
 {
@@ -344,19 +379,20 @@ relay_accept_run(void *arg)
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	while (!atomic_load(&c->stop)) {
+		relay_hold_down(c);
 		for (j = 0; j < c->nsites; j++) {
 			pf[j].fd = c->lfd[j];
 			pf[j].events = POLLIN;
 		}
 		pf[c->nsites].fd = c->stop_pipe[0];
 		pf[c->nsites].events = POLLIN;
-		if (poll(pf, (nfds_t)c->nsites + 1, -1) == -1) {
+		if (poll(pf, (nfds_t)c->nsites + 1, 500) == -1) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
 		for (j = 0; j < c->nsites; j++) {
-			if (!(pf[j].revents & POLLIN))
+			if (pf[j].fd == -1 || !(pf[j].revents & POLLIN))
 				continue;
 			if ((fd = accept4(c->lfd[j], NULL, NULL, SOCK_CLOEXEC)) == -1)
 				continue;
