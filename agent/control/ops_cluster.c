@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <time.h>
 
-#include "agent/core/cluster.h"
 #include "agent/core/otpmaild.h"
 #include "agent/control/control.h"
 #include "agent/control/ops.h"

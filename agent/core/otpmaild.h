@@ -21,6 +21,7 @@
 #include <time.h>
 #include <jansson.h>
 
+#include "agent/core/cluster.h"
 #include "agent/core/config.h"
 #include "agent/core/guard.h"
 #include "agent/core/log.h"
