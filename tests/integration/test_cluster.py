@@ -93,6 +93,7 @@ class Site(Daemon):
             "cluster_priority = %d\n" % (100 - 10 * i) +
             "cluster_start_timeout = 40s\n"
             "otp_resend_cooldown = 0s\n"
+            "otp_verify_detail = yes\n"
             "otp_max_per_address_hour = 1000000\n"))
         self.own_dir = True
 
@@ -384,6 +385,12 @@ def kill_rounds(sites):
             t.ok(False, "round %d: a master" % rnd)
             return
         acked = []          # (to, code, consumed)
+        # acknowledged failures: two wrong guesses before the kill
+        fto = "fails%d@example.org" % rnd
+        r, fcode = issue_code(sites[m], fto)
+        bad = "000000" if fcode != "000000" else "111111"
+        left = [verify(sites[(m + k) % NS], fto, bad).get("attempts_left")
+                for k in (1, 2)]
         stop = threading.Event()
         lock = threading.Lock()
 
@@ -438,6 +445,11 @@ def kill_rounds(sites):
             th.join()
         victim.start(timeout=40)
         lost = []
+        r = verify(sites[random.randrange(NS)], fto, bad)
+        if left != [4, 3] or r.get("attempts_left") != 2:
+            lost.append(("failure count lost", left, r.get("attempts_left")))
+        if not verify(sites[random.randrange(NS)], fto, fcode).get("ok"):
+            lost.append(("code with 3 failures refused", fto))
         for to, c, state in acked:
             r = verify(sites[random.randrange(NS)], to, c)
             if state == "consumed" and r.get("ok"):
@@ -448,7 +460,7 @@ def kill_rounds(sites):
                 lost.append(("right code refused", to, state))
         t.ok(nm is not None and nm != m and not lost,
              "kill round %d: master %d killed, site %s elected in %.1f s, first write "
-             "after %s s; %d acknowledged codes (%d consumed) all kept"
+             "after %s s; %d acknowledged codes (%d consumed) and 2 failures all kept"
              % (rnd + 1, m, nm, took, "%.1f" % first if first else "-", len(acked),
                 sum(1 for a in acked if a[2] == "consumed")), lost[:5])
 
