@@ -278,6 +278,8 @@ def run(sites, secret, pcap):
     r = status(A)
     t.ok(r.get("role") == "master" and r.get("writes_served", 0) > 0,
          "cluster.status on A: master, writes served for replicas", r)
+    r = A.call_as(65534, {"op": "cluster.status"})
+    t.ok(not r.get("ok"), "cluster.status is refused to another local user", r)
     p = A.ctl("cluster", "status")
     t.ok(p.returncode == 0 and "master" in p.stdout and "lag_bytes" in p.stdout,
          "otpmailctl cluster status", p.stdout + p.stderr)
