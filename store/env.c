@@ -116,8 +116,12 @@ store_commit(struct store *s, DB_TXN *txn, int durable)
 {
 	int r;
 
+	repl_commit_begin(s);
 	if ((r = txn->commit(txn, DB_TXN_WRITE_NOSYNC)) != 0)
 		return r;
+	/* committed here but not on a quorum: the caller must not say so */
+	if (repl_commit_failed(s))
+		return DB_REP_UNAVAIL;
 	if (!durable || !s->p.durable)
 		return 0;
 	return store_log_flush(s);
@@ -242,6 +246,7 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	    DB_INIT_MPOOL | DB_THREAD | DB_RECOVER;
 	DB_TXN *txn = NULL;
 	char parent[PATH_MAX];
+	uint32_t create = DB_CREATE;
 	int r;
 
 	if (mkdir(s->p.dir, 0700) == 0) {
@@ -287,7 +292,12 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	s->env->mutex_set_tas_spins(s->env, 200);
 	if (!s->p.durable)
 		s->env->set_flags(s->env, DB_TXN_WRITE_NOSYNC, 1);
-	if (store_verify_files(s, err, errlen) == -1) {
+	if (s->p.cluster != NULL && repl_env_config(s, &flags, err, errlen) == -1) {
+		store_env_close(s);
+		return -1;
+	}
+	/* (encrypted files: DB->verify in a child cannot read them) */
+	if (s->p.cluster == NULL && store_verify_files(s, err, errlen) == -1) {
 		s->env->close(s->env, 0);
 		s->env = NULL;
 		return -1;
@@ -295,6 +305,15 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	if ((r = s->env->open(s->env, s->p.dir, flags, 0600)) != 0)
 		goto dberr;
 	s->env->log_set_config(s->env, DB_LOG_AUTO_REMOVE, 1);
+	if (s->p.cluster != NULL) {
+		if (repl_env_start(s, err, errlen) == -1) {
+			store_env_close(s);
+			return -1;
+		}
+		/* a replica opens what the master made, read-only */
+		if (!repl_is_master(s))
+			create = 0;
+	}
 
 	if ((r = db_create(&s->db, s->env, 0)) != 0 ||
 	    (r = db_create(&s->exp, s->env, 0)) != 0 ||
@@ -308,26 +327,31 @@ store_env_open(struct store *s, char *err, size_t errlen)
 	s->exp->set_flags(s->exp, DB_CHKSUM);
 	s->rate->set_flags(s->rate, DB_CHKSUM);
 	s->exp->set_flags(s->exp, DB_DUP | DB_DUPSORT);
+	if (s->p.cluster != NULL) {
+		s->db->set_flags(s->db, DB_ENCRYPT);
+		s->exp->set_flags(s->exp, DB_ENCRYPT);
+		s->rate->set_flags(s->rate, DB_ENCRYPT);
+	}
 	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
 		goto dberr;
 	if ((r = s->db->open(s->db, txn, "otp.db", NULL, DB_BTREE,
-	    DB_CREATE | DB_THREAD, 0600)) != 0)
+	    create | DB_THREAD, 0600)) != 0)
 		goto dberr;
 	if ((r = s->exp->open(s->exp, txn, "expiry.db", NULL, DB_BTREE,
-	    DB_CREATE | DB_THREAD, 0600)) != 0)
+	    create | DB_THREAD, 0600)) != 0)
 		goto dberr;
 	/* DB_CREATE: an empty index (new, or quarantined) is rebuilt */
 	if ((r = s->db->associate(s->db, txn, s->exp, store_exp_callback,
-	    DB_CREATE)) != 0)
+	    create)) != 0)
 		goto dberr;
 	if ((r = s->rate->open(s->rate, txn, "rate.db", NULL, DB_BTREE,
-	    DB_CREATE | DB_THREAD, 0600)) != 0)
+	    create | DB_THREAD, 0600)) != 0)
 		goto dberr;
 	r = txn->commit(txn, 0);
 	txn = NULL;
 	if (r != 0)
 		goto dberr;
-	if (store_env_check(s, err, errlen) == -1) {
+	if (create != 0 && store_env_check(s, err, errlen) == -1) {
 		store_env_close(s);
 		return -1;
 	}
@@ -413,6 +437,7 @@ store_env_close(struct store *s)
 		s->db->close(s->db, 0);
 	if (s->env != NULL)
 		s->env->close(s->env, 0);
+	repl_close(s);
 	s->rate = NULL;
 	s->exp = NULL;
 	s->db = NULL;

@@ -174,7 +174,12 @@ store_idem_begin(struct store *s, const char *app, const char *key, const uint8_
 {
 	uint8_t k[KEY_MAX];
 	enum idem_state st = IDEM_FAIL;
+	struct otp_request q = { .app = app, .now = now };
+	int64_t fw;
 
+	if ((fw = repl_write(s, RO_IDEM_BEGIN, &q, key, NULL, hash, NULL, NULL, answer,
+	    len, IDEM_FAIL)) >= 0)
+		return (enum idem_state)fw;
 	if (idem_key(s, app, key, k) == -1)
 		return IDEM_FAIL;
 	if (idem_txn(s, k, 0, hash, (uint64_t)now, NULL, answer, len, &st) == -1)
@@ -188,7 +193,12 @@ store_idem_finish(struct store *s, const char *app, const char *key, time_t now,
 {
 	uint8_t k[KEY_MAX];
 	enum idem_state st;
+	struct otp_request q = { .app = app, .now = now };
+	int64_t fw;
 
+	if ((fw = repl_write(s, RO_IDEM_FINISH, &q, key, answer, NULL, NULL, NULL, NULL,
+	    0, S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 	if (idem_key(s, app, key, k) == -1 || strlen(answer) > STORE_IDEM_ANSWER_MAX)
 		return S_BADINPUT;
 	return idem_txn(s, k, 1, NULL, (uint64_t)now, answer, NULL, 0, &st) == -1 ?
@@ -201,7 +211,12 @@ store_idem_prepare(struct store *s, const char *app, const char *key, time_t now
 {
 	uint8_t k[KEY_MAX];
 	enum idem_state st = IDEM_NEW;
+	struct otp_request q = { .app = app, .now = now };
+	int64_t fw;
 
+	if ((fw = repl_write(s, RO_IDEM_PREPARE, &q, key, answer, NULL, NULL, NULL, NULL,
+	    0, S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 	if (idem_key(s, app, key, k) == -1 || strlen(answer) > STORE_IDEM_ANSWER_MAX)
 		return S_BADINPUT;
 	if (idem_txn(s, k, 3, NULL, (uint64_t)now, answer, NULL, 0, &st) == -1)
@@ -214,7 +229,11 @@ store_idem_abandon(struct store *s, const char *app, const char *key)
 {
 	uint8_t k[KEY_MAX];
 	enum idem_state st;
+	struct otp_request q = { .app = app };
 
+	if (repl_write(s, RO_IDEM_ABANDON, &q, key, NULL, NULL, NULL, NULL, NULL, 0,
+	    S_TEMPFAIL) >= 0)
+		return;
 	if (idem_key(s, app, key, k) == 0)
 		(void)idem_txn(s, k, 2, NULL, 0, NULL, NULL, 0, &st);
 }

@@ -812,11 +812,15 @@ store_open(const struct store_params *p, char *err, size_t errlen)
 	if (RAND_bytes((unsigned char *)&s->run, sizeof(s->run)) != 1 || s->run == 0)
 		s->run = (uint64_t)time(NULL) | 1;
 	pthread_mutex_init(&s->glock, NULL);
-	if (store_secret_load(p->secret_file, 1, secret, err, errlen) == -1)
+	/* on several hosts the secret is the cluster's: one for every site */
+	if (p->cluster != NULL)
+		memcpy(secret, p->cluster->secret, sizeof(secret));
+	else if (store_secret_load(p->secret_file, 1, secret, err, errlen) == -1)
 		goto fail;
 	if (store_key_init(&s->key, secret) == -1)
 		goto nomem;
-	if (p->old_secret_file != NULL && p->old_secret_file[0] != '\0') {
+	if (p->cluster == NULL && p->old_secret_file != NULL &&
+	    p->old_secret_file[0] != '\0') {
 		if (store_secret_load(p->old_secret_file, 0, secret, err,
 		    errlen) == -1)
 			goto fail;
@@ -1030,10 +1034,13 @@ store_otp_issue_async(struct store *s, const struct otp_request *q, struct otp_r
 {
 	struct op op;
 	enum s_status st;
-
+	int64_t fw;
 	int retry;
 
 	*ticket = 0;
+	if ((fw = repl_write(s, RO_ISSUE, q, NULL, NULL, NULL, res, NULL, NULL, 0,
+	    S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 	if (op_prepare(s, q, res, &op) == -1)
 		return S_BADINPUT;
 	op.ttl = q->ttl > 0 ? q->ttl : s->p.ttl;
@@ -1102,7 +1109,11 @@ store_otp_mark_sent(struct store *s, const struct otp_request *q, const char *is
     const char *queue_id)
 {
 	struct op op;
+	int64_t fw;
 
+	if ((fw = repl_write(s, RO_MARK, q, issue_id, queue_id, NULL, NULL, NULL, NULL, 0,
+	    S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 	if (op_prepare(s, q, NULL, &op) == -1 || hex_decode16(issue_id, op.issue_id) == -1 ||
 	    (queue_id != NULL && strlen(queue_id) > STORE_QID_MAX))
 		return S_BADINPUT;
@@ -1153,6 +1164,11 @@ store_otp_cancel(struct store *s, const struct otp_request *q, const char *issue
 {
 	struct op op;
 	enum s_status st;
+	int64_t fw;
+
+	if ((fw = repl_write(s, RO_CANCEL, q, issue_id, NULL, NULL, NULL, NULL, NULL, 0,
+	    S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 
 	if (op_prepare(s, q, NULL, &op) == -1 || hex_decode16(issue_id, op.issue_id) == -1)
 		return S_BADINPUT;
@@ -1331,7 +1347,12 @@ store_otp_verify(struct store *s, const struct otp_request *q, const char *code,
 {
 	enum s_status st;
 	struct op op;
+	int64_t fw;
 
+	/* the verdict is the master's: a replica may be behind */
+	if ((fw = repl_write(s, RO_VERIFY, q, code, NULL, NULL, res, NULL, NULL, 0,
+	    S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 	if (op_prepare(s, q, res, &op) == -1 || code == NULL)
 		return S_BADINPUT;
 	op.code = code;
@@ -1385,6 +1406,11 @@ store_otp_revoke(struct store *s, const struct otp_request *q, int *count)
 {
 	struct op op;
 	enum s_status st;
+	int64_t fw;
+
+	if ((fw = repl_write(s, RO_REVOKE, q, NULL, NULL, NULL, NULL, count, NULL, 0,
+	    S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 
 	if (op_prepare(s, q, NULL, &op) == -1)
 		return S_BADINPUT;
@@ -1428,6 +1454,11 @@ enum s_status
 store_otp_unlock(struct store *s, const struct otp_request *q)
 {
 	struct op op;
+	int64_t fw;
+
+	if ((fw = repl_write(s, RO_UNLOCK, q, NULL, NULL, NULL, NULL, NULL, NULL, 0,
+	    S_TEMPFAIL)) >= 0)
+		return (enum s_status)fw;
 
 	if (op_prepare(s, q, NULL, &op) == -1)
 		return S_BADINPUT;

@@ -57,10 +57,47 @@ struct store_params {
 	int		 permanent_lockout;	/* 1: at the cap, locked until an admin
 						 * unlocks; 0 (default): lockout_max */
 	int		 durable;	/* 1: commits sync the log (default) */
+	const struct store_cluster *cluster;	/* NULL: alone (repl.c) */
 	void		(*log)(int prio, const char *line);	/* may be NULL */
 };
 
+/*
+ * Several hosts (repl.c): site j's Replication Manager is 127.0.0.1:base_port+j
+ * on every host; the caller carries those streams between hosts.  The
+ * environment is encrypted with env_password and the HMAC secret is secret
+ * (secret_file and old_secret_file are then unused).  store_open returns once
+ * this site is master or a caught-up replica (start_timeout s at most).
+ */
+#define STORE_CLUSTER_MAX	9
+struct store_cluster {
+	int		 nsites;
+	int		 self;		/* this site's index */
+	int		 base_port;
+	int		 priority;	/* election priority, 0 = never master */
+	int		 start_timeout;
+	uint8_t		 secret[32];
+	char		 env_password[65];
+};
+
+struct store_cluster_status {
+	int		 nsites, self, master;	/* master: index or -1 */
+	int		 is_master;
+	time_t		 last_election;		/* 0: none seen */
+	uint64_t	 elections;		/* masters seen since start */
+	uint64_t	 perm_failed;		/* commits without a quorum */
+	uint64_t	 forwarded, served;	/* writes sent to / run for others */
+	uint32_t	 generation;
+	struct {
+		int		 connected;
+		int		 lsn_known;
+		uint32_t	 lsn_file, lsn_offset;
+	} sites[STORE_CLUSTER_MAX];
+};
+
 struct store;
+
+/* -1 if alone. */
+int		 store_cluster_status(struct store *, struct store_cluster_status *);
 
 /* Fills every field with its default (dir and secret_file stay NULL). */
 void		 store_params_defaults(struct store_params *);

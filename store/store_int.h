@@ -140,6 +140,7 @@ struct store {
 	uint64_t	 lost_until;	/* a quarantined otp.db's codes could live */
 	/* the newest log file whose name is known durable (env.c) */
 	_Atomic uint32_t log_dir_synced;
+	struct repl	*repl;		/* NULL: alone (repl.c) */
 };
 
 /* env.c */
@@ -204,5 +205,23 @@ int	store_rec_get(struct store *, DB_TXN *, const uint8_t *key, uint8_t *buf,
 int	store_rec_put(struct store *, DB_TXN *, const uint8_t *key, const uint8_t *val,
 	    size_t len);
 int	store_rec_del(struct store *, DB_TXN *, const uint8_t *key);
+
+/* repl.c: replication (NULL s->repl: alone, and every call is a no-op) */
+enum repl_op {
+	RO_ISSUE = 'i', RO_MARK = 'm', RO_CANCEL = 'c', RO_VERIFY = 'v',
+	RO_REVOKE = 'r', RO_UNLOCK = 'u', RO_IDEM_BEGIN = 'b', RO_IDEM_FINISH = 'f',
+	RO_IDEM_ABANDON = 'a', RO_IDEM_PREPARE = 'p', RO_LSN = 'l',
+};
+int	repl_env_config(struct store *, uint32_t *open_flags, char *err, size_t errlen);
+int	repl_env_start(struct store *, char *err, size_t errlen);
+void	repl_close(struct store *);
+int	repl_is_master(const struct store *);
+int	repl_forward_needed(const struct store *);
+int	repl_write_allowed(struct store *);
+void	repl_commit_begin(struct store *);
+int	repl_commit_failed(struct store *);
+int64_t	repl_write(struct store *, int op, const struct otp_request *, const char *a,
+	    const char *b, const uint8_t *hash, struct otp_result *, int *count,
+	    char *extra, size_t extralen, uint64_t fail);
 
 #endif

@@ -107,6 +107,12 @@ store_sweep(struct store *s, time_t now, size_t *count)
 	int attempt = 0, more = 1, shard = 0, r;
 	size_t n = 0;
 
+	/* the master sweeps for every site: its deletes replicate */
+	if (!repl_is_master(s)) {
+		if (count)
+			*count = 0;
+		return S_OK;
+	}
 	while (shard < EXP_SHARDS) {
 		r = sweep_batch(s, shard, (uint64_t)now, &n, &more);
 		if (r != 0 && store_retryable(r) && ++attempt < STORE_RETRIES) {

@@ -45,6 +45,7 @@ const struct ctl_op ctl_ops[] = {
 	{ "tls.policy",		ADMIN,	op_tls_policy,		"TLS policy in force for a domain and its source" },
 	{ "tls.report",		ADMIN,	op_tls_report,		"send the TLS-RPT reports now" },
 	{ "domain.check",	ADMIN,	op_domain_check,	"what receivers see of a sending domain: DKIM, SPF, DMARC, FCrDNS, MTA-STS, TLS-RPT" },
+	{ "cluster.status",	ADMIN,	op_cluster_status,	"sites, master, log lag, last election (several hosts)" },
 	{ "sandbox.list",	APP,	op_sandbox_list,	"messages delivered to the sandbox Maildir" },
 	{ "sandbox.show",	APP,	op_sandbox_show,	"one sandbox message" },
 	{ "suppress.list",	APP,	op_suppress_list,	"the app's suppression list (admins: every app's)" },

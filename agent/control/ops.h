@@ -19,6 +19,7 @@ OP(op_dkim_records); OP(op_dkim_keygen); OP(op_dkim_check);
 OP(op_sandbox_list); OP(op_sandbox_show);
 OP(op_tls_policy); OP(op_tls_report); OP(op_domain_check);
 OP(op_suppress_list); OP(op_suppress_add); OP(op_suppress_remove); OP(op_dsn_report);
+OP(op_cluster_status);
 #undef OP
 
 /* 1 if the queued message id is the peer's app's (admins: any). */

@@ -149,7 +149,11 @@ otp_store_error(enum s_status st, const struct otp_result *res)
 		return reply_error("bad_request", "bad address, purpose, context, client_id "
 		    "or ttl");
 	default:
-		return reply_error("unavailable", "the code store failed; try again later");
+		r = reply_error("unavailable", "the code store failed; try again later");
+		/* several hosts: no master now (an election, a partition) */
+		if (res != NULL && res->retry_after > 0)
+			json_object_set_new(r, "retry_after", json_integer(res->retry_after));
+		return r;
 	}
 }
 

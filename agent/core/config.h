@@ -130,6 +130,13 @@ struct config {
 	char		*otp_default_locale;
 	char		*templates_dir;		/* "" = built-in path */
 	char		*otp_old_secret_file;	/* "" = none */
+	/* several hosts (agent/core/cluster.c); cluster_site "" = alone */
+	char		*cluster_site;		/* this site's relay host:port */
+	char		**cluster_peers;	/* the other sites' host:port */
+	int		 cluster_priority;
+	char		*cluster_secret_file;	/* relative: to state_dir */
+	int		 cluster_base_port;	/* repmgr of site j: 127.0.0.1:base+j */
+	int		 cluster_start_timeout;
 	int		 otp_check_deliverability;
 	int		 otp_app_from_request;	/* a request's plain-text "app" is used */
 	char		*otp_limit_tag_separators; /* "+": alice+x shares alice's limits */

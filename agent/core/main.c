@@ -22,6 +22,7 @@
 
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
+#include "agent/core/cluster.h"
 #include "agent/core/log.h"
 #include "agent/mail/mail.h"
 #include "agent/core/metrics_http.h"
@@ -224,6 +225,7 @@ main(int argc, char **argv)
 	};
 	struct otpmaild d;
 	struct store_params sp;
+	struct store_cluster sc;
 	struct queue_params qp;
 	struct control *ctl = NULL;
 	struct metrics_http *mhttp = NULL;
@@ -315,7 +317,18 @@ main(int argc, char **argv)
 		goto fail;
 	}
 	sp.log = log_line;
-	if ((d.store = store_open(&sp, err, sizeof(err))) == NULL)
+	/* several hosts: the relay first, the store waits for a master through it */
+	d.cluster = cluster_open(d.cfg, d.state_dir, &sc, err, sizeof(err));
+	if (d.cluster == NULL && err[0] != '\0')
+		goto fail;
+	if (d.cluster != NULL) {
+		if (cluster_relay_start(d.cluster, err, sizeof(err)) == -1)
+			goto fail;
+		sp.cluster = &sc;
+	}
+	d.store = store_open(&sp, err, sizeof(err));
+	explicit_bzero(&sc, sizeof(sc));
+	if (d.store == NULL)
 		goto fail;
 	spool = main_path(d.state_dir, "spool");
 	main_queue_params(d.cfg, &qp, spool);
@@ -433,6 +446,7 @@ out:
 		queue_close(d.queue);
 	if (d.store)
 		store_close(d.store);
+	cluster_close(d.cluster);
 	dkim_signer_free(d.dkim);
 	otp_templates_free(d.templates);
 	mtasts_shared_free();

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <jansson.h>
 
+#include "agent/core/cluster.h"
 #include "agent/core/config.h"
 #include "agent/core/guard.h"
 #include "agent/core/log.h"
@@ -37,6 +38,7 @@ struct otp_templates;
 struct otpmaild {
 	struct config		*cfg;
 	struct store		*store;
+	struct cluster		*cluster;	/* NULL: alone (cluster.c) */
 	struct queue		*queue;
 	struct dkim_signer	*dkim;
 	struct delivery		*delivery;

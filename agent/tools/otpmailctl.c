@@ -104,6 +104,8 @@ static const struct cmd cmds[] = {
 	    "send the TLS-RPT reports now (else every tls_rpt_interval)" },
 	{ "domain check", "domain.check", "domain", "", "", fmt_domain_check,
 	    "<domain>: DKIM, SPF, DMARC, FCrDNS, MTA-STS, TLS-RPT as receivers see them" },
+	{ "cluster status", "cluster.status", "", "", "", fmt_generic,
+	    "sites, master, each site's log lag, last election (several hosts)" },
 	{ "sandbox list", "sandbox.list", "", "limit", "", fmt_sandbox_list,
 	    "messages in the sandbox Maildir" },
 	{ "sandbox show", "sandbox.show", "file", "", "latest", fmt_text,

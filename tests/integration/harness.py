@@ -224,7 +224,9 @@ class Daemon:
         # OTPMAIL_WRAPPER="valgrind --leak-check=full ..." runs the daemon
         # under a tool (tests/VALGRIND.md); it gets SCALE times the start time.
         timeout *= SCALE
-        self.proc = subprocess.Popen(WRAPPER + [OTPMAILD, "-f", "-c", self.conf],
+        # exec_prefix: e.g. nsenter into a network namespace (test_cluster)
+        self.proc = subprocess.Popen(getattr(self, "exec_prefix", []) + WRAPPER +
+                                     [OTPMAILD, "-f", "-c", self.conf],
                                      stdout=log, stderr=subprocess.STDOUT,
                                      env=self.env)
         log.close()
