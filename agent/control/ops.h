@@ -18,6 +18,7 @@ OP(op_otp_issue); OP(op_otp_verify); OP(op_otp_revoke); OP(op_otp_unlock);
 OP(op_dkim_records); OP(op_dkim_keygen); OP(op_dkim_check);
 OP(op_sandbox_list); OP(op_sandbox_show);
 OP(op_tls_policy); OP(op_tls_report); OP(op_domain_check);
+OP(op_events_subscribe);
 #undef OP
 
 /* 1 if the queued message id is the peer's app's (admins: any). */
