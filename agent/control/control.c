@@ -118,6 +118,7 @@ struct control {
 };
 
 #define CTL_TAIL_BACKLOG	(1024 * 1024)	/* a slow subscriber loses events */
+#define CTL_REPLAY_WAIT		10	/* s an events.subscribe replay waits for its reader */
 
 /* Guards ctl_tap_owner and every subscriber list: log lines come from any thread. */
 static pthread_mutex_t ctl_sub_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -1217,15 +1218,31 @@ struct ctl_replay {
 	struct ctl_conn	*c;
 	uint64_t	 last;
 	int		 missed;
+	int		 may_wait;	/* not under the emit lock: wait for the reader */
 };
 
 static int
 ctl_events_replay_line(void *arg, uint64_t id, const char *line, size_t len)
 {
 	struct ctl_replay *r = arg;
-	int stop;
+	size_t bound = r->ctl->d->cfg->events_subscriber_buffer;
+	int stop, waited = 0;
 
 	pthread_mutex_lock(&r->c->mu);
+	/*
+	 * The replay is paced by the reader: a worker thread waits (never the
+	 * emitters) while the backlog is full, up to CTL_REPLAY_WAIT seconds of
+	 * a reader that takes nothing; then it misses like a live subscriber.
+	 */
+	while (r->may_wait && !r->c->dead && r->c->outlen + len + 1 > bound &&
+	    waited < CTL_REPLAY_WAIT * 100) {
+		size_t before = r->c->outlen;
+
+		pthread_mutex_unlock(&r->c->mu);
+		usleep(10 * 1000);
+		pthread_mutex_lock(&r->c->mu);
+		waited = r->c->outlen < before ? 0 : waited + 1;
+	}
 	stop = r->c->dead;
 	if (!stop && ctl_events_put(r->ctl, r->c, id, line, len, r->last) == -1)
 		stop = r->missed = 1;
@@ -1244,7 +1261,7 @@ ctl_events_replay_line(void *arg, uint64_t id, const char *line, size_t len)
 static json_t *
 ctl_events_subscribe(struct control *ctl, struct ctl_conn *c, json_t *reply, json_t *params)
 {
-	struct ctl_replay r = { ctl, c, 0, 0 };
+	struct ctl_replay r = { ctl, c, 0, 0, 1 };
 	const char *app = json_string_value(json_object_get(params, "app"));
 	unsigned mask = (unsigned)json_integer_value(json_object_get(params, "mask"));
 	int already;
@@ -1267,6 +1284,7 @@ ctl_events_subscribe(struct control *ctl, struct ctl_conn *c, json_t *reply, jso
 	if (r.missed)
 		return NULL;
 	events_lock();
+	r.may_wait = 0;
 	events_replay(r.last, app, mask, ctl_events_replay_line, &r);
 	if (!r.missed) {
 		pthread_mutex_lock(&ctl_sub_mu);
