@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "agent/core/otpmaild.h"
-#include "agent/delivery/bounce.h"
+#include "agent/delivery/delivery.h"
 #include "agent/events/events_int.h"
 #include "queue/queue.h"
 

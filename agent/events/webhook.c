@@ -25,7 +25,7 @@
 
 #include "agent/core/otpmaild.h"
 #include "agent/events/events_int.h"
-#include "agent/mail/message.h"
+#include "agent/mail/mail.h"
 
 #define WH_BATCH	100		/* events read from the log at a time */
 #define WH_SECRET_MAX	256
