@@ -452,9 +452,13 @@ ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, 
 		    (unsigned)peer->uid, (int)peer->pid);
 		goto done;
 	}
+	events_request_begin();
 	reply = op->fn(d, peer, req);
 	if (reply == NULL)
 		reply = reply_error("unavailable", "internal error");
+	events_request_end(json_string_value(json_object_get(req, "as_app")) &&
+	    (peer->roles & ROLE_ADMIN) ? json_string_value(json_object_get(req, "as_app")) :
+	    peer->app, req, reply);
 done:
 	metrics_request(op != NULL ? op->name : "invalid",
 	    json_is_true(json_object_get(reply, "ok")) ? "ok" :

@@ -35,6 +35,7 @@ struct ev_hop {
 };
 static _Thread_local struct ev_hop *ev_hops;
 static _Thread_local size_t ev_nhops;
+static _Thread_local int ev_supp_emitted;	/* this request's suppressed events */
 
 static const char *const ev_names[EV_TYPE_COUNT] = {
 	"accepted", "delivered", "deferred", "bounced", "expired", "suppressed"
@@ -339,8 +340,36 @@ events_expired(void *arg, const struct q_envelope *env, size_t i)
 void
 events_suppressed(const char *app, const char *rcpt, const char *reason, const char *klass)
 {
+	ev_supp_emitted++;
 	events_emit(app, EV_SUPPRESSED, NULL, rcpt, json_pack("{s:s?, s:s?}", "reason",
 	    reason, "class", klass));
+}
+
+void
+events_request_begin(void)
+{
+	ev_supp_emitted = 0;
+}
+
+/* A "suppressed" answer no events_suppressed call announced: the address is
+ * the answer's (address/recipient) or the request's "to". */
+void
+events_request_end(const char *app, json_t *req, json_t *reply)
+{
+	const char *err = json_string_value(json_object_get(reply, "error"));
+	const char *rcpt, *klass;
+	json_t *to = json_object_get(req, "to");
+
+	if (err == NULL || strcmp(err, "suppressed") != 0 || ev_supp_emitted > 0 || !ev.open)
+		return;
+	if ((rcpt = json_string_value(json_object_get(reply, "address"))) == NULL &&
+	    (rcpt = json_string_value(json_object_get(reply, "recipient"))) == NULL &&
+	    (rcpt = json_string_value(to)) == NULL)
+		rcpt = json_string_value(json_array_get(to, 0));
+	if ((klass = json_string_value(json_object_get(reply, "class"))) == NULL)
+		klass = json_string_value(json_object_get(reply, "reason_class"));
+	events_suppressed(app, rcpt, json_string_value(json_object_get(reply, "reason")) ?:
+	    json_string_value(json_object_get(reply, "detail")), klass);
 }
 
 /* ---- readers ---------------------------------------------------------- */

@@ -63,9 +63,15 @@ void		 events_expired(void *arg, const struct q_envelope *, size_t i);
  * The suppression list's refusal: app's submission to rcpt was answered
  * "suppressed".  reason and klass (the bounce class that put the address
  * on the list, e.g. "hard") may be NULL; msg is NULL (nothing was queued).
+ * The suppression code calls it where it refuses; a request answered with
+ * error "suppressed" by a handler that did not call it gets its event from
+ * events_request_end (ctl_dispatch), so there is one either way.
  */
 void		 events_suppressed(const char *app, const char *rcpt, const char *reason,
 		    const char *klass);
+/* ctl_dispatch, around each handler (same thread). */
+void		 events_request_begin(void);
+void		 events_request_end(const char *app, json_t *req, json_t *reply);
 /*
  * The general emitter: fields (stolen, may be NULL) are added to the
  * event.  Returns the event's id, 0 if it could not be recorded.
