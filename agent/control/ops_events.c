@@ -41,6 +41,8 @@ op_events_subscribe(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	if (n == 0)
 		mask = EV_MASK_ALL;
 	/* an app sees its own events only; an admin every app's, or one's */
+	if (app != NULL && strpbrk(app, "\"\\") != NULL)
+		return reply_bad_field("app", "not an app name");
 	if (!(p->roles & ROLE_ADMIN)) {
 		if (app != NULL && strcmp(app, p->app) != 0) {
 			log_msg(LOG_NOTICE, "event=forbidden op=events.subscribe uid=%u app=%s "

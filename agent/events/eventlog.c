@@ -1,7 +1,7 @@
 /*
  * eventlog.c - the durable event log: segments <first id>.log under
- * <state_dir>/events/, one JSON event per line, appended and fdatasync'd
- * before the append returns.  Reading needs no lock: a reader stops at a
+ * <state_dir>/events/, one JSON event per line, appended and made durable
+ * (fdatasync, once per batch) before anyone is shown them.  Reading needs no lock: a reader stops at a
  * line without its newline (being written), and a segment removed under it
  * is skipped.  Why files and not the Berkeley DB store: events belong to
  * this site's queue (ids, like queue ids, are per site), while the store
@@ -115,8 +115,10 @@ eventlog_new_segment(struct eventlog *l, uint64_t first)
 		(void)fsync(dfd);
 		close(dfd);
 	}
-	if (l->fd != -1)
+	if (l->fd != -1) {
+		(void)fdatasync(l->fd);	/* what a batch wrote there */
 		close(l->fd);
+	}
 	l->fd = fd;
 	l->first = first;
 	l->size = 0;
@@ -255,11 +257,15 @@ eventlog_append(struct eventlog *l, uint64_t id, const char *line, size_t len)
 			return -1;
 		return -1;
 	}
-	if (fdatasync(l->fd) == -1)
-		return -1;
 	l->size += (off_t)(len + 1);
 	l->last = id;
 	return 0;
+}
+
+int
+eventlog_sync(struct eventlog *l)
+{
+	return fdatasync(l->fd);
 }
 
 /* The lines of one segment after `after`; 1 if fn stopped the scan. */

@@ -141,18 +141,72 @@ events_last_id(void)
 	return id;
 }
 
+/*
+ * A batch (one message's recipients): the events are written under one
+ * hold of the lock and made durable by one fdatasync, then handed on.
+ * Nothing is shown to a subscriber or a webhook before it is on disk, so
+ * a crash never reuses an id someone saw.
+ */
+struct ev_pending {
+	char		*line;
+	size_t		 len;
+	uint64_t	 id;
+	enum event_type	 type;
+	char		 app[CONFIG_APP_NAME_MAX + 16];
+};
+static _Thread_local struct ev_pending *ev_pend;
+static _Thread_local size_t ev_npend, ev_cappend;
+static _Thread_local int ev_batching;
+
+static void
+ev_batch_begin(void)
+{
+	pthread_mutex_lock(&ev.mu);
+	ev_batching = 1;
+}
+
+static void
+ev_batch_end(void)
+{
+	size_t i;
+
+	if (ev_npend > 0 && eventlog_sync(ev.log) == -1)
+		log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event log "
+		    "failed\"");
+	for (i = 0; i < ev_npend; i++) {
+		if (ev.tap != NULL)
+			ev.tap(ev_pend[i].id, ev_pend[i].app, ev_pend[i].type, ev_pend[i].line,
+			    ev_pend[i].len);
+		webhook_notify(ev_pend[i].app);
+		free(ev_pend[i].line);
+	}
+	ev_npend = 0;
+	ev_batching = 0;
+	pthread_mutex_unlock(&ev.mu);
+}
+
 uint64_t
 events_emit(const char *app, enum event_type type, const char *msg, const char *rcpt,
     json_t *fields)
 {
+	struct ev_pending *p;
 	uint64_t id = 0;
 	json_t *o = NULL;
 	char *s = NULL;
 	size_t len;
+	int batch = ev_batching;
 
-	pthread_mutex_lock(&ev.mu);
+	if (!batch)
+		ev_batch_begin();
 	if (!ev.open)
 		goto out;
+	if (ev_npend == ev_cappend) {
+		size_t cap = ev_cappend ? ev_cappend * 2 : 16;
+		if ((p = realloc(ev_pend, cap * sizeof(*p))) == NULL)
+			goto fail;
+		ev_pend = p;
+		ev_cappend = cap;
+	}
 	id = eventlog_last(ev.log) + 1;
 	/* "id" first: the log finds it at the start of the line */
 	o = json_pack("{s:I, s:s, s:I, s:s, s:s?, s:s?}", "id", (json_int_t)id,
@@ -166,16 +220,21 @@ events_emit(const char *app, enum event_type type, const char *msg, const char *
 	if (s == NULL || (len = strlen(s)) > EVENT_LINE_MAX ||
 	    eventlog_append(ev.log, id, s, len) == -1)
 		goto fail;
-	if (ev.tap != NULL)
-		ev.tap(id, app, type, s, len);
-	webhook_notify(app);
+	p = &ev_pend[ev_npend++];
+	p->line = s;
+	p->len = len;
+	p->id = id;
+	p->type = type;
+	snprintf(p->app, sizeof(p->app), "%s", app);
+	s = NULL;
 	goto out;
 fail:
 	log_msg(LOG_ERR, "event=events_error type=%s message=%s detail=\"cannot record "
 	    "the event\"", event_type_name(type), msg ? msg : "-");
 	id = 0;
 out:
-	pthread_mutex_unlock(&ev.mu);
+	if (!batch)
+		ev_batch_end();
 	json_decref(fields);
 	json_decref(o);
 	free(s);
@@ -205,10 +264,12 @@ events_accepted(const struct q_envelope *env, const char *id)
 	if (expires == 0 && env->klass < Q_CLASS_COUNT)
 		expires = time(NULL) + ev.klass[env->klass].lifetime;
 	events_app_of(env, app, sizeof(app));
+	ev_batch_begin();
 	for (i = 0; i < env->nrcpt; i++)
 		events_emit(app, EV_ACCEPTED, id, env->rcpts[i].addr,
 		    json_pack("{s:s, s:I}", "class", q_class_name(env->klass),
 		    "expires", (json_int_t)expires));
+	ev_batch_end();
 }
 
 void
@@ -284,6 +345,7 @@ events_delivery(const struct q_envelope *env, const char *was_open, size_t nopen
 	if (!ev.open)
 		goto out;
 	events_app_of(env, app, sizeof(app));
+	ev_batch_begin();
 	for (i = 0; i < nopen && i < env->nrcpt; i++) {
 		if (!was_open[i])
 			continue;
@@ -318,6 +380,7 @@ events_delivery(const struct q_envelope *env, const char *was_open, size_t nopen
 			break;
 		}
 	}
+	ev_batch_end();
 out:
 	ev_hops_clear();
 }

@@ -19,14 +19,16 @@ struct eventlog;
 
 /*
  * The log: <dir>/<first id, 16 hex>.log segments of one JSON object per
- * line, each starting {"id":N,...}; appended with O_APPEND and fdatasync'd
- * before eventlog_append returns.  A torn last line (crash) is cut at open.
+ * line, each starting {"id":N,...}; appended with O_APPEND, fdatasync'd by
+ * eventlog_sync.  A torn last line (crash) is cut at open.
  */
 struct eventlog	*eventlog_open(const char *dir, char *err, size_t errlen);
 void		 eventlog_close(struct eventlog *);
 uint64_t	 eventlog_last(const struct eventlog *);
-/* Appends one line (no newline) as event id; the caller serialises. */
+/* Appends one line (no newline) as event id; the caller serialises, and
+ * calls eventlog_sync before anyone may see it. */
 int		 eventlog_append(struct eventlog *, uint64_t id, const char *line, size_t len);
+int		 eventlog_sync(struct eventlog *);
 /* Calls fn for each event after `after`, from segments written at or after
  * not_before, in id order, until fn returns non-zero.  -1 on I/O error. */
 int		 eventlog_scan(struct eventlog *, uint64_t after, time_t not_before,

@@ -373,6 +373,11 @@ wh_deliver(struct wh *w, CURL *c, const struct wh_event *e)
 	for (;;) {
 		if (wh.stop)
 			return -1;
+		if (tries == 0 && time(NULL) - e->time >= cfg->webhook_max_age) {
+			/* older than its retry window before its turn came */
+			snprintf(why, sizeof(why), "older than webhook_max_age before its turn");
+			goto give_up;
+		}
 		tries++;
 		if (wh_post(w, c, e, why, sizeof(why)) == 0) {
 			pthread_mutex_lock(&w->mu);
@@ -388,6 +393,7 @@ wh_deliver(struct wh *w, CURL *c, const struct wh_event *e)
 		snprintf(w->last_error, sizeof(w->last_error), "%s", why);
 		pthread_mutex_unlock(&w->mu);
 		if (time(NULL) - e->time >= cfg->webhook_max_age) {
+give_up:
 			log_msg(LOG_WARNING, "event=webhook_given_up app=%s event_id=%" PRIu64
 			    " tries=%d error=\"%s\"", w->app, e->id, tries, why);
 			pthread_mutex_lock(&w->mu);
