@@ -90,7 +90,8 @@ eventlog_segments(const char *dir, uint64_t **out, size_t *n)
 		v[(*n)++] = id;
 	}
 	closedir(d);
-	qsort(v, *n, sizeof(*v), eventlog_cmp);
+	if (*n > 1)
+		qsort(v, *n, sizeof(*v), eventlog_cmp);
 	*out = v;
 	return 0;
 }
