@@ -77,7 +77,7 @@ class Receiver:
                 with rec.lock:
                     n = rec.tries[wid] = rec.tries.get(wid, 0) + 1
                 if rec.mode == "hang":
-                    time.sleep(30)
+                    time.sleep(30 * SCALE)
                     return
                 if rec.mode == "flaky" and n <= 2:
                     self.send_response(500)
@@ -270,10 +270,12 @@ def main():
             "app_webhook = shop https://localhost:8443/shop %s\n"
             "app_webhook = bank https://localhost:8443/bank %s\n"
             "app_webhook = slow https://localhost:8443/slow %s\n"
-            "webhook_ca_file = %s\nwebhook_timeout = 2s\n"
+            "webhook_ca_file = %s\nwebhook_timeout = %ds\n"
             "webhook_retry_min = 1s\nwebhook_retry_max = 2s\n"
             "events_subscriber_buffer = 16K\n"
-            % (PORT, PORT, PORT, secret, secret, secret, ca.ca_file))
+            % (PORT, PORT, PORT, secret, secret, secret, ca.ca_file,
+               # a TLS handshake under valgrind takes seconds
+               int(2 * SCALE)))
     subs = []
     try:
         d = Daemon(conf_extra=conf)
