@@ -180,7 +180,10 @@ ev_batch_end(void)
 		webhook_notify(ev_pend[i].app);
 		free(ev_pend[i].line);
 	}
-	ev_npend = 0;
+	/* thread-local: nothing may outlive the batch (threads end unannounced) */
+	free(ev_pend);
+	ev_pend = NULL;
+	ev_npend = ev_cappend = 0;
 	ev_batching = 0;
 	pthread_mutex_unlock(&ev.mu);
 }
