@@ -305,6 +305,8 @@ q_expire_locked(struct queue *q, struct qmsg *m, time_t now)
 			    "code expired before delivery" :
 			    "message lifetime expired before delivery");
 		q->expired++;
+		if (q->p.expired != NULL)
+			q->p.expired(q->p.expired_arg, &m->env, i);
 	}
 	m->env.finished = now;
 	m->gen++;

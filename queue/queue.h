@@ -107,6 +107,10 @@ struct queue_params {
 	 * NULL. */
 	char		*(*sign)(void *arg, const char *msg, size_t len, size_t *outlen);
 	void		*sign_arg;
+	/* Called (queue lock held) for each recipient the queue expires,
+	 * with its state and reply set: the event log.  May be NULL. */
+	void		(*expired)(void *arg, const struct q_envelope *, size_t rcpt);
+	void		*expired_arg;
 };
 
 struct queue;

@@ -28,6 +28,7 @@
 
 #include "agent/control/control.h"
 #include "agent/core/otpmaild.h"
+#include "agent/events/events.h"
 
 #define CTL_READ_CHUNK	65536
 #define CTL_MAX_GROUPS	256
@@ -62,6 +63,12 @@ struct ctl_conn {
 	int		 draining;	/* answered and shut down for writing: discard input */
 	unsigned	 dirty_refs;	/* entries in the dirty list, under ctl->dmu */
 	struct ctl_conn	*sub_next;
+	/* events.subscribe, under ctl_sub_mu (and mu) */
+	int		 ev_sub;	/* on ctl->ev_subs */
+	unsigned	 ev_mask;	/* 1 << enum event_type */
+	char		 ev_app[CONFIG_APP_NAME_MAX + 16];	/* "" = every app */
+	uint64_t	 ev_last;	/* newest event id queued to it */
+	struct ctl_conn	*ev_next;
 	char		*out;
 	size_t		 outlen, outcap;
 	struct ctl_conn	*work_next;
@@ -108,9 +115,11 @@ struct control {
 	struct ctl_conn	**dirty;
 	size_t		 ndirty, capdirty;
 	struct ctl_conn	*subs;		/* events.tail subscribers, under ctl_sub_mu */
+	struct ctl_conn	*ev_subs;	/* events.subscribe subscribers, under ctl_sub_mu */
 };
 
 #define CTL_TAIL_BACKLOG	(1024 * 1024)	/* a slow subscriber loses events */
+#define CTL_REPLAY_WAIT		10	/* s an events.subscribe replay waits for its reader */
 
 /* Guards ctl_tap_owner and every subscriber list: log lines come from any thread. */
 static pthread_mutex_t ctl_sub_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -120,6 +129,9 @@ static void	*ctl_event_loop(void *);
 static void	*ctl_worker(void *);
 static void	 ctl_conn_close(struct control *, struct ctl_conn *);
 static int	 ctl_conn_flush(struct control *, struct ctl_conn *);
+static json_t	*ctl_events_subscribe(struct control *, struct ctl_conn *, json_t *reply,
+		    json_t *params);
+static void	 ctl_events_unlink(struct control *, struct ctl_conn *);
 
 /* ---- access ---------------------------------------------------------- */
 
@@ -459,9 +471,13 @@ ctl_dispatch(struct otpmaild *d, const struct ctl_peer *peer, const char *line, 
 		ctl_log_forbidden(op, peer);
 		goto done;
 	}
+	events_request_begin();
 	reply = op->fn(d, peer, req);
 	if (reply == NULL)
 		reply = reply_error("unavailable", "internal error");
+	events_request_end(json_string_value(json_object_get(req, "as_app")) &&
+	    (peer->roles & ROLE_ADMIN) ? json_string_value(json_object_get(req, "as_app")) :
+	    peer->app, req, reply);
 done:
 	metrics_request(op != NULL ? op->name : "invalid",
 	    json_is_true(json_object_get(reply, "ok")) ? "ok" :
@@ -575,7 +591,14 @@ ctl_worker(void *arg)
 
 		reply = ctl_dispatch(ctl->d, &c->peer, r->line, r->len);
 		free(r);
-		if (json_is_true(json_object_get(reply, "_subscribe"))) {
+		if (json_object_get(reply, "_events") != NULL) {
+			json_t *params = json_incref(json_object_get(reply, "_events"));
+
+			json_object_del(reply, "_events");
+			/* answers, replays and registers; NULL once the answer is out */
+			reply = ctl_events_subscribe(ctl, c, reply, params);
+			json_decref(params);
+		} else if (json_is_true(json_object_get(reply, "_subscribe"))) {
 			json_object_del(reply, "_subscribe");
 			pthread_mutex_lock(&ctl_sub_mu);
 			pthread_mutex_lock(&c->mu);
@@ -593,7 +616,7 @@ ctl_worker(void *arg)
 		 * it under us) until the event thread handles the dirty mark.
 		 */
 		pthread_mutex_lock(&c->mu);
-		if (!c->dead)
+		if (!c->dead && reply != NULL)
 			ctl_out_reply(c, reply);
 		json_decref(reply);
 		if (c->head != NULL && !c->dead) {
@@ -888,6 +911,9 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 			}
 		pthread_mutex_unlock(&ctl_sub_mu);
 	}
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl_events_unlink(ctl, c);
+	pthread_mutex_unlock(&ctl_sub_mu);
 	epoll_ctl(ctl->efd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
@@ -1052,7 +1078,7 @@ ctl_idle_sweep(struct control *ctl)
 		next = c->all_next;
 		pthread_mutex_lock(&c->mu);
 		/* A peer with no role holds a slot only while it asks something. */
-		idle = !c->queued && !c->subscriber && (c->outlen == 0 || anon) &&
+		idle = !c->queued && !c->subscriber && !c->ev_sub && (c->outlen == 0 || anon) &&
 		    now - c->last_active > (c->draining ? 2 : anon ?
 		    ctl->d->cfg->control_anon_idle_timeout :
 		    ctl->d->cfg->control_idle_timeout);
@@ -1136,6 +1162,171 @@ ctl_tap(int prio, const char *line)
 	free(s);
 }
 
+/* ---- delivery events (events.subscribe) ------------------------------ */
+
+/*
+ * Queues one event line to c, or, past events_subscriber_buffer, a
+ * "missed" line saying where to resume; c->mu held.  Returns 0 if queued.
+ */
+static int
+ctl_events_put(struct control *ctl, struct ctl_conn *c, uint64_t id, const char *line,
+    size_t len, uint64_t last)
+{
+	char miss[256];
+	int n;
+
+	if (c->outlen + len + 1 <= ctl->d->cfg->events_subscriber_buffer) {
+		ctl_out_append(c, line, len);
+		ctl_out_append(c, "\n", 1);
+		return 0;
+	}
+	n = snprintf(miss, sizeof(miss), "{\"type\":\"missed\",\"resume_from\":%llu,"
+	    "\"since\":%llu,\"detail\":\"this subscriber fell behind "
+	    "(events_subscriber_buffer); subscribe again with since\"}\n",
+	    (unsigned long long)id, (unsigned long long)last);
+	ctl_out_append(c, miss, (size_t)n);
+	return -1;
+}
+
+/* c leaves the subscriber list (ctl_sub_mu held). */
+static void
+ctl_events_unlink(struct control *ctl, struct ctl_conn *c)
+{
+	struct ctl_conn **pp;
+
+	if (!c->ev_sub)
+		return;
+	for (pp = &ctl->ev_subs; *pp != NULL; pp = &(*pp)->ev_next)
+		if (*pp == c) {
+			*pp = c->ev_next;
+			break;
+		}
+	c->ev_sub = 0;
+}
+
+/* The events tap: each new event to every subscriber that wants it. */
+static void
+ctl_events_tap(uint64_t id, const char *app, enum event_type type, const char *line,
+    size_t len)
+{
+	struct ctl_conn *c, **pp;
+	struct control *ctl;
+	int behind;
+
+	pthread_mutex_lock(&ctl_sub_mu);
+	ctl = ctl_tap_owner;
+	for (pp = ctl ? &ctl->ev_subs : NULL; pp != NULL && (c = *pp) != NULL; ) {
+		if (!(c->ev_mask & (1u << type)) ||
+		    (c->ev_app[0] != '\0' && strcmp(c->ev_app, app) != 0)) {
+			pp = &c->ev_next;
+			continue;
+		}
+		pthread_mutex_lock(&c->mu);
+		behind = !c->dead && ctl_events_put(ctl, c, id, line, len, c->ev_last) == -1;
+		if (!c->dead && !behind)
+			c->ev_last = id;
+		pthread_mutex_unlock(&c->mu);
+		ctl_mark_dirty(ctl, c);
+		if (behind) {
+			*pp = c->ev_next;	/* unsubscribed: it resumes by id */
+			c->ev_sub = 0;
+		} else
+			pp = &c->ev_next;
+	}
+	pthread_mutex_unlock(&ctl_sub_mu);
+}
+
+struct ctl_replay {
+	struct control	*ctl;
+	struct ctl_conn	*c;
+	uint64_t	 last;
+	int		 missed;
+	int		 may_wait;	/* not under the emit lock: wait for the reader */
+};
+
+static int
+ctl_events_replay_line(void *arg, uint64_t id, const char *line, size_t len)
+{
+	struct ctl_replay *r = arg;
+	size_t bound = r->ctl->d->cfg->events_subscriber_buffer;
+	int stop, waited = 0;
+
+	pthread_mutex_lock(&r->c->mu);
+	/*
+	 * The replay is paced by the reader: a worker thread waits (never the
+	 * emitters) while the backlog is full, up to CTL_REPLAY_WAIT seconds of
+	 * a reader that takes nothing; then it misses like a live subscriber.
+	 */
+	while (r->may_wait && !r->c->dead && r->c->outlen + len + 1 > bound &&
+	    waited < CTL_REPLAY_WAIT * 100) {
+		size_t before = r->c->outlen;
+
+		pthread_mutex_unlock(&r->c->mu);
+		usleep(10 * 1000);
+		pthread_mutex_lock(&r->c->mu);
+		waited = r->c->outlen < before ? 0 : waited + 1;
+	}
+	stop = r->c->dead;
+	if (!stop && ctl_events_put(r->ctl, r->c, id, line, len, r->last) == -1)
+		stop = r->missed = 1;
+	else if (!stop)
+		r->last = id;
+	pthread_mutex_unlock(&r->c->mu);
+	ctl_mark_dirty(r->ctl, r->c);
+	return stop;
+}
+
+/*
+ * events.subscribe's second half (worker): the answer, the events after
+ * "since" read from the log, then the rest under the emit lock, and c joins
+ * the subscribers before the lock goes: no event lost or doubled.
+ */
+static json_t *
+ctl_events_subscribe(struct control *ctl, struct ctl_conn *c, json_t *reply, json_t *params)
+{
+	struct ctl_replay r = { ctl, c, 0, 0, 1 };
+	const char *app = json_string_value(json_object_get(params, "app"));
+	unsigned mask = (unsigned)json_integer_value(json_object_get(params, "mask"));
+	int already;
+
+	r.last = (uint64_t)json_integer_value(json_object_get(params, "since"));
+	pthread_mutex_lock(&ctl_sub_mu);
+	already = c->ev_sub;
+	pthread_mutex_unlock(&ctl_sub_mu);
+	if (already) {
+		json_decref(reply);
+		return reply_error("bad_request", "this connection is subscribed already");
+	}
+	pthread_mutex_lock(&c->mu);
+	if (!c->dead)
+		ctl_out_reply(c, reply);
+	pthread_mutex_unlock(&c->mu);
+	json_decref(reply);
+	if (events_replay(r.last, app, mask, ctl_events_replay_line, &r) == -1)
+		log_msg(LOG_ERR, "event=events_error detail=\"cannot read the event log\"");
+	if (r.missed)
+		return NULL;
+	events_lock();
+	r.may_wait = 0;
+	events_replay(r.last, app, mask, ctl_events_replay_line, &r);
+	if (!r.missed) {
+		pthread_mutex_lock(&ctl_sub_mu);
+		pthread_mutex_lock(&c->mu);
+		if (!c->dead && !c->ev_sub) {
+			c->ev_sub = 1;
+			c->ev_mask = mask;
+			snprintf(c->ev_app, sizeof(c->ev_app), "%s", app ? app : "");
+			c->ev_last = r.last;
+			c->ev_next = ctl->ev_subs;
+			ctl->ev_subs = c;
+		}
+		pthread_mutex_unlock(&c->mu);
+		pthread_mutex_unlock(&ctl_sub_mu);
+	}
+	events_unlock();
+	return NULL;
+}
+
 /* ---- start and stop -------------------------------------------------- */
 
 struct control *
@@ -1213,6 +1404,7 @@ control_run(struct control *ctl, char *err, size_t errlen)
 	ctl_tap_owner = ctl;
 	pthread_mutex_unlock(&ctl_sub_mu);
 	log_set_tap(ctl_tap);
+	events_set_tap(ctl_events_tap);
 	if ((ctl->efd = epoll_create1(EPOLL_CLOEXEC)) == -1 ||
 	    (ctl->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
 		snprintf(err, errlen, "epoll/eventfd: %s", strerror(errno));
@@ -1247,6 +1439,7 @@ control_stop(struct control *ctl)
 
 	if (ctl == NULL)
 		return;
+	events_set_tap(NULL);
 	pthread_mutex_lock(&ctl_sub_mu);
 	ctl_tap_owner = NULL;
 	pthread_mutex_unlock(&ctl_sub_mu);

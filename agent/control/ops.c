@@ -28,6 +28,7 @@ const struct ctl_op ctl_ops[] = {
 	{ "otp.revoke",		APP,	op_otp_revoke,		"kill the outstanding codes of an address" },
 	{ "otp.unlock",		ADMIN,	op_otp_unlock,		"clear an address's failure count and lock-out" },
 	{ "mail.send",		APP,	op_mail_send,		"queue a message" },
+	{ "events.subscribe",	APP,	op_events_subscribe,	"stream this app's delivery events (resumable by id)" },
 	{ "message.status",	APP,	op_message_status,	"delivery state of a queued message" },
 	{ "queue.list",		ADMIN,	op_queue_list,		"list queued messages (filters, paging)" },
 	{ "queue.show",		ADMIN,	op_queue_show,		"one message: envelope, history, body" },

@@ -20,6 +20,7 @@ OP(op_sandbox_list); OP(op_sandbox_show);
 OP(op_tls_policy); OP(op_tls_report); OP(op_domain_check);
 OP(op_suppress_list); OP(op_suppress_add); OP(op_suppress_remove); OP(op_dsn_report);
 OP(op_cluster_status);
+OP(op_events_subscribe);
 #undef OP
 
 /* 1 if the queued message id is the peer's app's (admins: any). */

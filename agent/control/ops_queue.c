@@ -15,6 +15,7 @@
 #include "agent/core/otpmaild.h"
 #include "agent/control/ops.h"
 #include "agent/delivery/delivery.h"
+#include "agent/events/events.h"
 #include "queue/queue.h"
 #include "store/store.h"
 
@@ -828,6 +829,8 @@ op_message_status(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		opq_bounce(r, "last_error_class", "last_error_blocklist", e->last_error);
 		if (e->finished)
 			json_object_set_new(r, "finished", json_integer((json_int_t)e->finished));
+		json_object_set_new(r, "events", events_history(e->id, NULL, e->created) ?:
+		    json_null());
 	}
 	q_envelope_free(e);
 	return r ? r : reply_error("unavailable", "out of memory");
@@ -1151,6 +1154,9 @@ op_stats(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	    "paused", queue_paused(d->queue), "uptime", (json_int_t)(now - d->started));
 	if (r != NULL)
 		json_object_set_new(r, "db_quarantined", stats_quarantined(d));
+	if (r != NULL)	/* webhook backlogs: an app sees its own */
+		json_object_set_new(r, "webhooks", events_webhook_stats(p->roles & ROLE_ADMIN ?
+		    NULL : p->app));
 	return r ? r : reply_error("unavailable", "out of memory");
 }
 
@@ -1196,6 +1202,7 @@ op_metrics(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	buf_adds(&b, "# HELP otpmail_uptime_seconds Seconds since the daemon started.\n"
 	    "# TYPE otpmail_uptime_seconds gauge\n");
 	buf_printf(&b, "otpmail_uptime_seconds %lld\n", (long long)(now - d->started));
+	events_webhook_metrics(&b);
 	metrics_render(&b);
 	r = json_pack("{s:b, s:s%}", "ok", 1, "text", b.data ? b.data : "", b.len);
 	buf_free(&b);

@@ -202,6 +202,15 @@ static const struct cfg_key config_table[] = {
 	SPECIAL(fallback_relay, cfg_fallback, cfg_print_fallback),
 	STR(smarthost_user, ""),
 	SECRETSTR(smarthost_password_file, ""),
+	/* delivery events and webhooks */
+	DUR(events_keep, "7d", 60, 365 * DAY),
+	SIZE(events_subscriber_buffer, "1M", 4096, 1L << 30),
+	SPECIAL(app_webhook, config_webhook_parse, config_webhook_print),
+	DUR(webhook_timeout, "10s", 1, 300),
+	DUR(webhook_retry_min, "5s", 1, 3600),
+	DUR(webhook_retry_max, "1h", 1, DAY),
+	DUR(webhook_max_age, "1d", 60, 30 * DAY),
+	STR(webhook_ca_file, ""),
 	{ NULL, 0, 0, NULL, 0, 0, NULL, NULL, NULL, 0 }
 };
 

@@ -48,6 +48,12 @@ struct app_conf {		/* app = name users=... groups=... senders=... */
 	char		**senders;	/* domains, addresses, "*"; NULL = none */
 };
 
+struct app_webhook {		/* app_webhook = app https://url secret_file */
+	char		*app;
+	char		*url;
+	char		*secret_file;	/* "whsec_<base64>" or raw bytes */
+};
+
 struct config {
 	char		*file;		/* NULL = built-in defaults */
 
@@ -189,6 +195,17 @@ struct config {
 	char		*smarthost_user;
 	char		*smarthost_password_file;
 
+	/* delivery events and webhooks (agent/events/) */
+	int		 events_keep;		/* seconds the event log keeps an event */
+	size_t		 events_subscriber_buffer;	/* bytes a slow subscriber may hold */
+	struct app_webhook *webhooks;
+	size_t		 nwebhooks;
+	int		 webhook_timeout;
+	int		 webhook_retry_min;
+	int		 webhook_retry_max;
+	int		 webhook_max_age;	/* an event is given up after this */
+	char		*webhook_ca_file;	/* "" = system store */
+
 	/* accepted risks, said at start (config_load fills them) */
 	char		**warnings;
 	size_t		 nwarnings;
@@ -225,5 +242,8 @@ const struct app_conf *config_app_for(const struct config *, uid_t, const gid_t 
 const struct app_conf *config_app_named(const struct config *, const char *);
 /* 1 if the app may send as addr (NULL app: any). */
 int		 config_app_sender_ok(const struct app_conf *, const char *addr);
+/* app_webhook lines (config_app.c) */
+int		 config_webhook_parse(struct config *, const char *, char *, size_t);
+void		 config_webhook_print(const struct config *, FILE *, const char *);
 
 #endif

@@ -214,6 +214,81 @@ config_apps_free(struct config *c)
 	free(c->apps);
 	c->apps = NULL;
 	c->napps = 0;
+	for (i = 0; i < c->nwebhooks; i++) {
+		free(c->webhooks[i].app);
+		free(c->webhooks[i].url);
+		free(c->webhooks[i].secret_file);
+	}
+	free(c->webhooks);
+	c->webhooks = NULL;
+	c->nwebhooks = 0;
+}
+
+/*
+ * app_webhook = NAME https://host[:port]/path SECRET_FILE: the app's events
+ * are POSTed there (agent/events/webhook.c).  Only the config names a
+ * webhook: no app can point one anywhere.  NAME is an app line's name or
+ * an implicit app's "uid:N".
+ */
+int
+config_webhook_parse(struct config *c, const char *val, char *err, size_t errlen)
+{
+	char *copy = strdup(val), *save = NULL, *w[4];
+	struct app_webhook *wh;
+	size_t i, n = 0;
+	void *p;
+
+	if (copy == NULL)
+		abort();
+	for (w[n] = strtok_r(copy, " \t", &save); w[n] != NULL && n < 3;
+	    w[n] = strtok_r(NULL, " \t", &save))
+		n++;
+	if (n != 3 || w[3] != NULL) {
+		snprintf(err, errlen, "app_webhook: want \"APP https://URL SECRET_FILE\"");
+		goto fail;
+	}
+	if (!app_name_ok(w[0]) && (strncmp(w[0], "uid:", 4) != 0 || w[0][4] == '\0' ||
+	    strspn(w[0] + 4, "0123456789") != strlen(w[0] + 4))) {
+		snprintf(err, errlen, "app_webhook: bad app name \"%s\"", w[0]);
+		goto fail;
+	}
+	if (strncasecmp(w[1], "https://", 8) != 0 || w[1][8] == '\0' ||
+	    strlen(w[1]) > 2048 || strpbrk(w[1], "\"'<>\\") != NULL) {
+		snprintf(err, errlen, "app_webhook: the URL must be https://... (got \"%.64s\")",
+		    w[1]);
+		goto fail;
+	}
+	if (w[2][0] != '/') {
+		snprintf(err, errlen, "app_webhook: the secret file must be an absolute path");
+		goto fail;
+	}
+	for (i = 0; i < c->nwebhooks; i++)
+		if (strcmp(c->webhooks[i].app, w[0]) == 0) {
+			snprintf(err, errlen, "app_webhook: app %s has a webhook already", w[0]);
+			goto fail;
+		}
+	if ((p = realloc(c->webhooks, (c->nwebhooks + 1) * sizeof(*wh))) == NULL)
+		abort();
+	c->webhooks = p;
+	wh = &c->webhooks[c->nwebhooks++];
+	if ((wh->app = strdup(w[0])) == NULL || (wh->url = strdup(w[1])) == NULL ||
+	    (wh->secret_file = strdup(w[2])) == NULL)
+		abort();
+	free(copy);
+	return 0;
+fail:
+	free(copy);
+	return -1;
+}
+
+void
+config_webhook_print(const struct config *c, FILE *f, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < c->nwebhooks; i++)
+		fprintf(f, "%s = %s %s %s\n", key, c->webhooks[i].app, c->webhooks[i].url,
+		    c->webhooks[i].secret_file);
 }
 
 static int

@@ -23,6 +23,7 @@
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/cluster.h"
+#include "agent/events/events.h"
 #include "agent/core/log.h"
 #include "agent/mail/mail.h"
 #include "agent/core/metrics_http.h"
@@ -334,6 +335,10 @@ main(int argc, char **argv)
 	main_queue_params(d.cfg, &qp, spool);
 	qp.sign = submit_sign_dsn;	/* DSNs are signed like any mail */
 	qp.sign_arg = &d;
+	/* the event log first: the queue records expiries in it */
+	if (events_open(&d, qp.klass, err, sizeof(err)) == -1)
+		goto fail;
+	qp.expired = events_expired;
 	d.queue = queue_open(&qp, err, sizeof(err));
 	free(spool);	/* the queue keeps its own copy */
 	if (d.queue == NULL)
@@ -370,6 +375,8 @@ main(int argc, char **argv)
 	/* Delivery (and its resolver) first: once the socket answers, clients
 	 * may take every descriptor there is. */
 	if ((d.delivery = delivery_start(&d, err, sizeof(err))) == NULL)
+		goto fail;
+	if (events_start(err, sizeof(err)) == -1)
 		goto fail;
 	if (control_run(ctl, err, sizeof(err)) == -1)
 		goto fail;
@@ -421,6 +428,7 @@ main(int argc, char **argv)
 		if (time(NULL) - last_ckpt >= 60) {
 			last_ckpt = time(NULL);
 			store_checkpoint(d.store);
+			events_expire();
 		}
 	}
 	main_sd_notify("STOPPING=1");
@@ -444,6 +452,7 @@ out:
 		delivery_stop(d.delivery);
 	if (d.queue)
 		queue_close(d.queue);
+	events_close();
 	if (d.store)
 		store_close(d.store);
 	cluster_close(d.cluster);

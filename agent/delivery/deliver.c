@@ -25,6 +25,7 @@
 #include "agent/delivery/sandbox.h"
 #include "agent/delivery/smtp.h"
 #include "agent/delivery/tlsrpt.h"
+#include "agent/events/events.h"
 #include "queue/queue.h"
 
 #define DELIVERY_KEY_MAX	700
@@ -410,6 +411,7 @@ release:
 		if (i < nopen && was_open[i])
 			delivery_count(env, &env->rcpts[i]);
 	}
+	events_delivery(env, was_open, was_open != NULL ? nopen : 0);
 	free(was_open);
 	if (summary == NULL)
 		summary = fsummary;
@@ -901,6 +903,8 @@ next_round:
 	for (k = 0; k < m; k++) {
 		j->r[map[k]] = sub[k];
 		j->r[map[k]].addr = sub[k].addr;
+		if (sub[k].status == SMTP_OK)
+			events_note_hop(sub[k].addr, host, smtp_peer_ip(s), smtp_tls_version(s));
 		if (sub[k].status == SMTP_TEMP)
 			snprintf(j->last_temp, sizeof(j->last_temp), "%s", sub[k].reply);
 	}

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "agent/core/otpmaild.h"
+#include "agent/events/events.h"
 #include "agent/mail/message.h"
 #include "agent/mail/submit.h"
 #include "dkim/dkim_sign.h"
@@ -111,6 +112,7 @@ submit_message(struct otpmaild *d, const struct q_envelope *tmpl, const char *ms
 		log_msg(LOG_INFO, "event=queued id=%s class=%s rcpts=%zu size=%zu dkim=%s uid=%u",
 		    id, q_class_name(env.klass), env.nrcpt, len, signed_for,
 		    (unsigned)env.client_uid);
+		events_accepted(&env, id);
 		return 0;
 	case Q_NOSPACE:
 		*err = reply_error("unavailable", "%s; try again later", queue_nospace_why);

@@ -92,6 +92,8 @@ static const struct cmd cmds[] = {
 	{ "queue resume", "queue.resume", "", "", "", fmt_generic, "resume delivery" },
 	{ "stats", "stats", "", "", "", fmt_generic, "queue and delivery counters" },
 	{ "tail", "events.tail", "", "", "", NULL, "follow the daemon's events live (Ctrl-C ends)" },
+	{ "events", "events.subscribe", "", "since", "", NULL,
+	    "[--since ID] [--types T] [--app APP]: delivery events (Ctrl-C ends)" },
 	{ "metrics", "metrics", "", "", "", fmt_text, "Prometheus text exposition" },
 	{ "dkim records", "dkim.records", "", "", "", fmt_zone,
 	    "DNS records to publish (DKIM, SPF, DMARC)" },
@@ -174,6 +176,11 @@ static const struct cmd_doc cmd_docs[] = {
 	{ "queue resume", "Resumes delivery.", "" },
 	{ "stats", "Queue counts by state and class, delivery totals since start.", "" },
 	{ "tail", "Follows the daemon's events (deliveries, deferrals, OTP) until Ctrl-C.", "" },
+	{ "events", "Follows the delivery events of this app (an admin's: every app's) until "
+	    "Ctrl-C, after those since an id.",
+	    "--since ID\tfirst the logged events after this id\n"
+	    "--types T\taccepted | delivered | deferred | bounced | expired | suppressed\n"
+	    "--app APP\t(admin) one app's events only\n" },
 	{ "metrics", "The Prometheus text exposition.", "" },
 	{ "dkim records", "The DNS records to publish: DKIM TXT, SPF and DMARC suggestions.", "" },
 	{ "dkim keygen", "Makes a DKIM key (mode 0600) and prints its DNS record and "
@@ -804,7 +811,15 @@ run(int fd, json_t **reqs, size_t n, ctl_fmt fmt)
 			time_t ts = json_integer_value(json_object_get(reply, "time"));
 			char stamp[32];
 			strftime(stamp, sizeof(stamp), "%H:%M:%S", localtime(&ts));
-			printf("%s %s\n", stamp, jstr(reply, "event"));
+			if (json_object_get(reply, "type") != NULL)	/* events.subscribe */
+				printf("%s #%lld %s %s %s %s %s\n", stamp, (long long)
+				    json_integer_value(json_object_get(reply, "id")),
+				    jstr(reply, "type"), jstr(reply, "app"),
+				    jstr(reply, "message"), jstr(reply, "recipient"),
+				    json_is_string(json_object_get(reply, "reply")) ?
+				    jstr(reply, "reply") : jstr(reply, "detail"));
+			else
+				printf("%s %s\n", stamp, jstr(reply, "event"));
 			json_decref(reply);
 		}
 		fflush(stdout);

@@ -27,7 +27,8 @@ missing_man = [k for k in keys if "\\fB%s\\fR" % k not in page]
 t.ok(not missing_sample, "every key in etc/otpmail.conf", missing_sample)
 t.ok(not missing_man, "every key in otpmail.conf(5)", missing_man)
 for page_path in [man5] + [os.path.join(TOP_SRCDIR, "man", n) for n in
-                           ("otpmaild.8", "otpmailctl.8", "otpmail-sendmail.8")]:
+                           ("otpmaild.8", "otpmailctl.8", "otpmail-sendmail.8",
+                            "otpmail-events.7")]:
     r = subprocess.run(["man", "--warnings", "-l", page_path], capture_output=True,
                        text=True, env=dict(os.environ, MANWIDTH="80", MAN_KEEP_STDERR="1"))
     t.ok(r.returncode == 0 and "NAME" in r.stdout and not r.stderr.strip(),

@@ -13,6 +13,7 @@ iface() {
 	control) echo agent/control/control.h ;;
 	mail) echo agent/mail/mail.h ;;
 	delivery) echo agent/delivery/delivery.h ;;
+	events) echo agent/events/events.h ;;
 	*) echo "" ;;
 	esac
 }
@@ -46,7 +47,7 @@ done
 
 # 2. every agent/ folder with a header has its interface header, and that
 #    header opens with a comment saying what the folder is for.
-for from in core control mail delivery; do
+for from in core control mail delivery events; do
 	n=$((n + 1))
 	h=$(iface $from)
 	if [ -f "$h" ] && head -3 "$h" | grep -q "interface of agent/$from/"; then

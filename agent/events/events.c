@@ -1,0 +1,530 @@
+/*
+ * events.c - the event emitters (see events.h): each event gets the next
+ * id under one lock, is appended durably to the log (eventlog.c), handed
+ * to the subscribers' tap (control.c copies it, bounded) and announced to
+ * the app's webhook thread (webhook.c), all before the lock is let go, so
+ * every consumer sees ids in order.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/core/otpmaild.h"
+#include "agent/delivery/delivery.h"
+#include "agent/events/events_int.h"
+#include "queue/queue.h"
+
+#define EV_HISTORY_MAX	1000	/* events message.status shows */
+
+static struct {
+	pthread_mutex_t	 mu;		/* the emit lock */
+	struct eventlog	*log;
+	struct otpmaild	*d;
+	struct q_class_params klass[Q_CLASS_COUNT];
+	events_tap_fn	 tap;
+	int		 open;
+} ev = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* Where this worker's current message went, per recipient (deliver.c). */
+struct ev_hop {
+	char		*rcpt;
+	char		 mx[256];
+	char		 ip[64];
+	char		 tls[32];
+};
+static _Thread_local struct ev_hop *ev_hops;
+static _Thread_local size_t ev_nhops;
+static _Thread_local int ev_supp_emitted;	/* this request's suppressed events */
+
+static const char *const ev_names[EV_TYPE_COUNT] = {
+	"accepted", "delivered", "deferred", "bounced", "expired", "suppressed"
+};
+
+const char *
+event_type_name(enum event_type t)
+{
+	return (unsigned)t < EV_TYPE_COUNT ? ev_names[t] : "?";
+}
+
+int
+event_type_parse(const char *s)
+{
+	int i;
+
+	for (i = 0; i < EV_TYPE_COUNT; i++)
+		if (strcmp(s, ev_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+int
+events_open(struct otpmaild *d, const struct q_class_params *klass, char *err, size_t errlen)
+{
+	char dir[4096];
+
+	snprintf(dir, sizeof(dir), "%s/events", d->state_dir);
+	if ((ev.log = eventlog_open(dir, err, errlen)) == NULL)
+		return -1;
+	memcpy(ev.klass, klass, sizeof(ev.klass));
+	ev.d = d;
+	if (webhook_open(d, ev.log, err, errlen) == -1) {
+		eventlog_close(ev.log);
+		ev.log = NULL;
+		return -1;
+	}
+	pthread_mutex_lock(&ev.mu);
+	ev.open = 1;
+	pthread_mutex_unlock(&ev.mu);
+	return 0;
+}
+
+int
+events_start(char *err, size_t errlen)
+{
+	return ev.log != NULL ? webhook_start(err, errlen) : 0;
+}
+
+void
+events_close(void)
+{
+	webhook_close();
+	pthread_mutex_lock(&ev.mu);
+	ev.open = 0;
+	eventlog_close(ev.log);
+	ev.log = NULL;
+	pthread_mutex_unlock(&ev.mu);
+}
+
+void
+events_expire(void)
+{
+	size_t n;
+
+	if (ev.log == NULL)
+		return;
+	pthread_mutex_lock(&ev.mu);
+	n = ev.open ? eventlog_expire(ev.log, time(NULL) - ev.d->cfg->events_keep) : 0;
+	pthread_mutex_unlock(&ev.mu);
+	if (n > 0)
+		log_msg(LOG_INFO, "event=events_expired segments=%zu", n);
+}
+
+void
+events_set_tap(events_tap_fn fn)
+{
+	pthread_mutex_lock(&ev.mu);
+	ev.tap = fn;
+	pthread_mutex_unlock(&ev.mu);
+}
+
+void
+events_lock(void)
+{
+	pthread_mutex_lock(&ev.mu);
+}
+
+void
+events_unlock(void)
+{
+	pthread_mutex_unlock(&ev.mu);
+}
+
+uint64_t
+events_last_id(void)
+{
+	uint64_t id;
+
+	pthread_mutex_lock(&ev.mu);
+	id = ev.open ? eventlog_last(ev.log) : 0;
+	pthread_mutex_unlock(&ev.mu);
+	return id;
+}
+
+/*
+ * A batch (one message's recipients): the events are written under one
+ * hold of the lock and made durable by one fdatasync, then handed on.
+ * Nothing is shown to a subscriber or a webhook before it is on disk, so
+ * a crash never reuses an id someone saw.
+ */
+struct ev_pending {
+	char		*line;
+	size_t		 len;
+	uint64_t	 id;
+	enum event_type	 type;
+	char		 app[CONFIG_APP_NAME_MAX + 16];
+};
+static _Thread_local struct ev_pending *ev_pend;
+static _Thread_local size_t ev_npend, ev_cappend;
+static _Thread_local int ev_batching;
+
+static void
+ev_batch_begin(void)
+{
+	pthread_mutex_lock(&ev.mu);
+	ev_batching = 1;
+}
+
+static void
+ev_batch_end(void)
+{
+	size_t i;
+
+	if (ev_npend > 0 && eventlog_sync(ev.log) == -1)
+		log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event log "
+		    "failed\"");
+	for (i = 0; i < ev_npend; i++) {
+		if (ev.tap != NULL)
+			ev.tap(ev_pend[i].id, ev_pend[i].app, ev_pend[i].type, ev_pend[i].line,
+			    ev_pend[i].len);
+		webhook_notify(ev_pend[i].app);
+		free(ev_pend[i].line);
+	}
+	/* thread-local: nothing may outlive the batch (threads end unannounced) */
+	free(ev_pend);
+	ev_pend = NULL;
+	ev_npend = ev_cappend = 0;
+	ev_batching = 0;
+	pthread_mutex_unlock(&ev.mu);
+}
+
+uint64_t
+events_emit(const char *app, enum event_type type, const char *msg, const char *rcpt,
+    json_t *fields)
+{
+	struct ev_pending *p;
+	uint64_t id = 0;
+	json_t *o = NULL;
+	char *s = NULL;
+	size_t len;
+	int batch = ev_batching;
+
+	if (!batch)
+		ev_batch_begin();
+	if (!ev.open)
+		goto out;
+	if (ev_npend == ev_cappend) {
+		size_t cap = ev_cappend ? ev_cappend * 2 : 16;
+		if ((p = realloc(ev_pend, cap * sizeof(*p))) == NULL)
+			goto fail;
+		ev_pend = p;
+		ev_cappend = cap;
+	}
+	id = eventlog_last(ev.log) + 1;
+	/* "id" first: the log finds it at the start of the line */
+	o = json_pack("{s:I, s:s, s:I, s:s, s:s?, s:s?}", "id", (json_int_t)id,
+	    "type", event_type_name(type), "time", (json_int_t)time(NULL),
+	    "app", app, "message", msg, "recipient", rcpt);
+	if (o == NULL)
+		goto fail;
+	if (fields != NULL)
+		json_object_update(o, fields);
+	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+	if (s == NULL || (len = strlen(s)) > EVENT_LINE_MAX ||
+	    eventlog_append(ev.log, id, s, len) == -1)
+		goto fail;
+	p = &ev_pend[ev_npend++];
+	p->line = s;
+	p->len = len;
+	p->id = id;
+	p->type = type;
+	snprintf(p->app, sizeof(p->app), "%s", app);
+	s = NULL;
+	goto out;
+fail:
+	log_msg(LOG_ERR, "event=events_error type=%s message=%s detail=\"cannot record "
+	    "the event\"", event_type_name(type), msg ? msg : "-");
+	id = 0;
+out:
+	if (!batch)
+		ev_batch_end();
+	json_decref(fields);
+	json_decref(o);
+	free(s);
+	return id;
+}
+
+void
+events_app_of(const struct q_envelope *env, char *out, size_t len)
+{
+	const char *a = env->tag ? strstr(env->tag, " app=") : NULL;
+
+	if (a != NULL)
+		snprintf(out, len, "%s", a + 5);
+	else
+		snprintf(out, len, "uid:%u", (unsigned)env->client_uid);
+}
+
+void
+events_accepted(const struct q_envelope *env, const char *id)
+{
+	char app[CONFIG_APP_NAME_MAX + 16];
+	size_t i;
+
+	time_t expires = env->expires;
+
+	/* a template without an end gets its class's lifetime (queue.c) */
+	if (expires == 0 && env->klass < Q_CLASS_COUNT)
+		expires = time(NULL) + ev.klass[env->klass].lifetime;
+	events_app_of(env, app, sizeof(app));
+	ev_batch_begin();
+	for (i = 0; i < env->nrcpt; i++)
+		events_emit(app, EV_ACCEPTED, id, env->rcpts[i].addr,
+		    json_pack("{s:s, s:I}", "class", q_class_name(env->klass),
+		    "expires", (json_int_t)expires));
+	ev_batch_end();
+}
+
+void
+events_note_hop(const char *rcpt, const char *mx, const char *ip, const char *tls)
+{
+	struct ev_hop *h;
+	void *p;
+
+	if (!ev.open || (p = realloc(ev_hops, (ev_nhops + 1) * sizeof(*ev_hops))) == NULL)
+		return;
+	ev_hops = p;
+	h = &ev_hops[ev_nhops];
+	if ((h->rcpt = strdup(rcpt)) == NULL)
+		return;
+	snprintf(h->mx, sizeof(h->mx), "%s", mx ? mx : "");
+	snprintf(h->ip, sizeof(h->ip), "%s", ip ? ip : "");
+	snprintf(h->tls, sizeof(h->tls), "%s", tls && *tls ? tls : "none");
+	ev_nhops++;
+}
+
+static void
+ev_hops_clear(void)
+{
+	size_t i;
+
+	for (i = 0; i < ev_nhops; i++)
+		free(ev_hops[i].rcpt);
+	free(ev_hops);
+	ev_hops = NULL;
+	ev_nhops = 0;
+}
+
+/* The class of a failure, with the blocklist its reply names. */
+static json_t *
+ev_failure(const char *reply)
+{
+	struct bounce_result b = { 0 };
+	json_t *o;
+
+	bounce_classify(reply, &b);
+	o = json_pack("{s:s, s:s}", "class", bounce_class_name(b.klass), "reply",
+	    reply ? reply : "");
+	if (o != NULL && b.list[0] != '\0')
+		json_object_set_new(o, "blocklist", json_string(b.list));
+	return o;
+}
+
+/* When the scheduler will try again: its backoff without the jitter. */
+static time_t
+ev_next_attempt(const struct q_envelope *env)
+{
+	const struct q_class_params *p = &ev.klass[env->klass < Q_CLASS_COUNT ? env->klass : 0];
+	double d = p->retry_min > 0 ? p->retry_min : 1, hi = p->retry_max;
+	time_t t;
+	int i;
+
+	for (i = 1; i < env->attempts + 1 && d < hi; i++)
+		d *= 2;
+	if (d > hi && hi > 0)
+		d = hi;
+	t = time(NULL) + (time_t)d;
+	return env->expires > 0 && t > env->expires ? env->expires : t;
+}
+
+void
+events_delivery(const struct q_envelope *env, const char *was_open, size_t nopen)
+{
+	char app[CONFIG_APP_NAME_MAX + 16];
+	const struct q_rcpt *r;
+	json_t *f;
+	size_t i, k;
+
+	if (!ev.open)
+		goto out;
+	events_app_of(env, app, sizeof(app));
+	ev_batch_begin();
+	for (i = 0; i < nopen && i < env->nrcpt; i++) {
+		if (!was_open[i])
+			continue;
+		r = &env->rcpts[i];
+		switch (r->state) {
+		case Q_RCPT_DELIVERED:
+			for (k = 0; k < ev_nhops; k++)
+				if (strcmp(ev_hops[k].rcpt, r->addr) == 0)
+					break;
+			if (k < ev_nhops)
+				f = json_pack("{s:s, s:s, s:s}", "mx", ev_hops[k].mx,
+				    "ip", ev_hops[k].ip, "tls", ev_hops[k].tls);
+			else
+				f = json_pack("{s:s?, s:n, s:n}", "mx",
+				    ev.d->cfg->sandbox ? "sandbox" : NULL, "ip", "tls");
+			if (f != NULL)
+				json_object_set_new(f, "reply", json_string(r->reply ? r->reply : ""));
+			events_emit(app, EV_DELIVERED, env->id, r->addr, f);
+			break;
+		case Q_RCPT_DEFERRED:
+			if ((f = ev_failure(r->reply)) != NULL) {
+				json_object_set_new(f, "next_attempt",
+				    json_integer((json_int_t)ev_next_attempt(env)));
+				json_object_set_new(f, "attempts", json_integer(r->attempts + 1));
+			}
+			events_emit(app, EV_DEFERRED, env->id, r->addr, f);
+			break;
+		case Q_RCPT_FAILED:
+			events_emit(app, EV_BOUNCED, env->id, r->addr, ev_failure(r->reply));
+			break;
+		default:
+			break;
+		}
+	}
+	ev_batch_end();
+out:
+	ev_hops_clear();
+}
+
+void
+events_expired(void *arg, const struct q_envelope *env, size_t i)
+{
+	char app[CONFIG_APP_NAME_MAX + 16];
+
+	(void)arg;
+	if (!ev.open || i >= env->nrcpt)
+		return;
+	events_app_of(env, app, sizeof(app));
+	events_emit(app, EV_EXPIRED, env->id, env->rcpts[i].addr,
+	    json_pack("{s:s, s:s, s:i}", "class", q_class_name(env->klass), "reason",
+	    env->rcpts[i].reply ? env->rcpts[i].reply : "lifetime expired",
+	    "attempts", env->rcpts[i].attempts));
+}
+
+void
+events_suppressed(const char *app, const char *rcpt, const char *reason, const char *klass)
+{
+	ev_supp_emitted++;
+	events_emit(app, EV_SUPPRESSED, NULL, rcpt, json_pack("{s:s?, s:s?}", "reason",
+	    reason, "class", klass));
+}
+
+void
+events_request_begin(void)
+{
+	ev_supp_emitted = 0;
+}
+
+/* A "suppressed" answer no events_suppressed call announced: the address is
+ * the answer's (address/recipient) or the request's "to". */
+void
+events_request_end(const char *app, json_t *req, json_t *reply)
+{
+	const char *err = json_string_value(json_object_get(reply, "error"));
+	const char *rcpt, *klass;
+	json_t *to = json_object_get(req, "to");
+
+	if (err == NULL || strcmp(err, "suppressed") != 0 || ev_supp_emitted > 0 || !ev.open)
+		return;
+	if ((rcpt = json_string_value(json_object_get(reply, "address"))) == NULL &&
+	    (rcpt = json_string_value(json_object_get(reply, "recipient"))) == NULL &&
+	    (rcpt = json_string_value(to)) == NULL)
+		rcpt = json_string_value(json_array_get(to, 0));
+	if ((klass = json_string_value(json_object_get(reply, "class"))) == NULL)
+		klass = json_string_value(json_object_get(reply, "reason_class"));
+	events_suppressed(app, rcpt, json_string_value(json_object_get(reply, "reason")) ?:
+	    json_string_value(json_object_get(reply, "detail")), klass);
+}
+
+/* ---- readers ---------------------------------------------------------- */
+
+/* Does the line hold "key":"val" (as a key: JSON escapes every quote in
+ * a string, so a value can never contain it)? */
+static int
+ev_line_has(const char *line, size_t len, const char *key, const char *val)
+{
+	char pat[160];
+	int n = snprintf(pat, sizeof(pat), "\"%s\":\"%s\"", key, val);
+
+	return n > 0 && (size_t)n < sizeof(pat) && memmem(line, len, pat, (size_t)n) != NULL;
+}
+
+static int
+ev_line_type(const char *line, size_t len)
+{
+	int i;
+
+	for (i = 0; i < EV_TYPE_COUNT; i++)
+		if (ev_line_has(line, len, "type", ev_names[i]))
+			return i;
+	return -1;
+}
+
+struct ev_replay {
+	const char	*app;
+	unsigned	 mask;
+	events_line_fn	 fn;
+	void		*arg;
+};
+
+static int
+ev_replay_one(void *arg, uint64_t id, const char *line, size_t len)
+{
+	struct ev_replay *r = arg;
+	int t;
+
+	if (r->app != NULL && !ev_line_has(line, len, "app", r->app))
+		return 0;
+	if ((t = ev_line_type(line, len)) < 0 || !(r->mask & (1u << t)))
+		return 0;
+	return r->fn(r->arg, id, line, len);
+}
+
+int
+events_replay(uint64_t after, const char *app, unsigned mask, events_line_fn fn, void *arg)
+{
+	struct ev_replay r = { app, mask, fn, arg };
+
+	if (ev.log == NULL)
+		return -1;
+	return eventlog_scan(ev.log, after, 0, ev_replay_one, &r);
+}
+
+struct ev_hist {
+	const char	*msg;
+	const char	*app;
+	json_t		*arr;
+};
+
+static int
+ev_hist_one(void *arg, uint64_t id, const char *line, size_t len)
+{
+	struct ev_hist *h = arg;
+	json_t *o;
+
+	(void)id;
+	if (!ev_line_has(line, len, "message", h->msg) ||
+	    (h->app != NULL && !ev_line_has(line, len, "app", h->app)))
+		return 0;
+	if ((o = json_loadb(line, len, 0, NULL)) != NULL)
+		json_array_append_new(h->arr, o);
+	return json_array_size(h->arr) >= EV_HISTORY_MAX;
+}
+
+json_t *
+events_history(const char *msg, const char *app, time_t created)
+{
+	struct ev_hist h = { msg, app, NULL };
+
+	if (ev.log == NULL || strlen(msg) > 64 || strpbrk(msg, "\"\\") != NULL)
+		return NULL;
+	if ((h.arr = json_array()) == NULL)
+		return NULL;
+	if (eventlog_scan(ev.log, 0, created > 0 ? created - 1 : 0, ev_hist_one, &h) == -1) {
+		json_decref(h.arr);
+		return NULL;
+	}
+	return h.arr;
+}

@@ -1,0 +1,111 @@
+/*
+ * test_events.c - agent/events/events.c without a daemon: ids and the JSON
+ * of emitted events, the per-app replay filter, and the one "suppressed"
+ * event per refused request (events_suppressed, else events_request_end).
+ * The socket, webhooks and the delivery hooks: tests/integration/test_events.py.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent/core/otpmaild.h"
+#include "agent/events/events.h"
+#include "queue/queue.h"
+#include "tests/unit/tap.h"
+
+struct otpmaild *otpmaild_ctx;
+
+static json_t *lines;
+
+static int
+grab(void *arg, uint64_t id, const char *line, size_t len)
+{
+	(void)arg;
+	(void)id;
+	json_array_append_new(lines, json_loadb(line, len, 0, NULL));
+	return 0;
+}
+
+static json_t *
+replay(uint64_t after, const char *app)
+{
+	json_decref(lines);
+	lines = json_array();
+	events_replay(after, app, EV_MASK_ALL, grab, NULL);
+	return lines;
+}
+
+static const char *
+field(json_t *a, size_t i, const char *k)
+{
+	const char *s = json_string_value(json_object_get(json_array_get(a, i), k));
+	return s ? s : "(null)";
+}
+
+int
+main(void)
+{
+	struct q_class_params klass[Q_CLASS_COUNT] = { { 1, 2, 60, 0 }, { 1, 2, 60, 0 } };
+	char dir[] = "/tmp/otpm-events-XXXXXX", err[256], cmd[300];
+	struct otpmaild d = { 0 };
+	json_t *req, *rep, *a;
+	uint64_t id;
+
+	if (mkdtemp(dir) == NULL)
+		return 1;
+	d.cfg = config_load(NULL, err, sizeof(err));
+	d.state_dir = dir;
+	otpmaild_ctx = &d;
+	ok(events_emit("shop", EV_ACCEPTED, "q1", "a@example.org", NULL) == 0,
+	    "nothing is recorded before events_open");
+	ok(events_open(&d, klass, err, sizeof(err)) == 0, "events_open");
+	id = events_emit("shop", EV_ACCEPTED, "q1", "a@example.org",
+	    json_pack("{s:s}", "class", "otp"));
+	is_int(id, 1, "the first event is 1");
+	is_int(events_emit("bank", EV_BOUNCED, "q2", "b@example.org", NULL), 2, "then 2");
+	a = replay(0, NULL);
+	is_int(json_array_size(a), 2, "an admin's replay has both");
+	is_str(field(a, 0, "type"), "accepted", "type");
+	is_str(field(a, 0, "class"), "otp", "extra fields kept");
+	a = replay(0, "shop");
+	ok(json_array_size(a) == 1 && strcmp(field(a, 0, "app"), "shop") == 0,
+	    "shop's replay has shop's only");
+	a = replay(0, "sho");
+	is_int(json_array_size(a), 0, "an app name's prefix matches nothing");
+
+	/* a "suppressed" answer: one event whether the handler emitted it or not */
+	req = json_pack("{s:s, s:s}", "op", "mail.send", "to", "gone@example.org");
+	rep = json_pack("{s:b, s:s, s:s, s:s}", "ok", 0, "error", "suppressed", "detail",
+	    "the address is suppressed", "reason", "hard bounce");
+	events_request_begin();
+	events_request_end("shop", req, rep);
+	a = replay(2, NULL);
+	ok(json_array_size(a) == 1 && strcmp(field(a, 0, "type"), "suppressed") == 0 &&
+	    strcmp(field(a, 0, "recipient"), "gone@example.org") == 0 &&
+	    strcmp(field(a, 0, "reason"), "hard bounce") == 0 &&
+	    json_is_null(json_object_get(json_array_get(a, 0), "message")),
+	    "an unannounced suppressed answer gets its event");
+	events_request_begin();
+	events_suppressed("shop", "gone@example.org", "hard bounce", "hard");
+	events_request_end("shop", req, rep);
+	is_int(json_array_size(replay(3, NULL)), 1, "an announced one is not doubled");
+	json_decref(rep);
+	rep = json_pack("{s:b, s:s}", "ok", 0, "error", "rate_limited");
+	events_request_begin();
+	events_request_end("shop", req, rep);
+	is_int(events_last_id(), 4, "other errors make no event");
+	json_decref(rep);
+	json_decref(req);
+
+	events_close();
+	ok(events_open(&d, klass, err, sizeof(err)) == 0, "reopened");
+	is_int(events_emit("shop", EV_EXPIRED, "q1", "a@example.org", NULL), 5,
+	    "ids go on after a reopen");
+	events_close();
+	json_decref(lines);
+	config_free(d.cfg);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	(void)!system(cmd);
+	return done_testing();
+}
