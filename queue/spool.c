@@ -423,9 +423,15 @@ spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int
 	spool_fault("after_rename");
 	what = "fsync dir";
 	if (spool_fsync_dir(sp, rel) == -1) {
-		/* The file is in place, maybe not durable: report tempfail. */
+		/*
+		 * The file is in place, maybe not durable: report tempfail.
+		 * A new file goes again, or a restart would deliver a message
+		 * whose sender was told it was refused (and retries it).
+		 */
 		saved = errno;
 		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(saved));
+		if (!replace && unlink(dst) == -1)
+			spool_log(sp, LOG_ERR, "queue: unlink %s: %s", rel, strerror(errno));
 		return spool_errno_status(saved);
 	}
 	spool_fault("after_dir_fsync");

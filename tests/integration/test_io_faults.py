@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""test_io_faults.py - a disk that answers EIO: every request the fault
+touches is refused (unavailable), nothing refused is ever delivered or
+verifies, nothing acknowledged is lost, and the daemon works again, with
+no restart, once the disk does.
+
+Starts: smtp-sink (dumps) on 127.0.0.2:25 for example.com, smtp-sink -r
+RCPT (every RCPT deferred) on 127.0.0.3:25 for defer.example.com, and
+otpmaild (sandbox = no) under tests/powercut/iofault.so (LD_PRELOAD), which
+fails chosen fsync, fdatasync, write, rename and link calls under the state
+directory with EIO by rules in a control file the test rewrites (no rule:
+the disk is back).  A rule fails every matching call, as a broken disk
+would, until the test removes it.
+
+Injection points (each a separate check, counted at the end):
+  new message, for mail.send and for otp.issue: write of the unnamed file,
+  its fsync, the link that names it, the fsync of its directory (8);
+  state update (queue.hold): the appended record's write, its fdatasync,
+  and the rename of a compacted file (3);
+  delivery results: the state record of a delivered and of a deferred
+  message (write, then fdatasync) while the queue runs (2);
+  database: the log write of otp.issue's commit, the log flush
+  (fdatasync) before the mail is named, the log write of otp.verify's
+  commit (3);
+  checkpoint: the data files' write and fdatasync at shutdown (1).
+Berkeley DB retries a failed write or fsync 100 times (about 10 s)
+before it reports the error, so each database point costs that; the
+plain run covers all of them (~40 s).
+
+For each point: the answer is {"ok": false, "error": "unavailable"} (the
+daemon's detail aside), the fault really fired (the shim's log), no file
+of the refused message is left in the spool (spool/msg, spool/tmp); for
+otp.issue, the code of the refused mail (the shim dumps the file it failed
+on, tests/powercut/iofault.c) does not verify; then, with the rule gone,
+the same request works.  At the end the daemon is restarted on a sound
+disk and the queue resumed: the sink receives exactly the acknowledged
+messages (each recipient a tag; duplicates allowed only for a message
+whose "delivered" record could not be written, at-least-once), none of
+the refused ones, and nothing is quarantined.
+"""
+
+import glob
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Daemon, Tap, TOP_BUILDDIR, wait_for  # noqa: E402
+from peers import SmtpSink  # noqa: E402
+
+t = Tap()
+SHIM = os.path.join(TOP_BUILDDIR, "tests", "powercut", "iofault.so")
+CONF = ("sandbox = no\n"
+        "log_level = info\n"
+        "tls_policy = none\n"
+        "route = example.com [127.0.0.2]:25\n"
+        "route = defer.example.com [127.0.0.3]:25\n"
+        "otp_from = noreply@example.com\n"
+        "otp_resend_cooldown = 0s\n"
+        "otp_max_per_address_hour = 1000\n"
+        "default_retry_min = 1s\n"
+        "default_retry_max = 2s\n"
+        "queue_min_free_space = 0\n")
+NEW = "spool/msg/??/#*"          # an unnamed (O_TMPFILE) message file
+NAMED = "spool/msg/??/[!#]*"     # a message file with its name
+
+
+def code_in(body):
+    """The code of an OTP mail: the indented line of its text part."""
+    m = re.search(r"^\s{4}([0-9A-Z]{4,12})\s*$", body, re.M)
+    return m.group(1) if m else None
+
+
+class Faults:
+    def __init__(self, base):
+        self.ctl = os.path.join(base, "ctl")
+        self.log = os.path.join(base, "faults")
+        self.dump = os.path.join(base, "dump")
+        os.mkdir(self.dump)
+        self.points = []
+
+    def env(self, root):
+        return {"LD_PRELOAD": SHIM, "IOFAULT_ROOT": root, "IOFAULT_CTL": self.ctl,
+                "IOFAULT_LOG": self.log, "IOFAULT_DUMP": self.dump,
+                # the shim is loaded ahead of the sanitizer runtime
+                "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") +
+                ":verify_asan_link_order=0"}
+
+    def set(self, *rules):
+        with open(self.ctl + ".new", "w") as f:
+            f.write("".join("%s 0 0\n" % r for r in rules))
+        os.rename(self.ctl + ".new", self.ctl)
+
+    def clear(self):
+        self.set()
+
+    def fired(self):
+        try:
+            with open(self.log) as f:
+                return f.read().splitlines()
+        except OSError:
+            return []
+
+    def dump_of(self, n):
+        """The file the n-th fault (from 0) was injected on, as dumped."""
+        lines = self.fired()
+        if len(lines) <= n:
+            return ""
+        try:
+            with open(os.path.join(self.dump, lines[n].split()[-1]), "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+
+def spool_files_with(d, needle):
+    """Message files (named or not yet) whose content holds needle."""
+    hits = []
+    for p in glob.glob(os.path.join(d.state, "spool", "msg", "*", "*")) + \
+            glob.glob(os.path.join(d.state, "spool", "tmp", "*")):
+        try:
+            with open(p, "rb") as f:
+                if needle.encode() in f.read():
+                    hits.append(p)
+        except OSError:
+            pass
+    return hits
+
+
+class Run:
+    def __init__(self, d, fx):
+        self.d = d
+        self.fx = fx
+        self.acked = {}          # tag -> queue id
+        self.refused = set()     # tags
+        self.n = 0
+        self.covered = 0
+
+    def tag(self, what):
+        self.n += 1
+        return "iof%02d-%s" % (self.n, what)
+
+    def request(self, op, tag):
+        if op == "mail.send":
+            return self.d.call({"op": "mail.send", "from": "app@example.com",
+                                "to": ["%s@example.com" % tag],
+                                "subject": "io faults " + tag, "text": "body %s\n" % tag},
+                               timeout=120)
+        return self.d.call({"op": "otp.issue", "to": "%s@example.com" % tag,
+                            "purpose": "login"}, timeout=120)
+
+    def refused_point(self, name, op, rules):
+        """One injection point on the request path of op."""
+        tag = self.tag(name.replace(" ", "_"))
+        before = len(self.fx.fired())
+        self.fx.set(*rules)
+        r = self.request(op, tag)
+        dump = self.fx.dump_of(before)
+        self.fx.clear()
+        fired = len(self.fx.fired()) > before
+        t.ok(fired, "%s: the fault fired" % name)
+        t.ok(r.get("error") == "unavailable", "%s: %s answers unavailable" % (name, op), r)
+        if r.get("ok"):
+            self.acked[tag] = r["id"]
+        else:
+            self.refused.add(tag)
+        t.is_(spool_files_with(self.d, tag + "@"), [],
+              "%s: no file of the refused message in the spool" % name)
+        if op == "otp.issue" and " spool/" in " " + rules[0].split()[1]:
+            code = code_in(dump)
+            if code is None:
+                t.diag("%s: no code in the dumped file (%d bytes)" % (name, len(dump)))
+            else:
+                v = self.d.call({"op": "otp.verify", "to": "%s@example.com" % tag,
+                                 "purpose": "login", "code": code}, timeout=120)
+                t.ok(not v.get("ok"), "%s: the refused mail's code does not verify" %
+                     name, v)
+        self.after(name, op)
+        if fired and r.get("error") == "unavailable":
+            self.covered += 1
+
+    def after(self, name, op):
+        tag = self.tag("after")
+        r = self.request(op, tag)
+        t.ok(r.get("ok"), "%s: disk back: %s works again, no restart" % (name, op), r)
+        if r.get("ok"):
+            self.acked[tag] = r["id"]
+
+
+def state_points(run, d, fx):
+    """queue.hold on a queued message: its appended state record."""
+    tag = run.tag("state")
+    r = run.request("mail.send", tag)
+    qid = r.get("id")
+    run.acked[tag] = qid
+    for name, rule in (("state record write", "write " + NAMED),
+                       ("state record fdatasync", "fdatasync " + NAMED)):
+        before = len(fx.fired())
+        fx.set(rule)
+        h = d.call({"op": "queue.hold", "id": qid})
+        fx.clear()
+        fired = len(fx.fired()) > before
+        t.ok(fired, "%s: the fault fired" % name)
+        t.ok(h.get("error") == "unavailable", "%s: queue.hold answers unavailable" %
+             name, h)
+        h = d.call({"op": "queue.hold", "id": qid})
+        t.ok(h.get("ok"), "%s: disk back: queue.hold works" % name, h)
+        s = d.call({"op": "queue.show", "id": qid})
+        t.ok(s.get("ok") and s.get("state") == "held", "%s: the message is held" % name, s)
+        r = d.call({"op": "queue.release", "id": qid})
+        t.ok(r.get("ok"), "%s: queue.release works" % name, r)
+        if fired and h.get("ok"):
+            run.covered += 1
+    # past 64 KiB of records a state update rewrites the file (tmp/, rename)
+    path = glob.glob(os.path.join(d.state, "spool", "msg", "*", qid))[0]
+    while os.path.getsize(path) < 60 * 1024:
+        d.pipeline([{"op": "queue.hold", "id": qid}, {"op": "queue.release", "id": qid}] * 8)
+    name = "compaction rename"
+    before = len(fx.fired())
+    fx.set("rename spool/msg/*")
+    for i in range(100):
+        h = d.call({"op": "queue.hold", "id": qid})
+        if not h.get("ok"):
+            break
+        d.call({"op": "queue.release", "id": qid})
+    fx.clear()
+    fired = len(fx.fired()) > before
+    t.ok(fired, "%s: the fault fired" % name)
+    t.ok(h.get("error") == "unavailable", "%s: queue.hold answers unavailable" % name, h)
+    t.is_(os.listdir(os.path.join(d.state, "spool", "tmp")), [],
+          "%s: no temporary file left" % name)
+    s = d.call({"op": "queue.show", "id": qid, "body": True})
+    t.ok(s.get("ok") and ("body %s" % tag) in s.get("body", ""),
+         "%s: the message still reads whole" % name, s)
+    h = d.call({"op": "queue.hold", "id": qid})
+    d.call({"op": "queue.release", "id": qid})
+    t.ok(h.get("ok"), "%s: disk back: queue.hold works" % name, h)
+    if fired and h.get("ok"):
+        run.covered += 1
+
+
+def delivery_points(run, d, fx, sink):
+    """Delivery results while every state record fails: nothing is lost."""
+    tags = []
+    for i in range(3):
+        tag = run.tag("dlv")
+        r = run.request("mail.send", tag)
+        run.acked[tag] = r.get("id")
+        tags.append(tag)
+    dtag = run.tag("deferred")
+    r = d.call({"op": "mail.send", "from": "app@example.com",
+                "to": ["%s@defer.example.com" % dtag], "subject": "io faults deferred",
+                "text": "deferred\n"})
+    t.ok(r.get("ok"), "a message for the deferring peer is queued", r)
+    deferred_id = r.get("id")
+    before = len(fx.fired())
+    fx.set("write " + NAMED, "fdatasync " + NAMED)
+    d.call({"op": "queue.resume"})
+    got = wait_for(lambda: {m.rcpt.split("@")[0] for m in sink.messages()} >=
+                   set(tags), timeout=30)
+    t.ok(got, "delivery results unwritable: the messages are delivered anyway")
+
+    def deferred_tried():
+        s = d.call({"op": "queue.show", "id": deferred_id})
+        return s if s.get("ok") and s.get("attempts", 0) >= 1 else None
+    s = wait_for(deferred_tried, timeout=30)
+    t.ok(s, "the deferred message was tried", s)
+    lines = fx.fired()[before:]
+    # the record's write works, its fdatasync does not: the deferred
+    # message's next attempt (a delivered one's record is not synced)
+    fx.set("fdatasync " + NAMED)
+    attempts = s.get("attempts", 0) if s else 0
+    d.call({"op": "queue.flush", "ids": [deferred_id]})
+    s = wait_for(lambda: (lambda r: r if r.get("attempts", 0) > attempts else None)(
+        d.call({"op": "queue.show", "id": deferred_id})), timeout=30)
+    t.ok(s, "the deferred message was tried again", s)
+    lines += fx.fired()[before + len(lines):]
+    fx.clear()
+    t.diag("delivery-time faults: %d (%s)" % (len(lines), sorted({l.split()[0]
+                                                                 for l in lines})))
+    t.ok(d.call({"op": "ping"}).get("ok"), "the daemon keeps serving")
+    s = d.call({"op": "queue.show", "id": deferred_id})
+    t.ok(s.get("ok") and s.get("state") in ("deferred", "queued", "delivering"),
+         "the deferred message is still queued", s)
+    for op in ("write", "fdatasync"):
+        t.ok(any(l.startswith(op) for l in lines), "delivery results: %s faults fired" % op)
+        if any(l.startswith(op) for l in lines):
+            run.covered += 1
+    d.call({"op": "queue.delete", "id": deferred_id})
+    d.call({"op": "queue.pause"})
+    return set(tags)
+
+
+def verify_point(run, d, fx):
+    """otp.verify while the database log cannot be written."""
+    name = "otp.verify log write"
+    tag = run.tag("verify")
+    r = run.request("otp.issue", tag)
+    run.acked[tag] = r.get("id")
+    body = d.call({"op": "queue.show", "id": r.get("id"), "body": True}).get("body", "")
+    code = code_in(body)
+    req = {"op": "otp.verify", "to": "%s@example.com" % tag, "purpose": "login",
+           "code": code}
+    before = len(fx.fired())
+    fx.set("write db/log.*")
+    v = d.call(req, timeout=120)
+    fx.clear()
+    fired = len(fx.fired()) > before
+    t.ok(fired, "%s: the fault fired" % name)
+    t.ok(v.get("error") == "unavailable", "%s: otp.verify answers unavailable, "
+         "not ok" % name, v)
+    v = d.call(req, timeout=120)
+    t.ok(v.get("ok"), "%s: disk back: the code verifies" % name, v)
+    v = d.call(req, timeout=120)
+    t.ok(not v.get("ok"), "%s: once" % name, v)
+    if fired:
+        run.covered += 1
+
+
+def main():
+    if not os.path.exists(SHIM):
+        t.skip("I/O faults", "no %s (make check builds it)" % SHIM)
+        t.done()
+        return
+    base = tempfile.mkdtemp(prefix="otpm-iofault-")
+    fx = Faults(base)
+    sink = SmtpSink("127.0.0.2", 25).start()
+    dsink = SmtpSink("127.0.0.3", 25, dump=False, extra_args=["-r", "RCPT"]).start()
+    d = Daemon(conf_extra=CONF, start=False)
+    os.makedirs(d.state, 0o700)
+    d.env.update(fx.env(d.state))
+    run = Run(d, fx)
+    try:
+        d.start()
+        d.call({"op": "queue.pause"})
+        for op in ("mail.send", "otp.issue"):
+            for step, rule in (("write", "write " + NEW), ("fsync", "fsync " + NEW),
+                               ("link", "link spool/msg/*"),
+                               ("dir fsync", "fsync spool/msg/??")):
+                run.refused_point("%s %s" % (op, step), op, [rule])
+        run.refused_point("otp.issue log write", "otp.issue", ["write db/log.*"])
+        run.refused_point("otp.issue log flush", "otp.issue", ["fdatasync db/log.*"])
+        verify_point(run, d, fx)
+        state_points(run, d, fx)
+        delivered = delivery_points(run, d, fx, sink)
+
+        # checkpoint at shutdown on a failing disk, then a sound restart
+        before = len(fx.fired())
+        fx.set("write db/*.db", "fdatasync db/*.db")
+        rc = d.stop(timeout=120)
+        fired = len(fx.fired()) > before
+        fx.clear()
+        t.ok(fired, "checkpoint at shutdown: the fault fired")
+        t.diag("exit status with a failing checkpoint: %s" % rc)
+        d.start()
+        t.ok(True, "the daemon starts again after the failed checkpoint")
+        if fired:
+            run.covered += 1
+
+        ids = {m["id"] for m in d.call({"op": "queue.list", "limit": 1000})
+               .get("messages", [])}
+        missing = sorted(tag for tag, qid in run.acked.items()
+                         if qid not in ids and tag not in delivered)
+        t.is_(missing, [], "after the restart every acknowledged message is queued "
+              "(or was delivered)")
+        d.call({"op": "queue.resume"})
+        want = set(run.acked)
+        wait_for(lambda: {m.rcpt.split("@")[0] for m in sink.messages()} >= want,
+                 timeout=30)
+        got = [m.rcpt.split("@")[0] for m in sink.messages()]
+        t.is_(sorted(set(got) - want), [], "nothing refused (or unknown) was delivered")
+        t.is_(sorted(want - set(got)), [], "every acknowledged message was delivered")
+        dups = sorted({g for g in got if got.count(g) > 1} - delivered)
+        t.is_(dups, [], "no duplicate but where a delivered record was lost")
+        t.is_(os.listdir(os.path.join(d.state, "spool", "corrupt")), [],
+              "nothing quarantined")
+        t.diag("injection points covered: %d (faults injected: %d)" %
+               (run.covered, len(fx.fired())))
+        t.is_(run.covered, 17, "all 17 injection points covered")
+    finally:
+        d.stop()
+        d.cleanup()
+        sink.stop()
+        dsink.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    t.done()
+
+
+main()
