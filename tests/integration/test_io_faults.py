@@ -47,7 +47,6 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Daemon, Tap, TOP_BUILDDIR, wait_for  # noqa: E402

@@ -44,7 +44,9 @@ log files are removed at checkpoints, so the size saw-tooths).
 Modes:  (default)                 3 minutes, warm-up 100 s  (the CI test)
         OTPMAIL_SOAK=long         1 hour, warm-up 600 s
         OTPMAIL_SOAK_SECONDS=N    N seconds (warm-up: 100 s or N/6)
-Under OTPMAIL_WRAPPER (valgrind) the rates are divided by 20.
+Under OTPMAIL_WRAPPER (valgrind) the rates are divided by 20 and the RSS
+(valgrind's own) is reported, not checked.  The curves and figures of an
+hour's run are in tests/bench/README.md ("Soak").
 """
 
 import json
@@ -303,8 +305,13 @@ def main():
         t.diag("stats: %s" % json.dumps(st, sort_keys=True))
         for k in ("delivered", "deferred", "failed", "expired", "bounces"):
             t.ok(tot.get(k, 0) > 0, "some messages %s (%d)" % (k, tot.get(k, 0)))
-        rss_factor, rss_slack = (2.0, 64 * MiB) if SANITIZED else (1.25, 16 * MiB)
-        flat(samples, "rss", rss_factor, rss_slack, MiB, "RSS (MiB)")
+        if WRAPPER:
+            # valgrind's own memory is in the RSS: reported, not checked
+            t.diag("RSS under %s: %.1f MiB at the end" % (WRAPPER[0],
+                                                         samples[-1]["rss"] / MiB))
+        else:
+            rss_factor, rss_slack = (2.0, 64 * MiB) if SANITIZED else (1.25, 16 * MiB)
+            flat(samples, "rss", rss_factor, rss_slack, MiB, "RSS (MiB)")
         flat(samples, "fds", 1, 16, 1, "descriptors")
         flat(samples, "spool", 1.5, 4 * MiB, MiB, "spool (MiB)")
         flat(samples, "db", 1.5, 16 * MiB, MiB, "database (MiB)")
