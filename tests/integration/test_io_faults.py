@@ -14,7 +14,10 @@ would, until the test removes it.
 
 Injection points (each a separate check, counted at the end):
   new message, for mail.send and for otp.issue: write of the unnamed file,
-  its fsync, the link that names it, the fsync of its directory (8);
+  its fsync, the link that names it, the fsync of its directory (8); the
+  same for mail.send on a file system without O_TMPFILE (the shim refuses
+  it, IOFAULT_NO_TMPFILE): write of tmp/<name>, its fsync, the rename, the
+  directory fsync (4);
   state update (queue.hold): the appended record's write, its fdatasync,
   and the rename of a compacted file (3); the refused hold must not
   happen, and the next one, answered ok, must be on disk (a restart);
@@ -157,7 +160,7 @@ class Run:
 
     def refused_point(self, name, op, rules):
         """One injection point on the request path of op."""
-        tag = self.tag(name.replace(" ", "_"))
+        tag = self.tag(re.sub(r"[^A-Za-z0-9.]+", "_", name))
         before = len(self.fx.fired())
         self.fx.set(*rules)
         r = self.request(op, tag)
@@ -355,6 +358,17 @@ def main():
                                ("link", "link spool/msg/*"),
                                ("dir fsync", "fsync spool/msg/??")):
                 run.refused_point("%s %s" % (op, step), op, [rule])
+        # a file system without O_TMPFILE: tmp/<name>, fsync, rename
+        d.stop()
+        d.env["IOFAULT_NO_TMPFILE"] = "1"
+        d.start()
+        for step, rule in (("write", "write spool/tmp/*"), ("fsync", "fsync spool/tmp/*"),
+                           ("rename", "rename spool/msg/*"),
+                           ("dir fsync", "fsync spool/msg/??")):
+            run.refused_point("mail.send without O_TMPFILE: %s" % step, "mail.send", [rule])
+        d.stop()
+        del d.env["IOFAULT_NO_TMPFILE"]
+        d.start()
         run.refused_point("otp.issue log write", "otp.issue", ["write db/log.*"])
         run.refused_point("otp.issue log flush", "otp.issue", ["fdatasync db/log.*"])
         # Linux reports a failed writeback once: the next fdatasync returns 0
@@ -397,7 +411,7 @@ def main():
               "nothing quarantined")
         t.diag("injection points covered: %d (faults injected: %d)" %
                (run.covered, len(fx.fired())))
-        t.is_(run.covered, 18, "all 18 injection points covered")
+        t.is_(run.covered, 22, "all 22 injection points covered")
     finally:
         d.stop()
         d.cleanup()

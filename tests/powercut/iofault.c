@@ -13,6 +13,9 @@
  *                        the fault's number in the log; on a directory,
  *                        the content of the newest file in it
  *   IOFAULT_TRACE=<file> one line per call the rules could match ("op path")
+ *   IOFAULT_NO_TMPFILE=1 open(O_TMPFILE) under ROOT fails with EOPNOTSUPP,
+ *                        as on a file system without it (the spool then
+ *                        writes tmp/<name> and renames it)
  *
  * A rule is one line "op glob after count": op is fsync, fdatasync, write
  * (write, pwrite, pwritev, writev and their 64-bit names), rename (rename,
@@ -67,6 +70,7 @@ static off_t		iof_ctl_size = -1;
 static unsigned long	iof_seq;
 static pthread_mutex_t	iof_lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread int	iof_busy;	/* the shim's own I/O is never matched */
+static int		iof_no_tmpfile;
 
 static int	(*real_fsync)(int);
 static int	(*real_fdatasync)(int);
@@ -82,6 +86,8 @@ static int	(*real_renameat)(int, const char *, int, const char *);
 static int	(*real_renameat2)(int, const char *, int, const char *, unsigned int);
 static int	(*real_link)(const char *, const char *);
 static int	(*real_linkat)(int, const char *, int, const char *, int);
+static int	(*real_open)(const char *, int, ...);
+static int	(*real_open64)(const char *, int, ...);
 
 #define IOF_SYM(v, name) do {						\
 	if ((v) == NULL)						\
@@ -105,6 +111,8 @@ iof_syms(void)
 	IOF_SYM(real_renameat2, "renameat2");
 	IOF_SYM(real_link, "link");
 	IOF_SYM(real_linkat, "linkat");
+	IOF_SYM(real_open, "open");
+	IOF_SYM(real_open64, "open64");
 }
 
 static void
@@ -464,6 +472,44 @@ linkat(int fd1, const char *from, int fd2, const char *to, int flags)
 	    real_linkat(fd1, from, fd2, to, flags);
 }
 
+/* 1 (errno set) when an O_TMPFILE open under ROOT is to fail. */
+static int
+iof_tmpfile_fails(const char *path, int flags)
+{
+	char abs[PATH_MAX * 2];
+
+	if (!iof_no_tmpfile || (flags & O_TMPFILE) != O_TMPFILE ||
+	    iof_at_path(AT_FDCWD, path, abs, sizeof(abs)) == -1 || iof_rel(abs) == NULL)
+		return 0;
+	errno = EOPNOTSUPP;
+	return 1;
+}
+
+static int
+iof_open(int (*real)(const char *, int, ...), const char *path, int flags, va_list ap)
+{
+	mode_t mode = (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
+
+	return iof_tmpfile_fails(path, flags) ? -1 : real(path, flags, mode);
+}
+
+/* open and open64 (one function under two names on 64-bit glibc) */
+#define IOF_OPEN(name, real)						\
+int									\
+name(const char *path, int flags, ...)					\
+{									\
+	va_list ap;							\
+	int r;								\
+									\
+	iof_syms();							\
+	va_start(ap, flags);						\
+	r = iof_open(real, path, flags, ap);				\
+	va_end(ap);							\
+	return r;							\
+}
+IOF_OPEN(open, real_open)
+IOF_OPEN(open64, real_open64)
+
 __attribute__((constructor)) static void
 iof_init(void)
 {
@@ -474,6 +520,7 @@ iof_init(void)
 	iof_log = getenv("IOFAULT_LOG");
 	iof_dump = getenv("IOFAULT_DUMP");
 	iof_trace = getenv("IOFAULT_TRACE");
+	iof_no_tmpfile = getenv("IOFAULT_NO_TMPFILE") != NULL;
 	if (root == NULL || realpath(root, iof_root) == NULL) {
 		iof_root[0] = '\0';
 		return;
