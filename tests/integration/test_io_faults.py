@@ -32,6 +32,12 @@ Injection points (each a separate check, counted at the end):
   (flush: the commit was written, so the code is never accepted twice; a
   new code then verifies once) (5);
   checkpoint: the data files' write and fdatasync at shutdown (1).
+And a sweep (not counted in those): for mail.send and otp.issue, each
+write, fsync, fdatasync, link and rename call under the state directory
+from the request's start, failed once in turn (rule "kind * N-1 1"; a
+single EIO, as a disk that recovers at once): the answer is ok or
+unavailable and a refused message leaves nothing (all of them end up in
+the final delivery check too).
 Berkeley DB retries a failed write (not a failed fdatasync) up to 100
 times before it reports the error: a write rule fails them all.  The plain run takes about 10 s.
 
@@ -191,6 +197,33 @@ class Run:
         self.after(name, op)
         if fired and r.get("error") == "unavailable":
             self.covered += 1
+
+    def sweep(self, op):
+        """Each call of each kind a request makes, failed once (the N-th
+        call from the request's start): the answer is ok or unavailable,
+        and a refused message leaves nothing.  Returns the calls failed."""
+        hit = 0
+        for kind in ("write", "fsync", "fdatasync", "link", "rename"):
+            for n in range(1, 40):
+                tag = self.tag("sweep")
+                before = len(self.fx.fired())
+                self.fx.set("%s * %d 1" % (kind, n - 1))
+                r = self.request(op, tag)
+                self.fx.clear()
+                if len(self.fx.fired()) == before:
+                    # fewer than n such calls: the request went through
+                    if r.get("ok"):
+                        self.acked[tag] = r["id"]
+                    break
+                hit += 1
+                if r.get("ok"):
+                    self.acked[tag] = r["id"]
+                    continue
+                self.refused.add(tag)
+                if r.get("error") != "unavailable" or spool_files_with(self.d, tag + "@"):
+                    t.ok(False, "%s, %s call %d failed: unavailable, nothing left" %
+                         (op, kind, n), r)
+        return hit
 
     def after(self, name, op):
         tag = self.tag("after")
@@ -383,6 +416,10 @@ def main():
         d.stop()
         del d.env["IOFAULT_NO_TMPFILE"]
         d.start()
+        for op in ("mail.send", "otp.issue"):
+            n = run.sweep(op)
+            t.ok(n > 0, "%s: each of its %d calls failed once in turn: unavailable or ok, "
+                 "nothing left of a refused one" % (op, n))
         run.refused_point("otp.issue log write", "otp.issue", ["write db/log.*"])
         run.refused_point("otp.issue log flush", "otp.issue", ["fdatasync db/log.*"])
         # Linux reports a failed writeback once: the next fdatasync returns 0
