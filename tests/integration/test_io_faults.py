@@ -31,7 +31,10 @@ Injection points (each a separate check, counted at the end):
   the disk is back the code verifies, only once (write), or is spent
   (flush: the commit was written, so the code is never accepted twice; a
   new code then verifies once) (5);
-  checkpoint: the data files' write and fdatasync at shutdown (1).
+  checkpoint: the data files' write and fdatasync at shutdown (1);
+  otp.issue with an idempotency_key refused at the spool's link, the log
+  write, the log flush: the same request once the disk is back is done,
+  not refused again from the key's record nor "in progress" (3).
 And a sweep (not counted in those): for mail.send and otp.issue, each
 write, fsync, fdatasync, link and rename call under the state directory
 from the request's start, failed once in turn (rule "kind * N-1 1"; a
@@ -348,6 +351,32 @@ def delivery_points(run, d, fx, sink):
     return delivered
 
 
+def idem_point(run, d, fx, name, rule):
+    """otp.issue with an idempotency_key refused by a fault: the same
+    request, once the disk is back, is done (not a replayed refusal, not
+    "in progress"), and replays from then on."""
+    tag = run.tag("idem")
+    req = {"op": "otp.issue", "to": "%s@example.com" % tag, "purpose": "login",
+           "idempotency_key": tag}
+    before = len(fx.fired())
+    fx.set(rule)
+    r = d.call(req, timeout=120)
+    fx.clear()
+    fired = len(fx.fired()) > before
+    t.ok(fired, "%s: the fault fired" % name)
+    t.ok(r.get("error") == "unavailable", "%s: answers unavailable" % name, r)
+    r2 = d.call(req, timeout=120)
+    t.ok(r2.get("ok") and not r2.get("replayed"), "%s: disk back: the same request "
+         "(same key) is done" % name, r2)
+    r3 = d.call(req, timeout=120)
+    t.ok(r3.get("ok") and r3.get("replayed") and r3.get("id") == r2.get("id"),
+         "%s: and replayed after that" % name, r3)
+    if r2.get("ok"):
+        run.acked[tag] = r2["id"]
+    if fired and r.get("error") == "unavailable" and r2.get("ok"):
+        run.covered += 1
+
+
 def verify_point(run, d, fx, name, rule, spent):
     """otp.verify while the database log cannot be written or flushed.
     spent: the refused verify's commit was written, only its flush failed,
@@ -426,6 +455,10 @@ def main():
         # whether or not the data reached the disk (libdb must not retry)
         run.refused_point("otp.issue log flush fails once", "otp.issue",
                           ["fdatasync db/log.* 0 1"])
+        for what, rule in (("spool link", "link spool/msg/*"),
+                           ("log write", "write db/log.*"),
+                           ("log flush", "fdatasync db/log.*")):
+            idem_point(run, d, fx, "otp.issue with an idempotency_key, %s" % what, rule)
         verify_point(run, d, fx, "otp.verify log write", "write db/log.*", False)
         verify_point(run, d, fx, "otp.verify log flush", "fdatasync db/log.*", True)
         state_points(run, d, fx)
@@ -464,7 +497,7 @@ def main():
               "nothing quarantined")
         t.diag("injection points covered: %d (faults injected: %d)" %
                (run.covered, len(fx.fired())))
-        t.is_(run.covered, 23, "all 23 injection points covered")
+        t.is_(run.covered, 26, "all 26 injection points covered")
     finally:
         d.stop()
         d.cleanup()
