@@ -1247,6 +1247,7 @@ q_set_held(struct queue *q, const char *id, int held)
 {
 	enum q_status st = Q_OK;
 	struct qmsg *m;
+	time_t saved_next;
 
 	pthread_mutex_lock(&q->mtx);
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
@@ -1257,12 +1258,18 @@ q_set_held(struct queue *q, const char *id, int held)
 		pthread_mutex_unlock(&q->mtx);
 		return Q_OK;
 	}
+	saved_next = m->env.next_attempt;
 	m->env.held = held;
 	if (!held)
 		m->env.next_attempt = q_now(q);
 	m->gen++;
 	if (!m->leased) {
-		st = q_persist_locked(q, m);
+		if ((st = q_persist_locked(q, m)) != Q_OK) {
+			/* not on disk, not done: a retry must write it (else it
+			 * finds the state set and answers ok with nothing saved) */
+			m->env.held = !held;
+			m->env.next_attempt = saved_next;
+		}
 		q_schedule(q, m);
 	}
 	pthread_cond_broadcast(&q->cv);

@@ -85,6 +85,7 @@ static int	spool_env_check(const char *, size_t, uint32_t crc, const char *id,
 		    const struct q_envelope *base, struct q_envelope *, char *, size_t);
 static int	spool_mkdir(const char *);
 static void	spool_fault(const char *step);
+static void	spool_cut(struct spool *, int, off_t, const char *);
 
 static uint32_t		 spool_crc_tab[256];
 static pthread_once_t	 spool_crc_once = PTHREAD_ONCE_INIT;
@@ -423,9 +424,15 @@ spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int
 	spool_fault("after_rename");
 	what = "fsync dir";
 	if (spool_fsync_dir(sp, rel) == -1) {
-		/* The file is in place, maybe not durable: report tempfail. */
+		/*
+		 * The file is in place, maybe not durable: report tempfail.
+		 * A new file goes again, or a restart would deliver a message
+		 * whose sender was told it was refused (and retries it).
+		 */
 		saved = errno;
 		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(saved));
+		if (!replace && unlink(dst) == -1)
+			spool_log(sp, LOG_ERR, "queue: unlink %s: %s", rel, strerror(errno));
 		return spool_errno_status(saved);
 	}
 	spool_fault("after_dir_fsync");
@@ -842,6 +849,17 @@ spool_store_message(struct spool *sp, const struct q_envelope *env,
 	return st;
 }
 
+/* Cuts a refused state record off again; errno is kept. */
+static void
+spool_cut(struct spool *sp, int fd, off_t size, const char *rel)
+{
+	int saved = errno;
+
+	if (ftruncate(fd, size) == -1)
+		spool_log(sp, LOG_ERR, "queue: truncate %s: %s", rel, strerror(errno));
+	errno = saved;
+}
+
 static pthread_mutex_t *
 spool_lock_of(const char *id)
 {
@@ -852,7 +870,8 @@ spool_lock_of(const char *id)
  * Appends a state record to the message file; durable = fdatasync before
  * returning (everything but a finished message: losing that one to an OS
  * crash means one more delivery, which at-least-once allows).  A failed
- * write is cut off again, so the file always ends with a whole record.
+ * write (or a record whose fdatasync failed) is cut off again, so the file
+ * always ends with a whole record, and a refused one is not read at start.
  */
 enum q_status
 spool_store_state_text(struct spool *sp, const char *id, const char *etext, size_t elen,
@@ -907,17 +926,17 @@ spool_store_state_text(struct spool *sp, const char *id, const char *etext, size
 	}
 	what = "write";
 	if (spool_pwritev_all(fd, iov, 3, stt.st_size) == -1) {
-		saved = errno;
-		if (ftruncate(fd, stt.st_size) == -1)
-			spool_log(sp, LOG_ERR, "queue: truncate %s: %s", rel, strerror(errno));
-		errno = saved;
+		spool_cut(sp, fd, stt.st_size, rel);
 		goto fail;
 	}
 	spool_fault("state_after_write");
 	if (durable) {
 		what = "fdatasync";
-		if (fdatasync(fd) == -1)
+		if (fdatasync(fd) == -1) {
+			/* refused, so not there either (a restart would read it) */
+			spool_cut(sp, fd, stt.st_size, rel);
 			goto fail;
+		}
 		spool_fault("state_after_fsync");
 	}
 	close(fd);
