@@ -163,6 +163,7 @@ static const struct cfg_key config_table[] = {
 	LIST(dkim_oversign_headers, "From, To, Subject"),
 	/* delivery */
 	INT(delivery_workers, "16", 1, 1024),
+	STR(delivery_user, "otpmail-smtp"),
 	INT(max_connections, "100", 1, 100000),
 	INT(max_connections_per_domain, "10", 1, 10000),
 	DBL(domain_rate, "0", 0, 1000000),

@@ -27,6 +27,9 @@
 struct delivery	*delivery_start(struct otpmaild *, char *err, size_t errlen);
 /* Stops taking work, lets in-flight sessions end within their timeouts. */
 void		 delivery_stop(struct delivery *);
+/* The delivery process's main (privsep.c): workers on fds fd0..fd0+n. */
+int		 delivery_child_run(struct otpmaild *, int fd0, int n, char *err,
+		    size_t errlen);
 
 /*
  * Submission-time deliverability check of a recipient domain: returns 0 if
