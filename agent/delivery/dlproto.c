@@ -350,7 +350,8 @@ dlp_result_decode(const char *buf, size_t len, struct dlp_result *res)
 	if (r.err || n > DLP_RCPT_MAX ||
 	    (n > 0 && (res->o = calloc(n, sizeof(*res->o))) == NULL))
 		goto bad;
-	for (i = 0; i < n && !r.err; i++, res->n++) {
+	for (i = 0; i < n && !r.err; i++) {
+		res->n++;
 		res->o[i].idx = dlp_get_u32(&r);
 		if (r.len - r.off < 1) {
 			r.err = 1;
@@ -363,9 +364,10 @@ dlp_result_decode(const char *buf, size_t len, struct dlp_result *res)
 	if (r.err || n > DLP_TLS_MAX ||
 	    (n > 0 && (res->tls = calloc(n, sizeof(*res->tls))) == NULL))
 		goto bad;
-	for (i = 0; i < n && !r.err; i++, res->ntls++) {
+	for (i = 0; i < n && !r.err; i++) {
 		struct dlp_tls *t = &res->tls[i];
 
+		res->ntls++;		/* counted before anything is in it: freed on error */
 		t->domain = dlp_get_str(&r);
 		if (r.err || r.len - r.off < 2) {
 			r.err = 1;
