@@ -101,6 +101,10 @@ struct delivery {
 	pid_t			 child;		/* -1: none running */
 	unsigned		 gen;		/* starts of the delivery process */
 	int			*fds;		/* sockets of gen not yet taken by their slot */
+	/* a second process, started and idle: a lost one is replaced at once
+	 * instead of after a start (config, resolver, CA store: ~0.1-1 s) */
+	pid_t			 spare;
+	int			*spare_fds;
 	unsigned long		 restarts;
 	/* delivery-process side */
 	int			 fd0;
@@ -226,6 +230,7 @@ delivery_new(struct otpmaild *d, char *err, size_t errlen)
 	dl->d = d;
 	dl->cfg = d->cfg;
 	dl->child = -1;
+	dl->spare = -1;
 	pthread_mutex_init(&dl->mu, NULL);
 	pthread_mutex_init(&dl->pmu, NULL);
 	sandbox_dir(d->cfg, d->state_dir, dl->maildir, sizeof(dl->maildir));
@@ -306,12 +311,13 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 			goto fail;
 		}
 		dl->exe[l] = '\0';
-		if ((dl->fds = calloc(dl->nth, sizeof(*dl->fds))) == NULL) {
+		if ((dl->fds = calloc(dl->nth, sizeof(*dl->fds))) == NULL ||
+		    (dl->spare_fds = calloc(dl->nth, sizeof(*dl->fds))) == NULL) {
 			snprintf(err, errlen, "delivery: out of memory");
 			goto fail;
 		}
 		for (i = 0; i < dl->nth; i++)
-			dl->fds[i] = -1;
+			dl->fds[i] = dl->spare_fds[i] = -1;
 		pthread_mutex_lock(&dl->pmu);
 		l = delivery_spawn_locked(dl, err, errlen);
 		pthread_mutex_unlock(&dl->pmu);
@@ -323,8 +329,9 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 		delivery_stop(dl);
 		return NULL;
 	}
-	log_msg(LOG_INFO, "event=delivery_started workers=%d mode=%s", dl->nth,
-	    d->cfg->sandbox ? "sandbox" : dl->privsep ? "smtp-process" : "smtp");
+	log_msg(LOG_INFO, "event=delivery_started workers=%d mode=%s pid=%ld spare=%ld",
+	    dl->nth, d->cfg->sandbox ? "sandbox" : dl->privsep ? "smtp-process" : "smtp",
+	    (long)dl->child, (long)dl->spare);
 	return dl;
 fail:
 	delivery_free(dl);
@@ -388,6 +395,10 @@ delivery_free(struct delivery *dl)
 	for (k = 0; dl->fds != NULL && k < dl->nth; k++)
 		if (dl->fds[k] != -1)
 			close(dl->fds[k]);
+	for (k = 0; dl->spare_fds != NULL && k < dl->nth; k++)
+		if (dl->spare_fds[k] != -1)
+			close(dl->spare_fds[k]);
+	free(dl->spare_fds);
 	for (k = 0; dl->slots != NULL && dl->fd0 == 0 && k < dl->nth; k++)
 		if (dl->slots[k].fd != -1)
 			close(dl->slots[k].fd);
@@ -435,6 +446,10 @@ delivery_stop(struct delivery *dl)
 		pthread_join(dl->th[i], NULL);
 	}
 	delivery_reap(dl, 1);
+	if (dl->spare > 0) {
+		kill(dl->spare, SIGKILL);
+		waitpid(dl->spare, &st, 0);
+	}
 	if (dl->child > 0) {
 		/* its sockets close with the slots: it ends on EOF */
 		for (i = 0; dl->slots != NULL && i < dl->nth; i++)
@@ -645,10 +660,14 @@ delivery_tls_forward(const char *domain, enum tlsrpt_ptype ptype, int sts,
 		(void)dlp_result_add_tls(delivery_cur_res, domain, ptype, sts, mx, ip, rtype);
 }
 
-/* Starts a delivery process (pmu held); its sockets wait in dl->fds. */
+/*
+ * Makes a delivery process current (pmu held): the spare if there is one,
+ * else a new one; its sockets wait in dl->fds.  Then starts the next spare.
+ */
 static int
 delivery_spawn_locked(struct delivery *dl, char *err, size_t errlen)
 {
+	char serr[512];
 	pid_t pid;
 	int k;
 
@@ -657,11 +676,22 @@ delivery_spawn_locked(struct delivery *dl, char *err, size_t errlen)
 			close(dl->fds[k]);
 		dl->fds[k] = -1;
 	}
-	if ((pid = privsep_spawn(dl->exe, dl->d->config_path, dl->cfg, dl->nth,
-	    dl->fds, err, errlen)) == -1)
+	if (dl->spare > 0) {
+		pid = dl->spare;
+		for (k = 0; k < dl->nth; k++) {
+			dl->fds[k] = dl->spare_fds[k];
+			dl->spare_fds[k] = -1;
+		}
+		dl->spare = -1;
+	} else if ((pid = privsep_spawn(dl->exe, dl->d->config_path, dl->cfg,
+	    dl->nth, dl->fds, err, errlen)) == -1)
 		return -1;
 	dl->child = pid;
 	dl->gen++;
+	if ((dl->spare = privsep_spawn(dl->exe, dl->d->config_path, dl->cfg, dl->nth,
+	    dl->spare_fds, serr, sizeof(serr))) == -1)
+		log_msg(LOG_WARNING, "event=delivery_process_failed spare=yes detail=\"%s\"",
+		    serr);
 	return 0;
 }
 
@@ -699,23 +729,25 @@ delivery_lost(struct slot *sl, const char *why)
 {
 	struct delivery *dl = sl->dl;
 	char err[512], how[64];
+	pid_t lost;
 	int st = 0;
 
 	pthread_mutex_lock(&dl->pmu);
 	if (sl->gen == dl->gen && dl->child > 0) {
-		kill(dl->child, SIGKILL);
-		(void)waitpid(dl->child, &st, 0);
+		lost = dl->child;
+		kill(lost, SIGKILL);
+		(void)waitpid(lost, &st, 0);
 		if (WIFSIGNALED(st))
 			snprintf(how, sizeof(how), "signal=%d", WTERMSIG(st));
 		else
 			snprintf(how, sizeof(how), "exit=%d", WEXITSTATUS(st));
 		dl->restarts++;
-		log_msg(dl->stopping ? LOG_INFO : LOG_ERR, "event=delivery_process_lost "
-		    "pid=%ld %s detail=\"%s\" restarts=%lu", (long)dl->child, how, why,
-		    dl->restarts);
 		dl->child = -1;
 		if (!dl->stopping && delivery_spawn_locked(dl, err, sizeof(err)) == -1)
 			log_msg(LOG_ERR, "event=delivery_process_failed detail=\"%s\"", err);
+		log_msg(dl->stopping ? LOG_INFO : LOG_ERR, "event=delivery_process_lost "
+		    "pid=%ld %s detail=\"%s\" restarts=%lu next=%ld", (long)lost, how,
+		    why, dl->restarts, (long)dl->child);
 	}
 	if (dl->child == -1 && !dl->stopping) {
 		pthread_mutex_unlock(&dl->pmu);
