@@ -226,8 +226,9 @@ privsep_landlock(char *how, size_t howlen)
 /*
  * What delivery calls: memory, threads, time, sockets of the internet
  * families, polling, signals of its own.  Anything else fails with EPERM
- * (opening files is refused twice over already; exec, ptrace, mounts and
- * new unix-socket connections are not in the list).
+ * (opening files is refused twice over already; exec, ptrace, mounts,
+ * kill, signals to other processes and new unix-socket connections are
+ * not in the list).
  */
 static int
 privsep_seccomp(char *err, size_t errlen)
@@ -247,7 +248,7 @@ privsep_seccomp(char *err, size_t errlen)
 		"gettimeofday", "time", "getrandom", "getpid", "gettid", "getppid",
 		"getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
 		"rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
-		"tgkill", "sched_yield", "sched_getaffinity", "uname", "sysinfo",
+		"sched_yield", "sched_getaffinity", "uname", "sysinfo",
 		"getrusage", "prlimit64", "openat", "open", "access", "faccessat",
 		"faccessat2", "readlink", "readlinkat", "getcwd", "close_range",
 		"restart_syscall", "timerfd_create", "timerfd_settime", "prctl",
@@ -266,6 +267,10 @@ privsep_seccomp(char *err, size_t errlen)
 		if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, sc, 0) != 0)
 			goto out;
 	}
+	/* signals to its own threads only (same uid as main without root) */
+	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,
+	    SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)getpid())) != 0)
+		goto out;
 	/* sockets: the internet families only (no unix-socket connections) */
 	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
 	    SCMP_A0(SCMP_CMP_EQ, AF_INET)) != 0 ||
