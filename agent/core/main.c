@@ -22,7 +22,6 @@
 
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
-#include "agent/delivery/privsep.h"
 #include "agent/core/log.h"
 #include "agent/mail/mail.h"
 #include "agent/core/metrics_http.h"

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-#include "agent/core/config.h"
+#include "agent/core/otpmaild.h"
 
 #define PRIVSEP_ARG		"--delivery-child"
 #define PRIVSEP_FD0		3	/* the child's first socket */
