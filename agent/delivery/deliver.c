@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -892,6 +893,12 @@ delivery_child_worker(void *arg)
 	size_t i, len;
 
 	for (;;) {
+		struct pollfd pfd = { sl->fd, POLLIN, 0 };
+
+		/* idle sessions past session_idle_timeout close while no job comes */
+		delivery_reap(dl, 0);
+		if (poll(&pfd, 1, 1000) == 0)
+			continue;
 		if (dlp_recv(sl->fd, DLP_FRAME_MAX, &buf, &len) == -1) {
 			if (errno == 0)
 				return NULL;
