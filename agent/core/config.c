@@ -766,6 +766,13 @@ cfg_check_names(const struct config *c, const int *lines, int *errline, char *er
 		snprintf(err, errlen, "user: no such user \"%s\"", c->user);
 		return -1;
 	}
+	/* the default falls back to nobody where it does not exist (privsep.c) */
+	if (strcmp(c->delivery_user, "otpmail-smtp") != 0 &&
+	    (c->delivery_user[0] == '\0' || getpwnam(c->delivery_user) == NULL)) {
+		*errline = cfg_line(lines, "delivery_user");
+		snprintf(err, errlen, "delivery_user: no such user \"%s\"", c->delivery_user);
+		return -1;
+	}
 	if (c->control_socket_group[0] != '\0' && getgrnam(c->control_socket_group) == NULL) {
 		*errline = cfg_line(lines, "control_socket_group");
 		snprintf(err, errlen, "control_socket_group: no such group \"%s\"",

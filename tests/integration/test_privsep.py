@@ -15,8 +15,9 @@ the OTP secret, the database files and the control socket.
 3. kill -9 of the delivery process while 300 messages are on their way:
    every message is delivered in the end (none lost, none deferred), the
    main process logs the loss, the spare process takes over and a new
-   spare is started.  (How
-   fast delivery resumes is measured in tests/bench, not asserted here.)
+   spare is started.  (How fast delivery resumes is measured in
+   tests/bench/privsep_kill.py, not asserted here.)
+4. An unknown delivery_user is refused by --check-config, named.
 """
 import glob
 import json
@@ -181,6 +182,14 @@ def main():
                "(in flight when killed, the sink had them)" % (N_LOAD, dups))
         stats = d.call({"op": "queue.list", "limit": 1})
         t.ok(stats.get("ok"), "the daemon still answers")
+    # a delivery_user that does not exist fails at start, named
+    bad = os.path.join(keydir, "bad.conf")
+    with open(bad, "w") as f:
+        f.write("state_dir = %s\ndelivery_user = no-such-user-p20\n" % os.path.join(keydir, "s"))
+    p = subprocess.run([os.path.join(os.environ.get("top_builddir", "."), "otpmaild"),
+                        "--check-config", "-c", bad], capture_output=True, text=True)
+    t.ok(p.returncode != 0 and "delivery_user" in p.stderr and "no-such-user-p20" in p.stderr,
+         "an unknown delivery_user is refused at start", p.stderr)
     subprocess.run(["rm", "-rf", keydir, pre])
     t.done()
 
