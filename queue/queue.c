@@ -946,6 +946,36 @@ drop:
 	return Q_OK;
 }
 
+/*
+ * Gives a lease back untouched (the delivery process died before it said
+ * what happened): nothing counts as an attempt, the message is due again at
+ * once.  A message deleted meanwhile goes the release's way.
+ */
+enum q_status
+queue_return_lease(struct queue *q, struct q_envelope *env)
+{
+	struct qmsg *m;
+
+	if (env == NULL)
+		return Q_BADINPUT;
+	pthread_mutex_lock(&q->mtx);
+	if ((m = q_find(q, env->id)) == NULL || !m->leased) {
+		pthread_mutex_unlock(&q->mtx);
+		q_envelope_free(env);
+		return Q_NOTFOUND;
+	}
+	if (m->deleted) {
+		pthread_mutex_unlock(&q->mtx);
+		return queue_release_lease(q, env);
+	}
+	m->leased = 0;
+	q_schedule(q, m);
+	pthread_cond_signal(&q->cv);
+	pthread_mutex_unlock(&q->mtx);
+	q_envelope_free(env);
+	return Q_OK;
+}
+
 enum q_status
 queue_body(struct queue *q, const char *id, char **data, size_t *len)
 {

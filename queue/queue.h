@@ -158,6 +158,8 @@ enum q_status	 queue_body(struct queue *, const char *id, char **data, size_t *l
  * message, and frees env.
  */
 enum q_status	 queue_release_lease(struct queue *, struct q_envelope *env);
+/* Ends a lease as if it never happened: due again now, no attempt counted. */
+enum q_status	 queue_return_lease(struct queue *, struct q_envelope *env);
 /* Wakes every lease waiter (shutdown). */
 void		 queue_shutdown(struct queue *);
 

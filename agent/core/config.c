@@ -174,6 +174,7 @@ static const struct cfg_key config_table[] = {
 	    "List-Unsubscribe-Post"),
 	/* delivery */
 	INT(delivery_workers, "16", 1, 1024),
+	STR(delivery_user, "otpmail-smtp"),
 	INT(max_connections, "100", 1, 100000),
 	INT(max_connections_per_domain, "10", 1, 10000),
 	DBL(domain_rate, "0", 0, 1000000),
@@ -783,6 +784,13 @@ cfg_check_names(const struct config *c, const int *lines, int *errline, char *er
 	if (c->user[0] != '\0' && getpwnam(c->user) == NULL) {
 		*errline = cfg_line(lines, "user");
 		snprintf(err, errlen, "user: no such user \"%s\"", c->user);
+		return -1;
+	}
+	/* the default falls back to nobody where it does not exist (privsep.c) */
+	if (strcmp(c->delivery_user, "otpmail-smtp") != 0 &&
+	    (c->delivery_user[0] == '\0' || getpwnam(c->delivery_user) == NULL)) {
+		*errline = cfg_line(lines, "delivery_user");
+		snprintf(err, errlen, "delivery_user: no such user \"%s\"", c->delivery_user);
 		return -1;
 	}
 	if (c->control_socket_group[0] != '\0' && getgrnam(c->control_socket_group) == NULL) {

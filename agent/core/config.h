@@ -163,6 +163,7 @@ struct config {
 
 	/* delivery */
 	int		 delivery_workers;
+	char		*delivery_user;	/* the delivery process runs as (privsep.c) */
 	int		 max_connections;
 	int		 max_connections_per_domain;
 	double		 domain_rate;		/* messages/s per domain, 0 = off */

@@ -238,6 +238,9 @@ main(int argc, char **argv)
 	sigset_t set;
 	struct passwd *pw;
 
+	/* the delivery process: the same binary, a fresh address space */
+	if (argc > 1 && strcmp(argv[1], PRIVSEP_ARG) == 0)
+		return privsep_child_main(argc, argv);
 	while ((ch = getopt_long(argc, argv, "c:fnVh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':	path = optarg; break;
@@ -308,6 +311,9 @@ main(int argc, char **argv)
 	d.started = time(NULL);
 	d.state_dir = d.cfg->state_dir;
 	d.hostname = d.cfg->hostname;
+	/* SMTP delivery runs in a process of its own, which reads the config */
+	d.delivery_privsep = 1;
+	d.config_path = path != NULL ? realpath(path, NULL) : NULL;
 	pthread_rwlock_init(&d.reload_lock, NULL);
 	umask(027);
 
@@ -463,5 +469,6 @@ out:
 	bounce_shutdown();
 	curl_global_cleanup();
 	config_free(d.cfg);
+	free((char *)d.config_path);
 	return rc;
 }

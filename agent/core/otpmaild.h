@@ -48,6 +48,9 @@ struct otpmaild {
 	char			*hostname;	/* effective EHLO / Message-ID name */
 	time_t			 started;
 	volatile sig_atomic_t	 stopping;
+	/* set by main(): SMTP delivery runs in its own process (privsep.c) */
+	int			 delivery_privsep;
+	const char		*config_path;	/* for that process, NULL = default */
 };
 
 /* Roles, from SO_PEERCRED against the config's app_* / admin_* lists. */

@@ -6,9 +6,18 @@
  * are counted per destination and globally; a finished session is parked
  * idle (after RSET) for the next message to the same destination.  A worker
  * only ever waits on its own peer, bounded by the smtp_* timeouts.
+ *
+ * With privilege separation (SMTP mode of otpmaild) the workers are split
+ * in two: in the main process each leases a message and hands it, signed,
+ * to its twin in the delivery process (privsep.c) over a socket pair, then
+ * records the outcomes and releases the lease; the twin routes and speaks
+ * SMTP.  A lost delivery process is started again and what it held goes
+ * back to the queue untouched.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,10 +25,15 @@
 #include <time.h>
 #include <unistd.h>
 #include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 
 #include "agent/mail/mail.h"
 #include "agent/delivery/delivery.h"
 #include "agent/core/otpmaild.h"
+#include "agent/delivery/dlproto.h"
+#include "agent/delivery/privsep.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"
@@ -36,6 +50,7 @@
  */
 #define DELIVERY_SLOT_WAIT	10
 #define DELIVERY_STOP_GRACE	5	/* seconds in-flight sessions get at shutdown */
+#define DELIVERY_SPAWN_PAUSE	200	/* ms between failed starts of the process */
 
 struct idle {
 	struct smtp_session	*s;
@@ -56,6 +71,15 @@ struct dest {				/* one next hop + TLS policy */
 	struct dest		*next;
 };
 
+/* One worker; with privsep, its socket to its twin in the other process. */
+struct slot {
+	struct delivery		*dl;
+	int			 k;
+	int			 fd;		/* -1: none (yet) */
+	unsigned		 gen;		/* of the delivery process fd is for */
+	char			 lost_id[QUEUE_ID_LEN + 1];	/* in flight at a loss */
+};
+
 struct delivery {
 	struct otpmaild		*d;
 	const struct config	*cfg;
@@ -71,6 +95,21 @@ struct delivery {
 	int			 active;	/* all open connections */
 	volatile int		 stopping;	/* no new work */
 	volatile int		 abort;		/* in-flight sessions give up too */
+	struct slot		*slots;
+	/* main side of privilege separation (privsep set) */
+	int			 privsep;
+	char			 exe[PATH_MAX];
+	pthread_mutex_t		 pmu;		/* child, gen, fds */
+	pid_t			 child;		/* -1: none running */
+	unsigned		 gen;		/* starts of the delivery process */
+	int			*fds;		/* sockets of gen not yet taken by their slot */
+	/* a second process, started and idle: a lost one is replaced at once
+	 * instead of after a start (config, resolver, CA store: ~0.1-1 s) */
+	pid_t			 spare;
+	int			*spare_fds;
+	unsigned long		 restarts;
+	/* delivery-process side */
+	int			 fd0;
 };
 
 /* One delivery of one domain's recipients of one message. */
@@ -100,7 +139,21 @@ struct hop {
 };
 
 static void	*delivery_worker(void *);
-static void	 delivery_message(struct delivery *, struct q_envelope *);
+static void	*delivery_child_worker(void *);
+static void	 delivery_message(struct slot *, struct q_envelope *);
+static void	 delivery_route(struct delivery *, struct q_envelope *, const char *,
+		    size_t);
+static int	 delivery_remote(struct slot *, struct q_envelope *, const char *,
+		    size_t);
+static int	 delivery_spawn_locked(struct delivery *, char *, size_t);
+static void	 delivery_lost(struct slot *, const char *why);
+static struct delivery *delivery_new(struct otpmaild *, char *, size_t);
+static int	 delivery_net_init(struct delivery *, char *, size_t);
+static int	 delivery_threads(struct delivery *, void *(*)(void *), char *, size_t);
+static void	 delivery_free(struct delivery *);
+static int	 delivery_slot_fd(struct slot *);
+static void	 delivery_tls_forward(const char *, enum tlsrpt_ptype, int,
+		    const char *, const char *, const char *);
 static void	 delivery_sandbox(struct delivery *, struct q_envelope *,
 		    const char *, size_t);
 static void	 delivery_domain(struct delivery *, struct q_envelope *,
@@ -167,12 +220,10 @@ delivery_read_secret(const char *path, char *err, size_t errlen)
 	return strdup(buf);
 }
 
-struct delivery *
-delivery_start(struct otpmaild *d, char *err, size_t errlen)
+static struct delivery *
+delivery_new(struct otpmaild *d, char *err, size_t errlen)
 {
-	struct mx_resolver *mx;
 	struct delivery *dl;
-	int i;
 
 	if ((dl = calloc(1, sizeof(*dl))) == NULL) {
 		snprintf(err, errlen, "delivery: out of memory");
@@ -180,89 +231,157 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 	}
 	dl->d = d;
 	dl->cfg = d->cfg;
+	dl->child = -1;
+	dl->spare = -1;
 	pthread_mutex_init(&dl->mu, NULL);
+	pthread_mutex_init(&dl->pmu, NULL);
 	sandbox_dir(d->cfg, d->state_dir, dl->maildir, sizeof(dl->maildir));
-	/* The sandbox delivers to a Maildir: no DNS, no TLS. */
-	if (!d->cfg->sandbox) {
-		/* One libunbound context per daemon, shared with the
-		 * submission check (mx.c). */
-		if ((mx = mx_resolver_shared(d->cfg, err, errlen)) == NULL)
+	dl->nth = d->cfg->delivery_workers > 0 ? d->cfg->delivery_workers : 1;
+	return dl;
+}
+
+/* What talking to other hosts needs, loaded while files can be read. */
+static int
+delivery_net_init(struct delivery *dl, char *err, size_t errlen)
+{
+	const struct config *cfg = dl->cfg;
+	struct mx_resolver *mx;
+
+	/* One libunbound context per process, shared with the submission
+	 * check (mx.c). */
+	if ((mx = mx_resolver_shared(cfg, err, errlen)) == NULL)
+		return -1;
+	if ((dl->mx = mx_resolver_dup(mx)) == NULL) {
+		snprintf(err, errlen, "delivery: out of memory");
+		return -1;
+	}
+	if ((dl->tls = smtp_tls_new(cfg->tls_ca_file, err, errlen)) == NULL)
+		return -1;
+	if (cfg->smarthost_user != NULL && cfg->smarthost_user[0] != '\0' &&
+	    (dl->auth_pass = delivery_read_secret(cfg->smarthost_password_file,
+	    err, errlen)) == NULL)
+		return -1;
+	return 0;
+}
+
+static int
+delivery_threads(struct delivery *dl, void *(*fn)(void *), char *err, size_t errlen)
+{
+	int i, n = dl->nth;
+
+	if ((dl->th = calloc(n, sizeof(*dl->th))) == NULL ||
+	    (dl->slots = calloc(n, sizeof(*dl->slots))) == NULL) {
+		snprintf(err, errlen, "delivery: out of memory");
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		dl->slots[i].dl = dl;
+		dl->slots[i].k = i;
+		dl->slots[i].fd = dl->fd0 > 0 ? dl->fd0 + i : -1;
+	}
+	for (i = 0; i < n; i++) {
+		if (pthread_create(&dl->th[i], NULL, fn, &dl->slots[i]) != 0) {
+			snprintf(err, errlen, "delivery: pthread_create: %s", strerror(errno));
+			dl->nth = i;
+			return -1;
+		}
+	}
+	return 0;
+}
+
+struct delivery *
+delivery_start(struct otpmaild *d, char *err, size_t errlen)
+{
+	struct delivery *dl;
+	ssize_t l;
+	int i;
+
+	if ((dl = delivery_new(d, err, errlen)) == NULL)
+		return NULL;
+	if (!d->cfg->sandbox && d->cfg->smarthost_user != NULL &&
+	    d->cfg->smarthost_user[0] != '\0' && (d->cfg->smarthost_password_file == NULL ||
+	    d->cfg->smarthost_password_file[0] == '\0')) {
+		snprintf(err, errlen, "smarthost_user needs smarthost_password_file");
+		goto fail;
+	}
+	/* The sandbox delivers to a Maildir: no DNS, no TLS, no other host. */
+	if (!d->cfg->sandbox && d->delivery_privsep) {
+		dl->privsep = 1;
+		if ((l = readlink("/proc/self/exe", dl->exe, sizeof(dl->exe) - 1)) <= 0) {
+			snprintf(err, errlen, "delivery: readlink /proc/self/exe: %s",
+			    strerror(errno));
 			goto fail;
-		if ((dl->mx = mx_resolver_dup(mx)) == NULL) {
+		}
+		dl->exe[l] = '\0';
+		if ((dl->fds = calloc(dl->nth, sizeof(*dl->fds))) == NULL ||
+		    (dl->spare_fds = calloc(dl->nth, sizeof(*dl->fds))) == NULL) {
 			snprintf(err, errlen, "delivery: out of memory");
 			goto fail;
 		}
-		if ((dl->tls = smtp_tls_new(d->cfg->tls_ca_file, err, errlen)) == NULL)
+		for (i = 0; i < dl->nth; i++)
+			dl->fds[i] = dl->spare_fds[i] = -1;
+		pthread_mutex_lock(&dl->pmu);
+		l = delivery_spawn_locked(dl, err, errlen);
+		pthread_mutex_unlock(&dl->pmu);
+		if (l == -1)
 			goto fail;
-		if (d->cfg->smarthost_user != NULL && d->cfg->smarthost_user[0] != '\0') {
-			if (d->cfg->smarthost_password_file == NULL ||
-			    d->cfg->smarthost_password_file[0] == '\0') {
-				snprintf(err, errlen, "smarthost_user needs smarthost_password_file");
-				goto fail;
-			}
-			if ((dl->auth_pass = delivery_read_secret(
-			    d->cfg->smarthost_password_file, err, errlen)) == NULL)
-				goto fail;
-		}
-	}
-	dl->nth = d->cfg->delivery_workers > 0 ? d->cfg->delivery_workers : 1;
-	if ((dl->th = calloc(dl->nth, sizeof(*dl->th))) == NULL) {
-		snprintf(err, errlen, "delivery: out of memory");
+	} else if (!d->cfg->sandbox && delivery_net_init(dl, err, errlen) == -1)
 		goto fail;
+	if (delivery_threads(dl, delivery_worker, err, errlen) == -1) {
+		delivery_stop(dl);
+		return NULL;
 	}
-	for (i = 0; i < dl->nth; i++) {
-		if (pthread_create(&dl->th[i], NULL, delivery_worker, dl) != 0) {
-			snprintf(err, errlen, "delivery: pthread_create: %s", strerror(errno));
-			dl->nth = i;
-			delivery_stop(dl);
-			return NULL;
-		}
-	}
-	log_msg(LOG_INFO, "event=delivery_started workers=%d mode=%s", dl->nth,
-	    d->cfg->sandbox ? "sandbox" : "smtp");
+	log_msg(LOG_INFO, "event=delivery_started workers=%d mode=%s pid=%ld spare=%ld",
+	    dl->nth, d->cfg->sandbox ? "sandbox" : dl->privsep ? "smtp-process" : "smtp",
+	    (long)dl->child, (long)dl->spare);
 	return dl;
 fail:
-	if (dl->mx)
-		mx_resolver_free(dl->mx);
-	smtp_tls_free(dl->tls);
-	free(dl->auth_pass);
-	pthread_mutex_destroy(&dl->mu);
-	free(dl);
+	delivery_free(dl);
 	return NULL;
 }
 
-void
-delivery_stop(struct delivery *dl)
+/* main() of the delivery process, after privsep.c set it up: fds fd0..fd0+n. */
+int
+delivery_child_run(struct otpmaild *d, int fd0, int n, char *err, size_t errlen)
 {
-	struct dest *de, *next;
-	struct timespec ts;
+	struct delivery *dl;
+	char how[256];
+	const char *probe = getenv(PRIVSEP_PROBE_ENV);
 	int i;
 
-	if (dl == NULL)
-		return;
-	pthread_mutex_lock(&dl->mu);
-	dl->stopping = 1;
-	delivery_wake_all(dl, 0);
-	pthread_mutex_unlock(&dl->mu);
-	if (dl->d->queue != NULL)
-		queue_shutdown(dl->d->queue);
-	/*
-	 * In-flight sessions get a grace period; then every wait is cut short
-	 * (a peer may hold a worker for smtp_data_done_timeout otherwise).
-	 * What was cut stays deferred in the queue.
-	 */
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += DELIVERY_STOP_GRACE;
-	for (i = 0; i < dl->nth; i++) {
-		if (!dl->abort && pthread_timedjoin_np(dl->th[i], NULL, &ts) == 0)
-			continue;
-		if (!dl->abort)
-			log_msg(LOG_WARNING, "event=delivery_stopping note=\"cutting "
-			    "in-flight sessions short after %ds\"", DELIVERY_STOP_GRACE);
-		dl->abort = 1;
-		pthread_join(dl->th[i], NULL);
+	if ((dl = delivery_new(d, err, errlen)) == NULL)
+		return -1;
+	dl->nth = n;
+	dl->fd0 = fd0;
+	if (delivery_net_init(dl, err, errlen) == -1) {
+		delivery_free(dl);
+		return -1;
 	}
-	delivery_reap(dl, 1);
+	/* read now what would be read on first use: the CA store */
+	if (smtp_tls_preload(dl->tls, how, sizeof(how)) == -1)
+		log_msg(LOG_WARNING, "event=delivery_process_warning detail=\"%s\"", how);
+	if (privsep_restrict(d->cfg, how, sizeof(how), err, errlen) == -1) {
+		delivery_free(dl);
+		return -1;
+	}
+	log_msg(LOG_INFO, "event=delivery_process_started pid=%ld workers=%d %s",
+	    (long)getpid(), n, how);
+	if (probe != NULL)
+		privsep_probe(probe);
+	tlsrpt_forward = delivery_tls_forward;
+	if (delivery_threads(dl, delivery_child_worker, err, errlen) == -1)
+		return -1;		/* the main process starts another */
+	for (i = 0; i < dl->nth; i++)
+		pthread_join(dl->th[i], NULL);
+	return 0;
+}
+
+static void
+delivery_free(struct delivery *dl)
+{
+	struct dest *de, *next;
+	int k;
+
 	for (de = dl->dests; de != NULL; de = next) {
 		next = de->next;
 		pthread_cond_destroy(&de->cv);
@@ -275,15 +394,91 @@ delivery_stop(struct delivery *dl)
 		explicit_bzero(dl->auth_pass, strlen(dl->auth_pass));
 		free(dl->auth_pass);
 	}
+	for (k = 0; dl->fds != NULL && k < dl->nth; k++)
+		if (dl->fds[k] != -1)
+			close(dl->fds[k]);
+	for (k = 0; dl->spare_fds != NULL && k < dl->nth; k++)
+		if (dl->spare_fds[k] != -1)
+			close(dl->spare_fds[k]);
+	free(dl->spare_fds);
+	for (k = 0; dl->slots != NULL && dl->fd0 == 0 && k < dl->nth; k++)
+		if (dl->slots[k].fd != -1)
+			close(dl->slots[k].fd);
+	free(dl->fds);
+	free(dl->slots);
 	free(dl->th);
 	pthread_mutex_destroy(&dl->mu);
+	pthread_mutex_destroy(&dl->pmu);
 	free(dl);
+}
+
+void
+delivery_stop(struct delivery *dl)
+{
+	struct timespec ts;
+	int i, st;
+
+	if (dl == NULL)
+		return;
+	pthread_mutex_lock(&dl->mu);
+	dl->stopping = 1;
+	delivery_wake_all(dl, 0);
+	pthread_mutex_unlock(&dl->mu);
+	if (dl->d->queue != NULL)
+		queue_shutdown(dl->d->queue);
+	/*
+	 * In-flight sessions get a grace period; then every wait is cut short
+	 * (a peer may hold a worker for smtp_data_done_timeout otherwise).
+	 * What was cut stays deferred in the queue; with a delivery process,
+	 * that process goes and its leases go back untouched.
+	 */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += DELIVERY_STOP_GRACE;
+	for (i = 0; i < dl->nth; i++) {
+		if (!dl->abort && pthread_timedjoin_np(dl->th[i], NULL, &ts) == 0)
+			continue;
+		if (!dl->abort)
+			log_msg(LOG_WARNING, "event=delivery_stopping note=\"cutting "
+			    "in-flight sessions short after %ds\"", DELIVERY_STOP_GRACE);
+		dl->abort = 1;
+		pthread_mutex_lock(&dl->pmu);
+		if (dl->child > 0)
+			kill(dl->child, SIGKILL);
+		pthread_mutex_unlock(&dl->pmu);
+		pthread_join(dl->th[i], NULL);
+	}
+	delivery_reap(dl, 1);
+	if (dl->spare > 0) {
+		kill(dl->spare, SIGKILL);
+		waitpid(dl->spare, &st, 0);
+	}
+	if (dl->child > 0) {
+		/* its sockets close with the slots: it ends on EOF */
+		for (i = 0; dl->slots != NULL && i < dl->nth; i++)
+			if (dl->slots[i].fd != -1) {
+				close(dl->slots[i].fd);
+				dl->slots[i].fd = -1;
+			}
+		for (i = 0; i < dl->nth; i++)
+			if (dl->fds[i] != -1) {
+				close(dl->fds[i]);
+				dl->fds[i] = -1;
+			}
+		for (i = 0; i < 50 && waitpid(dl->child, &st, WNOHANG) == 0; i++)
+			usleep(20 * 1000);
+		if (i == 50) {
+			kill(dl->child, SIGKILL);
+			waitpid(dl->child, &st, 0);
+		}
+	}
+	delivery_free(dl);
 }
 
 static void *
 delivery_worker(void *arg)
 {
-	struct delivery *dl = arg;
+	struct slot *sl = arg;
+	struct delivery *dl = sl->dl;
 	struct q_envelope *env;
 	enum q_status st;
 
@@ -297,7 +492,7 @@ delivery_worker(void *arg)
 			usleep(200 * 1000);
 			continue;
 		}
-		delivery_message(dl, env);
+		delivery_message(sl, env);
 	}
 	return NULL;
 }
@@ -335,12 +530,13 @@ delivery_count(const struct q_envelope *env, const struct q_rcpt *r)
 }
 
 static void
-delivery_message(struct delivery *dl, struct q_envelope *env)
+delivery_message(struct slot *sl, struct q_envelope *env)
 {
-	char domain[ADDR_DOMAIN_MAX + 1], *data = NULL, *summary = NULL, *fsummary = NULL;
-	size_t i, j, n, len = 0, *idx = NULL;
-	char **doms = NULL, *was_open;
-	size_t ndoms = 0, nopen;
+	struct delivery *dl = sl->dl;
+	char *data = NULL, *summary = NULL, *fsummary = NULL;
+	size_t i, len = 0;
+	char *was_open;
+	size_t nopen;
 	enum q_status st;
 
 	/* which recipients this attempt is about (for the metrics) */
@@ -360,13 +556,62 @@ delivery_message(struct delivery *dl, struct q_envelope *env)
 		log_msg(LOG_ERR, "event=delivery_error id=%s error=\"cannot read body\"", env->id);
 		goto release;
 	}
-	if (dl->cfg->sandbox) {
+	if (dl->cfg->sandbox)
 		delivery_sandbox(dl, env, data, len);
-		goto release;
+	else if (!dl->privsep)
+		delivery_route(dl, env, data, len);
+	else if (delivery_remote(sl, env, data, len) == -1) {
+		/* the delivery process was lost with it: back to the queue as
+		 * it was, due now (nothing to record, nothing was concluded) */
+		free(was_open);
+		free(data);
+		if ((st = queue_return_lease(dl->d->queue, env)) != Q_OK)
+			log_msg(LOG_ERR, "event=delivery_error error=\"queue_return_lease "
+			    "failed\" status=%d", st);
+		return;
 	}
+release:
+	/* Whatever was not tried (stopping, memory) stays open: deferred. */
+	for (i = 0; i < env->nrcpt; i++) {
+		if (env->rcpts[i].state == Q_RCPT_PENDING)
+			delivery_set(&env->rcpts[i], Q_RCPT_DEFERRED,
+			    "4.3.0 delivery interrupted");
+		if (env->rcpts[i].state == Q_RCPT_DEFERRED && summary == NULL)
+			summary = env->rcpts[i].reply;
+		if (env->rcpts[i].state == Q_RCPT_FAILED && fsummary == NULL)
+			fsummary = env->rcpts[i].reply;	/* a 5xx shows too */
+		/* every recipient open at lease time was tried (or deferred) now */
+		if (i < nopen && was_open[i])
+			delivery_count(env, &env->rcpts[i]);
+	}
+	events_delivery(env, was_open, was_open != NULL ? nopen : 0);
+	free(was_open);
+	if (summary == NULL)
+		summary = fsummary;
+	if (summary != NULL) {
+		char *dup = strdup(summary);
+
+		if (dup != NULL) {
+			free(env->last_error);
+			env->last_error = dup;
+		}
+	}
+	free(data);
+	suppress_note_outcome(dl->d, env);
+	if ((st = queue_release_lease(dl->d->queue, env)) != Q_OK)
+		log_msg(LOG_ERR, "event=delivery_error error=\"queue_release_lease failed\" status=%d", st);
+}
+
+/* Routes and delivers the open recipients of env, domain by domain. */
+static void
+delivery_route(struct delivery *dl, struct q_envelope *env, const char *data, size_t len)
+{
+	char domain[ADDR_DOMAIN_MAX + 1], **doms = NULL;
+	size_t i, j, n, ndoms = 0, *idx = NULL;
+
 	if ((idx = calloc(env->nrcpt + 1, sizeof(*idx))) == NULL ||
 	    (doms = calloc(env->nrcpt + 1, sizeof(*doms))) == NULL)
-		goto release;
+		goto out;
 	/* Distinct domains of the open recipients, in order. */
 	for (i = 0; i < env->nrcpt; i++) {
 		if (env->rcpts[i].state != Q_RCPT_PENDING &&
@@ -397,40 +642,381 @@ delivery_message(struct delivery *dl, struct q_envelope *env)
 		if (n > 0)
 			delivery_domain(dl, env, data, len, doms[j], idx, n);
 	}
-release:
-	/* Whatever was not tried (stopping, memory) stays open: deferred. */
-	for (i = 0; i < env->nrcpt; i++) {
-		if (env->rcpts[i].state == Q_RCPT_PENDING)
-			delivery_set(&env->rcpts[i], Q_RCPT_DEFERRED,
-			    "4.3.0 delivery interrupted");
-		if (env->rcpts[i].state == Q_RCPT_DEFERRED && summary == NULL)
-			summary = env->rcpts[i].reply;
-		if (env->rcpts[i].state == Q_RCPT_FAILED && fsummary == NULL)
-			fsummary = env->rcpts[i].reply;	/* a 5xx shows too */
-		/* every recipient open at lease time was tried (or deferred) now */
-		if (i < nopen && was_open[i])
-			delivery_count(env, &env->rcpts[i]);
-	}
-	events_delivery(env, was_open, was_open != NULL ? nopen : 0);
-	free(was_open);
-	if (summary == NULL)
-		summary = fsummary;
-	if (summary != NULL) {
-		char *dup = strdup(summary);
-
-		if (dup != NULL) {
-			free(env->last_error);
-			env->last_error = dup;
-		}
-	}
+out:
 	for (j = 0; j < ndoms; j++)
 		free(doms[j]);
 	free(doms);
 	free(idx);
-	free(data);
-	suppress_note_outcome(dl->d, env);
-	if ((st = queue_release_lease(dl->d->queue, env)) != Q_OK)
-		log_msg(LOG_ERR, "event=delivery_error error=\"queue_release_lease failed\" status=%d", st);
+}
+
+/* --- privilege separation ------------------------------------------- */
+
+static __thread const struct dlp_job	*delivery_cur_job;
+static __thread struct dlp_result	*delivery_cur_res;
+
+/* The hop that took a recipient, in the delivery process until the result
+ * carries it to the main process's events (its own threads only). */
+struct delivery_hop {
+	char	*rcpt;
+	char	 mx[256], ip[64], tls[32];
+};
+static __thread struct delivery_hop	*delivery_hops;
+static __thread size_t			 delivery_nhops;
+
+static void
+delivery_note_hop(const char *rcpt, const char *mx, const char *ip, const char *tls)
+{
+	struct delivery_hop *h;
+
+	if (delivery_cur_res == NULL) {	/* not in the delivery process */
+		events_note_hop(rcpt, mx, ip, tls);
+		return;
+	}
+	if ((h = realloc(delivery_hops, (delivery_nhops + 1) * sizeof(*h))) == NULL)
+		return;
+	delivery_hops = h;
+	h += delivery_nhops;
+	if ((h->rcpt = strdup(rcpt)) == NULL)
+		return;
+	snprintf(h->mx, sizeof(h->mx), "%s", mx ? mx : "");
+	snprintf(h->ip, sizeof(h->ip), "%s", ip ? ip : "");
+	snprintf(h->tls, sizeof(h->tls), "%s", tls ? tls : "");
+	delivery_nhops++;
+}
+
+static const struct delivery_hop *
+delivery_hop_of(const char *rcpt)
+{
+	size_t i;
+
+	for (i = 0; i < delivery_nhops; i++)
+		if (strcmp(delivery_hops[i].rcpt, rcpt) == 0)
+			return &delivery_hops[i];
+	return NULL;
+}
+
+static void
+delivery_hops_clear(void)
+{
+	size_t i;
+
+	for (i = 0; i < delivery_nhops; i++)
+		free(delivery_hops[i].rcpt);
+	free(delivery_hops);
+	delivery_hops = NULL;
+	delivery_nhops = 0;
+}
+
+/* The delivery process's side of the current job (its own threads only). */
+
+/* tlsrpt_record in the delivery process: the counts go with the result. */
+static void
+delivery_tls_forward(const char *domain, enum tlsrpt_ptype ptype, int sts,
+    const char *mx, const char *ip, const char *rtype)
+{
+	if (delivery_cur_res != NULL)
+		(void)dlp_result_add_tls(delivery_cur_res, domain, ptype, sts, mx, ip, rtype);
+}
+
+/*
+ * Makes a delivery process current (pmu held): the spare if there is one,
+ * else a new one; its sockets wait in dl->fds.  Then starts the next spare.
+ */
+static int
+delivery_spawn_locked(struct delivery *dl, char *err, size_t errlen)
+{
+	char serr[512];
+	pid_t pid;
+	int k;
+
+	for (k = 0; k < dl->nth; k++) {
+		if (dl->fds[k] != -1)
+			close(dl->fds[k]);
+		dl->fds[k] = -1;
+	}
+	if (dl->spare > 0) {
+		pid = dl->spare;
+		for (k = 0; k < dl->nth; k++) {
+			dl->fds[k] = dl->spare_fds[k];
+			dl->spare_fds[k] = -1;
+		}
+		dl->spare = -1;
+	} else if ((pid = privsep_spawn(dl->exe, dl->d->config_path, dl->cfg,
+	    dl->nth, dl->fds, err, errlen)) == -1)
+		return -1;
+	dl->child = pid;
+	dl->gen++;
+	if ((dl->spare = privsep_spawn(dl->exe, dl->d->config_path, dl->cfg, dl->nth,
+	    dl->spare_fds, serr, sizeof(serr))) == -1)
+		log_msg(LOG_WARNING, "event=delivery_process_failed spare=yes detail=\"%s\"",
+		    serr);
+	return 0;
+}
+
+/* This slot's socket to the current delivery process (started if none). */
+static int
+delivery_slot_fd(struct slot *sl)
+{
+	struct delivery *dl = sl->dl;
+	char err[512];
+	int fd;
+
+	pthread_mutex_lock(&dl->pmu);
+	if (dl->child == -1 && !dl->stopping &&
+	    delivery_spawn_locked(dl, err, sizeof(err)) == -1)
+		log_msg(LOG_ERR, "event=delivery_process_failed detail=\"%s\"", err);
+	if (sl->gen != dl->gen) {
+		if (sl->fd != -1)
+			close(sl->fd);
+		sl->fd = dl->fds[sl->k];
+		dl->fds[sl->k] = -1;
+		sl->gen = dl->gen;
+	}
+	fd = sl->fd;
+	pthread_mutex_unlock(&dl->pmu);
+	return fd;
+}
+
+/*
+ * The delivery process this slot talked to failed (died, or said something
+ * that is not the protocol): the first slot to see it ends it for good and
+ * starts the next one.
+ */
+static void
+delivery_lost(struct slot *sl, const char *why)
+{
+	struct delivery *dl = sl->dl;
+	char err[512], how[64];
+	pid_t lost;
+	int st = 0;
+
+	pthread_mutex_lock(&dl->pmu);
+	if (sl->gen == dl->gen && dl->child > 0) {
+		lost = dl->child;
+		kill(lost, SIGKILL);
+		(void)waitpid(lost, &st, 0);
+		if (WIFSIGNALED(st))
+			snprintf(how, sizeof(how), "signal=%d", WTERMSIG(st));
+		else
+			snprintf(how, sizeof(how), "exit=%d", WEXITSTATUS(st));
+		dl->restarts++;
+		dl->child = -1;
+		if (!dl->stopping && delivery_spawn_locked(dl, err, sizeof(err)) == -1)
+			log_msg(LOG_ERR, "event=delivery_process_failed detail=\"%s\"", err);
+		log_msg(dl->stopping ? LOG_INFO : LOG_ERR, "event=delivery_process_lost "
+		    "pid=%ld %s detail=\"%s\" restarts=%lu next=%ld", (long)lost, how,
+		    why, dl->restarts, (long)dl->child);
+	}
+	if (dl->child == -1 && !dl->stopping) {
+		pthread_mutex_unlock(&dl->pmu);
+		usleep(DELIVERY_SPAWN_PAUSE * 1000);
+		return;
+	}
+	pthread_mutex_unlock(&dl->pmu);
+}
+
+/*
+ * Main process: has the delivery process deliver the open recipients of
+ * env and records what it says on env.  -1 if the process was lost with
+ * the message (the lease goes back untouched), 0 otherwise.  A message in
+ * flight at two losses in a row of this slot is deferred instead, so one
+ * that kills the process cannot keep it dying.
+ */
+static int
+delivery_remote(struct slot *sl, struct q_envelope *env, const char *data, size_t len)
+{
+	struct delivery *dl = sl->dl;
+	const struct config *cfg = dl->cfg;
+	char domain[ADDR_DOMAIN_MAX + 1], *buf = NULL;
+	struct dlp_job job;
+	struct dlp_result res;
+	struct dlp_buf b;
+	size_t i, k, blen;
+	int fd, rc = 0;
+
+	memset(&job, 0, sizeof(job));
+	memset(&res, 0, sizeof(res));
+	dlp_buf_init(&b);
+	job.id = env->id;
+	job.sender = env->sender;
+	job.flags = (uint32_t)env->flags;
+	job.klass = (uint32_t)env->klass;
+	job.created = env->created;
+	job.data = data;
+	job.len = len;
+	if ((job.rcpts = calloc(env->nrcpt + 1, sizeof(*job.rcpts))) == NULL ||
+	    (job.idx = calloc(env->nrcpt + 1, sizeof(*job.idx))) == NULL ||
+	    (job.doms = calloc(env->nrcpt + 1, sizeof(*job.doms))) == NULL)
+		goto out;
+	for (i = 0; i < env->nrcpt; i++) {
+		if (env->rcpts[i].state != Q_RCPT_PENDING &&
+		    env->rcpts[i].state != Q_RCPT_DEFERRED)
+			continue;
+		job.idx[job.nrcpt] = (uint32_t)i;
+		job.rcpts[job.nrcpt++] = env->rcpts[i].addr;
+		if (addr_domain_lower(env->rcpts[i].addr, domain, sizeof(domain)) == -1 ||
+		    domain[0] == '\0')
+			continue;
+		for (k = 0; k < job.ndom; k++)
+			if (strcmp(job.doms[k].name, domain) == 0)
+				break;
+		if (k < job.ndom || (job.doms[k].name = strdup(domain)) == NULL)
+			continue;
+		job.ndom++;
+		/* MTA-STS: its cache and fetches stay here, the policy goes along */
+		if (config_route(cfg, domain) == NULL && cfg->smarthost == NULL)
+			job.doms[k].sts_on = mtasts_for_delivery(cfg, dl->d->state_dir,
+			    domain, &job.doms[k].sts);
+	}
+	if (job.nrcpt == 0)
+		goto out;
+	if (dlp_job_encode(&b, &job) == -1) {
+		for (i = 0; i < job.nrcpt; i++)
+			delivery_set(&env->rcpts[job.idx[i]], Q_RCPT_DEFERRED,
+			    "4.3.0 message too large for the delivery process");
+		goto out;
+	}
+	if ((fd = delivery_slot_fd(sl)) == -1 || dlp_send(fd, &b) == -1 ||
+	    dlp_recv(fd, DLP_RESULT_MAX, &buf, &blen) == -1) {
+		delivery_lost(sl, fd == -1 ? "not running" : errno == 0 ?
+		    "connection closed" : strerror(errno));
+		rc = -1;
+	} else if (dlp_result_decode(buf, blen, &res) == -1 ||
+	    dlp_result_check(&res, &job) == -1) {
+		delivery_lost(sl, "malformed result");
+		rc = -1;
+	}
+	if (rc == -1) {
+		if (strcmp(sl->lost_id, env->id) != 0 || dl->stopping) {
+			snprintf(sl->lost_id, sizeof(sl->lost_id), "%s", env->id);
+			goto out;
+		}
+		log_msg(LOG_ERR, "event=delivery_error id=%s error=\"the delivery "
+		    "process ended twice during this message; deferred\"", env->id);
+		for (i = 0; i < job.nrcpt; i++)
+			delivery_set(&env->rcpts[job.idx[i]], Q_RCPT_DEFERRED,
+			    "4.3.0 the delivery process ended during this message");
+		sl->lost_id[0] = '\0';
+		rc = 0;
+		goto out;
+	}
+	sl->lost_id[0] = '\0';
+	for (i = 0; i < res.n; i++) {
+		delivery_set(&env->rcpts[res.o[i].idx], res.o[i].state == DLP_DELIVERED ?
+		    Q_RCPT_DELIVERED : res.o[i].state == DLP_FAILED ? Q_RCPT_FAILED :
+		    Q_RCPT_DEFERRED, res.o[i].reply);
+		/* the hop, for the delivered event (the job's own recipient) */
+		if (res.o[i].state == DLP_DELIVERED && res.o[i].mx[0] != '\0')
+			events_note_hop(env->rcpts[res.o[i].idx].addr, res.o[i].mx,
+			    res.o[i].ip, res.o[i].tls);
+	}
+	/* TLS-RPT counts, for the domains of this job only */
+	for (i = 0; i < res.ntls; i++) {
+		const struct dlp_tls *t = &res.tls[i];
+
+		for (k = 0; k < job.ndom; k++)
+			if (strcmp(job.doms[k].name, t->domain) == 0)
+				break;
+		if (k == job.ndom)
+			continue;
+		tlsrpt_record(t->domain, (enum tlsrpt_ptype)t->ptype,
+		    t->sts && job.doms[k].sts_on ? &job.doms[k].sts : NULL,
+		    t->mx[0] ? t->mx : NULL, t->ip[0] ? t->ip : NULL,
+		    t->rtype[0] ? t->rtype : NULL);
+	}
+out:
+	dlp_result_free(&res);
+	free(buf);
+	dlp_buf_free(&b);
+	for (k = 0; k < job.ndom; k++)
+		free(job.doms[k].name);
+	free(job.doms);
+	free(job.rcpts);
+	free(job.idx);
+	return rc;
+}
+
+/*
+ * Delivery process: one worker per socket.  A job is delivered like a
+ * leased message and answered with the outcome of every recipient that
+ * concluded; EOF (the main process closed it or is gone) ends the worker,
+ * anything else the process.
+ */
+static void *
+delivery_child_worker(void *arg)
+{
+	struct slot *sl = arg;
+	struct delivery *dl = sl->dl;
+	struct q_envelope env;
+	struct dlp_result res;
+	struct dlp_job job;
+	struct dlp_buf b;
+	char *buf;
+	size_t i, len;
+
+	for (;;) {
+		struct pollfd pfd = { sl->fd, POLLIN, 0 };
+
+		/* idle sessions past session_idle_timeout close while no job comes */
+		delivery_reap(dl, 0);
+		if (poll(&pfd, 1, 1000) == 0)
+			continue;
+		if (dlp_recv(sl->fd, DLP_FRAME_MAX, &buf, &len) == -1) {
+			if (errno == 0)
+				return NULL;
+			log_msg(LOG_ERR, "event=delivery_process_error error=\"%s\"",
+			    strerror(errno));
+			_exit(1);
+		}
+		if (dlp_job_decode(buf, len, &job) == -1) {
+			log_msg(LOG_ERR, "event=delivery_process_error error=\"malformed job\"");
+			_exit(1);
+		}
+		memset(&env, 0, sizeof(env));
+		memset(&res, 0, sizeof(res));
+		snprintf(env.id, sizeof(env.id), "%s", job.id);
+		env.sender = job.sender;
+		env.klass = job.klass < Q_CLASS_COUNT ? (enum q_class)job.klass : Q_CLASS_DEFAULT;
+		env.flags = (int)job.flags;
+		env.created = (time_t)job.created;
+		env.nrcpt = job.nrcpt;
+		if ((env.rcpts = calloc(job.nrcpt, sizeof(*env.rcpts))) == NULL)
+			_exit(1);
+		for (i = 0; i < job.nrcpt; i++) {
+			env.rcpts[i].addr = job.rcpts[i];
+			env.rcpts[i].state = Q_RCPT_PENDING;
+		}
+		delivery_cur_job = &job;
+		delivery_cur_res = &res;
+		delivery_route(dl, &env, job.data, job.len);
+		delivery_cur_job = NULL;
+		delivery_cur_res = NULL;
+		for (i = 0; i < job.nrcpt; i++) {
+			struct q_rcpt *r = &env.rcpts[i];
+
+			const struct delivery_hop *h = delivery_hop_of(r->addr);
+
+			if (r->state != Q_RCPT_PENDING &&
+			    dlp_result_add(&res, job.idx[i], r->state == Q_RCPT_DELIVERED ?
+			    DLP_DELIVERED : r->state == Q_RCPT_FAILED ? DLP_FAILED :
+			    DLP_DEFERRED, r->reply, h ? h->mx : NULL, h ? h->ip : NULL,
+			    h ? h->tls : NULL) == -1)
+				_exit(1);
+			free(r->reply);
+		}
+		free(env.rcpts);
+		delivery_hops_clear();
+		dlp_buf_init(&b);
+		if (dlp_result_encode(&b, &res) == -1 || dlp_send(sl->fd, &b) == -1) {
+			if (errno == 0 || errno == EPIPE)
+				_exit(0);	/* the main process went */
+			_exit(1);
+		}
+		dlp_buf_free(&b);
+		dlp_result_free(&res);
+		dlp_job_free(&job);
+		free(buf);
+	}
 }
 
 static void
@@ -566,7 +1152,10 @@ delivery_domain(struct delivery *dl, struct q_envelope *env, const char *data,
 	} else {
 		hop.kind = "mx";
 		hop.port = cfg->smtp_port;
-		j.sts_on = mtasts_for_delivery(cfg, dl->d->state_dir, domain, &j.sts);
+		/* the delivery process has the policy from its job */
+		j.sts_on = delivery_cur_job != NULL ?
+		    dlp_job_sts(delivery_cur_job, domain, &j.sts) :
+		    mtasts_for_delivery(cfg, dl->d->state_dir, domain, &j.sts);
 		snprintf(hop.key, sizeof(hop.key), "mx:%s|%d%s", domain, j.policy,
 		    j.sts_on ? "|sts" : "");
 		ms = mx_lookup(dl->mx, domain, cfg->smtp_port, &list, reason, sizeof(reason));
@@ -904,7 +1493,8 @@ next_round:
 		j->r[map[k]] = sub[k];
 		j->r[map[k]].addr = sub[k].addr;
 		if (sub[k].status == SMTP_OK)
-			events_note_hop(sub[k].addr, host, smtp_peer_ip(s), smtp_tls_version(s));
+			delivery_note_hop(sub[k].addr, host, smtp_peer_ip(s),
+			    smtp_tls_version(s));
 		if (sub[k].status == SMTP_TEMP)
 			snprintf(j->last_temp, sizeof(j->last_temp), "%s", sub[k].reply);
 	}

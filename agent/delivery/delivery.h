@@ -11,7 +11,9 @@
  * folders include only this header, which brings in the parts others may
  * use: bounce classification of a reply (bounce.h), DNS lookups (mx.h: MX, TXT, PTR, TLSA, for the domain check), the
  * MTA-STS policy cache and TLS-RPT counts (mtasts.h, tlsrpt.h) and the
- * sandbox Maildir (sandbox.h); smtp.h and tlsstream.h are internal.
+ * sandbox Maildir (sandbox.h), and the entry of the delivery process that
+ * main() hands over to (privsep.h); smtp.h, tlsstream.h and dlproto.h are
+ * internal.
  */
 #ifndef OTPMAIL_DELIVERY_H
 #define OTPMAIL_DELIVERY_H
@@ -21,12 +23,16 @@
 #include "agent/delivery/bounce.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
+#include "agent/delivery/privsep.h"
 #include "agent/delivery/sandbox.h"
 #include "agent/delivery/tlsrpt.h"
 
 struct delivery	*delivery_start(struct otpmaild *, char *err, size_t errlen);
 /* Stops taking work, lets in-flight sessions end within their timeouts. */
 void		 delivery_stop(struct delivery *);
+/* The delivery process's main (privsep.c): workers on fds fd0..fd0+n. */
+int		 delivery_child_run(struct otpmaild *, int fd0, int n, char *err,
+		    size_t errlen);
 
 /*
  * Submission-time deliverability check of a recipient domain: returns 0 if

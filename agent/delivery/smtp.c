@@ -185,6 +185,14 @@ out:
 }
 
 int
+smtp_tls_preload(struct smtp_tls *t, char *err, size_t errlen)
+{
+	X509_STORE *ca;
+
+	return smtp_tls_ctx(t, &ca, err, errlen) != NULL ? 0 : -1;
+}
+
+int
 smtp_addr_ok(const char *addr, int allow_empty)
 {
 	char err[128];

@@ -69,6 +69,9 @@ struct smtp_tls;
  */
 struct smtp_tls	*smtp_tls_new(const char *ca_file, char *err, size_t errlen);
 void		 smtp_tls_free(struct smtp_tls *);
+/* Makes the context and reads the CA store now (before the filesystem goes
+ * out of reach, privsep.c); 0, or -1 with err. */
+int		 smtp_tls_preload(struct smtp_tls *, char *err, size_t errlen);
 
 /*
  * Connects to one address, reads the greeting, EHLO (HELO fallback), runs

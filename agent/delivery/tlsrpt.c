@@ -48,6 +48,8 @@ struct tlsrpt_policy {
 	struct tlsrpt_policy	*next;
 };
 
+void	(*tlsrpt_forward)(const char *, enum tlsrpt_ptype, int, const char *,
+	    const char *, const char *);
 static pthread_mutex_t		 tlsrpt_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct tlsrpt_policy	*tlsrpt_list;
 static size_t			 tlsrpt_n;
@@ -62,6 +64,10 @@ tlsrpt_record(const char *domain, enum tlsrpt_ptype ptype,
 	struct tlsrpt_policy *p;
 	size_t i;
 
+	if (tlsrpt_forward != NULL) {	/* the delivery process: to the main one */
+		tlsrpt_forward(domain, ptype, sts != NULL, mx, ip, rtype);
+		return;
+	}
 	pthread_mutex_lock(&tlsrpt_mu);
 	for (p = tlsrpt_list; p != NULL; p = p->next)
 		if (p->ptype == ptype && strcmp(p->domain, domain) == 0 &&

@@ -22,6 +22,10 @@ enum tlsrpt_ptype { TLSRPT_NOPOLICY = 0, TLSRPT_STS, TLSRPT_TLSA };
 void		 tlsrpt_record(const char *domain, enum tlsrpt_ptype,
 		    const struct mtasts_policy *, const char *mx, const char *ip,
 		    const char *rtype);
+/* Set in the delivery process: tlsrpt_record hands its counts to this
+ * (sts: under the domain's MTA-STS policy), for the main process. */
+extern void	(*tlsrpt_forward)(const char *domain, enum tlsrpt_ptype, int sts,
+		    const char *mx, const char *ip, const char *rtype);
 struct otpmaild;
 /*
  * Sends the reports of everything counted since the last call (one per

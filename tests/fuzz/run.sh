@@ -29,7 +29,7 @@ while getopts t: opt; do
 	esac
 done
 shift $((OPTIND - 1))
-all_targets="addr header config spool_env spool_file smtp ctl"
+all_targets="addr header config spool_env spool_file smtp ctl dlproto"
 targets=${*:-$all_targets}
 work=${FUZZ_WORK:-$builddir/tests/fuzz/work}
 CC=${FUZZ_CC:-clang}
@@ -53,7 +53,7 @@ CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined
 	-DPACKAGE_STRING=\"otpmail\" -DPACKAGE=\"otpmail\"
 	-DSYSCONFDIR=\"/etc\" -DDATADIR=\"$srcdir/etc\" -DSRCDIR=\"$srcdir\"
 	-I/usr/include/opendkim"
-LIBS="-ljansson -letpan -lopendkim -lssl -lcrypto -ldb-5.3 -lunbound -lidn2 -lunistring -lcurl -lz -lpthread -lm"
+LIBS="-ljansson -letpan -lopendkim -lssl -lcrypto -ldb-5.3 -lunbound -lidn2 -lunistring -lcurl -lz -lseccomp -lpthread -lm"
 
 # Sources each target needs (ctl needs the whole daemon but main.c).
 sources() {
@@ -63,6 +63,7 @@ sources() {
 	config) echo agent/core/config.c agent/core/config_app.c dkim/keys.c ;;
 	spool_env|spool_file) (cd "$srcdir" && ls queue/*.c | grep -v bench) ;;
 	smtp) echo agent/delivery/tlsstream.c agent/mail/address.c ;;
+	dlproto) echo agent/delivery/dlproto.c ;;
 	ctl) (cd "$srcdir" && ls agent/*/*.c store/*.c queue/*.c dkim/*.c |
 		grep -v -e agent/core/main.c -e agent/tools/otpmailctl.c -e agent/tools/sendmail.c \
 		    -e bench) ;;

@@ -1,0 +1,505 @@
+/*
+ * dlproto.c - the frames between otpmaild and its delivery process (see
+ * dlproto.h).  Fields are big-endian integers and length-prefixed strings
+ * (no NUL inside); a decoder reads through a cursor that fails once and
+ * stays failed, so one check at the end covers every field.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include "agent/delivery/dlproto.h"
+
+struct dlp_rd {
+	const unsigned char	*p;
+	size_t			 len, off;
+	int			 err;
+};
+
+static void	 dlp_put(struct dlp_buf *, const void *, size_t);
+static void	 dlp_put_u32(struct dlp_buf *, uint32_t);
+static void	 dlp_put_u64(struct dlp_buf *, uint64_t);
+static void	 dlp_put_str(struct dlp_buf *, const char *);
+static uint32_t	 dlp_get_u32(struct dlp_rd *);
+static uint64_t	 dlp_get_u64(struct dlp_rd *);
+static char	*dlp_get_str(struct dlp_rd *);
+static void	 dlp_get_fixed(struct dlp_rd *, char *out, size_t outlen);
+static int	 dlp_io(int fd, void *p, size_t len, int wr);
+
+void
+dlp_buf_init(struct dlp_buf *b)
+{
+	memset(b, 0, sizeof(*b));
+	dlp_put_u32(b, 0);		/* the length, filled by dlp_send */
+}
+
+void
+dlp_buf_free(struct dlp_buf *b)
+{
+	free(b->p);
+	memset(b, 0, sizeof(*b));
+}
+
+static void
+dlp_put(struct dlp_buf *b, const void *p, size_t n)
+{
+	char *np;
+	size_t cap;
+
+	if (b->err)
+		return;
+	if (n > DLP_FRAME_MAX || b->len + n > DLP_FRAME_MAX + 4) {
+		b->err = 1;
+		return;
+	}
+	if (b->len + n > b->cap) {
+		cap = b->cap ? b->cap : 256;
+		while (cap < b->len + n)
+			cap *= 2;
+		if ((np = realloc(b->p, cap)) == NULL) {
+			b->err = 1;
+			return;
+		}
+		b->p = np;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+static void
+dlp_put_u32(struct dlp_buf *b, uint32_t v)
+{
+	unsigned char x[4] = { v >> 24, v >> 16, v >> 8, v };
+
+	dlp_put(b, x, 4);
+}
+
+static void
+dlp_put_u64(struct dlp_buf *b, uint64_t v)
+{
+	dlp_put_u32(b, (uint32_t)(v >> 32));
+	dlp_put_u32(b, (uint32_t)v);
+}
+
+static void
+dlp_put_str(struct dlp_buf *b, const char *s)
+{
+	size_t l = s != NULL ? strlen(s) : 0;
+
+	if (l > DLP_STR_MAX) {
+		b->err = 1;
+		return;
+	}
+	dlp_put_u32(b, (uint32_t)l);
+	dlp_put(b, s, l);
+}
+
+static uint32_t
+dlp_get_u32(struct dlp_rd *r)
+{
+	const unsigned char *p;
+
+	if (r->err || r->len - r->off < 4) {
+		r->err = 1;
+		return 0;
+	}
+	p = r->p + r->off;
+	r->off += 4;
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t
+dlp_get_u64(struct dlp_rd *r)
+{
+	uint64_t hi = dlp_get_u32(r);
+
+	return hi << 32 | dlp_get_u32(r);
+}
+
+/* A string field, malloc'd (NULL and r->err on a bad one). */
+static char *
+dlp_get_str(struct dlp_rd *r)
+{
+	uint32_t l = dlp_get_u32(r);
+	char *s;
+
+	if (r->err || l > DLP_STR_MAX || r->len - r->off < l ||
+	    memchr(r->p + r->off, '\0', l) != NULL || (s = malloc(l + 1)) == NULL) {
+		r->err = 1;
+		return NULL;
+	}
+	memcpy(s, r->p + r->off, l);
+	s[l] = '\0';
+	r->off += l;
+	return s;
+}
+
+static void
+dlp_get_fixed(struct dlp_rd *r, char *out, size_t outlen)
+{
+	char *s = dlp_get_str(r);
+
+	if (s != NULL && strlen(s) < outlen)
+		memcpy(out, s, strlen(s) + 1);
+	else
+		r->err = 1;
+	free(s);
+}
+
+int
+dlp_job_encode(struct dlp_buf *b, const struct dlp_job *j)
+{
+	size_t i, k;
+
+	dlp_put_str(b, j->id);
+	dlp_put_str(b, j->sender);
+	dlp_put_u32(b, j->flags);
+	dlp_put_u32(b, j->klass);
+	dlp_put_u64(b, (uint64_t)j->created);
+	dlp_put_u32(b, (uint32_t)j->nrcpt);
+	for (i = 0; i < j->nrcpt; i++) {
+		dlp_put_u32(b, j->idx[i]);
+		dlp_put_str(b, j->rcpts[i]);
+	}
+	dlp_put_u32(b, (uint32_t)j->ndom);
+	for (i = 0; i < j->ndom; i++) {
+		const struct mtasts_policy *p = &j->doms[i].sts;
+
+		dlp_put_str(b, j->doms[i].name);
+		dlp_put_u32(b, (uint32_t)j->doms[i].sts_on);
+		if (!j->doms[i].sts_on)
+			continue;
+		dlp_put_u32(b, (uint32_t)p->mode);
+		dlp_put_u64(b, (uint64_t)p->max_age);
+		dlp_put_u32(b, (uint32_t)p->nmx);
+		for (k = 0; k < p->nmx && k < MTASTS_MX_MAX; k++)
+			dlp_put_str(b, p->mx[k]);
+		dlp_put_str(b, p->id);
+		dlp_put_u64(b, (uint64_t)p->fetched);
+		dlp_put_u64(b, (uint64_t)p->expires);
+	}
+	dlp_put_u32(b, (uint32_t)j->len);
+	dlp_put(b, j->data, j->len);
+	return b->err ? -1 : 0;
+}
+
+int
+dlp_job_decode(const char *buf, size_t len, struct dlp_job *j)
+{
+	struct dlp_rd r = { (const unsigned char *)buf, len, 0, 0 };
+	uint32_t n, i, k, dl;
+
+	memset(j, 0, sizeof(*j));
+	j->id = dlp_get_str(&r);
+	j->sender = dlp_get_str(&r);
+	j->flags = dlp_get_u32(&r);
+	j->klass = dlp_get_u32(&r);
+	j->created = (int64_t)dlp_get_u64(&r);
+	n = dlp_get_u32(&r);
+	if (r.err || n == 0 || n > DLP_RCPT_MAX ||
+	    (j->rcpts = calloc(n, sizeof(*j->rcpts))) == NULL ||
+	    (j->idx = calloc(n, sizeof(*j->idx))) == NULL)
+		goto bad;
+	for (i = 0; i < n && !r.err; i++, j->nrcpt++) {
+		j->idx[i] = dlp_get_u32(&r);
+		j->rcpts[i] = dlp_get_str(&r);
+	}
+	n = dlp_get_u32(&r);
+	if (r.err || n > DLP_RCPT_MAX ||
+	    (n > 0 && (j->doms = calloc(n, sizeof(*j->doms))) == NULL))
+		goto bad;
+	for (i = 0; i < n && !r.err; i++, j->ndom++) {
+		struct mtasts_policy *p = &j->doms[i].sts;
+
+		j->doms[i].name = dlp_get_str(&r);
+		j->doms[i].sts_on = dlp_get_u32(&r) != 0;
+		if (!j->doms[i].sts_on)
+			continue;
+		p->mode = (enum mtasts_mode)dlp_get_u32(&r);
+		p->max_age = (long)dlp_get_u64(&r);
+		p->nmx = dlp_get_u32(&r);
+		if (p->mode > MTASTS_ENFORCE || p->nmx > MTASTS_MX_MAX)
+			r.err = 1;
+		for (k = 0; k < p->nmx && !r.err; k++)
+			dlp_get_fixed(&r, p->mx[k], sizeof(p->mx[k]));
+		dlp_get_fixed(&r, p->id, sizeof(p->id));
+		p->fetched = (time_t)dlp_get_u64(&r);
+		p->expires = (time_t)dlp_get_u64(&r);
+	}
+	dl = dlp_get_u32(&r);
+	if (r.err || r.len - r.off != dl)
+		goto bad;
+	j->data = buf + r.off;
+	j->len = dl;
+	return 0;
+bad:
+	dlp_job_free(j);
+	return -1;
+}
+
+void
+dlp_job_free(struct dlp_job *j)
+{
+	size_t i;
+
+	free(j->id);
+	free(j->sender);
+	for (i = 0; i < j->nrcpt; i++)
+		free(j->rcpts[i]);
+	free(j->rcpts);
+	free(j->idx);
+	for (i = 0; i < j->ndom; i++)
+		free(j->doms[i].name);
+	free(j->doms);
+	memset(j, 0, sizeof(*j));
+}
+
+int
+dlp_job_sts(const struct dlp_job *j, const char *domain, struct mtasts_policy *out)
+{
+	size_t i;
+
+	for (i = 0; i < j->ndom; i++)
+		if (j->doms[i].name != NULL && strcmp(j->doms[i].name, domain) == 0) {
+			if (!j->doms[i].sts_on)
+				return 0;
+			*out = j->doms[i].sts;
+			return 1;
+		}
+	return 0;
+}
+
+int
+dlp_result_add(struct dlp_result *res, uint32_t idx, int state, const char *reply,
+    const char *mx, const char *ip, const char *tls)
+{
+	struct dlp_outcome *o;
+
+	if (res->n >= DLP_RCPT_MAX ||
+	    (o = realloc(res->o, (res->n + 1) * sizeof(*o))) == NULL)
+		return -1;
+	res->o = o;
+	o[res->n].idx = idx;
+	o[res->n].state = (uint8_t)state;
+	o[res->n].reply = strndup(reply != NULL ? reply : "", DLP_STR_MAX);
+	o[res->n].mx = strndup(mx != NULL ? mx : "", DLP_STR_MAX);
+	o[res->n].ip = strndup(ip != NULL ? ip : "", DLP_STR_MAX);
+	o[res->n].tls = strndup(tls != NULL ? tls : "", DLP_STR_MAX);
+	res->n++;	/* counted before the check: freed as a whole on error */
+	if (!o[res->n - 1].reply || !o[res->n - 1].mx || !o[res->n - 1].ip ||
+	    !o[res->n - 1].tls)
+		return -1;
+	return 0;
+}
+
+int
+dlp_result_add_tls(struct dlp_result *res, const char *domain, int ptype, int sts,
+    const char *mx, const char *ip, const char *rtype)
+{
+	struct dlp_tls *t;
+
+	if (res->ntls >= DLP_TLS_MAX ||
+	    (t = realloc(res->tls, (res->ntls + 1) * sizeof(*t))) == NULL)
+		return -1;
+	res->tls = t;
+	t += res->ntls;
+	memset(t, 0, sizeof(*t));
+	t->ptype = (uint8_t)ptype;
+	t->sts = sts != 0;
+	t->domain = strndup(domain ? domain : "", DLP_STR_MAX);
+	t->mx = strndup(mx ? mx : "", DLP_STR_MAX);
+	t->ip = strndup(ip ? ip : "", DLP_STR_MAX);
+	t->rtype = strndup(rtype ? rtype : "", DLP_STR_MAX);
+	res->ntls++;
+	if (!t->domain || !t->mx || !t->ip || !t->rtype)
+		return -1;
+	return 0;
+}
+
+int
+dlp_result_encode(struct dlp_buf *b, const struct dlp_result *res)
+{
+	size_t i;
+
+	dlp_put_u32(b, (uint32_t)res->n);
+	for (i = 0; i < res->n; i++) {
+		dlp_put_u32(b, res->o[i].idx);
+		dlp_put(b, &res->o[i].state, 1);
+		dlp_put_str(b, res->o[i].reply);
+		dlp_put_str(b, res->o[i].mx);
+		dlp_put_str(b, res->o[i].ip);
+		dlp_put_str(b, res->o[i].tls);
+	}
+	dlp_put_u32(b, (uint32_t)res->ntls);
+	for (i = 0; i < res->ntls; i++) {
+		const struct dlp_tls *t = &res->tls[i];
+		unsigned char x[2] = { t->ptype, t->sts };
+
+		dlp_put_str(b, t->domain);
+		dlp_put(b, x, 2);
+		dlp_put_str(b, t->mx);
+		dlp_put_str(b, t->ip);
+		dlp_put_str(b, t->rtype);
+	}
+	return b->err ? -1 : 0;
+}
+
+int
+dlp_result_decode(const char *buf, size_t len, struct dlp_result *res)
+{
+	struct dlp_rd r = { (const unsigned char *)buf, len, 0, 0 };
+	uint32_t n, i;
+
+	memset(res, 0, sizeof(*res));
+	n = dlp_get_u32(&r);
+	if (r.err || n > DLP_RCPT_MAX ||
+	    (n > 0 && (res->o = calloc(n, sizeof(*res->o))) == NULL))
+		goto bad;
+	for (i = 0; i < n && !r.err; i++) {
+		res->n++;
+		res->o[i].idx = dlp_get_u32(&r);
+		if (r.len - r.off < 1) {
+			r.err = 1;
+			break;
+		}
+		res->o[i].state = r.p[r.off++];
+		res->o[i].reply = dlp_get_str(&r);
+		res->o[i].mx = dlp_get_str(&r);
+		res->o[i].ip = dlp_get_str(&r);
+		res->o[i].tls = dlp_get_str(&r);
+	}
+	n = dlp_get_u32(&r);
+	if (r.err || n > DLP_TLS_MAX ||
+	    (n > 0 && (res->tls = calloc(n, sizeof(*res->tls))) == NULL))
+		goto bad;
+	for (i = 0; i < n && !r.err; i++) {
+		struct dlp_tls *t = &res->tls[i];
+
+		res->ntls++;		/* counted before anything is in it: freed on error */
+		t->domain = dlp_get_str(&r);
+		if (r.err || r.len - r.off < 2) {
+			r.err = 1;
+			break;
+		}
+		t->ptype = r.p[r.off++];
+		t->sts = r.p[r.off++];
+		t->mx = dlp_get_str(&r);
+		t->ip = dlp_get_str(&r);
+		t->rtype = dlp_get_str(&r);
+		if (t->ptype > 2 || t->sts > 1)
+			r.err = 1;
+	}
+	if (r.err || r.off != r.len)
+		goto bad;
+	return 0;
+bad:
+	dlp_result_free(res);
+	return -1;
+}
+
+int
+dlp_result_check(const struct dlp_result *res, const struct dlp_job *j)
+{
+	size_t i, k, seen;
+
+	for (i = 0; i < res->n; i++) {
+		if (res->o[i].state < DLP_DELIVERED || res->o[i].state > DLP_DEFERRED)
+			return -1;
+		for (k = 0, seen = 0; k < j->nrcpt; k++)
+			seen += j->idx[k] == res->o[i].idx;
+		if (seen != 1)
+			return -1;
+		for (k = 0; k < i; k++)
+			if (res->o[k].idx == res->o[i].idx)
+				return -1;
+	}
+	return 0;
+}
+
+void
+dlp_result_free(struct dlp_result *res)
+{
+	size_t i;
+
+	for (i = 0; i < res->n; i++) {
+		free(res->o[i].reply);
+		free(res->o[i].mx);
+		free(res->o[i].ip);
+		free(res->o[i].tls);
+	}
+	free(res->o);
+	for (i = 0; i < res->ntls; i++) {
+		free(res->tls[i].domain);
+		free(res->tls[i].mx);
+		free(res->tls[i].ip);
+		free(res->tls[i].rtype);
+	}
+	free(res->tls);
+	memset(res, 0, sizeof(*res));
+}
+
+static int
+dlp_io(int fd, void *p, size_t len, int wr)
+{
+	char *c = p;
+	ssize_t n;
+
+	while (len > 0) {
+		n = wr ? send(fd, c, len, MSG_NOSIGNAL) : read(fd, c, len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = 0;
+			return -1;
+		}
+		c += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int
+dlp_send(int fd, const struct dlp_buf *b)
+{
+	uint32_t l;
+
+	if (b->err || b->len < 4)
+		return -1;
+	l = (uint32_t)(b->len - 4);
+	b->p[0] = (char)(l >> 24);
+	b->p[1] = (char)(l >> 16);
+	b->p[2] = (char)(l >> 8);
+	b->p[3] = (char)l;
+	return dlp_io(fd, b->p, b->len, 1);
+}
+
+int
+dlp_recv(int fd, size_t max, char **buf, size_t *len)
+{
+	unsigned char h[4];
+	uint32_t l;
+	char *p;
+
+	*buf = NULL;
+	*len = 0;
+	if (dlp_io(fd, h, 4, 0) == -1)
+		return -1;
+	l = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+	if (l > max || (p = malloc(l + 1)) == NULL) {
+		errno = EMSGSIZE;
+		return -1;
+	}
+	if (dlp_io(fd, p, l, 0) == -1) {
+		free(p);
+		return -1;
+	}
+	p[l] = '\0';
+	*buf = p;
+	*len = l;
+	return 0;
+}

@@ -1,0 +1,102 @@
+/*
+ * dlproto.h - the messages between otpmaild and its delivery process
+ * (privsep.c): a frame is a 4-byte big-endian length and that many bytes.
+ * The main process sends a job (one signed message, its open recipients
+ * and the MTA-STS policy of each MX-routed domain); the delivery process
+ * answers with one outcome per recipient and the TLS-RPT counts of the
+ * attempt.  Both sides treat what they read as untrusted: every length is
+ * bounded and checked before use.
+ */
+#ifndef OTPMAIL_DLPROTO_H
+#define OTPMAIL_DLPROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "agent/delivery/mtasts.h"
+
+#define DLP_FRAME_MAX		(256u * 1024 * 1024)	/* a job with its message */
+#define DLP_RESULT_MAX		(4u * 1024 * 1024)	/* a result frame */
+#define DLP_STR_MAX		4096		/* any string field */
+#define DLP_RCPT_MAX		10000		/* recipients of a job */
+#define DLP_TLS_MAX		256		/* TLS-RPT records of a result */
+
+enum dlp_state { DLP_DELIVERED = 1, DLP_FAILED = 2, DLP_DEFERRED = 3 };
+
+struct dlp_domain {
+	char			*name;
+	int			 sts_on;
+	struct mtasts_policy	 sts;
+};
+
+struct dlp_job {
+	char			*id;
+	char			*sender;
+	uint32_t		 flags;
+	uint32_t		 klass;
+	int64_t			 created;
+	size_t			 nrcpt;
+	char			**rcpts;
+	uint32_t		*idx;		/* index in the queue envelope */
+	size_t			 ndom;
+	struct dlp_domain	*doms;
+	const char		*data;		/* points into the frame */
+	size_t			 len;
+};
+
+struct dlp_outcome {
+	uint32_t		 idx;
+	uint8_t			 state;		/* enum dlp_state */
+	char			*reply;
+	char			*mx, *ip, *tls;	/* the hop that took it ("" = none) */
+};
+
+struct dlp_tls {
+	char			*domain;
+	uint8_t			 ptype;		/* enum tlsrpt_ptype */
+	uint8_t			 sts;		/* under the job's MTA-STS policy */
+	char			*mx, *ip, *rtype;	/* "" = NULL */
+};
+
+struct dlp_result {
+	size_t			 n;
+	struct dlp_outcome	*o;
+	size_t			 ntls;
+	struct dlp_tls		*tls;
+};
+
+/* A growing frame; err is set once anything failed (then it is dropped). */
+struct dlp_buf {
+	char			*p;
+	size_t			 len, cap;
+	int			 err;
+};
+
+void	 dlp_buf_init(struct dlp_buf *);
+void	 dlp_buf_free(struct dlp_buf *);
+
+int	 dlp_job_encode(struct dlp_buf *, const struct dlp_job *);
+/* Parses a job frame; its data points into buf.  0 or -1. */
+int	 dlp_job_decode(const char *buf, size_t len, struct dlp_job *);
+void	 dlp_job_free(struct dlp_job *);
+/* The MTA-STS policy sent for domain: 1 (out filled) or 0. */
+int	 dlp_job_sts(const struct dlp_job *, const char *domain, struct mtasts_policy *out);
+
+int	 dlp_result_add(struct dlp_result *, uint32_t idx, int state, const char *reply,
+	    const char *mx, const char *ip, const char *tls);
+int	 dlp_result_add_tls(struct dlp_result *, const char *domain, int ptype, int sts,
+	    const char *mx, const char *ip, const char *rtype);
+int	 dlp_result_encode(struct dlp_buf *, const struct dlp_result *);
+/* Parses a result frame: 0 or -1.  Index and state are checked by the caller
+ * against its job (dlp_result_check). */
+int	 dlp_result_decode(const char *buf, size_t len, struct dlp_result *);
+/* Every outcome names a recipient of the job, once, with a known state. */
+int	 dlp_result_check(const struct dlp_result *, const struct dlp_job *);
+void	 dlp_result_free(struct dlp_result *);
+
+/* Frame I/O on a blocking socket (EINTR retried).  0, or -1 (EOF: errno 0). */
+int	 dlp_send(int fd, const struct dlp_buf *);
+int	 dlp_recv(int fd, size_t max, char **buf, size_t *len);
+
+#endif

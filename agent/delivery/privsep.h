@@ -1,0 +1,40 @@
+/*
+ * privsep.h - the delivery process: otpmaild runs the side that talks to
+ * other hosts (DNS, SMTP, TLS) as a process of its own, started from its
+ * own binary (a fresh address space, no secret in it), as delivery_user,
+ * in an empty chroot, with Landlock hiding the filesystem, no new
+ * privileges and a seccomp filter.  Jobs and results go over one socket
+ * pair per delivery worker (dlproto.h).
+ */
+#ifndef OTPMAIL_PRIVSEP_H
+#define OTPMAIL_PRIVSEP_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "agent/core/otpmaild.h"
+
+#define PRIVSEP_ARG		"--delivery-child"
+#define PRIVSEP_FD0		3	/* the child's first socket */
+/* A test hook: paths the delivery process tries to open once restricted. */
+#define PRIVSEP_PROBE_ENV	"OTPMAIL_TEST_DELIVERY_PROBE"
+
+/*
+ * Starts the delivery process (exe, PRIVSEP_ARG, n, log flags, config path)
+ * with n socket pairs; the main process's ends in fds[0..n).  The pid, or
+ * -1 with err.
+ */
+pid_t	 privsep_spawn(const char *exe, const char *config_path,
+	    const struct config *, int n, int *fds, char *err, size_t errlen);
+/* main() of the delivery process (argv as privsep_spawn makes it). */
+int	 privsep_child_main(int argc, char **argv);
+/*
+ * Locks the calling (delivery) process in: user, chroot, no new privileges,
+ * Landlock, seccomp.  What it did in how (for the log).  0 or -1 with err.
+ */
+int	 privsep_restrict(const struct config *, char *how, size_t howlen,
+	    char *err, size_t errlen);
+/* The test hook: logs, for each path in $PRIVSEP_PROBE_ENV, what opening it did. */
+void	 privsep_probe(const char *paths);
+
+#endif

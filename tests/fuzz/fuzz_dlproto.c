@@ -1,0 +1,106 @@
+/*
+ * fuzz_dlproto.c - libFuzzer target for the frames between otpmaild and
+ * its delivery process (agent/delivery/dlproto.c): the main process reads
+ * results from a process that talks to the internet, so they are hostile
+ * input.  The first byte picks the decoder (even: result, odd: job).
+ * Oracles: an accepted result re-encodes to exactly the input (the format
+ * is canonical) and respects the bounds of dlproto.h; dlp_result_check
+ * against a four-recipient job refuses unknown or repeated indexes and
+ * unknown states; an accepted job re-encodes to a frame that decodes and
+ * encodes to itself.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/delivery/dlproto.h"
+
+int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void
+fuzz_result(const char *p, size_t n)
+{
+	static uint32_t idx[4] = { 0, 1, 2, 7 };
+	struct dlp_result res;
+	struct dlp_job job;
+	struct dlp_buf b;
+	size_t i, k;
+	int bad = 0;
+
+	if (dlp_result_decode(p, n, &res) == -1)
+		return;
+	if (res.n > DLP_RCPT_MAX || res.ntls > DLP_TLS_MAX)
+		abort();
+	for (i = 0; i < res.n; i++) {
+		if (res.o[i].reply == NULL || strlen(res.o[i].reply) > DLP_STR_MAX)
+			abort();
+		if (res.o[i].state < DLP_DELIVERED || res.o[i].state > DLP_DEFERRED ||
+		    (res.o[i].idx > 2 && res.o[i].idx != 7))
+			bad = 1;
+		for (k = 0; k < i; k++)
+			if (res.o[k].idx == res.o[i].idx)
+				bad = 1;
+	}
+	for (i = 0; i < res.ntls; i++)
+		if (res.tls[i].domain == NULL || res.tls[i].mx == NULL ||
+		    res.tls[i].ip == NULL || res.tls[i].rtype == NULL ||
+		    res.tls[i].ptype > 2 || res.tls[i].sts > 1)
+			abort();
+	memset(&job, 0, sizeof(job));
+	job.nrcpt = 4;
+	job.idx = idx;
+	if ((dlp_result_check(&res, &job) == -1) != bad)
+		abort();
+	dlp_buf_init(&b);
+	if (dlp_result_encode(&b, &res) == -1 || b.len - 4 != n ||
+	    memcmp(b.p + 4, p, n) != 0)
+		abort();
+	dlp_buf_free(&b);
+	dlp_result_free(&res);
+}
+
+static void
+fuzz_job(const char *p, size_t n)
+{
+	struct dlp_job job, job2;
+	struct dlp_buf b, b2;
+
+	if (dlp_job_decode(p, n, &job) == -1)
+		return;
+	if (job.nrcpt == 0 || job.nrcpt > DLP_RCPT_MAX || job.id == NULL ||
+	    job.sender == NULL || job.data + job.len != p + n)
+		abort();
+	dlp_buf_init(&b);
+	if (dlp_job_encode(&b, &job) == -1)
+		abort();
+	if (dlp_job_decode(b.p + 4, b.len - 4, &job2) == -1)
+		abort();
+	dlp_buf_init(&b2);
+	if (dlp_job_encode(&b2, &job2) == -1 || b2.len != b.len ||
+	    memcmp(b.p, b2.p, b.len) != 0)
+		abort();
+	dlp_buf_free(&b);
+	dlp_buf_free(&b2);
+	dlp_job_free(&job);
+	dlp_job_free(&job2);
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	char *p;
+
+	if (size < 1)
+		return 0;
+	/* a copy of exactly the frame: reads past it are caught */
+	if ((p = malloc(size - 1 + 1)) == NULL)
+		return 0;
+	memcpy(p, data + 1, size - 1);
+	if (data[0] & 1)
+		fuzz_job(p, size - 1);
+	else
+		fuzz_result(p, size - 1);
+	free(p);
+	return 0;
+}
