@@ -114,7 +114,7 @@ export CC CFLAGS srcdir work timeout
 
 # One round of libFuzzer on target $1 for $2 seconds, log to $3.
 round() {
-	"$work/bin/fuzz_$1" -max_total_time="$2" -print_final_stats=1 -timeout="$timeout" \
+	"$work/bin/fuzz_$1" -max_total_time="$2" -print_final_stats=1 -timeout="$timeout" -report_slow_units="$timeout" \
 	    -rss_limit_mb=2048 -max_len=8192 -artifact_prefix="$work/crashes/$1-" \
 	    "$work/corpus/$1" "$srcdir/tests/fuzz/corpus/$1" >"$3" 2>&1
 }
