@@ -169,6 +169,23 @@ def main_daemon(tmp, sink):
             refused.append(d.call_as(SHOP, {"op": "otp.issue", "to": CARL}).get("error"))
         t.ok(refused == ["suppressed"] * 6, "6 more otp.issue to it: all suppressed",
              refused)
+        # each refusal is a "suppressed" event of shop's, replayed from the log
+        c = d.client(20)
+        c.send({"op": "events.subscribe", "app": "shop", "types": ["suppressed"],
+                "since": 0})
+        ans, evs = c.recv(), []
+        last = ans.get("last_id", 0)
+        while ans.get("ok") and (not evs or evs[-1].get("id", 0) < last):
+            evs.append(c.recv())
+        c.close()
+        bob = [e for e in evs if e.get("recipient", "").lower() == BOB.lower()]
+        carl = [e for e in evs if e.get("recipient") == CARL]
+        t.ok(len(bob) >= 3 and len(carl) >= 7 and
+             all(e.get("type") == "suppressed" and e.get("app") == "shop" and
+                 e.get("message") is None for e in bob + carl) and
+             carl[-1].get("reason") == "hard_bounce",
+             "the refusals are suppressed events of shop's (%d for bob, %d for carl)"
+             % (len(bob), len(carl)), evs[-3:])
         r = d.call({"op": "suppress.remove", "address": CARL, "as_app": "shop"})
         t.ok(r.get("ok") and r.get("app") == "shop", "an admin removes it (as_app)", r)
         r = d.call_as(SHOP, {"op": "otp.issue", "to": CARL})
