@@ -28,6 +28,7 @@ struct qmsg {
 	struct sched_node run;		/* in run[class] when due-able */
 	struct sched_node timer;	/* expiry, or purge when finished */
 	struct qmsg	*hnext;
+	struct qmsg	*onext, *oprev;	/* every message, in id order */
 };
 
 struct queue {
@@ -40,6 +41,29 @@ struct queue {
 	struct sched	 sched;
 	struct qmsg	**tab;
 	size_t		 tabsz, n;
+	/* Every message in id (= age) order, so queue_list's first page walks
+	 * limit messages, not the queue.  New ids only grow, so an insert
+	 * lands at the tail (a few steps back at most: ids are drawn before
+	 * the file is written); recovery appends in directory order and sorts
+	 * once (q_order_sort). */
+	struct qmsg	*ohead, *otail;
+	/*
+	 * Recovery runs on its own thread (q_load_main) once the file names
+	 * are listed, so the daemon answers while a large spool loads: new
+	 * messages are enqueued and delivered, and due recovered ones as soon
+	 * as they are in.  Calls that need the whole index (get, list, stats,
+	 * admin changes) wait on lcv until loading is over.  Recovered
+	 * messages are read in directory order (the inodes of one directory
+	 * together) and appended to the head segment of the id list that
+	 * ends at lcursor, before every new message; that segment is sorted
+	 * once at the end (q_load_sort).
+	 */
+	pthread_t	 load_thr;
+	pthread_cond_t	 lcv;
+	int		 loading, load_ok;
+	struct qmsg	*lcursor;
+	char		(*lids)[QUEUE_ID_LEN + 1];	/* the listed ids */
+	size_t		 nlids, caplids;
 	int		 paused, shutdown, stopping, thread_ok;
 	pthread_t	 timer_thr;
 	uint64_t	 delivered, deferred, failed, expired, bounces;
@@ -57,13 +81,17 @@ static time_t	q_now(struct queue *);
 static uint32_t	q_hash(const char *);
 static struct qmsg *q_find(struct queue *, const char *);
 static int	q_insert(struct queue *, struct qmsg *);
+static int	q_hash_insert(struct queue *, struct qmsg *);
+static void	q_wait_loaded(struct queue *);
+static void	*q_load_main(void *);
+static void	q_list_one(void *, const char *);
 static void	q_unlink(struct queue *, struct qmsg *);
+static void	q_order_link(struct queue *, struct qmsg *);
+static void	q_order_unlink(struct queue *, struct qmsg *);
 static void	q_msg_free(struct qmsg *);
 static enum q_msg_state q_state(const struct qmsg *);
 static void	q_schedule(struct queue *, struct qmsg *);
 static enum q_status q_persist_locked(struct queue *, struct qmsg *);
-static void	q_heap_push(struct qmsg **, size_t, struct qmsg *);
-static void	q_heap_down(struct qmsg **, size_t);
 static int	q_dsn_needed(const struct qmsg *);
 static int	q_expire_locked(struct queue *, struct qmsg *, time_t);
 static void	q_send_dsn(struct queue *, struct q_envelope *);
@@ -74,7 +102,6 @@ static int	q_addr_ok(const char *, int allow_empty);
 static char	*q_strndup_cap(const char *, size_t);
 static void	q_log(struct queue *, int, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
-static int	q_cmp_msg(const void *, const void *);
 static void	q_abstime(struct timespec *, long ms);
 
 static const struct q_class_params q_defaults[Q_CLASS_COUNT] = {
@@ -142,6 +169,16 @@ q_find(struct queue *q, const char *id)
 static int
 q_insert(struct queue *q, struct qmsg *m)
 {
+	if (q_hash_insert(q, m) == -1)
+		return -1;
+	q_order_link(q, m);
+	return 0;
+}
+
+/* m into the hash table (grown as needed); not yet in the id order. */
+static int
+q_hash_insert(struct queue *q, struct qmsg *m)
+{
 	struct qmsg **nt, *e, *next;
 	size_t nsz, i, b;
 
@@ -183,8 +220,53 @@ q_unlink(struct queue *q, struct qmsg *m)
 		if (*pp == m) {
 			*pp = m->hnext;
 			q->n--;
+			q_order_unlink(q, m);
 			return;
 		}
+}
+
+/* Links m into the id-ordered list right after p (NULL: at the head). */
+static void
+q_order_after(struct queue *q, struct qmsg *p, struct qmsg *m)
+{
+	m->oprev = p;
+	m->onext = p != NULL ? p->onext : q->ohead;
+	if (m->onext != NULL)
+		m->onext->oprev = m;
+	else
+		q->otail = m;
+	if (p != NULL)
+		p->onext = m;
+	else
+		q->ohead = m;
+}
+
+/* Links a new message into the id-ordered list: from the tail back to the
+ * first id below its own (the tail itself but for racing enqueues). */
+static void
+q_order_link(struct queue *q, struct qmsg *m)
+{
+	struct qmsg *p = q->otail;
+
+	while (p != NULL && strcmp(p->env.id, m->env.id) > 0)
+		p = p->oprev;
+	q_order_after(q, p, m);
+}
+
+static void
+q_order_unlink(struct queue *q, struct qmsg *m)
+{
+	if (m == q->lcursor)
+		q->lcursor = m->oprev;
+	if (m->oprev != NULL)
+		m->oprev->onext = m->onext;
+	else
+		q->ohead = m->onext;
+	if (m->onext != NULL)
+		m->onext->oprev = m->oprev;
+	else
+		q->otail = m->oprev;
+	m->onext = m->oprev = NULL;
 }
 
 static void
@@ -520,6 +602,8 @@ q_msg_state_parse(const char *s)
 
 /* --- open, recover, close ------------------------------------------- */
 
+/* Loads one listed message (the file outside the lock) and puts it in
+ * the index after the ones recovered before it. */
 static void
 q_recover_one(void *arg, const char *id)
 {
@@ -541,13 +625,20 @@ q_recover_one(void *arg, const char *id)
 	m->env = *env;
 	free(env);
 	m->run.idx = m->timer.idx = SCHED_NONE;
-	qid_seen(m->env.id);
-	if (q_insert(q, m) == -1) {
+	pthread_mutex_lock(&q->mtx);
+	if (q_find(q, m->env.id) != NULL || q_hash_insert(q, m) == -1) {
+		pthread_mutex_unlock(&q->mtx);
 		q_msg_free(m);
 		return;
 	}
+	q_order_after(q, q->lcursor, m);
+	q->lcursor = m;
+	m->run.id = m->timer.id = m->env.id;
+	m->run.owner = m->timer.owner = m;
 	q_schedule(q, m);
-	rc->ok++;
+	if (++rc->ok % 256 == 0 || (!m->env.finished && !m->env.held))
+		pthread_cond_signal(&q->cv);	/* a lease waiter may take it */
+	pthread_mutex_unlock(&q->mtx);
 	if (q_dsn_needed(m)) {
 		if (rc->ndsn == rc->capdsn) {
 			rc->capdsn = rc->capdsn ? rc->capdsn * 2 : 16;
@@ -560,16 +651,153 @@ q_recover_one(void *arg, const char *id)
 	}
 }
 
+/* spool_scan's callback at open: the id is listed, its clock seen. */
+static void
+q_list_one(void *arg, const char *id)
+{
+	struct queue *q = arg;
+	char (*nv)[QUEUE_ID_LEN + 1];
+	size_t cap;
+
+	qid_seen(id);
+	if (q->nlids == q->caplids) {
+		cap = q->caplids ? q->caplids * 2 : 1024;
+		if ((nv = realloc(q->lids, cap * sizeof(*nv))) == NULL)
+			return;		/* not loaded now; the next start does */
+		q->lids = nv;
+		q->caplids = cap;
+	}
+	memcpy(q->lids[q->nlids++], id, QUEUE_ID_LEN + 1);
+}
+
+static int
+q_cmp_msgp(const void *a, const void *b)
+{
+	const struct qmsg *x = *(const struct qmsg *const *)a;
+	const struct qmsg *y = *(const struct qmsg *const *)b;
+
+	return memcmp(x->env.id, y->env.id, QUEUE_ID_LEN);
+}
+
+/* Sorts the recovered segment of the id list (ohead .. lcursor) in place;
+ * called with q->mtx held, at the end of loading. */
+static void
+q_load_sort(struct queue *q)
+{
+	struct qmsg **v, *m, *after;
+	size_t n = 0, i;
+
+	if (q->lcursor == NULL)
+		return;
+	for (m = q->ohead; m != q->lcursor; m = m->onext)
+		n++;
+	n++;
+	after = q->lcursor->onext;
+	if ((v = malloc(n * sizeof(*v))) == NULL) {
+		/* no array: an insertion into the sorted rest, one by one */
+		struct qmsg *rest = q->ohead, *next;
+
+		q->ohead = after;
+		if (after != NULL)
+			after->oprev = NULL;
+		else
+			q->otail = NULL;
+		for (i = 0; i < n; i++, rest = next) {
+			next = rest->onext;
+			q_order_link(q, rest);
+		}
+		return;
+	}
+	for (i = 0, m = q->ohead; i < n; i++, m = m->onext)
+		v[i] = m;
+	qsort(v, n, sizeof(*v), q_cmp_msgp);
+	q->ohead = v[0];
+	v[0]->oprev = NULL;
+	for (i = 0; i < n; i++) {
+		v[i]->onext = i + 1 < n ? v[i + 1] : after;
+		if (i > 0)
+			v[i]->oprev = v[i - 1];
+	}
+	if (after != NULL)
+		after->oprev = v[n - 1];
+	else
+		q->otail = v[n - 1];
+	free(v);
+}
+
+/* The loader thread: the listed ids in order, then the DSNs still owed. */
+static void *
+q_load_main(void *arg)
+{
+	struct queue *q = arg;
+	struct q_recover rc = { 0 };
+	struct timespec t0, t1;
+	struct qmsg *m;
+	size_t i;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc.q = q;
+	for (i = 0; i < q->nlids; i++) {
+		if (__atomic_load_n(&q->stopping, __ATOMIC_RELAXED))
+			break;
+		q_recover_one(&rc, q->lids[i]);
+	}
+	free(q->lids);
+	q->lids = NULL;
+	pthread_mutex_lock(&q->mtx);
+	q_load_sort(q);
+	q->loading = 0;
+	q->lcursor = NULL;
+	pthread_cond_broadcast(&q->lcv);
+	pthread_cond_broadcast(&q->cv);
+	pthread_mutex_unlock(&q->mtx);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	q_log(q, LOG_INFO, "queue: recovered %zu message(s), %zu quarantined, in %.3f s%s",
+	    rc.ok, rc.bad, (double)(t1.tv_sec - t0.tv_sec) +
+	    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9, q->paused ? " (delivery paused)" : "");
+	for (i = 0; i < rc.ndsn; i++) {
+		struct q_envelope *copy = NULL;
+
+		pthread_mutex_lock(&q->mtx);
+		if ((m = q_find(q, rc.dsn[i])) != NULL && !m->deleted && q_dsn_needed(m))
+			copy = q_envelope_dup(&m->env);
+		pthread_mutex_unlock(&q->mtx);
+		if (copy != NULL && !__atomic_load_n(&q->stopping, __ATOMIC_RELAXED))
+			q_send_dsn(q, copy);
+		else
+			q_envelope_free(copy);
+		free(rc.dsn[i]);
+	}
+	free(rc.dsn);
+	return NULL;
+}
+
+/* Calls that need the whole index wait here (with q->mtx held) while the
+ * spool is still loading. */
+static void
+q_wait_loaded(struct queue *q)
+{
+	while (q->loading && !q->stopping)
+		pthread_cond_wait(&q->lcv, &q->mtx);
+}
+
+int
+queue_loading(struct queue *q)
+{
+	int l;
+
+	pthread_mutex_lock(&q->mtx);
+	l = q->loading;
+	pthread_mutex_unlock(&q->mtx);
+	return l;
+}
+
 struct queue *
 queue_open(const struct queue_params *params, char *err, size_t errlen)
 {
-	struct q_recover rc = { 0 };
-	struct timespec t0, t1;
 	pthread_condattr_t ca;
 	struct queue *q;
-	struct qmsg *m;
 	char path[4096];
-	size_t i;
 	int c;
 
 	if ((q = calloc(1, sizeof(*q))) == NULL) {
@@ -600,6 +828,7 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	pthread_cond_init(&q->cv, &ca);
 	pthread_cond_init(&q->tcv, &ca);
 	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&q->lcv, NULL);
 	sched_init(&q->sched);
 	if (q->dir == NULL || spool_init(&q->sp, q->dir, params->min_free_bytes,
 	    params->min_free_inodes, params->log, err, errlen) == -1) {
@@ -610,24 +839,20 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	snprintf(path, sizeof(path), "%s/paused", q->dir);
 	q->paused = access(path, F_OK) == 0;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	spool_clean_tmp(&q->sp);
-	rc.q = q;
-	spool_scan(&q->sp, q_recover_one, &rc);
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	q_log(q, LOG_INFO, "queue: recovered %zu message(s), %zu quarantined, in %.3f s%s",
-	    rc.ok, rc.bad, (double)(t1.tv_sec - t0.tv_sec) +
-	    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9, q->paused ? " (delivery paused)" : "");
-	for (i = 0; i < rc.ndsn; i++) {
-		struct q_envelope *copy = NULL;
-
-		if ((m = q_find(q, rc.dsn[i])) != NULL)
-			copy = q_envelope_dup(&m->env);
-		if (copy != NULL)
-			q_send_dsn(q, copy);
-		free(rc.dsn[i]);
+	/* The names only (a directory read); the files load on q_load_main.
+	 * Every listed id raises the id clock first, so new ids sort after
+	 * all of them. */
+	spool_scan(&q->sp, q_list_one, q);
+	if (q->nlids > 0) {
+		q->loading = 1;
+		if (pthread_create(&q->load_thr, NULL, q_load_main, q) != 0) {
+			q->loading = 0;
+			snprintf(err, errlen, "queue: cannot start the loader thread");
+			goto fail;
+		}
+		q->load_ok = 1;
 	}
-	free(rc.dsn);
 	if (pthread_create(&q->timer_thr, NULL, q_timer_main, q) != 0) {
 		snprintf(err, errlen, "queue: cannot start the timer thread");
 		goto fail;
@@ -651,9 +876,13 @@ queue_close(struct queue *q)
 	q->stopping = q->shutdown = 1;
 	pthread_cond_broadcast(&q->cv);
 	pthread_cond_broadcast(&q->tcv);
+	pthread_cond_broadcast(&q->lcv);
 	pthread_mutex_unlock(&q->mtx);
+	if (q->load_ok)
+		pthread_join(q->load_thr, NULL);
 	if (q->thread_ok)
 		pthread_join(q->timer_thr, NULL);
+	free(q->lids);
 	sched_free(&q->sched);	/* first: it touches the nodes */
 	for (i = 0; i < q->tabsz; i++)
 		for (m = q->tab[i]; m != NULL; m = next) {
@@ -665,6 +894,7 @@ queue_close(struct queue *q)
 	pthread_mutex_destroy(&q->mtx);
 	pthread_cond_destroy(&q->cv);
 	pthread_cond_destroy(&q->tcv);
+	pthread_cond_destroy(&q->lcv);
 	free(q->dir);
 	free(q->bounce_from);
 	free(q->hostname);
@@ -942,6 +1172,8 @@ queue_body(struct queue *q, const char *id, char **data, size_t *len)
 	*data = NULL;
 	*len = 0;
 	pthread_mutex_lock(&q->mtx);
+	if (q_find(q, id) == NULL)
+		q_wait_loaded(q);	/* a leased one is in already */
 	m = q_find(q, id);
 	if (m == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
@@ -1076,6 +1308,7 @@ queue_get(struct queue *q, const char *id, struct q_envelope **out)
 
 	*out = NULL;
 	pthread_mutex_lock(&q->mtx);
+	q_wait_loaded(q);
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1084,15 +1317,6 @@ queue_get(struct queue *q, const char *id, struct q_envelope **out)
 		(*out)->state = q_state(m);
 	pthread_mutex_unlock(&q->mtx);
 	return *out ? Q_OK : Q_TEMPFAIL;
-}
-
-static int
-q_cmp_msg(const void *a, const void *b)
-{
-	const struct qmsg *x = *(const struct qmsg *const *)a;
-	const struct qmsg *y = *(const struct qmsg *const *)b;
-
-	return strcmp(x->env.id, y->env.id);
 }
 
 static int
@@ -1128,45 +1352,6 @@ q_match(const struct qmsg *m, const struct q_filter *f)
 	return 1;
 }
 
-/* A max-heap by id (q_cmp_msg) for queue_list's first page. */
-static void
-q_heap_push(struct qmsg **h, size_t n, struct qmsg *m)
-{
-	size_t i = n, p;
-
-	h[i] = m;
-	while (i > 0) {
-		p = (i - 1) / 2;
-		if (q_cmp_msg(&h[p], &h[i]) >= 0)
-			break;
-		m = h[p];
-		h[p] = h[i];
-		h[i] = m;
-		i = p;
-	}
-}
-
-static void
-q_heap_down(struct qmsg **h, size_t n)
-{
-	size_t i = 0, c;
-	struct qmsg *t;
-
-	for (;;) {
-		c = 2 * i + 1;
-		if (c >= n)
-			break;
-		if (c + 1 < n && q_cmp_msg(&h[c + 1], &h[c]) > 0)
-			c++;
-		if (q_cmp_msg(&h[i], &h[c]) >= 0)
-			break;
-		t = h[i];
-		h[i] = h[c];
-		h[c] = t;
-		i = c;
-	}
-}
-
 enum q_status
 queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
     size_t *n, int *more)
@@ -1174,7 +1359,7 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 	struct q_filter any = { .state = -1, .klass = -1 };
 	struct qmsg **hits = NULL, *m;
 	struct q_envelope **res = NULL;
-	size_t i, nhits = 0, cap, limit, k, total = 0;
+	size_t i, nhits = 0, cap, limit, k;
 
 	*out = NULL;
 	*n = 0;
@@ -1184,27 +1369,28 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 		f = &any;
 	limit = f->limit ? f->limit : 100;
 	/*
-	 * Keep only the limit + 1 smallest ids in a max-heap: O(n log limit)
-	 * under the lock, and no array the size of the queue.
+	 * Walk the id-ordered list from the start (or from after_id) and stop
+	 * at limit + 1 matches: a page costs what it skips and returns, not
+	 * the size of the queue.  An after_id that is gone (delivered and
+	 * purged since the last page) is found by walking from the head.
 	 */
 	cap = limit + 1;
 	if ((hits = calloc(cap, sizeof(*hits))) == NULL)
 		return Q_TEMPFAIL;
 	pthread_mutex_lock(&q->mtx);
-	for (i = 0; i < q->tabsz; i++)
-		for (m = q->tab[i]; m != NULL; m = m->hnext) {
-			if (!q_match(m, f))
-				continue;
-			total++;
-			if (nhits < cap) {
-				q_heap_push(hits, nhits++, m);
-			} else if (q_cmp_msg(&m, &hits[0]) < 0) {
-				hits[0] = m;
-				q_heap_down(hits, nhits);
-			}
-		}
-	if (nhits > 0)
-		qsort(hits, nhits, sizeof(*hits), q_cmp_msg);
+	q_wait_loaded(q);
+	m = q->ohead;
+	if (f->after_id != NULL) {
+		if ((m = q_find(q, f->after_id)) != NULL)
+			m = m->onext;
+		else
+			for (m = q->ohead; m != NULL && strcmp(m->env.id, f->after_id) <= 0;
+			    m = m->onext)
+				;
+	}
+	for (; m != NULL && nhits < cap; m = m->onext)
+		if (q_match(m, f))
+			hits[nhits++] = m;
 	k = nhits < limit ? nhits : limit;
 	if (k > 0 && (res = calloc(k, sizeof(*res))) == NULL)
 		goto oom;
@@ -1221,7 +1407,7 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 	*out = res;
 	*n = k;
 	if (more != NULL)
-		*more = total > limit;
+		*more = nhits > limit;
 	return Q_OK;
 oom:
 	pthread_mutex_unlock(&q->mtx);
@@ -1236,6 +1422,7 @@ q_set_held(struct queue *q, const char *id, int held)
 	struct qmsg *m;
 
 	pthread_mutex_lock(&q->mtx);
+	q_wait_loaded(q);
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1275,6 +1462,7 @@ queue_delete(struct queue *q, const char *id)
 	struct qmsg *m;
 
 	pthread_mutex_lock(&q->mtx);
+	q_wait_loaded(q);
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1304,6 +1492,7 @@ queue_flush(struct queue *q, const char *id, const char *domain, size_t *count)
 	if (count != NULL)
 		*count = 0;
 	pthread_mutex_lock(&q->mtx);
+	q_wait_loaded(q);
 	now = q_now(q);
 	if (id != NULL) {
 		if ((m = q_find(q, id)) == NULL || m->deleted) {
@@ -1377,6 +1566,7 @@ queue_stats(struct queue *q, struct q_stats *s)
 
 	memset(s, 0, sizeof(*s));
 	pthread_mutex_lock(&q->mtx);
+	q_wait_loaded(q);
 	for (i = 0; i < q->tabsz; i++)
 		for (m = q->tab[i]; m != NULL; m = m->hnext) {
 			if (m->deleted)

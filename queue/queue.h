@@ -108,10 +108,15 @@ struct queue_params {
 
 struct queue;
 
-/* Opens (creating) the spool, removes temporary files, quarantines what
- * does not parse into corrupt/, and rebuilds the schedule. */
+/* Opens (creating) the spool, removes temporary files, lists the message
+ * files and returns; a thread then loads them (what does not parse goes
+ * to corrupt/) and rebuilds the schedule (see queue_loading). */
 struct queue	*queue_open(const struct queue_params *, char *err, size_t errlen);
 void		 queue_close(struct queue *);
+/* 1 while the spool found at open is still loading (on a thread of its
+ * own: enqueue and lease work meanwhile; get, list, stats and the admin
+ * calls wait until it is done). */
+int		 queue_loading(struct queue *);
 
 /*
  * Durably enqueues one message: body and envelope are on disk (fsync of the
