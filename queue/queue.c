@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,10 +65,24 @@ struct queue {
 	struct qmsg	*lcursor;
 	char		(*lids)[QUEUE_ID_LEN + 1];	/* the listed ids */
 	size_t		 nlids, caplids;
+	/* The strings of the index that many messages share (sender, tag,
+	 * last error, replies) are kept once, with a count (q_intern): a
+	 * deferred message then costs its own id and address, not another
+	 * copy of the same 450 reply.  imtx is taken alone or inside mtx. */
+	pthread_mutex_t	 imtx;
+	struct q_istr	**itab;
+	size_t		 itabsz, ni;
 	int		 paused, shutdown, stopping, thread_ok;
 	pthread_t	 timer_thr;
 	uint64_t	 delivered, deferred, failed, expired, bounces;
 	time_t		(*clock)(void);
+};
+
+struct q_istr {
+	struct q_istr	*next;
+	uint32_t	 hash;
+	uint32_t	 refs;
+	char		 s[];
 };
 
 struct q_recover {
@@ -88,7 +103,10 @@ static void	q_list_one(void *, const char *);
 static void	q_unlink(struct queue *, struct qmsg *);
 static void	q_order_link(struct queue *, struct qmsg *);
 static void	q_order_unlink(struct queue *, struct qmsg *);
-static void	q_msg_free(struct qmsg *);
+static void	q_msg_free(struct queue *, struct qmsg *);
+static char	*q_intern(struct queue *, const char *, size_t max);
+static void	q_unintern(struct queue *, char *);
+static int	q_env_intern(struct queue *, struct q_envelope *);
 static enum q_msg_state q_state(const struct qmsg *);
 static void	q_schedule(struct queue *, struct qmsg *);
 static enum q_status q_persist_locked(struct queue *, struct qmsg *);
@@ -99,7 +117,6 @@ static void	q_run_timers_locked(struct queue *);
 static void	*q_timer_main(void *);
 static void	q_recover_one(void *, const char *);
 static int	q_addr_ok(const char *, int allow_empty);
-static char	*q_strndup_cap(const char *, size_t);
 static void	q_log(struct queue *, int, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
 static void	q_abstime(struct timespec *, long ms);
@@ -269,29 +286,140 @@ q_order_unlink(struct queue *q, struct qmsg *m)
 	m->onext = m->oprev = NULL;
 }
 
+/* Frees a message of the index: its shared strings go back to the table. */
 static void
-q_msg_free(struct qmsg *m)
+q_msg_free(struct queue *q, struct qmsg *m)
 {
+	size_t i;
+
 	if (m == NULL)
 		return;
+	q_unintern(q, m->env.sender);
+	q_unintern(q, m->env.tag);
+	q_unintern(q, m->env.last_error);
+	m->env.sender = m->env.tag = m->env.last_error = NULL;
+	for (i = 0; m->env.rcpts != NULL && i < m->env.nrcpt; i++) {
+		q_unintern(q, m->env.rcpts[i].reply);
+		m->env.rcpts[i].reply = NULL;
+	}
 	q_envelope_clear(&m->env);
 	free(m);
 }
 
+/* --- shared strings -------------------------------------------------- */
+
+/* The shared copy of s (at most max bytes of it), one more reference;
+ * NULL for NULL, or when out of memory. */
 static char *
-q_strndup_cap(const char *s, size_t max)
+q_intern(struct queue *q, const char *s, size_t max)
 {
-	size_t n;
-	char *r;
+	struct q_istr **nt, *e, *next;
+	uint32_t h = 2166136261u;
+	size_t n, i, nsz;
 
 	if (s == NULL)
 		return NULL;
 	n = strnlen(s, max);
-	if ((r = malloc(n + 1)) == NULL)
+	for (i = 0; i < n; i++)
+		h = (h ^ (unsigned char)s[i]) * 16777619u;
+	pthread_mutex_lock(&q->imtx);
+	if (q->ni + 1 > q->itabsz) {
+		nsz = q->itabsz ? q->itabsz * 2 : 64;
+		if ((nt = calloc(nsz, sizeof(*nt))) != NULL) {
+			for (i = 0; i < q->itabsz; i++)
+				for (e = q->itab[i]; e != NULL; e = next) {
+					next = e->next;
+					e->next = nt[e->hash & (nsz - 1)];
+					nt[e->hash & (nsz - 1)] = e;
+				}
+			free(q->itab);
+			q->itab = nt;
+			q->itabsz = nsz;
+		} else if (q->itabsz == 0) {
+			pthread_mutex_unlock(&q->imtx);
+			return NULL;
+		}
+	}
+	for (e = q->itab[h & (q->itabsz - 1)]; e != NULL; e = e->next)
+		if (e->hash == h && strncmp(e->s, s, n) == 0 && e->s[n] == '\0' &&
+		    e->refs < UINT32_MAX) {
+			e->refs++;
+			pthread_mutex_unlock(&q->imtx);
+			return e->s;
+		}
+	if ((e = malloc(sizeof(*e) + n + 1)) == NULL) {
+		pthread_mutex_unlock(&q->imtx);
 		return NULL;
-	memcpy(r, s, n);
-	r[n] = '\0';
-	return r;
+	}
+	memcpy(e->s, s, n);
+	e->s[n] = '\0';
+	e->hash = h;
+	e->refs = 1;
+	e->next = q->itab[h & (q->itabsz - 1)];
+	q->itab[h & (q->itabsz - 1)] = e;
+	q->ni++;
+	pthread_mutex_unlock(&q->imtx);
+	return e->s;
+}
+
+static void
+q_unintern(struct queue *q, char *s)
+{
+	struct q_istr *e, **pp;
+
+	if (s == NULL)
+		return;
+	e = (struct q_istr *)(void *)(s - offsetof(struct q_istr, s));
+	pthread_mutex_lock(&q->imtx);
+	if (--e->refs == 0) {
+		for (pp = &q->itab[e->hash & (q->itabsz - 1)]; *pp != NULL; pp = &(*pp)->next)
+			if (*pp == e) {
+				*pp = e->next;
+				q->ni--;
+				break;
+			}
+		free(e);
+	}
+	pthread_mutex_unlock(&q->imtx);
+}
+
+/* Swaps an envelope's own (malloc'd) strings for shared ones: all or,
+ * out of memory, none (-1, the envelope unchanged). */
+static int
+q_env_intern(struct queue *q, struct q_envelope *e)
+{
+	char *s[3], **rv = NULL;
+	size_t i;
+
+	s[0] = q_intern(q, e->sender, Q_MAX_ADDR);
+	s[1] = q_intern(q, e->tag, Q_MAX_TEXT);
+	s[2] = q_intern(q, e->last_error, Q_MAX_TEXT);
+	if ((e->sender && !s[0]) || (e->tag && !s[1]) || (e->last_error && !s[2]) ||
+	    (e->nrcpt > 0 && (rv = calloc(e->nrcpt, sizeof(*rv))) == NULL))
+		goto fail;
+	for (i = 0; i < e->nrcpt; i++)
+		if (e->rcpts[i].reply != NULL &&
+		    (rv[i] = q_intern(q, e->rcpts[i].reply, Q_MAX_TEXT)) == NULL)
+			goto fail;
+	free(e->sender);
+	free(e->tag);
+	free(e->last_error);
+	e->sender = s[0];
+	e->tag = s[1];
+	e->last_error = s[2];
+	for (i = 0; i < e->nrcpt; i++) {
+		free(e->rcpts[i].reply);
+		e->rcpts[i].reply = rv[i];
+	}
+	free(rv);
+	return 0;
+fail:
+	for (i = 0; rv != NULL && i < e->nrcpt; i++)
+		q_unintern(q, rv[i]);
+	free(rv);
+	for (i = 0; i < 3; i++)
+		q_unintern(q, s[i]);
+	return -1;
 }
 
 static int
@@ -383,9 +511,9 @@ q_expire_locked(struct queue *q, struct qmsg *m, time_t now)
 			continue;
 		r->state = Q_RCPT_EXPIRED;
 		if (r->reply == NULL)
-			r->reply = strdup(m->env.klass == Q_CLASS_OTP ?
+			r->reply = q_intern(q, m->env.klass == Q_CLASS_OTP ?
 			    "code expired before delivery" :
-			    "message lifetime expired before delivery");
+			    "message lifetime expired before delivery", Q_MAX_TEXT);
 		q->expired++;
 	}
 	m->env.finished = now;
@@ -622,13 +750,18 @@ q_recover_one(void *arg, const char *id)
 		q_envelope_free(env);
 		return;
 	}
+	if (q_env_intern(q, env) == -1) {
+		q_envelope_free(env);
+		free(m);
+		return;
+	}
 	m->env = *env;
 	free(env);
 	m->run.idx = m->timer.idx = SCHED_NONE;
 	pthread_mutex_lock(&q->mtx);
 	if (q_find(q, m->env.id) != NULL || q_hash_insert(q, m) == -1) {
 		pthread_mutex_unlock(&q->mtx);
-		q_msg_free(m);
+		q_msg_free(q, m);
 		return;
 	}
 	q_order_after(q, q->lcursor, m);
@@ -823,6 +956,7 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	q->p.bounce_from = q->bounce_from;
 	q->p.hostname = q->hostname;
 	pthread_mutex_init(&q->mtx, NULL);
+	pthread_mutex_init(&q->imtx, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&q->cv, &ca);
@@ -887,7 +1021,7 @@ queue_close(struct queue *q)
 	for (i = 0; i < q->tabsz; i++)
 		for (m = q->tab[i]; m != NULL; m = next) {
 			next = m->hnext;
-			q_msg_free(m);
+			q_msg_free(q, m);
 		}
 	free(q->tab);
 	spool_free(&q->sp);
@@ -895,6 +1029,8 @@ queue_close(struct queue *q)
 	pthread_cond_destroy(&q->cv);
 	pthread_cond_destroy(&q->tcv);
 	pthread_cond_destroy(&q->lcv);
+	pthread_mutex_destroy(&q->imtx);
+	free(q->itab);		/* every string went with its message */
 	free(q->dir);
 	free(q->bounce_from);
 	free(q->hostname);
@@ -955,9 +1091,9 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	env->size = len;
 	env->client_uid = tmpl->client_uid;
 	env->held = tmpl->held ? 1 : 0;
-	if ((env->sender = strdup(tmpl->sender)) == NULL)
+	if ((env->sender = q_intern(q, tmpl->sender, Q_MAX_ADDR)) == NULL)
 		goto oom;
-	if (tmpl->tag != NULL && (env->tag = q_strndup_cap(tmpl->tag, Q_MAX_TEXT)) == NULL)
+	if (tmpl->tag != NULL && (env->tag = q_intern(q, tmpl->tag, Q_MAX_TEXT)) == NULL)
 		goto oom;
 	if ((env->rcpts = calloc(tmpl->nrcpt, sizeof(*env->rcpts))) == NULL)
 		goto oom;
@@ -966,14 +1102,14 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 		if ((env->rcpts[i].addr = strdup(tmpl->rcpts[i].addr)) == NULL)
 			goto oom;
 	if ((st = spool_store_message(&q->sp, env, data, len, barrier, arg)) != Q_OK) {
-		q_msg_free(m);
+		q_msg_free(q, m);
 		return st;
 	}
 	pthread_mutex_lock(&q->mtx);
 	if (q_insert(q, m) == -1) {
 		pthread_mutex_unlock(&q->mtx);
 		spool_remove(&q->sp, env->id, 0);
-		q_msg_free(m);
+		q_msg_free(q, m);
 		return Q_TEMPFAIL;
 	}
 	q_schedule(q, m);
@@ -982,7 +1118,7 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	pthread_mutex_unlock(&q->mtx);
 	return Q_OK;
 oom:
-	q_msg_free(m);
+	q_msg_free(q, m);
 	return Q_TEMPFAIL;
 }
 
@@ -1082,8 +1218,8 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 			o->attempts++;
 		o->last_attempt = r->last_attempt > 0 ? r->last_attempt : now;
 		if (r->reply != NULL) {
-			free(o->reply);
-			o->reply = q_strndup_cap(r->reply, QUEUE_REPLY_MAX);
+			q_unintern(q, o->reply);
+			o->reply = q_intern(q, r->reply, QUEUE_REPLY_MAX);
 		}
 		switch (o->state) {
 		case Q_RCPT_DELIVERED:	q->delivered++; break;
@@ -1093,8 +1229,8 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 		}
 	}
 	if (env->last_error != NULL) {
-		free(m->env.last_error);
-		m->env.last_error = q_strndup_cap(env->last_error, QUEUE_REPLY_MAX);
+		q_unintern(q, m->env.last_error);
+		m->env.last_error = q_intern(q, env->last_error, QUEUE_REPLY_MAX);
 	}
 	m->gen++;
 	if (m->deleted)
@@ -1158,7 +1294,7 @@ drop:
 	pthread_mutex_unlock(&q->mtx);
 	spool_remove(&q->sp, m->env.id, 1);
 	q_log(q, LOG_INFO, "queue: id=%s deleted after its delivery attempt", m->env.id);
-	q_msg_free(m);
+	q_msg_free(q, m);
 	q_envelope_free(env);
 	return Q_OK;
 }
@@ -1197,7 +1333,7 @@ queue_body(struct queue *q, const char *id, char **data, size_t *len)
 	} else
 		m = NULL;
 	pthread_mutex_unlock(&q->mtx);
-	q_msg_free(m);
+	q_msg_free(q, m);
 	return Q_NOTFOUND;
 }
 
@@ -1244,7 +1380,7 @@ q_run_timers_locked(struct queue *q)
 		if (m->env.finished) {
 			q_unlink(q, m);
 			spool_remove(&q->sp, m->env.id, 0);
-			q_msg_free(m);
+			q_msg_free(q, m);
 			continue;
 		}
 		if (now < m->env.expires) {
@@ -1477,7 +1613,7 @@ queue_delete(struct queue *q, const char *id)
 	q_unlink(q, m);
 	pthread_mutex_unlock(&q->mtx);
 	spool_remove(&q->sp, m->env.id, 1);
-	q_msg_free(m);
+	q_msg_free(q, m);
 	return Q_OK;
 }
 
