@@ -769,8 +769,12 @@ q_recover_one(void *arg, const char *id)
 	m->run.id = m->timer.id = m->env.id;
 	m->run.owner = m->timer.owner = m;
 	q_schedule(q, m);
-	if (++rc->ok % 256 == 0 || (!m->env.finished && !m->env.held))
-		pthread_cond_signal(&q->cv);	/* a lease waiter may take it */
+	rc->ok++;
+	/* a lease waiter may take it now; one that is due later is seen by
+	 * the waiters' own timed wake-ups (a signal per deferred message
+	 * woke a delivery worker a million times for nothing) */
+	if (m->run.idx != SCHED_NONE && m->env.next_attempt <= q_now(q))
+		pthread_cond_signal(&q->cv);
 	pthread_mutex_unlock(&q->mtx);
 	if (q_dsn_needed(m)) {
 		if (rc->ndsn == rc->capdsn) {
@@ -938,6 +942,7 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 		return NULL;
 	}
 	q->p = *params;
+	q->sp.dirfd = -1;	/* spool_free is safe before spool_init */
 	for (c = 0; c < Q_CLASS_COUNT; c++) {
 		if (q->p.klass[c].retry_min <= 0)
 			q->p.klass[c].retry_min = q_defaults[c].retry_min;

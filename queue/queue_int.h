@@ -39,6 +39,7 @@ struct spool {
 	uint64_t	 min_free_inodes;
 	void		(*log)(int prio, const char *line);
 	int		 tmpfile_ok;	/* new files via O_TMPFILE + linkat */
+	int		 dirfd;		/* the spool directory (O_PATH), or -1 */
 };
 
 int		 spool_init(struct spool *, const char *dir, uint64_t min_bytes,
