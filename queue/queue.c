@@ -45,19 +45,19 @@ struct queue {
 	/* Every message in id (= age) order, so queue_list's first page walks
 	 * limit messages, not the queue.  New ids only grow, so an insert
 	 * lands at the tail (a few steps back at most: ids are drawn before
-	 * the file is written); recovery appends in directory order and sorts
-	 * once (q_order_sort). */
+	 * the file is written). */
 	struct qmsg	*ohead, *otail;
 	/*
-	 * Recovery runs on its own thread (q_load_main) once the file names
-	 * are listed, so the daemon answers while a large spool loads: new
-	 * messages are enqueued and delivered, and due recovered ones as soon
-	 * as they are in.  Calls that need the whole index (get, list, stats,
-	 * admin changes) wait on lcv until loading is over.  Recovered
-	 * messages are read in directory order (the inodes of one directory
-	 * together) and appended to the head segment of the id list that
-	 * ends at lcursor, before every new message; that segment is sorted
-	 * once at the end (q_load_sort).
+	 * Recovery of a large spool (over q_load_sync_max files) runs on its
+	 * own thread (q_load_main) once the file names are listed, so the
+	 * daemon answers while it loads: new messages are enqueued and
+	 * delivered, and due recovered ones as soon as they are in.  Calls
+	 * that need the whole index (get, list, stats, admin changes) wait on
+	 * lcv until loading is over.  Recovered messages are read in
+	 * directory order (the inodes of one directory together) and appended
+	 * to the head segment of the id list that ends at lcursor, before
+	 * every new message; that segment is sorted once at the end
+	 * (q_load_sort).
 	 */
 	pthread_t	 load_thr;
 	pthread_cond_t	 lcv;
@@ -120,6 +120,8 @@ static int	q_addr_ok(const char *, int allow_empty);
 static void	q_log(struct queue *, int, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
 static void	q_abstime(struct timespec *, long ms);
+
+size_t q_load_sync_max = 10000;
 
 static const struct q_class_params q_defaults[Q_CLASS_COUNT] = {
 	[Q_CLASS_OTP] = { 5, 60, 600, 0.2 },
@@ -983,7 +985,11 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	 * Every listed id raises the id clock first, so new ids sort after
 	 * all of them. */
 	spool_scan(&q->sp, q_list_one, q);
-	if (q->nlids > 0) {
+	if (q->nlids > 0 && q->nlids <= q_load_sync_max) {
+		/* a small spool loads at once: a fraction of a second */
+		q->loading = 1;
+		q_load_main(q);
+	} else if (q->nlids > 0) {
 		q->loading = 1;
 		if (pthread_create(&q->load_thr, NULL, q_load_main, q) != 0) {
 			q->loading = 0;

@@ -109,8 +109,9 @@ struct queue_params {
 struct queue;
 
 /* Opens (creating) the spool, removes temporary files, lists the message
- * files and returns; a thread then loads them (what does not parse goes
- * to corrupt/) and rebuilds the schedule (see queue_loading). */
+ * files, loads them (what does not parse goes to corrupt/) and rebuilds
+ * the schedule; above 10,000 files it returns after the listing and a
+ * thread loads them (see queue_loading). */
 struct queue	*queue_open(const struct queue_params *, char *err, size_t errlen);
 void		 queue_close(struct queue *);
 /* 1 while the spool found at open is still loading (on a thread of its

@@ -138,6 +138,9 @@ char		*dsn_build(const struct q_envelope *env, const char *body, size_t bodylen,
 void		 dsn_date(time_t, char *out, size_t len);
 
 /* --- queue.c (tests) ------------------------------------------------ */
+/* Spools of up to this many messages load within queue_open; larger ones
+ * on the loader thread (10,000; tests set 0 to load every spool there). */
+extern size_t	 q_load_sync_max;
 /* Replaces the clock (tests); NULL = time(). */
 void		 queue_set_clock(struct queue *, time_t (*)(void));
 /* Runs expiry and purge of everything due now (the timer thread does this). */

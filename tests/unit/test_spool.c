@@ -647,6 +647,7 @@ test_order_and_sharing(void)
 		okc &= enq(q, "app@example.org", "a@example.com", NULL, id) == Q_OK;
 	ok(okc, "300 enqueued");
 	queue_close(q);
+	q_load_sync_max = 0;		/* the loader thread, as for a large spool */
 	q = topen(0);
 	for (i = 0; i < NNEW; i++)	/* very likely while the 300 still load */
 		okc &= enq(q, "new@example.org", "b@example.com", NULL, newids[i]) == Q_OK;
@@ -719,6 +720,7 @@ test_order_and_sharing(void)
 	ok(queue_list(q, &f, &v, &n, &more) == Q_OK && n == 0 && !more, "all deleted");
 	queue_pause(q, 0);
 	queue_close(q);
+	q_load_sync_max = 10000;
 }
 
 int
