@@ -97,7 +97,7 @@ static uint32_t	q_hash(const char *);
 static struct qmsg *q_find(struct queue *, const char *);
 static int	q_insert(struct queue *, struct qmsg *);
 static int	q_hash_insert(struct queue *, struct qmsg *);
-static void	q_wait_loaded(struct queue *);
+static int	q_wait_loaded(struct queue *);
 static void	*q_load_main(void *);
 static void	q_list_one(void *, const char *);
 static void	q_unlink(struct queue *, struct qmsg *);
@@ -122,6 +122,7 @@ static void	q_log(struct queue *, int, const char *, ...)
 static void	q_abstime(struct timespec *, long ms);
 
 size_t q_load_sync_max = 10000;
+#define Q_LOAD_WAIT_MS	2000
 
 static const struct q_class_params q_defaults[Q_CLASS_COUNT] = {
 	[Q_CLASS_OTP] = { 5, 60, 600, 0.2 },
@@ -912,12 +913,21 @@ q_load_main(void *arg)
 }
 
 /* Calls that need the whole index wait here (with q->mtx held) while the
- * spool is still loading. */
-static void
+ * spool is still loading, Q_LOAD_WAIT_MS at most: a request worker is not
+ * held for the minutes a million messages take.  0, or -1 if still
+ * loading (the caller answers Q_LOADING). */
+static int
 q_wait_loaded(struct queue *q)
 {
+	struct timespec ts;
+
+	if (!q->loading)
+		return 0;
+	q_abstime(&ts, Q_LOAD_WAIT_MS);
 	while (q->loading && !q->stopping)
-		pthread_cond_wait(&q->lcv, &q->mtx);
+		if (pthread_cond_timedwait(&q->lcv, &q->mtx, &ts) == ETIMEDOUT)
+			break;
+	return q->loading ? -1 : 0;
 }
 
 int
@@ -968,8 +978,8 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&q->cv, &ca);
 	pthread_cond_init(&q->tcv, &ca);
+	pthread_cond_init(&q->lcv, &ca);
 	pthread_condattr_destroy(&ca);
-	pthread_cond_init(&q->lcv, NULL);
 	sched_init(&q->sched);
 	if (q->dir == NULL || spool_init(&q->sp, q->dir, params->min_free_bytes,
 	    params->min_free_inodes, params->log, err, errlen) == -1) {
@@ -1319,8 +1329,10 @@ queue_body(struct queue *q, const char *id, char **data, size_t *len)
 	*data = NULL;
 	*len = 0;
 	pthread_mutex_lock(&q->mtx);
-	if (q_find(q, id) == NULL)
-		q_wait_loaded(q);	/* a leased one is in already */
+	if (q_find(q, id) == NULL && q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);	/* a leased one is in already */
+		return Q_LOADING;
+	}
 	m = q_find(q, id);
 	if (m == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
@@ -1455,7 +1467,10 @@ queue_get(struct queue *q, const char *id, struct q_envelope **out)
 
 	*out = NULL;
 	pthread_mutex_lock(&q->mtx);
-	q_wait_loaded(q);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1525,7 +1540,11 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 	if ((hits = calloc(cap, sizeof(*hits))) == NULL)
 		return Q_TEMPFAIL;
 	pthread_mutex_lock(&q->mtx);
-	q_wait_loaded(q);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		free(hits);
+		return Q_LOADING;
+	}
 	m = q->ohead;
 	if (f->after_id != NULL) {
 		if ((m = q_find(q, f->after_id)) != NULL)
@@ -1569,7 +1588,10 @@ q_set_held(struct queue *q, const char *id, int held)
 	struct qmsg *m;
 
 	pthread_mutex_lock(&q->mtx);
-	q_wait_loaded(q);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1609,7 +1631,10 @@ queue_delete(struct queue *q, const char *id)
 	struct qmsg *m;
 
 	pthread_mutex_lock(&q->mtx);
-	q_wait_loaded(q);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1639,7 +1664,10 @@ queue_flush(struct queue *q, const char *id, const char *domain, size_t *count)
 	if (count != NULL)
 		*count = 0;
 	pthread_mutex_lock(&q->mtx);
-	q_wait_loaded(q);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	now = q_now(q);
 	if (id != NULL) {
 		if ((m = q_find(q, id)) == NULL || m->deleted) {
@@ -1713,7 +1741,9 @@ queue_stats(struct queue *q, struct q_stats *s)
 
 	memset(s, 0, sizeof(*s));
 	pthread_mutex_lock(&q->mtx);
-	q_wait_loaded(q);
+	/* counts of what is loaded so far rather than a wait: monitoring
+	 * polls this, and must not hold request workers */
+	s->loading = q->loading;
 	for (i = 0; i < q->tabsz; i++)
 		for (m = q->tab[i]; m != NULL; m = m->hnext) {
 			if (m->deleted)

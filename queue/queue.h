@@ -23,6 +23,7 @@ enum q_status {
 	Q_BADINPUT,		/* caller error ("bad_request") */
 	Q_NOTFOUND,		/* no such id ("not_found") */
 	Q_BUSY,			/* being delivered right now; retry shortly */
+	Q_LOADING,		/* a large spool is still loading after a start */
 };
 
 enum q_class {
@@ -115,8 +116,9 @@ struct queue;
 struct queue	*queue_open(const struct queue_params *, char *err, size_t errlen);
 void		 queue_close(struct queue *);
 /* 1 while the spool found at open is still loading (on a thread of its
- * own: enqueue and lease work meanwhile; get, list, stats and the admin
- * calls wait until it is done). */
+ * own: enqueue and lease work meanwhile; get, list and the admin calls
+ * wait up to 2 s for it, then answer Q_LOADING; stats counts what is
+ * loaded and says so). */
 int		 queue_loading(struct queue *);
 
 /*
@@ -188,6 +190,7 @@ struct q_stats {
 	size_t		 by_class[Q_CLASS_COUNT];
 	uint64_t	 delivered, deferred, failed, expired, bounces;	/* since start */
 	time_t		 oldest;	/* created time of the oldest live message, 0 none */
+	int		 loading;	/* 1: the spool is still loading, counts are partial */
 };
 void		 queue_stats(struct queue *, struct q_stats *);
 
