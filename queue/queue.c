@@ -122,6 +122,7 @@ static void	q_log(struct queue *, int, const char *, ...)
 static void	q_abstime(struct timespec *, long ms);
 
 size_t q_load_sync_max = 10000;
+unsigned q_load_test_delay_ms;
 #define Q_LOAD_WAIT_MS	2000
 
 static const struct q_class_params q_defaults[Q_CLASS_COUNT] = {
@@ -877,6 +878,8 @@ q_load_main(void *arg)
 
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	rc.q = q;
+	if (q_load_test_delay_ms > 0)
+		usleep(q_load_test_delay_ms * 1000u);	/* tests: a slow disk */
 	for (i = 0; i < q->nlids; i++) {
 		if (__atomic_load_n(&q->stopping, __ATOMIC_RELAXED))
 			break;

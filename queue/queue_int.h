@@ -141,6 +141,8 @@ void		 dsn_date(time_t, char *out, size_t len);
 /* Spools of up to this many messages load within queue_open; larger ones
  * on the loader thread (10,000; tests set 0 to load every spool there). */
 extern size_t	 q_load_sync_max;
+/* Tests: the loader thread sleeps this long before it starts (0). */
+extern unsigned	 q_load_test_delay_ms;
 /* Replaces the clock (tests); NULL = time(). */
 void		 queue_set_clock(struct queue *, time_t (*)(void));
 /* Runs expiry and purge of everything due now (the timer thread does this). */

@@ -723,6 +723,60 @@ test_order_and_sharing(void)
 	q_load_sync_max = 10000;
 }
 
+/*
+ * While a large spool loads (the loader made slow here): new messages are
+ * enqueued and leased at once, queue_list and queue_get answer Q_LOADING
+ * after their 2 s wait, queue_stats counts what is in and says loading;
+ * once loaded everything lists.
+ */
+static void
+test_loading(void)
+{
+	struct q_filter f = { .state = -1, .klass = -1, .limit = 100 };
+	char id[QUEUE_ID_LEN + 1], old[QUEUE_ID_LEN + 1], nid[QUEUE_ID_LEN + 1];
+	struct q_envelope **v, *e = NULL;
+	struct q_stats st;
+	struct queue *q;
+	size_t n, i;
+	int more, okc = 1;
+
+	q = topen(0);
+	queue_pause(q, 1);
+	for (i = 0; i < 20; i++)
+		okc &= enq(q, "app@example.org", "a@example.com", NULL, id) == Q_OK;
+	memcpy(old, id, sizeof(old));
+	queue_pause(q, 0);
+	queue_close(q);
+	ok(okc, "20 enqueued");
+	q_load_sync_max = 0;
+	q_load_test_delay_ms = 6000;	/* list and get below wait 2 s each */
+	q = topen(0);
+	ok(q != NULL && queue_loading(q), "open returns while the spool loads");
+	ok(enq(q, "new@example.org", "n@example.com", NULL, nid) == Q_OK,
+	    "enqueue while loading");
+	ok(queue_lease(q, 1000, &e) == Q_OK && e != NULL && strcmp(e->id, nid) == 0,
+	    "the new message is leased while loading");
+	if (e != NULL) {
+		e->rcpts[0].state = Q_RCPT_DELIVERED;
+		queue_release_lease(q, e);
+	}
+	queue_stats(q, &st);
+	ok(st.loading && st.by_state[Q_MSG_QUEUED] == 0, "stats: loading, partial counts");
+	is_int(queue_list(q, &f, &v, &n, &more), Q_LOADING, "list: still loading after 2 s");
+	is_int(queue_get(q, old, &e), Q_LOADING, "get of a message not yet loaded: loading");
+	for (i = 0; i < 5 && queue_list(q, &f, &v, &n, &more) == Q_LOADING; i++)
+		;
+	ok(i < 5 && n == 21, "after the load all 21 list");
+	for (i = 0; i < n; i++)
+		queue_delete(q, v[i]->id);
+	q_envelope_list_free(v, n);
+	queue_stats(q, &st);
+	ok(!st.loading && !queue_loading(q), "loaded");
+	queue_close(q);
+	q_load_test_delay_ms = 0;
+	q_load_sync_max = 10000;
+}
+
 int
 main(void)
 {
@@ -741,6 +795,7 @@ main(void)
 	test_ids();
 	test_recovery_time();
 	test_order_and_sharing();
+	test_loading();
 	ok(nlogs > 0, "the log sink was used");
 	snprintf(cmd, sizeof(cmd), "rm -rf '%.*s'", (int)(strlen(tdir) - 6), tdir);
 	if (system(cmd) != 0)
