@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@ struct qmsg {
 	struct sched_node run;		/* in run[class] when due-able */
 	struct sched_node timer;	/* expiry, or purge when finished */
 	struct qmsg	*hnext;
+	struct qmsg	*onext, *oprev;	/* every message, in id order */
 };
 
 struct queue {
@@ -40,10 +42,47 @@ struct queue {
 	struct sched	 sched;
 	struct qmsg	**tab;
 	size_t		 tabsz, n;
+	/* Every message in id (= age) order, so queue_list's first page walks
+	 * limit messages, not the queue.  New ids only grow, so an insert
+	 * lands at the tail (a few steps back at most: ids are drawn before
+	 * the file is written). */
+	struct qmsg	*ohead, *otail;
+	/*
+	 * Recovery of a large spool (over q_load_sync_max files) runs on its
+	 * own thread (q_load_main) once the file names are listed, so the
+	 * daemon answers while it loads: new messages are enqueued and
+	 * delivered, and due recovered ones as soon as they are in.  Calls
+	 * that need the whole index (get, list, stats, admin changes) wait on
+	 * lcv until loading is over.  Recovered messages are read in
+	 * directory order (the inodes of one directory together) and appended
+	 * to the head segment of the id list that ends at lcursor, before
+	 * every new message; that segment is sorted once at the end
+	 * (q_load_sort).
+	 */
+	pthread_t	 load_thr;
+	pthread_cond_t	 lcv;
+	int		 loading, load_ok;
+	struct qmsg	*lcursor;
+	char		(*lids)[QUEUE_ID_LEN + 1];	/* the listed ids */
+	size_t		 nlids, caplids;
+	/* The strings of the index that many messages share (sender, tag,
+	 * last error, replies) are kept once, with a count (q_intern): a
+	 * deferred message then costs its own id and address, not another
+	 * copy of the same 450 reply.  imtx is taken alone or inside mtx. */
+	pthread_mutex_t	 imtx;
+	struct q_istr	**itab;
+	size_t		 itabsz, ni;
 	int		 paused, shutdown, stopping, thread_ok;
 	pthread_t	 timer_thr;
 	uint64_t	 delivered, deferred, failed, expired, bounces;
 	time_t		(*clock)(void);
+};
+
+struct q_istr {
+	struct q_istr	*next;
+	uint32_t	 hash;
+	uint32_t	 refs;
+	char		 s[];
 };
 
 struct q_recover {
@@ -57,13 +96,20 @@ static time_t	q_now(struct queue *);
 static uint32_t	q_hash(const char *);
 static struct qmsg *q_find(struct queue *, const char *);
 static int	q_insert(struct queue *, struct qmsg *);
+static int	q_hash_insert(struct queue *, struct qmsg *);
+static int	q_wait_loaded(struct queue *);
+static void	*q_load_main(void *);
+static void	q_list_one(void *, const char *);
 static void	q_unlink(struct queue *, struct qmsg *);
-static void	q_msg_free(struct qmsg *);
+static void	q_order_link(struct queue *, struct qmsg *);
+static void	q_order_unlink(struct queue *, struct qmsg *);
+static void	q_msg_free(struct queue *, struct qmsg *);
+static char	*q_intern(struct queue *, const char *, size_t max);
+static void	q_unintern(struct queue *, char *);
+static int	q_env_intern(struct queue *, struct q_envelope *);
 static enum q_msg_state q_state(const struct qmsg *);
 static void	q_schedule(struct queue *, struct qmsg *);
 static enum q_status q_persist_locked(struct queue *, struct qmsg *);
-static void	q_heap_push(struct qmsg **, size_t, struct qmsg *);
-static void	q_heap_down(struct qmsg **, size_t);
 static int	q_dsn_needed(const struct qmsg *);
 static int	q_expire_locked(struct queue *, struct qmsg *, time_t);
 static void	q_send_dsn(struct queue *, struct q_envelope *);
@@ -71,11 +117,13 @@ static void	q_run_timers_locked(struct queue *);
 static void	*q_timer_main(void *);
 static void	q_recover_one(void *, const char *);
 static int	q_addr_ok(const char *, int allow_empty);
-static char	*q_strndup_cap(const char *, size_t);
 static void	q_log(struct queue *, int, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
-static int	q_cmp_msg(const void *, const void *);
 static void	q_abstime(struct timespec *, long ms);
+
+size_t q_load_sync_max = 10000;
+unsigned q_load_test_delay_ms;
+#define Q_LOAD_WAIT_MS	2000
 
 static const struct q_class_params q_defaults[Q_CLASS_COUNT] = {
 	[Q_CLASS_OTP] = { 5, 60, 600, 0.2 },
@@ -142,6 +190,16 @@ q_find(struct queue *q, const char *id)
 static int
 q_insert(struct queue *q, struct qmsg *m)
 {
+	if (q_hash_insert(q, m) == -1)
+		return -1;
+	q_order_link(q, m);
+	return 0;
+}
+
+/* m into the hash table (grown as needed); not yet in the id order. */
+static int
+q_hash_insert(struct queue *q, struct qmsg *m)
+{
 	struct qmsg **nt, *e, *next;
 	size_t nsz, i, b;
 
@@ -183,33 +241,189 @@ q_unlink(struct queue *q, struct qmsg *m)
 		if (*pp == m) {
 			*pp = m->hnext;
 			q->n--;
+			q_order_unlink(q, m);
 			return;
 		}
 }
 
+/* Links m into the id-ordered list right after p (NULL: at the head). */
 static void
-q_msg_free(struct qmsg *m)
+q_order_after(struct queue *q, struct qmsg *p, struct qmsg *m)
 {
+	m->oprev = p;
+	m->onext = p != NULL ? p->onext : q->ohead;
+	if (m->onext != NULL)
+		m->onext->oprev = m;
+	else
+		q->otail = m;
+	if (p != NULL)
+		p->onext = m;
+	else
+		q->ohead = m;
+}
+
+/* Links a new message into the id-ordered list: from the tail back to the
+ * first id below its own (the tail itself but for racing enqueues). */
+static void
+q_order_link(struct queue *q, struct qmsg *m)
+{
+	struct qmsg *p = q->otail;
+
+	while (p != NULL && strcmp(p->env.id, m->env.id) > 0)
+		p = p->oprev;
+	q_order_after(q, p, m);
+}
+
+static void
+q_order_unlink(struct queue *q, struct qmsg *m)
+{
+	if (m == q->lcursor)
+		q->lcursor = m->oprev;
+	if (m->oprev != NULL)
+		m->oprev->onext = m->onext;
+	else
+		q->ohead = m->onext;
+	if (m->onext != NULL)
+		m->onext->oprev = m->oprev;
+	else
+		q->otail = m->oprev;
+	m->onext = m->oprev = NULL;
+}
+
+/* Frees a message of the index: its shared strings go back to the table. */
+static void
+q_msg_free(struct queue *q, struct qmsg *m)
+{
+	size_t i;
+
 	if (m == NULL)
 		return;
+	q_unintern(q, m->env.sender);
+	q_unintern(q, m->env.tag);
+	q_unintern(q, m->env.last_error);
+	m->env.sender = m->env.tag = m->env.last_error = NULL;
+	for (i = 0; m->env.rcpts != NULL && i < m->env.nrcpt; i++) {
+		q_unintern(q, m->env.rcpts[i].reply);
+		m->env.rcpts[i].reply = NULL;
+	}
 	q_envelope_clear(&m->env);
 	free(m);
 }
 
+/* --- shared strings -------------------------------------------------- */
+
+/* The shared copy of s (at most max bytes of it), one more reference;
+ * NULL for NULL, or when out of memory. */
 static char *
-q_strndup_cap(const char *s, size_t max)
+q_intern(struct queue *q, const char *s, size_t max)
 {
-	size_t n;
-	char *r;
+	struct q_istr **nt, *e, *next;
+	uint32_t h = 2166136261u;
+	size_t n, i, nsz;
 
 	if (s == NULL)
 		return NULL;
 	n = strnlen(s, max);
-	if ((r = malloc(n + 1)) == NULL)
+	for (i = 0; i < n; i++)
+		h = (h ^ (unsigned char)s[i]) * 16777619u;
+	pthread_mutex_lock(&q->imtx);
+	if (q->ni + 1 > q->itabsz) {
+		nsz = q->itabsz ? q->itabsz * 2 : 64;
+		if ((nt = calloc(nsz, sizeof(*nt))) != NULL) {
+			for (i = 0; i < q->itabsz; i++)
+				for (e = q->itab[i]; e != NULL; e = next) {
+					next = e->next;
+					e->next = nt[e->hash & (nsz - 1)];
+					nt[e->hash & (nsz - 1)] = e;
+				}
+			free(q->itab);
+			q->itab = nt;
+			q->itabsz = nsz;
+		} else if (q->itabsz == 0) {
+			pthread_mutex_unlock(&q->imtx);
+			return NULL;
+		}
+	}
+	for (e = q->itab[h & (q->itabsz - 1)]; e != NULL; e = e->next)
+		if (e->hash == h && strncmp(e->s, s, n) == 0 && e->s[n] == '\0' &&
+		    e->refs < UINT32_MAX) {
+			e->refs++;
+			pthread_mutex_unlock(&q->imtx);
+			return e->s;
+		}
+	if ((e = malloc(sizeof(*e) + n + 1)) == NULL) {
+		pthread_mutex_unlock(&q->imtx);
 		return NULL;
-	memcpy(r, s, n);
-	r[n] = '\0';
-	return r;
+	}
+	memcpy(e->s, s, n);
+	e->s[n] = '\0';
+	e->hash = h;
+	e->refs = 1;
+	e->next = q->itab[h & (q->itabsz - 1)];
+	q->itab[h & (q->itabsz - 1)] = e;
+	q->ni++;
+	pthread_mutex_unlock(&q->imtx);
+	return e->s;
+}
+
+static void
+q_unintern(struct queue *q, char *s)
+{
+	struct q_istr *e, **pp;
+
+	if (s == NULL)
+		return;
+	e = (struct q_istr *)(void *)(s - offsetof(struct q_istr, s));
+	pthread_mutex_lock(&q->imtx);
+	if (--e->refs == 0) {
+		for (pp = &q->itab[e->hash & (q->itabsz - 1)]; *pp != NULL; pp = &(*pp)->next)
+			if (*pp == e) {
+				*pp = e->next;
+				q->ni--;
+				break;
+			}
+		free(e);
+	}
+	pthread_mutex_unlock(&q->imtx);
+}
+
+/* Swaps an envelope's own (malloc'd) strings for shared ones: all or,
+ * out of memory, none (-1, the envelope unchanged). */
+static int
+q_env_intern(struct queue *q, struct q_envelope *e)
+{
+	char *s[3], **rv = NULL;
+	size_t i;
+
+	s[0] = q_intern(q, e->sender, Q_MAX_ADDR);
+	s[1] = q_intern(q, e->tag, Q_MAX_TEXT);
+	s[2] = q_intern(q, e->last_error, Q_MAX_TEXT);
+	if ((e->sender && !s[0]) || (e->tag && !s[1]) || (e->last_error && !s[2]) ||
+	    (e->nrcpt > 0 && (rv = calloc(e->nrcpt, sizeof(*rv))) == NULL))
+		goto fail;
+	for (i = 0; i < e->nrcpt; i++)
+		if (e->rcpts[i].reply != NULL &&
+		    (rv[i] = q_intern(q, e->rcpts[i].reply, Q_MAX_TEXT)) == NULL)
+			goto fail;
+	free(e->sender);
+	free(e->tag);
+	free(e->last_error);
+	e->sender = s[0];
+	e->tag = s[1];
+	e->last_error = s[2];
+	for (i = 0; i < e->nrcpt; i++) {
+		free(e->rcpts[i].reply);
+		e->rcpts[i].reply = rv[i];
+	}
+	free(rv);
+	return 0;
+fail:
+	for (i = 0; rv != NULL && i < e->nrcpt; i++)
+		q_unintern(q, rv[i]);
+	free(rv);
+	for (i = 0; i < 3; i++)
+		q_unintern(q, s[i]);
+	return -1;
 }
 
 static int
@@ -301,9 +515,9 @@ q_expire_locked(struct queue *q, struct qmsg *m, time_t now)
 			continue;
 		r->state = Q_RCPT_EXPIRED;
 		if (r->reply == NULL)
-			r->reply = strdup(m->env.klass == Q_CLASS_OTP ?
+			r->reply = q_intern(q, m->env.klass == Q_CLASS_OTP ?
 			    "code expired before delivery" :
-			    "message lifetime expired before delivery");
+			    "message lifetime expired before delivery", Q_MAX_TEXT);
 		q->expired++;
 		if (q->p.expired != NULL)
 			q->p.expired(q->p.expired_arg, &m->env, i);
@@ -528,6 +742,8 @@ q_msg_state_parse(const char *s)
 
 /* --- open, recover, close ------------------------------------------- */
 
+/* Loads one listed message (the file outside the lock) and puts it in
+ * the index after the ones recovered before it. */
 static void
 q_recover_one(void *arg, const char *id)
 {
@@ -546,16 +762,32 @@ q_recover_one(void *arg, const char *id)
 		q_envelope_free(env);
 		return;
 	}
+	if (q_env_intern(q, env) == -1) {
+		q_envelope_free(env);
+		free(m);
+		return;
+	}
 	m->env = *env;
 	free(env);
 	m->run.idx = m->timer.idx = SCHED_NONE;
-	qid_seen(m->env.id);
-	if (q_insert(q, m) == -1) {
-		q_msg_free(m);
+	pthread_mutex_lock(&q->mtx);
+	if (q_find(q, m->env.id) != NULL || q_hash_insert(q, m) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		q_msg_free(q, m);
 		return;
 	}
+	q_order_after(q, q->lcursor, m);
+	q->lcursor = m;
+	m->run.id = m->timer.id = m->env.id;
+	m->run.owner = m->timer.owner = m;
 	q_schedule(q, m);
 	rc->ok++;
+	/* a lease waiter may take it now; one that is due later is seen by
+	 * the waiters' own timed wake-ups (a signal per deferred message
+	 * woke a delivery worker a million times for nothing) */
+	if (m->run.idx != SCHED_NONE && m->env.next_attempt <= q_now(q))
+		pthread_cond_signal(&q->cv);
+	pthread_mutex_unlock(&q->mtx);
 	if (q_dsn_needed(m)) {
 		if (rc->ndsn == rc->capdsn) {
 			rc->capdsn = rc->capdsn ? rc->capdsn * 2 : 16;
@@ -568,16 +800,164 @@ q_recover_one(void *arg, const char *id)
 	}
 }
 
+/* spool_scan's callback at open: the id is listed, its clock seen. */
+static void
+q_list_one(void *arg, const char *id)
+{
+	struct queue *q = arg;
+	char (*nv)[QUEUE_ID_LEN + 1];
+	size_t cap;
+
+	qid_seen(id);
+	if (q->nlids == q->caplids) {
+		cap = q->caplids ? q->caplids * 2 : 1024;
+		if ((nv = realloc(q->lids, cap * sizeof(*nv))) == NULL)
+			return;		/* not loaded now; the next start does */
+		q->lids = nv;
+		q->caplids = cap;
+	}
+	memcpy(q->lids[q->nlids++], id, QUEUE_ID_LEN + 1);
+}
+
+static int
+q_cmp_msgp(const void *a, const void *b)
+{
+	const struct qmsg *x = *(const struct qmsg *const *)a;
+	const struct qmsg *y = *(const struct qmsg *const *)b;
+
+	return memcmp(x->env.id, y->env.id, QUEUE_ID_LEN);
+}
+
+/* Sorts the recovered segment of the id list (ohead .. lcursor) in place;
+ * called with q->mtx held, at the end of loading. */
+static void
+q_load_sort(struct queue *q)
+{
+	struct qmsg **v, *m, *after;
+	size_t n = 0, i;
+
+	if (q->lcursor == NULL)
+		return;
+	for (m = q->ohead; m != q->lcursor; m = m->onext)
+		n++;
+	n++;
+	after = q->lcursor->onext;
+	if ((v = malloc(n * sizeof(*v))) == NULL) {
+		/* no array: an insertion into the sorted rest, one by one */
+		struct qmsg *rest = q->ohead, *next;
+
+		q->ohead = after;
+		if (after != NULL)
+			after->oprev = NULL;
+		else
+			q->otail = NULL;
+		for (i = 0; i < n; i++, rest = next) {
+			next = rest->onext;
+			q_order_link(q, rest);
+		}
+		return;
+	}
+	for (i = 0, m = q->ohead; i < n; i++, m = m->onext)
+		v[i] = m;
+	qsort(v, n, sizeof(*v), q_cmp_msgp);
+	q->ohead = v[0];
+	v[0]->oprev = NULL;
+	for (i = 0; i < n; i++) {
+		v[i]->onext = i + 1 < n ? v[i + 1] : after;
+		if (i > 0)
+			v[i]->oprev = v[i - 1];
+	}
+	if (after != NULL)
+		after->oprev = v[n - 1];
+	else
+		q->otail = v[n - 1];
+	free(v);
+}
+
+/* The loader thread: the listed ids in order, then the DSNs still owed. */
+static void *
+q_load_main(void *arg)
+{
+	struct queue *q = arg;
+	struct q_recover rc = { 0 };
+	struct timespec t0, t1;
+	struct qmsg *m;
+	size_t i;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	rc.q = q;
+	if (q_load_test_delay_ms > 0)
+		usleep(q_load_test_delay_ms * 1000u);	/* tests: a slow disk */
+	for (i = 0; i < q->nlids; i++) {
+		if (__atomic_load_n(&q->stopping, __ATOMIC_RELAXED))
+			break;
+		q_recover_one(&rc, q->lids[i]);
+	}
+	free(q->lids);
+	q->lids = NULL;
+	pthread_mutex_lock(&q->mtx);
+	q_load_sort(q);
+	q->loading = 0;
+	q->lcursor = NULL;
+	pthread_cond_broadcast(&q->lcv);
+	pthread_cond_broadcast(&q->cv);
+	pthread_mutex_unlock(&q->mtx);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	q_log(q, LOG_INFO, "queue: recovered %zu message(s), %zu quarantined, in %.3f s%s",
+	    rc.ok, rc.bad, (double)(t1.tv_sec - t0.tv_sec) +
+	    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9, q->paused ? " (delivery paused)" : "");
+	for (i = 0; i < rc.ndsn; i++) {
+		struct q_envelope *copy = NULL;
+
+		pthread_mutex_lock(&q->mtx);
+		if ((m = q_find(q, rc.dsn[i])) != NULL && !m->deleted && q_dsn_needed(m))
+			copy = q_envelope_dup(&m->env);
+		pthread_mutex_unlock(&q->mtx);
+		if (copy != NULL && !__atomic_load_n(&q->stopping, __ATOMIC_RELAXED))
+			q_send_dsn(q, copy);
+		else
+			q_envelope_free(copy);
+		free(rc.dsn[i]);
+	}
+	free(rc.dsn);
+	return NULL;
+}
+
+/* Calls that need the whole index wait here (with q->mtx held) while the
+ * spool is still loading, Q_LOAD_WAIT_MS at most: a request worker is not
+ * held for the minutes a million messages take.  0, or -1 if still
+ * loading (the caller answers Q_LOADING). */
+static int
+q_wait_loaded(struct queue *q)
+{
+	struct timespec ts;
+
+	if (!q->loading)
+		return 0;
+	q_abstime(&ts, Q_LOAD_WAIT_MS);
+	while (q->loading && !q->stopping)
+		if (pthread_cond_timedwait(&q->lcv, &q->mtx, &ts) == ETIMEDOUT)
+			break;
+	return q->loading ? -1 : 0;
+}
+
+int
+queue_loading(struct queue *q)
+{
+	int l;
+
+	pthread_mutex_lock(&q->mtx);
+	l = q->loading;
+	pthread_mutex_unlock(&q->mtx);
+	return l;
+}
+
 struct queue *
 queue_open(const struct queue_params *params, char *err, size_t errlen)
 {
-	struct q_recover rc = { 0 };
-	struct timespec t0, t1;
 	pthread_condattr_t ca;
 	struct queue *q;
-	struct qmsg *m;
 	char path[4096];
-	size_t i;
 	int c;
 
 	if ((q = calloc(1, sizeof(*q))) == NULL) {
@@ -585,6 +965,7 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 		return NULL;
 	}
 	q->p = *params;
+	q->sp.dirfd = -1;	/* spool_free is safe before spool_init */
 	for (c = 0; c < Q_CLASS_COUNT; c++) {
 		if (q->p.klass[c].retry_min <= 0)
 			q->p.klass[c].retry_min = q_defaults[c].retry_min;
@@ -603,10 +984,12 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	q->p.bounce_from = q->bounce_from;
 	q->p.hostname = q->hostname;
 	pthread_mutex_init(&q->mtx, NULL);
+	pthread_mutex_init(&q->imtx, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&q->cv, &ca);
 	pthread_cond_init(&q->tcv, &ca);
+	pthread_cond_init(&q->lcv, &ca);
 	pthread_condattr_destroy(&ca);
 	sched_init(&q->sched);
 	if (q->dir == NULL || spool_init(&q->sp, q->dir, params->min_free_bytes,
@@ -618,24 +1001,24 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	snprintf(path, sizeof(path), "%s/paused", q->dir);
 	q->paused = access(path, F_OK) == 0;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	spool_clean_tmp(&q->sp);
-	rc.q = q;
-	spool_scan(&q->sp, q_recover_one, &rc);
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	q_log(q, LOG_INFO, "queue: recovered %zu message(s), %zu quarantined, in %.3f s%s",
-	    rc.ok, rc.bad, (double)(t1.tv_sec - t0.tv_sec) +
-	    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9, q->paused ? " (delivery paused)" : "");
-	for (i = 0; i < rc.ndsn; i++) {
-		struct q_envelope *copy = NULL;
-
-		if ((m = q_find(q, rc.dsn[i])) != NULL)
-			copy = q_envelope_dup(&m->env);
-		if (copy != NULL)
-			q_send_dsn(q, copy);
-		free(rc.dsn[i]);
+	/* The names only (a directory read); the files load on q_load_main.
+	 * Every listed id raises the id clock first, so new ids sort after
+	 * all of them. */
+	spool_scan(&q->sp, q_list_one, q);
+	if (q->nlids > 0 && q->nlids <= q_load_sync_max) {
+		/* a small spool loads at once: a fraction of a second */
+		q->loading = 1;
+		q_load_main(q);
+	} else if (q->nlids > 0) {
+		q->loading = 1;
+		if (pthread_create(&q->load_thr, NULL, q_load_main, q) != 0) {
+			q->loading = 0;
+			snprintf(err, errlen, "queue: cannot start the loader thread");
+			goto fail;
+		}
+		q->load_ok = 1;
 	}
-	free(rc.dsn);
 	if (pthread_create(&q->timer_thr, NULL, q_timer_main, q) != 0) {
 		snprintf(err, errlen, "queue: cannot start the timer thread");
 		goto fail;
@@ -659,20 +1042,27 @@ queue_close(struct queue *q)
 	q->stopping = q->shutdown = 1;
 	pthread_cond_broadcast(&q->cv);
 	pthread_cond_broadcast(&q->tcv);
+	pthread_cond_broadcast(&q->lcv);
 	pthread_mutex_unlock(&q->mtx);
+	if (q->load_ok)
+		pthread_join(q->load_thr, NULL);
 	if (q->thread_ok)
 		pthread_join(q->timer_thr, NULL);
+	free(q->lids);
 	sched_free(&q->sched);	/* first: it touches the nodes */
 	for (i = 0; i < q->tabsz; i++)
 		for (m = q->tab[i]; m != NULL; m = next) {
 			next = m->hnext;
-			q_msg_free(m);
+			q_msg_free(q, m);
 		}
 	free(q->tab);
 	spool_free(&q->sp);
 	pthread_mutex_destroy(&q->mtx);
 	pthread_cond_destroy(&q->cv);
 	pthread_cond_destroy(&q->tcv);
+	pthread_cond_destroy(&q->lcv);
+	pthread_mutex_destroy(&q->imtx);
+	free(q->itab);		/* every string went with its message */
 	free(q->dir);
 	free(q->bounce_from);
 	free(q->hostname);
@@ -733,9 +1123,9 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	env->size = len;
 	env->client_uid = tmpl->client_uid;
 	env->held = tmpl->held ? 1 : 0;
-	if ((env->sender = strdup(tmpl->sender)) == NULL)
+	if ((env->sender = q_intern(q, tmpl->sender, Q_MAX_ADDR)) == NULL)
 		goto oom;
-	if (tmpl->tag != NULL && (env->tag = q_strndup_cap(tmpl->tag, Q_MAX_TEXT)) == NULL)
+	if (tmpl->tag != NULL && (env->tag = q_intern(q, tmpl->tag, Q_MAX_TEXT)) == NULL)
 		goto oom;
 	if ((env->rcpts = calloc(tmpl->nrcpt, sizeof(*env->rcpts))) == NULL)
 		goto oom;
@@ -746,14 +1136,14 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	/* the barrier may read the id (the caller's answer names it) */
 	memcpy(id_out, env->id, QUEUE_ID_LEN + 1);
 	if ((st = spool_store_message(&q->sp, env, data, len, barrier, arg)) != Q_OK) {
-		q_msg_free(m);
+		q_msg_free(q, m);
 		return st;
 	}
 	pthread_mutex_lock(&q->mtx);
 	if (q_insert(q, m) == -1) {
 		pthread_mutex_unlock(&q->mtx);
 		spool_remove(&q->sp, env->id, 0);
-		q_msg_free(m);
+		q_msg_free(q, m);
 		return Q_TEMPFAIL;
 	}
 	q_schedule(q, m);
@@ -762,7 +1152,7 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	pthread_mutex_unlock(&q->mtx);
 	return Q_OK;
 oom:
-	q_msg_free(m);
+	q_msg_free(q, m);
 	return Q_TEMPFAIL;
 }
 
@@ -862,12 +1252,12 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 			o->attempts++;
 		o->last_attempt = r->last_attempt > 0 ? r->last_attempt : now;
 		if (r->reply != NULL) {
-			free(o->reply);
-			o->reply = q_strndup_cap(r->reply, QUEUE_REPLY_MAX);
+			q_unintern(q, o->reply);
+			o->reply = q_intern(q, r->reply, QUEUE_REPLY_MAX);
 		}
 		free(o->err_class);
 		o->err_class = r->err_class != NULL ?
-		    q_strndup_cap(r->err_class, Q_CLASS_WORD_MAX) : NULL;
+		    strndup(r->err_class, Q_CLASS_WORD_MAX) : NULL;
 		switch (o->state) {
 		case Q_RCPT_DELIVERED:	q->delivered++; break;
 		case Q_RCPT_FAILED:	q->failed++; break;
@@ -876,8 +1266,8 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 		}
 	}
 	if (env->last_error != NULL) {
-		free(m->env.last_error);
-		m->env.last_error = q_strndup_cap(env->last_error, QUEUE_REPLY_MAX);
+		q_unintern(q, m->env.last_error);
+		m->env.last_error = q_intern(q, env->last_error, QUEUE_REPLY_MAX);
 	}
 	m->gen++;
 	if (m->deleted)
@@ -941,7 +1331,7 @@ drop:
 	pthread_mutex_unlock(&q->mtx);
 	spool_remove(&q->sp, m->env.id, 1);
 	q_log(q, LOG_INFO, "queue: id=%s deleted after its delivery attempt", m->env.id);
-	q_msg_free(m);
+	q_msg_free(q, m);
 	q_envelope_free(env);
 	return Q_OK;
 }
@@ -985,6 +1375,10 @@ queue_body(struct queue *q, const char *id, char **data, size_t *len)
 	*data = NULL;
 	*len = 0;
 	pthread_mutex_lock(&q->mtx);
+	if (q_find(q, id) == NULL && q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);	/* a leased one is in already */
+		return Q_LOADING;
+	}
 	m = q_find(q, id);
 	if (m == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
@@ -1008,7 +1402,7 @@ queue_body(struct queue *q, const char *id, char **data, size_t *len)
 	} else
 		m = NULL;
 	pthread_mutex_unlock(&q->mtx);
-	q_msg_free(m);
+	q_msg_free(q, m);
 	return Q_NOTFOUND;
 }
 
@@ -1055,7 +1449,7 @@ q_run_timers_locked(struct queue *q)
 		if (m->env.finished) {
 			q_unlink(q, m);
 			spool_remove(&q->sp, m->env.id, 0);
-			q_msg_free(m);
+			q_msg_free(q, m);
 			continue;
 		}
 		if (now < m->env.expires) {
@@ -1119,6 +1513,10 @@ queue_get(struct queue *q, const char *id, struct q_envelope **out)
 
 	*out = NULL;
 	pthread_mutex_lock(&q->mtx);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1127,15 +1525,6 @@ queue_get(struct queue *q, const char *id, struct q_envelope **out)
 		(*out)->state = q_state(m);
 	pthread_mutex_unlock(&q->mtx);
 	return *out ? Q_OK : Q_TEMPFAIL;
-}
-
-static int
-q_cmp_msg(const void *a, const void *b)
-{
-	const struct qmsg *x = *(const struct qmsg *const *)a;
-	const struct qmsg *y = *(const struct qmsg *const *)b;
-
-	return strcmp(x->env.id, y->env.id);
 }
 
 static int
@@ -1171,45 +1560,6 @@ q_match(const struct qmsg *m, const struct q_filter *f)
 	return 1;
 }
 
-/* A max-heap by id (q_cmp_msg) for queue_list's first page. */
-static void
-q_heap_push(struct qmsg **h, size_t n, struct qmsg *m)
-{
-	size_t i = n, p;
-
-	h[i] = m;
-	while (i > 0) {
-		p = (i - 1) / 2;
-		if (q_cmp_msg(&h[p], &h[i]) >= 0)
-			break;
-		m = h[p];
-		h[p] = h[i];
-		h[i] = m;
-		i = p;
-	}
-}
-
-static void
-q_heap_down(struct qmsg **h, size_t n)
-{
-	size_t i = 0, c;
-	struct qmsg *t;
-
-	for (;;) {
-		c = 2 * i + 1;
-		if (c >= n)
-			break;
-		if (c + 1 < n && q_cmp_msg(&h[c + 1], &h[c]) > 0)
-			c++;
-		if (q_cmp_msg(&h[i], &h[c]) >= 0)
-			break;
-		t = h[i];
-		h[i] = h[c];
-		h[c] = t;
-		i = c;
-	}
-}
-
 enum q_status
 queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
     size_t *n, int *more)
@@ -1217,7 +1567,7 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 	struct q_filter any = { .state = -1, .klass = -1 };
 	struct qmsg **hits = NULL, *m;
 	struct q_envelope **res = NULL;
-	size_t i, nhits = 0, cap, limit, k, total = 0;
+	size_t i, nhits = 0, cap, limit, k;
 
 	*out = NULL;
 	*n = 0;
@@ -1227,27 +1577,32 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 		f = &any;
 	limit = f->limit ? f->limit : 100;
 	/*
-	 * Keep only the limit + 1 smallest ids in a max-heap: O(n log limit)
-	 * under the lock, and no array the size of the queue.
+	 * Walk the id-ordered list from the start (or from after_id) and stop
+	 * at limit + 1 matches: a page costs what it skips and returns, not
+	 * the size of the queue.  An after_id that is gone (delivered and
+	 * purged since the last page) is found by walking from the head.
 	 */
 	cap = limit + 1;
 	if ((hits = calloc(cap, sizeof(*hits))) == NULL)
 		return Q_TEMPFAIL;
 	pthread_mutex_lock(&q->mtx);
-	for (i = 0; i < q->tabsz; i++)
-		for (m = q->tab[i]; m != NULL; m = m->hnext) {
-			if (!q_match(m, f))
-				continue;
-			total++;
-			if (nhits < cap) {
-				q_heap_push(hits, nhits++, m);
-			} else if (q_cmp_msg(&m, &hits[0]) < 0) {
-				hits[0] = m;
-				q_heap_down(hits, nhits);
-			}
-		}
-	if (nhits > 0)
-		qsort(hits, nhits, sizeof(*hits), q_cmp_msg);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		free(hits);
+		return Q_LOADING;
+	}
+	m = q->ohead;
+	if (f->after_id != NULL) {
+		if ((m = q_find(q, f->after_id)) != NULL)
+			m = m->onext;
+		else
+			for (m = q->ohead; m != NULL && strcmp(m->env.id, f->after_id) <= 0;
+			    m = m->onext)
+				;
+	}
+	for (; m != NULL && nhits < cap; m = m->onext)
+		if (q_match(m, f))
+			hits[nhits++] = m;
 	k = nhits < limit ? nhits : limit;
 	if (k > 0 && (res = calloc(k, sizeof(*res))) == NULL)
 		goto oom;
@@ -1264,7 +1619,7 @@ queue_list(struct queue *q, const struct q_filter *f, struct q_envelope ***out,
 	*out = res;
 	*n = k;
 	if (more != NULL)
-		*more = total > limit;
+		*more = nhits > limit;
 	return Q_OK;
 oom:
 	pthread_mutex_unlock(&q->mtx);
@@ -1280,6 +1635,10 @@ q_set_held(struct queue *q, const char *id, int held)
 	time_t saved_next;
 
 	pthread_mutex_lock(&q->mtx);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1326,18 +1685,19 @@ queue_note_rcpt(struct queue *q, const char *id, const char *addr, const char *e
 		r = &m->env.rcpts[i];
 		if (strcasecmp(r->addr, addr) != 0)
 			continue;
-		c = q_strndup_cap(err_class, Q_CLASS_WORD_MAX);
-		t = reply != NULL ? q_strndup_cap(reply, QUEUE_REPLY_MAX) : NULL;
+		c = strndup(err_class, Q_CLASS_WORD_MAX);
+		/* replies are shared strings (q_intern) */
+		t = reply != NULL ? q_intern(q, reply, QUEUE_REPLY_MAX) : NULL;
 		if (c == NULL || (reply != NULL && t == NULL)) {
 			free(c);
-			free(t);
+			q_unintern(q, t);
 			st = Q_TEMPFAIL;
 			break;
 		}
 		free(r->err_class);
 		r->err_class = c;
 		if (t != NULL) {
-			free(r->reply);
+			q_unintern(q, r->reply);
 			r->reply = t;
 		}
 		m->gen++;
@@ -1366,6 +1726,10 @@ queue_delete(struct queue *q, const char *id)
 	struct qmsg *m;
 
 	pthread_mutex_lock(&q->mtx);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	if ((m = q_find(q, id)) == NULL || m->deleted) {
 		pthread_mutex_unlock(&q->mtx);
 		return Q_NOTFOUND;
@@ -1380,7 +1744,7 @@ queue_delete(struct queue *q, const char *id)
 	q_unlink(q, m);
 	pthread_mutex_unlock(&q->mtx);
 	spool_remove(&q->sp, m->env.id, 1);
-	q_msg_free(m);
+	q_msg_free(q, m);
 	return Q_OK;
 }
 
@@ -1395,6 +1759,10 @@ queue_flush(struct queue *q, const char *id, const char *domain, size_t *count)
 	if (count != NULL)
 		*count = 0;
 	pthread_mutex_lock(&q->mtx);
+	if (q_wait_loaded(q) == -1) {
+		pthread_mutex_unlock(&q->mtx);
+		return Q_LOADING;
+	}
 	now = q_now(q);
 	if (id != NULL) {
 		if ((m = q_find(q, id)) == NULL || m->deleted) {
@@ -1468,6 +1836,9 @@ queue_stats(struct queue *q, struct q_stats *s)
 
 	memset(s, 0, sizeof(*s));
 	pthread_mutex_lock(&q->mtx);
+	/* counts of what is loaded so far rather than a wait: monitoring
+	 * polls this, and must not hold request workers */
+	s->loading = q->loading;
 	for (i = 0; i < q->tabsz; i++)
 		for (m = q->tab[i]; m != NULL; m = m->hnext) {
 			if (m->deleted)

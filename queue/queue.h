@@ -24,6 +24,7 @@ enum q_status {
 	Q_BADINPUT,		/* caller error ("bad_request") */
 	Q_NOTFOUND,		/* no such id ("not_found") */
 	Q_BUSY,			/* being delivered right now; retry shortly */
+	Q_LOADING,		/* a large spool is still loading after a start */
 };
 
 enum q_class {
@@ -115,10 +116,17 @@ struct queue_params {
 
 struct queue;
 
-/* Opens (creating) the spool, removes temporary files, quarantines what
- * does not parse into corrupt/, and rebuilds the schedule. */
+/* Opens (creating) the spool, removes temporary files, lists the message
+ * files, loads them (what does not parse goes to corrupt/) and rebuilds
+ * the schedule; above 10,000 files it returns after the listing and a
+ * thread loads them (see queue_loading). */
 struct queue	*queue_open(const struct queue_params *, char *err, size_t errlen);
 void		 queue_close(struct queue *);
+/* 1 while the spool found at open is still loading (on a thread of its
+ * own: enqueue and lease work meanwhile; get, list and the admin calls
+ * wait up to 2 s for it, then answer Q_LOADING; stats counts what is
+ * loaded and says so). */
+int		 queue_loading(struct queue *);
 
 /*
  * Durably enqueues one message: body and envelope are on disk (fsync of the
@@ -197,6 +205,7 @@ struct q_stats {
 	size_t		 by_class[Q_CLASS_COUNT];
 	uint64_t	 delivered, deferred, failed, expired, bounces;	/* since start */
 	time_t		 oldest;	/* created time of the oldest live message, 0 none */
+	int		 loading;	/* 1: the spool is still loading, counts are partial */
 };
 void		 queue_stats(struct queue *, struct q_stats *);
 

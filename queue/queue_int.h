@@ -39,6 +39,7 @@ struct spool {
 	uint64_t	 min_free_inodes;
 	void		(*log)(int prio, const char *line);
 	int		 tmpfile_ok;	/* new files via O_TMPFILE + linkat */
+	int		 dirfd;		/* the spool directory (O_PATH), or -1 */
 };
 
 int		 spool_init(struct spool *, const char *dir, uint64_t min_bytes,
@@ -137,6 +138,11 @@ char		*dsn_build(const struct q_envelope *env, const char *body, size_t bodylen,
 void		 dsn_date(time_t, char *out, size_t len);
 
 /* --- queue.c (tests) ------------------------------------------------ */
+/* Spools of up to this many messages load within queue_open; larger ones
+ * on the loader thread (10,000; tests set 0 to load every spool there). */
+extern size_t	 q_load_sync_max;
+/* Tests: the loader thread sleeps this long before it starts (0). */
+extern unsigned	 q_load_test_delay_ms;
 /* Replaces the clock (tests); NULL = time(). */
 void		 queue_set_clock(struct queue *, time_t (*)(void));
 /* Runs expiry and purge of everything due now (the timer thread does this). */

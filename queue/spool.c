@@ -173,6 +173,7 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 	int i;
 
 	memset(sp, 0, sizeof(*sp));
+	sp->dirfd = -1;
 	if (dir == NULL || *dir == '\0' || strlen(dir) > PATH_MAX - 64) {
 		snprintf(err, errlen, "queue: bad spool directory");
 		return -1;
@@ -205,6 +206,9 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 	 * needed); without /proc, new files go through tmp/ and rename. */
 	sp->tmpfile_ok = access("/proc/self/fd", X_OK) == 0 &&
 	    getenv("OTPMAIL_SPOOL_NO_TMPFILE") == NULL;
+	/* loading opens msg/XX/<id> relative to it: three path components
+	 * to look up per file, not the whole state directory's path */
+	sp->dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	return 0;
 fail:
 	snprintf(err, errlen, "queue: mkdir %s: %s", path, strerror(errno));
@@ -218,6 +222,9 @@ spool_free(struct spool *sp)
 {
 	free(sp->dir);
 	sp->dir = NULL;
+	if (sp->dirfd != -1)
+		close(sp->dirfd);
+	sp->dirfd = -1;
 }
 
 size_t
@@ -1173,7 +1180,8 @@ spool_load_file(struct spool *sp, const char *id, struct q_envelope *env,
 
 	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
+	if ((fd = sp->dirfd != -1 ? openat(sp->dirfd, rel, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) :
+	    open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1) {
 		snprintf(why, whylen, "open: %s", strerror(errno));
 		return errno == ENOENT ? 1 : -1;
 	}

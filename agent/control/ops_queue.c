@@ -65,6 +65,9 @@ opq_status_error(enum q_status st, const char *id)
 		    id ? id : "?");
 	case Q_NOSPACE:
 		return reply_error("unavailable", "%s; try again later", queue_nospace_why);
+	case Q_LOADING:
+		return reply_error("unavailable", "the queue is still loading after the start; "
+		    "try again later");
 	default:
 		return reply_error("unavailable", "queue I/O error; try again later");
 	}
@@ -1152,6 +1155,8 @@ op_stats(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	    "failed", (json_int_t)s.failed, "expired", (json_int_t)s.expired,
 	    "bounces", (json_int_t)s.bounces,
 	    "paused", queue_paused(d->queue), "uptime", (json_int_t)(now - d->started));
+	if (r != NULL && s.loading)	/* counts of what is loaded so far */
+		json_object_set_new(r, "queue_loading", json_true());
 	if (r != NULL)
 		json_object_set_new(r, "db_quarantined", stats_quarantined(d));
 	if (r != NULL)	/* webhook backlogs: an app sees its own */

@@ -654,6 +654,160 @@ test_recovery_time(void)
 	queue_close(q);
 }
 
+/*
+ * queue.list pages walk the id-ordered list: after a restart (the spool
+ * loads on its own thread while new messages come in), with deletions in
+ * between and an after_id that is gone; deferred messages share their
+ * reply strings (q_intern) and each still reads back its own.
+ */
+static void
+test_order_and_sharing(void)
+{
+	enum { NOLD = 300, NNEW = 5 };
+	char id[QUEUE_ID_LEN + 1], last[QUEUE_ID_LEN + 1], gone[QUEUE_ID_LEN + 1];
+	char newids[NNEW][QUEUE_ID_LEN + 1];
+	struct q_filter f = { .state = -1, .klass = -1, .limit = 50 };
+	struct q_envelope **v, *e;
+	struct queue *q;
+	size_t n, i, total = 0, pages = 0;
+	int more, okc = 1, sorted = 1, nd = 0;
+
+	q = topen(0);
+	queue_pause(q, 1);
+	for (i = 0; i < NOLD; i++)
+		okc &= enq(q, "app@example.org", "a@example.com", NULL, id) == Q_OK;
+	ok(okc, "300 enqueued");
+	queue_close(q);
+	q_load_sync_max = 0;		/* the loader thread, as for a large spool */
+	q = topen(0);
+	for (i = 0; i < NNEW; i++)	/* very likely while the 300 still load */
+		okc &= enq(q, "new@example.org", "b@example.com", NULL, newids[i]) == Q_OK;
+	ok(okc, "5 enqueued right after the restart");
+	last[0] = '\0';
+	f.after_id = NULL;
+	do {
+		if (queue_list(q, &f, &v, &n, &more) != Q_OK)
+			break;
+		for (i = 0; i < n; i++) {
+			if (last[0] != '\0' && strcmp(last, v[i]->id) >= 0)
+				sorted = 0;
+			memcpy(last, v[i]->id, sizeof(last));
+		}
+		total += n;
+		pages++;
+		q_envelope_list_free(v, n);
+		f.after_id = last;
+	} while (more && pages < 100);
+	is_int((int)total, NOLD + NNEW, "every message on some page");
+	ok(sorted, "pages in id order across the restart");
+	is_int((int)pages, (NOLD + NNEW + 49) / 50, "pages of 50");
+	ok(strcmp(last, newids[NNEW - 1]) == 0, "the new messages come last");
+
+	/* the first page, then its last id deleted: paging from a gone id */
+	f.after_id = NULL;
+	ok(queue_list(q, &f, &v, &n, &more) == Q_OK && n == 50 && more, "first page of 50");
+	memcpy(gone, v[49]->id, sizeof(gone));
+	memcpy(id, v[48]->id, sizeof(id));
+	q_envelope_list_free(v, n);
+	ok(queue_delete(q, gone) == Q_OK && queue_delete(q, id) == Q_OK, "two deleted");
+	f.after_id = gone;
+	ok(queue_list(q, &f, &v, &n, &more) == Q_OK && n == 50 && strcmp(v[0]->id, gone) > 0,
+	    "a page after a deleted id starts after it");
+	q_envelope_list_free(v, n);
+
+	/* one reply for many deferrals: shared, and each reads back */
+	queue_pause(q, 0);
+	for (i = 0; i < 40 && queue_lease(q, 1000, &e) == Q_OK; i++) {
+		e->rcpts[0].state = Q_RCPT_DEFERRED;
+		e->rcpts[0].reply = strdup(i % 2 ? "450 4.2.0 try later" : "451 4.3.0 busy");
+		e->last_error = strdup("deferred");
+		if (queue_release_lease(q, e) == Q_OK)
+			nd++;
+	}
+	queue_pause(q, 1);
+	is_int(nd, 40, "40 deferred");
+	f.after_id = NULL;
+	f.state = Q_MSG_DEFERRED;
+	f.limit = 100;
+	okc = queue_list(q, &f, &v, &n, &more) == Q_OK && n == 40;
+	for (i = 0; okc && i < n; i++)
+		okc = v[i]->rcpts[0].reply != NULL && v[i]->last_error != NULL &&
+		    strcmp(v[i]->last_error, "deferred") == 0 &&
+		    (strcmp(v[i]->rcpts[0].reply, "450 4.2.0 try later") == 0 ||
+		    strcmp(v[i]->rcpts[0].reply, "451 4.3.0 busy") == 0) &&
+		    strcmp(v[i]->sender, "app@example.org") == 0;
+	ok(okc, "the deferred ones list with their own reply, error and sender");
+	q_envelope_list_free(v, n);
+	queue_close(q);
+	/* and through a restart (strings loaded from the files get shared) */
+	q = topen(0);
+	f.state = -1;
+	f.limit = 1000;
+	ok(queue_list(q, &f, &v, &n, &more) == Q_OK && n == NOLD + NNEW - 2, "all after reopen");
+	for (i = 0; i < n; i++)
+		queue_delete(q, v[i]->id);
+	q_envelope_list_free(v, n);
+	f.limit = 10;
+	ok(queue_list(q, &f, &v, &n, &more) == Q_OK && n == 0 && !more, "all deleted");
+	queue_pause(q, 0);
+	queue_close(q);
+	q_load_sync_max = 10000;
+}
+
+/*
+ * While a large spool loads (the loader made slow here): new messages are
+ * enqueued and leased at once, queue_list and queue_get answer Q_LOADING
+ * after their 2 s wait, queue_stats counts what is in and says loading;
+ * once loaded everything lists.
+ */
+static void
+test_loading(void)
+{
+	struct q_filter f = { .state = -1, .klass = -1, .limit = 100 };
+	char id[QUEUE_ID_LEN + 1], old[QUEUE_ID_LEN + 1], nid[QUEUE_ID_LEN + 1];
+	struct q_envelope **v, *e = NULL;
+	struct q_stats st;
+	struct queue *q;
+	size_t n, i;
+	int more, okc = 1;
+
+	q = topen(0);
+	queue_pause(q, 1);
+	for (i = 0; i < 20; i++)
+		okc &= enq(q, "app@example.org", "a@example.com", NULL, id) == Q_OK;
+	memcpy(old, id, sizeof(old));
+	queue_pause(q, 0);
+	queue_close(q);
+	ok(okc, "20 enqueued");
+	q_load_sync_max = 0;
+	q_load_test_delay_ms = 6000;	/* list and get below wait 2 s each */
+	q = topen(0);
+	ok(q != NULL && queue_loading(q), "open returns while the spool loads");
+	ok(enq(q, "new@example.org", "n@example.com", NULL, nid) == Q_OK,
+	    "enqueue while loading");
+	ok(queue_lease(q, 1000, &e) == Q_OK && e != NULL && strcmp(e->id, nid) == 0,
+	    "the new message is leased while loading");
+	if (e != NULL) {
+		e->rcpts[0].state = Q_RCPT_DELIVERED;
+		queue_release_lease(q, e);
+	}
+	queue_stats(q, &st);
+	ok(st.loading && st.by_state[Q_MSG_QUEUED] == 0, "stats: loading, partial counts");
+	is_int(queue_list(q, &f, &v, &n, &more), Q_LOADING, "list: still loading after 2 s");
+	is_int(queue_get(q, old, &e), Q_LOADING, "get of a message not yet loaded: loading");
+	for (i = 0; i < 5 && queue_list(q, &f, &v, &n, &more) == Q_LOADING; i++)
+		;
+	ok(i < 5 && n == 21, "after the load all 21 list");
+	for (i = 0; i < n; i++)
+		queue_delete(q, v[i]->id);
+	q_envelope_list_free(v, n);
+	queue_stats(q, &st);
+	ok(!st.loading && !queue_loading(q), "loaded");
+	queue_close(q);
+	q_load_test_delay_ms = 0;
+	q_load_sync_max = 10000;
+}
+
 int
 main(void)
 {
@@ -671,6 +825,8 @@ main(void)
 	test_nospace();
 	test_ids();
 	test_recovery_time();
+	test_order_and_sharing();
+	test_loading();
 	ok(nlogs > 0, "the log sink was used");
 	snprintf(cmd, sizeof(cmd), "rm -rf '%.*s'", (int)(strlen(tdir) - 6), tdir);
 	if (system(cmd) != 0)
