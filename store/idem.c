@@ -98,7 +98,8 @@ idem_put(struct store *s, DB_TXN *txn, const uint8_t *key, const struct idem_rec
 	return store_rec_put(s, txn, key, buf, IDEM_REC_HDR + e->anslen);
 }
 
-/* mode 0 begin, 1 finish, 2 abandon, 3 prepare; one transaction, retried. */
+/* mode 0 begin, 1 finish, 2 abandon, 3 prepare, 4 unclaim; one transaction,
+ * retried. */
 static int
 idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
     uint64_t now, const char *answer, char *out, size_t outlen, enum idem_state *st)
@@ -148,6 +149,10 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 			r = idem_put(s, txn, key, &e);
 		} else if (mode == 3)
 			*st = IDEM_FAIL;	/* not this run's reservation */
+		else if (mode == 4 && have && e.state == IDEM_PREPARED && e.run == s->run) {
+			e.run = 0;	/* no run's: the next begin claims it again */
+			r = idem_put(s, txn, key, &e);
+		}
 		else if (mode == 2 && have && e.state != IDEM_ANSWERED && e.run == s->run)
 			r = store_rec_del(s, txn, key);
 		if (r == 0) {
@@ -222,6 +227,20 @@ store_idem_prepare(struct store *s, const char *app, const char *key, time_t now
 	if (idem_txn(s, k, 3, NULL, (uint64_t)now, answer, NULL, 0, &st) == -1)
 		return S_TEMPFAIL;
 	return st == IDEM_FAIL ? S_NOTFOUND : S_OK;
+}
+
+void
+store_idem_unclaim(struct store *s, const char *app, const char *key)
+{
+	uint8_t k[KEY_MAX];
+	enum idem_state st;
+	struct otp_request q = { .app = app };
+
+	if (repl_write(s, RO_IDEM_UNCLAIM, &q, key, NULL, NULL, NULL, NULL, NULL, 0,
+	    S_TEMPFAIL) >= 0)
+		return;
+	if (idem_key(s, app, key, k) == 0)
+		(void)idem_txn(s, k, 4, NULL, 0, NULL, NULL, 0, &st);
 }
 
 void

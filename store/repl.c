@@ -698,6 +698,11 @@ repl_dispatch(DB_ENV *env, DB_CHANNEL *ch, DBT *msg, u_int32_t n, u_int32_t flag
 		st = store_idem_prepare(s, q.app, a, q.now, b != NULL ? b : "");
 		has_res = 0;
 		break;
+	case RO_IDEM_UNCLAIM:
+		store_idem_unclaim(s, q.app, a);
+		st = S_OK;
+		has_res = 0;
+		break;
 	case RO_IDEM_ABANDON:
 		store_idem_abandon(s, q.app, a);
 		st = S_OK;

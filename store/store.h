@@ -196,6 +196,9 @@ enum idem_state	 store_idem_begin(struct store *, const char *app, const char *k
 		    const uint8_t hash[32], time_t now, char *answer, size_t len);
 enum s_status	 store_idem_prepare(struct store *, const char *app, const char *key,
 		    time_t now, const char *answer);
+/* Gives an IDEM_UNSURE key back unclaimed (the queue could not say yet
+ * whether its mail was named): the next begin is IDEM_UNSURE again. */
+void		 store_idem_unclaim(struct store *, const char *app, const char *key);
 enum s_status	 store_idem_finish(struct store *, const char *app, const char *key,
 		    time_t now, const char *answer);
 void		 store_idem_abandon(struct store *, const char *app, const char *key);

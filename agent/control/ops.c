@@ -106,18 +106,19 @@ ctl_req_app(const struct otpmaild *d, const struct ctl_peer *p, json_t *req, jso
  * under a used key is an error.  The body is the request without req_id,
  * as canonical JSON.
  */
-/* Is the message of a prepared answer in the queue (it was named)? */
+/* Is the message of a prepared answer in the queue (it was named)?  1 yes,
+ * 0 no, -1 the queue cannot say yet (a large spool still loading). */
 static int
 idem_named(struct otpmaild *d, const char *answer)
 {
 	struct q_envelope *env = NULL;
 	json_t *a = json_loads(answer, 0, NULL);
 	const char *id = json_string_value(json_object_get(a, "id"));
-	int named = id != NULL && queue_get(d->queue, id, &env) == Q_OK;
+	enum q_status st = id != NULL ? queue_get(d->queue, id, &env) : Q_NOTFOUND;
 
 	q_envelope_free(env);
 	json_decref(a);
-	return named;
+	return st == Q_OK ? 1 : st == Q_NOTFOUND ? 0 : -1;
 }
 
 int
@@ -174,15 +175,26 @@ ctl_idem_begin(struct otpmaild *d, const char *app, json_t *req, const char **ke
 		break;
 	case IDEM_UNSURE:
 		/* A crashed run prepared this answer: was its mail named? */
-		if (idem_named(d, answer)) {
+		switch (idem_named(d, answer)) {
+		case -1:
+			store_idem_unclaim(d->store, app, *key);
+			*reply = reply_limited("unavailable", "queue_loading", 2,
+			    "the queue is still loading; try again");
+			break;
+		case 1:
 			if (store_idem_finish(d->store, app, *key, time(NULL), answer) != S_OK)
 				log_msg(LOG_ERR, "event=idempotency error=\"cannot record "
 				    "the answer of a crashed run\" app=%s", app);
-			*reply = json_loads(answer, 0, NULL);
-			json_object_set_new(*reply, "replayed", json_true());
+			if ((*reply = json_loads(answer, 0, NULL)) == NULL)
+				*reply = reply_error("unavailable", "the stored answer is "
+				    "unreadable");
+			else
+				json_object_set_new(*reply, "replayed", json_true());
 			break;
+		default:
+			return 0;	/* never named: go ahead, the key is this run's */
 		}
-		return 0;	/* never named: go ahead, the key is this run's */
+		break;
 	default:
 		*reply = reply_error("unavailable", "the store failed; try again later");
 		break;
