@@ -229,30 +229,28 @@ store_idem_prepare(struct store *s, const char *app, const char *key, time_t now
 	return st == IDEM_FAIL ? S_NOTFOUND : S_OK;
 }
 
-void
-store_idem_unclaim(struct store *s, const char *app, const char *key)
+/* abandon (mode 2) and unclaim (mode 4): on the master in a cluster. */
+static void
+idem_drop(struct store *s, const char *app, const char *key, enum repl_op op, int mode)
 {
 	uint8_t k[KEY_MAX];
 	enum idem_state st;
 	struct otp_request q = { .app = app };
 
-	if (repl_write(s, RO_IDEM_UNCLAIM, &q, key, NULL, NULL, NULL, NULL, NULL, 0,
-	    S_TEMPFAIL) >= 0)
+	if (repl_write(s, op, &q, key, NULL, NULL, NULL, NULL, NULL, 0, S_TEMPFAIL) >= 0)
 		return;
 	if (idem_key(s, app, key, k) == 0)
-		(void)idem_txn(s, k, 4, NULL, 0, NULL, NULL, 0, &st);
+		(void)idem_txn(s, k, mode, NULL, 0, NULL, NULL, 0, &st);
+}
+
+void
+store_idem_unclaim(struct store *s, const char *app, const char *key)
+{
+	idem_drop(s, app, key, RO_IDEM_UNCLAIM, 4);
 }
 
 void
 store_idem_abandon(struct store *s, const char *app, const char *key)
 {
-	uint8_t k[KEY_MAX];
-	enum idem_state st;
-	struct otp_request q = { .app = app };
-
-	if (repl_write(s, RO_IDEM_ABANDON, &q, key, NULL, NULL, NULL, NULL, NULL, 0,
-	    S_TEMPFAIL) >= 0)
-		return;
-	if (idem_key(s, app, key, k) == 0)
-		(void)idem_txn(s, k, 2, NULL, 0, NULL, NULL, 0, &st);
+	idem_drop(s, app, key, RO_IDEM_ABANDON, 2);
 }
