@@ -574,9 +574,10 @@ def part_b():
                 ok = ok and hdr_names(msg) == sorted(base_names + extra +
                                                      ["delivered-to"] * (len(env) - 1))
             else:  # raw: exactly the raw headers plus Date/Message-ID/envelope
+                # and the stream tag every message carries (Feedback-ID)
                 ok = ok and hdr_names(msg) == sorted(
                     ["return-path", "delivered-to", "from", "to", "subject", "date",
-                     "message-id"])
+                     "message-id", "feedback-id"])
             if to_hdr is not None:
                 ok = ok and addrs(msg, "To") == to_hdr
             else:
