@@ -153,7 +153,9 @@ def compare(label, plain, hostile):
                 odd.append(("keys differ", line, sorted(want[sig(p)])))
         elif not set(keys) <= allkeys:
             odd.append(("unknown keys", line))
-    t.ok(not odd and matched > 10, "%s: %d hostile lines have exactly the keys of "
+    # (event=forbidden lines are logged at most once a second: how many of
+    # the hostile ones show varies, 8 others always do)
+    t.ok(not odd and matched >= 8, "%s: %d hostile lines have exactly the keys of "
          "their plain twin" % (label, matched), odd[:5])
 
 
