@@ -87,6 +87,27 @@ struct ctl_uid_count {
 	int		 n;
 };
 
+/* At most one log line a second for a kind of refusal, with the count of
+ * those not logged since (any thread). */
+struct ctl_log_limit {
+	_Atomic time_t	 last;
+	atomic_uint	 quiet;
+};
+
+/* 1 if this one is logged (*quiet: how many were not, since), else 0. */
+static int
+ctl_log_limit_take(struct ctl_log_limit *l, unsigned *quiet)
+{
+	time_t now = time(NULL), was = atomic_load(&l->last);
+
+	if (was == now || !atomic_compare_exchange_strong(&l->last, &was, now)) {
+		atomic_fetch_add(&l->quiet, 1);
+		return 0;
+	}
+	*quiet = atomic_exchange(&l->quiet, 0);
+	return 1;
+}
+
 struct control {
 	struct otpmaild	*d;
 	struct ctl_acl	*acl;
@@ -103,8 +124,7 @@ struct control {
 	size_t		 nanon;		/* connections of peers with no role */
 	struct ctl_uid_count *uids;	/* open connections per uid (event thread) */
 	size_t		 nuids;
-	time_t		 last_refuse_log;
-	unsigned	 refused_quiet;	/* refusals not logged since */
+	struct ctl_log_limit refuse_log;	/* control_refused lines */
 	struct ctl_conn	*all;
 	/* work queue */
 	pthread_mutex_t	 wmu;
@@ -352,7 +372,7 @@ ctl_refuse(struct control *ctl, int fd, const struct ctl_peer *p, const char *li
 {
 	json_t *r = reply_limited("unavailable", limit, 1, detail);
 	char *s = json_dumps(r, JSON_COMPACT | JSON_ENSURE_ASCII);
-	time_t now = time(NULL);
+	unsigned quiet;
 
 	if (s != NULL) {
 		size_t l = strlen(s);
@@ -363,16 +383,12 @@ ctl_refuse(struct control *ctl, int fd, const struct ctl_peer *p, const char *li
 	free(s);
 	json_decref(r);
 	close(fd);
-	if (now == ctl->last_refuse_log) {
-		ctl->refused_quiet++;
+	if (!ctl_log_limit_take(&ctl->refuse_log, &quiet))
 		return;
-	}
-	ctl->last_refuse_log = now;
 	log_msg(LOG_WARNING, "event=control_refused reason=%s uid=%u role=%s "
 	    "connections=%zu not_logged=%u", limit, (unsigned)p->uid,
 	    p->roles & ROLE_ADMIN ? "admin" : p->roles & ROLE_APP ? "app" : "none",
-	    ctl->nconns, ctl->refused_quiet);
-	ctl->refused_quiet = 0;
+	    ctl->nconns, quiet);
 }
 
 /* ---- dispatch -------------------------------------------------------- */
@@ -410,16 +426,12 @@ ctl_json_tokens(const char *p, size_t len)
 static void
 ctl_log_forbidden(const struct ctl_op *op, const struct ctl_peer *peer)
 {
-	static _Atomic time_t last;
-	static atomic_uint quiet;
-	time_t now = time(NULL), was = atomic_load(&last);
+	static struct ctl_log_limit limit;
+	unsigned quiet;
 
-	if (was == now || !atomic_compare_exchange_strong(&last, &was, now)) {
-		atomic_fetch_add(&quiet, 1);
-		return;
-	}
-	log_msg(LOG_NOTICE, "event=forbidden op=%s uid=%u pid=%d not_logged=%u", op->name,
-	    (unsigned)peer->uid, (int)peer->pid, atomic_exchange(&quiet, 0));
+	if (ctl_log_limit_take(&limit, &quiet))
+		log_msg(LOG_NOTICE, "event=forbidden op=%s uid=%u pid=%d not_logged=%u",
+		    op->name, (unsigned)peer->uid, (int)peer->pid, quiet);
 }
 
 json_t *
