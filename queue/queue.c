@@ -958,6 +958,7 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	pthread_condattr_t ca;
 	struct queue *q;
 	char path[4096];
+	const char *slow;
 	int c;
 
 	if ((q = calloc(1, sizeof(*q))) == NULL) {
@@ -1006,6 +1007,12 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	 * Every listed id raises the id clock first, so new ids sort after
 	 * all of them. */
 	spool_scan(&q->sp, q_list_one, q);
+	/* tests only: a spool of any size loads on the thread, after a delay
+	 * (the disk of a large spool), so "still loading" can be reached */
+	if ((slow = getenv("OTPMAIL_TEST_SLOW_LOAD")) != NULL) {
+		q_load_sync_max = 0;
+		q_load_test_delay_ms = (unsigned)strtoul(slow, NULL, 10);
+	}
 	if (q->nlids > 0 && q->nlids <= q_load_sync_max) {
 		/* a small spool loads at once: a fraction of a second */
 		q->loading = 1;

@@ -16,6 +16,12 @@ the request aborts the daemon (no answer); after a restart the same request
 id of the spooled message, with after_fsync a fresh message.  Either way
 exactly one mail reaches the sandbox Maildir; a third try replays the same
 id; another body under the key gets idempotency_mismatch.
+
+Then the large-spool case: after a crash at after_dir_fsync the daemon
+restarts with its spool loading on the loader thread, slowed by the
+test-only OTPMAIL_TEST_SLOW_LOAD (ms); the retry answers unavailable
+(limit queue_loading, retry_after) and sends nothing, and once the queue
+has loaded it replays the spooled id: one mail.
 """
 
 import os
@@ -88,7 +94,42 @@ def one(op, step):
         t.is_(mails_to(d, to), 1, "%s: still one mail" % name)
 
 
+def loading():
+    """A crashed run's key while a large spool still loads: the retry
+    answers unavailable (queue_loading) and sends nothing; once loaded, the
+    retry replays the spooled id and one mail arrives."""
+    op, step = "otp.issue", "after_dir_fsync"
+    name = "%s %s, queue loading" % (op, step)
+    to, key = "idem-loading@example.org", "key-loading"
+    with Daemon(env={"OTPMAIL_FAULT": step}) as d:
+        ans, died = crash_request(d, request(op, to, key))
+        t.ok(died and ans is None, "%s: the request aborts the daemon" % name,
+             "answer %r" % (ans,))
+        # the loader thread waits 4 s before reading the spool: longer than
+        # the 2 s a request waits for it
+        d.env["OTPMAIL_TEST_SLOW_LOAD"] = "4000"
+        restart_clean(d)
+        r = d.call(request(op, to, key))
+        t.ok(not r.get("ok") and r.get("error") == "unavailable"
+             and r.get("limit") == "queue_loading" and r.get("retry_after"),
+             "%s: the retry answers unavailable, queue_loading, retry_after" % name, r)
+        t.is_(mails_to(d, to), 0, "%s: nothing sent while loading" % name)
+        t.ok(wait_for(lambda: d.call({"op": "stats"}).get("queue_loading") is not True, 20),
+             "%s: the queue finishes loading" % name)
+        spooled = list_ids(d) or []
+        r = d.call(request(op, to, key))
+        t.ok(r.get("ok") and r.get("replayed") is True and spooled
+             and r.get("id") == spooled[0],
+             "%s: then the retry replays the spooled id" % name,
+             "answer %r, spooled %r" % (r, spooled))
+        t.ok(wait_for(lambda: mails_to(d, to) >= 1, 15),
+             "%s: the mail reaches the sandbox" % name)
+        wait_for(lambda: mails_to(d, to) > 1, 2)
+        t.is_(mails_to(d, to), 1, "%s: exactly one mail" % name)
+
+
 for op in ("otp.issue", "mail.send"):
     for step in STEPS:
         one(op, step)
+loading()
 t.done()
