@@ -6,9 +6,9 @@ Starts (peers.py): smtp-sink on 127.0.6.40:2525; then otpmaild
 [127.0.6.40]:2525`) with OTPMAIL_TEST_DELIVERY_PROBE naming the DKIM key,
 the OTP secret, the database files and the control socket.
 
-1. The delivery process runs as another user (nobody: the test machine has
-   no otpmail-smtp), in an empty chroot, with no_new_privs and a seccomp
-   filter (/proc/PID/status), holds no descriptor of the state directory,
+1. The delivery process runs as another user (the default otpmail-smtp
+   where it exists, as after the Debian package test; else nobody), in an
+   empty chroot, with no_new_privs and a seccomp filter (/proc/PID/status), holds no descriptor of the state directory,
    and reports from inside that it can neither open any probed file nor
    connect to the control socket.
 2. A message goes out through it, DKIM-signed by the main process.
@@ -90,6 +90,9 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
             "dkim_key = example.org k1 ed25519-sha256 %s\n" % (SINK, PORT, key))
     if main_user:
         conf += "user = %s\ndelivery_user = nobody\n" % main_user
+    # the default delivery_user, otpmail-smtp, falls back to nobody
+    du = "nobody" if main_user else default_delivery_user()
+    pw = pwd.getpwnam(du)
     # the Daemon's state directory is only known once made: probe by name
     state = os.path.join(pre, "state")
     probe = [key, os.path.join(state, "otp.secret"), os.path.join(state, "control.sock"),
@@ -107,13 +110,13 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
         if main_user:
             check_spawner(d, main_user, pid)
         line = [x for x in d.log_text().splitlines() if "delivery_process_started" in x][-1]
-        for want in ("user=nobody", "chroot=empty", "no_new_privs=yes", "seccomp=yes"):
+        for want in ("user=" + du, "chroot=empty", "no_new_privs=yes", "seccomp=yes"):
             t.ok(want in line, tag + "delivery process: " + want, line)
         t.diag(line)
         st = proc_status(pid)
-        t.ok(st.get("Uid", "").split() == ["65534"] * 4, tag + "it runs as nobody",
+        t.ok(st.get("Uid", "").split() == [str(pw.pw_uid)] * 4, tag + "it runs as " + du,
              st.get("Uid"))
-        t.ok(st.get("Gid", "").split() == ["65534"] * 4, tag + "with nobody's group",
+        t.ok(st.get("Gid", "").split() == [str(pw.pw_gid)] * 4, tag + "with its group",
              st.get("Gid"))
         t.is_(st.get("NoNewPrivs"), "1", tag + "NoNewPrivs is set")
         t.is_(st.get("Seccomp"), "2", tag + "a seccomp filter is loaded")
@@ -205,6 +208,14 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
                  tag + "the replacement runs as nobody in an empty root, NoNewPrivs, "
                  "seccomp", st)
             lose_spawner(d, tag)
+
+
+def default_delivery_user():
+    try:
+        pwd.getpwnam("otpmail-smtp")
+        return "otpmail-smtp"
+    except KeyError:
+        return "nobody"
 
 
 def spawner_pid(d):
