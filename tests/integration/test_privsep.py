@@ -8,9 +8,10 @@ the OTP secret, the database files and the control socket.
 
 1. The delivery process runs as another user (the default otpmail-smtp
    where it exists, as after the Debian package test; else nobody), in an
-   empty chroot, with no_new_privs and a seccomp filter (/proc/PID/status), holds no descriptor of the state directory,
-   and reports from inside that it can neither open any probed file nor
-   connect to the control socket.
+   empty chroot, with no_new_privs and a seccomp filter (/proc/PID/status),
+   holds no descriptor of the state directory, and reports from inside
+   that it can neither open any probed file nor connect to the control
+   socket.
 2. A message goes out through it, DKIM-signed by the main process.
 3. kill -9 of the delivery process while 300 messages are on their way:
    every message is delivered in the end (none lost, none deferred), the
