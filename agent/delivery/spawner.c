@@ -324,11 +324,15 @@ spw_caps(char *how, size_t howlen)
 	data[1].effective &= (uint32_t)(mask >> 32);
 	data[1].permitted &= (uint32_t)(mask >> 32);
 	data[0].inheritable = data[1].inheritable = 0;
-	if (syscall(SYS_capset, &hdr, data) == -1)
+	if (syscall(SYS_capset, &hdr, data) == -1) {
 		snprintf(how, howlen, "caps=unchanged(%s)", strerror(errno));
-	else
-		snprintf(how, howlen, "caps=setuid,setgid,sys_chroot,kill,dac bounding=%s",
-		    bset ? "same" : "unchanged");
+		return;
+	}
+	/* and an exec'd delivery process gets no more than this, bounding set
+	 * narrowed or not */
+	snprintf(how, howlen, "caps=setuid,setgid,sys_chroot,kill,dac bounding=%s "
+	    "no_new_privs=%s", bset ? "same" : "unchanged",
+	    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 ? "yes" : "no");
 }
 
 int

@@ -240,6 +240,8 @@ def check_spawner(d, main_user, child):
     # setuid, setgid, sys_chroot, kill, dac_override, dac_read_search
     t.is_(sst.get("CapEff"), "00000000000400e6", tag + "the spawner keeps only the "
           "capabilities it needs")
+    t.is_(sst.get("NoNewPrivs"), "1", tag + "the spawner has no_new_privs (its exec'd "
+          "children get no capability it lacks)")
     t.is_(proc_status(child).get("PPid"), str(sp), tag + "the delivery process is the "
           "spawner's child")
     t.ok(not [f for f in os.listdir("/proc/%d/fd" % sp) if int(f) > 3],
