@@ -28,12 +28,16 @@ the OTP secret, the database files and the control socket.
    exits 1, no delivery process is left; kill -9 of main: the spawner and
    its delivery processes end.  (The request parser: tests/unit/test_spawner.)
 """
+import ctypes
+import errno
 import glob
 import json
 import os
 import pwd
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,7 +45,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Daemon, Tap, wait_for  # noqa: E402
+from harness import SCALE, Daemon, Tap, wait_for  # noqa: E402
 from peers import SmtpSink  # noqa: E402
 
 SINK, PORT = "127.0.6.40", 2525
@@ -208,6 +212,8 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
                  os.listdir("/proc/%d/root" % nxt) == [],
                  tag + "the replacement runs as nobody in an empty root, NoNewPrivs, "
                  "seccomp", st)
+            attack_spawner(d, tag)
+            t.ok(d.call({"op": "ping"}).get("ok"), tag + "the daemon still answers")
             lose_spawner(d, tag)
 
 
@@ -247,6 +253,97 @@ def check_spawner(d, main_user, child):
     t.ok(not [f for f in os.listdir("/proc/%d/fd" % sp) if int(f) > 3],
          tag + "the spawner holds no descriptor beyond stdio and its socket",
          os.listdir("/proc/%d/fd" % sp))
+
+
+def steal_spawner_socket(d):
+    """A copy of the main process's end of its socket to the spawner (the
+    only SOCK_SEQPACKET it holds), by pidfd_getfd: what a compromised main
+    process would hold."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(d.pid())
+    try:
+        for fd in sorted(int(f) for f in os.listdir("/proc/%d/fd" % d.pid())):
+            try:
+                if not os.readlink("/proc/%d/fd/%d" % (d.pid(), fd)).startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            got = libc.syscall(438, pidfd, fd, 0)     # pidfd_getfd
+            if got < 0:
+                continue
+            s = socket.socket(fileno=got)
+            if s.type == socket.SOCK_SEQPACKET:
+                return s
+            s.detach()
+            os.close(got)
+    finally:
+        os.close(pidfd)
+    return None
+
+
+SPW_MAGIC, SPW_SPAWN, SPW_KILL, SPW_WAIT = 0x4f545350, 2, 3, 4
+
+
+def spw_request(s, raw):
+    """Sends raw bytes; the reply (magic, op, rc, pid, status, nfds) and the
+    descriptors that came with it."""
+    s.send(raw)
+    msg, fds, _, _ = socket.recv_fds(s, 64, 16)
+    return struct.unpack("<IIiiii", msg) if len(msg) == 24 else None, fds
+
+
+def attack_spawner(d, tag):
+    """A compromised main process talks to the spawner: what is not one of
+    its fixed requests is refused (and logged), it kills only what it
+    started, starts only delivery processes and no more than 4."""
+    s = steal_spawner_socket(d)
+    t.ok(s is not None, tag + "the spawner's socket, seen from the main process")
+    if s is None:
+        return
+    s.settimeout(10 * SCALE)
+    req = lambda op, n, pid: struct.pack("<IIii", SPW_MAGIC, op, n, pid)  # noqa: E731
+    bad = {"a request one byte longer": req(SPW_SPAWN, 1, 0) + b"x",
+           "a short request": req(SPW_SPAWN, 1, 0)[:10],
+           "a bad magic": struct.pack("<IIii", 0x41414141, SPW_SPAWN, 1, 0),
+           "an unknown op": req(77, 0, 0),
+           "more workers than configured": req(SPW_SPAWN, 5, 0),
+           "a kill of pid 1": req(SPW_KILL, 0, 1),
+           "a kill of -1 (every process)": req(SPW_KILL, 0, -1)}
+    for what, raw in bad.items():
+        rep, fds = spw_request(s, raw)
+        t.ok(rep and rep[2] == errno.EINVAL and not fds, tag + "spawner refuses " + what,
+             rep)
+    victim = subprocess.Popen(["sleep", "60"])
+    rep, _ = spw_request(s, req(SPW_KILL, 0, victim.pid))
+    t.ok(rep and rep[2] == errno.ESRCH and victim.poll() is None,
+         tag + "spawner refuses to kill a process it did not start", rep)
+    victim.kill()
+    victim.wait()
+    t.ok(wait_for(lambda: "event=spawner_refused why=" in d.log_text(), 5),
+         tag + "and logs the refusals", d.log_text()[-800:])
+    # valid starts: delivery processes (current and spare are two), no more than 4
+    started, held, last = [], [], None
+    for i in range(3):
+        last, fds = spw_request(s, req(SPW_SPAWN, 1, 0))
+        held += fds
+        if last and last[2] == 0:
+            started.append(last[3])
+    t.ok(len(started) == 2 and last and last[2] == errno.EMFILE,
+         tag + "a fifth delivery process alive at once is refused", (started, last))
+    kids = [(proc_status(p).get("PPid"), open("/proc/%d/comm" % p).read().strip())
+            for p in started]
+    t.ok(kids and all(k == (str(spawner_pid(d)), "otpmaild") for k in kids),
+         tag + "what it started is the spawner's child, otpmaild's binary", kids)
+    for fd in held:
+        os.close(fd)
+
+    def ended(p):
+        rep = spw_request(s, req(SPW_WAIT, 0, p))[0]
+        return rep is None or rep[2] != errno.EAGAIN
+    for p in started:
+        spw_request(s, req(SPW_KILL, 0, p))
+        wait_for(lambda: ended(p), 5)
+    s.close()
 
 
 def lose_spawner(d, tag):
