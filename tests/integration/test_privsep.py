@@ -24,9 +24,14 @@ the OTP secret, the database files and the control socket.
    by the spawner (agent/delivery/spawner.c): main runs as daemon, the
    spawner as root with six capabilities and no other descriptor, the
    delivery process (its child) and its replacement after kill -9 as
-   nobody in an empty root.  kill -9 of the spawner: main logs it and
-   exits 1, no delivery process is left; kill -9 of main: the spawner and
-   its delivery processes end.  (The request parser: tests/unit/test_spawner.)
+   nobody in an empty root.  A compromised main process (the spawner's
+   socket copied out of it with pidfd_getfd): malformed requests, too many
+   workers, kill of pid 1, -1 or a process the spawner did not start are
+   refused and logged; valid starts stop at 4 live delivery processes,
+   each the spawner's child running otpmaild.  kill -9 of the spawner:
+   main logs it and exits 1, no delivery process is left; kill -9 of main:
+   the spawner and its delivery processes end.  (The request parser:
+   tests/unit/test_spawner.)
 """
 import ctypes
 import errno
