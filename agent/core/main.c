@@ -22,7 +22,6 @@
 
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
-#include "agent/delivery/spawner.h"
 #include "agent/core/cluster.h"
 #include "agent/events/events.h"
 #include "agent/core/log.h"

@@ -27,7 +27,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-#include "agent/core/log.h"
+#include "agent/core/otpmaild.h"
 #include "agent/delivery/privsep.h"
 #include "agent/delivery/spawner.h"
 

@@ -17,7 +17,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "agent/core/config.h"
+#include "agent/core/otpmaild.h"
 
 #define SPAWNER_ARG		"--delivery-spawner"
 #define SPAWNER_FD		3	/* the spawner's socket */
