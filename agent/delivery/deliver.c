@@ -34,7 +34,6 @@
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/dlproto.h"
 #include "agent/delivery/privsep.h"
-#include "agent/delivery/spawner.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/sandbox.h"

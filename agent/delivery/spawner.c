@@ -31,6 +31,14 @@
 #include "agent/delivery/privsep.h"
 #include "agent/delivery/spawner.h"
 
+static void	 spw_reap(void);
+static int	 spw_rate_ok(void);
+static void	 spw_refused(const char *why, long pid);
+static int	 spw_reply(int s, struct spawner_rep *, const int *fds, int nfds);
+static void	 spw_caps(char *how, size_t howlen);
+static int	 spw_recv(void *msg, size_t len, int *fds, int maxfds, int *nfds);
+static int	 spw_call(uint32_t op, int n, pid_t pid, struct spawner_rep *, int *fds);
+
 /* ---- the request parser (both sides; unit-tested) ---- */
 
 int
@@ -673,31 +681,4 @@ spawner_stop(void)
 		(void)waitpid(spw_pid, &st, 0);
 		spw_pid = -1;
 	}
-}
-
-/* ---- what deliver.c calls: through the spawner when there is one ---- */
-
-pid_t
-privsep_start(const char *exe, const char *config_path, const struct config *cfg, int n,
-    int *fds, char *err, size_t errlen)
-{
-	if (spawner_active())
-		return spawner_spawn(n, fds, err, errlen);
-	return privsep_spawn(exe, config_path, cfg, n, fds, err, errlen);
-}
-
-int
-privsep_kill(pid_t pid)
-{
-	if (spawner_active())
-		return spawner_kill(pid);
-	return kill(pid, SIGKILL);
-}
-
-pid_t
-privsep_wait(pid_t pid, int *status, int nohang)
-{
-	if (spawner_active())
-		return spawner_wait(pid, status, nohang);
-	return waitpid(pid, status, nohang ? WNOHANG : 0);
 }

@@ -77,15 +77,6 @@ pid_t	 spawner_wait(pid_t, int *status, int nohang);
 int	 spawner_lost(void);
 /* Closes the socket (the spawner kills what is left and exits), reaps it. */
 void	 spawner_stop(void);
-/*
- * What deliver.c calls for its delivery processes: through the spawner
- * when it runs, else directly (privsep_spawn, kill, waitpid).
- */
-pid_t	 privsep_start(const char *exe, const char *config_path, const struct config *,
-	    int n, int *fds, char *err, size_t errlen);
-/* SIGKILL. */
-int	 privsep_kill(pid_t);
-pid_t	 privsep_wait(pid_t, int *status, int nohang);
 /* main() of the spawner process (otpmaild SPAWNER_ARG logflags config). */
 int	 spawner_main(int argc, char **argv);
 
