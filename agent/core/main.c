@@ -233,7 +233,7 @@ main(int argc, char **argv)
 	struct timespec tick = { 1, 0 };
 	const char *path = getenv("OTPMAIL_CONFIG");
 	char err[1024], *spool;
-	int ch, foreground = 0, check = 0, lockfd, sig, rc = 1;
+	int ch, foreground = 0, check = 0, lockfd, sig, rc = 1, lost_spawner = 0;
 	time_t last_sweep, last_ckpt, last_drop, last_rpt, last_sts;
 	sigset_t set;
 	struct passwd *pw;
@@ -241,6 +241,9 @@ main(int argc, char **argv)
 	/* the delivery process: the same binary, a fresh address space */
 	if (argc > 1 && strcmp(argv[1], PRIVSEP_ARG) == 0)
 		return privsep_child_main(argc, argv);
+	/* what starts it as another user once main has dropped root */
+	if (argc > 1 && strcmp(argv[1], SPAWNER_ARG) == 0)
+		return spawner_main(argc, argv);
 	while ((ch = getopt_long(argc, argv, "c:fnVh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':	path = optarg; break;
@@ -318,6 +321,10 @@ main(int argc, char **argv)
 	umask(027);
 
 	if ((lockfd = privs_state_lock(d.cfg, err, sizeof(err))) == -1)
+		goto fail;
+	/* root with `user =`: a process that stays root to start delivery
+	 * processes as delivery_user; before any thread and any secret */
+	if (spawner_start(d.config_path, d.cfg, err, sizeof(err)) == -1)
 		goto fail;
 	if (otp_store_params_from_config(d.cfg, d.state_dir, &sp) == -1) {
 		snprintf(err, sizeof(err), "bad one-time-code settings");
@@ -401,6 +408,11 @@ main(int argc, char **argv)
 	maildrop_scan(&d);	/* what otpmail-sendmail kept while we were down */
 	while (!d.stopping) {
 		sig = sigtimedwait(&set, NULL, &tick);
+		if (spawner_lost()) {
+			d.stopping = 1;
+			lost_spawner = 1;
+			break;
+		}
 		if (sig == SIGTERM || sig == SIGINT) {
 			log_msg(LOG_INFO, "event=stopping signal=%s", sig == SIGTERM ? "TERM" : "INT");
 			d.stopping = 1;
@@ -444,7 +456,7 @@ main(int argc, char **argv)
 	ctl = NULL;
 	delivery_stop(d.delivery);
 	d.delivery = NULL;
-	rc = 0;
+	rc = lost_spawner ? 1 : 0;
 	log_msg(LOG_INFO, "event=stopped");
 	goto out;
 fail:
@@ -456,6 +468,7 @@ out:
 	control_stop(ctl);
 	if (d.delivery)
 		delivery_stop(d.delivery);
+	spawner_stop();
 	if (d.queue)
 		queue_close(d.queue);
 	events_close();

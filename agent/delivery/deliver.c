@@ -443,14 +443,14 @@ delivery_stop(struct delivery *dl)
 		dl->abort = 1;
 		pthread_mutex_lock(&dl->pmu);
 		if (dl->child > 0)
-			kill(dl->child, SIGKILL);
+			privsep_kill(dl->child);
 		pthread_mutex_unlock(&dl->pmu);
 		pthread_join(dl->th[i], NULL);
 	}
 	delivery_reap(dl, 1);
 	if (dl->spare > 0) {
-		kill(dl->spare, SIGKILL);
-		waitpid(dl->spare, &st, 0);
+		privsep_kill(dl->spare);
+		(void)privsep_wait(dl->spare, &st, 0);
 	}
 	if (dl->child > 0) {
 		/* its sockets close with the slots: it ends on EOF */
@@ -464,11 +464,11 @@ delivery_stop(struct delivery *dl)
 				close(dl->fds[i]);
 				dl->fds[i] = -1;
 			}
-		for (i = 0; i < 50 && waitpid(dl->child, &st, WNOHANG) == 0; i++)
+		for (i = 0; i < 50 && privsep_wait(dl->child, &st, 1) == 0; i++)
 			usleep(20 * 1000);
 		if (i == 50) {
-			kill(dl->child, SIGKILL);
-			waitpid(dl->child, &st, 0);
+			privsep_kill(dl->child);
+			(void)privsep_wait(dl->child, &st, 0);
 		}
 	}
 	delivery_free(dl);
@@ -741,12 +741,12 @@ delivery_spawn_locked(struct delivery *dl, char *err, size_t errlen)
 			dl->spare_fds[k] = -1;
 		}
 		dl->spare = -1;
-	} else if ((pid = privsep_spawn(dl->exe, dl->d->config_path, dl->cfg,
+	} else if ((pid = privsep_start(dl->exe, dl->d->config_path, dl->cfg,
 	    dl->nth, dl->fds, err, errlen)) == -1)
 		return -1;
 	dl->child = pid;
 	dl->gen++;
-	if ((dl->spare = privsep_spawn(dl->exe, dl->d->config_path, dl->cfg, dl->nth,
+	if ((dl->spare = privsep_start(dl->exe, dl->d->config_path, dl->cfg, dl->nth,
 	    dl->spare_fds, serr, sizeof(serr))) == -1)
 		log_msg(LOG_WARNING, "event=delivery_process_failed spare=yes detail=\"%s\"",
 		    serr);
@@ -793,8 +793,8 @@ delivery_lost(struct slot *sl, const char *why)
 	pthread_mutex_lock(&dl->pmu);
 	if (sl->gen == dl->gen && dl->child > 0) {
 		lost = dl->child;
-		kill(lost, SIGKILL);
-		(void)waitpid(lost, &st, 0);
+		privsep_kill(lost);
+		(void)privsep_wait(lost, &st, 0);
 		if (WIFSIGNALED(st))
 			snprintf(how, sizeof(how), "signal=%d", WTERMSIG(st));
 		else

@@ -12,7 +12,8 @@
  * use: bounce classification of a reply (bounce.h), DNS lookups (mx.h: MX, TXT, PTR, TLSA, for the domain check), the
  * MTA-STS policy cache and TLS-RPT counts (mtasts.h, tlsrpt.h) and the
  * sandbox Maildir (sandbox.h), and the entry of the delivery process that
- * main() hands over to (privsep.h); smtp.h, tlsstream.h and dlproto.h are
+ * main() hands over to (privsep.h) and the root spawner main() starts
+ * before it drops privileges (spawner.h); smtp.h, tlsstream.h and dlproto.h are
  * internal.
  */
 #ifndef OTPMAIL_DELIVERY_H
@@ -25,6 +26,7 @@
 #include "agent/delivery/mx.h"
 #include "agent/delivery/privsep.h"
 #include "agent/delivery/sandbox.h"
+#include "agent/delivery/spawner.h"
 #include "agent/delivery/tlsrpt.h"
 
 struct delivery	*delivery_start(struct otpmaild *, char *err, size_t errlen);

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +30,7 @@
 #include "agent/delivery/bounce.h"
 #include "agent/delivery/delivery.h"
 #include "agent/delivery/privsep.h"
+#include "agent/delivery/spawner.h"
 
 #define PRIVSEP_DEFAULT_USER	"otpmail-smtp"
 #define PRIVSEP_FALLBACK_USER	"nobody"
@@ -337,4 +339,30 @@ privsep_probe(const char *paths)
 		    ce ? "denied" : "CONNECTED", ce);
 	}
 	free(copy);
+}
+
+/* What deliver.c calls: through the spawner when it runs. */
+pid_t
+privsep_start(const char *exe, const char *config_path, const struct config *cfg, int n,
+    int *fds, char *err, size_t errlen)
+{
+	if (spawner_active())
+		return spawner_spawn(n, fds, err, errlen);
+	return privsep_spawn(exe, config_path, cfg, n, fds, err, errlen);
+}
+
+int
+privsep_kill(pid_t pid)
+{
+	if (spawner_active())
+		return spawner_kill(pid);
+	return kill(pid, SIGKILL);
+}
+
+pid_t
+privsep_wait(pid_t pid, int *status, int nohang)
+{
+	if (spawner_active())
+		return spawner_wait(pid, status, nohang);
+	return waitpid(pid, status, nohang ? WNOHANG : 0);
 }

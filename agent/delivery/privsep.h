@@ -26,6 +26,15 @@
  */
 pid_t	 privsep_spawn(const char *exe, const char *config_path,
 	    const struct config *, int n, int *fds, char *err, size_t errlen);
+/*
+ * What deliver.c calls for its delivery processes: through the spawner
+ * when it runs, else directly (privsep_spawn, kill, waitpid).
+ */
+pid_t	 privsep_start(const char *exe, const char *config_path, const struct config *,
+	    int n, int *fds, char *err, size_t errlen);
+/* SIGKILL. */
+int	 privsep_kill(pid_t);
+pid_t	 privsep_wait(pid_t, int *status, int nohang);
 /* main() of the delivery process (argv as privsep_spawn makes it). */
 int	 privsep_child_main(int argc, char **argv);
 /*

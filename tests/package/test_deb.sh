@@ -3,7 +3,7 @@
 # (apt install ./otpmail_*.deb), checks the system user, the state
 # directory and maildrop, the conffile, the enabled-not-started unit, starts
 # otpmaild as the unit would (systemctl when systemd runs, else its
-# ExecStart as the otpmail user), pings it with otpmailctl, submits a
+# ExecStart as root; it drops to otpmail), pings it with otpmailctl, submits a
 # message with otpmail-sendmail, then removes and purges the package and
 # checks that nothing is left.  TAP output.  Needs root.
 set -u
@@ -17,6 +17,11 @@ DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q 
     >/tmp/otpmail-deb-install.log 2>&1
 ok $? "apt install ./$(basename "$deb")"
 check "otpmail system user" getent passwd otpmail
+check "otpmail-smtp system user (the delivery process)" getent passwd otpmail-smtp
+check "the shipped configuration drops to otpmail" grep -qx 'user = otpmail' \
+    /etc/otpmail/otpmail.conf
+check "the unit starts otpmaild as root (it drops itself)" sh -c \
+    '! grep -q "^User=" /lib/systemd/system/otpmail.service'
 check "state directory 0750 otpmail" sh -c '[ "$(stat -c %a:%U /var/lib/otpmail)" = 750:otpmail ]'
 check "maildrop 3730" sh -c '[ "$(stat -c %a /var/lib/otpmail/maildrop)" = 3730 ]'
 check "conffile /etc/otpmail/otpmail.conf" sh -c \
@@ -34,17 +39,20 @@ if [ -d /run/systemd/system ]; then
 	systemctl start otpmail
 	ok $? "systemctl start otpmail"
 else
-	# no systemd (a container): what the unit runs, as its user
-	setpriv --reuid=otpmail --regid=otpmail --init-groups \
-	    /usr/sbin/otpmaild -f -c /etc/otpmail/otpmail.conf >/tmp/otpmail-deb-daemon.log 2>&1 &
+	# no systemd (a container): what the unit runs, as root
+	/usr/sbin/otpmaild -f -c /etc/otpmail/otpmail.conf >/tmp/otpmail-deb-daemon.log 2>&1 &
 	pid=$!
-	ok 0 "otpmaild started as otpmail (no systemd here)"
+	ok 0 "otpmaild started as root (no systemd here)"
 fi
 i=0
 while [ $i -lt 100 ] && ! otpmailctl -s /var/lib/otpmail/control.sock ping >/dev/null 2>&1; do
 	sleep 0.1; i=$((i + 1))
 done
 check "otpmailctl ping" otpmailctl -s /var/lib/otpmail/control.sock ping
+check "otpmaild runs as otpmail once started" sh -c \
+    '[ "$(ps -o user= -p "$(cat /var/lib/otpmail/otpmaild.pid)")" = otpmail ]'
+check "the state directory is otpmail's" sh -c \
+    '[ "$(stat -c %U /var/lib/otpmail/control.sock)" = otpmail ]'
 printf 'Subject: package test\n\nhello\n' | OTPMAIL_SOCKET= otpmail-sendmail -i -f app@example.com root@example.org
 ok $? "otpmail-sendmail submits through the packaged daemon"
 check "otpmailctl --version" otpmailctl --version
