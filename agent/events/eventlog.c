@@ -1,7 +1,7 @@
 /*
  * eventlog.c - the durable event log: segments <first id>.log under
  * <state_dir>/events/, one JSON event per line, appended and made durable
- * (fdatasync, once per batch) before anyone is shown them.  Reading needs no lock: a reader stops at a
+ * (fdatasync, once per group of concurrent batches) before anyone is shown them.  Reading needs no lock: a reader stops at a
  * line without its newline (being written), and a segment removed under it
  * is skipped.  Why files and not the Berkeley DB store: events belong to
  * this site's queue (ids, like queue ids, are per site), while the store
@@ -263,10 +263,12 @@ eventlog_append(struct eventlog *l, uint64_t id, const char *line, size_t len)
 	return 0;
 }
 
+/* A descriptor of the newest segment to sync without the caller's lock
+ * (a new segment may close l->fd meanwhile; it syncs the old one first). */
 int
-eventlog_sync(struct eventlog *l)
+eventlog_sync_fd(struct eventlog *l)
 {
-	return fdatasync(l->fd);
+	return fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
 }
 
 /* The lines of one segment after `after`; 1 if fn stopped the scan. */

@@ -1,14 +1,22 @@
 /*
  * events.c - the event emitters (see events.h): each event gets the next
- * id under one lock, is appended durably to the log (eventlog.c), handed
- * to the subscribers' tap (control.c copies it, bounded) and announced to
- * the app's webhook thread (webhook.c), all before the lock is let go, so
- * every consumer sees ids in order.
+ * id under one lock (the emit lock) and is appended to the log
+ * (eventlog.c); then it is made durable by a group commit (one fdatasync
+ * for the events of every emitter that came meanwhile, done by whichever
+ * of them finds no sync running: leader and followers) and published
+ * under a second lock (the publish lock): handed to the subscribers' tap
+ * (control.c copies it, bounded) and announced to the app's webhook
+ * thread (webhook.c), in id order, by the leader.  An emitter returns once
+ * its events are durable and published; readers of the log see only ids
+ * up to the last one synced.
  */
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/delivery.h"
@@ -17,14 +25,30 @@
 
 #define EV_HISTORY_MAX	1000	/* events message.status shows */
 
+/* An event appended to the log, to be published once synced. */
+struct ev_pending {
+	char		*line;
+	size_t		 len;
+	uint64_t	 id;
+	enum event_type	 type;
+	char		 app[CONFIG_APP_NAME_MAX + 16];
+};
+
 static struct {
 	pthread_mutex_t	 mu;		/* the emit lock */
 	struct eventlog	*log;
 	struct otpmaild	*d;
 	struct q_class_params klass[Q_CLASS_COUNT];
-	events_tap_fn	 tap;
 	int		 open;
-} ev = { .mu = PTHREAD_MUTEX_INITIALIZER };
+	struct ev_pending *q;		/* appended, not yet synced (under mu) */
+	size_t		 nq, capq;
+	pthread_mutex_t	 pub;		/* the publish lock */
+	pthread_cond_t	 pubcv;
+	events_tap_fn	 tap;		/* under pub */
+	int		 syncing;	/* a leader is syncing (under pub) */
+	_Atomic uint64_t synced;	/* newest id on disk and published */
+} ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .pub = PTHREAD_MUTEX_INITIALIZER,
+	.pubcv = PTHREAD_COND_INITIALIZER };
 
 /* Where this worker's current message went, per recipient (deliver.c). */
 struct ev_hop {
@@ -68,6 +92,7 @@ events_open(struct otpmaild *d, const struct q_class_params *klass, char *err, s
 		return -1;
 	memcpy(ev.klass, klass, sizeof(ev.klass));
 	ev.d = d;
+	atomic_store(&ev.synced, eventlog_last(ev.log));
 	if (webhook_open(d, ev.log, err, errlen) == -1) {
 		eventlog_close(ev.log);
 		ev.log = NULL;
@@ -93,6 +118,11 @@ events_close(void)
 	ev.open = 0;
 	eventlog_close(ev.log);
 	ev.log = NULL;
+	while (ev.nq > 0)
+		free(ev.q[--ev.nq].line);
+	free(ev.q);
+	ev.q = NULL;
+	ev.capq = 0;
 	pthread_mutex_unlock(&ev.mu);
 }
 
@@ -113,79 +143,109 @@ events_expire(void)
 void
 events_set_tap(events_tap_fn fn)
 {
-	pthread_mutex_lock(&ev.mu);
+	pthread_mutex_lock(&ev.pub);
 	ev.tap = fn;
-	pthread_mutex_unlock(&ev.mu);
+	pthread_mutex_unlock(&ev.pub);
 }
 
+/* The publish lock: no event is published while it is held. */
 void
 events_lock(void)
 {
-	pthread_mutex_lock(&ev.mu);
+	pthread_mutex_lock(&ev.pub);
 }
 
 void
 events_unlock(void)
 {
-	pthread_mutex_unlock(&ev.mu);
+	pthread_mutex_unlock(&ev.pub);
 }
 
+/* The newest event anyone may see (on disk). */
 uint64_t
 events_last_id(void)
 {
-	uint64_t id;
-
-	pthread_mutex_lock(&ev.mu);
-	id = ev.open ? eventlog_last(ev.log) : 0;
-	pthread_mutex_unlock(&ev.mu);
-	return id;
+	return ev.log != NULL ? atomic_load(&ev.synced) : 0;
 }
 
 /*
  * A batch (one message's recipients): the events are written under one
- * hold of the lock and made durable by one fdatasync, then handed on.
- * Nothing is shown to a subscriber or a webhook before it is on disk, so
- * a crash never reuses an id someone saw.
+ * hold of the emit lock, then made durable with the other emitters' by
+ * ev_publish.  Nothing is shown to a subscriber or a webhook before it is
+ * on disk, so a crash never reuses an id someone saw.
  */
-struct ev_pending {
-	char		*line;
-	size_t		 len;
-	uint64_t	 id;
-	enum event_type	 type;
-	char		 app[CONFIG_APP_NAME_MAX + 16];
-};
-static _Thread_local struct ev_pending *ev_pend;
-static _Thread_local size_t ev_npend, ev_cappend;
 static _Thread_local int ev_batching;
+static _Thread_local uint64_t ev_batch_last;	/* newest id this batch wrote */
 
 static void
 ev_batch_begin(void)
 {
 	pthread_mutex_lock(&ev.mu);
 	ev_batching = 1;
+	ev_batch_last = 0;
+}
+
+/*
+ * Group commit: returns once every event up to `upto` is on disk and
+ * published.  The first emitter to find no sync running leads: it takes
+ * what is appended so far, syncs it (no lock held), publishes it in id
+ * order and wakes the others; who finds its events covered returns.
+ */
+static void
+ev_publish(uint64_t upto)
+{
+	struct ev_pending *q;
+	uint64_t target;
+	size_t n, i;
+	int fd, r;
+
+	pthread_mutex_lock(&ev.pub);
+	while (atomic_load(&ev.synced) < upto) {
+		if (ev.syncing) {
+			pthread_cond_wait(&ev.pubcv, &ev.pub);
+			continue;
+		}
+		ev.syncing = 1;
+		pthread_mutex_unlock(&ev.pub);
+		pthread_mutex_lock(&ev.mu);
+		target = ev.open ? eventlog_last(ev.log) : upto;
+		q = ev.q;
+		n = ev.nq;
+		ev.q = NULL;
+		ev.nq = ev.capq = 0;
+		fd = ev.open ? eventlog_sync_fd(ev.log) : -1;
+		pthread_mutex_unlock(&ev.mu);
+		r = fd != -1 ? fdatasync(fd) : -1;
+		if (fd != -1)
+			close(fd);
+		if (r == -1 && n > 0)
+			log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event "
+			    "log failed\"");
+		pthread_mutex_lock(&ev.pub);
+		for (i = 0; i < n; i++) {
+			if (ev.tap != NULL)
+				ev.tap(q[i].id, q[i].app, q[i].type, q[i].line, q[i].len);
+			webhook_notify(q[i].app);
+			free(q[i].line);
+		}
+		free(q);
+		if (target > atomic_load(&ev.synced))
+			atomic_store(&ev.synced, target);
+		ev.syncing = 0;
+		pthread_cond_broadcast(&ev.pubcv);
+	}
+	pthread_mutex_unlock(&ev.pub);
 }
 
 static void
 ev_batch_end(void)
 {
-	size_t i;
+	uint64_t upto = ev_batch_last;
 
-	if (ev_npend > 0 && eventlog_sync(ev.log) == -1)
-		log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event log "
-		    "failed\"");
-	for (i = 0; i < ev_npend; i++) {
-		if (ev.tap != NULL)
-			ev.tap(ev_pend[i].id, ev_pend[i].app, ev_pend[i].type, ev_pend[i].line,
-			    ev_pend[i].len);
-		webhook_notify(ev_pend[i].app);
-		free(ev_pend[i].line);
-	}
-	/* thread-local: nothing may outlive the batch (threads end unannounced) */
-	free(ev_pend);
-	ev_pend = NULL;
-	ev_npend = ev_cappend = 0;
 	ev_batching = 0;
 	pthread_mutex_unlock(&ev.mu);
+	if (upto > 0)
+		ev_publish(upto);
 }
 
 uint64_t
@@ -203,12 +263,12 @@ events_emit(const char *app, enum event_type type, const char *msg, const char *
 		ev_batch_begin();
 	if (!ev.open)
 		goto out;
-	if (ev_npend == ev_cappend) {
-		size_t cap = ev_cappend ? ev_cappend * 2 : 16;
-		if ((p = realloc(ev_pend, cap * sizeof(*p))) == NULL)
+	if (ev.nq == ev.capq) {
+		size_t cap = ev.capq ? ev.capq * 2 : 16;
+		if ((p = realloc(ev.q, cap * sizeof(*p))) == NULL)
 			goto fail;
-		ev_pend = p;
-		ev_cappend = cap;
+		ev.q = p;
+		ev.capq = cap;
 	}
 	id = eventlog_last(ev.log) + 1;
 	/* "id" first: the log finds it at the start of the line */
@@ -223,7 +283,8 @@ events_emit(const char *app, enum event_type type, const char *msg, const char *
 	if (s == NULL || (len = strlen(s)) > EVENT_LINE_MAX ||
 	    eventlog_append(ev.log, id, s, len) == -1)
 		goto fail;
-	p = &ev_pend[ev_npend++];
+	p = &ev.q[ev.nq++];
+	ev_batch_last = id;
 	p->line = s;
 	p->len = len;
 	p->id = id;
@@ -463,6 +524,7 @@ ev_line_type(const char *line, size_t len)
 }
 
 struct ev_replay {
+	uint64_t	 upto;		/* the newest id on disk when it began */
 	const char	*app;
 	unsigned	 mask;
 	events_line_fn	 fn;
@@ -475,6 +537,8 @@ ev_replay_one(void *arg, uint64_t id, const char *line, size_t len)
 	struct ev_replay *r = arg;
 	int t;
 
+	if (id > r->upto)
+		return 1;	/* written, not yet synced: no one may see it */
 	if (r->app != NULL && !ev_line_has(line, len, "app", r->app))
 		return 0;
 	if ((t = ev_line_type(line, len)) < 0 || !(r->mask & (1u << t)))
@@ -485,14 +549,16 @@ ev_replay_one(void *arg, uint64_t id, const char *line, size_t len)
 int
 events_replay(uint64_t after, const char *app, unsigned mask, events_line_fn fn, void *arg)
 {
-	struct ev_replay r = { app, mask, fn, arg };
+	struct ev_replay r = { 0, app, mask, fn, arg };
 
 	if (ev.log == NULL)
 		return -1;
+	r.upto = atomic_load(&ev.synced);
 	return eventlog_scan(ev.log, after, 0, ev_replay_one, &r);
 }
 
 struct ev_hist {
+	uint64_t	 upto;
 	const char	*msg;
 	const char	*app;
 	json_t		*arr;
@@ -504,7 +570,8 @@ ev_hist_one(void *arg, uint64_t id, const char *line, size_t len)
 	struct ev_hist *h = arg;
 	json_t *o;
 
-	(void)id;
+	if (id > h->upto)
+		return 1;	/* not yet synced */
 	if (!ev_line_has(line, len, "message", h->msg) ||
 	    (h->app != NULL && !ev_line_has(line, len, "app", h->app)))
 		return 0;
@@ -516,7 +583,7 @@ ev_hist_one(void *arg, uint64_t id, const char *line, size_t len)
 json_t *
 events_history(const char *msg, const char *app, time_t created)
 {
-	struct ev_hist h = { msg, app, NULL };
+	struct ev_hist h = { atomic_load(&ev.synced), msg, app, NULL };
 
 	if (ev.log == NULL || strlen(msg) > 64 || strpbrk(msg, "\"\\") != NULL)
 		return NULL;
