@@ -12,11 +12,13 @@
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/uio.h>
 
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/delivery.h"
@@ -27,7 +29,8 @@
 
 /* An event appended to the log, to be published once synced. */
 struct ev_pending {
-	char		*line;
+	char		*buf;		/* the allocation; the line starts within */
+	char		*line;		/* {"id":N,... (no newline) */
 	size_t		 len;
 	uint64_t	 id;
 	enum event_type	 type;
@@ -119,7 +122,7 @@ events_close(void)
 	eventlog_close(ev.log);
 	ev.log = NULL;
 	while (ev.nq > 0)
-		free(ev.q[--ev.nq].line);
+		free(ev.q[--ev.nq].buf);
 	free(ev.q);
 	ev.q = NULL;
 	ev.capq = 0;
@@ -169,20 +172,23 @@ events_last_id(void)
 }
 
 /*
- * A batch (one message's recipients): the events are written under one
- * hold of the emit lock, then made durable with the other emitters' by
- * ev_publish.  Nothing is shown to a subscriber or a webhook before it is
- * on disk, so a crash never reuses an id someone saw.
+ * A batch (one message's recipients): each event is formatted by its
+ * emitter without any lock, into a line that leaves room in front for its
+ * id; at the end of the batch the ids are given and the lines written (one
+ * writev) under the emit lock, then made durable with the other emitters'
+ * by ev_publish.  Nothing is shown to a subscriber or a webhook before it
+ * is on disk, so a crash never reuses an id someone saw.
  */
+#define EV_ID_ROOM	32	/* {"id":<20 digits>, */
+
 static _Thread_local int ev_batching;
-static _Thread_local uint64_t ev_batch_last;	/* newest id this batch wrote */
+static _Thread_local struct ev_pending *ev_tl;	/* this thread's batch */
+static _Thread_local size_t ev_ntl, ev_captl;
 
 static void
 ev_batch_begin(void)
 {
-	pthread_mutex_lock(&ev.mu);
 	ev_batching = 1;
-	ev_batch_last = 0;
 }
 
 /*
@@ -226,7 +232,7 @@ ev_publish(uint64_t upto)
 			if (ev.tap != NULL)
 				ev.tap(q[i].id, q[i].app, q[i].type, q[i].line, q[i].len);
 			webhook_notify(q[i].app);
-			free(q[i].line);
+			free(q[i].buf);
 		}
 		free(q);
 		if (target > atomic_load(&ev.synced))
@@ -237,72 +243,140 @@ ev_publish(uint64_t upto)
 	pthread_mutex_unlock(&ev.pub);
 }
 
-static void
+/* Gives the batch its ids and writes it; the newest id, 0 if none. */
+static uint64_t
 ev_batch_end(void)
 {
-	uint64_t upto = ev_batch_last;
+	struct iovec *iov = NULL;
+	struct ev_pending *p;
+	uint64_t id, upto = 0;
+	size_t i, n = 0;
+	char pre[EV_ID_ROOM];
+	int k;
 
 	ev_batching = 0;
+	if (ev_ntl == 0)
+		goto out;
+	if ((iov = calloc(ev_ntl, sizeof(*iov))) == NULL)
+		goto fail;
+	pthread_mutex_lock(&ev.mu);
+	if (!ev.open) {
+		pthread_mutex_unlock(&ev.mu);
+		goto out;
+	}
+	if (ev.nq + ev_ntl > ev.capq) {
+		size_t cap = ev.capq ? ev.capq : 16;
+
+		while (cap < ev.nq + ev_ntl)
+			cap *= 2;
+		if ((p = realloc(ev.q, cap * sizeof(*p))) == NULL) {
+			pthread_mutex_unlock(&ev.mu);
+			goto fail;
+		}
+		ev.q = p;
+		ev.capq = cap;
+	}
+	id = eventlog_last(ev.log);
+	for (i = 0; i < ev_ntl; i++) {
+		p = &ev_tl[i];
+		/* "id" first: the log finds it at the start of the line */
+		k = snprintf(pre, sizeof(pre), "{\"id\":%" PRIu64 ",", id + n + 1);
+		if (p->len + (size_t)k > EVENT_LINE_MAX) {
+			log_msg(LOG_ERR, "event=events_error type=%s detail=\"event longer "
+			    "than %d bytes, not recorded\"", event_type_name(p->type),
+			    EVENT_LINE_MAX);
+			free(p->buf);
+			p->buf = NULL;
+			continue;
+		}
+		p->line -= k;
+		memcpy(p->line, pre, (size_t)k);
+		p->len += (size_t)k;
+		p->id = id + n + 1;
+		iov[n].iov_base = p->line;
+		iov[n].iov_len = p->len + 1;	/* and its newline */
+		n++;
+	}
+	if (n > 0 && eventlog_appendv(ev.log, id + 1, iov, n) == -1) {
+		pthread_mutex_unlock(&ev.mu);
+		goto fail;
+	}
+	for (i = 0; i < ev_ntl; i++)
+		if (ev_tl[i].buf != NULL) {
+			ev.q[ev.nq++] = ev_tl[i];
+			ev_tl[i].buf = NULL;
+		}
+	upto = n > 0 ? id + n : 0;
 	pthread_mutex_unlock(&ev.mu);
 	if (upto > 0)
 		ev_publish(upto);
+	goto out;
+fail:
+	log_msg(LOG_ERR, "event=events_error events=%zu detail=\"cannot record the "
+	    "events\"", ev_ntl);
+out:
+	free(iov);
+	for (i = 0; i < ev_ntl; i++)
+		free(ev_tl[i].buf);
+	/* thread-local: nothing may outlive the batch (threads end unannounced) */
+	free(ev_tl);
+	ev_tl = NULL;
+	ev_ntl = ev_captl = 0;
+	return upto;
 }
 
+/* Formats one event (no lock held) into this thread's batch; outside a
+ * batch, writes it at once and returns its id.  0: not recorded. */
 uint64_t
 events_emit(const char *app, enum event_type type, const char *msg, const char *rcpt,
     json_t *fields)
 {
 	struct ev_pending *p;
-	uint64_t id = 0;
 	json_t *o = NULL;
 	char *s = NULL;
 	size_t len;
 	int batch = ev_batching;
 
-	if (!batch)
-		ev_batch_begin();
 	if (!ev.open)
 		goto out;
-	if (ev.nq == ev.capq) {
-		size_t cap = ev.capq ? ev.capq * 2 : 16;
-		if ((p = realloc(ev.q, cap * sizeof(*p))) == NULL)
+	if (ev_ntl == ev_captl) {
+		size_t cap = ev_captl ? ev_captl * 2 : 8;
+
+		if ((p = realloc(ev_tl, cap * sizeof(*p))) == NULL)
 			goto fail;
-		ev.q = p;
-		ev.capq = cap;
+		ev_tl = p;
+		ev_captl = cap;
 	}
-	id = eventlog_last(ev.log) + 1;
-	/* "id" first: the log finds it at the start of the line */
-	o = json_pack("{s:I, s:s, s:I, s:s, s:s?, s:s?}", "id", (json_int_t)id,
-	    "type", event_type_name(type), "time", (json_int_t)time(NULL),
-	    "app", app, "message", msg, "recipient", rcpt);
+	o = json_pack("{s:s, s:I, s:s, s:s?, s:s?}", "type", event_type_name(type),
+	    "time", (json_int_t)time(NULL), "app", app, "message", msg, "recipient", rcpt);
 	if (o == NULL)
 		goto fail;
 	if (fields != NULL)
 		json_object_update(o, fields);
 	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
-	if (s == NULL || (len = strlen(s)) > EVENT_LINE_MAX ||
-	    eventlog_append(ev.log, id, s, len) == -1)
+	/* s is {...}: the line is the id's room, then s without its '{' */
+	if (s == NULL || (len = strlen(s)) < 2 || len > EVENT_LINE_MAX)
 		goto fail;
-	p = &ev.q[ev.nq++];
-	ev_batch_last = id;
-	p->line = s;
-	p->len = len;
-	p->id = id;
+	p = &ev_tl[ev_ntl];
+	if ((p->buf = malloc(EV_ID_ROOM + len)) == NULL)
+		goto fail;
+	p->line = p->buf + EV_ID_ROOM;
+	memcpy(p->line, s + 1, len - 1);
+	p->line[len - 1] = '\n';
+	p->len = len - 1;
+	p->id = 0;
 	p->type = type;
 	snprintf(p->app, sizeof(p->app), "%s", app);
-	s = NULL;
+	ev_ntl++;
 	goto out;
 fail:
 	log_msg(LOG_ERR, "event=events_error type=%s message=%s detail=\"cannot record "
 	    "the event\"", event_type_name(type), msg ? msg : "-");
-	id = 0;
 out:
-	if (!batch)
-		ev_batch_end();
 	json_decref(fields);
 	json_decref(o);
 	free(s);
-	return id;
+	return batch ? 0 : ev_batch_end();
 }
 
 void

@@ -28,6 +28,11 @@ uint64_t	 eventlog_last(const struct eventlog *);
 /* Appends one line (no newline) as event id; the caller serialises, and
  * syncs it (eventlog_sync_fd) before anyone may see it. */
 int		 eventlog_append(struct eventlog *, uint64_t id, const char *line, size_t len);
+/* Appends n lines, each with its newline, as ids first..first + n - 1 (one
+ * writev); a torn write is cut off again. */
+struct iovec;
+int		 eventlog_appendv(struct eventlog *, uint64_t first, const struct iovec *,
+		    size_t n);
 /* A new descriptor of the newest segment, for a sync outside the caller's
  * lock; the caller closes it. */
 int		 eventlog_sync_fd(struct eventlog *);
