@@ -205,6 +205,8 @@ ev_publish(uint64_t upto)
 	size_t n, i;
 	int fd, r;
 
+	if (atomic_load(&ev.synced) >= upto)
+		return;		/* a leader took them already */
 	pthread_mutex_lock(&ev.pub);
 	while (atomic_load(&ev.synced) < upto) {
 		if (ev.syncing) {
