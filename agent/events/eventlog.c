@@ -287,6 +287,12 @@ eventlog_appendv(struct eventlog *l, uint64_t first, const struct iovec *iov, si
 	return 0;
 }
 
+uint64_t
+eventlog_first(const struct eventlog *l)
+{
+	return l->first;
+}
+
 /* A descriptor of the newest segment to sync without the caller's lock
  * (a new segment may close l->fd meanwhile; it syncs the old one first). */
 int

@@ -49,9 +49,11 @@ static struct {
 	pthread_cond_t	 pubcv;
 	events_tap_fn	 tap;		/* under pub */
 	int		 syncing;	/* a leader is syncing (under pub) */
+	int		 sfd;		/* the leader's descriptor of the segment */
+	uint64_t	 sfirst;	/* ... that starts at this id (under mu) */
 	_Atomic uint64_t synced;	/* newest id on disk and published */
 } ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .pub = PTHREAD_MUTEX_INITIALIZER,
-	.pubcv = PTHREAD_COND_INITIALIZER };
+	.pubcv = PTHREAD_COND_INITIALIZER, .sfd = -1 };
 
 /* Where this worker's current message went, per recipient (deliver.c). */
 struct ev_hop {
@@ -117,16 +119,24 @@ void
 events_close(void)
 {
 	webhook_close();
+	/* no leader syncs on ev.sfd while it goes (lock order: pub, then mu) */
+	pthread_mutex_lock(&ev.pub);
+	while (ev.syncing)
+		pthread_cond_wait(&ev.pubcv, &ev.pub);
 	pthread_mutex_lock(&ev.mu);
 	ev.open = 0;
 	eventlog_close(ev.log);
 	ev.log = NULL;
+	if (ev.sfd != -1)
+		close(ev.sfd);
+	ev.sfd = -1;
 	while (ev.nq > 0)
 		free(ev.q[--ev.nq].buf);
 	free(ev.q);
 	ev.q = NULL;
 	ev.capq = 0;
 	pthread_mutex_unlock(&ev.mu);
+	pthread_mutex_unlock(&ev.pub);
 }
 
 void
@@ -221,12 +231,21 @@ ev_publish(uint64_t upto)
 		n = ev.nq;
 		ev.q = NULL;
 		ev.nq = ev.capq = 0;
-		fd = ev.open ? eventlog_sync_fd(ev.log) : -1;
+		fd = -1;
+		if (ev.open) {
+			/* the leader's own descriptor of the newest segment, kept
+			 * until the log starts another (only a leader uses it) */
+			if (ev.sfd == -1 || ev.sfirst != eventlog_first(ev.log)) {
+				if (ev.sfd != -1)
+					close(ev.sfd);	/* synced at the switch */
+				ev.sfd = eventlog_sync_fd(ev.log);
+				ev.sfirst = eventlog_first(ev.log);
+			}
+			fd = ev.sfd;
+		}
 		pthread_mutex_unlock(&ev.mu);
-		r = fd != -1 ? fdatasync(fd) : -1;
-		if (fd != -1)
-			close(fd);
-		if (r == -1 && n > 0)
+		r = fd != -1 && n > 0 ? fdatasync(fd) : n > 0 ? -1 : 0;
+		if (r == -1)
 			log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event "
 			    "log failed\"");
 		pthread_mutex_lock(&ev.pub);

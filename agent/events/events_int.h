@@ -36,6 +36,8 @@ int		 eventlog_appendv(struct eventlog *, uint64_t first, const struct iovec *,
 /* A new descriptor of the newest segment, for a sync outside the caller's
  * lock; the caller closes it. */
 int		 eventlog_sync_fd(struct eventlog *);
+/* The first id of the newest segment (the one eventlog_sync_fd opens). */
+uint64_t	 eventlog_first(const struct eventlog *);
 /* Calls fn for each event after `after`, from segments written at or after
  * not_before, in id order, until fn returns non-zero.  -1 on I/O error. */
 int		 eventlog_scan(struct eventlog *, uint64_t after, time_t not_before,
