@@ -6,6 +6,7 @@
 #ifndef OTPMAIL_QUEUE_INT_H
 #define OTPMAIL_QUEUE_INT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -40,6 +41,7 @@ struct spool {
 	void		(*log)(int prio, const char *line);
 	int		 tmpfile_ok;	/* new files via O_TMPFILE + linkat */
 	int		 dirfd;		/* the spool directory (O_PATH), or -1 */
+	_Atomic int64_t	 space_ok_until;	/* ms, CLOCK_MONOTONIC_COARSE */
 };
 
 int		 spool_init(struct spool *, const char *dir, uint64_t min_bytes,
@@ -50,6 +52,8 @@ void		 spool_log(const struct spool *, int prio, const char *fmt, ...)
 		    __attribute__((format(printf, 3, 4)));
 /* Removes every temporary file (start-up); returns how many. */
 size_t		 spool_clean_tmp(struct spool *);
+/* Free space and inodes above their floors?  A result far above them
+ * (SPOOL_SPACE_SLACK) is kept for a second: no statfs per message. */
 enum q_status	 spool_check_space(struct spool *);
 /* Replaces a file atomically and durably: tmp/<unique> -> write -> fsync
  * -> rename onto rel (relative to the spool) -> fsync of rel's directory. */

@@ -252,12 +252,23 @@ spool_clean_tmp(struct spool *sp)
 	return n;
 }
 
+/* Headroom above the floors for which a good result is kept a second:
+ * more than a second of enqueues at any rate the spool can take. */
+#define SPOOL_SPACE_SLACK_BYTES		(256ull << 20)
+#define SPOOL_SPACE_SLACK_INODES	65536ull
+
 enum q_status
 spool_check_space(struct spool *sp)
 {
 	struct statvfs vfs;
+	struct timespec ts;
+	int64_t now;
 
 	if (sp->min_free_bytes == 0 && sp->min_free_inodes == 0)
+		return Q_OK;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	if (now < atomic_load_explicit(&sp->space_ok_until, memory_order_relaxed))
 		return Q_OK;
 	if (statvfs(sp->dir, &vfs) == -1) {
 		spool_log(sp, LOG_ERR, "queue: statvfs %s: %s", sp->dir, strerror(errno));
@@ -273,6 +284,10 @@ spool_check_space(struct spool *sp)
 		    "(queue_min_free_inodes)";
 		return Q_NOSPACE;
 	}
+	if ((uint64_t)vfs.f_bavail * vfs.f_frsize >= sp->min_free_bytes +
+	    SPOOL_SPACE_SLACK_BYTES && (vfs.f_files == 0 ||
+	    (uint64_t)vfs.f_favail >= sp->min_free_inodes + SPOOL_SPACE_SLACK_INODES))
+		atomic_store_explicit(&sp->space_ok_until, now + 1000, memory_order_relaxed);
 	return Q_OK;
 }
 

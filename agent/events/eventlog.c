@@ -1,7 +1,7 @@
 /*
  * eventlog.c - the durable event log: segments <first id>.log under
  * <state_dir>/events/, one JSON event per line, appended and made durable
- * (fdatasync, once per batch) before anyone is shown them.  Reading needs no lock: a reader stops at a
+ * (fdatasync, once per group of concurrent batches) before anyone is shown them.  Reading needs no lock: a reader stops at a
  * line without its newline (being written), and a segment removed under it
  * is skipped.  Why files and not the Berkeley DB store: events belong to
  * this site's queue (ids, like queue ids, are per site), while the store
@@ -14,10 +14,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/uio.h>
 
 #include "agent/events/events_int.h"
 
@@ -237,36 +239,66 @@ eventlog_last(const struct eventlog *l)
 int
 eventlog_append(struct eventlog *l, uint64_t id, const char *line, size_t len)
 {
+	struct iovec iov[2] = { { (void *)line, len }, { (void *)"\n", 1 } };
 	char *rec;
-	ssize_t w;
+	int r;
 
-	if ((l->size >= (off_t)EVENTLOG_SEGMENT_BYTES ||
-	    (l->size > 0 && time(NULL) - l->opened >= EVENTLOG_SEGMENT_AGE)) &&
-	    eventlog_new_segment(l, id) == -1)
-		return -1;
-	if (l->size == 0)
-		l->opened = time(NULL);
+	/* one iovec per event: the line and its newline together */
 	if ((rec = malloc(len + 1)) == NULL)
 		return -1;
 	memcpy(rec, line, len);
 	rec[len] = '\n';
-	w = write(l->fd, rec, len + 1);
+	iov[0].iov_base = rec;
+	iov[0].iov_len = len + 1;
+	r = eventlog_appendv(l, id, iov, 1);
 	free(rec);
-	if (w != (ssize_t)(len + 1)) {
-		/* a short write leaves a torn line: cut it, the id is not used */
-		if (w > 0 && ftruncate(l->fd, l->size) == -1)
-			return -1;
-		return -1;
-	}
-	l->size += (off_t)(len + 1);
-	l->last = id;
-	return 0;
+	return r;
 }
 
 int
-eventlog_sync(struct eventlog *l)
+eventlog_appendv(struct eventlog *l, uint64_t first, const struct iovec *iov, size_t n)
 {
-	return fdatasync(l->fd);
+	size_t i, j, k, want;
+	ssize_t w;
+	off_t at;
+
+	if ((l->size >= (off_t)EVENTLOG_SEGMENT_BYTES ||
+	    (l->size > 0 && time(NULL) - l->opened >= EVENTLOG_SEGMENT_AGE)) &&
+	    eventlog_new_segment(l, first) == -1)
+		return -1;
+	if (l->size == 0)
+		l->opened = time(NULL);
+	at = l->size;
+	for (i = 0; i < n; i += k) {
+		k = n - i < IOV_MAX ? n - i : IOV_MAX;
+		for (want = 0, j = 0; j < k; j++)
+			want += iov[i + j].iov_len;
+		w = writev(l->fd, iov + i, (int)k);
+		if (w != (ssize_t)want) {
+			/* a short write leaves a torn line: cut the batch, its ids unused */
+			if ((w > 0 || i > 0) && ftruncate(l->fd, at) == -1)
+				return -1;
+			l->size = at;
+			return -1;
+		}
+		l->size += (off_t)want;
+	}
+	l->last = first + n - 1;
+	return 0;
+}
+
+uint64_t
+eventlog_first(const struct eventlog *l)
+{
+	return l->first;
+}
+
+/* A descriptor of the newest segment to sync without the caller's lock
+ * (a new segment may close l->fd meanwhile; it syncs the old one first). */
+int
+eventlog_sync_fd(struct eventlog *l)
+{
+	return fcntl(l->fd, F_DUPFD_CLOEXEC, 0);
 }
 
 /* The lines of one segment after `after`; 1 if fn stopped the scan. */

@@ -1,14 +1,24 @@
 /*
  * events.c - the event emitters (see events.h): each event gets the next
- * id under one lock, is appended durably to the log (eventlog.c), handed
- * to the subscribers' tap (control.c copies it, bounded) and announced to
- * the app's webhook thread (webhook.c), all before the lock is let go, so
- * every consumer sees ids in order.
+ * id under one lock (the emit lock) and is appended to the log
+ * (eventlog.c); then it is made durable by a group commit (one fdatasync
+ * for the events of every emitter that came meanwhile, done by whichever
+ * of them finds no sync running: leader and followers) and published
+ * under a second lock (the publish lock): handed to the subscribers' tap
+ * (control.c copies it, bounded) and announced to the app's webhook
+ * thread (webhook.c), in id order, by the leader.  An emitter returns once
+ * its events are durable and published; readers of the log see only ids
+ * up to the last one synced.
  */
+#include <fcntl.h>
 #include <pthread.h>
+#include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/uio.h>
 
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/delivery.h"
@@ -17,14 +27,33 @@
 
 #define EV_HISTORY_MAX	1000	/* events message.status shows */
 
+/* An event appended to the log, to be published once synced. */
+struct ev_pending {
+	char		*buf;		/* the allocation; the line starts within */
+	char		*line;		/* {"id":N,... (no newline) */
+	size_t		 len;
+	uint64_t	 id;
+	enum event_type	 type;
+	char		 app[CONFIG_APP_NAME_MAX + 16];
+};
+
 static struct {
 	pthread_mutex_t	 mu;		/* the emit lock */
 	struct eventlog	*log;
 	struct otpmaild	*d;
 	struct q_class_params klass[Q_CLASS_COUNT];
-	events_tap_fn	 tap;
 	int		 open;
-} ev = { .mu = PTHREAD_MUTEX_INITIALIZER };
+	struct ev_pending *q;		/* appended, not yet synced (under mu) */
+	size_t		 nq, capq;
+	pthread_mutex_t	 pub;		/* the publish lock */
+	pthread_cond_t	 pubcv;
+	events_tap_fn	 tap;		/* under pub */
+	int		 syncing;	/* a leader is syncing (under pub) */
+	int		 sfd;		/* the leader's descriptor of the segment */
+	uint64_t	 sfirst;	/* ... that starts at this id (under mu) */
+	_Atomic uint64_t synced;	/* newest id on disk and published */
+} ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .pub = PTHREAD_MUTEX_INITIALIZER,
+	.pubcv = PTHREAD_COND_INITIALIZER, .sfd = -1 };
 
 /* Where this worker's current message went, per recipient (deliver.c). */
 struct ev_hop {
@@ -68,6 +97,7 @@ events_open(struct otpmaild *d, const struct q_class_params *klass, char *err, s
 		return -1;
 	memcpy(ev.klass, klass, sizeof(ev.klass));
 	ev.d = d;
+	atomic_store(&ev.synced, eventlog_last(ev.log));
 	if (webhook_open(d, ev.log, err, errlen) == -1) {
 		eventlog_close(ev.log);
 		ev.log = NULL;
@@ -89,11 +119,24 @@ void
 events_close(void)
 {
 	webhook_close();
+	/* no leader syncs on ev.sfd while it goes (lock order: pub, then mu) */
+	pthread_mutex_lock(&ev.pub);
+	while (ev.syncing)
+		pthread_cond_wait(&ev.pubcv, &ev.pub);
 	pthread_mutex_lock(&ev.mu);
 	ev.open = 0;
 	eventlog_close(ev.log);
 	ev.log = NULL;
+	if (ev.sfd != -1)
+		close(ev.sfd);
+	ev.sfd = -1;
+	while (ev.nq > 0)
+		free(ev.q[--ev.nq].buf);
+	free(ev.q);
+	ev.q = NULL;
+	ev.capq = 0;
 	pthread_mutex_unlock(&ev.mu);
+	pthread_mutex_unlock(&ev.pub);
 }
 
 void
@@ -113,135 +156,248 @@ events_expire(void)
 void
 events_set_tap(events_tap_fn fn)
 {
-	pthread_mutex_lock(&ev.mu);
+	pthread_mutex_lock(&ev.pub);
 	ev.tap = fn;
-	pthread_mutex_unlock(&ev.mu);
+	pthread_mutex_unlock(&ev.pub);
 }
 
+/* The publish lock: no event is published while it is held. */
 void
 events_lock(void)
 {
-	pthread_mutex_lock(&ev.mu);
+	pthread_mutex_lock(&ev.pub);
 }
 
 void
 events_unlock(void)
 {
-	pthread_mutex_unlock(&ev.mu);
+	pthread_mutex_unlock(&ev.pub);
 }
 
+/* The newest event anyone may see (on disk). */
 uint64_t
 events_last_id(void)
 {
-	uint64_t id;
-
-	pthread_mutex_lock(&ev.mu);
-	id = ev.open ? eventlog_last(ev.log) : 0;
-	pthread_mutex_unlock(&ev.mu);
-	return id;
+	return ev.log != NULL ? atomic_load(&ev.synced) : 0;
 }
 
 /*
- * A batch (one message's recipients): the events are written under one
- * hold of the lock and made durable by one fdatasync, then handed on.
- * Nothing is shown to a subscriber or a webhook before it is on disk, so
- * a crash never reuses an id someone saw.
+ * A batch (one message's recipients): each event is formatted by its
+ * emitter without any lock, into a line that leaves room in front for its
+ * id; at the end of the batch the ids are given and the lines written (one
+ * writev) under the emit lock, then made durable with the other emitters'
+ * by ev_publish.  Nothing is shown to a subscriber or a webhook before it
+ * is on disk, so a crash never reuses an id someone saw.
  */
-struct ev_pending {
-	char		*line;
-	size_t		 len;
-	uint64_t	 id;
-	enum event_type	 type;
-	char		 app[CONFIG_APP_NAME_MAX + 16];
-};
-static _Thread_local struct ev_pending *ev_pend;
-static _Thread_local size_t ev_npend, ev_cappend;
+#define EV_ID_ROOM	32	/* {"id":<20 digits>, */
+
 static _Thread_local int ev_batching;
+static _Thread_local struct ev_pending *ev_tl;	/* this thread's batch */
+static _Thread_local size_t ev_ntl, ev_captl;
 
 static void
 ev_batch_begin(void)
 {
-	pthread_mutex_lock(&ev.mu);
 	ev_batching = 1;
 }
 
+/*
+ * Group commit: returns once every event up to `upto` is on disk and
+ * published.  The first emitter to find no sync running leads: it takes
+ * what is appended so far, syncs it (no lock held), publishes it in id
+ * order and wakes the others; who finds its events covered returns.
+ */
 static void
-ev_batch_end(void)
+ev_publish(uint64_t upto)
 {
-	size_t i;
+	struct ev_pending *q;
+	uint64_t target;
+	size_t n, i;
+	int fd, r;
 
-	if (ev_npend > 0 && eventlog_sync(ev.log) == -1)
-		log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event log "
-		    "failed\"");
-	for (i = 0; i < ev_npend; i++) {
-		if (ev.tap != NULL)
-			ev.tap(ev_pend[i].id, ev_pend[i].app, ev_pend[i].type, ev_pend[i].line,
-			    ev_pend[i].len);
-		webhook_notify(ev_pend[i].app);
-		free(ev_pend[i].line);
+	if (atomic_load(&ev.synced) >= upto)
+		return;		/* a leader took them already */
+	pthread_mutex_lock(&ev.pub);
+	while (atomic_load(&ev.synced) < upto) {
+		if (ev.syncing) {
+			pthread_cond_wait(&ev.pubcv, &ev.pub);
+			continue;
+		}
+		ev.syncing = 1;
+		pthread_mutex_unlock(&ev.pub);
+		pthread_mutex_lock(&ev.mu);
+		target = ev.open ? eventlog_last(ev.log) : upto;
+		q = ev.q;
+		n = ev.nq;
+		ev.q = NULL;
+		ev.nq = ev.capq = 0;
+		fd = -1;
+		if (ev.open) {
+			/* the leader's own descriptor of the newest segment, kept
+			 * until the log starts another (only a leader uses it) */
+			if (ev.sfd == -1 || ev.sfirst != eventlog_first(ev.log)) {
+				if (ev.sfd != -1)
+					close(ev.sfd);	/* synced at the switch */
+				ev.sfd = eventlog_sync_fd(ev.log);
+				ev.sfirst = eventlog_first(ev.log);
+			}
+			fd = ev.sfd;
+		}
+		pthread_mutex_unlock(&ev.mu);
+		r = fd != -1 && n > 0 ? fdatasync(fd) : n > 0 ? -1 : 0;
+		if (r == -1)
+			log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event "
+			    "log failed\"");
+		pthread_mutex_lock(&ev.pub);
+		for (i = 0; i < n; i++) {
+			if (ev.tap != NULL)
+				ev.tap(q[i].id, q[i].app, q[i].type, q[i].line, q[i].len);
+			webhook_notify(q[i].app);
+			free(q[i].buf);
+		}
+		free(q);
+		if (target > atomic_load(&ev.synced))
+			atomic_store(&ev.synced, target);
+		ev.syncing = 0;
+		pthread_cond_broadcast(&ev.pubcv);
 	}
-	/* thread-local: nothing may outlive the batch (threads end unannounced) */
-	free(ev_pend);
-	ev_pend = NULL;
-	ev_npend = ev_cappend = 0;
-	ev_batching = 0;
-	pthread_mutex_unlock(&ev.mu);
+	pthread_mutex_unlock(&ev.pub);
 }
 
+/* Gives the batch its ids and writes it; the newest id, 0 if none. */
+static uint64_t
+ev_batch_end(void)
+{
+	struct iovec *iov = NULL;
+	struct ev_pending *p;
+	uint64_t id, upto = 0;
+	size_t i, n = 0;
+	char pre[EV_ID_ROOM];
+	int k;
+
+	ev_batching = 0;
+	if (ev_ntl == 0)
+		goto out;
+	if ((iov = calloc(ev_ntl, sizeof(*iov))) == NULL)
+		goto fail;
+	pthread_mutex_lock(&ev.mu);
+	if (!ev.open) {
+		pthread_mutex_unlock(&ev.mu);
+		goto out;
+	}
+	if (ev.nq + ev_ntl > ev.capq) {
+		size_t cap = ev.capq ? ev.capq : 16;
+
+		while (cap < ev.nq + ev_ntl)
+			cap *= 2;
+		if ((p = realloc(ev.q, cap * sizeof(*p))) == NULL) {
+			pthread_mutex_unlock(&ev.mu);
+			goto fail;
+		}
+		ev.q = p;
+		ev.capq = cap;
+	}
+	id = eventlog_last(ev.log);
+	for (i = 0; i < ev_ntl; i++) {
+		p = &ev_tl[i];
+		/* "id" first: the log finds it at the start of the line */
+		k = snprintf(pre, sizeof(pre), "{\"id\":%" PRIu64 ",", id + n + 1);
+		if (p->len + (size_t)k > EVENT_LINE_MAX) {
+			log_msg(LOG_ERR, "event=events_error type=%s detail=\"event longer "
+			    "than %d bytes, not recorded\"", event_type_name(p->type),
+			    EVENT_LINE_MAX);
+			free(p->buf);
+			p->buf = NULL;
+			continue;
+		}
+		p->line -= k;
+		memcpy(p->line, pre, (size_t)k);
+		p->len += (size_t)k;
+		p->id = id + n + 1;
+		iov[n].iov_base = p->line;
+		iov[n].iov_len = p->len + 1;	/* and its newline */
+		n++;
+	}
+	if (n > 0 && eventlog_appendv(ev.log, id + 1, iov, n) == -1) {
+		pthread_mutex_unlock(&ev.mu);
+		goto fail;
+	}
+	for (i = 0; i < ev_ntl; i++)
+		if (ev_tl[i].buf != NULL) {
+			ev.q[ev.nq++] = ev_tl[i];
+			ev_tl[i].buf = NULL;
+		}
+	upto = n > 0 ? id + n : 0;
+	pthread_mutex_unlock(&ev.mu);
+	if (upto > 0)
+		ev_publish(upto);
+	goto out;
+fail:
+	log_msg(LOG_ERR, "event=events_error events=%zu detail=\"cannot record the "
+	    "events\"", ev_ntl);
+out:
+	free(iov);
+	for (i = 0; i < ev_ntl; i++)
+		free(ev_tl[i].buf);
+	/* thread-local: nothing may outlive the batch (threads end unannounced) */
+	free(ev_tl);
+	ev_tl = NULL;
+	ev_ntl = ev_captl = 0;
+	return upto;
+}
+
+/* Formats one event (no lock held) into this thread's batch; outside a
+ * batch, writes it at once and returns its id.  0: not recorded. */
 uint64_t
 events_emit(const char *app, enum event_type type, const char *msg, const char *rcpt,
     json_t *fields)
 {
 	struct ev_pending *p;
-	uint64_t id = 0;
 	json_t *o = NULL;
 	char *s = NULL;
 	size_t len;
 	int batch = ev_batching;
 
-	if (!batch)
-		ev_batch_begin();
 	if (!ev.open)
 		goto out;
-	if (ev_npend == ev_cappend) {
-		size_t cap = ev_cappend ? ev_cappend * 2 : 16;
-		if ((p = realloc(ev_pend, cap * sizeof(*p))) == NULL)
+	if (ev_ntl == ev_captl) {
+		size_t cap = ev_captl ? ev_captl * 2 : 8;
+
+		if ((p = realloc(ev_tl, cap * sizeof(*p))) == NULL)
 			goto fail;
-		ev_pend = p;
-		ev_cappend = cap;
+		ev_tl = p;
+		ev_captl = cap;
 	}
-	id = eventlog_last(ev.log) + 1;
-	/* "id" first: the log finds it at the start of the line */
-	o = json_pack("{s:I, s:s, s:I, s:s, s:s?, s:s?}", "id", (json_int_t)id,
-	    "type", event_type_name(type), "time", (json_int_t)time(NULL),
-	    "app", app, "message", msg, "recipient", rcpt);
+	o = json_pack("{s:s, s:I, s:s, s:s?, s:s?}", "type", event_type_name(type),
+	    "time", (json_int_t)time(NULL), "app", app, "message", msg, "recipient", rcpt);
 	if (o == NULL)
 		goto fail;
 	if (fields != NULL)
 		json_object_update(o, fields);
 	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
-	if (s == NULL || (len = strlen(s)) > EVENT_LINE_MAX ||
-	    eventlog_append(ev.log, id, s, len) == -1)
+	/* s is {...}: the line is the id's room, then s without its '{' */
+	if (s == NULL || (len = strlen(s)) < 2 || len > EVENT_LINE_MAX)
 		goto fail;
-	p = &ev_pend[ev_npend++];
-	p->line = s;
-	p->len = len;
-	p->id = id;
+	p = &ev_tl[ev_ntl];
+	if ((p->buf = malloc(EV_ID_ROOM + len)) == NULL)
+		goto fail;
+	p->line = p->buf + EV_ID_ROOM;
+	memcpy(p->line, s + 1, len - 1);
+	p->line[len - 1] = '\n';
+	p->len = len - 1;
+	p->id = 0;
 	p->type = type;
 	snprintf(p->app, sizeof(p->app), "%s", app);
-	s = NULL;
+	ev_ntl++;
 	goto out;
 fail:
 	log_msg(LOG_ERR, "event=events_error type=%s message=%s detail=\"cannot record "
 	    "the event\"", event_type_name(type), msg ? msg : "-");
-	id = 0;
 out:
-	if (!batch)
-		ev_batch_end();
 	json_decref(fields);
 	json_decref(o);
 	free(s);
-	return id;
+	return batch ? 0 : ev_batch_end();
 }
 
 void
@@ -463,6 +619,7 @@ ev_line_type(const char *line, size_t len)
 }
 
 struct ev_replay {
+	uint64_t	 upto;		/* the newest id on disk when it began */
 	const char	*app;
 	unsigned	 mask;
 	events_line_fn	 fn;
@@ -475,6 +632,8 @@ ev_replay_one(void *arg, uint64_t id, const char *line, size_t len)
 	struct ev_replay *r = arg;
 	int t;
 
+	if (id > r->upto)
+		return 1;	/* written, not yet synced: no one may see it */
 	if (r->app != NULL && !ev_line_has(line, len, "app", r->app))
 		return 0;
 	if ((t = ev_line_type(line, len)) < 0 || !(r->mask & (1u << t)))
@@ -485,14 +644,16 @@ ev_replay_one(void *arg, uint64_t id, const char *line, size_t len)
 int
 events_replay(uint64_t after, const char *app, unsigned mask, events_line_fn fn, void *arg)
 {
-	struct ev_replay r = { app, mask, fn, arg };
+	struct ev_replay r = { 0, app, mask, fn, arg };
 
 	if (ev.log == NULL)
 		return -1;
+	r.upto = atomic_load(&ev.synced);
 	return eventlog_scan(ev.log, after, 0, ev_replay_one, &r);
 }
 
 struct ev_hist {
+	uint64_t	 upto;
 	const char	*msg;
 	const char	*app;
 	json_t		*arr;
@@ -504,7 +665,8 @@ ev_hist_one(void *arg, uint64_t id, const char *line, size_t len)
 	struct ev_hist *h = arg;
 	json_t *o;
 
-	(void)id;
+	if (id > h->upto)
+		return 1;	/* not yet synced */
 	if (!ev_line_has(line, len, "message", h->msg) ||
 	    (h->app != NULL && !ev_line_has(line, len, "app", h->app)))
 		return 0;
@@ -516,7 +678,7 @@ ev_hist_one(void *arg, uint64_t id, const char *line, size_t len)
 json_t *
 events_history(const char *msg, const char *app, time_t created)
 {
-	struct ev_hist h = { msg, app, NULL };
+	struct ev_hist h = { atomic_load(&ev.synced), msg, app, NULL };
 
 	if (ev.log == NULL || strlen(msg) > 64 || strpbrk(msg, "\"\\") != NULL)
 		return NULL;

@@ -92,7 +92,7 @@ json_t		*events_history(const char *msg, const char *app, time_t created);
 
 /*
  * Subscribers (control.c).  The tap is called for each new event in id
- * order, under the emit lock: it must only copy the line (bounded) and
+ * order, under the publish lock: it must only copy the line (bounded) and
  * return.  events_replay calls fn for the logged events after `after` of
  * app (NULL: all) whose type is in mask, until fn returns non-zero.  A
  * subscriber replays without the lock, then the rest under events_lock and
