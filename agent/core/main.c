@@ -21,7 +21,6 @@
 
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
-#include "agent/delivery/fetch.h"
 #include "agent/core/cluster.h"
 #include "agent/events/events.h"
 #include "agent/core/log.h"

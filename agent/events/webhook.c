@@ -26,8 +26,8 @@
 #include <openssl/hmac.h>
 
 #include "agent/core/otpmaild.h"
-#include "agent/delivery/fetch.h"
 #include "agent/events/events_int.h"
+#include "agent/delivery/delivery.h"
 #include "agent/mail/mail.h"
 
 #define WH_BATCH	100		/* events read from the log at a time */
