@@ -49,7 +49,7 @@ dlp_put(struct dlp_buf *b, const void *p, size_t n)
 	char *np;
 	size_t cap;
 
-	if (b->err)
+	if (b->err || n == 0)		/* an empty field may come as NULL */
 		return;
 	if (n > DLP_FRAME_MAX || b->len + n > DLP_FRAME_MAX + 4) {
 		b->err = 1;

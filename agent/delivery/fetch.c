@@ -41,6 +41,12 @@
 #define FETCH_DNS_SLACK		15	/* seconds over the HTTP timeouts */
 #define FETCH_REPLY_MAX		4096	/* bytes of a webhook receiver's answer read */
 
+/* room for one passed descriptor, aligned for struct cmsghdr */
+union fetch_cmsg {
+	struct cmsghdr	 h;
+	char		 buf[CMSG_SPACE(sizeof(int))];
+};
+
 static struct {
 	pthread_mutex_t	 mu;
 	pthread_cond_t	 cv;
@@ -179,7 +185,8 @@ fetch_lost_locked(const char *why, int reaped, int st)
 static int
 fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whylen)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))], one = 'q', *buf = NULL, err[256];
+	char one = 'q', *buf = NULL, err[256];
+	union fetch_cmsg cbuf;
 	struct iovec iov = { &one, 1 };
 	struct msghdr mh;
 	struct cmsghdr *cm;
@@ -224,11 +231,11 @@ fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whyle
 		goto unlock;
 	}
 	memset(&mh, 0, sizeof(mh));
-	memset(cbuf, 0, sizeof(cbuf));
+	memset(&cbuf, 0, sizeof(cbuf));
 	mh.msg_iov = &iov;
 	mh.msg_iovlen = 1;
-	mh.msg_control = cbuf;
-	mh.msg_controllen = sizeof(cbuf);
+	mh.msg_control = cbuf.buf;
+	mh.msg_controllen = sizeof(cbuf.buf);
 	cm = CMSG_FIRSTHDR(&mh);
 	cm->cmsg_level = SOL_SOCKET;
 	cm->cmsg_type = SCM_RIGHTS;
@@ -488,7 +495,8 @@ fetch_child_main(int argc, char **argv)
 {
 	static struct otpmaild d;
 	const char *readable[24], *probe = getenv(PRIVSEP_PROBE_ENV);
-	char err[512], how[256], cbuf[CMSG_SPACE(sizeof(int))], one;
+	char err[512], how[256], one;
+	union fetch_cmsg cbuf;
 	struct mx_resolver *r;
 	struct iovec iov = { &one, 1 };
 	struct msghdr mh;
@@ -537,8 +545,8 @@ fetch_child_main(int argc, char **argv)
 		memset(&mh, 0, sizeof(mh));
 		mh.msg_iov = &iov;
 		mh.msg_iovlen = 1;
-		mh.msg_control = cbuf;
-		mh.msg_controllen = sizeof(cbuf);
+		mh.msg_control = cbuf.buf;
+		mh.msg_controllen = sizeof(cbuf.buf);
 		if ((got = recvmsg(PRIVSEP_FD0, &mh, MSG_CMSG_CLOEXEC)) == -1 && errno == EINTR)
 			continue;
 		if (got <= 0)
