@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -536,6 +537,11 @@ fetch_child_main(int argc, char **argv)
 		log_msg(LOG_ERR, "event=fetch_process_failed detail=\"%s\"", err);
 		_exit(1);
 	}
+	/* Any thread of the main process may have started us (the first request
+	 * after a loss), and the parent-death signal follows that thread, not
+	 * the process: off.  The end of the main process still ends us, as EOF
+	 * on the control socket below. */
+	(void)prctl(PR_SET_PDEATHSIG, 0);
 	log_msg(LOG_INFO, "event=fetch_process_started pid=%ld %s", (long)getpid(), how);
 	if (probe != NULL)
 		privsep_probe_event("fetch_probe", probe);
