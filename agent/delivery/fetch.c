@@ -74,6 +74,9 @@ static void	 fetch_lost_locked(const char *why, int reaped, int st);
 static int	 fetch_call(const struct dlp_freq *, struct dlp_frep *, char *why,
 		    size_t whylen);
 static void	 fetch_clean(char *s);
+static size_t	 fetch_discard(char *, size_t, size_t, void *);
+static void	 fetch_child_post(const struct dlp_freq *, struct dlp_frep *, char *why,
+		    size_t whylen);
 static void	*fetch_child_thread(void *);
 
 int
