@@ -18,7 +18,6 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
-#include <curl/curl.h>
 
 #include "agent/control/control.h"
 #include "agent/delivery/delivery.h"
@@ -244,6 +243,9 @@ main(int argc, char **argv)
 	/* what starts it as another user once main has dropped root */
 	if (argc > 1 && strcmp(argv[1], SPAWNER_ARG) == 0)
 		return spawner_main(argc, argv);
+	/* the fetch process (MTA-STS, TLS-RPT lookups, webhooks): the same */
+	if (argc > 1 && strcmp(argv[1], FETCH_ARG) == 0)
+		return fetch_child_main(argc, argv);
 	while ((ch = getopt_long(argc, argv, "c:fnVh", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':	path = optarg; break;
@@ -302,7 +304,6 @@ main(int argc, char **argv)
 	for (size_t i = 0; i < d.cfg->nwarnings; i++)
 		log_msg(LOG_WARNING, "event=config_warning detail=%s", d.cfg->warnings[i]);
 	signal(SIGPIPE, SIG_IGN);
-	curl_global_init(CURL_GLOBAL_DEFAULT);	/* before any thread (MTA-STS) */
 	/* Every thread inherits this mask; only main waits for the signals. */
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
@@ -389,6 +390,8 @@ main(int argc, char **argv)
 	 * may take every descriptor there is. */
 	if ((d.delivery = delivery_start(&d, err, sizeof(err))) == NULL)
 		goto fail;
+	if (fetch_start(&d, err, sizeof(err)) == -1)
+		goto fail;
 	if (events_start(err, sizeof(err)) == -1)
 		goto fail;
 	if (control_run(ctl, err, sizeof(err)) == -1)
@@ -472,6 +475,7 @@ out:
 	if (d.queue)
 		queue_close(d.queue);
 	events_close();
+	fetch_stop();		/* after the webhook threads and delivery */
 	if (d.store)
 		store_close(d.store);
 	cluster_close(d.cluster);
@@ -480,7 +484,6 @@ out:
 	mtasts_shared_free();
 	mx_resolver_shared_free();
 	bounce_shutdown();
-	curl_global_cleanup();
 	config_free(d.cfg);
 	free((char *)d.config_path);
 	return rc;

@@ -360,7 +360,7 @@ delivery_child_run(struct otpmaild *d, int fd0, int n, char *err, size_t errlen)
 	/* read now what would be read on first use: the CA store */
 	if (smtp_tls_preload(dl->tls, how, sizeof(how)) == -1)
 		log_msg(LOG_WARNING, "event=delivery_process_warning detail=\"%s\"", how);
-	if (privsep_restrict(d->cfg, how, sizeof(how), err, errlen) == -1) {
+	if (privsep_restrict(d->cfg, NULL, how, sizeof(how), err, errlen) == -1) {
 		delivery_free(dl);
 		return -1;
 	}

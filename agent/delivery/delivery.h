@@ -11,10 +11,11 @@
  * folders include only this header, which brings in the parts others may
  * use: bounce classification of a reply (bounce.h), DNS lookups (mx.h: MX, TXT, PTR, TLSA, for the domain check), the
  * MTA-STS policy cache and TLS-RPT counts (mtasts.h, tlsrpt.h) and the
- * sandbox Maildir (sandbox.h), and the entry of the delivery process that
- * main() hands over to (privsep.h) and the root spawner main() starts
- * before it drops privileges (spawner.h); smtp.h, tlsstream.h and dlproto.h are
- * internal.
+ * sandbox Maildir (sandbox.h), the entry of the delivery process that
+ * main() hands over to (privsep.h), the root spawner main() starts before
+ * it drops privileges (spawner.h), and the fetch process (fetch.h: TXT
+ * lookups, MTA-STS fetches and webhook POSTs done outside the main
+ * process); smtp.h, tlsstream.h and dlproto.h are internal.
  */
 #ifndef OTPMAIL_DELIVERY_H
 #define OTPMAIL_DELIVERY_H
@@ -22,6 +23,7 @@
 #include <stddef.h>
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/bounce.h"
+#include "agent/delivery/fetch.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/privsep.h"

@@ -49,7 +49,7 @@ dlp_put(struct dlp_buf *b, const void *p, size_t n)
 	char *np;
 	size_t cap;
 
-	if (b->err)
+	if (b->err || n == 0)		/* an empty field may come as NULL */
 		return;
 	if (n > DLP_FRAME_MAX || b->len + n > DLP_FRAME_MAX + 4) {
 		b->err = 1;
@@ -440,6 +440,133 @@ dlp_result_free(struct dlp_result *res)
 	}
 	free(res->tls);
 	memset(res, 0, sizeof(*res));
+}
+
+int
+dlp_freq_encode(struct dlp_buf *b, const struct dlp_freq *q)
+{
+	size_t i;
+
+	if (q->nhdr > DLP_FETCH_HDR_MAX || q->len > DLP_FETCH_REQ_MAX / 2)
+		return -1;
+	dlp_put_u32(b, q->kind);
+	dlp_put_str(b, q->name);
+	dlp_put_u32(b, (uint32_t)q->nhdr);
+	for (i = 0; i < q->nhdr; i++)
+		dlp_put_str(b, q->hdr[i]);
+	dlp_put_u32(b, (uint32_t)q->len);
+	dlp_put(b, q->body, q->len);
+	return b->err ? -1 : 0;
+}
+
+int
+dlp_freq_decode(const char *buf, size_t len, struct dlp_freq *q)
+{
+	struct dlp_rd r = { (const unsigned char *)buf, len, 0, 0 };
+	uint32_t n, i, bl;
+
+	memset(q, 0, sizeof(*q));
+	q->kind = dlp_get_u32(&r);
+	q->name = dlp_get_str(&r);
+	n = dlp_get_u32(&r);
+	if (r.err || q->kind < DLP_FETCH_TXT || q->kind > DLP_FETCH_POST ||
+	    n > DLP_FETCH_HDR_MAX || (n > 0 && (q->hdr = calloc(n, sizeof(*q->hdr))) == NULL))
+		goto bad;
+	for (i = 0; i < n && !r.err; i++, q->nhdr++)
+		q->hdr[i] = dlp_get_str(&r);
+	bl = dlp_get_u32(&r);
+	if (r.err || r.len - r.off != bl || bl > DLP_FETCH_REQ_MAX / 2)
+		goto bad;
+	q->body = buf + r.off;
+	q->len = bl;
+	return 0;
+bad:
+	dlp_freq_free(q);
+	return -1;
+}
+
+void
+dlp_freq_free(struct dlp_freq *q)
+{
+	size_t i;
+
+	free(q->name);
+	for (i = 0; i < q->nhdr; i++)
+		free(q->hdr[i]);
+	free(q->hdr);
+	memset(q, 0, sizeof(*q));
+}
+
+int
+dlp_frep_encode(struct dlp_buf *b, const struct dlp_frep *f)
+{
+	size_t i;
+
+	if (f->ntxt > DLP_FETCH_TXT_MAX || f->pol.nmx > MTASTS_MX_MAX)
+		return -1;
+	dlp_put_u32(b, f->kind);
+	dlp_put_u32(b, (uint32_t)f->status);
+	dlp_put_str(b, f->why);
+	dlp_put_str(b, f->rtype);
+	dlp_put_u32(b, (uint32_t)f->ntxt);
+	for (i = 0; i < f->ntxt; i++)
+		dlp_put_str(b, f->txt[i]);
+	if (f->kind == DLP_FETCH_STS && f->status == 0) {
+		dlp_put_u32(b, (uint32_t)f->pol.mode);
+		dlp_put_u64(b, (uint64_t)f->pol.max_age);
+		dlp_put_u32(b, (uint32_t)f->pol.nmx);
+		for (i = 0; i < f->pol.nmx; i++)
+			dlp_put_str(b, f->pol.mx[i]);
+	}
+	return b->err ? -1 : 0;
+}
+
+int
+dlp_frep_decode(const char *buf, size_t len, struct dlp_frep *f)
+{
+	struct dlp_rd r = { (const unsigned char *)buf, len, 0, 0 };
+	uint32_t n, i;
+
+	memset(f, 0, sizeof(*f));
+	f->kind = dlp_get_u32(&r);
+	f->status = (int32_t)dlp_get_u32(&r);
+	f->why = dlp_get_str(&r);
+	f->rtype = dlp_get_str(&r);
+	n = dlp_get_u32(&r);
+	if (r.err || f->kind < DLP_FETCH_TXT || f->kind > DLP_FETCH_POST ||
+	    n > DLP_FETCH_TXT_MAX || (f->txt = calloc(n + 1, sizeof(*f->txt))) == NULL)
+		goto bad;
+	for (i = 0; i < n && !r.err; i++, f->ntxt++)
+		f->txt[i] = dlp_get_str(&r);
+	if (!r.err && f->kind == DLP_FETCH_STS && f->status == 0) {
+		f->pol.mode = (enum mtasts_mode)dlp_get_u32(&r);
+		f->pol.max_age = (long)dlp_get_u64(&r);
+		f->pol.nmx = dlp_get_u32(&r);
+		if (f->pol.mode > MTASTS_ENFORCE || f->pol.max_age < 0 ||
+		    f->pol.max_age > MTASTS_MAX_AGE_MAX || f->pol.nmx > MTASTS_MX_MAX)
+			r.err = 1;
+		for (i = 0; i < f->pol.nmx && !r.err; i++)
+			dlp_get_fixed(&r, f->pol.mx[i], sizeof(f->pol.mx[i]));
+	}
+	if (r.err || r.off != r.len)
+		goto bad;
+	return 0;
+bad:
+	dlp_frep_free(f);
+	return -1;
+}
+
+void
+dlp_frep_free(struct dlp_frep *f)
+{
+	size_t i;
+
+	free(f->why);
+	free(f->rtype);
+	for (i = 0; f->txt != NULL && i < f->ntxt; i++)
+		free(f->txt[i]);
+	free(f->txt);
+	memset(f, 0, sizeof(*f));
 }
 
 static int

@@ -95,6 +95,50 @@ int	 dlp_result_decode(const char *buf, size_t len, struct dlp_result *);
 int	 dlp_result_check(const struct dlp_result *, const struct dlp_job *);
 void	 dlp_result_free(struct dlp_result *);
 
+/*
+ * The fetch process (fetch.h): one request and one reply per connection.
+ * A request asks for TXT records (name), an MTA-STS policy (the domain:
+ * the process looks up, fetches and parses it) or an HTTPS POST (url,
+ * header lines, body: the webhook, signed by the main process).  The
+ * reply carries the status (TXT: enum mx_status; STS: 0 or -1; POST: the
+ * HTTP status, 0 when none came), a reason, the records or the parsed
+ * policy -- never the body a remote host sent.
+ */
+#define DLP_FETCH_REQ_MAX	(2u * 1024 * 1024)
+#define DLP_FETCH_REP_MAX	(256u * 1024)
+#define DLP_FETCH_TXT_MAX	64	/* TXT strings of a reply */
+#define DLP_FETCH_HDR_MAX	16	/* header lines of a POST */
+
+enum dlp_fetch_kind { DLP_FETCH_TXT = 1, DLP_FETCH_STS = 2, DLP_FETCH_POST = 3 };
+
+struct dlp_freq {
+	uint32_t		 kind;
+	char			*name;		/* TXT name, STS domain, POST url */
+	size_t			 nhdr;
+	char			**hdr;
+	const char		*body;		/* points into the frame */
+	size_t			 len;
+};
+
+struct dlp_frep {
+	uint32_t		 kind;
+	int32_t			 status;
+	char			*why;		/* "" when none */
+	char			*rtype;		/* STS failure: RFC 8460 result type */
+	size_t			 ntxt;
+	char			**txt;
+	struct mtasts_policy	 pol;		/* STS, status 0: mode, max_age, mx */
+};
+
+int	 dlp_freq_encode(struct dlp_buf *, const struct dlp_freq *);
+/* Parses a request frame; its body points into buf.  0 or -1. */
+int	 dlp_freq_decode(const char *buf, size_t len, struct dlp_freq *);
+void	 dlp_freq_free(struct dlp_freq *);
+int	 dlp_frep_encode(struct dlp_buf *, const struct dlp_frep *);
+/* Parses a reply frame (bounds only; the caller checks what it means). */
+int	 dlp_frep_decode(const char *buf, size_t len, struct dlp_frep *);
+void	 dlp_frep_free(struct dlp_frep *);
+
 /* Frame I/O on a blocking socket (EINTR retried).  0, or -1 (EOF: errno 0). */
 int	 dlp_send(int fd, const struct dlp_buf *);
 int	 dlp_recv(int fd, size_t max, char **buf, size_t *len);

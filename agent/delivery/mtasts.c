@@ -4,9 +4,12 @@
  * https://mta-sts.<domain>/.well-known/mta-sts.txt, fetched with libcurl
  * against tls_ca_file (or the system store), the host's addresses resolved
  * through our own resolver, no redirects, no proxy, bounded in size and
- * time.  Policies are cached by domain and written to
- * <state_dir>/mta-sts.json (tmp, fsync, rename) so a restart keeps them;
- * the file is input like any other and is parsed and checked again.
+ * time.  The lookup, the fetch and the parse run in the fetch process
+ * (fetch.c, mtasts_fetch_policy): the main process gets the records and
+ * the parsed policy, which it writes out as a canonical policy text and
+ * parses again before using it.  Policies are cached by domain and written
+ * to <state_dir>/mta-sts.json (tmp, fsync, rename) so a restart keeps
+ * them; the file is input like any other and is parsed and checked again.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -26,6 +29,7 @@
 
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/delivery.h"
+#include "agent/delivery/fetch.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/tlsrpt.h"
@@ -46,12 +50,8 @@ struct mtasts_entry {
 
 struct mtasts {
 	pthread_mutex_t		 mu;
-	struct mx_resolver	*mx;
 	char			*path;		/* the cache file */
-	char			*ca_file;	/* NULL = system store */
 	int			 check_interval;
-	int			 timeout;
-	int			 allow_internal;	/* mx_allow_internal */
 	struct mtasts_entry	*entries;
 	size_t			 n;
 };
@@ -68,8 +68,9 @@ static pthread_mutex_t	 mtasts_global_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct mtasts_entry *mtasts_find(struct mtasts *, const char *, int create);
 static void	 mtasts_load(struct mtasts *);
 static void	 mtasts_save(struct mtasts *);
-static int	 mtasts_fetch(struct mtasts *, const char *domain, char **text,
-		    size_t *len, const char **rtype, char *err, size_t errlen);
+static int	 mtasts_fetch(struct mx_resolver *, const struct config *,
+		    const char *domain, char **text, size_t *len, const char **rtype,
+		    char *err, size_t errlen);
 static size_t	 mtasts_write_cb(char *, size_t, size_t, void *);
 static int	 mtasts_pattern_ok(const char *);
 
@@ -275,33 +276,18 @@ struct mtasts *
 mtasts_shared(const struct config *cfg, const char *state_dir)
 {
 	struct mtasts *m = NULL;
-	struct mx_resolver *r;
-	char err[256];
 
 	pthread_mutex_lock(&mtasts_global_mu);
 	if (mtasts_global != NULL || state_dir == NULL)
 		goto out;
-	if ((r = mx_resolver_shared(cfg, err, sizeof(err))) == NULL) {
-		log_msg(LOG_WARNING, "event=mta_sts_error error=\"resolver: %s\"", err);
-		goto out;
-	}
 	if ((m = calloc(1, sizeof(*m))) == NULL)
 		goto out;
-	if ((m->mx = mx_resolver_dup(r)) == NULL ||
-	    asprintf(&m->path, "%s/%s", state_dir, MTASTS_FILE) == -1) {
-		m->path = NULL;
-		if (m->mx)
-			mx_resolver_free(m->mx);
+	if (asprintf(&m->path, "%s/%s", state_dir, MTASTS_FILE) == -1) {
 		free(m);
 		m = NULL;
 		goto out;
 	}
-	mx_resolver_set_timeout(m->mx, 5000);
-	m->allow_internal = cfg->mx_allow_internal;
-	if (cfg->tls_ca_file != NULL && cfg->tls_ca_file[0] != '\0')
-		m->ca_file = strdup(cfg->tls_ca_file);
 	m->check_interval = cfg->mta_sts_check_interval;
-	m->timeout = cfg->mta_sts_fetch_timeout;
 	pthread_mutex_init(&m->mu, NULL);
 	mtasts_load(m);
 	mtasts_global = m;
@@ -328,9 +314,7 @@ mtasts_shared_free(void)
 		free(e->text);
 		free(e);
 	}
-	mx_resolver_free(m->mx);
 	free(m->path);
-	free(m->ca_file);
 	pthread_mutex_destroy(&m->mu);
 	free(m);
 }
@@ -494,11 +478,14 @@ mtasts_write_cb(char *data, size_t size, size_t nmemb, void *arg)
 	return n;
 }
 
-/* GET the policy; 0 with *text (malloc'd), -1 with rtype and err. */
+/* GET the policy (fetch process); 0 with *text (malloc'd), -1 with rtype and err. */
 static int
-mtasts_fetch(struct mtasts *m, const char *domain, char **text, size_t *len,
-    const char **rtype, char *err, size_t errlen)
+mtasts_fetch(struct mx_resolver *mx, const struct config *cfg, const char *domain,
+    char **text, size_t *len, const char **rtype, char *err, size_t errlen)
 {
+	const char *ca = cfg->tls_ca_file != NULL && cfg->tls_ca_file[0] != '\0' ?
+	    cfg->tls_ca_file : NULL;
+	long timeout = (long)cfg->mta_sts_fetch_timeout * 1000L;
 	char host[MTASTS_NAME_MAX + 16], url[MTASTS_NAME_MAX + 64];
 	char cerr[CURL_ERROR_SIZE], why[256], resolve[MTASTS_NAME_MAX + 1024];
 	struct mtasts_body body = { NULL, 0, 0 };
@@ -515,14 +502,14 @@ mtasts_fetch(struct mtasts *m, const char *domain, char **text, size_t *len,
 	snprintf(host, sizeof(host), "mta-sts.%s", domain);
 	snprintf(url, sizeof(url), "https://%s/.well-known/mta-sts.txt", host);
 	/* our resolver (resolver = ...), not the system's */
-	if (mx_host(m->mx, host, MTASTS_HTTPS_PORT, &list, why, sizeof(why)) != MX_OK ||
+	if (mx_host(mx, host, MTASTS_HTTPS_PORT, &list, why, sizeof(why)) != MX_OK ||
 	    list == NULL) {
 		snprintf(err, errlen, "%s: %s", host, why[0] ? why : "no address");
 		goto out;
 	}
 	/* a hostile domain's DNS must not make us fetch from the inside
 	 * (loopback, private, metadata addresses), as for delivery */
-	if (!m->allow_internal && mx_list_drop_internal(list, why, sizeof(why)) > 0 &&
+	if (!cfg->mx_allow_internal && mx_list_drop_internal(list, why, sizeof(why)) > 0 &&
 	    list->nhosts == 0) {
 		snprintf(err, errlen, "%s: only internal addresses (%s); not fetched", host, why);
 		goto out;
@@ -560,11 +547,11 @@ mtasts_fetch(struct mtasts *m, const char *domain, char **text, size_t *len,
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
 	curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-	if (m->ca_file != NULL)
-		curl_easy_setopt(c, CURLOPT_CAINFO, m->ca_file);
+	if (ca != NULL)
+		curl_easy_setopt(c, CURLOPT_CAINFO, ca);
 	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)m->timeout * 1000L / 2);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)m->timeout * 1000L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, timeout / 2);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, timeout);
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "otpmail/" PACKAGE_VERSION);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, mtasts_write_cb);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
@@ -601,6 +588,51 @@ out:
 	curl_slist_free_all(rl);
 	mx_list_free(list);
 	return ret;
+}
+
+int
+mtasts_fetch_policy(struct mx_resolver *mx, const struct config *cfg, const char *domain,
+    struct mtasts_policy *pol, const char **rtype, char *why, size_t whylen)
+{
+	char perr[128], *text = NULL;
+	size_t len = 0;
+	int rc;
+
+	memset(pol, 0, sizeof(*pol));
+	if (strlen(domain) > MTASTS_NAME_MAX - 8 || !mx_domain_valid(domain)) {
+		*rtype = "sts-policy-fetch-error";
+		snprintf(why, whylen, "bad domain");
+		return -1;
+	}
+	if (mtasts_fetch(mx, cfg, domain, &text, &len, rtype, why, whylen) == -1)
+		return -1;
+	if ((rc = mtasts_parse(text, len, pol, perr, sizeof(perr))) == -1) {
+		*rtype = "sts-policy-invalid";
+		snprintf(why, whylen, "https://mta-sts.%s/.well-known/mta-sts.txt: %s",
+		    domain, perr);
+	}
+	free(text);
+	return rc;
+}
+
+char *
+mtasts_policy_text(const struct mtasts_policy *pol)
+{
+	char *s = NULL, *t;
+	size_t i;
+
+	if (asprintf(&s, "version: STSv1\nmode: %s\nmax_age: %ld\n",
+	    mtasts_mode_name(pol->mode), pol->max_age) == -1)
+		return NULL;
+	for (i = 0; i < pol->nmx && i < MTASTS_MX_MAX; i++) {
+		if (asprintf(&t, "%smx: %.*s\n", s, MTASTS_NAME_MAX, pol->mx[i]) == -1) {
+			free(s);
+			return NULL;
+		}
+		free(s);
+		s = t;
+	}
+	return s;
 }
 
 enum mtasts_status
@@ -641,7 +673,7 @@ mtasts_get(struct mtasts *m, const char *domain, struct mtasts_policy *out,
 	pthread_mutex_unlock(&m->mu);
 
 	snprintf(name, sizeof(name), "_mta-sts.%s", domain);
-	ms = mx_txt(m->mx, name, &txt, reason, sizeof(reason));
+	ms = fetch_txt(name, &txt, reason, sizeof(reason));
 	for (i = 0; ms == MX_OK && txt[i] != NULL; i++) {
 		int r = mtasts_txt_id(txt[i], id, sizeof(id));
 
@@ -688,12 +720,15 @@ mtasts_get(struct mtasts *m, const char *domain, struct mtasts_policy *out,
 	}
 	pthread_mutex_unlock(&m->mu);
 
-	/* New, changed, or half-way to lapsing: fetch (outside the lock). */
-	if (mtasts_fetch(m, domain, &text, &len, rtype, why, whylen) == 0 &&
-	    mtasts_parse(text, len, &pol, perr, sizeof(perr)) == -1) {
+	/* New, changed, or half-way to lapsing: fetch (outside the lock), by
+	 * the fetch process; what it parsed is parsed again from its canonical
+	 * text, the form the cache file keeps. */
+	if (fetch_sts(domain, &pol, rtype, why, whylen) == 0 &&
+	    ((text = mtasts_policy_text(&pol)) == NULL ||
+	    mtasts_parse(text, (len = strlen(text)), &pol, perr, sizeof(perr)) == -1)) {
 		*rtype = "sts-policy-invalid";
-		snprintf(why, whylen, "https://mta-sts.%s/.well-known/mta-sts.txt: %s",
-		    domain, perr);
+		snprintf(why, whylen, "https://mta-sts.%s/.well-known/mta-sts.txt: "
+		    "the fetch process's policy: %s", domain, text ? perr : "out of memory");
 		free(text);
 		text = NULL;
 	}

@@ -75,6 +75,17 @@ int		 mtasts_configured(const struct config *, const char *domain);
 int		 mtasts_for_delivery(const struct config *, const char *state_dir,
 		    const char *domain, struct mtasts_policy *out);
 
+/*
+ * The fetch process's part (fetch.c): looks up mta-sts.<domain> with mx,
+ * GETs and parses its policy (cfg: tls_ca_file, mta_sts_fetch_timeout,
+ * mx_allow_internal).  0 with *pol, or -1 with rtype and why.
+ */
+int		 mtasts_fetch_policy(struct mx_resolver *mx, const struct config *cfg,
+		    const char *domain, struct mtasts_policy *pol, const char **rtype,
+		    char *why, size_t whylen);
+/* The policy as a canonical policy file (malloc'd), which mtasts_parse reads. */
+char		*mtasts_policy_text(const struct mtasts_policy *);
+
 /* Parsing, exposed for tests/unit/test_mtasts.c. */
 int		 mtasts_parse(const char *text, size_t len, struct mtasts_policy *,
 		    char *err, size_t errlen);

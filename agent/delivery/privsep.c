@@ -22,6 +22,7 @@
 #include <linux/landlock.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <seccomp.h>
@@ -35,14 +36,21 @@
 #define PRIVSEP_DEFAULT_USER	"otpmail-smtp"
 #define PRIVSEP_FALLBACK_USER	"nobody"
 
-static int	 privsep_user(const struct config *, char *how, size_t howlen,
+static int	 privsep_user(const struct config *, int jail, char *how, size_t howlen,
 		    char *err, size_t errlen);
-static int	 privsep_landlock(char *how, size_t howlen);
+static int	 privsep_landlock(const char *const *readable, char *how, size_t howlen);
 static int	 privsep_seccomp(char *err, size_t errlen);
 
 pid_t
 privsep_spawn(const char *exe, const char *config_path, const struct config *cfg,
     int n, int *fds, char *err, size_t errlen)
+{
+	return privsep_spawn_role(exe, PRIVSEP_ARG, config_path, cfg, n, fds, err, errlen);
+}
+
+pid_t
+privsep_spawn_role(const char *exe, const char *role, const char *config_path,
+    const struct config *cfg, int n, int *fds, char *err, size_t errlen)
 {
 	char nbuf[16], lbuf[8];
 	char *argv[6];
@@ -63,8 +71,8 @@ privsep_spawn(const char *exe, const char *config_path, const struct config *cfg
 		}
 	snprintf(nbuf, sizeof(nbuf), "%d", n);
 	snprintf(lbuf, sizeof(lbuf), "%d", (cfg->log_stderr ? 1 : 0) | (cfg->log_syslog ? 2 : 0));
-	argv[0] = "otpmaild-delivery";
-	argv[1] = PRIVSEP_ARG;
+	argv[0] = strcmp(role, PRIVSEP_ARG) == 0 ? "otpmaild-delivery" : "otpmaild-fetch";
+	argv[1] = (char *)role;
 	argv[2] = nbuf;
 	argv[3] = lbuf;
 	argv[4] = (char *)(config_path != NULL ? config_path : "");
@@ -107,31 +115,42 @@ fail:
 }
 
 int
+privsep_child_init(int argc, char **argv, const char *name, struct otpmaild *d, int *n)
+{
+	char err[512];
+	int lf;
+
+	if (argc != 5 || (*n = atoi(argv[2])) < 1 || *n > 1024) {
+		fprintf(stderr, "otpmaild: %s is for otpmaild's own use\n", argv[1]);
+		return -1;
+	}
+	lf = atoi(argv[3]);
+	memset(d, 0, sizeof(*d));
+	if ((d->cfg = config_load(argv[4][0] != '\0' ? argv[4] : NULL, err,
+	    sizeof(err))) == NULL) {
+		fprintf(stderr, "%s: %s\n", name, err);
+		return -1;
+	}
+	d->cfg->log_stderr = (lf & 1) != 0;
+	d->cfg->log_syslog = (lf & 2) != 0;
+	log_init(name, d->cfg->log_stderr, d->cfg->log_syslog, d->cfg->log_level);
+	signal(SIGPIPE, SIG_IGN);
+	tzset();		/* the zone file is out of reach later */
+	d->started = time(NULL);
+	d->state_dir = d->cfg->state_dir;
+	d->hostname = d->cfg->hostname;
+	return 0;
+}
+
+int
 privsep_child_main(int argc, char **argv)
 {
 	struct otpmaild d;
 	char err[512];
-	int n, lf, rc;
+	int n, rc;
 
-	if (argc != 5 || (n = atoi(argv[2])) < 1 || n > 1024) {
-		fprintf(stderr, "otpmaild: %s is for otpmaild's own use\n", PRIVSEP_ARG);
+	if (privsep_child_init(argc, argv, "otpmaild-delivery", &d, &n) == -1)
 		return 2;
-	}
-	lf = atoi(argv[3]);
-	memset(&d, 0, sizeof(d));
-	if ((d.cfg = config_load(argv[4][0] != '\0' ? argv[4] : NULL, err,
-	    sizeof(err))) == NULL) {
-		fprintf(stderr, "otpmaild-delivery: %s\n", err);
-		return 1;
-	}
-	d.cfg->log_stderr = (lf & 1) != 0;
-	d.cfg->log_syslog = (lf & 2) != 0;
-	log_init("otpmaild-delivery", d.cfg->log_stderr, d.cfg->log_syslog, d.cfg->log_level);
-	signal(SIGPIPE, SIG_IGN);
-	tzset();		/* the zone file is out of reach later */
-	d.started = time(NULL);
-	d.state_dir = d.cfg->state_dir;
-	d.hostname = d.cfg->hostname;
 	if (bounce_init(d.cfg->bounce_rules_file, err, sizeof(err)) == -1) {
 		log_msg(LOG_ERR, "event=delivery_process_failed detail=\"%s\"", err);
 		return 1;
@@ -143,9 +162,11 @@ privsep_child_main(int argc, char **argv)
 	_exit(rc == -1 ? 1 : 0);
 }
 
-/* Looks the user up while /etc is still there; takes it after the chroot. */
+/* Looks the user up while /etc is still there; takes it after the chroot
+ * (jail: into an empty directory; else the filesystem is Landlock's). */
 static int
-privsep_user(const struct config *cfg, char *how, size_t howlen, char *err, size_t errlen)
+privsep_user(const struct config *cfg, int jail, char *how, size_t howlen, char *err,
+    size_t errlen)
 {
 	char tmpl[] = "/tmp/otpmail-empty.XXXXXX";
 	const char *name = cfg->delivery_user;
@@ -169,8 +190,8 @@ privsep_user(const struct config *cfg, char *how, size_t howlen, char *err, size
 		snprintf(err, errlen, "delivery_user %s is root", name);
 		return -1;
 	}
-	if (mkdtemp(tmpl) == NULL || chdir(tmpl) == -1 || rmdir(tmpl) == -1 ||
-	    chroot(".") == -1 || chdir("/") == -1) {
+	if (jail && (mkdtemp(tmpl) == NULL || chdir(tmpl) == -1 || rmdir(tmpl) == -1 ||
+	    chroot(".") == -1 || chdir("/") == -1)) {
 		snprintf(err, errlen, "chroot into an empty directory (%s): %s", tmpl,
 		    strerror(errno));
 		return -1;
@@ -188,16 +209,21 @@ privsep_user(const struct config *cfg, char *how, size_t howlen, char *err, size
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() == 1)
 		_exit(0);
-	snprintf(how, howlen, "user=%s chroot=empty", name);
+	snprintf(how, howlen, "user=%s chroot=%s", name, jail ? "empty" : "no");
 	return 0;
 }
 
-/* Every filesystem right handled, none granted.  The ABI used, 0 if none. */
+/*
+ * Every filesystem right handled; none granted but reading the files (or
+ * directories) in readable, those that exist.  The ABI used, 0 if none.
+ */
 static int
-privsep_landlock(char *how, size_t howlen)
+privsep_landlock(const char *const *readable, char *how, size_t howlen)
 {
 	struct landlock_ruleset_attr attr;
-	int abi, fd;
+	struct landlock_path_beneath_attr pb;
+	struct stat st;
+	int abi, fd, pfd, i, nr = 0;
 
 	abi = (int)syscall(SYS_landlock_create_ruleset, NULL, 0,
 	    LANDLOCK_CREATE_RULESET_VERSION);
@@ -214,6 +240,19 @@ privsep_landlock(char *how, size_t howlen)
 	if (abi >= 5)
 		attr.handled_access_fs |= 1ULL << 15;	/* ioctl_dev */
 	fd = (int)syscall(SYS_landlock_create_ruleset, &attr, sizeof(attr.handled_access_fs), 0);
+	for (i = 0; fd != -1 && readable != NULL && readable[i] != NULL; i++) {
+		if (readable[i][0] == '\0' ||
+		    (pfd = open(readable[i], O_PATH | O_CLOEXEC)) == -1)
+			continue;
+		memset(&pb, 0, sizeof(pb));
+		pb.parent_fd = pfd;
+		pb.allowed_access = LANDLOCK_ACCESS_FS_READ_FILE;
+		if (fstat(pfd, &st) == 0 && S_ISDIR(st.st_mode))
+			pb.allowed_access |= LANDLOCK_ACCESS_FS_READ_DIR;
+		if (syscall(SYS_landlock_add_rule, fd, LANDLOCK_RULE_PATH_BENEATH, &pb, 0) == 0)
+			nr++;
+		close(pfd);
+	}
 	if (fd == -1 || syscall(SYS_landlock_restrict_self, fd, 0) == -1) {
 		snprintf(how, howlen, "landlock=failed(%s)", strerror(errno));
 		if (fd != -1)
@@ -221,7 +260,10 @@ privsep_landlock(char *how, size_t howlen)
 		return 0;
 	}
 	close(fd);
-	snprintf(how, howlen, "landlock=abi%d", abi);
+	if (readable != NULL)
+		snprintf(how, howlen, "landlock=abi%d readable=%d", abi, nr);
+	else
+		snprintf(how, howlen, "landlock=abi%d", abi);
 	return abi;
 }
 
@@ -292,17 +334,18 @@ out:
 }
 
 int
-privsep_restrict(const struct config *cfg, char *how, size_t howlen, char *err, size_t errlen)
+privsep_restrict(const struct config *cfg, const char *const *readable, char *how,
+    size_t howlen, char *err, size_t errlen)
 {
 	char u[128], ll[64];
 
-	if (privsep_user(cfg, u, sizeof(u), err, errlen) == -1)
+	if (privsep_user(cfg, readable == NULL, u, sizeof(u), err, errlen) == -1)
 		return -1;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) {
 		snprintf(err, errlen, "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
 		return -1;
 	}
-	privsep_landlock(ll, sizeof(ll));
+	privsep_landlock(readable, ll, sizeof(ll));
 	if (privsep_seccomp(err, errlen) == -1)
 		return -1;
 	snprintf(how, howlen, "%s no_new_privs=yes %s seccomp=yes", u, ll);
@@ -311,6 +354,12 @@ privsep_restrict(const struct config *cfg, char *how, size_t howlen, char *err, 
 
 void
 privsep_probe(const char *paths)
+{
+	privsep_probe_event("delivery_probe", paths);
+}
+
+void
+privsep_probe_event(const char *event, const char *paths)
 {
 	struct sockaddr_un sun;
 	char *copy, *p, *save = NULL;
@@ -334,8 +383,8 @@ privsep_probe(const char *paths)
 				ce = errno;
 			close(fd);
 		}
-		log_msg(LOG_WARNING, "event=delivery_probe path=%s open=%s open_errno=%d "
-		    "connect=%s connect_errno=%d", p, oe ? "denied" : "OPENED", oe,
+		log_msg(LOG_WARNING, "event=%s path=%s open=%s open_errno=%d "
+		    "connect=%s connect_errno=%d", event, p, oe ? "denied" : "OPENED", oe,
 		    ce ? "denied" : "CONNECTED", ce);
 	}
 	free(copy);

@@ -35,15 +35,26 @@ pid_t	 privsep_start(const char *exe, const char *config_path, const struct conf
 /* SIGKILL. */
 int	 privsep_kill(pid_t);
 pid_t	 privsep_wait(pid_t, int *status, int nohang);
+/* The same with another role argument (FETCH_ARG: the fetch process). */
+pid_t	 privsep_spawn_role(const char *exe, const char *role, const char *config_path,
+	    const struct config *, int n, int *fds, char *err, size_t errlen);
+/* A child's start: checks argv, loads the config, opens the log as name.
+ * 0 with *d and *n (its socket count), or -1 (said on stderr). */
+int	 privsep_child_init(int argc, char **argv, const char *name,
+	    struct otpmaild *d, int *n);
 /* main() of the delivery process (argv as privsep_spawn makes it). */
 int	 privsep_child_main(int argc, char **argv);
 /*
- * Locks the calling (delivery) process in: user, chroot, no new privileges,
- * Landlock, seccomp.  What it did in how (for the log).  0 or -1 with err.
+ * Locks the calling process in: user, no new privileges, Landlock,
+ * seccomp.  readable NULL (delivery): an empty chroot and no file right at
+ * all; else (fetch) no chroot and the right to read those paths only.
+ * What it did in how (for the log).  0 or -1 with err.
  */
-int	 privsep_restrict(const struct config *, char *how, size_t howlen,
-	    char *err, size_t errlen);
+int	 privsep_restrict(const struct config *, const char *const *readable,
+	    char *how, size_t howlen, char *err, size_t errlen);
 /* The test hook: logs, for each path in $PRIVSEP_PROBE_ENV, what opening it did. */
 void	 privsep_probe(const char *paths);
+/* The same, logged as event (the fetch process: fetch_probe). */
+void	 privsep_probe_event(const char *event, const char *paths);
 
 #endif

@@ -3,7 +3,9 @@
  * policy type, policy id), bounded in domains and in failure detail rows
  * (what does not fit is counted, not detailed); the periodic report per
  * policy domain, JSON (RFC 8460 4.4) gzip'd in a multipart/report mail to
- * the rua=mailto: addresses, queued (and DKIM-signed) like any mail.  A
+ * the rua=mailto: addresses, queued (and DKIM-signed) like any mail (so it
+ * leaves through the delivery process; rua=https: is not used, nothing is
+ * POSTed).  The _smtp._tls record is looked up by the fetch process.  A
  * report that cannot be queued goes back into the aggregate.
  */
 #include <pthread.h>
@@ -20,6 +22,7 @@
 
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/delivery.h"
+#include "agent/delivery/fetch.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/mx.h"
 #include "agent/delivery/tlsrpt.h"
@@ -173,15 +176,16 @@ tlsrpt_time(time_t t, char *out, size_t len)
 
 /* The rua=mailto: addresses of domain's _smtp._tls record (at most max). */
 static size_t
-tlsrpt_rua(struct mx_resolver *r, const char *domain, char addrs[][ADDR_PATH_MAX + 1],
-    size_t max)
+tlsrpt_rua(const char *domain, char addrs[][ADDR_PATH_MAX + 1], size_t max)
 {
 	char name[MTASTS_NAME_MAX + 16], why[256], **v = NULL, *p, *e, reason[128];
 	size_t i, n = 0, nrec = 0;
 	const char *rec = NULL;
 
 	snprintf(name, sizeof(name), "_smtp._tls.%s", domain);
-	if (mx_txt(r, name, &v, why, sizeof(why)) != MX_OK)
+	/* looked up by the fetch process (fetch.h): no DNS answer is parsed here
+	 * but the TXT strings it passes on, bounded */
+	if (fetch_txt(name, &v, why, sizeof(why)) != MX_OK)
 		return 0;
 	for (i = 0; v[i] != NULL; i++)
 		if (strncmp(v[i], "v=TLSRPTv1", 10) == 0 && (v[i][10] == ';' ||
@@ -312,8 +316,7 @@ tlsrpt_gzip(const char *in, size_t len, size_t *outlen)
 
 /* Builds and queues one domain's report; 0 if queued or nobody wants it. */
 static int
-tlsrpt_send_domain(struct otpmaild *d, struct mx_resolver *r,
-    struct tlsrpt_policy *list, const char *domain, time_t start, time_t end,
+tlsrpt_send_domain(struct otpmaild *d, struct tlsrpt_policy *list, const char *domain, time_t start, time_t end,
     int *sent)
 {
 	char rua[TLSRPT_RUA_MAX][ADDR_PATH_MAX + 1], from[ADDR_PATH_MAX + 1];
@@ -330,7 +333,7 @@ tlsrpt_send_domain(struct otpmaild *d, struct mx_resolver *r,
 	int ret = -1;
 
 	*sent = 0;
-	if ((nrua = tlsrpt_rua(r, domain, rua, TLSRPT_RUA_MAX)) == 0)
+	if ((nrua = tlsrpt_rua(domain, rua, TLSRPT_RUA_MAX)) == 0)
 		return 0;		/* no rua=mailto: nobody asked */
 	if (d->cfg->tls_rpt_from != NULL && d->cfg->tls_rpt_from[0] != '\0')
 		snprintf(from, sizeof(from), "%s", d->cfg->tls_rpt_from);
@@ -406,9 +409,7 @@ void
 tlsrpt_send(struct otpmaild *d, size_t *nsent, size_t *nfailed)
 {
 	struct tlsrpt_policy *snap, *p, *q, *next;
-	struct mx_resolver *r;
 	time_t start, end = time(NULL);
-	char why[256];
 	int sent;
 
 	*nsent = *nfailed = 0;
@@ -421,22 +422,13 @@ tlsrpt_send(struct otpmaild *d, size_t *nsent, size_t *nfailed)
 	pthread_mutex_unlock(&tlsrpt_mu);
 	if (snap == NULL)
 		return;
-	if ((r = mx_resolver_shared(d->cfg, why, sizeof(why))) == NULL) {
-		log_msg(LOG_WARNING, "event=tlsrpt_report_failed error=\"resolver: %s\"", why);
-		metrics_event("tlsrpt_report", "error");
-		for (p = snap; p != NULL; p = next) {
-			next = p->next;
-			tlsrpt_merge(p);
-		}
-		return;
-	}
 	/* one report per policy domain: the first entry of each domain sends */
 	for (p = snap; p != NULL; p = p->next) {
 		for (q = snap; q != p && strcmp(q->domain, p->domain) != 0; q = q->next)
 			;
 		if (q != p)
 			continue;
-		if (tlsrpt_send_domain(d, r, snap, p->domain, start, end, &sent) == -1) {
+		if (tlsrpt_send_domain(d, snap, p->domain, start, end, &sent) == -1) {
 			(*nfailed)++;
 			metrics_event("tlsrpt_report", "error");
 			p->failed_send = 1;

@@ -8,7 +8,10 @@
  * resumes where it stopped.  A failed POST is retried with doubling delays
  * (webhook_retry_min .. webhook_retry_max) until the event is
  * webhook_max_age old, then given up (logged, counted).  Delivery never
- * waits on any of this: emitters only bump a counter and signal.
+ * waits on any of this: emitters only bump a counter and signal.  The
+ * signature is made here (the secret stays in the main process); the POST
+ * itself, DNS, TLS and the receiver's answer, happen in the fetch process
+ * (agent/delivery/fetch.h), which returns the HTTP status.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -19,17 +22,17 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
 #include "agent/core/otpmaild.h"
 #include "agent/events/events_int.h"
+#include "agent/delivery/delivery.h"
 #include "agent/mail/mail.h"
 
 #define WH_BATCH	100		/* events read from the log at a time */
 #define WH_SECRET_MAX	256
-#define WH_REPLY_MAX	4096		/* bytes of a receiver's answer read */
+#define WH_ERROR_MAX	320		/* a POST's error text */
 
 struct wh_event {
 	uint64_t	 id;
@@ -53,7 +56,7 @@ struct wh {
 	uint64_t	 backlog;	/* the app's events after cursor */
 	uint64_t	 posted, failures, given_up;
 	time_t		 last_ok;
-	char		 last_error[CURL_ERROR_SIZE + 64];
+	char		 last_error[WH_ERROR_MAX + 64];
 	unsigned	 wakeups;
 };
 
@@ -270,27 +273,15 @@ wh_collect(void *arg, uint64_t id, const char *line, size_t len)
 	return ++b->n == WH_BATCH;
 }
 
-static size_t
-wh_discard(char *p, size_t size, size_t n, void *arg)
-{
-	size_t *got = arg;
-
-	*got += size * n;
-	return *got > WH_REPLY_MAX ? 0 : size * n;	/* a flood ends the transfer */
-}
-
 /* One POST; 0 when the receiver answered 2xx, else -1 with why. */
 static int
-wh_post(struct wh *w, CURL *c, const struct wh_event *e, char *why, size_t whylen)
+wh_post(struct wh *w, const struct wh_event *e, char *why, size_t whylen)
 {
 	unsigned char mac[EVP_MAX_MD_SIZE];
 	unsigned int maclen = 0;
-	char hdr[3][160], b64[96], cerr[CURL_ERROR_SIZE] = "", ids[24], ts[24];
-	struct curl_slist *h = NULL;
-	const struct config *cfg = wh.d->cfg;
-	size_t got = 0;
+	char hdr[3][160], b64[96], ids[24], ts[24];
+	const char *h[5];
 	long code = 0;
-	CURLcode rc;
 	struct buf sc;
 
 	snprintf(ids, sizeof(ids), "%" PRIu64, e->id);
@@ -310,40 +301,16 @@ wh_post(struct wh *w, CURL *c, const struct wh_event *e, char *why, size_t whyle
 	snprintf(hdr[0], sizeof(hdr[0]), "webhook-id: %s", ids);
 	snprintf(hdr[1], sizeof(hdr[1]), "webhook-timestamp: %s", ts);
 	snprintf(hdr[2], sizeof(hdr[2]), "webhook-signature: v1,%s", b64);
-	h = curl_slist_append(h, "Content-Type: application/json");
-	h = curl_slist_append(h, "Expect:");
-	h = curl_slist_append(h, hdr[0]);
-	h = curl_slist_append(h, hdr[1]);
-	h = curl_slist_append(h, hdr[2]);
-	curl_easy_setopt(c, CURLOPT_URL, w->url);
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
-	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(c, CURLOPT_PROXY, "");
-	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-	curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
-	if (cfg->webhook_ca_file[0] != '\0')
-		curl_easy_setopt(c, CURLOPT_CAINFO, cfg->webhook_ca_file);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->webhook_timeout * 1000L);
-	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)cfg->webhook_timeout * 1000L);
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "otpmail/" PACKAGE_VERSION);
-	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-	curl_easy_setopt(c, CURLOPT_POSTFIELDS, e->body);
-	curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)e->len);
-	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, wh_discard);
-	curl_easy_setopt(c, CURLOPT_WRITEDATA, &got);
-	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
-	rc = curl_easy_perform(c);
-	curl_slist_free_all(h);
-	if (rc == CURLE_OK || rc == CURLE_WRITE_ERROR)
-		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	h[0] = "Content-Type: application/json";
+	h[1] = "Expect:";
+	h[2] = hdr[0];
+	h[3] = hdr[1];
+	h[4] = hdr[2];
+	if (fetch_post(w->url, h, 5, e->body, e->len, &code, why, whylen) == -1)
+		return -1;
 	if (code >= 200 && code < 300)
 		return 0;
-	if (code != 0)
-		snprintf(why, whylen, "HTTP %ld", code);
-	else
-		snprintf(why, whylen, "%s", cerr[0] ? cerr : curl_easy_strerror(rc));
+	snprintf(why, whylen, "HTTP %ld", code);
 	return -1;
 }
 
@@ -364,10 +331,10 @@ wh_sleep(struct wh *w, int secs)
 /* Delivers one event: retries until it is taken, too old, or we stop.
  * 0 when done with it (the cursor may move past it), -1 when stopping. */
 static int
-wh_deliver(struct wh *w, CURL *c, const struct wh_event *e)
+wh_deliver(struct wh *w, const struct wh_event *e)
 {
 	const struct config *cfg = wh.d->cfg;
-	char why[CURL_ERROR_SIZE + 32];
+	char why[WH_ERROR_MAX + 32];
 	int delay = cfg->webhook_retry_min, tries = 0;
 
 	for (;;) {
@@ -379,7 +346,7 @@ wh_deliver(struct wh *w, CURL *c, const struct wh_event *e)
 			goto give_up;
 		}
 		tries++;
-		if (wh_post(w, c, e, why, sizeof(why)) == 0) {
+		if (wh_post(w, e, why, sizeof(why)) == 0) {
 			pthread_mutex_lock(&w->mu);
 			w->posted++;
 			w->last_ok = time(NULL);
@@ -414,13 +381,12 @@ wh_thread(void *arg)
 {
 	struct wh *w = arg;
 	struct wh_batch *b = calloc(1, sizeof(*b));
-	CURL *c = curl_easy_init();
 	uint64_t cursor;
 	unsigned seen;
 	size_t i;
 	int stop = 0;
 
-	if (b == NULL || c == NULL) {
+	if (b == NULL) {
 		log_msg(LOG_ERR, "event=webhook_error app=%s detail=\"cannot start\"", w->app);
 		goto out;
 	}
@@ -434,7 +400,7 @@ wh_thread(void *arg)
 			log_msg(LOG_ERR, "event=webhook_error app=%s detail=\"cannot read "
 			    "the event log\"", w->app);
 		for (i = 0; i < b->n && !stop; i++) {
-			if (wh_deliver(w, c, &b->ev[i]) == -1) {
+			if (wh_deliver(w, &b->ev[i]) == -1) {
 				stop = 1;
 				break;
 			}
@@ -461,8 +427,6 @@ wh_thread(void *arg)
 		pthread_mutex_unlock(&w->mu);
 	}
 out:
-	if (c != NULL)
-		curl_easy_cleanup(c);
 	free(b);
 	return NULL;
 }

@@ -2,12 +2,15 @@
  * fuzz_dlproto.c - libFuzzer target for the frames between otpmaild and
  * its delivery process (agent/delivery/dlproto.c): the main process reads
  * results from a process that talks to the internet, so they are hostile
- * input.  The first byte picks the decoder (even: result, odd: job).
+ * input.  The first byte picks the decoder (mod 4: 0 result, 1 job, 2 a
+ * fetch process's reply, 3 a fetch request; fetch.c).
  * Oracles: an accepted result re-encodes to exactly the input (the format
  * is canonical) and respects the bounds of dlproto.h; dlp_result_check
  * against a four-recipient job refuses unknown or repeated indexes and
  * unknown states; an accepted job re-encodes to a frame that decodes and
- * encodes to itself.
+ * encodes to itself.  A fetch reply (hostile: the fetch process talks to
+ * the internet) or request that decodes re-encodes to exactly the input and
+ * respects the bounds (TXT count, mx patterns, max_age, mode).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -86,6 +89,50 @@ fuzz_job(const char *p, size_t n)
 	dlp_job_free(&job2);
 }
 
+static void
+fuzz_frep(const char *p, size_t n)
+{
+	struct dlp_frep f;
+	struct dlp_buf b;
+	size_t i;
+
+	if (dlp_frep_decode(p, n, &f) == -1)
+		return;
+	if (f.why == NULL || f.rtype == NULL || f.txt == NULL || f.ntxt > DLP_FETCH_TXT_MAX ||
+	    f.txt[f.ntxt] != NULL || f.pol.nmx > MTASTS_MX_MAX ||
+	    f.pol.mode > MTASTS_ENFORCE || f.pol.max_age < 0 ||
+	    f.pol.max_age > MTASTS_MAX_AGE_MAX)
+		abort();
+	for (i = 0; i < f.ntxt; i++)
+		if (f.txt[i] == NULL || strlen(f.txt[i]) > DLP_STR_MAX)
+			abort();
+	for (i = 0; i < f.pol.nmx; i++)
+		if (strlen(f.pol.mx[i]) > MTASTS_NAME_MAX)
+			abort();
+	dlp_buf_init(&b);
+	if (dlp_frep_encode(&b, &f) == -1 || b.len - 4 != n || memcmp(b.p + 4, p, n) != 0)
+		abort();
+	dlp_buf_free(&b);
+	dlp_frep_free(&f);
+}
+
+static void
+fuzz_freq(const char *p, size_t n)
+{
+	struct dlp_freq q;
+	struct dlp_buf b;
+
+	if (dlp_freq_decode(p, n, &q) == -1)
+		return;
+	if (q.name == NULL || q.nhdr > DLP_FETCH_HDR_MAX || q.body + q.len != p + n)
+		abort();
+	dlp_buf_init(&b);
+	if (dlp_freq_encode(&b, &q) == -1 || b.len - 4 != n || memcmp(b.p + 4, p, n) != 0)
+		abort();
+	dlp_buf_free(&b);
+	dlp_freq_free(&q);
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -97,10 +144,20 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if ((p = malloc(size - 1 + 1)) == NULL)
 		return 0;
 	memcpy(p, data + 1, size - 1);
-	if (data[0] & 1)
-		fuzz_job(p, size - 1);
-	else
+	switch (data[0] & 3) {
+	case 0:
 		fuzz_result(p, size - 1);
+		break;
+	case 1:
+		fuzz_job(p, size - 1);
+		break;
+	case 2:
+		fuzz_frep(p, size - 1);
+		break;
+	default:
+		fuzz_freq(p, size - 1);
+		break;
+	}
 	free(p);
 	return 0;
 }

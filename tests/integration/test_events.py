@@ -26,6 +26,13 @@ with one app_webhook each for shop, bank and slow).
   every event afterwards, in order, none lost; the 500 one is retried
   until it takes each event; the hanging one times out while delivery goes
   on; the backlog shows in stats and metrics.
+- the fetch process (agent/delivery/fetch.c) makes the POSTs: it runs as
+  nobody with no_new_privs and a seccomp filter, cannot open otp.secret,
+  the database, the webhook secret or connect to control.sock (the
+  OTPMAIL_TEST_DELIVERY_PROBE hook, from inside); the connections to
+  nginx while the slow webhook hangs are the fetch process's, none is the
+  main process's (ss -tnp); after kill -9 of it, it is started again and
+  the webhooks go on.
 """
 
 import base64
@@ -34,7 +41,9 @@ import hmac
 import http.server
 import json
 import os
+import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -277,9 +286,15 @@ def main():
                # a TLS handshake under valgrind takes seconds
                int(2 * SCALE)))
     subs = []
+    pre = tempfile.mkdtemp(prefix="otpmail-it-")
+    state = os.path.join(pre, "state")
+    probe = [secret] + [os.path.join(state, f) for f in
+                        ("otp.secret", "control.sock", "db", "db/otp.db")]
     try:
-        d = Daemon(conf_extra=conf)
+        d = Daemon(conf_extra=conf, state_dir=pre,
+                   env={"OTPMAIL_TEST_DELIVERY_PROBE": ":".join(probe)})
         run(d, rx, subs)
+        fetch_process(d, rx, probe)
         d.stop()
         restart(d, rx)
         d.stop()
@@ -469,6 +484,65 @@ def run(d, rx, subs):
              (len(before), len(resumed)), (len(before), len(resumed), last))
     else:
         t.ok(False, "resuming from there loses nothing (no missed line)")
+    d.lastseen = d.call({"op": "events.subscribe"}).get("last_id")
+
+
+def fetch_pids(d):
+    return [int(p) for p in re.findall(r"event=fetch_process_started pid=(\d+)",
+                                       d.log_text())]
+
+
+def tcp_owners(port):
+    """pids of the processes with an established connection to port."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", "( dport = :%d )" % port],
+                         capture_output=True, text=True).stdout
+    return {int(p) for p in re.findall(r"pid=(\d+)", out)}
+
+
+def fetch_process(d, rx, probe):
+    pids = fetch_pids(d)
+    t.ok(len(pids) == 1, "one fetch process started", pids)
+    if not pids:
+        return
+    pid = pids[0]
+    st = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            st[k] = v.strip()
+    t.ok(st.get("Uid", "").split() == ["65534"] * 4, "the fetch process runs as nobody",
+         st.get("Uid"))
+    t.is_(st.get("NoNewPrivs"), "1", "fetch process: NoNewPrivs is set")
+    t.is_(st.get("Seccomp"), "2", "fetch process: a seccomp filter is loaded")
+    line = [x for x in d.log_text().splitlines() if "fetch_process_started" in x][-1]
+    t.ok("landlock=abi" in line, "fetch process: Landlock is on", line)
+    log = d.log_text()
+    for p in probe:
+        m = re.search(r"event=fetch_probe path=%s open=(\S+) open_errno=\d+ "
+                      r"connect=(\S+)" % re.escape(p), log)
+        t.ok(m and m.group(1) == "denied" and m.group(2) == "denied",
+             "fetch process, from inside: cannot open or connect to %s" % os.path.basename(p),
+             m.group(0) if m else log[-1500:])
+    # the slow webhook keeps a POST hanging: whose connection is it?
+    seen = set()
+    deadline = time.time() + 10 * SCALE
+    while time.time() < deadline and pid not in seen:
+        seen |= tcp_owners(8443)
+        time.sleep(0.05)
+    t.ok(pid in seen and d.proc.pid not in seen,
+         "the connections to the webhook receiver are the fetch process's, "
+         "not the main process's", (seen, pid, d.proc.pid))
+    # kill -9: started again at the next request, the webhooks go on
+    os.kill(pid, signal.SIGKILL)
+    n = len(rx["shop"].bodies())
+    send(d, SHOP, "k@shop.example", ["u9@ok.example.org"])
+    ok = wait_for(lambda: len(rx["shop"].bodies()) > n, 20)
+    t.ok(ok, "after kill -9 of the fetch process, webhooks are posted again")
+    t.ok("event=fetch_process_lost pid=%d" % pid in d.log_text() and
+         len(fetch_pids(d)) == 2, "the loss is logged and a new fetch process started",
+         fetch_pids(d))
+    # its events settle (delivered, posted) before restart() counts them
+    wait_for(lambda: d.call({"op": "stats"})["webhooks"]["shop"]["backlog"] == 0, 10)
     d.lastseen = d.call({"op": "events.subscribe"}).get("last_id")
 
 

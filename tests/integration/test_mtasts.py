@@ -19,18 +19,24 @@ certificate for another name), and otpmaild with tls_ca_file = the test CA.
   TXT id changed and the policy gone from the server, the cached policy
   stays in force (a failed fetch keeps the cache);
 - a domain_tls_policy entry overrides MTA-STS (source configured);
-- a cached policy is fetched again half-way to its max_age without mail.
+- a cached policy is fetched again half-way to its max_age without mail;
+- the lookups and fetches are the fetch process's (agent/delivery/fetch.c):
+  the cache keeps the main process's canonical text of the parsed policy,
+  not the served file; after kill -9 of the fetch process the next lookup
+  starts a new one and the policy stays in force (twice in a row: a second
+  loss within a second fails the lookup softly, the cache answers).
 """
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from harness import Daemon, Tap, OTPMAILD  # noqa: E402
+from harness import Daemon, Tap, OTPMAILD, SCALE  # noqa: E402
 from peers import DnsServer, HttpsServer, PostfixPeer, TestCA, Zone  # noqa: E402
 from test_dane import wait_status  # noqa: E402
 
@@ -247,6 +253,31 @@ def run(t, d, dns, https, pg, pb):
          "after a restart, new id, fetch fails: the cached policy stays in force", p)
     send(d, "carol@sts.example.net", "sts from cache")
     delivered(t, d, pg, 3, "delivered under the cached policy")
+
+    # 9. the fetch process: parsed there, written canonically here; kill -9
+    with open(path) as f:
+        text = json.load(f)["policies"]["sts.example.net"]["text"]
+    t.ok(text == "version: STSv1\nmode: enforce\nmax_age: 86400\nmx: mx.sts.example.net\n",
+         "the cache holds the main process's canonical text of the parsed policy", text)
+    def last_pid():
+        return re.findall(r"event=fetch_process_started pid=(\d+)", d.log_text())[-1]
+
+    for k in (1, 2):
+        pid = last_pid()
+        os.kill(int(pid), signal.SIGKILL)
+        p = d.call({"op": "tls.policy", "domain": "sts.example.net"})
+        t.ok(p.get("source") == "mta-sts" and p.get("mta_sts", {}).get("mode") == "enforce",
+             "kill -9 of the fetch process (%d): the policy stays in force" % k, p)
+        # the next lookups (a second apart at most) start a new one
+        deadline = time.time() + 10 * SCALE
+        while time.time() < deadline and last_pid() == pid:
+            d.call({"op": "tls.policy", "domain": "sts.example.net"})
+            time.sleep(0.2)
+    log = d.log_text()
+    # exactly two: a process started by a control thread outlives it
+    t.ok(log.count("event=fetch_process_lost") == 2 and
+         len(re.findall(r"event=fetch_process_started pid=(\d+)", log)) >= 3,
+         "each loss logged, a new fetch process started", log[-1500:])
 
 
 if __name__ == "__main__":

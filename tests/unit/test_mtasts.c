@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/delivery/dlproto.h"
 #include "agent/delivery/mtasts.h"
 #include "agent/delivery/tlsrpt.h"
 #include "tests/unit/tap.h"
@@ -128,6 +129,45 @@ test_tlsrpt(void)
 	ok(okc == 0 && fail == 1, "TLS-RPT: domains counted apart");
 }
 
+/* What the main process takes from the fetch process (fetch.c, dlproto.c). */
+static void
+test_fetch_frames(void)
+{
+	struct mtasts_policy p, q;
+	struct dlp_frep f, g;
+	struct dlp_buf b;
+	char err[128], *text;
+
+	parse("version: STSv1\r\nmode: testing\r\nmx: *.Example.com.\r\nmx: b.example.com\r\n"
+	    "max_age: 600\r\nextra: x\r\n", &p, err, sizeof(err));
+	text = mtasts_policy_text(&p);
+	ok(text != NULL && strcmp(text, "version: STSv1\nmode: testing\nmax_age: 600\n"
+	    "mx: *.example.com\nmx: b.example.com\n") == 0, "canonical text of a policy");
+	ok(text != NULL && parse(text, &q, err, sizeof(err)) == 0 && q.mode == p.mode &&
+	    q.max_age == 600 && q.nmx == 2, "which parses back to the same policy");
+	free(text);
+	memset(&f, 0, sizeof(f));
+	f.kind = DLP_FETCH_STS;
+	f.why = "";
+	f.rtype = "";
+	f.pol = p;
+	dlp_buf_init(&b);
+	ok(dlp_frep_encode(&b, &f) == 0 && dlp_frep_decode(b.p + 4, b.len - 4, &g) == 0 &&
+	    g.pol.nmx == 2 && strcmp(g.pol.mx[0], "*.example.com") == 0 &&
+	    g.pol.max_age == 600, "an STS reply goes through the frame");
+	dlp_frep_free(&g);
+	/* a hostile reply: max_age out of range, a mode that does not exist */
+	b.p[4 + 4 * 4 + 4 + 3] = 9;	/* kind, status, why, rtype, ntxt: the mode */
+	ok(dlp_frep_decode(b.p + 4, b.len - 4, &g) == -1, "an unknown mode is refused");
+	dlp_buf_free(&b);
+	/* an mx pattern the parser refuses does not survive the main process's check */
+	snprintf(p.mx[0], sizeof(p.mx[0]), "a.*.b");
+	text = mtasts_policy_text(&p);
+	ok(text != NULL && parse(text, &q, err, sizeof(err)) == -1,
+	    "a bad pattern from the fetch process is refused by the re-parse");
+	free(text);
+}
+
 int
 main(void)
 {
@@ -135,5 +175,6 @@ main(void)
 	test_txt();
 	test_match();
 	test_tlsrpt();
+	test_fetch_frames();
 	return done_testing();
 }

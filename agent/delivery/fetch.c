@@ -1,0 +1,575 @@
+/*
+ * fetch.c - the fetch process (see fetch.h).  Started like the delivery
+ * process (privsep.c: fork, exec of our own binary with FETCH_ARG), it
+ * holds one control socket; for each request the main process makes a
+ * socket pair, passes one end over the control socket (SCM_RIGHTS) and
+ * sends the request on the other, so requests of delivery workers,
+ * webhook threads and the main loop run side by side (a thread each in
+ * the child), bounded by FETCH_INFLIGHT_MAX in the main process.
+ *
+ * The child cannot be chrooted: libcurl (GnuTLS) reads its CA file at each
+ * connection by path, and CURLOPT_CAINFO_BLOB is not there with GnuTLS.
+ * So it runs as delivery_user (when root), with no new privileges, the
+ * delivery seccomp filter, and a Landlock ruleset that lets it read the CA
+ * files and the resolver's files (webhook hosts are resolved by libcurl,
+ * as the admin's system resolves them; MTA-STS hosts by our libunbound
+ * resolver, loaded before the lock-in) and nothing else.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+
+#include <curl/curl.h>
+
+#include "agent/core/otpmaild.h"
+#include "agent/delivery/delivery.h"
+#include "agent/delivery/dlproto.h"
+#include "agent/delivery/fetch.h"
+#include "agent/delivery/privsep.h"
+
+#define FETCH_INFLIGHT_MAX	32	/* requests at once */
+#define FETCH_SPAWN_PAUSE	1	/* seconds between two starts */
+#define FETCH_DNS_SLACK		15	/* seconds over the HTTP timeouts */
+#define FETCH_REPLY_MAX		4096	/* bytes of a webhook receiver's answer read */
+
+/* room for one passed descriptor, aligned for struct cmsghdr */
+union fetch_cmsg {
+	struct cmsghdr	 h;
+	char		 buf[CMSG_SPACE(sizeof(int))];
+};
+
+static struct {
+	pthread_mutex_t	 mu;
+	pthread_cond_t	 cv;
+	int		 ready;		/* fetch_start ran */
+	char		 exe[PATH_MAX];
+	char		*config_path;
+	struct config	 logcfg;	/* the log flags the child gets */
+	int		 timeout;	/* seconds a request may take */
+	pid_t		 pid;
+	int		 ctl;
+	unsigned	 gen;
+	time_t		 last_spawn;
+	unsigned long	 restarts;
+	int		 inflight;
+} fetch = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, "", NULL,
+	    { 0 }, 0, -1, -1, 0, 0, 0, 0 };
+
+/* the child's */
+static const struct config	*fetch_cfg;
+static struct mx_resolver	*fetch_mx;
+
+static int	 fetch_spawn_locked(char *err, size_t errlen);
+static void	 fetch_lost_locked(const char *why, int reaped, int st);
+static int	 fetch_call(const struct dlp_freq *, struct dlp_frep *, char *why,
+		    size_t whylen);
+static void	 fetch_clean(char *s);
+static size_t	 fetch_discard(char *, size_t, size_t, void *);
+static void	 fetch_child_post(const struct dlp_freq *, struct dlp_frep *, char *why,
+		    size_t whylen);
+static void	*fetch_child_thread(void *);
+
+int
+fetch_start(struct otpmaild *d, char *err, size_t errlen)
+{
+	const struct config *cfg = d->cfg;
+	ssize_t l;
+	int rc = 0;
+
+	pthread_mutex_lock(&fetch.mu);
+	if ((l = readlink("/proc/self/exe", fetch.exe, sizeof(fetch.exe) - 1)) <= 0) {
+		snprintf(err, errlen, "fetch process: readlink /proc/self/exe: %s",
+		    strerror(errno));
+		pthread_mutex_unlock(&fetch.mu);
+		return -1;
+	}
+	fetch.exe[l] = '\0';
+	free(fetch.config_path);
+	fetch.config_path = d->config_path != NULL ? strdup(d->config_path) : NULL;
+	fetch.logcfg.log_stderr = cfg->log_stderr;
+	fetch.logcfg.log_syslog = cfg->log_syslog;
+	fetch.timeout = (cfg->mta_sts_fetch_timeout > cfg->webhook_timeout ?
+	    cfg->mta_sts_fetch_timeout : cfg->webhook_timeout) + FETCH_DNS_SLACK;
+	fetch.ready = 1;
+	if (((cfg->mta_sts || cfg->tls_rpt) && !cfg->sandbox) || cfg->nwebhooks > 0)
+		rc = fetch_spawn_locked(err, errlen);
+	pthread_mutex_unlock(&fetch.mu);
+	return rc;
+}
+
+void
+fetch_stop(void)
+{
+	int st;
+
+	pthread_mutex_lock(&fetch.mu);
+	fetch.ready = 0;
+	if (fetch.ctl != -1)
+		close(fetch.ctl);	/* the child ends at EOF */
+	fetch.ctl = -1;
+	if (fetch.pid > 0) {
+		kill(fetch.pid, SIGKILL);
+		(void)waitpid(fetch.pid, &st, 0);
+	}
+	fetch.pid = -1;
+	free(fetch.config_path);
+	fetch.config_path = NULL;
+	pthread_mutex_unlock(&fetch.mu);
+}
+
+pid_t
+fetch_pid(void)
+{
+	pid_t p;
+
+	pthread_mutex_lock(&fetch.mu);
+	p = fetch.pid;
+	pthread_mutex_unlock(&fetch.mu);
+	return p;
+}
+
+/* With fetch.mu held. */
+static int
+fetch_spawn_locked(char *err, size_t errlen)
+{
+	struct timeval tv = { 5, 0 };
+	int fd;
+	pid_t pid;
+
+	fetch.last_spawn = time(NULL);
+	if ((pid = privsep_spawn_role(fetch.exe, FETCH_ARG, fetch.config_path, &fetch.logcfg,
+	    1, &fd, err, errlen)) == -1)
+		return -1;
+	/* a child that stops reading must not hold the lock for long */
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	fetch.pid = pid;
+	fetch.ctl = fd;
+	fetch.gen++;
+	return 0;
+}
+
+/* The process failed (gone, hung, or not speaking the protocol): end it
+ * (reaped: it is already, with status st). */
+static void
+fetch_lost_locked(const char *why, int reaped, int st)
+{
+	char how[64];
+	pid_t lost = fetch.pid;
+
+	if (lost <= 0)
+		return;
+	if (!reaped) {
+		kill(lost, SIGKILL);
+		(void)waitpid(lost, &st, 0);
+	}
+	if (WIFSIGNALED(st))
+		snprintf(how, sizeof(how), "signal=%d", WTERMSIG(st));
+	else
+		snprintf(how, sizeof(how), "exit=%d", WEXITSTATUS(st));
+	if (fetch.ctl != -1)
+		close(fetch.ctl);
+	fetch.ctl = -1;
+	fetch.pid = -1;
+	fetch.restarts++;
+	log_msg(LOG_ERR, "event=fetch_process_lost pid=%ld %s detail=\"%s\" restarts=%lu",
+	    (long)lost, how, why, fetch.restarts);
+}
+
+/* Sends one request to the process, reads its reply.  0, or -1 with why. */
+static int
+fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whylen)
+{
+	char one = 'q', *buf = NULL, err[256];
+	union fetch_cmsg cbuf;
+	struct iovec iov = { &one, 1 };
+	struct msghdr mh;
+	struct cmsghdr *cm;
+	struct timeval tv;
+	struct dlp_buf b;
+	size_t blen;
+	unsigned gen;
+	int sp[2] = { -1, -1 }, st, rc = -1;
+
+	memset(f, 0, sizeof(*f));
+	dlp_buf_init(&b);
+	if (dlp_freq_encode(&b, q) == -1) {
+		snprintf(why, whylen, "request too large for the fetch process");
+		dlp_buf_free(&b);
+		return -1;
+	}
+	pthread_mutex_lock(&fetch.mu);
+	while (fetch.inflight >= FETCH_INFLIGHT_MAX)
+		pthread_cond_wait(&fetch.cv, &fetch.mu);
+	fetch.inflight++;
+	if (!fetch.ready) {
+		snprintf(why, whylen, "no fetch process");
+		goto unlock;
+	}
+	/* it died since the last request (kill -9, a crash): noticed now */
+	if (fetch.pid > 0 && waitpid(fetch.pid, &st, WNOHANG) == fetch.pid)
+		fetch_lost_locked("ended", 1, st);
+	if (fetch.pid <= 0) {
+		if (time(NULL) - fetch.last_spawn < FETCH_SPAWN_PAUSE) {
+			snprintf(why, whylen, "the fetch process is restarting");
+			goto unlock;
+		}
+		if (fetch_spawn_locked(err, sizeof(err)) == -1) {
+			log_msg(LOG_ERR, "event=fetch_process_failed detail=\"%s\"", err);
+			snprintf(why, whylen, "the fetch process cannot start");
+			goto unlock;
+		}
+	}
+	gen = fetch.gen;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == -1) {
+		snprintf(why, whylen, "socketpair: %s", strerror(errno));
+		goto unlock;
+	}
+	memset(&mh, 0, sizeof(mh));
+	memset(&cbuf, 0, sizeof(cbuf));
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cbuf.buf;
+	mh.msg_controllen = sizeof(cbuf.buf);
+	cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &sp[1], sizeof(int));
+	if (sendmsg(fetch.ctl, &mh, MSG_NOSIGNAL) != 1) {
+		snprintf(why, whylen, "the fetch process is gone");
+		fetch_lost_locked(strerror(errno), 0, 0);
+		goto unlock;
+	}
+	pthread_mutex_unlock(&fetch.mu);
+	close(sp[1]);
+	sp[1] = -1;
+	tv.tv_sec = fetch.timeout;
+	tv.tv_usec = 0;
+	(void)setsockopt(sp[0], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	(void)setsockopt(sp[0], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (dlp_send(sp[0], &b) == -1 || dlp_recv(sp[0], DLP_FETCH_REP_MAX, &buf, &blen) == -1) {
+		snprintf(err, sizeof(err), "%s", errno == 0 ? "connection closed" :
+		    errno == EAGAIN ? "no answer in time" : strerror(errno));
+		snprintf(why, whylen, "the fetch process failed (%s)", err);
+	} else if (dlp_frep_decode(buf, blen, f) == -1 || f->kind != q->kind) {
+		snprintf(err, sizeof(err), "malformed reply");
+		snprintf(why, whylen, "the fetch process failed (malformed reply)");
+	} else {
+		fetch_clean(f->why);
+		fetch_clean(f->rtype);
+		rc = 0;
+	}
+	pthread_mutex_lock(&fetch.mu);
+	if (rc == -1 && gen == fetch.gen)
+		fetch_lost_locked(err, 0, 0);
+unlock:
+	fetch.inflight--;
+	pthread_cond_signal(&fetch.cv);
+	pthread_mutex_unlock(&fetch.mu);
+	for (st = 0; st < 2; st++)
+		if (sp[st] != -1)
+			close(sp[st]);
+	free(buf);
+	dlp_buf_free(&b);
+	return rc;
+}
+
+/* What goes into our logs and JSON from the other side: printable, no quotes. */
+static void
+fetch_clean(char *s)
+{
+	for (; s != NULL && *s != '\0'; s++)
+		if (*s < 0x20 || *s > 0x7e || *s == '"' || *s == '\\')
+			*s = '?';
+}
+
+enum mx_status
+fetch_txt(const char *name, char ***txt, char *why, size_t whylen)
+{
+	struct dlp_freq q = { DLP_FETCH_TXT, (char *)name, 0, NULL, NULL, 0 };
+	struct dlp_frep f;
+	int32_t st;
+
+	*txt = NULL;
+	why[0] = '\0';
+	if (fetch_call(&q, &f, why, whylen) == -1)
+		return MX_TEMPFAIL;
+	if ((st = f.status) != MX_OK) {
+		snprintf(why, whylen, "%s", f.why);
+		dlp_frep_free(&f);
+		return st > MX_OK && st <= MX_INTERNAL ? (enum mx_status)st : MX_TEMPFAIL;
+	}
+	*txt = f.txt;		/* NULL-terminated by the decoder */
+	f.txt = NULL;
+	f.ntxt = 0;
+	dlp_frep_free(&f);
+	return MX_OK;
+}
+
+int
+fetch_sts(const char *domain, struct mtasts_policy *pol, const char **rtype,
+    char *why, size_t whylen)
+{
+	static const char *const types[] = { "sts-policy-invalid", "sts-webpki-invalid",
+	    "sts-policy-fetch-error" };
+	struct dlp_freq q = { DLP_FETCH_STS, (char *)domain, 0, NULL, NULL, 0 };
+	struct dlp_frep f;
+	size_t i;
+
+	*rtype = "sts-policy-fetch-error";
+	memset(pol, 0, sizeof(*pol));
+	if (fetch_call(&q, &f, why, whylen) == -1)
+		return -1;
+	if (f.status != 0) {
+		/* one of ours, whatever the other side says */
+		for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+			if (strcmp(f.rtype, types[i]) == 0)
+				*rtype = types[i];
+		snprintf(why, whylen, "%s", f.why);
+		dlp_frep_free(&f);
+		return -1;
+	}
+	/* the caller parses it again (mtasts_policy_text, mtasts_parse) */
+	*pol = f.pol;
+	dlp_frep_free(&f);
+	return 0;
+}
+
+int
+fetch_post(const char *url, const char *const *hdr, size_t nhdr, const char *body,
+    size_t len, long *code, char *why, size_t whylen)
+{
+	struct dlp_freq q = { DLP_FETCH_POST, (char *)url, nhdr, (char **)hdr, body, len };
+	struct dlp_frep f;
+
+	*code = 0;
+	if (fetch_call(&q, &f, why, whylen) == -1)
+		return -1;
+	if (f.status < 100 || f.status > 599) {
+		snprintf(why, whylen, "%s", f.why[0] ? f.why : "no HTTP status");
+		dlp_frep_free(&f);
+		return -1;
+	}
+	*code = f.status;
+	dlp_frep_free(&f);
+	return 0;
+}
+
+/* ---- the fetch process ------------------------------------------------- */
+
+static size_t
+fetch_discard(char *p, size_t size, size_t n, void *arg)
+{
+	size_t *got = arg;
+
+	(void)p;
+	*got += size * n;
+	return *got > FETCH_REPLY_MAX ? 0 : size * n;	/* a flood ends the transfer */
+}
+
+/* The webhook POST: the main process signed it; the answer is a status. */
+static void
+fetch_child_post(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whylen)
+{
+	const struct config *cfg = fetch_cfg;
+	char cerr[CURL_ERROR_SIZE] = "";
+	struct curl_slist *h = NULL, *nh;
+	size_t i, got = 0;
+	long code = 0;
+	CURLcode rc;
+	CURL *c;
+
+	if (strncmp(q->name, "https://", 8) != 0) {
+		snprintf(why, whylen, "not an https URL");
+		return;
+	}
+	if ((c = curl_easy_init()) == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return;
+	}
+	for (i = 0; i < q->nhdr; i++) {
+		if ((nh = curl_slist_append(h, q->hdr[i])) == NULL) {
+			snprintf(why, whylen, "out of memory");
+			goto out;
+		}
+		h = nh;
+	}
+	curl_easy_setopt(c, CURLOPT_URL, q->name);
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "https");
+	curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(c, CURLOPT_PROXY, "");
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(c, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+	if (cfg->webhook_ca_file[0] != '\0')
+		curl_easy_setopt(c, CURLOPT_CAINFO, cfg->webhook_ca_file);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)cfg->webhook_timeout * 1000L);
+	curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)cfg->webhook_timeout * 1000L);
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "otpmail/" PACKAGE_VERSION);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDS, q->body);
+	curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)q->len);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fetch_discard);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &got);
+	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
+	rc = curl_easy_perform(c);
+	if (rc == CURLE_OK || rc == CURLE_WRITE_ERROR)
+		curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+	f->status = (int32_t)(code >= 100 && code <= 599 ? code : 0);
+	if (f->status == 0)
+		snprintf(why, whylen, "%s", cerr[0] ? cerr : curl_easy_strerror(rc));
+out:
+	curl_slist_free_all(h);
+	curl_easy_cleanup(c);
+}
+
+/* One request on its own socket. */
+static void *
+fetch_child_thread(void *arg)
+{
+	int fd = (int)(intptr_t)arg;
+	char why[1024] = "", *buf = NULL, **v = NULL;
+	const char *rtype = "";
+	struct dlp_freq q;
+	struct dlp_frep f;
+	struct dlp_buf b;
+	size_t len, n;
+
+	memset(&f, 0, sizeof(f));
+	dlp_buf_init(&b);
+	if (dlp_recv(fd, DLP_FETCH_REQ_MAX, &buf, &len) == -1 ||
+	    dlp_freq_decode(buf, len, &q) == -1)
+		goto out;		/* no answer: the main process sees it fail */
+	f.kind = q.kind;
+	switch (q.kind) {
+	case DLP_FETCH_TXT:
+		if (fetch_mx == NULL) {
+			f.status = MX_TEMPFAIL;
+			snprintf(why, sizeof(why), "no resolver");
+			break;
+		}
+		f.status = (int32_t)mx_txt(fetch_mx, q.name, &v, why, sizeof(why));
+		for (n = 0; f.status == MX_OK && v != NULL && v[n] != NULL &&
+		    n < DLP_FETCH_TXT_MAX; n++)
+			if (strlen(v[n]) > DLP_STR_MAX)
+				v[n][DLP_STR_MAX] = '\0';
+		f.txt = v;
+		f.ntxt = f.status == MX_OK ? n : 0;
+		break;
+	case DLP_FETCH_STS:
+		if (fetch_mx == NULL) {
+			f.status = -1;
+			rtype = "sts-policy-fetch-error";
+			snprintf(why, sizeof(why), "no resolver");
+			break;
+		}
+		f.status = mtasts_fetch_policy(fetch_mx, fetch_cfg, q.name, &f.pol, &rtype,
+		    why, sizeof(why)) == 0 ? 0 : -1;
+		break;
+	default:
+		fetch_child_post(&q, &f, why, sizeof(why));
+		break;
+	}
+	f.why = why;
+	f.rtype = (char *)rtype;
+	if (dlp_frep_encode(&b, &f) == 0)
+		(void)dlp_send(fd, &b);
+	dlp_freq_free(&q);
+out:
+	mx_txt_free(v);
+	free(buf);
+	dlp_buf_free(&b);
+	close(fd);
+	return NULL;
+}
+
+int
+fetch_child_main(int argc, char **argv)
+{
+	static struct otpmaild d;
+	const char *readable[24], *probe = getenv(PRIVSEP_PROBE_ENV);
+	char err[512], how[256], one;
+	union fetch_cmsg cbuf;
+	struct mx_resolver *r;
+	struct iovec iov = { &one, 1 };
+	struct msghdr mh;
+	struct cmsghdr *cm;
+	pthread_attr_t at;
+	pthread_t th;
+	ssize_t got;
+	int n, fd, k = 0;
+
+	if (privsep_child_init(argc, argv, "otpmaild-fetch", &d, &n) == -1)
+		return 2;
+	fetch_cfg = d.cfg;
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	/* our resolver for MTA-STS and TLS-RPT, loaded while its files are there */
+	if ((r = mx_resolver_shared(d.cfg, err, sizeof(err))) == NULL ||
+	    (fetch_mx = mx_resolver_dup(r)) == NULL)
+		log_msg(LOG_WARNING, "event=fetch_process_warning detail=\"resolver: %s\"",
+		    r == NULL ? err : "out of memory");
+	else
+		mx_resolver_set_timeout(fetch_mx, 5000);
+	/* what libcurl reads at each request: the CA files (and the default
+	 * store it also trusts), and what the system resolver reads */
+	if (d.cfg->tls_ca_file != NULL && d.cfg->tls_ca_file[0] != '\0')
+		readable[k++] = d.cfg->tls_ca_file;
+	if (d.cfg->webhook_ca_file[0] != '\0')
+		readable[k++] = d.cfg->webhook_ca_file;
+	readable[k++] = "/etc/ssl/certs";
+	readable[k++] = "/usr/share/ca-certificates";
+	readable[k++] = "/usr/local/share/ca-certificates";
+	readable[k++] = "/etc/hosts";
+	readable[k++] = "/etc/resolv.conf";
+	readable[k++] = "/etc/nsswitch.conf";
+	readable[k++] = "/etc/host.conf";
+	readable[k++] = "/etc/gai.conf";
+	readable[k] = NULL;
+	if (privsep_restrict(d.cfg, readable, how, sizeof(how), err, sizeof(err)) == -1) {
+		log_msg(LOG_ERR, "event=fetch_process_failed detail=\"%s\"", err);
+		_exit(1);
+	}
+	/* Any thread of the main process may have started us (the first request
+	 * after a loss), and the parent-death signal follows that thread, not
+	 * the process: off.  The end of the main process still ends us, as EOF
+	 * on the control socket below. */
+	(void)prctl(PR_SET_PDEATHSIG, 0);
+	log_msg(LOG_INFO, "event=fetch_process_started pid=%ld %s", (long)getpid(), how);
+	if (probe != NULL)
+		privsep_probe_event("fetch_probe", probe);
+	pthread_attr_init(&at);
+	pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+	for (;;) {
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = cbuf.buf;
+		mh.msg_controllen = sizeof(cbuf.buf);
+		if ((got = recvmsg(PRIVSEP_FD0, &mh, MSG_CMSG_CLOEXEC)) == -1 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			break;		/* the main process closed it, or is gone */
+		fd = -1;
+		for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm))
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+			    cm->cmsg_len == CMSG_LEN(sizeof(int)))
+				memcpy(&fd, CMSG_DATA(cm), sizeof(int));
+		if (fd == -1)
+			continue;
+		if (pthread_create(&th, &at, fetch_child_thread, (void *)(intptr_t)fd) != 0)
+			close(fd);	/* the request fails in the main process */
+	}
+	/* no exit handlers: they might want what the filter refuses */
+	_exit(0);
+}
