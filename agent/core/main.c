@@ -471,11 +471,11 @@ out:
 	control_stop(ctl);
 	if (d.delivery)
 		delivery_stop(d.delivery);
-	spawner_stop();
 	if (d.queue)
 		queue_close(d.queue);
 	events_close();
 	fetch_stop();		/* after the webhook threads and delivery */
+	spawner_stop();		/* after both (it started them) */
 	if (d.store)
 		store_close(d.store);
 	cluster_close(d.cluster);

@@ -118,8 +118,8 @@ fetch_stop(void)
 		close(fetch.ctl);	/* the child ends at EOF */
 	fetch.ctl = -1;
 	if (fetch.pid > 0) {
-		kill(fetch.pid, SIGKILL);
-		(void)waitpid(fetch.pid, &st, 0);
+		(void)privsep_kill(fetch.pid);
+		(void)privsep_wait(fetch.pid, &st, 0);
 	}
 	fetch.pid = -1;
 	free(fetch.config_path);
@@ -147,8 +147,8 @@ fetch_spawn_locked(char *err, size_t errlen)
 	pid_t pid;
 
 	fetch.last_spawn = time(NULL);
-	if ((pid = privsep_spawn_role(fetch.exe, FETCH_ARG, fetch.config_path, &fetch.logcfg,
-	    1, &fd, err, errlen)) == -1)
+	if ((pid = privsep_start_fetch(fetch.exe, fetch.config_path, &fetch.logcfg,
+	    &fd, err, errlen)) == -1)
 		return -1;
 	/* a child that stops reading must not hold the lock for long */
 	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
@@ -169,8 +169,8 @@ fetch_lost_locked(const char *why, int reaped, int st)
 	if (lost <= 0)
 		return;
 	if (!reaped) {
-		kill(lost, SIGKILL);
-		(void)waitpid(lost, &st, 0);
+		(void)privsep_kill(lost);
+		(void)privsep_wait(lost, &st, 0);
 	}
 	if (WIFSIGNALED(st))
 		snprintf(how, sizeof(how), "signal=%d", WTERMSIG(st));
@@ -216,7 +216,7 @@ fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whyle
 		goto unlock;
 	}
 	/* it died since the last request (kill -9, a crash): noticed now */
-	if (fetch.pid > 0 && waitpid(fetch.pid, &st, WNOHANG) == fetch.pid)
+	if (fetch.pid > 0 && privsep_wait(fetch.pid, &st, 1) == fetch.pid)
 		fetch_lost_locked("ended", 1, st);
 	if (fetch.pid <= 0) {
 		if (time(NULL) - fetch.last_spawn < FETCH_SPAWN_PAUSE) {

@@ -400,6 +400,15 @@ privsep_start(const char *exe, const char *config_path, const struct config *cfg
 	return privsep_spawn(exe, config_path, cfg, n, fds, err, errlen);
 }
 
+pid_t
+privsep_start_fetch(const char *exe, const char *config_path, const struct config *cfg,
+    int *fd, char *err, size_t errlen)
+{
+	if (spawner_active())
+		return spawner_spawn_fetch(fd, err, errlen);
+	return privsep_spawn_role(exe, FETCH_ARG, config_path, cfg, 1, fd, err, errlen);
+}
+
 int
 privsep_kill(pid_t pid)
 {

@@ -32,6 +32,9 @@ pid_t	 privsep_spawn(const char *exe, const char *config_path,
  */
 pid_t	 privsep_start(const char *exe, const char *config_path, const struct config *,
 	    int n, int *fds, char *err, size_t errlen);
+/* The fetch process (FETCH_ARG, one socket) the same way. */
+pid_t	 privsep_start_fetch(const char *exe, const char *config_path,
+	    const struct config *, int *fd, char *err, size_t errlen);
 /* SIGKILL. */
 int	 privsep_kill(pid_t);
 pid_t	 privsep_wait(pid_t, int *status, int nohang);

@@ -5,8 +5,9 @@
  * What a compromised main process can make it do is bounded: one request
  * is a fixed-size struct (anything else is refused and logged), the
  * binary and the config path are the spawner's own, n is at most the
- * configured delivery_workers, at most SPAWNER_MAX_CHILDREN delivery
- * processes live at once, starts are rate-limited (SPAWNER_BURST, then one
+ * configured delivery_workers (1 for the fetch process), at most
+ * SPAWNER_MAX_CHILDREN delivery and SPAWNER_MAX_FETCH fetch processes
+ * live at once, starts are rate-limited (SPAWNER_BURST, then one
  * a second), and only pids it started can be killed (SIGKILL only) or
  * asked about.
  */
@@ -28,6 +29,7 @@
 #include <sys/wait.h>
 
 #include "agent/core/otpmaild.h"
+#include "agent/delivery/fetch.h"
 #include "agent/delivery/privsep.h"
 #include "agent/delivery/spawner.h"
 
@@ -56,7 +58,8 @@ spawner_parse(const void *buf, size_t len, int maxn, struct spawner_req *rq,
 	}
 	switch (rq->op) {
 	case SPW_SPAWN:
-		if (rq->n < 1 || rq->n > maxn) {
+	case SPW_SPAWN_FETCH:
+		if (rq->n < 1 || rq->n > (rq->op == SPW_SPAWN_FETCH ? 1 : maxn)) {
 			*why = "workers";
 			return -1;
 		}
@@ -88,16 +91,19 @@ struct spw_child {
 	pid_t		pid;		/* 0: free */
 	int		ended;
 	int		status;
+	int		fetch;		/* 1: a fetch process */
 };
 
-static struct spw_child spw_kids[SPAWNER_MAX_CHILDREN];
+/* delivery processes first, then the fetch processes */
+#define SPW_NKIDS	(SPAWNER_MAX_CHILDREN + SPAWNER_MAX_FETCH)
+static struct spw_child spw_kids[SPW_NKIDS];
 
 static struct spw_child *
 spw_find(pid_t pid)
 {
 	int i;
 
-	for (i = 0; i < SPAWNER_MAX_CHILDREN; i++)
+	for (i = 0; i < SPW_NKIDS; i++)
 		if (spw_kids[i].pid == pid && pid > 0)
 			return &spw_kids[i];
 	return NULL;
@@ -116,24 +122,25 @@ spw_reap(void)
 		c->ended = 1;
 		c->status = st;
 		if (WIFSIGNALED(st))
-			log_msg(LOG_INFO, "event=delivery_process_exit pid=%ld signal=%d",
-			    (long)p, WTERMSIG(st));
+			log_msg(LOG_INFO, "event=%s_process_exit pid=%ld signal=%d",
+			    c->fetch ? "fetch" : "delivery", (long)p, WTERMSIG(st));
 		else
-			log_msg(LOG_INFO, "event=delivery_process_exit pid=%ld exit=%d",
-			    (long)p, WEXITSTATUS(st));
+			log_msg(LOG_INFO, "event=%s_process_exit pid=%ld exit=%d",
+			    c->fetch ? "fetch" : "delivery", (long)p, WEXITSTATUS(st));
 	}
 }
 
-/* A free entry; an ended one main never asked about goes first. */
+/* A free entry of the role's; an ended one main never asked about goes first. */
 static struct spw_child *
-spw_slot(void)
+spw_slot(int fetch)
 {
-	int i;
+	int i, lo = fetch ? SPAWNER_MAX_CHILDREN : 0;
+	int hi = fetch ? SPW_NKIDS : SPAWNER_MAX_CHILDREN;
 
-	for (i = 0; i < SPAWNER_MAX_CHILDREN; i++)
+	for (i = lo; i < hi; i++)
 		if (spw_kids[i].pid == 0)
 			return &spw_kids[i];
-	for (i = 0; i < SPAWNER_MAX_CHILDREN; i++)
+	for (i = lo; i < hi; i++)
 		if (spw_kids[i].ended) {
 			memset(&spw_kids[i], 0, sizeof(spw_kids[i]));
 			return &spw_kids[i];
@@ -235,7 +242,9 @@ spw_do_spawn(int s, const char *exe, const char *config_path, const struct confi
 	int *fds, k;
 	pid_t pid;
 
-	if ((c = spw_slot()) == NULL) {
+	int fetch = rq->op == SPW_SPAWN_FETCH;
+
+	if ((c = spw_slot(fetch)) == NULL) {
 		spw_refused("too_many_processes", 0);
 		rp->rc = EMFILE;
 		(void)spw_reply(s, rp, NULL, 0);
@@ -252,8 +261,10 @@ spw_do_spawn(int s, const char *exe, const char *config_path, const struct confi
 		(void)spw_reply(s, rp, NULL, 0);
 		return;
 	}
-	if ((pid = privsep_spawn(exe, config_path, cfg, rq->n, fds, err, sizeof(err))) == -1) {
-		log_msg(LOG_ERR, "event=delivery_process_failed detail=\"%s\"", err);
+	if ((pid = privsep_spawn_role(exe, fetch ? FETCH_ARG : PRIVSEP_ARG, config_path, cfg,
+	    rq->n, fds, err, sizeof(err))) == -1) {
+		log_msg(LOG_ERR, "event=%s_process_failed detail=\"%s\"",
+		    fetch ? "fetch" : "delivery", err);
 		rp->rc = EIO;
 		(void)spw_reply(s, rp, NULL, 0);
 		free(fds);
@@ -261,6 +272,7 @@ spw_do_spawn(int s, const char *exe, const char *config_path, const struct confi
 	}
 	c->pid = pid;
 	c->ended = 0;
+	c->fetch = fetch;
 	rp->pid = pid;
 	(void)spw_reply(s, rp, fds, rq->n);
 	for (k = 0; k < rq->n; k++)
@@ -278,7 +290,7 @@ spw_serve(int s, const char *exe, const char *config_path, const struct config *
 	memset(&rp, 0, sizeof(rp));
 	rp.op = rq->op;
 	rp.pid = rq->pid;
-	if (rq->op == SPW_SPAWN) {
+	if (rq->op == SPW_SPAWN || rq->op == SPW_SPAWN_FETCH) {
 		spw_do_spawn(s, exe, config_path, cfg, rq, &rp);
 		return;
 	}
@@ -411,8 +423,8 @@ spawner_main(int argc, char **argv)
 		spw_serve(SPAWNER_FD, exe, config_path, cfg, &rq);
 	}
 out:
-	/* the main process went: so do the delivery processes */
-	for (i = 0; i < SPAWNER_MAX_CHILDREN; i++)
+	/* the main process went: so do the delivery and fetch processes */
+	for (i = 0; i < SPW_NKIDS; i++)
 		if (spw_kids[i].pid > 0 && !spw_kids[i].ended) {
 			kill(spw_kids[i].pid, SIGKILL);
 			(void)waitpid(spw_kids[i].pid, &st, 0);
@@ -604,6 +616,26 @@ spawner_spawn(int n, int *fds, char *err, size_t errlen)
 	}
 	if (rp.rc != 0) {
 		snprintf(err, errlen, "delivery process: spawner refused: %s", strerror(rp.rc));
+		return -1;
+	}
+	return rp.pid;
+}
+
+pid_t
+spawner_spawn_fetch(int *fd, char *err, size_t errlen)
+{
+	struct spawner_rep rp;
+	int rc;
+
+	pthread_mutex_lock(&spw_mu);
+	rc = spw_call(SPW_SPAWN_FETCH, 1, 0, &rp, fd);
+	pthread_mutex_unlock(&spw_mu);
+	if (rc == -1) {
+		snprintf(err, errlen, "fetch process: spawner: %s", strerror(errno));
+		return -1;
+	}
+	if (rp.rc != 0) {
+		snprintf(err, errlen, "fetch process: spawner refused: %s", strerror(rp.rc));
 		return -1;
 	}
 	return rp.pid;

@@ -258,6 +258,16 @@ def check_spawner(d, main_user, child):
     t.ok(not [f for f in os.listdir("/proc/%d/fd" % sp) if int(f) > 3],
          tag + "the spawner holds no descriptor beyond stdio and its socket",
          os.listdir("/proc/%d/fd" % sp))
+    # the fetch process (MTA-STS, TLS-RPT lookups, webhooks) goes the same way
+    ok = wait_for(lambda: re.findall(r"event=fetch_process_started pid=(\d+)",
+                                     d.log_text()), 10)
+    fp = int(ok[-1]) if ok else -1
+    fst = proc_status(fp) if fp > 0 else {}
+    t.ok(fst.get("PPid") == str(sp) and fst.get("Uid", "").split() ==
+         [str(pwd.getpwnam("nobody").pw_uid)] * 4,
+         tag + "the fetch process is the spawner's child, running as nobody", fst)
+    t.ok(fst.get("NoNewPrivs") == "1" and fst.get("Seccomp") == "2",
+         tag + "the fetch process: no_new_privs, seccomp", fst)
 
 
 def steal_spawner_socket(d):

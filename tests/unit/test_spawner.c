@@ -53,6 +53,12 @@ main(void)
 	is_str(why_of(&r, sizeof(r), 16), "accepted", "kill of a pid is taken");
 	r = req(SPW_WAIT, 0, 1234);
 	is_str(why_of(&r, sizeof(r), 16), "accepted", "wait of a pid is taken");
+	r = req(SPW_SPAWN_FETCH, 1, 0);
+	is_str(why_of(&r, sizeof(r), 16), "accepted", "the fetch process (one socket) is taken");
+	r = req(SPW_SPAWN_FETCH, 2, 0);
+	is_str(why_of(&r, sizeof(r), 16), "workers", "a fetch process with 2 sockets: refused");
+	r = req(SPW_SPAWN_FETCH, 1, 99);
+	is_str(why_of(&r, sizeof(r), 16), "field", "a fetch process with a pid: refused");
 
 	r = req(SPW_SPAWN, 4, 0);
 	is_str(why_of(&r, sizeof(r) - 1, 16), "size", "one byte short: refused");
@@ -115,7 +121,8 @@ main(void)
 		if (i % 5 == 0)
 			memset(rnd + 12, 0, 4);
 		if (spawner_parse(rnd, sizeof(rnd), 16, &out, &why) == 0) {
-			if (out.op == SPW_SPAWN ? out.n < 1 || out.n > 16 || out.pid != 0 :
+			if (out.op == SPW_SPAWN_FETCH ? out.n != 1 || out.pid != 0 :
+			    out.op == SPW_SPAWN ? out.n < 1 || out.n > 16 || out.pid != 0 :
 			    out.pid <= 1 || out.n != 0)
 				break;
 			taken++;
