@@ -109,7 +109,7 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 	int attempt, r = 0, have;
 
 	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
-		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		if ((r = store_txn_begin(s, &txn)) != 0)
 			break;
 		r = idem_get(s, txn, key, &e);
 		have = r == 0 && e.created + STORE_IDEM_TTL > now;
@@ -165,7 +165,7 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 		}
 retry:
 		txn->abort(txn);
-		if (!store_retryable(r))
+		if (!store_retry(s, r))
 			break;
 		store_backoff(attempt);
 	}

@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 #include <db.h>
 #include <openssl/evp.h>
 
@@ -35,6 +36,8 @@
 #define KEY_MAX		(1 + STORE_MAC_LEN)
 #define STORE_DB_FILES	3	/* otp.db, expiry.db, rate.db (verify.c) */
 #define STORE_QUARANTINE_MAX	32	/* files of the folder reported (stats) */
+#define STORE_RETIRED_MAX	8	/* dead handle sets kept (env.c) */
+#define STORE_RETIRE_SECS	30	/* ...this long, then closed */
 
 /* A failure count with its lock-out (contexts and clients). */
 struct fail_state {
@@ -141,6 +144,15 @@ struct store {
 	/* the newest log file whose name is known durable (env.c) */
 	_Atomic uint32_t log_dir_synced;
 	struct repl	*repl;		/* NULL: alone (repl.c) */
+	/* handles a replication rollback killed, opened again (env.c) */
+	pthread_mutex_t	 reopen_lock;
+	_Atomic int	 handles_dead;
+	_Atomic uint64_t reopened;
+	struct {
+		DB	*db, *exp, *rate;
+		time_t	 at;
+	}		 retired[STORE_RETIRED_MAX];
+	size_t		 nretired;
 };
 
 /* env.c */
@@ -151,6 +163,12 @@ void	store_logf(struct store *, int prio, const char *fmt, ...)
 	    __attribute__((format(printf, 3, 4)));
 /* 1 if err is a lock conflict worth a retry. */
 int	store_retryable(int err);
+/* store_retryable, and DB_REP_HANDLE_DEAD: the handles are opened again at
+ * the next store_txn_begin (a replica after a rollback). */
+int	store_retry(struct store *, int err);
+int	store_txn_begin(struct store *, DB_TXN **);
+/* Opens the handles again if they died (store_txn_begin does it first). */
+void	store_handles_check(struct store *);
 void	store_backoff(int attempt);
 /* Commits txn; durable: returns once the log is on disk. */
 int	store_commit(struct store *, DB_TXN *, int durable);
@@ -215,6 +233,10 @@ enum repl_op {
 int	repl_env_config(struct store *, uint32_t *open_flags, char *err, size_t errlen);
 int	repl_env_start(struct store *, char *err, size_t errlen);
 void	repl_close(struct store *);
+/* Stops the watch thread: before the environment closes. */
+void	repl_stop(struct store *);
+/* st; a cluster's S_TEMPFAIL gets res->retry_after. */
+enum s_status repl_tempfail(struct store *, enum s_status st, struct otp_result *res);
 int	repl_is_master(const struct store *);
 int	repl_forward_needed(const struct store *);
 int	repl_write_allowed(struct store *);

@@ -197,7 +197,7 @@ supp_run(struct store *s, supp_fn fn, void *arg)
 	int attempt, r = 0;
 
 	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
-		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		if ((r = store_txn_begin(s, &txn)) != 0)
 			break;
 		if ((r = fn(s, txn, arg)) == 0) {
 			if ((r = store_commit(s, txn, 1)) == 0)
@@ -205,7 +205,7 @@ supp_run(struct store *s, supp_fn fn, void *arg)
 			break;
 		}
 		txn->abort(txn);
-		if (!store_retryable(r))
+		if (!store_retry(s, r))
 			break;
 		store_backoff(attempt);
 	}
