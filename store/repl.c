@@ -295,6 +295,23 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 	}
 }
 
+/* 1 if repmgr has a connection to site eid. */
+static int
+repl_site_up(struct store *s, int eid)
+{
+	DB_REPMGR_SITE *list = NULL;
+	u_int n = 0, i;
+	int up = 0;
+
+	if (s->env->repmgr_site_list(s->env, &n, &list) != 0)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (list[i].eid == eid && list[i].status == DB_REPMGR_CONNECTED)
+			up = 1;
+	free(list);
+	return up;
+}
+
 /*
  * The master's eid: the one the last NEWMASTER named, else repmgr's own.
  * After a MASTER_FAILURE repmgr may find the same master again (same
@@ -314,6 +331,9 @@ repl_master_eid(struct store *s)
 		return DB_EID_INVALID;
 	eid = rs->st_master;
 	free(rs);
+	/* repmgr keeps naming a master it lost until an election ends */
+	if (eid != DB_EID_INVALID && !repl_site_up(s, eid))
+		eid = DB_EID_INVALID;
 	if (eid != DB_EID_INVALID) {
 		atomic_store(&rp->master_eid, eid);
 		store_logf(s, LOG_NOTICE, "event=cluster.master_known eid=%d", eid);

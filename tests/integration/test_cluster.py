@@ -10,7 +10,10 @@ master; one code verified on two sites at once succeeds once; cluster.status
 and `otpmailctl cluster status`; kill -9 of the master under load, an
 election, and no acknowledged code, consumption or failure lost (several
 rounds); one site stopped, the others go on; restarted, it catches up; a
-site cut off alone refuses writes; a site without the secret cannot join and
+site cut off alone refuses writes and, reconnected, takes them again by
+itself; the master cut off alone answers unavailable while the two others
+elect a master and go on, and after healing there is one master and no
+acknowledged write is lost; a site without the secret cannot join and
 a stranger's bytes to a relay go nowhere; the capture holds no code, address,
 address HMAC or secret in clear.  Needs root (namespaces), ip, nsenter and
 tcpdump; skipped without them.
@@ -309,19 +312,17 @@ def run(sites, secret, pcap):
     t.ok(r.get("ok") and verify(C, "gina@example.org", c6).get("ok"),
          "the majority (A, C) goes on while B is cut off")
     link(1, True)
-    back = wait_for(lambda: issue(B, "frank@example.org").get("ok"), 10)
-    # Known limit: a replica cut off for a few seconds and reconnected does
-    # not always hear of the master again (its elections fail "1 of 2
-    # votes"); a restart brings it back (README, "Known limits").  Said in
-    # the log, not a test point: a TODO that passes would count as XPASS.
-    t.diag("B after the partition: %s" % ("takes writes again by itself" if back else
-           "KNOWN LIMIT: takes no writes until restarted"))
+    # (a replica reconnected found no master until restarted, 5 runs in 7:
+    # it missed the master named again without a NEWMASTER event)
+    t0 = time.time()
+    back = wait_for(lambda: issue(B, "frank@example.org").get("ok"), 30)
+    t.ok(back, "B reconnected takes writes again by itself (after %.1f s)"
+         % (time.time() - t0))
     if not back:
         B.stop()
         B.start(timeout=40)
-    t.ok(back or issue(B, "frank@example.org").get("ok"),
-         "B takes writes after the partition (%s)" % ("by itself" if back else
-                                                      "after a restart"))
+
+    isolated_master(sites)
 
     kill_rounds(sites)
 
@@ -374,6 +375,55 @@ def run(sites, secret, pcap):
             leaks.append("secret")
     t.is_(leaks[:10], [], "the capture holds no code (%d), address or address HMAC (%d) or secret in clear"
           % (len(set(codes_seen)), len(set(addrs_seen))))
+
+
+def isolated_master(sites):
+    """The master cut off alone stops taking writes; the two others elect
+    a master and go on; healed, one master, no acknowledged write lost."""
+    m = wait_master(sites, 30)
+    if m is None:
+        t.ok(False, "a master before the partition")
+        return
+    M = sites[m]
+    others = [s for s in sites if s is not M]
+    r, c0 = issue_code(M, "before-cut@example.org")
+    link(m, False)
+
+    def refuses():
+        r = issue(M, "cut-off@example.org")
+        return r if (not r.get("ok") and r.get("error") == "unavailable") else None
+    r = wait_for(refuses, 30)
+    t.ok(r and r.get("retry_after", 0) > 0,
+         "the master cut off alone: unavailable, with retry_after", r)
+    nm = wait_master(others, 30)
+    t.ok(nm is not None and nm != m, "the two others elect a master (%s)" % nm)
+    acked = []
+    for k in range(3):
+        s = others[k % 2]
+        to = "majority%d@example.org" % k
+        got = wait_for(lambda: (lambda r: r if r.get("ok") else None)(issue(s, to)), 20)
+        c = code_for(s, got["id"]) if got else None
+        if c:
+            acked.append((to, c))
+    v = verify(others[1], acked[0][0], acked[0][1]) if acked else {}
+    t.ok(len(acked) == 3 and v.get("ok"),
+         "the majority takes writes: 3 issues, a verify", (acked, v))
+    link(m, True)
+    one = wait_master(sites, 30)
+    t.ok(one is not None, "healed: one master, every site agrees (%s)" % one)
+    back = wait_for(lambda: issue(M, "healed@example.org").get("ok"), 30)
+    t.ok(back, "the old master takes writes again by itself")
+    lost = []
+    if c0 and not verify(others[0], "before-cut@example.org", c0).get("ok"):
+        lost.append("the code issued before the cut")
+    r = verify(M, acked[0][0], acked[0][1]) if acked else {}
+    if r.get("ok"):
+        lost.append("a consumed code verified again on the old master")
+    for to, c in acked[1:]:
+        if not verify(M, to, c).get("ok"):
+            lost.append(to)
+    t.ok(not lost, "healed: every acknowledged write kept (the majority's "
+         "codes verify on the old master, once)", lost)
 
 
 def kill_rounds(sites):
