@@ -295,9 +295,9 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 	}
 }
 
-/* 1 if repmgr has a connection to site eid. */
+/* Remote sites repmgr has a connection to: site eid, or any (-1). */
 static int
-repl_site_up(struct store *s, int eid)
+repl_sites_up(struct store *s, int eid)
 {
 	DB_REPMGR_SITE *list = NULL;
 	u_int n = 0, i;
@@ -306,8 +306,9 @@ repl_site_up(struct store *s, int eid)
 	if (s->env->repmgr_site_list(s->env, &n, &list) != 0)
 		return 0;
 	for (i = 0; i < n; i++)
-		if (list[i].eid == eid && list[i].status == DB_REPMGR_CONNECTED)
-			up = 1;
+		if ((eid == -1 || list[i].eid == eid) &&
+		    list[i].status == DB_REPMGR_CONNECTED)
+			up++;
 	free(list);
 	return up;
 }
@@ -332,7 +333,7 @@ repl_master_eid(struct store *s)
 	eid = rs->st_master;
 	free(rs);
 	/* repmgr keeps naming a master it lost until an election ends */
-	if (eid != DB_EID_INVALID && !repl_site_up(s, eid))
+	if (eid != DB_EID_INVALID && repl_sites_up(s, eid) == 0)
 		eid = DB_EID_INVALID;
 	if (eid != DB_EID_INVALID) {
 		atomic_store(&rp->master_eid, eid);
@@ -524,18 +525,8 @@ repl_close(struct store *s)
 static int
 repl_connected(struct store *s, int *total)
 {
-	DB_REPMGR_SITE *list = NULL;
-	u_int n = 0, i;
-	int up = 1;
-
 	*total = s->repl->c.nsites;
-	if (s->env->repmgr_site_list(s->env, &n, &list) != 0)
-		return 0;
-	for (i = 0; i < n; i++)
-		if (list[i].status == DB_REPMGR_CONNECTED)
-			up++;
-	free(list);
-	return up;
+	return 1 + repl_sites_up(s, -1);
 }
 
 /*
