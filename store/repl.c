@@ -48,6 +48,7 @@ struct repl {
 
 static _Thread_local int repl_in_dispatch;	/* no forwarding from a forwarded write */
 static _Thread_local int repl_perm_failed;	/* this thread's commit lacked a quorum */
+static _Thread_local uint64_t repl_fwd_owner;	/* the asking site's run (dispatch) */
 
 static void	repl_event(DB_ENV *, u_int32_t, void *);
 static void	repl_dispatch(DB_ENV *, DB_CHANNEL *, DBT *, u_int32_t, u_int32_t);
@@ -641,6 +642,7 @@ repl_fwd(struct store *s, int op, const struct otp_request *q, const char *a,
 		for (i = 0; i < 32; i++)
 			snprintf(hx + 2 * i, 3, "%02x", hash[i]);
 	w_str(&w, hash != NULL ? hx : NULL);
+	w_u64(&w, s->run);	/* owns what it reserves (idem.c) */
 	atomic_fetch_add(&s->repl->forwarded, 1);
 	if (repl_send(s, DB_EID_MASTER, &w, &r, REPL_FWD_TIMEOUT) == -1)
 		return fail;
@@ -684,6 +686,13 @@ repl_write(struct store *s, int op, const struct otp_request *q, const char *a,
 		res->retry_after = REPL_RETRY_AFTER;
 	}
 	return (int64_t)fail;
+}
+
+/* Who owns a reservation made now: the site that asked for it. */
+uint64_t
+repl_owner(const struct store *s)
+{
+	return repl_in_dispatch && repl_fwd_owner != 0 ? repl_fwd_owner : s->run;
 }
 
 /* A master's failed write (no quorum, a sync under way) says when to retry. */
@@ -759,6 +768,8 @@ repl_dispatch(DB_ENV *env, DB_CHANNEL *ch, DBT *msg, u_int32_t n, u_int32_t flag
 	a = r_str(r);
 	b = r_str(r);
 	hx = r_str(r);
+	/* the asking site's run; absent: this one's */
+	repl_fwd_owner = r->o < r->n ? r_u64(r) : 0;
 	if (r->bad) {
 		w_result(w, S_BADINPUT, NULL, 0, NULL);
 		goto send;
@@ -822,6 +833,7 @@ repl_dispatch(DB_ENV *env, DB_CHANNEL *ch, DBT *msg, u_int32_t n, u_int32_t flag
 		break;
 	}
 	repl_in_dispatch = 0;
+	repl_fwd_owner = 0;
 	w_result(w, st, has_res ? &res : NULL, (uint64_t)count, answer);
 	OPENSSL_cleanse(&res, sizeof(res));
 send:

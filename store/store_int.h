@@ -235,6 +235,8 @@ int	repl_env_start(struct store *, char *err, size_t errlen);
 void	repl_close(struct store *);
 /* Stops the watch thread: before the environment closes. */
 void	repl_stop(struct store *);
+/* The run owning a reservation made now: a forwarded write's asker's. */
+uint64_t repl_owner(const struct store *);
 /* st; a cluster's S_TEMPFAIL gets res->retry_after. */
 enum s_status repl_tempfail(struct store *, enum s_status st, struct otp_result *res);
 int	repl_is_master(const struct store *);

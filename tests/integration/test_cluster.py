@@ -13,7 +13,10 @@ rounds); one site stopped, the others go on; restarted, it catches up; a
 site cut off alone refuses writes and, reconnected, takes them again by
 itself; the master cut off alone answers unavailable while the two others
 elect a master and go on, and after healing there is one master and no
-acknowledged write is lost; a site without the secret cannot join and
+acknowledged write is lost; a replica that dies after claiming an
+idempotency key leaves it busy elsewhere for the claim's lease only
+(unavailable, retry_after), then a retry on another site succeeds once; a
+site without the secret cannot join and
 a stranger's bytes to a relay go nowhere; the capture holds no code, address,
 address HMAC or secret in clear.  Needs root (namespaces), ip, nsenter and
 tcpdump; skipped without them.
@@ -324,6 +327,8 @@ def run(sites, secret, pcap):
 
     isolated_master(sites)
 
+    idem_crash(sites)
+
     kill_rounds(sites)
 
     # a site without the secret cannot join
@@ -424,6 +429,48 @@ def isolated_master(sites):
             lost.append(to)
     t.ok(not lost, "healed: every acknowledged write kept (the majority's "
          "codes verify on the old master, once)", lost)
+
+
+def idem_crash(sites):
+    """A replica dies between claiming an idempotency key (on the master,
+    through the channel) and finishing: the key is busy on the other sites
+    for the claim's lease only (unavailable, retry_after), then a retry
+    anywhere succeeds, once."""
+    m = wait_master(sites, 30)
+    if m is None:
+        t.ok(False, "a master before the idempotency crash")
+        return
+    R, O = sites[(m + 1) % NS], sites[(m + 2) % NS]
+    R.stop()
+    R.env["OTPMAIL_FAULT"] = "after_idem_claim"
+    R.start(timeout=40)
+    req = {"op": "otp.issue", "to": "idem-crash@example.org",
+           "idempotency_key": "crash-after-claim"}
+    addrs_seen.append(req["to"])
+    try:
+        R.call(dict(req), timeout=20)
+    except (OSError, EOFError, ValueError):
+        pass
+    t.ok(wait_for(lambda: not R.alive(), 10),
+         "a replica dies (test hook) after claiming an idempotency key on the master")
+    r = O.call(dict(req), timeout=20)
+    t.ok(r.get("error") == "unavailable" and r.get("retry_after", 0) > 0 and
+         r.get("limit") == "idempotency_in_progress",
+         "the same key on the other replica: unavailable with retry_after "
+         "while the dead site's claim holds", r)
+    del R.env["OTPMAIL_FAULT"]
+    R.start(timeout=40)
+    got = wait_for(lambda: (lambda r: r if r.get("ok") else None)(
+        O.call(dict(req), timeout=20)), 30, step=0.5)
+    t.ok(got and not got.get("replayed"),
+         "once the claim's lease is over a retry on another site succeeds", got)
+    if not got:
+        return
+    c = code_for(O, got["id"])
+    r = R.call(dict(req), timeout=20)
+    t.ok(r.get("ok") and r.get("replayed") and r.get("id") == got["id"],
+         "the restarted site replays that answer (no second code)", r)
+    t.ok(c and verify(sites[m], req["to"], c).get("ok"), "its code verifies on the master")
 
 
 def kill_rounds(sites):
