@@ -6,7 +6,8 @@ with its own loopback (where its Berkeley DB repmgr listens, site j on
 127.0.0.1:7800+j) and one address on a bridge (10.77.0.1-3), joined only by
 otpmail's TLS 1.3 relay; tcpdump records the bridge.  Checks: a code issued
 on A verifies on B and on C, once; issued on a replica, it verifies on the
-master; one code verified on two sites at once succeeds once; cluster.status
+master; message.status of B's message on A names B (other_host); one
+code verified on two sites at once succeeds once; cluster.status
 and `otpmailctl cluster status`; kill -9 of the master under load, an
 election, and no acknowledged code, consumption or failure lost (several
 rounds); one site stopped, the others go on; restarted, it catches up; a
@@ -258,6 +259,16 @@ def run(sites, secret, pcap):
     w = verify(A, "carol@example.org", "000000" if c3 != "000000" else "111111")
     t.ok(w.get("error") == "invalid_code", "a wrong code on A fails", w)
     t.ok(verify(C, "carol@example.org", c3).get("ok"), "B's code verifies on C")
+
+    # message.status: each host keeps its mail; another host says where
+    qid = r["id"]
+    t.ok(qid[16] == "1" and B.call({"op": "message.status", "id": qid}).get("ok"),
+         "B's message id names site 1, and message.status on B knows it", qid)
+    w = A.call({"op": "message.status", "id": qid})
+    t.ok(w.get("error") == "other_host" and w.get("host") == "%s:%d" % (site_addr(1), PORT),
+         "message.status of B's message on A: other_host, naming B", w)
+    w = A.call({"op": "message.status", "id": qid[:16] + "0" + qid[17:]})
+    t.ok(w.get("error") == "not_found", "an unknown id of A's own: not_found", w)
 
     # the same code on two sites at once: one success
     wins = []
