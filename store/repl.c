@@ -25,7 +25,6 @@
 #define REPL_FWD_TIMEOUT	5000000		/* µs a forwarded write may take */
 #define REPL_LSN_TIMEOUT	1000000		/* µs for a site's LSN (status) */
 #define REPL_RETRY_AFTER	2		/* s a client waits without a master */
-#define REPL_MSG_MAX		4096
 #define REPL_VERSION		1
 
 struct repl {
@@ -62,13 +61,6 @@ struct wbuf {
 	int		 bad;
 };
 
-struct rbuf {
-	const uint8_t	*b;
-	size_t		 n, o;
-	int		 bad;
-	char		 str[8][STORE_IDEM_ANSWER_MAX + 1];	/* decoded strings */
-	int		 nstr;
-};
 
 static void
 w_u64(struct wbuf *w, uint64_t v)
@@ -101,7 +93,7 @@ w_str(struct wbuf *w, const char *s)
 }
 
 static uint64_t
-r_u64(struct rbuf *r)
+r_u64(struct repl_rbuf *r)
 {
 	uint64_t v;
 
@@ -114,14 +106,14 @@ r_u64(struct rbuf *r)
 	return v;
 }
 
-/* Decoded strings live in r until it goes: at most 8 a message. */
+/* Decoded strings live in r until it goes: at most REPL_MSG_STRS a message. */
 static const char *
-r_str(struct rbuf *r)
+r_str(struct repl_rbuf *r)
 {
 	size_t len;
 	char *out;
 
-	if (r->o + 2 > r->n || r->nstr >= 8) {
+	if (r->o + 2 > r->n || r->nstr >= REPL_MSG_STRS) {
 		r->bad = 1;
 		return NULL;
 	}
@@ -156,7 +148,7 @@ w_request(struct wbuf *w, const struct otp_request *q)
 }
 
 static void
-r_request(struct rbuf *r, struct otp_request *q)
+r_request(struct repl_rbuf *r, struct otp_request *q)
 {
 	memset(q, 0, sizeof(*q));
 	q->app = r_str(r);
@@ -208,7 +200,7 @@ w_result(struct wbuf *w, uint64_t st, const struct otp_result *res, uint64_t cou
 }
 
 static void
-r_result(struct rbuf *r, struct otp_result *res)
+r_result(struct repl_rbuf *r, struct otp_result *res)
 {
 	const char *s;
 
@@ -224,6 +216,108 @@ r_result(struct rbuf *r, struct otp_result *res)
 	res->attempts_left = (int)(int64_t)r_u64(r);
 	if ((s = r_str(r)) != NULL)
 		snprintf(res->queue_id, sizeof(res->queue_id), "%s", s);
+}
+
+/* ---- the channel's messages (tests/unit/test_repl_wire.c) ---- */
+
+static int
+repl_op_known(int op)
+{
+	return op != 0 && strchr("imcvrubfapnl", op) != NULL;
+}
+
+size_t
+repl_req_encode(uint8_t out[REPL_MSG_MAX], int op, const struct otp_request *q,
+    const char *a, const char *b, const char *hx, uint64_t owner)
+{
+	struct otp_request empty;
+	struct wbuf *w;
+	size_t n;
+
+	if (!repl_op_known(op) || (w = calloc(1, sizeof(*w))) == NULL)
+		return 0;
+	memset(&empty, 0, sizeof(empty));
+	w->b[w->n++] = REPL_VERSION;
+	w->b[w->n++] = (uint8_t)op;
+	if (op != RO_LSN) {
+		w_request(w, q != NULL ? q : &empty);
+		w_str(w, a);
+		w_str(w, b);
+		w_str(w, hx);
+		w_u64(w, owner);
+	}
+	n = w->bad ? 0 : w->n;
+	if (n > 0)
+		memcpy(out, w->b, n);
+	OPENSSL_cleanse(w, sizeof(*w));
+	free(w);
+	return n;
+}
+
+int
+repl_req_decode(const uint8_t *m, size_t n, struct repl_req *rq)
+{
+	struct repl_rbuf *r = &rq->r;
+
+	memset(rq, 0, sizeof(*rq));
+	r->b = m;
+	r->n = n;
+	if (n < 2 || n > REPL_MSG_MAX || m[0] != REPL_VERSION || !repl_op_known(m[1]))
+		return -1;
+	rq->op = m[1];
+	r->o = 2;
+	if (rq->op == RO_LSN)
+		return n == 2 ? 0 : -1;
+	r_request(r, &rq->q);
+	rq->a = r_str(r);
+	rq->b = r_str(r);
+	rq->hx = r_str(r);
+	/* the asking site's run; absent (an older site): 0 */
+	rq->owner = r->o < r->n ? r_u64(r) : 0;
+	return r->bad || r->o != r->n ? -1 : 0;
+}
+
+size_t
+repl_ans_encode(uint8_t out[REPL_MSG_MAX], uint64_t st, const struct otp_result *res,
+    uint64_t count, const char *extra)
+{
+	struct wbuf *w;
+	size_t n;
+
+	if ((w = calloc(1, sizeof(*w))) == NULL)
+		return 0;
+	w_result(w, st, res, count, extra);
+	n = w->bad ? 0 : w->n;
+	if (n > 0)
+		memcpy(out, w->b, n);
+	OPENSSL_cleanse(w, sizeof(*w));
+	free(w);
+	return n;
+}
+
+int
+repl_ans_decode(const uint8_t *m, size_t n, uint64_t *st, uint64_t *count, char *extra,
+    size_t extralen, struct otp_result *res)
+{
+	struct repl_rbuf *r;
+	const char *x;
+	int bad;
+
+	if (n > REPL_MSG_MAX || (r = calloc(1, sizeof(*r))) == NULL)
+		return -1;
+	r->b = m;
+	r->n = n;
+	*st = r_u64(r);
+	*count = r_u64(r);
+	x = r_str(r);
+	if (extra != NULL && extralen > 0)
+		snprintf(extra, extralen, "%s", x != NULL ? x : "");
+	if (res != NULL && !r->bad)
+		r_result(r, res);
+	bad = r->bad || (res != NULL && r->o != r->n);
+	OPENSSL_cleanse(r, sizeof(*r));
+	free(r);
+	return bad ? -1 : 0;
 }
 
 /* ---- events ---- */
@@ -570,16 +664,17 @@ repl_forward_needed(const struct store *s)
 	return s->repl != NULL && !repl_in_dispatch && !atomic_load(&s->repl->is_master);
 }
 
-/* Sends w to the master and decodes its answer into r (r->b to free). */
+/* Sends the n-byte request to site eid; *resp (malloc'd) gets the answer. */
 static int
-repl_send(struct store *s, int eid, struct wbuf *w, struct rbuf *r, uint32_t timeout)
+repl_send(struct store *s, int eid, const uint8_t *m, size_t n, DBT *resp,
+    uint32_t timeout)
 {
 	DB_CHANNEL *ch = NULL;
-	DBT req, resp;
+	DBT req;
 	int rc;
 
-	memset(r, 0, sizeof(*r));
-	if (w->bad)
+	memset(resp, 0, sizeof(*resp));
+	if (n == 0)
 		return -1;
 	if (eid == DB_EID_MASTER && repl_master_eid(s) == DB_EID_INVALID)
 		return -1;
@@ -589,20 +684,18 @@ repl_send(struct store *s, int eid, struct wbuf *w, struct rbuf *r, uint32_t tim
 		return -1;
 	}
 	memset(&req, 0, sizeof(req));
-	memset(&resp, 0, sizeof(resp));
-	req.data = w->b;
-	req.size = (u_int32_t)w->n;
-	resp.flags = DB_DBT_MALLOC;
-	rc = ch->send_request(ch, &req, 1, &resp, timeout, 0);
+	req.data = (void *)m;
+	req.size = (u_int32_t)n;
+	resp->flags = DB_DBT_MALLOC;
+	rc = ch->send_request(ch, &req, 1, resp, timeout, 0);
 	ch->close(ch, 0);
 	if (rc != 0) {
 		store_logf(s, LOG_WARNING, "event=cluster.forward error=\"%s\"",
 		    db_strerror(rc));
-		free(resp.data);
+		free(resp->data);
+		resp->data = NULL;
 		return -1;
 	}
-	r->b = resp.data;
-	r->n = resp.size;
 	return 0;
 }
 
@@ -617,49 +710,42 @@ repl_fwd(struct store *s, int op, const struct otp_request *q, const char *a,
     const char *b, const uint8_t *hash, struct otp_result *res, int *count,
     char *extra, size_t extralen, uint64_t fail)
 {
-	struct otp_request empty;
-	struct wbuf w;
-	struct rbuf r;
+	uint8_t m[REPL_MSG_MAX];
 	char hx[65];
-	const char *x;
-	uint64_t st;
-	int i;
+	uint64_t st, n;
+	DBT resp;
+	size_t len;
+	int i, bad;
 
 	if (res != NULL) {
 		memset(res, 0, sizeof(*res));
 		res->attempts_left = -1;
 		res->retry_after = REPL_RETRY_AFTER;
 	}
-	memset(&empty, 0, sizeof(empty));
-	w.n = 0;
-	w.bad = 0;
-	w.b[w.n++] = REPL_VERSION;
-	w.b[w.n++] = (uint8_t)op;
-	w_request(&w, q != NULL ? q : &empty);
-	w_str(&w, a);
-	w_str(&w, b);
 	if (hash != NULL)
 		for (i = 0; i < 32; i++)
 			snprintf(hx + 2 * i, 3, "%02x", hash[i]);
-	w_str(&w, hash != NULL ? hx : NULL);
-	w_u64(&w, s->run);	/* owns what it reserves (idem.c) */
+	/* owner: this site's run owns what it reserves (idem.c) */
+	len = repl_req_encode(m, op, q, a, b, hash != NULL ? hx : NULL, s->run);
 	atomic_fetch_add(&s->repl->forwarded, 1);
-	if (repl_send(s, DB_EID_MASTER, &w, &r, REPL_FWD_TIMEOUT) == -1)
+	i = repl_send(s, DB_EID_MASTER, m, len, &resp, REPL_FWD_TIMEOUT);
+	OPENSSL_cleanse(m, sizeof(m));
+	if (i == -1)
 		return fail;
-	st = r_u64(&r);
-	i = (int)r_u64(&r);
-	x = r_str(&r);
-	if (res != NULL && !r.bad)
-		r_result(&r, res);
-	free((void *)r.b);
-	if (r.bad) {
+	bad = repl_ans_decode(resp.data, resp.size, &st, &n, extra, extralen, res);
+	OPENSSL_cleanse(resp.data, resp.size);
+	free(resp.data);
+	if (bad) {
 		store_logf(s, LOG_ERR, "event=cluster.forward error=\"bad answer\"");
+		if (res != NULL) {
+			OPENSSL_cleanse(res, sizeof(*res));
+			res->attempts_left = -1;
+			res->retry_after = REPL_RETRY_AFTER;
+		}
 		return fail;
 	}
 	if (count != NULL)
-		*count = i;
-	if (extra != NULL)
-		snprintf(extra, extralen, "%s", x != NULL ? x : "");
+		*count = (int)n;
 	return st;
 }
 
@@ -725,10 +811,10 @@ static void
 repl_dispatch(DB_ENV *env, DB_CHANNEL *ch, DBT *msg, u_int32_t n, u_int32_t flags)
 {
 	struct store *s = env->app_private;
-	struct otp_request q;
 	struct otp_result res;
-	struct rbuf *r;
-	struct wbuf *w;
+	struct repl_req *rq;
+	struct otp_request q;
+	uint8_t *out = NULL;
 	const char *a, *b, *hx;
 	uint8_t hash[32];
 	char answer[STORE_IDEM_ANSWER_MAX + 1];
@@ -739,41 +825,39 @@ repl_dispatch(DB_ENV *env, DB_CHANNEL *ch, DBT *msg, u_int32_t n, u_int32_t flag
 
 	if (!(flags & DB_REPMGR_NEED_RESPONSE) || n != 1)
 		return;
-	r = calloc(1, sizeof(*r));
-	w = calloc(1, sizeof(*w));
-	if (r == NULL || w == NULL)
+	rq = calloc(1, sizeof(*rq));
+	out = calloc(1, REPL_MSG_MAX);
+	if (rq == NULL || out == NULL)
 		goto out;
 	answer[0] = '\0';
 	memset(&res, 0, sizeof(res));
-	r->b = msg[0].data;
-	r->n = msg[0].size;
-	if (r->n < 2 || r->b[0] != REPL_VERSION) {
-		w_result(w, S_TEMPFAIL, NULL, 0, NULL);
+	memset(&reply, 0, sizeof(reply));
+	if (repl_req_decode(msg[0].data, msg[0].size, rq) == -1) {
+		/* another version (an upgrade under way: unavailable), a bad
+		 * op, a cut or padded message */
+		reply.size = (u_int32_t)repl_ans_encode(out, msg[0].size > 0 &&
+		    *(uint8_t *)msg[0].data != REPL_VERSION ? S_TEMPFAIL : S_BADINPUT,
+		    NULL, 0, NULL);
 		goto send;
 	}
-	op = r->b[1];
-	r->o = 2;
+	op = rq->op;
 	if (op == RO_LSN) {
 		DB_LOG_STAT *ls;
 
 		if (s->env->log_stat(s->env, &ls, 0) == 0) {
-			w_result(w, S_OK, NULL, (uint64_t)ls->st_cur_file << 32 |
-			    ls->st_cur_offset, NULL);
+			reply.size = (u_int32_t)repl_ans_encode(out, S_OK, NULL,
+			    (uint64_t)ls->st_cur_file << 32 | ls->st_cur_offset, NULL);
 			free(ls);
 		} else
-			w_result(w, S_TEMPFAIL, NULL, 0, NULL);
+			reply.size = (u_int32_t)repl_ans_encode(out, S_TEMPFAIL, NULL, 0,
+			    NULL);
 		goto send;
 	}
-	r_request(r, &q);
-	a = r_str(r);
-	b = r_str(r);
-	hx = r_str(r);
-	/* the asking site's run; absent: this one's */
-	repl_fwd_owner = r->o < r->n ? r_u64(r) : 0;
-	if (r->bad) {
-		w_result(w, S_BADINPUT, NULL, 0, NULL);
-		goto send;
-	}
+	q = rq->q;
+	a = rq->a;
+	b = rq->b;
+	hx = rq->hx;
+	repl_fwd_owner = rq->owner;
 	repl_in_dispatch = 1;
 	atomic_fetch_add(&s->repl->served, 1);
 	if (!atomic_load(&s->repl->is_master)) {
@@ -834,17 +918,17 @@ repl_dispatch(DB_ENV *env, DB_CHANNEL *ch, DBT *msg, u_int32_t n, u_int32_t flag
 	}
 	repl_in_dispatch = 0;
 	repl_fwd_owner = 0;
-	w_result(w, st, has_res ? &res : NULL, (uint64_t)count, answer);
+	reply.size = (u_int32_t)repl_ans_encode(out, st, has_res ? &res : NULL,
+	    (uint64_t)count, answer);
 	OPENSSL_cleanse(&res, sizeof(res));
 send:
-	memset(&reply, 0, sizeof(reply));
-	reply.data = w->b;
-	reply.size = (u_int32_t)w->n;
+	reply.data = out;
 	ch->send_msg(ch, &reply, 1, 0);
-	OPENSSL_cleanse(w, sizeof(*w));
+	OPENSSL_cleanse(out, REPL_MSG_MAX);
+	OPENSSL_cleanse(rq, sizeof(*rq));
 out:
-	free(r);
-	free(w);
+	free(rq);
+	free(out);
 }
 
 /* ---- status ---- */
@@ -852,20 +936,17 @@ out:
 static int
 repl_site_lsn(struct store *s, int eid, uint32_t *file, uint32_t *off)
 {
-	struct wbuf w;
-	struct rbuf r;
+	uint8_t m[REPL_MSG_MAX];
 	uint64_t st, v;
+	DBT resp;
+	int bad;
 
-	w.n = 0;
-	w.bad = 0;
-	w.b[w.n++] = REPL_VERSION;
-	w.b[w.n++] = RO_LSN;
-	if (repl_send(s, eid, &w, &r, REPL_LSN_TIMEOUT) == -1)
+	if (repl_send(s, eid, m, repl_req_encode(m, RO_LSN, NULL, NULL, NULL, NULL, 0),
+	    &resp, REPL_LSN_TIMEOUT) == -1)
 		return -1;
-	st = r_u64(&r);
-	v = r_u64(&r);
-	free((void *)r.b);
-	if (r.bad || st != S_OK)
+	bad = repl_ans_decode(resp.data, resp.size, &st, &v, NULL, 0, NULL);
+	free(resp.data);
+	if (bad || st != S_OK)
 		return -1;
 	*file = (uint32_t)(v >> 32);
 	*off = (uint32_t)v;

@@ -237,6 +237,35 @@ void	repl_close(struct store *);
 void	repl_stop(struct store *);
 /* The run owning a reservation made now: a forwarded write's asker's. */
 uint64_t repl_owner(const struct store *);
+/* The channel's messages: a request is the version, the op, the request's
+ * fields, a, b, the hash (hex) and the asker's run; an answer is the
+ * status, a count, a string, then the result.  Strings: u16 length (0xffff
+ * NULL), integers big-endian.  Encoders return the length, 0 if it does
+ * not fit; decoders -1 on anything but one whole message. */
+#define REPL_MSG_MAX	4096
+#define REPL_MSG_STRS	9	/* strings of a request: 6, a, b, hash */
+struct repl_rbuf {
+	const uint8_t	*b;
+	size_t		 n, o;
+	int		 bad;
+	char		 str[REPL_MSG_STRS][STORE_IDEM_ANSWER_MAX + 1];	/* decoded */
+	int		 nstr;
+};
+struct repl_req {
+	int		 op;
+	struct otp_request q;
+	const char	*a, *b, *hx;	/* in r */
+	uint64_t	 owner;
+	struct repl_rbuf r;
+};
+size_t	repl_req_encode(uint8_t out[REPL_MSG_MAX], int op, const struct otp_request *,
+	    const char *a, const char *b, const char *hx, uint64_t owner);
+int	repl_req_decode(const uint8_t *, size_t, struct repl_req *);
+size_t	repl_ans_encode(uint8_t out[REPL_MSG_MAX], uint64_t st, const struct otp_result *,
+	    uint64_t count, const char *extra);
+/* res NULL: the answer has no result (it may still carry one) */
+int	repl_ans_decode(const uint8_t *, size_t, uint64_t *st, uint64_t *count,
+	    char *extra, size_t extralen, struct otp_result *res);
 /* st; a cluster's S_TEMPFAIL gets res->retry_after. */
 enum s_status repl_tempfail(struct store *, enum s_status st, struct otp_result *res);
 int	repl_is_master(const struct store *);
