@@ -223,7 +223,7 @@ r_result(struct repl_rbuf *r, struct otp_result *res)
 static int
 repl_op_known(int op)
 {
-	return op != 0 && strchr("imcvrubfapnl", op) != NULL;
+	return op != 0 && strchr("imcvrubfapnlsd", op) != NULL;
 }
 
 size_t
@@ -900,6 +900,14 @@ repl_dispatch(DB_ENV *env, DB_CHANNEL *ch, DBT *msg, u_int32_t n, u_int32_t flag
 		break;
 	case RO_IDEM_PREPARE:
 		st = store_idem_prepare(s, q.app, a, q.now, b != NULL ? b : "");
+		has_res = 0;
+		break;
+	case RO_SUPP_ADD:
+		st = store_supp_add(s, q.app, q.addr, a, b, q.ttl, q.now, NULL);
+		has_res = 0;
+		break;
+	case RO_SUPP_REMOVE:
+		st = store_supp_remove(s, q.app, q.addr, a, q.now, NULL);
 		has_res = 0;
 		break;
 	case RO_IDEM_UNCLAIM:

@@ -229,6 +229,7 @@ enum repl_op {
 	RO_ISSUE = 'i', RO_MARK = 'm', RO_CANCEL = 'c', RO_VERIFY = 'v',
 	RO_REVOKE = 'r', RO_UNLOCK = 'u', RO_IDEM_BEGIN = 'b', RO_IDEM_FINISH = 'f',
 	RO_IDEM_ABANDON = 'a', RO_IDEM_PREPARE = 'p', RO_IDEM_UNCLAIM = 'n', RO_LSN = 'l',
+	RO_SUPP_ADD = 's', RO_SUPP_REMOVE = 'd',
 };
 int	repl_env_config(struct store *, uint32_t *open_flags, char *err, size_t errlen);
 int	repl_env_start(struct store *, char *err, size_t errlen);

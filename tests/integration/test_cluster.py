@@ -6,7 +6,8 @@ with its own loopback (where its Berkeley DB repmgr listens, site j on
 127.0.0.1:7800+j) and one address on a bridge (10.77.0.1-3), joined only by
 otpmail's TLS 1.3 relay; tcpdump records the bridge.  Checks: a code issued
 on A verifies on B and on C, once; issued on a replica, it verifies on the
-master; message.status of B's message on A names B (other_host); one
+master; message.status of B's message on A names B (other_host); a
+suppression added on one replica holds on the other hosts; one
 code verified on two sites at once succeeds once; cluster.status
 and `otpmailctl cluster status`; kill -9 of the master under load, an
 election, and no acknowledged code, consumption or failure lost (several
@@ -269,6 +270,18 @@ def run(sites, secret, pcap):
          "message.status of B's message on A: other_host, naming B", w)
     w = A.call({"op": "message.status", "id": qid[:16] + "0" + qid[17:]})
     t.ok(w.get("error") == "not_found", "an unknown id of A's own: not_found", w)
+
+    # suppression lists are records of the replicated store: added on a
+    # replica (written on the master), an issue on any host answers suppressed
+    w = B.call({"op": "suppress.add", "address": "supp-me@example.org"})
+    t.ok(w.get("ok") and w.get("id"), "suppress.add on the replica B", w)
+    w = wait_for(lambda: (lambda r: r if r.get("error") == "suppressed" else None)(
+        issue(C, "supp-me@example.org")), 10)
+    t.ok(w, "an issue on C to the address B suppressed: suppressed", w)
+    w = C.call({"op": "suppress.remove", "address": "supp-me@example.org"})
+    t.ok(w.get("ok"), "suppress.remove on the replica C", w)
+    t.ok(wait_for(lambda: issue(B, "supp-me@example.org").get("ok"), 10),
+         "then an issue on B to it goes out")
 
     # the same code on two sites at once: one success
     wins = []
