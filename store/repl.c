@@ -9,6 +9,7 @@
  * (quorum acks), store_cluster_status.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,6 +151,9 @@ w_request(struct wbuf *w, const struct otp_request *q)
 static void
 r_request(struct repl_rbuf *r, struct otp_request *q)
 {
+	int64_t ttl;
+	uint64_t uid;
+
 	memset(q, 0, sizeof(*q));
 	q->app = r_str(r);
 	q->client_id = r_str(r);
@@ -157,9 +161,14 @@ r_request(struct repl_rbuf *r, struct otp_request *q)
 	q->limit_addr = r_str(r);
 	q->purpose = r_str(r);
 	q->context = r_str(r);
-	q->ttl = (int)(int64_t)r_u64(r);
-	q->client_uid = (uint32_t)r_u64(r);
+	ttl = (int64_t)r_u64(r);
+	uid = r_u64(r);
 	q->now = (time_t)(int64_t)r_u64(r);
+	/* one encoding a request: out-of-range numbers are refused */
+	if (ttl < INT_MIN || ttl > INT_MAX || uid > UINT32_MAX)
+		r->bad = 1;
+	q->ttl = (int)ttl;
+	q->client_uid = (uint32_t)uid;
 }
 
 /* The limit names the store sets are static strings: map one back. */

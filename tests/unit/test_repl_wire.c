@@ -94,6 +94,18 @@ main(void)
 	m[5] = '\0';	/* inside "shop" */
 	ok(repl_req_decode(m, n, &rq) == -1, "a NUL inside a string is refused");
 
+	/* numbers out of their fields' range: one encoding only */
+	n = repl_req_encode(m, RO_ISSUE, &q, NULL, NULL, NULL, 7);
+	ok(repl_req_decode(m, n, &rq) == 0 && rq.q.ttl == 300 && rq.q.client_uid == 1001,
+	    "(the issue the next two change)");
+	memcpy(big, m, n);
+	/* the tail: ttl, uid, now (8 each), a, b, hash (NULL: 2 each), owner (8) */
+	big[n - 38 + 3] = 1;		/* ttl's high half */
+	ok(repl_req_decode(big, n, &rq) == -1, "a ttl past an int is refused");
+	memcpy(big, m, n);
+	big[n - 30 + 3] = 1;		/* client_uid's high half */
+	ok(repl_req_decode(big, n, &rq) == -1, "a client_uid past 32 bits is refused");
+
 	/* nine strings at once (a request with every field) */
 	q.context = "ctx";
 	n = repl_req_encode(m, RO_IDEM_BEGIN, &q, "key", "answer",
