@@ -3,7 +3,9 @@
  * microsecond clock made strictly increasing in this process (so ids sort
  * by time and never repeat across threads), the last 8 a random nonce
  * drawn at start (so two processes, or a clock stepped back across a
- * restart, still never produce the same id).
+ * restart, still never produce the same id).  On several hosts the nonce's
+ * first hex digit is the site's index (queue_id_site): ids of two sites
+ * differ there, and message.status can say where an id lives.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -21,6 +23,7 @@ static pthread_mutex_t	 qid_mtx = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t	 qid_once = PTHREAD_ONCE_INIT;
 static uint64_t		 qid_last;
 static uint32_t		 qid_nonce;
+static int		 qid_site = -1;	/* queue_id_site */
 
 static void
 qid_init(void)
@@ -48,7 +51,27 @@ qid_new(char out[QUEUE_ID_LEN + 1])
 	qid_last = now;
 	pthread_mutex_unlock(&qid_mtx);
 	snprintf(out, QUEUE_ID_LEN + 1, "%016llx%08x",
-	    (unsigned long long)now, (unsigned)qid_nonce);
+	    (unsigned long long)now, qid_site < 0 ? (unsigned)qid_nonce :
+	    (unsigned)(qid_nonce & 0x0fffffffu) | (unsigned)qid_site << 28);
+}
+
+void
+queue_id_site(int site)
+{
+	pthread_mutex_lock(&qid_mtx);
+	qid_site = site >= 0 && site < 15 ? site : -1;
+	pthread_mutex_unlock(&qid_mtx);
+}
+
+int
+queue_id_site_of(const char *id)
+{
+	char c;
+
+	if (!qid_valid(id))
+		return -1;
+	c = id[16];
+	return c >= '0' && c <= '9' ? c - '0' : c - 'a' + 10;
 }
 
 void

@@ -122,6 +122,12 @@ struct queue;
  * thread loads them (see queue_loading). */
 struct queue	*queue_open(const struct queue_params *, char *err, size_t errlen);
 void		 queue_close(struct queue *);
+/* Several hosts: ids made from now on name site (0..14) in their nonce's
+ * first hex digit, so any host can tell where a message lives (before the
+ * first id; the time part and the spool loader's clock are unchanged). */
+void		 queue_id_site(int site);
+/* The site an id names (its nonce's first hex digit), -1 if not an id. */
+int		 queue_id_site_of(const char *id);
 /* 1 while the spool found at open is still loading (on a thread of its
  * own: enqueue and lease work meanwhile; get, list and the admin calls
  * wait up to 2 s for it, then answer Q_LOADING; stats counts what is

@@ -230,6 +230,133 @@ store_flush_wait(struct store *s, uint64_t ticket)
 static int	store_check_db(struct store *, DB *, const char *, char *, size_t);
 static int	store_env_check(struct store *, char *, size_t);
 
+/*
+ * Opens the three databases in one transaction (create: the master's first
+ * open).  On failure the handles made are closed and *db.. left alone.
+ */
+static int
+store_db_open(struct store *s, uint32_t create, DB **pdb, DB **pexp, DB **prate)
+{
+	DB *db = NULL, *exp = NULL, *rate = NULL;
+	DB_TXN *txn = NULL;
+	int r;
+
+	if ((r = db_create(&db, s->env, 0)) != 0 ||
+	    (r = db_create(&exp, s->env, 0)) != 0 ||
+	    (r = db_create(&rate, s->env, 0)) != 0)
+		goto fail;
+	/* Small pages: BDB locks pages, and records are keyed at random. */
+	db->set_pagesize(db, 2048);
+	/* Page checksums (new files only: ignored for an existing one), so
+	 * DB->verify at open sees a flipped bit anywhere (verify.c). */
+	db->set_flags(db, DB_CHKSUM);
+	exp->set_flags(exp, DB_CHKSUM);
+	rate->set_flags(rate, DB_CHKSUM);
+	exp->set_flags(exp, DB_DUP | DB_DUPSORT);
+	if (s->p.cluster != NULL) {
+		db->set_flags(db, DB_ENCRYPT);
+		exp->set_flags(exp, DB_ENCRYPT);
+		rate->set_flags(rate, DB_ENCRYPT);
+	}
+	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		goto fail;
+	if ((r = db->open(db, txn, "otp.db", NULL, DB_BTREE, create | DB_THREAD,
+	    0600)) != 0 ||
+	    (r = exp->open(exp, txn, "expiry.db", NULL, DB_BTREE, create | DB_THREAD,
+	    0600)) != 0 ||
+	    /* DB_CREATE: an empty index (new, or quarantined) is rebuilt */
+	    (r = db->associate(db, txn, exp, store_exp_callback, create)) != 0 ||
+	    (r = rate->open(rate, txn, "rate.db", NULL, DB_BTREE, create | DB_THREAD,
+	    0600)) != 0)
+		goto fail;
+	r = txn->commit(txn, 0);
+	txn = NULL;
+	if (r != 0)
+		goto fail;
+	*pdb = db;
+	*pexp = exp;
+	*prate = rate;
+	return 0;
+fail:
+	if (txn != NULL)
+		txn->abort(txn);
+	/* the secondary first: it is associated with the primary */
+	if (rate != NULL)
+		rate->close(rate, 0);
+	if (exp != NULL)
+		exp->close(exp, 0);
+	if (db != NULL)
+		db->close(db, 0);
+	return r;
+}
+
+/*
+ * A replica's handles die when a sync rolls back transactions it had
+ * (DB_REP_HANDLE_DEAD: an ex-master's commits that no quorum acked, after a
+ * partition).  The operation that meets one marks them (store_retry); the
+ * next transaction opens new ones.  The dead ones are kept a while, as a
+ * thread may still hold one (each meets only errors), then closed.
+ */
+void
+store_handles_check(struct store *s)
+{
+	DB *db, *exp, *rate;
+	time_t now = time(NULL);
+	size_t i, k;
+	int r;
+
+	if (!atomic_load(&s->handles_dead))
+		return;
+	pthread_mutex_lock(&s->reopen_lock);
+	if (!atomic_load(&s->handles_dead))
+		goto out;
+	if ((r = store_db_open(s, 0, &db, &exp, &rate)) != 0) {
+		store_logf(s, LOG_ERR, "event=store.reopen error=\"%s\"", db_strerror(r));
+		goto out;
+	}
+	for (i = k = 0; i < s->nretired; i++) {
+		if (s->retired[i].at + STORE_RETIRE_SECS <= now ||
+		    (k == 0 && s->nretired == STORE_RETIRED_MAX)) {
+			s->retired[i].rate->close(s->retired[i].rate, 0);
+			s->retired[i].exp->close(s->retired[i].exp, 0);
+			s->retired[i].db->close(s->retired[i].db, 0);
+		} else
+			s->retired[k++] = s->retired[i];
+	}
+	s->nretired = k;
+	s->retired[k].db = s->db;
+	s->retired[k].exp = s->exp;
+	s->retired[k].rate = s->rate;
+	s->retired[k].at = now;
+	s->nretired++;
+	__atomic_store_n(&s->db, db, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&s->exp, exp, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&s->rate, rate, __ATOMIC_SEQ_CST);
+	atomic_store(&s->handles_dead, 0);
+	atomic_fetch_add(&s->reopened, 1);
+	store_logf(s, LOG_WARNING, "event=store.reopen detail=\"handles dead after a "
+	    "replication rollback: opened again\"");
+out:
+	pthread_mutex_unlock(&s->reopen_lock);
+}
+
+int
+store_txn_begin(struct store *s, DB_TXN **txn)
+{
+	store_handles_check(s);
+	return s->env->txn_begin(s->env, NULL, txn, 0);
+}
+
+int
+store_retry(struct store *s, int err)
+{
+	if (err == DB_REP_HANDLE_DEAD) {
+		atomic_store(&s->handles_dead, 1);
+		return 1;
+	}
+	return store_retryable(err);
+}
+
 int
 store_env_open(struct store *s, char *err, size_t errlen)
 {
@@ -315,41 +442,7 @@ store_env_open(struct store *s, char *err, size_t errlen)
 			create = 0;
 	}
 
-	if ((r = db_create(&s->db, s->env, 0)) != 0 ||
-	    (r = db_create(&s->exp, s->env, 0)) != 0 ||
-	    (r = db_create(&s->rate, s->env, 0)) != 0)
-		goto dberr;
-	/* Small pages: BDB locks pages, and records are keyed at random. */
-	s->db->set_pagesize(s->db, 2048);
-	/* Page checksums (new files only: ignored for an existing one), so
-	 * DB->verify at open sees a flipped bit anywhere (verify.c). */
-	s->db->set_flags(s->db, DB_CHKSUM);
-	s->exp->set_flags(s->exp, DB_CHKSUM);
-	s->rate->set_flags(s->rate, DB_CHKSUM);
-	s->exp->set_flags(s->exp, DB_DUP | DB_DUPSORT);
-	if (s->p.cluster != NULL) {
-		s->db->set_flags(s->db, DB_ENCRYPT);
-		s->exp->set_flags(s->exp, DB_ENCRYPT);
-		s->rate->set_flags(s->rate, DB_ENCRYPT);
-	}
-	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
-		goto dberr;
-	if ((r = s->db->open(s->db, txn, "otp.db", NULL, DB_BTREE,
-	    create | DB_THREAD, 0600)) != 0)
-		goto dberr;
-	if ((r = s->exp->open(s->exp, txn, "expiry.db", NULL, DB_BTREE,
-	    create | DB_THREAD, 0600)) != 0)
-		goto dberr;
-	/* DB_CREATE: an empty index (new, or quarantined) is rebuilt */
-	if ((r = s->db->associate(s->db, txn, s->exp, store_exp_callback,
-	    create)) != 0)
-		goto dberr;
-	if ((r = s->rate->open(s->rate, txn, "rate.db", NULL, DB_BTREE,
-	    create | DB_THREAD, 0600)) != 0)
-		goto dberr;
-	r = txn->commit(txn, 0);
-	txn = NULL;
-	if (r != 0)
+	if ((r = store_db_open(s, create, &s->db, &s->exp, &s->rate)) != 0)
 		goto dberr;
 	if (create != 0 && store_env_check(s, err, errlen) == -1) {
 		store_env_close(s);
@@ -428,6 +521,15 @@ store_env_check(struct store *s, char *err, size_t errlen)
 void
 store_env_close(struct store *s)
 {
+	size_t i;
+
+	repl_stop(s);
+	for (i = 0; i < s->nretired; i++) {
+		s->retired[i].rate->close(s->retired[i].rate, 0);
+		s->retired[i].exp->close(s->retired[i].exp, 0);
+		s->retired[i].db->close(s->retired[i].db, 0);
+	}
+	s->nretired = 0;
 	/* The secondary first: it is associated with the primary. */
 	if (s->rate != NULL)
 		s->rate->close(s->rate, 0);

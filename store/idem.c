@@ -6,6 +6,9 @@
  * give from the enqueue barrier on ("prepared", synced before the mail is
  * named), then its answer ("answered").  A request of a crashed run never
  * keeps a key busy; its prepared answer is handed to the next begin.
+ * Several hosts: the records live on the master; a reservation is owned by
+ * the run of the site that asked (repl_owner), and another site's run holds
+ * it for STORE_IDEM_LEASE s from its claim (created), then counts as gone.
  */
 #include <stdio.h>
 #include <string.h>
@@ -106,10 +109,11 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 {
 	struct idem_rec e;
 	DB_TXN *txn;
+	uint64_t owner = repl_owner(s);
 	int attempt, r = 0, have;
 
 	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
-		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		if ((r = store_txn_begin(s, &txn)) != 0)
 			break;
 		r = idem_get(s, txn, key, &e);
 		have = r == 0 && e.created + STORE_IDEM_TTL > now;
@@ -124,24 +128,31 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 			else if (have && e.state == IDEM_ANSWERED) {
 				*st = IDEM_DONE;
 				snprintf(out, outlen, "%s", e.answer);
-			} else if (have && e.run == s->run)
+			} else if (have && e.run == owner)
 				*st = IDEM_BUSY;
-			else if (have && e.state == IDEM_PREPARED) {
+			else if (have && e.run != 0 && s->repl != NULL &&
+			    now < e.created + STORE_IDEM_LEASE) {
+				/* another site's, in progress (or not yet known gone) */
+				*st = IDEM_ELSEWHERE;
+				snprintf(out, outlen, "%d",
+				    (int)(e.created + STORE_IDEM_LEASE - now));
+			} else if (have && e.state == IDEM_PREPARED) {
 				/* a crashed run's: this run's now, answer kept */
 				*st = IDEM_UNSURE;
 				snprintf(out, outlen, "%s", e.answer);
-				e.run = s->run;
+				e.run = owner;
+				e.created = now;	/* its lease */
 				r = idem_put(s, txn, key, &e);
 			} else {
 				memset(&e, 0, sizeof(e));
 				e.created = now;
 				e.purge = now + STORE_IDEM_TTL;
-				e.run = s->run;
+				e.run = owner;
 				e.state = IDEM_PENDING;
 				memcpy(e.hash, hash, 32);
 				r = idem_put(s, txn, key, &e);
 			}
-		} else if ((mode == 1 && have) || (mode == 3 && have && e.run == s->run &&
+		} else if ((mode == 1 && have) || (mode == 3 && have && e.run == owner &&
 		    e.state != IDEM_ANSWERED)) {
 			e.state = mode == 1 ? IDEM_ANSWERED : IDEM_PREPARED;
 			e.anslen = strnlen(answer, STORE_IDEM_ANSWER_MAX);
@@ -149,11 +160,11 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 			r = idem_put(s, txn, key, &e);
 		} else if (mode == 3)
 			*st = IDEM_FAIL;	/* not this run's reservation */
-		else if (mode == 4 && have && e.state == IDEM_PREPARED && e.run == s->run) {
+		else if (mode == 4 && have && e.state == IDEM_PREPARED && e.run == owner) {
 			e.run = 0;	/* no run's: the next begin claims it again */
 			r = idem_put(s, txn, key, &e);
 		}
-		else if (mode == 2 && have && e.state != IDEM_ANSWERED && e.run == s->run)
+		else if (mode == 2 && have && e.state != IDEM_ANSWERED && e.run == owner)
 			r = store_rec_del(s, txn, key);
 		if (r == 0) {
 			/* the reservation need not survive an OS crash; the
@@ -165,7 +176,7 @@ idem_txn(struct store *s, const uint8_t *key, int mode, const uint8_t *hash,
 		}
 retry:
 		txn->abort(txn);
-		if (!store_retryable(r))
+		if (!store_retry(s, r))
 			break;
 		store_backoff(attempt);
 	}

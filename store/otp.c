@@ -281,7 +281,17 @@ store_rec_get(struct store *s, DB_TXN *txn, const uint8_t *key, uint8_t *buf, si
 	v.flags = DB_DBT_USERMEM;
 	/* Plain reads keep no lock to commit: they are re-read with DB_RMW
 	 * before anything is written from them. */
+	if (txn == NULL)
+		store_handles_check(s);
 	r = s->db->get(s->db, txn, &k, &v, rmw ? DB_RMW : DB_READ_COMMITTED);
+	if (r == DB_REP_HANDLE_DEAD && txn == NULL) {
+		/* no transaction to retry: open them again and read once more */
+		store_retry(s, r);
+		store_handles_check(s);
+		r = s->db->get(s->db, txn, &k, &v, DB_READ_COMMITTED);
+	}
+	if (r == DB_REP_HANDLE_DEAD)
+		store_retry(s, r);
 	*got = r == 0 ? v.size : 0;
 	return r;
 }
@@ -725,7 +735,7 @@ op_run(struct store *s, op_fn fn, struct op *op, int durable, const char *what)
 		op->abort = 0;
 		op->count = 0;
 		op->lockout = 0;
-		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		if ((r = store_txn_begin(s, &txn)) != 0)
 			break;
 		r = fn(s, txn, op);
 		if (r == 0 && !op->abort) {
@@ -744,7 +754,7 @@ op_run(struct store *s, op_fn fn, struct op *op, int durable, const char *what)
 		}
 		if (r == 0)
 			return op->st;
-		if (!store_retryable(r))
+		if (!store_retry(s, r))
 			break;
 		store_backoff(attempt);
 	}
@@ -812,6 +822,7 @@ store_open(const struct store_params *p, char *err, size_t errlen)
 	if (RAND_bytes((unsigned char *)&s->run, sizeof(s->run)) != 1 || s->run == 0)
 		s->run = (uint64_t)time(NULL) | 1;
 	pthread_mutex_init(&s->glock, NULL);
+	pthread_mutex_init(&s->reopen_lock, NULL);
 	/* on several hosts the secret is the cluster's: one for every site */
 	if (p->cluster != NULL)
 		memcpy(secret, p->cluster->secret, sizeof(secret));
@@ -843,6 +854,7 @@ fail:
 	store_key_free(&s->key);
 	store_key_free(&s->old_key);
 	pthread_mutex_destroy(&s->glock);
+	pthread_mutex_destroy(&s->reopen_lock);
 	free(s);
 	return NULL;
 }
@@ -857,6 +869,7 @@ store_close(struct store *s)
 	store_key_free(&s->key);
 	store_key_free(&s->old_key);
 	pthread_mutex_destroy(&s->glock);
+	pthread_mutex_destroy(&s->reopen_lock);
 	free(s);
 }
 
@@ -1061,7 +1074,7 @@ store_otp_issue_async(struct store *s, const struct otp_request *q, struct otp_r
 		OPENSSL_cleanse(res->code, sizeof(res->code));
 	} else
 		*ticket = store_flush_begin(s);
-	return st;
+	return repl_tempfail(s, st, res);
 }
 
 /* ---- mark_sent / cancel ---- */
@@ -1363,7 +1376,8 @@ store_otp_verify(struct store *s, const struct otp_request *q, const char *code,
 	 * may be lost only with the OS, which no guesser controls.  This is
 	 * what lets wrong guesses not queue behind disk syncs.
 	 */
-	st = op_run(s, verify_txn, &op, OP_DURABLE_ON_SUCCESS, "verify");
+	st = repl_tempfail(s, op_run(s, verify_txn, &op, OP_DURABLE_ON_SUCCESS,
+	    "verify"), res);
 	/*
 	 * After a damaged otp.db was quarantined (verify.c), a code issued
 	 * before may be right: "unavailable", not "invalid", until every code

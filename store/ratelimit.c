@@ -129,13 +129,13 @@ rl_client_txn(struct store *s, uint32_t uid, uint64_t now, int mode, int *retry_
 	if (s->p.max_per_client_minute <= 0)
 		return 0;
 	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
-		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		if ((r = store_txn_begin(s, &txn)) != 0)
 			break;
 		r = rl_client_rw(s, txn, uid, now, mode, retry_after);
 		if (r == 0)
 			return txn->commit(txn, DB_TXN_WRITE_NOSYNC);
 		txn->abort(txn);
-		if (!store_retryable(r))
+		if (!store_retry(s, r))
 			break;
 		store_backoff(attempt);
 	}
@@ -168,7 +168,7 @@ rl_client_sweep(struct store *s, uint64_t now, size_t *n)
 	DBT k, v;
 	int r;
 
-	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+	if ((r = store_txn_begin(s, &txn)) != 0)
 		return r;
 	if ((r = s->rate->cursor(s->rate, txn, &cur, 0)) != 0)
 		goto out;

@@ -191,7 +191,12 @@ enum s_status	 store_otp_last_mail(struct store *, const struct otp_request *,
 #define STORE_IDEM_KEY_MAX	128
 #define STORE_IDEM_ANSWER_MAX	1024
 #define STORE_IDEM_TTL		86400
-enum idem_state { IDEM_NEW, IDEM_DONE, IDEM_MISMATCH, IDEM_BUSY, IDEM_FAIL, IDEM_UNSURE };
+/* Several hosts: a reservation of another site's run is that site's for
+ * this long from its claim (IDEM_ELSEWHERE, answer = the seconds left);
+ * then the owner counts as gone (crashed) and a retry anywhere claims it. */
+#define STORE_IDEM_LEASE	10
+enum idem_state { IDEM_NEW, IDEM_DONE, IDEM_MISMATCH, IDEM_BUSY, IDEM_FAIL, IDEM_UNSURE,
+	IDEM_ELSEWHERE };
 enum idem_state	 store_idem_begin(struct store *, const char *app, const char *key,
 		    const uint8_t hash[32], time_t now, char *answer, size_t len);
 enum s_status	 store_idem_prepare(struct store *, const char *app, const char *key,

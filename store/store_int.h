@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 #include <db.h>
 #include <openssl/evp.h>
 
@@ -35,6 +36,8 @@
 #define KEY_MAX		(1 + STORE_MAC_LEN)
 #define STORE_DB_FILES	3	/* otp.db, expiry.db, rate.db (verify.c) */
 #define STORE_QUARANTINE_MAX	32	/* files of the folder reported (stats) */
+#define STORE_RETIRED_MAX	8	/* dead handle sets kept (env.c) */
+#define STORE_RETIRE_SECS	30	/* ...this long, then closed */
 
 /* A failure count with its lock-out (contexts and clients). */
 struct fail_state {
@@ -141,6 +144,15 @@ struct store {
 	/* the newest log file whose name is known durable (env.c) */
 	_Atomic uint32_t log_dir_synced;
 	struct repl	*repl;		/* NULL: alone (repl.c) */
+	/* handles a replication rollback killed, opened again (env.c) */
+	pthread_mutex_t	 reopen_lock;
+	_Atomic int	 handles_dead;
+	_Atomic uint64_t reopened;
+	struct {
+		DB	*db, *exp, *rate;
+		time_t	 at;
+	}		 retired[STORE_RETIRED_MAX];
+	size_t		 nretired;
 };
 
 /* env.c */
@@ -151,6 +163,12 @@ void	store_logf(struct store *, int prio, const char *fmt, ...)
 	    __attribute__((format(printf, 3, 4)));
 /* 1 if err is a lock conflict worth a retry. */
 int	store_retryable(int err);
+/* store_retryable, and DB_REP_HANDLE_DEAD: the handles are opened again at
+ * the next store_txn_begin (a replica after a rollback). */
+int	store_retry(struct store *, int err);
+int	store_txn_begin(struct store *, DB_TXN **);
+/* Opens the handles again if they died (store_txn_begin does it first). */
+void	store_handles_check(struct store *);
 void	store_backoff(int attempt);
 /* Commits txn; durable: returns once the log is on disk. */
 int	store_commit(struct store *, DB_TXN *, int durable);
@@ -211,10 +229,46 @@ enum repl_op {
 	RO_ISSUE = 'i', RO_MARK = 'm', RO_CANCEL = 'c', RO_VERIFY = 'v',
 	RO_REVOKE = 'r', RO_UNLOCK = 'u', RO_IDEM_BEGIN = 'b', RO_IDEM_FINISH = 'f',
 	RO_IDEM_ABANDON = 'a', RO_IDEM_PREPARE = 'p', RO_IDEM_UNCLAIM = 'n', RO_LSN = 'l',
+	RO_SUPP_ADD = 's', RO_SUPP_REMOVE = 'd',
 };
 int	repl_env_config(struct store *, uint32_t *open_flags, char *err, size_t errlen);
 int	repl_env_start(struct store *, char *err, size_t errlen);
 void	repl_close(struct store *);
+/* Stops the watch thread: before the environment closes. */
+void	repl_stop(struct store *);
+/* The run owning a reservation made now: a forwarded write's asker's. */
+uint64_t repl_owner(const struct store *);
+/* The channel's messages: a request is the version, the op, the request's
+ * fields, a, b, the hash (hex) and the asker's run; an answer is the
+ * status, a count, a string, then the result.  Strings: u16 length (0xffff
+ * NULL), integers big-endian.  Encoders return the length, 0 if it does
+ * not fit; decoders -1 on anything but one whole message. */
+#define REPL_MSG_MAX	4096
+#define REPL_MSG_STRS	9	/* strings of a request: 6, a, b, hash */
+struct repl_rbuf {
+	const uint8_t	*b;
+	size_t		 n, o;
+	int		 bad;
+	char		 str[REPL_MSG_STRS][STORE_IDEM_ANSWER_MAX + 1];	/* decoded */
+	int		 nstr;
+};
+struct repl_req {
+	int		 op;
+	struct otp_request q;
+	const char	*a, *b, *hx;	/* in r */
+	uint64_t	 owner;
+	struct repl_rbuf r;
+};
+size_t	repl_req_encode(uint8_t out[REPL_MSG_MAX], int op, const struct otp_request *,
+	    const char *a, const char *b, const char *hx, uint64_t owner);
+int	repl_req_decode(const uint8_t *, size_t, struct repl_req *);
+size_t	repl_ans_encode(uint8_t out[REPL_MSG_MAX], uint64_t st, const struct otp_result *,
+	    uint64_t count, const char *extra);
+/* res NULL: the answer has no result (it may still carry one) */
+int	repl_ans_decode(const uint8_t *, size_t, uint64_t *st, uint64_t *count,
+	    char *extra, size_t extralen, struct otp_result *res);
+/* st; a cluster's S_TEMPFAIL gets res->retry_after. */
+enum s_status repl_tempfail(struct store *, enum s_status st, struct otp_result *res);
 int	repl_is_master(const struct store *);
 int	repl_forward_needed(const struct store *);
 int	repl_write_allowed(struct store *);

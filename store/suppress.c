@@ -197,7 +197,7 @@ supp_run(struct store *s, supp_fn fn, void *arg)
 	int attempt, r = 0;
 
 	for (attempt = 0; attempt < STORE_RETRIES; attempt++) {
-		if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+		if ((r = store_txn_begin(s, &txn)) != 0)
 			break;
 		if ((r = fn(s, txn, arg)) == 0) {
 			if ((r = store_commit(s, txn, 1)) == 0)
@@ -205,7 +205,7 @@ supp_run(struct store *s, supp_fn fn, void *arg)
 			break;
 		}
 		txn->abort(txn);
-		if (!store_retryable(r))
+		if (!store_retry(s, r))
 			break;
 		store_backoff(attempt);
 	}
@@ -231,9 +231,11 @@ enum s_status
 store_supp_add(struct store *s, const char *app, const char *addr, const char *reason,
     const char *reply, int ttl, time_t now, struct store_supp *out)
 {
+	struct otp_request q = { .app = app, .addr = addr, .ttl = ttl, .now = now };
 	struct supp_put p;
 	struct store_supp e;
 	enum s_status st;
+	int64_t fw;
 
 	app = app ? app : "";
 	if (reason == NULL || *reason == '\0' || strlen(reason) > STORE_SUPP_REASON_MAX ||
@@ -247,7 +249,13 @@ store_supp_add(struct store *s, const char *app, const char *addr, const char *r
 	e.expires = ttl > 0 ? now + ttl : 0;
 	hex_encode(p.key + 1, STORE_MAC_LEN, e.id);
 	p.len = supp_encode(&e, p.buf);
-	if ((st = supp_run(s, supp_put_txn, &p)) == S_OK && out != NULL)
+	/* several hosts: written on the master (the entry is the same there) */
+	if ((fw = repl_write(s, RO_SUPP_ADD, &q, reason, reply, NULL, NULL, NULL, NULL,
+	    0, S_TEMPFAIL)) >= 0)
+		st = (enum s_status)fw;
+	else
+		st = supp_run(s, supp_put_txn, &p);
+	if (st == S_OK && out != NULL)
 		*out = e;
 	return st;
 }
@@ -332,7 +340,23 @@ store_supp_remove(struct store *s, const char *app, const char *addr, const char
 		if (s->has_old && supp_key(&s->old_key, app, addr, d.keys[1]) == 0)
 			d.nkeys = 2;
 	}
-	if ((st = supp_run(s, supp_del_txn, &d)) != S_OK)
+	if (repl_forward_needed(s)) {
+		/* on the master; the entry as this replica's copy has it */
+		struct otp_request q = { .app = app, .addr = addr, .now = now };
+		int k;
+
+		for (k = 0; k < d.nkeys && !d.found; k++)
+			if (supp_read(s, NULL, d.keys[k], now, &d.e, 0) == 0 &&
+			    (app == NULL || strcmp(d.e.app, app) == 0))
+				d.found = 1;
+		st = (enum s_status)repl_write(s, RO_SUPP_REMOVE, &q, id, NULL, NULL,
+		    NULL, NULL, NULL, 0, S_TEMPFAIL);
+		if (st != S_OK)
+			return st;
+		if (!d.found)
+			snprintf(d.e.id, sizeof(d.e.id), "%s", id != NULL ? id : "");
+		d.found = 1;
+	} else if ((st = supp_run(s, supp_del_txn, &d)) != S_OK)
 		return st;
 	if (!d.found)
 		return S_NOTFOUND;

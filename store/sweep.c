@@ -54,7 +54,7 @@ sweep_batch(struct store *s, int shard, uint64_t now, size_t *n, int *more)
 	int r;
 
 	*more = 0;
-	if ((r = s->env->txn_begin(s->env, NULL, &txn, 0)) != 0)
+	if ((r = store_txn_begin(s, &txn)) != 0)
 		return r;
 	if ((r = s->exp->cursor(s->exp, txn, &c, 0)) != 0)
 		goto out;
@@ -115,7 +115,7 @@ store_sweep(struct store *s, time_t now, size_t *count)
 	}
 	while (shard < EXP_SHARDS) {
 		r = sweep_batch(s, shard, (uint64_t)now, &n, &more);
-		if (r != 0 && store_retryable(r) && ++attempt < STORE_RETRIES) {
+		if (r != 0 && store_retry(s, r) && ++attempt < STORE_RETRIES) {
 			store_backoff(attempt);
 			more = 1;
 			continue;
@@ -131,7 +131,7 @@ store_sweep(struct store *s, time_t now, size_t *count)
 			shard++;
 	}
 	for (attempt = 0; (r = rl_client_sweep(s, (uint64_t)now, &n)) != 0 &&
-	    store_retryable(r) && attempt < STORE_RETRIES; attempt++)
+	    store_retry(s, r) && attempt < STORE_RETRIES; attempt++)
 		store_backoff(attempt);
 	if (count)
 		*count = n;

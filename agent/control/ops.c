@@ -156,6 +156,10 @@ ctl_idem_begin(struct otpmaild *d, const char *app, json_t *req, const char **ke
 	switch (store_idem_begin(d->store, app, *key, hash, time(NULL), answer,
 	    sizeof(answer))) {
 	case IDEM_NEW:
+		/* Crash injection for tests/integration/test_cluster.py only. */
+		if (getenv("OTPMAIL_FAULT") != NULL &&
+		    strcmp(getenv("OTPMAIL_FAULT"), "after_idem_claim") == 0)
+			abort();
 		return 0;
 	case IDEM_DONE:
 		*reply = json_loads(answer, 0, NULL);
@@ -172,6 +176,12 @@ ctl_idem_begin(struct otpmaild *d, const char *app, json_t *req, const char **ke
 	case IDEM_BUSY:
 		*reply = reply_limited("rate_limited", "idempotency_in_progress", 1,
 		    "a request with this idempotency_key is still running");
+		break;
+	case IDEM_ELSEWHERE:
+		/* several hosts: another site's request holds it (its lease) */
+		*reply = reply_limited("unavailable", "idempotency_in_progress",
+		    atoi(answer) > 0 ? atoi(answer) : 1, "a request with this "
+		    "idempotency_key is running on another host");
 		break;
 	case IDEM_UNSURE:
 		/* A crashed run prepared this answer: was its mail named? */

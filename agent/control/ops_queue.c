@@ -803,6 +803,26 @@ ops_msg_owned(struct otpmaild *d, const struct ctl_peer *peer, const char *id)
 	return r;
 }
 
+/*
+ * Several hosts: an id not here whose site digit names another site was
+ * queued there (each host keeps and delivers what it accepted).  Said from
+ * the id alone: nothing about the message, nor whether it exists.
+ */
+static json_t *
+opq_elsewhere(struct otpmaild *d, const char *id)
+{
+	int j;
+	json_t *r;
+
+	if (d->cluster == NULL || (j = queue_id_site_of(id)) < 0 ||
+	    j >= cluster_nsites(d->cluster) || j == cluster_self(d->cluster))
+		return NULL;
+	r = reply_error("other_host", "message %s was queued by another host of the "
+	    "cluster (%s): ask its otpmaild", id, cluster_site_addr(d->cluster, j));
+	json_object_set_new(r, "host", json_string(cluster_site_addr(d->cluster, j)));
+	return r;
+}
+
 json_t *
 op_message_status(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 {
@@ -813,8 +833,11 @@ op_message_status(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 
 	if (req_str(req, "id", 1, 64, &id, &err) == -1)
 		return err;
-	if ((st = queue_get(d->queue, id, &e)) != Q_OK)
+	if ((st = queue_get(d->queue, id, &e)) != Q_OK) {
+		if (st == Q_NOTFOUND && (r = opq_elsewhere(d, id)) != NULL)
+			return r;
 		return opq_status_error(st, id);
+	}
 	/* an app sees its own messages only; admins see all */
 	if (!(peer->roles & ROLE_ADMIN) && !opq_owned(peer, e)) {
 		q_envelope_free(e);

@@ -184,6 +184,12 @@ cluster_nsites(const struct cluster *c)
 	return c->nsites;
 }
 
+int
+cluster_self(const struct cluster *c)
+{
+	return c->self;
+}
+
 const char *
 cluster_site_addr(const struct cluster *c, int j)
 {

@@ -23,6 +23,7 @@ int		 cluster_relay_start(struct cluster *, char *err, size_t errlen);
 void		 cluster_close(struct cluster *);
 
 int		 cluster_nsites(const struct cluster *);
+int		 cluster_self(const struct cluster *);	/* this site's index */
 const char	*cluster_site_addr(const struct cluster *, int j);	/* host:port */
 int		 cluster_base_port(const struct cluster *);
 /* TLS handshakes that failed (a stranger, or a site without the secret). */

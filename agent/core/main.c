@@ -340,6 +340,8 @@ main(int argc, char **argv)
 		if (cluster_relay_start(d.cluster, err, sizeof(err)) == -1)
 			goto fail;
 		sp.cluster = &sc;
+		/* message ids say which site queued them (message.status) */
+		queue_id_site(cluster_self(d.cluster));
 	}
 	d.store = store_open(&sp, err, sizeof(err));
 	explicit_bzero(&sc, sizeof(sc));

@@ -64,6 +64,7 @@ sources() {
 	spool_env|spool_file) (cd "$srcdir" && ls queue/*.c | grep -v bench) ;;
 	smtp) echo agent/delivery/tlsstream.c agent/mail/address.c ;;
 	dlproto) echo agent/delivery/dlproto.c ;;
+	repl_wire) (cd "$srcdir" && ls store/*.c) ;;
 	ctl) (cd "$srcdir" && ls agent/*/*.c store/*.c queue/*.c dkim/*.c |
 		grep -v -e agent/core/main.c -e agent/tools/otpmailctl.c -e agent/tools/sendmail.c \
 		    -e bench) ;;

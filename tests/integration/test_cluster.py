@@ -6,11 +6,19 @@ with its own loopback (where its Berkeley DB repmgr listens, site j on
 127.0.0.1:7800+j) and one address on a bridge (10.77.0.1-3), joined only by
 otpmail's TLS 1.3 relay; tcpdump records the bridge.  Checks: a code issued
 on A verifies on B and on C, once; issued on a replica, it verifies on the
-master; one code verified on two sites at once succeeds once; cluster.status
+master; message.status of B's message on A names B (other_host); a
+suppression added on one replica holds on the other hosts; one
+code verified on two sites at once succeeds once; cluster.status
 and `otpmailctl cluster status`; kill -9 of the master under load, an
 election, and no acknowledged code, consumption or failure lost (several
 rounds); one site stopped, the others go on; restarted, it catches up; a
-site cut off alone refuses writes; a site without the secret cannot join and
+site cut off alone refuses writes and, reconnected, takes them again by
+itself; the master cut off alone answers unavailable while the two others
+elect a master and go on, and after healing there is one master and no
+acknowledged write is lost; a replica that dies after claiming an
+idempotency key leaves it busy elsewhere for the claim's lease only
+(unavailable, retry_after), then a retry on another site succeeds once; a
+site without the secret cannot join and
 a stranger's bytes to a relay go nowhere; the capture holds no code, address,
 address HMAC or secret in clear.  Needs root (namespaces), ip, nsenter and
 tcpdump; skipped without them.
@@ -253,6 +261,28 @@ def run(sites, secret, pcap):
     t.ok(w.get("error") == "invalid_code", "a wrong code on A fails", w)
     t.ok(verify(C, "carol@example.org", c3).get("ok"), "B's code verifies on C")
 
+    # message.status: each host keeps its mail; another host says where
+    qid = r["id"]
+    t.ok(qid[16] == "1" and B.call({"op": "message.status", "id": qid}).get("ok"),
+         "B's message id names site 1, and message.status on B knows it", qid)
+    w = A.call({"op": "message.status", "id": qid})
+    t.ok(w.get("error") == "other_host" and w.get("host") == "%s:%d" % (site_addr(1), PORT),
+         "message.status of B's message on A: other_host, naming B", w)
+    w = A.call({"op": "message.status", "id": qid[:16] + "0" + qid[17:]})
+    t.ok(w.get("error") == "not_found", "an unknown id of A's own: not_found", w)
+
+    # suppression lists are records of the replicated store: added on a
+    # replica (written on the master), an issue on any host answers suppressed
+    w = B.call({"op": "suppress.add", "address": "supp-me@example.org"})
+    t.ok(w.get("ok") and w.get("id"), "suppress.add on the replica B", w)
+    w = wait_for(lambda: (lambda r: r if r.get("error") == "suppressed" else None)(
+        issue(C, "supp-me@example.org")), 10)
+    t.ok(w, "an issue on C to the address B suppressed: suppressed", w)
+    w = C.call({"op": "suppress.remove", "address": "supp-me@example.org"})
+    t.ok(w.get("ok"), "suppress.remove on the replica C", w)
+    t.ok(wait_for(lambda: issue(B, "supp-me@example.org").get("ok"), 10),
+         "then an issue on B to it goes out")
+
     # the same code on two sites at once: one success
     wins = []
     for n in range(5):
@@ -309,19 +339,19 @@ def run(sites, secret, pcap):
     t.ok(r.get("ok") and verify(C, "gina@example.org", c6).get("ok"),
          "the majority (A, C) goes on while B is cut off")
     link(1, True)
-    back = wait_for(lambda: issue(B, "frank@example.org").get("ok"), 10)
-    # Known limit: a replica cut off for a few seconds and reconnected does
-    # not always hear of the master again (its elections fail "1 of 2
-    # votes"); a restart brings it back (README, "Known limits").  Said in
-    # the log, not a test point: a TODO that passes would count as XPASS.
-    t.diag("B after the partition: %s" % ("takes writes again by itself" if back else
-           "KNOWN LIMIT: takes no writes until restarted"))
+    # (a replica reconnected found no master until restarted, 5 runs in 7:
+    # it missed the master named again without a NEWMASTER event)
+    t0 = time.time()
+    back = wait_for(lambda: issue(B, "frank@example.org").get("ok"), 30)
+    t.ok(back, "B reconnected takes writes again by itself (after %.1f s)"
+         % (time.time() - t0))
     if not back:
         B.stop()
         B.start(timeout=40)
-    t.ok(back or issue(B, "frank@example.org").get("ok"),
-         "B takes writes after the partition (%s)" % ("by itself" if back else
-                                                      "after a restart"))
+
+    isolated_master(sites)
+
+    idem_crash(sites)
 
     kill_rounds(sites)
 
@@ -374,6 +404,97 @@ def run(sites, secret, pcap):
             leaks.append("secret")
     t.is_(leaks[:10], [], "the capture holds no code (%d), address or address HMAC (%d) or secret in clear"
           % (len(set(codes_seen)), len(set(addrs_seen))))
+
+
+def isolated_master(sites):
+    """The master cut off alone stops taking writes; the two others elect
+    a master and go on; healed, one master, no acknowledged write lost."""
+    m = wait_master(sites, 30)
+    if m is None:
+        t.ok(False, "a master before the partition")
+        return
+    M = sites[m]
+    others = [s for s in sites if s is not M]
+    r, c0 = issue_code(M, "before-cut@example.org")
+    link(m, False)
+
+    def refuses():
+        r = issue(M, "cut-off@example.org")
+        return r if (not r.get("ok") and r.get("error") == "unavailable") else None
+    r = wait_for(refuses, 30)
+    t.ok(r and r.get("retry_after", 0) > 0,
+         "the master cut off alone: unavailable, with retry_after", r)
+    nm = wait_master(others, 30)
+    t.ok(nm is not None and nm != m, "the two others elect a master (%s)" % nm)
+    acked = []
+    for k in range(3):
+        s = others[k % 2]
+        to = "majority%d@example.org" % k
+        got = wait_for(lambda: (lambda r: r if r.get("ok") else None)(issue(s, to)), 20)
+        c = code_for(s, got["id"]) if got else None
+        if c:
+            acked.append((to, c))
+    v = verify(others[1], acked[0][0], acked[0][1]) if acked else {}
+    t.ok(len(acked) == 3 and v.get("ok"),
+         "the majority takes writes: 3 issues, a verify", (acked, v))
+    link(m, True)
+    one = wait_master(sites, 30)
+    t.ok(one is not None, "healed: one master, every site agrees (%s)" % one)
+    back = wait_for(lambda: issue(M, "healed@example.org").get("ok"), 30)
+    t.ok(back, "the old master takes writes again by itself")
+    lost = []
+    if c0 and not verify(others[0], "before-cut@example.org", c0).get("ok"):
+        lost.append("the code issued before the cut")
+    r = verify(M, acked[0][0], acked[0][1]) if acked else {}
+    if r.get("ok"):
+        lost.append("a consumed code verified again on the old master")
+    for to, c in acked[1:]:
+        if not verify(M, to, c).get("ok"):
+            lost.append(to)
+    t.ok(not lost, "healed: every acknowledged write kept (the majority's "
+         "codes verify on the old master, once)", lost)
+
+
+def idem_crash(sites):
+    """A replica dies between claiming an idempotency key (on the master,
+    through the channel) and finishing: the key is busy on the other sites
+    for the claim's lease only (unavailable, retry_after), then a retry
+    anywhere succeeds, once."""
+    m = wait_master(sites, 30)
+    if m is None:
+        t.ok(False, "a master before the idempotency crash")
+        return
+    R, O = sites[(m + 1) % NS], sites[(m + 2) % NS]
+    R.stop()
+    R.env["OTPMAIL_FAULT"] = "after_idem_claim"
+    R.start(timeout=40)
+    req = {"op": "otp.issue", "to": "idem-crash@example.org",
+           "idempotency_key": "crash-after-claim"}
+    addrs_seen.append(req["to"])
+    try:
+        R.call(dict(req), timeout=20)
+    except (OSError, EOFError, ValueError):
+        pass
+    t.ok(wait_for(lambda: not R.alive(), 10),
+         "a replica dies (test hook) after claiming an idempotency key on the master")
+    r = O.call(dict(req), timeout=20)
+    t.ok(r.get("error") == "unavailable" and r.get("retry_after", 0) > 0 and
+         r.get("limit") == "idempotency_in_progress",
+         "the same key on the other replica: unavailable with retry_after "
+         "while the dead site's claim holds", r)
+    del R.env["OTPMAIL_FAULT"]
+    R.start(timeout=40)
+    got = wait_for(lambda: (lambda r: r if r.get("ok") else None)(
+        O.call(dict(req), timeout=20)), 30, step=0.5)
+    t.ok(got and not got.get("replayed"),
+         "once the claim's lease is over a retry on another site succeeds", got)
+    if not got:
+        return
+    c = code_for(O, got["id"])
+    r = R.call(dict(req), timeout=20)
+    t.ok(r.get("ok") and r.get("replayed") and r.get("id") == got["id"],
+         "the restarted site replays that answer (no second code)", r)
+    t.ok(c and verify(sites[m], req["to"], c).get("ok"), "its code verifies on the master")
 
 
 def kill_rounds(sites):
