@@ -25,7 +25,6 @@
 #include <time.h>
 #include <unistd.h>
 #include <netdb.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -951,17 +950,22 @@ delivery_child_worker(void *arg)
 	struct dlp_result res;
 	struct dlp_job job;
 	struct dlp_buf b;
+	struct timeval wait1s = { 1, 0 };
 	char *buf;
 	size_t i, len;
 
+	/* a read waits 1 s at most: idle sessions past session_idle_timeout
+	 * close while no job comes (no poll before each job) */
+	if (setsockopt(sl->fd, SOL_SOCKET, SO_RCVTIMEO, &wait1s, sizeof(wait1s)) == -1) {
+		log_msg(LOG_ERR, "event=delivery_process_error error=\"SO_RCVTIMEO: %s\"",
+		    strerror(errno));
+		_exit(1);
+	}
 	for (;;) {
-		struct pollfd pfd = { sl->fd, POLLIN, 0 };
-
-		/* idle sessions past session_idle_timeout close while no job comes */
 		delivery_reap(dl, 0);
-		if (poll(&pfd, 1, 1000) == 0)
-			continue;
 		if (dlp_recv(sl->fd, DLP_FRAME_MAX, &buf, &len) == -1) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				continue;
 			if (errno == 0)
 				return NULL;
 			log_msg(LOG_ERR, "event=delivery_process_error error=\"%s\"",

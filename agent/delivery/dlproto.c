@@ -13,6 +13,8 @@
 
 #include "agent/delivery/dlproto.h"
 
+#define DLP_RECV_FIRST	(32u * 1024)	/* the first read of a frame */
+
 struct dlp_rd {
 	const unsigned char	*p;
 	size_t			 len, off;
@@ -577,7 +579,8 @@ dlp_io(int fd, void *p, size_t len, int wr)
 
 	while (len > 0) {
 		n = wr ? send(fd, c, len, MSG_NOSIGNAL) : read(fd, c, len);
-		if (n == -1 && errno == EINTR)
+		/* EAGAIN: a receive timeout (SO_RCVTIMEO) within a frame */
+		if (n == -1 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
 			continue;
 		if (n <= 0) {
 			if (n == 0)
@@ -605,28 +608,64 @@ dlp_send(int fd, const struct dlp_buf *b)
 	return dlp_io(fd, b->p, b->len, 1);
 }
 
+/*
+ * One read brings the header and, for a frame that fits in DLP_RECV_FIRST,
+ * the whole frame: the sides speak in turns (one job, one result; one
+ * request, one reply), so what is in the socket is one frame at most and
+ * bytes beyond it are a protocol error.
+ */
 int
 dlp_recv(int fd, size_t max, char **buf, size_t *len)
 {
-	unsigned char h[4];
-	uint32_t l;
-	char *p;
+	size_t got = 0, want, l;
+	char *p, *q;
+	ssize_t n;
 
 	*buf = NULL;
 	*len = 0;
-	if (dlp_io(fd, h, 4, 0) == -1)
+	if ((p = malloc(DLP_RECV_FIRST + 1)) == NULL)
 		return -1;
-	l = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-	if (l > max || (p = malloc(l + 1)) == NULL) {
-		errno = EMSGSIZE;
-		return -1;
+	while (got < 4) {
+		n = read(fd, p + got, DLP_RECV_FIRST - got);
+		if (n == -1 && (errno == EINTR ||
+		    (got > 0 && (errno == EAGAIN || errno == EWOULDBLOCK))))
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = 0;
+			free(p);
+			return -1;
+		}
+		got += (size_t)n;
 	}
-	if (dlp_io(fd, p, l, 0) == -1) {
+	l = (size_t)((uint32_t)(unsigned char)p[0] << 24 |
+	    (uint32_t)(unsigned char)p[1] << 16 |
+	    (uint32_t)(unsigned char)p[2] << 8 | (unsigned char)p[3]);
+	if (l > max || got - 4 > l) {
 		free(p);
+		errno = l > max ? EMSGSIZE : EPROTO;
 		return -1;
 	}
-	p[l] = '\0';
-	*buf = p;
+	if (l <= DLP_RECV_FIRST - 4) {
+		memmove(p, p + 4, got - 4);
+		q = p;
+	} else {
+		/* a large frame: its own buffer, the rest read into place */
+		if ((q = malloc(l + 1)) == NULL) {
+			free(p);
+			errno = EMSGSIZE;
+			return -1;
+		}
+		memcpy(q, p + 4, got - 4);
+		free(p);
+	}
+	want = l - (got - 4);
+	if (want > 0 && dlp_io(fd, q + (got - 4), want, 0) == -1) {
+		free(q);
+		return -1;
+	}
+	q[l] = '\0';
+	*buf = q;
 	*len = l;
 	return 0;
 }
