@@ -259,7 +259,13 @@ ev_publish(uint64_t upto)
 		if (target > atomic_load(&ev.synced))
 			atomic_store(&ev.synced, target);
 		ev.syncing = 0;
+		/* woken after the unlock: the followers do not queue up
+		 * behind the leader for the lock they wake with */
+		pthread_mutex_unlock(&ev.pub);
 		pthread_cond_broadcast(&ev.pubcv);
+		if (atomic_load(&ev.synced) >= upto)
+			return;
+		pthread_mutex_lock(&ev.pub);
 	}
 	pthread_mutex_unlock(&ev.pub);
 }
