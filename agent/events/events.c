@@ -11,6 +11,7 @@
  * up to the last one synced.
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -18,7 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+
+#include <linux/futex.h>
 
 #include "agent/core/otpmaild.h"
 #include "agent/delivery/delivery.h"
@@ -48,7 +52,9 @@ static struct {
 	pthread_mutex_t	 pub;		/* the publish lock */
 	pthread_cond_t	 pubcv;
 	events_tap_fn	 tap;		/* under pub */
-	int		 syncing;	/* a leader is syncing (under pub) */
+	_Atomic int	 syncing;	/* a leader is syncing (set under pub) */
+	_Atomic uint32_t gen;		/* leader rounds ended: the followers' futex */
+	_Atomic int	 nwait;		/* followers asleep on gen */
 	int		 sfd;		/* the leader's descriptor of the segment */
 	uint64_t	 sfirst;	/* ... that starts at this id (under mu) */
 	_Atomic uint64_t synced;	/* newest id on disk and published */
@@ -206,7 +212,24 @@ ev_batch_begin(void)
  * published.  The first emitter to find no sync running leads: it takes
  * what is appended so far, syncs it (no lock held), publishes it in id
  * order and wakes the others; who finds its events covered returns.
+ * Followers sleep on a futex word (ev.gen, bumped by each leader at the
+ * end of its round) without the publish lock: a wake-up costs them no
+ * second wait for that lock, and a leader with no follower makes no call.
  */
+static void
+ev_follow(void)
+{
+	uint32_t g = atomic_load(&ev.gen);
+
+	if (!atomic_load(&ev.syncing))
+		return;
+	atomic_fetch_add(&ev.nwait, 1);
+	/* the leader bumps gen, then reads nwait: one of them sees the other */
+	if (atomic_load(&ev.gen) == g)
+		(void)syscall(SYS_futex, &ev.gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+	atomic_fetch_sub(&ev.nwait, 1);
+}
+
 static void
 ev_publish(uint64_t upto)
 {
@@ -215,15 +238,19 @@ ev_publish(uint64_t upto)
 	size_t n, i;
 	int fd, r;
 
-	if (atomic_load(&ev.synced) >= upto)
-		return;		/* a leader took them already */
-	pthread_mutex_lock(&ev.pub);
-	while (atomic_load(&ev.synced) < upto) {
-		if (ev.syncing) {
-			pthread_cond_wait(&ev.pubcv, &ev.pub);
+	for (;;) {
+		if (atomic_load(&ev.synced) >= upto)
+			return;		/* a leader took them already */
+		if (atomic_load(&ev.syncing)) {
+			ev_follow();
 			continue;
 		}
-		ev.syncing = 1;
+		pthread_mutex_lock(&ev.pub);
+		if (atomic_load(&ev.syncing) || atomic_load(&ev.synced) >= upto) {
+			pthread_mutex_unlock(&ev.pub);
+			continue;
+		}
+		atomic_store(&ev.syncing, 1);
 		pthread_mutex_unlock(&ev.pub);
 		pthread_mutex_lock(&ev.mu);
 		target = ev.open ? eventlog_last(ev.log) : upto;
@@ -258,16 +285,15 @@ ev_publish(uint64_t upto)
 		free(q);
 		if (target > atomic_load(&ev.synced))
 			atomic_store(&ev.synced, target);
-		ev.syncing = 0;
-		/* woken after the unlock: the followers do not queue up
-		 * behind the leader for the lock they wake with */
+		atomic_store(&ev.syncing, 0);
+		atomic_fetch_add(&ev.gen, 1);
 		pthread_mutex_unlock(&ev.pub);
+		/* events_close waits on pubcv; the followers on gen */
 		pthread_cond_broadcast(&ev.pubcv);
-		if (atomic_load(&ev.synced) >= upto)
-			return;
-		pthread_mutex_lock(&ev.pub);
+		if (atomic_load(&ev.nwait) > 0)
+			(void)syscall(SYS_futex, &ev.gen, FUTEX_WAKE_PRIVATE, INT_MAX,
+			    NULL, NULL, 0);
 	}
-	pthread_mutex_unlock(&ev.pub);
 }
 
 /* Gives the batch its ids and writes it; the newest id, 0 if none. */
