@@ -13,7 +13,7 @@
 
 #include "agent/delivery/dlproto.h"
 
-#define DLP_RECV_FIRST	(32u * 1024)	/* the first read of a frame */
+#define DLP_RECV_FIRST	(16u * 1024)	/* the first read of a frame (stack) */
 
 struct dlp_rd {
 	const unsigned char	*p;
@@ -612,55 +612,43 @@ dlp_send(int fd, const struct dlp_buf *b)
  * One read brings the header and, for a frame that fits in DLP_RECV_FIRST,
  * the whole frame: the sides speak in turns (one job, one result; one
  * request, one reply), so what is in the socket is one frame at most and
- * bytes beyond it are a protocol error.
+ * bytes beyond it are a protocol error.  The first read goes to the stack:
+ * the frame gets an allocation of its own size.
  */
 int
 dlp_recv(int fd, size_t max, char **buf, size_t *len)
 {
-	size_t got = 0, want, l;
-	char *p, *q;
+	char first[DLP_RECV_FIRST], *q;
+	size_t got = 0, l;
 	ssize_t n;
 
 	*buf = NULL;
 	*len = 0;
-	if ((p = malloc(DLP_RECV_FIRST + 1)) == NULL)
-		return -1;
 	while (got < 4) {
-		n = read(fd, p + got, DLP_RECV_FIRST - got);
+		n = read(fd, first + got, sizeof(first) - got);
 		if (n == -1 && (errno == EINTR ||
 		    (got > 0 && (errno == EAGAIN || errno == EWOULDBLOCK))))
 			continue;
 		if (n <= 0) {
 			if (n == 0)
 				errno = 0;
-			free(p);
 			return -1;
 		}
 		got += (size_t)n;
 	}
-	l = (size_t)((uint32_t)(unsigned char)p[0] << 24 |
-	    (uint32_t)(unsigned char)p[1] << 16 |
-	    (uint32_t)(unsigned char)p[2] << 8 | (unsigned char)p[3]);
+	l = (size_t)((uint32_t)(unsigned char)first[0] << 24 |
+	    (uint32_t)(unsigned char)first[1] << 16 |
+	    (uint32_t)(unsigned char)first[2] << 8 | (unsigned char)first[3]);
 	if (l > max || got - 4 > l) {
-		free(p);
 		errno = l > max ? EMSGSIZE : EPROTO;
 		return -1;
 	}
-	if (l <= DLP_RECV_FIRST - 4) {
-		memmove(p, p + 4, got - 4);
-		q = p;
-	} else {
-		/* a large frame: its own buffer, the rest read into place */
-		if ((q = malloc(l + 1)) == NULL) {
-			free(p);
-			errno = EMSGSIZE;
-			return -1;
-		}
-		memcpy(q, p + 4, got - 4);
-		free(p);
+	if ((q = malloc(l + 1)) == NULL) {
+		errno = EMSGSIZE;
+		return -1;
 	}
-	want = l - (got - 4);
-	if (want > 0 && dlp_io(fd, q + (got - 4), want, 0) == -1) {
+	memcpy(q, first + 4, got - 4);
+	if (l > got - 4 && dlp_io(fd, q + (got - 4), l - (got - 4), 0) == -1) {
 		free(q);
 		return -1;
 	}
