@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -151,6 +152,7 @@ static int	 delivery_net_init(struct delivery *, char *, size_t);
 static int	 delivery_threads(struct delivery *, void *(*)(void *), char *, size_t);
 static void	 delivery_free(struct delivery *);
 static int	 delivery_slot_fd(struct slot *);
+static int	 delivery_wait_result(int fd);
 static void	 delivery_tls_forward(const char *, enum tlsrpt_ptype, int,
 		    const char *, const char *, const char *);
 static void	 delivery_sandbox(struct delivery *, struct q_envelope *,
@@ -815,6 +817,22 @@ delivery_lost(struct slot *sl, const char *why)
 }
 
 /*
+ * Waits for the result in poll: a read blocked on the socket is also woken
+ * when the delivery process takes the job from it (the socket's write
+ * space), then sleeps again, a context switch more per message.
+ */
+static int
+delivery_wait_result(int fd)
+{
+	struct pollfd pfd = { fd, POLLIN, 0 };
+
+	while (poll(&pfd, 1, -1) == -1)
+		if (errno != EINTR)
+			return -1;
+	return 0;
+}
+
+/*
  * Main process: has the delivery process deliver the open recipients of
  * env and records what it says on env.  -1 if the process was lost with
  * the message (the lease goes back untouched), 0 otherwise.  A message in
@@ -876,6 +894,7 @@ delivery_remote(struct slot *sl, struct q_envelope *env, const char *data, size_
 		goto out;
 	}
 	if ((fd = delivery_slot_fd(sl)) == -1 || dlp_send(fd, &b) == -1 ||
+	    delivery_wait_result(fd) == -1 ||
 	    dlp_recv(fd, DLP_RESULT_MAX, &buf, &blen) == -1) {
 		delivery_lost(sl, fd == -1 ? "not running" : errno == 0 ?
 		    "connection closed" : strerror(errno));
@@ -950,22 +969,19 @@ delivery_child_worker(void *arg)
 	struct dlp_result res;
 	struct dlp_job job;
 	struct dlp_buf b;
-	struct timeval wait1s = { 1, 0 };
 	char *buf;
 	size_t i, len;
 
-	/* a read waits 1 s at most: idle sessions past session_idle_timeout
-	 * close while no job comes (no poll before each job) */
-	if (setsockopt(sl->fd, SOL_SOCKET, SO_RCVTIMEO, &wait1s, sizeof(wait1s)) == -1) {
-		log_msg(LOG_ERR, "event=delivery_process_error error=\"SO_RCVTIMEO: %s\"",
-		    strerror(errno));
-		_exit(1);
-	}
 	for (;;) {
+		struct pollfd pfd = { sl->fd, POLLIN, 0 };
+
+		/* idle sessions past session_idle_timeout close while no job
+		 * comes; and poll, unlike a read, does not wake when the main
+		 * process takes our last result (the socket's write space) */
 		delivery_reap(dl, 0);
+		if (poll(&pfd, 1, 1000) == 0)
+			continue;
 		if (dlp_recv(sl->fd, DLP_FRAME_MAX, &buf, &len) == -1) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
-				continue;
 			if (errno == 0)
 				return NULL;
 			log_msg(LOG_ERR, "event=delivery_process_error error=\"%s\"",

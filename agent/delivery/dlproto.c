@@ -579,8 +579,7 @@ dlp_io(int fd, void *p, size_t len, int wr)
 
 	while (len > 0) {
 		n = wr ? send(fd, c, len, MSG_NOSIGNAL) : read(fd, c, len);
-		/* EAGAIN: a receive timeout (SO_RCVTIMEO) within a frame */
-		if (n == -1 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+		if (n == -1 && errno == EINTR)
 			continue;
 		if (n <= 0) {
 			if (n == 0)
@@ -626,8 +625,7 @@ dlp_recv(int fd, size_t max, char **buf, size_t *len)
 	*len = 0;
 	while (got < 4) {
 		n = read(fd, first + got, sizeof(first) - got);
-		if (n == -1 && (errno == EINTR ||
-		    (got > 0 && (errno == EAGAIN || errno == EWOULDBLOCK))))
+		if (n == -1 && errno == EINTR)
 			continue;
 		if (n <= 0) {
 			if (n == 0)

@@ -141,9 +141,7 @@ void	 dlp_frep_free(struct dlp_frep *);
 
 /* Frame I/O on a blocking socket (EINTR retried).  0, or -1 (EOF: errno 0).
  * The sides take turns, one frame at a time: dlp_recv reads a small frame
- * with its header in one read, and bytes beyond the frame fail (EPROTO).
- * Under SO_RCVTIMEO, a timeout before the frame starts fails with EAGAIN;
- * within a frame the read goes on. */
+ * with its header in one read, and bytes beyond the frame fail (EPROTO). */
 int	 dlp_send(int fd, const struct dlp_buf *);
 int	 dlp_recv(int fd, size_t max, char **buf, size_t *len);
 
