@@ -74,6 +74,19 @@ w_u64(struct wbuf *w, uint64_t v)
 	w->n += 8;
 }
 
+/* Copies what w holds to out (0 if it overflowed) and wipes and frees w. */
+static size_t
+w_finish(struct wbuf *w, uint8_t out[REPL_MSG_MAX])
+{
+	size_t n = w->bad ? 0 : w->n;
+
+	if (n > 0)
+		memcpy(out, w->b, n);
+	OPENSSL_cleanse(w, sizeof(*w));
+	free(w);
+	return n;
+}
+
 static void
 w_str(struct wbuf *w, const char *s)
 {
@@ -241,7 +254,6 @@ repl_req_encode(uint8_t out[REPL_MSG_MAX], int op, const struct otp_request *q,
 {
 	struct otp_request empty;
 	struct wbuf *w;
-	size_t n;
 
 	if (!repl_op_known(op) || (w = calloc(1, sizeof(*w))) == NULL)
 		return 0;
@@ -255,12 +267,7 @@ repl_req_encode(uint8_t out[REPL_MSG_MAX], int op, const struct otp_request *q,
 		w_str(w, hx);
 		w_u64(w, owner);
 	}
-	n = w->bad ? 0 : w->n;
-	if (n > 0)
-		memcpy(out, w->b, n);
-	OPENSSL_cleanse(w, sizeof(*w));
-	free(w);
-	return n;
+	return w_finish(w, out);
 }
 
 int
@@ -291,17 +298,11 @@ repl_ans_encode(uint8_t out[REPL_MSG_MAX], uint64_t st, const struct otp_result 
     uint64_t count, const char *extra)
 {
 	struct wbuf *w;
-	size_t n;
 
 	if ((w = calloc(1, sizeof(*w))) == NULL)
 		return 0;
 	w_result(w, st, res, count, extra);
-	n = w->bad ? 0 : w->n;
-	if (n > 0)
-		memcpy(out, w->b, n);
-	OPENSSL_cleanse(w, sizeof(*w));
-	free(w);
-	return n;
+	return w_finish(w, out);
 }
 
 int
