@@ -40,6 +40,8 @@ static int	 spw_reply(int s, struct spawner_rep *, const int *fds, int nfds);
 static void	 spw_caps(char *how, size_t howlen);
 static int	 spw_recv(void *msg, size_t len, int *fds, int maxfds, int *nfds);
 static int	 spw_call(uint32_t op, int n, pid_t pid, struct spawner_rep *, int *fds);
+static pid_t	 spw_spawn(uint32_t op, const char *what, int n, int *fds, char *err,
+		    size_t errlen);
 
 /* ---- the request parser (both sides; unit-tested) ---- */
 
@@ -601,44 +603,37 @@ spawner_start(const char *config_path, const struct config *cfg, char *err, size
 	return 0;
 }
 
-pid_t
-spawner_spawn(int n, int *fds, char *err, size_t errlen)
+/* SPW_SPAWN or SPW_SPAWN_FETCH: the pid, or -1 with err naming what. */
+static pid_t
+spw_spawn(uint32_t op, const char *what, int n, int *fds, char *err, size_t errlen)
 {
 	struct spawner_rep rp;
 	int rc;
 
 	pthread_mutex_lock(&spw_mu);
-	rc = spw_call(SPW_SPAWN, n, 0, &rp, fds);
+	rc = spw_call(op, n, 0, &rp, fds);
 	pthread_mutex_unlock(&spw_mu);
 	if (rc == -1) {
-		snprintf(err, errlen, "delivery process: spawner: %s", strerror(errno));
+		snprintf(err, errlen, "%s process: spawner: %s", what, strerror(errno));
 		return -1;
 	}
 	if (rp.rc != 0) {
-		snprintf(err, errlen, "delivery process: spawner refused: %s", strerror(rp.rc));
+		snprintf(err, errlen, "%s process: spawner refused: %s", what, strerror(rp.rc));
 		return -1;
 	}
 	return rp.pid;
 }
 
 pid_t
+spawner_spawn(int n, int *fds, char *err, size_t errlen)
+{
+	return spw_spawn(SPW_SPAWN, "delivery", n, fds, err, errlen);
+}
+
+pid_t
 spawner_spawn_fetch(int *fd, char *err, size_t errlen)
 {
-	struct spawner_rep rp;
-	int rc;
-
-	pthread_mutex_lock(&spw_mu);
-	rc = spw_call(SPW_SPAWN_FETCH, 1, 0, &rp, fd);
-	pthread_mutex_unlock(&spw_mu);
-	if (rc == -1) {
-		snprintf(err, errlen, "fetch process: spawner: %s", strerror(errno));
-		return -1;
-	}
-	if (rp.rc != 0) {
-		snprintf(err, errlen, "fetch process: spawner refused: %s", strerror(rp.rc));
-		return -1;
-	}
-	return rp.pid;
+	return spw_spawn(SPW_SPAWN_FETCH, "fetch", 1, fd, err, errlen);
 }
 
 int
