@@ -41,6 +41,7 @@ import hmac
 import http.server
 import json
 import os
+import pwd
 import re
 import select
 import signal
@@ -510,8 +511,14 @@ def fetch_process(d, rx, probe):
         for line in f:
             k, _, v = line.partition(":")
             st[k] = v.strip()
-    t.ok(st.get("Uid", "").split() == ["65534"] * 4, "the fetch process runs as nobody",
-         st.get("Uid"))
+    # the default delivery_user, otpmail-smtp where it exists (as after the
+    # Debian package test), else nobody
+    try:
+        du, uid = "otpmail-smtp", pwd.getpwnam("otpmail-smtp").pw_uid
+    except KeyError:
+        du, uid = "nobody", pwd.getpwnam("nobody").pw_uid
+    t.ok(st.get("Uid", "").split() == [str(uid)] * 4,
+         "the fetch process runs as the delivery user (%s)" % du, st.get("Uid"))
     t.is_(st.get("NoNewPrivs"), "1", "fetch process: NoNewPrivs is set")
     t.is_(st.get("Seccomp"), "2", "fetch process: a seccomp filter is loaded")
     line = [x for x in d.log_text().splitlines() if "fetch_process_started" in x][-1]
