@@ -197,14 +197,14 @@ events_last_id(void)
  */
 #define EV_ID_ROOM	32	/* {"id":<20 digits>, */
 
-static _Thread_local int ev_batching;
+static _Thread_local int ev_batching;	/* depth: events_batch_begin nests */
 static _Thread_local struct ev_pending *ev_tl;	/* this thread's batch */
 static _Thread_local size_t ev_ntl, ev_captl;
 
 static void
 ev_batch_begin(void)
 {
-	ev_batching = 1;
+	ev_batching++;
 }
 
 /*
@@ -307,6 +307,10 @@ ev_batch_end(void)
 	char pre[EV_ID_ROOM];
 	int k;
 
+	if (ev_batching > 1) {
+		ev_batching--;		/* an outer batch writes them */
+		return 0;
+	}
 	ev_batching = 0;
 	if (ev_ntl == 0)
 		goto out;
@@ -430,6 +434,18 @@ out:
 	json_decref(o);
 	free(s);
 	return batch ? 0 : ev_batch_end();
+}
+
+void
+events_batch_begin(void)
+{
+	ev_batch_begin();
+}
+
+void
+events_batch_end(void)
+{
+	(void)ev_batch_end();
 }
 
 void

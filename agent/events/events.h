@@ -48,6 +48,10 @@ void		 events_expire(void);
 
 /* submit.c, once the message is on disk: one event per recipient. */
 void		 events_accepted(const struct q_envelope *, const char *id);
+/* The events this thread emits until the matching end are written and
+ * made durable together, at the end (batches nest). */
+void		 events_batch_begin(void);
+void		 events_batch_end(void);
 /* deliver.c's release block, before the lease is released: this attempt's
  * outcome of each recipient open at lease time (was_open[i], i < nopen):
  * delivered, deferred or bounced. */
