@@ -63,6 +63,13 @@
 #define DELIVERY_BATCH		8
 #define DELIVERY_BATCH_BYTES	(64 * 1024)	/* of jobs */
 #define DELIVERY_BATCH_RCPTS	4		/* open recipients of a message */
+/*
+ * ... and only while this worker's deliveries are quick (a relay or MX on
+ * the local network): the jobs of a batch are delivered one after the
+ * other, and a batch for slow peers would keep messages waiting that
+ * another worker could have taken.
+ */
+#define DELIVERY_BATCH_FAST	0.002		/* seconds per job, moving average */
 
 struct idle {
 	struct smtp_session	*s;
@@ -93,6 +100,7 @@ struct slot {
 	/* in flight at the last loss of the delivery process */
 	char			 lost[DELIVERY_BATCH][QUEUE_ID_LEN + 1];
 	size_t			 nlost;
+	double			 per_job;	/* seconds, moving average */
 };
 
 /* One message of a batch, main side. */
@@ -1052,6 +1060,7 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 	const char *why = NULL;
 	size_t n = 0, nout = 0, nlost = 0, bytes = 0, i, k;
 	int fd = -1, gone = 0;
+	double t0;
 
 	memset(f, 0, sizeof(f));
 	for (;;) {
@@ -1066,9 +1075,14 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 		}
 		if (n == DELIVERY_BATCH || bytes >= DELIVERY_BATCH_BYTES ||
 		    m->job.nrcpt > DELIVERY_BATCH_RCPTS || dl->stopping ||
+		    sl->per_job > DELIVERY_BATCH_FAST ||
 		    queue_lease(dl->d->queue, 0, &env) != Q_OK || env == NULL)
 			break;
 	}
+	if (n > 1)
+		log_msg(LOG_DEBUG, "event=delivery_batch messages=%zu jobs=%zu bytes=%zu",
+		    n, nout, bytes);
+	t0 = delivery_mono();
 	if (nout > 0 && ((fd = delivery_slot_fd(sl)) == -1 || dlp_sendv(fd, out, nout) == -1)) {
 		why = fd == -1 ? "not running" : errno == 0 ? "connection closed" :
 		    strerror(errno);
@@ -1094,6 +1108,8 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 		delivery_conclude(m->env, m->was_open, m->nopen);
 		m->was_open = NULL;
 	}
+	if (nout > 0 && !gone)
+		sl->per_job = 0.75 * sl->per_job + 0.25 * (delivery_mono() - t0) / (double)nout;
 	events_batch_end();
 	if (gone) {
 		delivery_lost(sl, why != NULL ? why : "connection closed");
