@@ -4,7 +4,8 @@
  * group: sandbox Maildir, route override, smarthost, or the MX hosts (every
  * address of every host, fallback relays when that defers).  Connections
  * are counted per destination and globally; a finished session is parked
- * idle (after RSET) for the next message to the same destination.  A worker
+ * idle (after RSET, unless its last transaction ended at the reply to
+ * its data) for the next message to the same destination.  A worker
  * only ever waits on its own peer, bounded by the smtp_* timeouts.
  *
  * With privilege separation (SMTP mode of otpmaild) the workers are split
