@@ -1,12 +1,15 @@
 /*
  * test_events.c - agent/events/events.c without a daemon: ids and the JSON
  * of emitted events, the per-app replay filter, and the one "suppressed"
- * event per refused request (events_suppressed, else events_request_end).
- * The socket, webhooks and the delivery hooks: tests/integration/test_events.py.
+ * event per refused request (events_suppressed, else events_request_end);
+ * the syncer thread: a no-wait event (accepted) becomes durable and visible
+ * with nothing after it, message history shows it at once, events_close
+ * syncs what is pending.  The socket, webhooks and the delivery hooks: tests/integration/test_events.py.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/core/otpmaild.h"
@@ -49,8 +52,13 @@ main(void)
 	struct q_class_params klass[Q_CLASS_COUNT] = { { 1, 2, 60, 0 }, { 1, 2, 60, 0 } };
 	char dir[] = "/tmp/otpm-events-XXXXXX", err[256], cmd[300];
 	struct otpmaild d = { 0 };
+	struct q_rcpt rcpt = { .addr = "c@example.org" };
+	struct q_envelope env = { .klass = Q_CLASS_OTP, .nrcpt = 1, .rcpts = &rcpt,
+	    .tag = "otp app=shop" };
+	struct timespec ms = { 0, 10 * 1000 * 1000 };
 	json_t *req, *rep, *a;
 	uint64_t id;
+	int i;
 
 	if (mkdtemp(dir) == NULL)
 		return 1;
@@ -102,6 +110,25 @@ main(void)
 	ok(events_open(&d, klass, err, sizeof(err)) == 0, "reopened");
 	is_int(events_emit("shop", EV_EXPIRED, "q1", "a@example.org", NULL), 5,
 	    "ids go on after a reopen");
+
+	/* the syncer: no-wait events (accepted) */
+	ok(events_start(err, sizeof(err)) == 0, "events_start (the syncer)");
+	events_accepted(&env, "q3");
+	for (i = 0; i < 1000 && events_last_id() < 6; i++)
+		nanosleep(&ms, NULL);
+	is_int(events_last_id(), 6, "an accepted event with nothing after it is synced");
+	events_accepted(&env, "q4");
+	a = events_history("q4", NULL, 0);
+	ok(json_array_size(a) == 1 && strcmp(field(a, 0, "type"), "accepted") == 0,
+	    "message history shows an accepted event at once");
+	json_decref(a);
+	events_accepted(&env, "q5");
+	events_close();
+	ok(events_open(&d, klass, err, sizeof(err)) == 0, "reopened after a close "
+	    "with a no-wait event pending");
+	a = replay(7, NULL);
+	ok(json_array_size(a) == 1 && strcmp(field(a, 0, "message"), "q5") == 0,
+	    "events_close synced it");
 	events_close();
 	json_decref(lines);
 	config_free(d.cfg);
