@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -47,6 +48,7 @@
 #include "queue/queue.h"
 
 #define EV_HISTORY_MAX	1000	/* events message.status shows */
+#define EV_GATHER_NS	2000000	/* the syncer's rounds start at most this often */
 
 /* An event appended to the log, to be published once synced. */
 struct ev_pending {
@@ -342,6 +344,34 @@ ev_publish(uint64_t upto)
 }
 
 /*
+ * Under load the syncer starts a round at most every EV_GATHER_NS: what is
+ * appended meanwhile shares its fdatasync (the request threads no longer
+ * wait, so nothing else groups them).  A first event after a pause is
+ * synced at once; a waiting emitter never waits for this (it leads its own
+ * round, taking the no-wait events along), nor does events_close.
+ */
+static void
+ev_gather(struct timespec *last)
+{
+	struct timespec now, until;
+	int64_t ns;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ns = (int64_t)(now.tv_sec - last->tv_sec) * 1000000000 + (now.tv_nsec - last->tv_nsec);
+	if (ns >= 0 && ns < EV_GATHER_NS && !atomic_load(&ev.stop)) {
+		until = *last;
+		until.tv_nsec += EV_GATHER_NS;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		(void)clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL);
+		now = until;
+	}
+	*last = now;
+}
+
+/*
  * The syncer: rounds while anything appended is not synced, then sleep.
  * The lost wake-up (an emitter appends while the syncer decides to sleep)
  * cannot happen: the syncer stores idle, then loads appended; an emitter
@@ -358,13 +388,16 @@ ev_publish(uint64_t upto)
 static void *
 ev_syncer(void *arg)
 {
+	struct timespec last = { 0, 0 };
 	uint64_t upto;
 	uint32_t k;
 
 	(void)arg;
 	for (;;) {
-		while ((upto = atomic_load(&ev.appended)) > atomic_load(&ev.synced))
-			ev_publish(upto);
+		while ((upto = atomic_load(&ev.appended)) > atomic_load(&ev.synced)) {
+			ev_gather(&last);
+			ev_publish(atomic_load(&ev.appended));
+		}
 		if (atomic_load(&ev.stop))
 			break;
 		k = atomic_load(&ev.kick);
