@@ -6,7 +6,9 @@
  * under a second lock (the publish lock): handed to the subscribers' tap
  * (control.c copies it, bounded) and announced to the app's webhook
  * thread (webhook.c), in id order.  Readers of the log see only ids up to
- * the last one synced; nothing is shown before it is on disk.
+ * the last one synced; nothing is shown before it is on disk.  A reader
+ * (events_last_id, events_history) first waits for what was appended
+ * before it asked (ev_catch_up), so an answered request's events show.
  *
  * Two kinds of emitters.  A waiting one (delivered, deferred, bounced,
  * expired: the spool changes after it) returns once its events are
@@ -92,6 +94,7 @@ static void	 ev_syncer_stop(void);
 static int	 ev_syncer_kick(void);
 static void	 ev_publish(uint64_t upto);
 static uint64_t	 ev_batch_end(int wait);
+static void	 ev_catch_up(void);
 
 /* Where this worker's current message went, per recipient (deliver.c). */
 struct ev_hop {
@@ -227,11 +230,29 @@ events_unlock(void)
 	pthread_mutex_unlock(&ev.pub);
 }
 
+/*
+ * A reader sees what was appended before it asked: a request answered
+ * before its accepted or suppressed events were synced is followed by
+ * message.status or events.subscribe (its last_id) showing them.  It waits
+ * for their round, most often the syncer's, already running.
+ */
+static void
+ev_catch_up(void)
+{
+	uint64_t upto = atomic_load(&ev.appended);
+
+	if (upto > atomic_load(&ev.synced))
+		ev_publish(upto);
+}
+
 /* The newest event anyone may see (on disk). */
 uint64_t
 events_last_id(void)
 {
-	return ev.log != NULL ? atomic_load(&ev.synced) : 0;
+	if (ev.log == NULL)
+		return 0;
+	ev_catch_up();
+	return atomic_load(&ev.synced);
 }
 
 /*
@@ -859,19 +880,14 @@ ev_hist_one(void *arg, uint64_t id, const char *line, size_t len)
 	return json_array_size(h->arr) >= EV_HISTORY_MAX;
 }
 
-/* A message's history shows what was appended before the call (its
- * accepted events, whose request did not wait for them): it waits for
- * their round, most often the syncer's already running. */
 json_t *
 events_history(const char *msg, const char *app, time_t created)
 {
 	struct ev_hist h = { 0, msg, app, NULL };
-	uint64_t upto;
 
 	if (ev.log == NULL || strlen(msg) > 64 || strpbrk(msg, "\"\\") != NULL)
 		return NULL;
-	if ((upto = atomic_load(&ev.appended)) > atomic_load(&ev.synced))
-		ev_publish(upto);
+	ev_catch_up();
 	h.upto = atomic_load(&ev.synced);
 	if ((h.arr = json_array()) == NULL)
 		return NULL;

@@ -90,7 +90,8 @@ const char	*event_type_name(enum event_type);
 int		 event_type_parse(const char *);	/* -1 if unknown */
 /* The app owning a queued message: its tag's "app=NAME", else "uid:N". */
 void		 events_app_of(const struct q_envelope *, char *out, size_t len);
-/* The id of the newest event (0: none yet). */
+/* The id of the newest event (0: none yet), including those appended
+ * before the call (it waits for their sync). */
 uint64_t	 events_last_id(void);
 /* The events of one message (app NULL: any), oldest first, including those
  * appended before the call (it waits for their sync); NULL on error. */
