@@ -15,9 +15,10 @@
  * durable and published.  A no-wait one (accepted, suppressed: the
  * request path, whose answer promises nothing about the event) returns
  * once they are appended; the syncer thread makes them durable and
- * publishes them.  A crash in that window loses them, as a crash between
+ * publishes them.  A power loss in that window loses them (a killed
+ * process does not: they are written), as a crash between
  * queue_enqueue_barrier and events_accepted always could; ids stay
- * contiguous (the log cuts what was not synced, and nobody saw it).
+ * contiguous, and an id lost that way was never shown to anyone.
  *
  * A group commit is a round led by whoever finds none running (ev_publish):
  * a waiting emitter or the syncer; the others follow on the futex word
@@ -25,9 +26,10 @@
  * to the syncer: leading costs the fdatasync it must wait for anyway,
  * while following the syncer would add a wake-up of the syncer, a sleep
  * of the emitter and a wake-up back (two syscalls, three context switches
- * per round).  The syncer runs rounds while anything appended is not
- * synced, then sleeps on the futex word ev.kick; a no-wait emitter makes a
- * syscall only to wake it from there (ev_syncer_kick).
+ * per round).  The syncer runs rounds (under load at most one per
+ * EV_GATHER_NS) while anything appended is not synced, then sleeps on the
+ * futex word ev.kick; a no-wait emitter makes a syscall only to wake it
+ * from there (ev_syncer_kick).
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -245,7 +247,8 @@ ev_catch_up(void)
 		ev_publish(upto);
 }
 
-/* The newest event anyone may see (on disk). */
+/* The newest event anyone may see (on disk), once those appended before
+ * the call are. */
 uint64_t
 events_last_id(void)
 {
@@ -415,7 +418,7 @@ ev_syncer(void *arg)
 
 	(void)arg;
 	for (;;) {
-		while ((upto = atomic_load(&ev.appended)) > atomic_load(&ev.synced)) {
+		while (atomic_load(&ev.appended) > atomic_load(&ev.synced)) {
 			ev_gather(&last);
 			ev_publish(atomic_load(&ev.appended));
 		}
