@@ -618,7 +618,7 @@ events_batch_begin(void)
 void
 events_batch_end(void)
 {
-	(void)ev_batch_end();
+	(void)ev_batch_end(1);
 }
 
 void
