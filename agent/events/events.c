@@ -96,6 +96,12 @@ static void	 ev_syncer_stop(void);
 static int	 ev_syncer_kick(void);
 static void	 ev_publish(uint64_t upto);
 static uint64_t	 ev_batch_end(int wait);
+static void	 ev_wait_synced(uint64_t upto);
+/* ev_batch_end's wait: appended only (the syncer's), durable (leading a
+ * round if none runs), durable by the syncer's next round */
+#define EV_NOWAIT	0
+#define EV_WAIT		1
+#define EV_FOLLOW	2
 static void	 ev_catch_up(void);
 
 /* Where this worker's current message went, per recipient (deliver.c). */
@@ -451,6 +457,30 @@ ev_syncer_kick(void)
 	return 1;
 }
 
+/*
+ * Sleeps until the events up to upto are synced and published by the
+ * syncer (kicked by the caller).  The leader of a round stores synced,
+ * bumps gen, then reads nwait; this reads gen, then synced, counts itself
+ * in nwait and sleeps only if gen has not moved: one of the two sees the
+ * other, so no wake-up is lost.  The syncer's last round at events_close
+ * takes everything appended.
+ */
+static void
+ev_wait_synced(uint64_t upto)
+{
+	uint32_t g;
+
+	for (;;) {
+		g = atomic_load(&ev.gen);
+		if (atomic_load(&ev.synced) >= upto)
+			return;
+		atomic_fetch_add(&ev.nwait, 1);
+		if (atomic_load(&ev.gen) == g)
+			(void)syscall(SYS_futex, &ev.gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+		atomic_fetch_sub(&ev.nwait, 1);
+	}
+}
+
 /* Ends the syncer once everything appended is durable and published. */
 static void
 ev_syncer_stop(void)
@@ -538,7 +568,9 @@ ev_batch_end(int wait)
 	if (upto > 0)
 		atomic_store(&ev.appended, upto);	/* then ev_syncer_kick looks */
 	pthread_mutex_unlock(&ev.mu);
-	if (upto > 0 && (wait || !ev_syncer_kick()))
+	if (upto > 0 && wait == EV_FOLLOW && ev_syncer_kick())
+		ev_wait_synced(upto);
+	else if (upto > 0 && (wait || !ev_syncer_kick()))
 		ev_publish(upto);
 	goto out;
 fail:
@@ -606,7 +638,7 @@ out:
 	json_decref(fields);
 	json_decref(o);
 	free(s);
-	return batch ? 0 : ev_batch_end(1);
+	return batch ? 0 : ev_batch_end(EV_WAIT);
 }
 
 void
@@ -618,7 +650,7 @@ events_batch_begin(void)
 void
 events_batch_end(void)
 {
-	(void)ev_batch_end(1);
+	(void)ev_batch_end(EV_FOLLOW);
 }
 
 void
@@ -649,7 +681,7 @@ events_accepted(const struct q_envelope *env, const char *id)
 		events_emit(app, EV_ACCEPTED, id, env->rcpts[i].addr,
 		    json_pack("{s:s, s:I}", "class", q_class_name(env->klass),
 		    "expires", (json_int_t)expires));
-	ev_batch_end(0);	/* the message is durable; the answer need not wait */
+	ev_batch_end(EV_NOWAIT);	/* the message is durable; the answer need not wait */
 }
 
 void
@@ -760,7 +792,10 @@ events_delivery(const struct q_envelope *env, const char *was_open, size_t nopen
 			break;
 		}
 	}
-	ev_batch_end(1);	/* durable before the spool forgets the outcome */
+	/* durable before the spool forgets the outcome: by the syncer's next
+	 * round, which groups them (the delivery worker waits a little, the
+	 * request it would delay does not exist) */
+	ev_batch_end(EV_FOLLOW);
 out:
 	ev_hops_clear();
 }
@@ -788,7 +823,7 @@ events_suppressed(const char *app, const char *rcpt, const char *reason, const c
 	ev_batch_begin();
 	events_emit(app, EV_SUPPRESSED, NULL, rcpt, json_pack("{s:s?, s:s?}", "reason",
 	    reason, "class", klass));
-	ev_batch_end(0);
+	ev_batch_end(EV_NOWAIT);
 }
 
 void
