@@ -4,7 +4,8 @@
  * group: sandbox Maildir, route override, smarthost, or the MX hosts (every
  * address of every host, fallback relays when that defers).  Connections
  * are counted per destination and globally; a finished session is parked
- * idle (after RSET) for the next message to the same destination.  A worker
+ * idle (after RSET, unless its last transaction ended at the reply to
+ * its data) for the next message to the same destination.  A worker
  * only ever waits on its own peer, bounded by the smtp_* timeouts.
  *
  * With privilege separation (SMTP mode of otpmaild) the workers are split
@@ -51,6 +52,25 @@
 #define DELIVERY_SLOT_WAIT	10
 #define DELIVERY_STOP_GRACE	5	/* seconds in-flight sessions get at shutdown */
 #define DELIVERY_SPAWN_PAUSE	200	/* ms between failed starts of the process */
+/*
+ * With the delivery process, a worker hands over the messages that are
+ * due together, up to DELIVERY_BATCH of them, in one write; the process
+ * answers the batch in one write too, and the events of the batch are
+ * made durable by one sync: the hand-offs are per batch, not per message.
+ * Only small messages with few open recipients batch (one that is not
+ * ends its batch), so a batch's results always fit in the socket while
+ * its jobs are still being written.
+ */
+#define DELIVERY_BATCH		8
+#define DELIVERY_BATCH_BYTES	(64 * 1024)	/* of jobs */
+#define DELIVERY_BATCH_RCPTS	4		/* open recipients of a message */
+/*
+ * ... and only while this worker's deliveries are quick (a relay or MX on
+ * the local network): the jobs of a batch are delivered one after the
+ * other, and a batch for slow peers would keep messages waiting that
+ * another worker could have taken.
+ */
+#define DELIVERY_BATCH_FAST	0.002		/* seconds per job, moving average */
 
 struct idle {
 	struct smtp_session	*s;
@@ -77,7 +97,24 @@ struct slot {
 	int			 k;
 	int			 fd;		/* -1: none (yet) */
 	unsigned		 gen;		/* of the delivery process fd is for */
-	char			 lost_id[QUEUE_ID_LEN + 1];	/* in flight at a loss */
+	struct dlp_rbuf		 rd;		/* frames read ahead from fd */
+	/* in flight at the last loss of the delivery process */
+	char			 lost[DELIVERY_BATCH][QUEUE_ID_LEN + 1];
+	size_t			 nlost;
+	double			 per_job;	/* seconds, moving average */
+};
+
+/* One message of a batch, main side. */
+struct flight {
+	struct q_envelope	*env;
+	char			*data;
+	size_t			 len;
+	char			*was_open;	/* recipients open at lease time */
+	size_t			 nopen;
+	struct dlp_job		 job;
+	struct dlp_buf		 b;		/* its job, encoded */
+	int			 sent;		/* the job went to the delivery process */
+	int			 back;		/* to the queue untouched (a loss) */
 };
 
 struct delivery {
@@ -141,10 +178,18 @@ struct hop {
 static void	*delivery_worker(void *);
 static void	*delivery_child_worker(void *);
 static void	 delivery_message(struct slot *, struct q_envelope *);
+static int	 delivery_begin(struct delivery *, struct q_envelope *, char **was_open,
+		    size_t *nopen, char **data, size_t *len);
+static void	 delivery_conclude(struct q_envelope *, char *was_open, size_t nopen);
+static void	 delivery_release(struct delivery *, struct q_envelope *);
+static void	 delivery_batch(struct slot *, struct q_envelope *);
 static void	 delivery_route(struct delivery *, struct q_envelope *, const char *,
 		    size_t);
-static int	 delivery_remote(struct slot *, struct q_envelope *, const char *,
-		    size_t);
+static int	 delivery_job_make(struct delivery *, struct q_envelope *, const char *,
+		    size_t, struct dlp_job *, struct dlp_buf *);
+static int	 delivery_job_result(struct slot *, int fd, struct flight *,
+		    const char **why);
+static void	 delivery_job_clear(struct dlp_job *);
 static int	 delivery_spawn_locked(struct delivery *, char *, size_t);
 static void	 delivery_lost(struct slot *, const char *why);
 static struct delivery *delivery_new(struct otpmaild *, char *, size_t);
@@ -405,6 +450,8 @@ delivery_free(struct delivery *dl)
 	for (k = 0; dl->slots != NULL && dl->fd0 == 0 && k < dl->nth; k++)
 		if (dl->slots[k].fd != -1)
 			close(dl->slots[k].fd);
+	for (k = 0; dl->slots != NULL && k < dl->nth; k++)
+		dlp_rbuf_free(&dl->slots[k].rd);
 	free(dl->fds);
 	free(dl->slots);
 	free(dl->th);
@@ -493,7 +540,10 @@ delivery_worker(void *arg)
 			usleep(200 * 1000);
 			continue;
 		}
-		delivery_message(sl, env);
+		if (dl->privsep)
+			delivery_batch(sl, env);
+		else
+			delivery_message(sl, env);
 	}
 	return NULL;
 }
@@ -530,48 +580,43 @@ delivery_count(const struct q_envelope *env, const struct q_rcpt *r)
 		metrics_delivery_latency((double)(time(NULL) - env->created));
 }
 
-static void
-delivery_message(struct slot *sl, struct q_envelope *env)
+/*
+ * Notes which recipients this attempt is about (for the metrics and the
+ * events) and reads the body: 0, or -1 (the open recipients are deferred).
+ */
+static int
+delivery_begin(struct delivery *dl, struct q_envelope *env, char **was_open,
+    size_t *nopen, char **data, size_t *len)
 {
-	struct delivery *dl = sl->dl;
-	char *data = NULL, *summary = NULL, *fsummary = NULL;
-	size_t i, len = 0;
-	char *was_open;
-	size_t nopen;
-	enum q_status st;
+	size_t i;
 
-	/* which recipients this attempt is about (for the metrics) */
-	nopen = env->nrcpt;
-	if ((was_open = calloc(nopen + 1, 1)) == NULL)
-		nopen = 0;
-	for (i = 0; i < nopen; i++)
-		was_open[i] = env->rcpts[i].state == Q_RCPT_PENDING ||
+	*data = NULL;
+	*len = 0;
+	*nopen = env->nrcpt;
+	if ((*was_open = calloc(*nopen + 1, 1)) == NULL)
+		*nopen = 0;
+	for (i = 0; i < *nopen; i++)
+		(*was_open)[i] = env->rcpts[i].state == Q_RCPT_PENDING ||
 		    env->rcpts[i].state == Q_RCPT_DEFERRED;
-	st = queue_body(dl->d->queue, env->id, &data, &len);
-	if (st != Q_OK) {
-		for (i = 0; i < env->nrcpt; i++)
-			if (env->rcpts[i].state == Q_RCPT_PENDING ||
-			    env->rcpts[i].state == Q_RCPT_DEFERRED)
-				delivery_set(&env->rcpts[i], Q_RCPT_DEFERRED,
-				    "4.3.0 cannot read the queued message");
-		log_msg(LOG_ERR, "event=delivery_error id=%s error=\"cannot read body\"", env->id);
-		goto release;
-	}
-	if (dl->cfg->sandbox)
-		delivery_sandbox(dl, env, data, len);
-	else if (!dl->privsep)
-		delivery_route(dl, env, data, len);
-	else if (delivery_remote(sl, env, data, len) == -1) {
-		/* the delivery process was lost with it: back to the queue as
-		 * it was, due now (nothing to record, nothing was concluded) */
-		free(was_open);
-		free(data);
-		if ((st = queue_return_lease(dl->d->queue, env)) != Q_OK)
-			log_msg(LOG_ERR, "event=delivery_error error=\"queue_return_lease "
-			    "failed\" status=%d", st);
-		return;
-	}
-release:
+	if (queue_body(dl->d->queue, env->id, data, len) == Q_OK)
+		return 0;
+	for (i = 0; i < env->nrcpt; i++)
+		if (env->rcpts[i].state == Q_RCPT_PENDING ||
+		    env->rcpts[i].state == Q_RCPT_DEFERRED)
+			delivery_set(&env->rcpts[i], Q_RCPT_DEFERRED,
+			    "4.3.0 cannot read the queued message");
+	log_msg(LOG_ERR, "event=delivery_error id=%s error=\"cannot read body\"", env->id);
+	return -1;
+}
+
+/* After the attempt: what was not tried is deferred, counted, announced
+ * (the events of a batch are made durable together, see delivery_batch). */
+static void
+delivery_conclude(struct q_envelope *env, char *was_open, size_t nopen)
+{
+	char *summary = NULL, *fsummary = NULL;
+	size_t i;
+
 	/* Whatever was not tried (stopping, memory) stays open: deferred. */
 	for (i = 0; i < env->nrcpt; i++) {
 		if (env->rcpts[i].state == Q_RCPT_PENDING)
@@ -597,10 +642,35 @@ release:
 			env->last_error = dup;
 		}
 	}
-	free(data);
+}
+
+static void
+delivery_release(struct delivery *dl, struct q_envelope *env)
+{
+	enum q_status st;
+
 	suppress_note_outcome(dl->d, env);
 	if ((st = queue_release_lease(dl->d->queue, env)) != Q_OK)
 		log_msg(LOG_ERR, "event=delivery_error error=\"queue_release_lease failed\" status=%d", st);
+}
+
+/* One leased message, delivered in this process (sandbox, or SMTP here). */
+static void
+delivery_message(struct slot *sl, struct q_envelope *env)
+{
+	struct delivery *dl = sl->dl;
+	char *data, *was_open;
+	size_t len, nopen;
+
+	if (delivery_begin(dl, env, &was_open, &nopen, &data, &len) == 0) {
+		if (dl->cfg->sandbox)
+			delivery_sandbox(dl, env, data, len);
+		else
+			delivery_route(dl, env, data, len);
+	}
+	delivery_conclude(env, was_open, nopen);
+	free(data);
+	delivery_release(dl, env);
 }
 
 /* Routes and delivers the open recipients of env, domain by domain. */
@@ -769,6 +839,7 @@ delivery_slot_fd(struct slot *sl)
 	if (sl->gen != dl->gen) {
 		if (sl->fd != -1)
 			close(sl->fd);
+		dlp_rbuf_free(&sl->rd);	/* what the last one said is void */
 		sl->fd = dl->fds[sl->k];
 		dl->fds[sl->k] = -1;
 		sl->gen = dl->gen;
@@ -791,6 +862,7 @@ delivery_lost(struct slot *sl, const char *why)
 	pid_t lost;
 	int st = 0;
 
+	dlp_rbuf_free(&sl->rd);
 	pthread_mutex_lock(&dl->pmu);
 	if (sl->gen == dl->gen && dl->child > 0) {
 		lost = dl->child;
@@ -833,92 +905,102 @@ delivery_wait_result(int fd)
 }
 
 /*
- * Main process: has the delivery process deliver the open recipients of
- * env and records what it says on env.  -1 if the process was lost with
- * the message (the lease goes back untouched), 0 otherwise.  A message in
- * flight at two losses in a row of this slot is deferred instead, so one
- * that kills the process cannot keep it dying.
+ * Main process: the job for the open recipients of env (with the MTA-STS
+ * policy of each MX-routed domain, whose cache and fetches stay here),
+ * encoded in b: 1, or 0 when there is nothing to send (no open recipient,
+ * or too large: those are deferred).
  */
 static int
-delivery_remote(struct slot *sl, struct q_envelope *env, const char *data, size_t len)
+delivery_job_make(struct delivery *dl, struct q_envelope *env, const char *data,
+    size_t len, struct dlp_job *job, struct dlp_buf *b)
 {
-	struct delivery *dl = sl->dl;
 	const struct config *cfg = dl->cfg;
-	char domain[ADDR_DOMAIN_MAX + 1], *buf = NULL;
-	struct dlp_job job;
-	struct dlp_result res;
-	struct dlp_buf b;
-	size_t i, k, blen;
-	int fd, rc = 0;
+	char domain[ADDR_DOMAIN_MAX + 1];
+	size_t i, k;
 
-	memset(&job, 0, sizeof(job));
-	memset(&res, 0, sizeof(res));
-	dlp_buf_init(&b);
-	job.id = env->id;
-	job.sender = env->sender;
-	job.flags = (uint32_t)env->flags;
-	job.klass = (uint32_t)env->klass;
-	job.created = env->created;
-	job.data = data;
-	job.len = len;
-	if ((job.rcpts = calloc(env->nrcpt + 1, sizeof(*job.rcpts))) == NULL ||
-	    (job.idx = calloc(env->nrcpt + 1, sizeof(*job.idx))) == NULL ||
-	    (job.doms = calloc(env->nrcpt + 1, sizeof(*job.doms))) == NULL)
-		goto out;
+	memset(job, 0, sizeof(*job));
+	job->id = env->id;
+	job->sender = env->sender;
+	job->flags = (uint32_t)env->flags;
+	job->klass = (uint32_t)env->klass;
+	job->created = env->created;
+	job->data = data;
+	job->len = len;
+	if ((job->rcpts = calloc(env->nrcpt + 1, sizeof(*job->rcpts))) == NULL ||
+	    (job->idx = calloc(env->nrcpt + 1, sizeof(*job->idx))) == NULL ||
+	    (job->doms = calloc(env->nrcpt + 1, sizeof(*job->doms))) == NULL)
+		return 0;	/* the recipients stay open: deferred */
 	for (i = 0; i < env->nrcpt; i++) {
 		if (env->rcpts[i].state != Q_RCPT_PENDING &&
 		    env->rcpts[i].state != Q_RCPT_DEFERRED)
 			continue;
-		job.idx[job.nrcpt] = (uint32_t)i;
-		job.rcpts[job.nrcpt++] = env->rcpts[i].addr;
+		job->idx[job->nrcpt] = (uint32_t)i;
+		job->rcpts[job->nrcpt++] = env->rcpts[i].addr;
 		if (addr_domain_lower(env->rcpts[i].addr, domain, sizeof(domain)) == -1 ||
 		    domain[0] == '\0')
 			continue;
-		for (k = 0; k < job.ndom; k++)
-			if (strcmp(job.doms[k].name, domain) == 0)
+		for (k = 0; k < job->ndom; k++)
+			if (strcmp(job->doms[k].name, domain) == 0)
 				break;
-		if (k < job.ndom || (job.doms[k].name = strdup(domain)) == NULL)
+		if (k < job->ndom || (job->doms[k].name = strdup(domain)) == NULL)
 			continue;
-		job.ndom++;
-		/* MTA-STS: its cache and fetches stay here, the policy goes along */
+		job->ndom++;
 		if (config_route(cfg, domain) == NULL && cfg->smarthost == NULL)
-			job.doms[k].sts_on = mtasts_for_delivery(cfg, dl->d->state_dir,
-			    domain, &job.doms[k].sts);
+			job->doms[k].sts_on = mtasts_for_delivery(cfg, dl->d->state_dir,
+			    domain, &job->doms[k].sts);
 	}
-	if (job.nrcpt == 0)
-		goto out;
-	if (dlp_job_encode(&b, &job) == -1) {
-		for (i = 0; i < job.nrcpt; i++)
-			delivery_set(&env->rcpts[job.idx[i]], Q_RCPT_DEFERRED,
+	if (job->nrcpt == 0)
+		return 0;
+	if (dlp_job_encode(b, job) == -1) {
+		for (i = 0; i < job->nrcpt; i++)
+			delivery_set(&env->rcpts[job->idx[i]], Q_RCPT_DEFERRED,
 			    "4.3.0 message too large for the delivery process");
+		return 0;
+	}
+	return 1;
+}
+
+static void
+delivery_job_clear(struct dlp_job *job)
+{
+	size_t k;
+
+	for (k = 0; k < job->ndom; k++)
+		free(job->doms[k].name);
+	free(job->doms);
+	free(job->rcpts);
+	free(job->idx);
+	memset(job, 0, sizeof(*job));
+}
+
+/*
+ * Main process: reads the result of f's job (the next frame from the
+ * delivery process: it answers in order) and records it on f's envelope.
+ * -1 when the process is to be given up (closed, failed, or said
+ * something that is not the protocol), with why.
+ */
+static int
+delivery_job_result(struct slot *sl, int fd, struct flight *f, const char **why)
+{
+	struct q_envelope *env = f->env;
+	const struct dlp_job *job = &f->job;
+	struct dlp_result res;
+	char *buf = NULL;
+	size_t i, k, blen;
+	int rc = 0;
+
+	memset(&res, 0, sizeof(res));
+	if ((!dlp_rbuf_ready(&sl->rd) && delivery_wait_result(fd) == -1) ||
+	    dlp_recv_rbuf(fd, &sl->rd, DLP_RESULT_MAX, &buf, &blen) == -1) {
+		*why = errno == 0 ? "connection closed" : strerror(errno);
+		rc = -1;
 		goto out;
 	}
-	if ((fd = delivery_slot_fd(sl)) == -1 || dlp_send(fd, &b) == -1 ||
-	    delivery_wait_result(fd) == -1 ||
-	    dlp_recv(fd, DLP_RESULT_MAX, &buf, &blen) == -1) {
-		delivery_lost(sl, fd == -1 ? "not running" : errno == 0 ?
-		    "connection closed" : strerror(errno));
+	if (dlp_result_decode(buf, blen, &res) == -1 || dlp_result_check(&res, job) == -1) {
+		*why = "malformed result";
 		rc = -1;
-	} else if (dlp_result_decode(buf, blen, &res) == -1 ||
-	    dlp_result_check(&res, &job) == -1) {
-		delivery_lost(sl, "malformed result");
-		rc = -1;
-	}
-	if (rc == -1) {
-		if (strcmp(sl->lost_id, env->id) != 0 || dl->stopping) {
-			snprintf(sl->lost_id, sizeof(sl->lost_id), "%s", env->id);
-			goto out;
-		}
-		log_msg(LOG_ERR, "event=delivery_error id=%s error=\"the delivery "
-		    "process ended twice during this message; deferred\"", env->id);
-		for (i = 0; i < job.nrcpt; i++)
-			delivery_set(&env->rcpts[job.idx[i]], Q_RCPT_DEFERRED,
-			    "4.3.0 the delivery process ended during this message");
-		sl->lost_id[0] = '\0';
-		rc = 0;
 		goto out;
 	}
-	sl->lost_id[0] = '\0';
 	for (i = 0; i < res.n; i++) {
 		delivery_set(&env->rcpts[res.o[i].idx], res.o[i].state == DLP_DELIVERED ?
 		    Q_RCPT_DELIVERED : res.o[i].state == DLP_FAILED ? Q_RCPT_FAILED :
@@ -932,58 +1014,174 @@ delivery_remote(struct slot *sl, struct q_envelope *env, const char *data, size_
 	for (i = 0; i < res.ntls; i++) {
 		const struct dlp_tls *t = &res.tls[i];
 
-		for (k = 0; k < job.ndom; k++)
-			if (strcmp(job.doms[k].name, t->domain) == 0)
+		for (k = 0; k < job->ndom; k++)
+			if (strcmp(job->doms[k].name, t->domain) == 0)
 				break;
-		if (k == job.ndom)
+		if (k == job->ndom)
 			continue;
 		tlsrpt_record(t->domain, (enum tlsrpt_ptype)t->ptype,
-		    t->sts && job.doms[k].sts_on ? &job.doms[k].sts : NULL,
+		    t->sts && job->doms[k].sts_on ? &job->doms[k].sts : NULL,
 		    t->mx[0] ? t->mx : NULL, t->ip[0] ? t->ip : NULL,
 		    t->rtype[0] ? t->rtype : NULL);
 	}
 out:
 	dlp_result_free(&res);
 	free(buf);
-	dlp_buf_free(&b);
-	for (k = 0; k < job.ndom; k++)
-		free(job.doms[k].name);
-	free(job.doms);
-	free(job.rcpts);
-	free(job.idx);
 	return rc;
+}
+
+/* Was id in flight at this slot's last loss of the delivery process? */
+static int
+delivery_lost_before(const struct slot *sl, const char *id)
+{
+	size_t i;
+
+	for (i = 0; i < sl->nlost; i++)
+		if (strcmp(sl->lost[i], id) == 0)
+			return 1;
+	return 0;
+}
+
+/*
+ * Main process: has the delivery process deliver env and the messages due
+ * with it (a batch, see DELIVERY_BATCH), records the outcomes and releases
+ * the leases.  The events of the batch are made durable together, before
+ * any of its leases is released.  When the process is lost, what had no
+ * result goes back to the queue untouched, due now; a message in flight at
+ * two losses in a row of this slot is deferred instead, so one that kills
+ * the process cannot keep it dying.
+ */
+static void
+delivery_batch(struct slot *sl, struct q_envelope *env)
+{
+	struct delivery *dl = sl->dl;
+	struct flight f[DELIVERY_BATCH], *m;
+	struct dlp_buf out[DELIVERY_BATCH];
+	char lost[DELIVERY_BATCH][QUEUE_ID_LEN + 1];
+	const char *why = NULL;
+	size_t n = 0, nout = 0, nlost = 0, bytes = 0, i, k;
+	int fd = -1, gone = 0;
+	double t0;
+
+	memset(f, 0, sizeof(f));
+	for (;;) {
+		m = &f[n++];
+		m->env = env;
+		dlp_buf_init(&m->b);
+		if (delivery_begin(dl, env, &m->was_open, &m->nopen, &m->data, &m->len) == 0 &&
+		    delivery_job_make(dl, env, m->data, m->len, &m->job, &m->b) == 1) {
+			m->sent = 1;
+			out[nout++] = m->b;
+			bytes += m->b.len;
+		}
+		if (n == DELIVERY_BATCH || bytes >= DELIVERY_BATCH_BYTES ||
+		    m->job.nrcpt > DELIVERY_BATCH_RCPTS || dl->stopping ||
+		    sl->per_job > DELIVERY_BATCH_FAST ||
+		    queue_lease(dl->d->queue, 0, &env) != Q_OK || env == NULL)
+			break;
+	}
+	if (n > 1)
+		log_msg(LOG_DEBUG, "event=delivery_batch messages=%zu jobs=%zu bytes=%zu",
+		    n, nout, bytes);
+	t0 = delivery_mono();
+	if (nout > 0 && ((fd = delivery_slot_fd(sl)) == -1 || dlp_sendv(fd, out, nout) == -1)) {
+		why = fd == -1 ? "not running" : errno == 0 ? "connection closed" :
+		    strerror(errno);
+		gone = 1;
+	}
+	events_batch_begin();
+	for (i = 0; i < n; i++) {
+		m = &f[i];
+		if (m->sent && !gone && delivery_job_result(sl, fd, m, &why) == -1)
+			gone = 1;
+		if (m->sent && gone) {
+			if (!delivery_lost_before(sl, m->env->id) || dl->stopping) {
+				m->back = 1;
+				snprintf(lost[nlost++], sizeof(lost[0]), "%s", m->env->id);
+				continue;
+			}
+			log_msg(LOG_ERR, "event=delivery_error id=%s error=\"the delivery "
+			    "process ended twice during this message; deferred\"", m->env->id);
+			for (k = 0; k < m->job.nrcpt; k++)
+				delivery_set(&m->env->rcpts[m->job.idx[k]], Q_RCPT_DEFERRED,
+				    "4.3.0 the delivery process ended during this message");
+		}
+		delivery_conclude(m->env, m->was_open, m->nopen);
+		m->was_open = NULL;
+	}
+	if (nout > 0 && !gone)
+		sl->per_job = 0.75 * sl->per_job + 0.25 * (delivery_mono() - t0) / (double)nout;
+	events_batch_end();
+	if (gone) {
+		delivery_lost(sl, why != NULL ? why : "connection closed");
+		for (i = 0; i < nlost; i++)
+			memcpy(sl->lost[i], lost[i], sizeof(lost[i]));
+		sl->nlost = nlost;
+	} else
+		sl->nlost = 0;
+	for (i = 0; i < n; i++) {
+		m = &f[i];
+		free(m->data);
+		free(m->was_open);
+		dlp_buf_free(&m->b);
+		delivery_job_clear(&m->job);
+		if (!m->back) {
+			delivery_release(dl, m->env);
+			continue;
+		}
+		/* nothing to record, nothing was concluded */
+		if (queue_return_lease(dl->d->queue, m->env) != Q_OK)
+			log_msg(LOG_ERR, "event=delivery_error error=\"queue_return_lease "
+			    "failed\"");
+	}
 }
 
 /*
  * Delivery process: one worker per socket.  A job is delivered like a
  * leased message and answered with the outcome of every recipient that
- * concluded; EOF (the main process closed it or is gone) ends the worker,
- * anything else the process.
+ * concluded.  The results are held while more jobs are waiting (a batch)
+ * and go together once none is; EOF (the main process closed it or is
+ * gone) ends the worker, anything else the process.
  */
 static void *
 delivery_child_worker(void *arg)
 {
 	struct slot *sl = arg;
 	struct delivery *dl = sl->dl;
+	struct dlp_buf held[DLP_SENDV_MAX];
 	struct q_envelope env;
 	struct dlp_result res;
 	struct dlp_job job;
-	struct dlp_buf b;
 	char *buf;
-	size_t i, len;
+	size_t i, len, nheld = 0;
 
 	for (;;) {
 		struct pollfd pfd = { sl->fd, POLLIN, 0 };
 
+		if (nheld > 0 && (nheld == DLP_SENDV_MAX ||
+		    (!dlp_rbuf_ready(&sl->rd) && poll(&pfd, 1, 0) <= 0))) {
+			if (dlp_sendv(sl->fd, held, nheld) == -1) {
+				if (errno == 0 || errno == EPIPE)
+					_exit(0);	/* the main process went */
+				_exit(1);
+			}
+			for (i = 0; i < nheld; i++)
+				dlp_buf_free(&held[i]);
+			nheld = 0;
+		}
 		/* idle sessions past session_idle_timeout close while no job
 		 * comes; and poll, unlike a read, does not wake when the main
 		 * process takes our last result (the socket's write space) */
-		delivery_reap(dl, 0);
-		if (poll(&pfd, 1, 1000) == 0)
-			continue;
-		if (dlp_recv(sl->fd, DLP_FRAME_MAX, &buf, &len) == -1) {
-			if (errno == 0)
+		if (nheld == 0 && !dlp_rbuf_ready(&sl->rd)) {
+			delivery_reap(dl, 0);
+			if (poll(&pfd, 1, 1000) == 0)
+				continue;
+		}
+		if (dlp_recv_rbuf(sl->fd, &sl->rd, DLP_FRAME_MAX, &buf, &len) == -1) {
+			if (errno == 0) {
+				dlp_rbuf_free(&sl->rd);
 				return NULL;
+			}
 			log_msg(LOG_ERR, "event=delivery_process_error error=\"%s\"",
 			    strerror(errno));
 			_exit(1);
@@ -1026,13 +1224,10 @@ delivery_child_worker(void *arg)
 		}
 		free(env.rcpts);
 		delivery_hops_clear();
-		dlp_buf_init(&b);
-		if (dlp_result_encode(&b, &res) == -1 || dlp_send(sl->fd, &b) == -1) {
-			if (errno == 0 || errno == EPIPE)
-				_exit(0);	/* the main process went */
+		dlp_buf_init(&held[nheld]);
+		if (dlp_result_encode(&held[nheld], &res) == -1)
 			_exit(1);
-		}
-		dlp_buf_free(&b);
+		nheld++;
 		dlp_result_free(&res);
 		dlp_job_free(&job);
 		free(buf);

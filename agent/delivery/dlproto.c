@@ -592,8 +592,9 @@ dlp_io(int fd, void *p, size_t len, int wr)
 	return 0;
 }
 
-int
-dlp_send(int fd, const struct dlp_buf *b)
+/* Writes the frame's length into its first four bytes: 0, or -1. */
+static int
+dlp_seal(const struct dlp_buf *b)
 {
 	uint32_t l;
 
@@ -604,7 +605,155 @@ dlp_send(int fd, const struct dlp_buf *b)
 	b->p[1] = (char)(l >> 16);
 	b->p[2] = (char)(l >> 8);
 	b->p[3] = (char)l;
+	return 0;
+}
+
+int
+dlp_send(int fd, const struct dlp_buf *b)
+{
+	if (dlp_seal(b) == -1)
+		return -1;
 	return dlp_io(fd, b->p, b->len, 1);
+}
+
+int
+dlp_sendv(int fd, const struct dlp_buf *b, size_t n)
+{
+	struct iovec iov[DLP_SENDV_MAX];
+	struct msghdr mh;
+	size_t i, k = 0;
+	ssize_t w;
+
+	if (n > DLP_SENDV_MAX) {
+		errno = EINVAL;
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		if (dlp_seal(&b[i]) == -1) {
+			errno = EINVAL;
+			return -1;
+		}
+		iov[i].iov_base = b[i].p;
+		iov[i].iov_len = b[i].len;
+	}
+	while (k < n) {
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_iov = iov + k;
+		mh.msg_iovlen = n - k;
+		if ((w = sendmsg(fd, &mh, MSG_NOSIGNAL)) == -1) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		/* a short write: skip what went, go on from there */
+		while (k < n && (size_t)w >= iov[k].iov_len)
+			w -= (ssize_t)iov[k++].iov_len;
+		if (k < n) {
+			iov[k].iov_base = (char *)iov[k].iov_base + w;
+			iov[k].iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+void
+dlp_rbuf_init(struct dlp_rbuf *rd)
+{
+	memset(rd, 0, sizeof(*rd));
+}
+
+void
+dlp_rbuf_free(struct dlp_rbuf *rd)
+{
+	free(rd->p);
+	memset(rd, 0, sizeof(*rd));
+}
+
+/* The length of the frame at the start of what rd holds; -1: no header yet. */
+static long long
+dlp_rbuf_head(const struct dlp_rbuf *rd)
+{
+	const unsigned char *h = (const unsigned char *)rd->p + rd->off;
+
+	if (rd->len - rd->off < 4)
+		return -1;
+	return (long long)((uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 |
+	    (uint32_t)h[2] << 8 | h[3]);
+}
+
+int
+dlp_rbuf_ready(const struct dlp_rbuf *rd)
+{
+	long long l = dlp_rbuf_head(rd);
+
+	return l >= 0 && rd->len - rd->off - 4 >= (size_t)l;
+}
+
+/*
+ * Reads up to DLP_RD_CHUNK bytes at a time, which may hold several frames
+ * (a batch of jobs, or of results) and the start of the next; a frame
+ * larger than that is read into its own allocation past what was held.
+ */
+int
+dlp_recv_rbuf(int fd, struct dlp_rbuf *rd, size_t max, char **buf, size_t *len)
+{
+	long long l;
+	size_t have;
+	ssize_t n;
+	char *q;
+
+	*buf = NULL;
+	*len = 0;
+	for (;;) {
+		l = dlp_rbuf_head(rd);
+		if (l > (long long)max) {
+			errno = EMSGSIZE;
+			return -1;
+		}
+		have = rd->len - rd->off;
+		if (l >= 0 && (have - 4 >= (size_t)l || (size_t)l + 4 > DLP_RD_CHUNK)) {
+			if ((q = malloc((size_t)l + 1)) == NULL) {
+				errno = EMSGSIZE;
+				return -1;
+			}
+			if (have - 4 >= (size_t)l) {
+				memcpy(q, rd->p + rd->off + 4, (size_t)l);
+				rd->off += 4 + (size_t)l;
+			} else {
+				/* a big one: what is held, then the rest straight in */
+				memcpy(q, rd->p + rd->off + 4, have - 4);
+				rd->off = rd->len;
+				if (dlp_io(fd, q + (have - 4), (size_t)l - (have - 4), 0) == -1) {
+					free(q);
+					return -1;
+				}
+			}
+			if (rd->off == rd->len)
+				rd->off = rd->len = 0;
+			q[l] = '\0';
+			*buf = q;
+			*len = (size_t)l;
+			return 0;
+		}
+		if (rd->off > 0) {
+			memmove(rd->p, rd->p + rd->off, have);
+			rd->off = 0;
+			rd->len = have;
+		}
+		if (rd->p == NULL && (rd->p = malloc(DLP_RD_CHUNK)) == NULL) {
+			errno = ENOMEM;
+			return -1;
+		}
+		n = read(fd, rd->p + rd->len, DLP_RD_CHUNK - rd->len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = have > 0 ? EPROTO : 0;	/* cut inside a frame */
+			return -1;
+		}
+		rd->len += (size_t)n;
+	}
 }
 
 /*

@@ -144,5 +144,21 @@ void	 dlp_frep_free(struct dlp_frep *);
  * with its header in one read, and bytes beyond the frame fail (EPROTO). */
 int	 dlp_send(int fd, const struct dlp_buf *);
 int	 dlp_recv(int fd, size_t max, char **buf, size_t *len);
+/*
+ * A batch (delivery jobs and their results): n frames in one sendmsg, read
+ * back through a buffer that may hold several frames (dlp_rbuf).
+ */
+#define DLP_SENDV_MAX		16
+#define DLP_RD_CHUNK		(64u * 1024)
+struct dlp_rbuf {
+	char			*p;
+	size_t			 off, len;
+};
+int	 dlp_sendv(int fd, const struct dlp_buf *, size_t n);
+void	 dlp_rbuf_init(struct dlp_rbuf *);
+void	 dlp_rbuf_free(struct dlp_rbuf *);
+/* 1 when a whole frame is held (the next dlp_recv_rbuf needs no read). */
+int	 dlp_rbuf_ready(const struct dlp_rbuf *);
+int	 dlp_recv_rbuf(int fd, struct dlp_rbuf *, size_t max, char **buf, size_t *len);
 
 #endif

@@ -98,7 +98,8 @@ enum smtp_status smtp_open(const struct smtp_params *, const struct sockaddr *,
 int		 smtp_send(struct smtp_session *, const char *sender,
 		    struct smtp_rcpt *, size_t nrcpt, const char *data,
 		    size_t len, int flags);
-/* RSET for the next transaction; -1 if the session is no longer usable. */
+/* Ready for the next transaction: RSET unless the last one ended with the
+ * reply to its data; -1 if the session is no longer usable. */
 int		 smtp_reset(struct smtp_session *);
 /* QUIT (if usable) and free. */
 void		 smtp_close(struct smtp_session *);

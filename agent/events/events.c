@@ -2,13 +2,34 @@
  * events.c - the event emitters (see events.h): each event gets the next
  * id under one lock (the emit lock) and is appended to the log
  * (eventlog.c); then it is made durable by a group commit (one fdatasync
- * for the events of every emitter that came meanwhile, done by whichever
- * of them finds no sync running: leader and followers) and published
+ * for the events of every emitter that came meanwhile) and published
  * under a second lock (the publish lock): handed to the subscribers' tap
  * (control.c copies it, bounded) and announced to the app's webhook
- * thread (webhook.c), in id order, by the leader.  An emitter returns once
- * its events are durable and published; readers of the log see only ids
- * up to the last one synced.
+ * thread (webhook.c), in id order.  Readers of the log see only ids up to
+ * the last one synced; nothing is shown before it is on disk.  A reader
+ * (events_last_id, events_history) first waits for what was appended
+ * before it asked (ev_catch_up), so an answered request's events show.
+ *
+ * Two kinds of emitters.  A waiting one (delivered, deferred, bounced,
+ * expired: the spool changes after it) returns once its events are
+ * durable and published.  A no-wait one (accepted, suppressed: the
+ * request path, whose answer promises nothing about the event) returns
+ * once they are appended; the syncer thread makes them durable and
+ * publishes them.  A power loss in that window loses them (a killed
+ * process does not: they are written), as a crash between
+ * queue_enqueue_barrier and events_accepted always could; ids stay
+ * contiguous, and an id lost that way was never shown to anyone.
+ *
+ * A group commit is a round led by whoever finds none running (ev_publish):
+ * a waiting emitter or the syncer; the others follow on the futex word
+ * ev.gen.  Waiting emitters lead their own rounds rather than hand them
+ * to the syncer: leading costs the fdatasync it must wait for anyway,
+ * while following the syncer would add a wake-up of the syncer, a sleep
+ * of the emitter and a wake-up back (two syscalls, three context switches
+ * per round).  The syncer runs rounds (under load at most one per
+ * EV_GATHER_NS) while anything appended is not synced, then sleeps on the
+ * futex word ev.kick; a no-wait emitter makes a syscall only to wake it
+ * from there (ev_syncer_kick).
  */
 #include <fcntl.h>
 #include <limits.h>
@@ -18,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -30,6 +52,7 @@
 #include "queue/queue.h"
 
 #define EV_HISTORY_MAX	1000	/* events message.status shows */
+#define EV_GATHER_NS	2000000	/* the syncer's rounds start at most this often */
 
 /* An event appended to the log, to be published once synced. */
 struct ev_pending {
@@ -58,8 +81,28 @@ static struct {
 	int		 sfd;		/* the leader's descriptor of the segment */
 	uint64_t	 sfirst;	/* ... that starts at this id (under mu) */
 	_Atomic uint64_t synced;	/* newest id on disk and published */
+	_Atomic uint64_t appended;	/* newest id written (set under mu) */
+	pthread_t	 syncer;
+	int		 syncer_started;
+	_Atomic int	 syncer_on;	/* no-wait events are the syncer's to sync */
+	_Atomic int	 idle;		/* the syncer sleeps on kick (or is about to) */
+	_Atomic uint32_t kick;		/* the syncer's futex word */
+	_Atomic int	 stop;		/* events_close: sync what is left and end */
 } ev = { .mu = PTHREAD_MUTEX_INITIALIZER, .pub = PTHREAD_MUTEX_INITIALIZER,
 	.pubcv = PTHREAD_COND_INITIALIZER, .sfd = -1 };
+
+static void	*ev_syncer(void *);
+static void	 ev_syncer_stop(void);
+static int	 ev_syncer_kick(void);
+static void	 ev_publish(uint64_t upto);
+static uint64_t	 ev_batch_end(int wait);
+static void	 ev_wait_synced(uint64_t upto);
+/* ev_batch_end's wait: appended only (the syncer's), durable (leading a
+ * round if none runs), durable by the syncer's next round */
+#define EV_NOWAIT	0
+#define EV_WAIT		1
+#define EV_FOLLOW	2
+static void	 ev_catch_up(void);
 
 /* Where this worker's current message went, per recipient (deliver.c). */
 struct ev_hop {
@@ -104,6 +147,7 @@ events_open(struct otpmaild *d, const struct q_class_params *klass, char *err, s
 	memcpy(ev.klass, klass, sizeof(ev.klass));
 	ev.d = d;
 	atomic_store(&ev.synced, eventlog_last(ev.log));
+	atomic_store(&ev.appended, eventlog_last(ev.log));
 	if (webhook_open(d, ev.log, err, errlen) == -1) {
 		eventlog_close(ev.log);
 		ev.log = NULL;
@@ -118,12 +162,26 @@ events_open(struct otpmaild *d, const struct q_class_params *klass, char *err, s
 int
 events_start(char *err, size_t errlen)
 {
-	return ev.log != NULL ? webhook_start(err, errlen) : 0;
+	if (ev.log == NULL)
+		return 0;
+	if (webhook_start(err, errlen) == -1)
+		return -1;
+	/* on before it runs: what is appended meanwhile is its first round */
+	atomic_store(&ev.syncer_on, 1);
+	if (pthread_create(&ev.syncer, NULL, ev_syncer, NULL) != 0) {
+		atomic_store(&ev.syncer_on, 0);
+		snprintf(err, errlen, "events: pthread_create failed");
+		return -1;
+	}
+	ev.syncer_started = 1;
+	return 0;
 }
 
 void
 events_close(void)
 {
+	/* first: its last rounds notify the webhooks, still open */
+	ev_syncer_stop();
 	webhook_close();
 	/* no leader syncs on ev.sfd while it goes (lock order: pub, then mu) */
 	pthread_mutex_lock(&ev.pub);
@@ -180,11 +238,30 @@ events_unlock(void)
 	pthread_mutex_unlock(&ev.pub);
 }
 
-/* The newest event anyone may see (on disk). */
+/*
+ * A reader sees what was appended before it asked: a request answered
+ * before its accepted or suppressed events were synced is followed by
+ * message.status or events.subscribe (its last_id) showing them.  It waits
+ * for their round, most often the syncer's, already running.
+ */
+static void
+ev_catch_up(void)
+{
+	uint64_t upto = atomic_load(&ev.appended);
+
+	if (upto > atomic_load(&ev.synced))
+		ev_publish(upto);
+}
+
+/* The newest event anyone may see (on disk), once those appended before
+ * the call are. */
 uint64_t
 events_last_id(void)
 {
-	return ev.log != NULL ? atomic_load(&ev.synced) : 0;
+	if (ev.log == NULL)
+		return 0;
+	ev_catch_up();
+	return atomic_load(&ev.synced);
 }
 
 /*
@@ -197,14 +274,14 @@ events_last_id(void)
  */
 #define EV_ID_ROOM	32	/* {"id":<20 digits>, */
 
-static _Thread_local int ev_batching;
+static _Thread_local int ev_batching;	/* depth: events_batch_begin nests */
 static _Thread_local struct ev_pending *ev_tl;	/* this thread's batch */
 static _Thread_local size_t ev_ntl, ev_captl;
 
 static void
 ev_batch_begin(void)
 {
-	ev_batching = 1;
+	ev_batching++;
 }
 
 /*
@@ -296,9 +373,133 @@ ev_publish(uint64_t upto)
 	}
 }
 
-/* Gives the batch its ids and writes it; the newest id, 0 if none. */
+/*
+ * Under load the syncer starts a round at most every EV_GATHER_NS: what is
+ * appended meanwhile shares its fdatasync (the request threads no longer
+ * wait, so nothing else groups them).  A first event after a pause is
+ * synced at once; a waiting emitter never waits for this (it leads its own
+ * round, taking the no-wait events along), nor does events_close.
+ */
+static void
+ev_gather(struct timespec *last)
+{
+	struct timespec now, until;
+	int64_t ns;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ns = (int64_t)(now.tv_sec - last->tv_sec) * 1000000000 + (now.tv_nsec - last->tv_nsec);
+	if (ns >= 0 && ns < EV_GATHER_NS && !atomic_load(&ev.stop)) {
+		until = *last;
+		until.tv_nsec += EV_GATHER_NS;
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+		(void)clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL);
+		now = until;
+	}
+	*last = now;
+}
+
+/*
+ * The syncer: rounds while anything appended is not synced, then sleep.
+ * The lost wake-up (an emitter appends while the syncer decides to sleep)
+ * cannot happen: the syncer stores idle, then loads appended; an emitter
+ * stores appended, then loads idle (all seq_cst, one total order).  If the
+ * emitter's load comes first, so does its store, and the syncer sees the
+ * event and does not sleep; otherwise the emitter sees idle and bumps
+ * kick, which the syncer read before storing idle: its FUTEX_WAIT returns
+ * at once or is woken.  Only the emitter that swaps idle back to 0 makes
+ * the wake-up call.  events_close ends it the same way (stop, then kick);
+ * it clears syncer_on, then syncs once more: an emitter that still found
+ * it on had appended before it looked (the same pairing), and one that
+ * finds it off syncs its events itself.
+ */
+static void *
+ev_syncer(void *arg)
+{
+	struct timespec last = { 0, 0 };
+	uint64_t upto;
+	uint32_t k;
+
+	(void)arg;
+	for (;;) {
+		while (atomic_load(&ev.appended) > atomic_load(&ev.synced)) {
+			ev_gather(&last);
+			ev_publish(atomic_load(&ev.appended));
+		}
+		if (atomic_load(&ev.stop))
+			break;
+		k = atomic_load(&ev.kick);
+		atomic_store(&ev.idle, 1);
+		if (atomic_load(&ev.appended) <= atomic_load(&ev.synced) &&
+		    !atomic_load(&ev.stop))
+			(void)syscall(SYS_futex, &ev.kick, FUTEX_WAIT_PRIVATE, k, NULL, NULL, 0);
+		atomic_store(&ev.idle, 0);
+	}
+	atomic_store(&ev.syncer_on, 0);
+	if ((upto = atomic_load(&ev.appended)) > atomic_load(&ev.synced))
+		ev_publish(upto);
+	return NULL;
+}
+
+/* A no-wait emitter's events (appended) are the syncer's; 0 if there is
+ * none (before events_start, after events_close): the caller syncs them. */
+static int
+ev_syncer_kick(void)
+{
+	if (!atomic_load(&ev.syncer_on))
+		return 0;
+	if (atomic_load(&ev.idle) && atomic_exchange(&ev.idle, 0)) {
+		atomic_fetch_add(&ev.kick, 1);
+		(void)syscall(SYS_futex, &ev.kick, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+	}
+	return 1;
+}
+
+/*
+ * Sleeps until the events up to upto are synced and published by the
+ * syncer (kicked by the caller).  The leader of a round stores synced,
+ * bumps gen, then reads nwait; this reads gen, then synced, counts itself
+ * in nwait and sleeps only if gen has not moved: one of the two sees the
+ * other, so no wake-up is lost.  The syncer's last round at events_close
+ * takes everything appended.
+ */
+static void
+ev_wait_synced(uint64_t upto)
+{
+	uint32_t g;
+
+	for (;;) {
+		g = atomic_load(&ev.gen);
+		if (atomic_load(&ev.synced) >= upto)
+			return;
+		atomic_fetch_add(&ev.nwait, 1);
+		if (atomic_load(&ev.gen) == g)
+			(void)syscall(SYS_futex, &ev.gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+		atomic_fetch_sub(&ev.nwait, 1);
+	}
+}
+
+/* Ends the syncer once everything appended is durable and published. */
+static void
+ev_syncer_stop(void)
+{
+	if (!ev.syncer_started)
+		return;
+	atomic_store(&ev.stop, 1);
+	atomic_fetch_add(&ev.kick, 1);
+	(void)syscall(SYS_futex, &ev.kick, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+	pthread_join(ev.syncer, NULL);
+	ev.syncer_started = 0;
+	atomic_store(&ev.stop, 0);
+}
+
+/* Gives the batch its ids and writes it; the newest id, 0 if none.  wait:
+ * returns once they are durable and published, else once appended (the
+ * syncer's then). */
 static uint64_t
-ev_batch_end(void)
+ev_batch_end(int wait)
 {
 	struct iovec *iov = NULL;
 	struct ev_pending *p;
@@ -307,6 +508,10 @@ ev_batch_end(void)
 	char pre[EV_ID_ROOM];
 	int k;
 
+	if (ev_batching > 1) {
+		ev_batching--;		/* an outer batch writes them */
+		return 0;
+	}
 	ev_batching = 0;
 	if (ev_ntl == 0)
 		goto out;
@@ -360,8 +565,12 @@ ev_batch_end(void)
 			ev_tl[i].buf = NULL;
 		}
 	upto = n > 0 ? id + n : 0;
-	pthread_mutex_unlock(&ev.mu);
 	if (upto > 0)
+		atomic_store(&ev.appended, upto);	/* then ev_syncer_kick looks */
+	pthread_mutex_unlock(&ev.mu);
+	if (upto > 0 && wait == EV_FOLLOW && ev_syncer_kick())
+		ev_wait_synced(upto);
+	else if (upto > 0 && (wait || !ev_syncer_kick()))
 		ev_publish(upto);
 	goto out;
 fail:
@@ -429,7 +638,19 @@ out:
 	json_decref(fields);
 	json_decref(o);
 	free(s);
-	return batch ? 0 : ev_batch_end();
+	return batch ? 0 : ev_batch_end(EV_WAIT);
+}
+
+void
+events_batch_begin(void)
+{
+	ev_batch_begin();
+}
+
+void
+events_batch_end(void)
+{
+	(void)ev_batch_end(EV_FOLLOW);
 }
 
 void
@@ -460,7 +681,7 @@ events_accepted(const struct q_envelope *env, const char *id)
 		events_emit(app, EV_ACCEPTED, id, env->rcpts[i].addr,
 		    json_pack("{s:s, s:I}", "class", q_class_name(env->klass),
 		    "expires", (json_int_t)expires));
-	ev_batch_end();
+	ev_batch_end(EV_NOWAIT);	/* the message is durable; the answer need not wait */
 }
 
 void
@@ -571,7 +792,10 @@ events_delivery(const struct q_envelope *env, const char *was_open, size_t nopen
 			break;
 		}
 	}
-	ev_batch_end();
+	/* durable before the spool forgets the outcome: by the syncer's next
+	 * round, which groups them (the delivery worker waits a little, the
+	 * request it would delay does not exist) */
+	ev_batch_end(EV_FOLLOW);
 out:
 	ev_hops_clear();
 }
@@ -595,8 +819,11 @@ void
 events_suppressed(const char *app, const char *rcpt, const char *reason, const char *klass)
 {
 	ev_supp_emitted++;
+	/* an answer's event, like accepted: the request does not wait for it */
+	ev_batch_begin();
 	events_emit(app, EV_SUPPRESSED, NULL, rcpt, json_pack("{s:s?, s:s?}", "reason",
 	    reason, "class", klass));
+	ev_batch_end(EV_NOWAIT);
 }
 
 void
@@ -710,10 +937,12 @@ ev_hist_one(void *arg, uint64_t id, const char *line, size_t len)
 json_t *
 events_history(const char *msg, const char *app, time_t created)
 {
-	struct ev_hist h = { atomic_load(&ev.synced), msg, app, NULL };
+	struct ev_hist h = { 0, msg, app, NULL };
 
 	if (ev.log == NULL || strlen(msg) > 64 || strpbrk(msg, "\"\\") != NULL)
 		return NULL;
+	ev_catch_up();
+	h.upto = atomic_load(&ev.synced);
 	if ((h.arr = json_array()) == NULL)
 		return NULL;
 	if (eventlog_scan(ev.log, 0, created > 0 ? created - 1 : 0, ev_hist_one, &h) == -1) {

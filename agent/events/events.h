@@ -38,16 +38,24 @@ enum event_type {
  * reads the webhook secrets (before privileges are dropped). */
 int		 events_open(struct otpmaild *, const struct q_class_params *klass,
 		    char *err, size_t errlen);
-/* Starts the webhook threads (after privileges are dropped). */
+/* Starts the webhook threads and the event log's syncer (after privileges
+ * are dropped). */
 int		 events_start(char *err, size_t errlen);
+/* Syncs and publishes what is appended, then closes. */
 void		 events_close(void);
 /* Drops events older than events_keep (the main loop, every minute). */
 void		 events_expire(void);
 
 /* ---- emitters (one call at each place an outcome is known) ---------- */
 
-/* submit.c, once the message is on disk: one event per recipient. */
+/* submit.c, once the message is on disk: one event per recipient.  Returns
+ * once they are in the log, before they are durable: the syncer thread
+ * syncs and publishes them (without one, the caller does). */
 void		 events_accepted(const struct q_envelope *, const char *id);
+/* The events this thread emits until the matching end are written and
+ * made durable together, at the end (batches nest). */
+void		 events_batch_begin(void);
+void		 events_batch_end(void);
 /* deliver.c's release block, before the lease is released: this attempt's
  * outcome of each recipient open at lease time (was_open[i], i < nopen):
  * delivered, deferred or bounced. */
@@ -65,7 +73,8 @@ void		 events_expired(void *arg, const struct q_envelope *, size_t i);
  * on the list, e.g. "hard") may be NULL; msg is NULL (nothing was queued).
  * The suppression code calls it where it refuses; a request answered with
  * error "suppressed" by a handler that did not call it gets its event from
- * events_request_end (ctl_dispatch), so there is one either way.
+ * events_request_end (ctl_dispatch), so there is one either way.  Like
+ * events_accepted, it does not wait for the event to be durable.
  */
 void		 events_suppressed(const char *app, const char *rcpt, const char *reason,
 		    const char *klass);
@@ -85,9 +94,11 @@ const char	*event_type_name(enum event_type);
 int		 event_type_parse(const char *);	/* -1 if unknown */
 /* The app owning a queued message: its tag's "app=NAME", else "uid:N". */
 void		 events_app_of(const struct q_envelope *, char *out, size_t len);
-/* The id of the newest event (0: none yet). */
+/* The id of the newest event (0: none yet), including those appended
+ * before the call (it waits for their sync). */
 uint64_t	 events_last_id(void);
-/* The events of one message (app NULL: any), oldest first; NULL on error. */
+/* The events of one message (app NULL: any), oldest first, including those
+ * appended before the call (it waits for their sync); NULL on error. */
 json_t		*events_history(const char *msg, const char *app, time_t created);
 
 /*

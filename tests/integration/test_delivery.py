@@ -245,6 +245,20 @@ def tls_tests(ca):
                  json.dumps(st))
             t.ok(not pp.messages(), "nothing sent in clear")
 
+            # several messages on one session: after the reply to the end of
+            # the data the next MAIL needs no RSET (RFC 5321, 4.1.1.4)
+            ids = [send(d, "burst%d@%s" % (i, TLS_DOMAINS[0]), subject="burst")[0]
+                   for i in range(10)]
+            done = [wait_rcpt(d, q, ("delivered",), 30)[0] for q in ids]
+            t.ok(all(done), "10 more messages delivered to Postfix", done)
+        # the daemon has ended its sessions with QUIT: Postfix counted the commands
+        counts = wait_for(lambda: [l for l in pf.log().splitlines()
+                                   if "disconnect from" in l and "mail=" in l], 10) or []
+        mails = [int(m) for l in counts for m in re.findall(r" mail=(\d+)", l)]
+        t.ok(mails and max(mails) >= 2 and not any("rset=" in l for l in counts),
+             "Postfix took several transactions on one session, without RSET",
+             "\n".join(counts))
+
 
 def fallback_tests(ca):
     zone = Zone("example.com", ["fb MX 10 mx1.fb", "fb MX 20 mx2.fb",

@@ -1,12 +1,16 @@
 /*
  * test_events.c - agent/events/events.c without a daemon: ids and the JSON
  * of emitted events, the per-app replay filter, and the one "suppressed"
- * event per refused request (events_suppressed, else events_request_end).
- * The socket, webhooks and the delivery hooks: tests/integration/test_events.py.
+ * event per refused request (events_suppressed, else events_request_end);
+ * the syncer thread: a no-wait event (accepted) becomes durable and visible
+ * with nothing after it, message history shows it at once, events_close
+ * syncs what is pending.  The socket, webhooks and the delivery hooks: tests/integration/test_events.py.
  */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent/core/otpmaild.h"
@@ -17,6 +21,17 @@
 struct otpmaild *otpmaild_ctx;
 
 static json_t *lines;
+static _Atomic uint64_t tapped;	/* the newest id published */
+
+static void
+tap(uint64_t id, const char *app, enum event_type type, const char *line, size_t len)
+{
+	(void)app;
+	(void)type;
+	(void)line;
+	(void)len;
+	atomic_store(&tapped, id);
+}
 
 static int
 grab(void *arg, uint64_t id, const char *line, size_t len)
@@ -49,8 +64,13 @@ main(void)
 	struct q_class_params klass[Q_CLASS_COUNT] = { { 1, 2, 60, 0 }, { 1, 2, 60, 0 } };
 	char dir[] = "/tmp/otpm-events-XXXXXX", err[256], cmd[300];
 	struct otpmaild d = { 0 };
+	struct q_rcpt rcpt = { .addr = "c@example.org" };
+	struct q_envelope env = { .klass = Q_CLASS_OTP, .nrcpt = 1, .rcpts = &rcpt,
+	    .tag = "otp app=shop" };
+	struct timespec ms = { 0, 10 * 1000 * 1000 };
 	json_t *req, *rep, *a;
 	uint64_t id;
+	int i;
 
 	if (mkdtemp(dir) == NULL)
 		return 1;
@@ -102,6 +122,30 @@ main(void)
 	ok(events_open(&d, klass, err, sizeof(err)) == 0, "reopened");
 	is_int(events_emit("shop", EV_EXPIRED, "q1", "a@example.org", NULL), 5,
 	    "ids go on after a reopen");
+
+	/* the syncer: no-wait events (accepted) */
+	ok(events_start(err, sizeof(err)) == 0, "events_start (the syncer)");
+	events_set_tap(tap);
+	events_accepted(&env, "q3");
+	for (i = 0; i < 1000 && atomic_load(&tapped) < 6; i++)
+		nanosleep(&ms, NULL);
+	is_int(atomic_load(&tapped), 6, "an accepted event with nothing after it is "
+	    "synced and published (the syncer)");
+	events_set_tap(NULL);
+	events_accepted(&env, "q3b");
+	is_int(events_last_id(), 7, "events_last_id covers what was appended before it");
+	events_accepted(&env, "q4");
+	a = events_history("q4", NULL, 0);
+	ok(json_array_size(a) == 1 && strcmp(field(a, 0, "type"), "accepted") == 0,
+	    "message history shows an accepted event at once");
+	json_decref(a);
+	events_accepted(&env, "q5");
+	events_close();
+	ok(events_open(&d, klass, err, sizeof(err)) == 0, "reopened after a close "
+	    "with a no-wait event pending");
+	a = replay(8, NULL);
+	ok(json_array_size(a) == 1 && strcmp(field(a, 0, "message"), "q5") == 0,
+	    "events_close synced it");
 	events_close();
 	json_decref(lines);
 	config_free(d.cfg);
