@@ -293,18 +293,24 @@ ev_batch_begin(void)
  * end of its round) without the publish lock: a wake-up costs them no
  * second wait for that lock, and a leader with no follower makes no call.
  */
+/* Sleeps while gen is still g (the leader bumps gen, then reads nwait: one
+ * of them sees the other). */
+static void
+ev_sleep_gen(uint32_t g)
+{
+	atomic_fetch_add(&ev.nwait, 1);
+	if (atomic_load(&ev.gen) == g)
+		(void)syscall(SYS_futex, &ev.gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
+	atomic_fetch_sub(&ev.nwait, 1);
+}
+
 static void
 ev_follow(void)
 {
 	uint32_t g = atomic_load(&ev.gen);
 
-	if (!atomic_load(&ev.syncing))
-		return;
-	atomic_fetch_add(&ev.nwait, 1);
-	/* the leader bumps gen, then reads nwait: one of them sees the other */
-	if (atomic_load(&ev.gen) == g)
-		(void)syscall(SYS_futex, &ev.gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
-	atomic_fetch_sub(&ev.nwait, 1);
+	if (atomic_load(&ev.syncing))
+		ev_sleep_gen(g);
 }
 
 static void
@@ -474,10 +480,7 @@ ev_wait_synced(uint64_t upto)
 		g = atomic_load(&ev.gen);
 		if (atomic_load(&ev.synced) >= upto)
 			return;
-		atomic_fetch_add(&ev.nwait, 1);
-		if (atomic_load(&ev.gen) == g)
-			(void)syscall(SYS_futex, &ev.gen, FUTEX_WAIT_PRIVATE, g, NULL, NULL, 0);
-		atomic_fetch_sub(&ev.nwait, 1);
+		ev_sleep_gen(g);
 	}
 }
 
