@@ -290,9 +290,42 @@ def fallback_tests(ca):
                  json.dumps(st) + d.log_text()[-1500:])
 
 
+def batch_tests(ca):
+    """Messages due together go to the delivery process in batches: each
+    result must land on its own message.  Half the recipients are refused
+    for good, so a result applied to its neighbour would show."""
+    conf = ("sandbox = no\nhostname = otpmail.example.com\ntls_policy = none\n"
+            "log_level = debug\n"
+            "route = example.org [%s]:%d\nroute = hard.example.org [%s]:%d\n"
+            "delivery_workers = 2\ndefault_retry_min = 600s\n"
+            % (SINK1, PORT, SINK2, PORT))
+    with Daemon(conf_extra=conf) as d, SmtpSink(SINK1, PORT) as ok_sink, \
+            SmtpSink(SINK2, PORT, extra_args=["-f", "RCPT"]):
+        d.call({"op": "queue.pause"})
+        sent = []
+        for i in range(24):
+            to = "b%d@%s" % (i, "example.org" if i % 2 == 0 else "hard.example.org")
+            qid, _ = send(d, to, subject="batch %d" % i)
+            sent.append((qid, to))
+        d.call({"op": "queue.resume"})
+        final = [wait_rcpt(d, q, ("delivered", "failed"), 30) for q, _ in sent]
+        batches = [int(n) for n in
+                   re.findall(r"event=delivery_batch messages=(\d+)", d.log_text())]
+        t.ok(batches and max(batches) >= 2,
+             "messages due together went to the delivery process in batches", batches)
+        right = [ok and rcpt_states(st)[0][0] == ("delivered" if "hard" not in to
+                                                  else "failed")
+                 for (ok, st), (_, to) in zip(final, sent)]
+        t.ok(all(right), "each message of a batch got its own outcome (24: 12 "
+             "delivered, 12 refused)", [to for r, (_, to) in zip(right, sent) if not r])
+        got = sorted(m.rcpt for m in ok_sink.messages())
+        t.ok(got == sorted(to for _, to in sent if "hard" not in to),
+             "the accepting server got each of its 12 once", got)
+
+
 def main():
     with TestCA() as ca:
-        for fn in (sink_tests, tls_tests, fallback_tests):
+        for fn in (sink_tests, batch_tests, tls_tests, fallback_tests):
             try:
                 fn(ca)
             except Exception as e:  # report and go on with the next part
