@@ -571,10 +571,12 @@ ev_batch_end(int wait)
 	if (upto > 0)
 		atomic_store(&ev.appended, upto);	/* then ev_syncer_kick looks */
 	pthread_mutex_unlock(&ev.mu);
-	if (upto > 0 && wait == EV_FOLLOW && ev_syncer_kick())
-		ev_wait_synced(upto);
-	else if (upto > 0 && (wait || !ev_syncer_kick()))
+	/* the syncer's, when it runs (and was not asked to lead): then wait
+	 * for its round or not at all; without it, a round of our own */
+	if (upto > 0 && (wait == EV_WAIT || !ev_syncer_kick()))
 		ev_publish(upto);
+	else if (upto > 0 && wait == EV_FOLLOW)
+		ev_wait_synced(upto);
 	goto out;
 fail:
 	log_msg(LOG_ERR, "event=events_error events=%zu detail=\"cannot record the "
