@@ -41,20 +41,23 @@ int		 delivery_child_run(struct otpmaild *, int fd0, int n, char *err,
 /*
  * Submission-time deliverability check of a recipient domain: returns 0 if
  * the domain may receive mail (or DNS could not tell: timeouts never refuse),
- * -1 with a reason in detail if it does not exist or has a null MX.
+ * -1 with a reason in detail if it does not exist or has a null MX.  The
+ * lookup is the fetch process's (fetch.c).
  */
 int		 delivery_domain_check(struct otpmaild *, const char *domain,
 		    char *detail, size_t len);
 
 /*
- * The daemon's resolver, made from cfg on first use (thread-safe): the
- * submission-time checks (delivery_domain_check) use it with lookups bounded
- * to 3 s since an app waits, delivery a handle from mx_resolver_dup on it;
- * NULL with err set if it cannot be made.  main.c makes it before the socket
- * answers, so a bad resolver or trust anchor fails at start.
+ * The resolver of a process, made from cfg on first use (thread-safe),
+ * with lookups bounded to 3 s: the delivery process takes a handle on it
+ * (mx_resolver_dup), the fetch process answers the main process's lookups
+ * with it (fetch.h).  The main process never holds one: at start it only
+ * makes one and frees it (mx_resolver_check), so a bad resolver or trust
+ * anchor fails the start.  NULL with err set if it cannot be made.
  */
 struct mx_resolver;
 struct mx_resolver *mx_resolver_shared(const struct config *, char *err, size_t errlen);
 void		 mx_resolver_shared_free(void);
+int		 mx_resolver_check(const struct config *, char *err, size_t errlen);
 
 #endif
