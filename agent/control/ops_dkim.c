@@ -16,7 +16,7 @@
 
 #include "agent/core/otpmaild.h"
 #include "agent/control/ops.h"
-#include "agent/delivery/fetch.h"
+#include "agent/delivery/delivery.h"
 #include "dkim/dkim_sign.h"
 
 #define DKIM_OPS_TXT_CHUNK	255	/* one <character-string> of a TXT record */

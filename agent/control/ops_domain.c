@@ -18,7 +18,6 @@
 
 #include "agent/control/ops.h"
 #include "agent/delivery/delivery.h"
-#include "agent/delivery/fetch.h"
 
 #define DOM_SPF_DEPTH	5	/* include/redirect levels followed */
 

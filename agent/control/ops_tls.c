@@ -12,7 +12,6 @@
 
 #include "agent/control/ops.h"
 #include "agent/delivery/delivery.h"
-#include "agent/delivery/fetch.h"
 
 static json_t	*tls_ops_sts_json(const struct mtasts_policy *);
 static json_t	*tls_ops_dane(struct otpmaild *, const char *domain, int *any);

@@ -9,13 +9,14 @@
  * and agent/mail/ (address checks).  Must not touch: store/ (codes and
  * secrets), dkim/ (messages arrive signed), the control socket.  Other
  * folders include only this header, which brings in the parts others may
- * use: bounce classification of a reply (bounce.h), DNS lookups (mx.h: MX, TXT, PTR, TLSA, for the domain check), the
+ * use: bounce classification of a reply (bounce.h), DNS answers' types and checks (mx.h), the
  * MTA-STS policy cache and TLS-RPT counts (mtasts.h, tlsrpt.h) and the
  * sandbox Maildir (sandbox.h), the entry of the delivery process that
  * main() hands over to (privsep.h), the root spawner main() starts before
- * it drops privileges (spawner.h), and the fetch process (fetch.h: TXT
- * lookups, MTA-STS fetches and webhook POSTs done outside the main
- * process); smtp.h, tlsstream.h and dlproto.h are internal.
+ * it drops privileges (spawner.h), and the fetch process (fetch.h: every
+ * DNS lookup of the main process -- MX, host, TXT, PTR, TLSA --, MTA-STS
+ * fetches and webhook POSTs, done outside it); smtp.h, tlsstream.h and
+ * dlproto.h are internal.
  */
 #ifndef OTPMAIL_DELIVERY_H
 #define OTPMAIL_DELIVERY_H
