@@ -218,6 +218,7 @@ fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whyle
 	int sp[2] = { -1, -1 }, st, rc = -1;
 
 	memset(f, 0, sizeof(*f));
+	fetch_down = 0;
 	dlp_buf_init(&b);
 	if (dlp_freq_encode(&b, q) == -1) {
 		snprintf(why, whylen, "request too large for the fetch process");
