@@ -1,8 +1,9 @@
 /*
  * mx.h - DNS for delivery through libunbound: MX lookup with preference
  * order (equal preferences shuffled), implicit MX, null MX, addresses of
- * hosts, TLSA records with their DNSSEC status.  One resolver per daemon,
- * thread-safe.
+ * hosts, TLSA records with their DNSSEC status.  One resolver per process
+ * that looks up (the delivery and fetch processes; the main process asks
+ * the fetch process, fetch.h), thread-safe.
  */
 #ifndef OTPMAIL_MX_H
 #define OTPMAIL_MX_H
