@@ -2,11 +2,10 @@
  * ops_dkim.c - dkim.records (the DKIM TXT records of the loaded keys plus
  * suggested SPF and DMARC records, as JSON and as zone-file text),
  * dkim.keygen (a new key file, mode 0600, owned by the daemon's user) and
- * dkim.check (the published TXT records, looked up with libunbound through
- * the configured resolver, compared with the keys in use).
+ * dkim.check (the published TXT records, looked up by the fetch process
+ * through the configured resolver, compared with the keys in use).
  */
 #include <errno.h>
-#include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,36 +13,21 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <unbound.h>
 
 #include "agent/core/otpmaild.h"
 #include "agent/control/ops.h"
+#include "agent/delivery/delivery.h"
 #include "dkim/dkim_sign.h"
 
 #define DKIM_OPS_TXT_CHUNK	255	/* one <character-string> of a TXT record */
-#define DKIM_OPS_DNS_TIMEOUT	10	/* seconds for one dkim.check lookup */
 #define DKIM_OPS_NAME_MAX	253
 #define DKIM_OPS_SELECTOR_MAX	63
-
-struct dkim_ops_answer {
-	int		 done;
-	int		 err;		/* ub error code */
-	int		 rcode;
-	int		 havedata;
-	int		 nxdomain;
-	char		**txt;		/* each record's strings joined */
-	size_t		 ntxt;
-};
 
 static int	 dkim_ops_name_ok(const char *, size_t, int);
 static void	 dkim_ops_append(char **, size_t *, const char *);
 static void	 dkim_ops_zone_line(char **, size_t *, const char *, const char *);
 static void	 dkim_ops_add(json_t *, char **, size_t *, const char *, const char *,
 		    const char *, const char *, const char *);
-static void	 dkim_ops_answer_free(struct dkim_ops_answer *);
-static void	 dkim_ops_cb(void *, int, struct ub_result *);
-static int	 dkim_ops_lookup(struct ub_ctx *, const char *,
-		    struct dkim_ops_answer *);
 static char	*dkim_ops_tag(const char *, const char *);
 static int	 dkim_ops_mkdir(const char *, uid_t, gid_t, int);
 
@@ -317,88 +301,6 @@ out:
 	return r;
 }
 
-static void
-dkim_ops_answer_free(struct dkim_ops_answer *a)
-{
-	size_t i;
-
-	for (i = 0; i < a->ntxt; i++)
-		free(a->txt[i]);
-	free(a->txt);
-	memset(a, 0, sizeof(*a));
-}
-
-/* Each TXT rdata is <len><bytes>...: the strings joined are the record. */
-static void
-dkim_ops_cb(void *arg, int err, struct ub_result *res)
-{
-	struct dkim_ops_answer *a = arg;
-	size_t i, n;
-
-	a->done = 1;
-	a->err = err;
-	if (err != 0 || res == NULL)
-		goto out;
-	a->rcode = res->rcode;
-	a->havedata = res->havedata;
-	a->nxdomain = res->nxdomain;
-	for (n = 0; res->havedata && res->data[n] != NULL; n++)
-		;
-	if (n > 0 && (a->txt = calloc(n, sizeof(*a->txt))) == NULL)
-		goto out;
-	for (i = 0; i < n; i++) {
-		const unsigned char *q = (const unsigned char *)res->data[i];
-		size_t len = (size_t)res->len[i], off = 0, o = 0;
-		char *s;
-
-		if ((s = malloc(len + 1)) == NULL)
-			break;
-		while (off < len) {
-			size_t l = q[off++];
-
-			if (l > len - off)
-				l = len - off;
-			memcpy(s + o, q + off, l);
-			o += l;
-			off += l;
-		}
-		s[o] = '\0';
-		a->txt[a->ntxt++] = s;
-	}
-out:
-	if (res != NULL)
-		ub_resolve_free(res);
-}
-
-/* One TXT lookup with a deadline (ub_resolve alone can block for long). */
-static int
-dkim_ops_lookup(struct ub_ctx *ctx, const char *name, struct dkim_ops_answer *a)
-{
-	struct pollfd pfd;
-	time_t deadline = time(NULL) + DKIM_OPS_DNS_TIMEOUT;
-	int id, rc;
-
-	memset(a, 0, sizeof(*a));
-	if ((rc = ub_resolve_async(ctx, name, 16, 1, a, dkim_ops_cb, &id)) != 0) {
-		a->err = rc;
-		return -1;
-	}
-	while (!a->done) {
-		time_t left = deadline - time(NULL);
-
-		if (left <= 0) {
-			ub_cancel(ctx, id);
-			a->err = UB_NOERROR;
-			return -1;		/* timeout */
-		}
-		pfd.fd = ub_fd(ctx);
-		pfd.events = POLLIN;
-		if (poll(&pfd, 1, (int)(left > 1 ? 1000 : left * 1000)) > 0)
-			ub_process(ctx);
-	}
-	return a->err == 0 ? 0 : -1;
-}
-
 /* The value of tag t in a tag=value list, whitespace removed (malloc'd). */
 static char *
 dkim_ops_tag(const char *rec, const char *t)
@@ -436,27 +338,14 @@ json_t *
 op_dkim_check(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 {
 	struct dkim_key_info ki, *keys;
-	struct dkim_ops_answer a;
-	struct ub_ctx *ctx = NULL;
 	const char *only = NULL;
 	json_t *err = NULL, *r, *list, *o;
-	char *name = NULL, *want = NULL, *got = NULL;
+	char *name = NULL, *want = NULL, *got = NULL, **txt = NULL, why[512];
 	size_t i, j, n, nk = 0, nmatch = 0, nbad = 0;
-	int rc;
+	enum mx_status st;
 
 	if (req_str(req, "domain", 0, DKIM_OPS_NAME_MAX, &only, &err) == -1)
 		return err;
-	if ((ctx = ub_ctx_create()) == NULL)
-		return reply_error("unavailable", "cannot create a DNS resolver");
-	if (d->cfg->resolver != NULL && *d->cfg->resolver != '\0')
-		rc = ub_ctx_set_fwd(ctx, d->cfg->resolver);
-	else
-		rc = ub_ctx_resolvconf(ctx, NULL);
-	if (rc != 0) {
-		ub_ctx_delete(ctx);
-		return reply_error("unavailable", "resolver setup: %s", ub_strerror(rc));
-	}
-	ub_ctx_async(ctx, 1);	/* a thread, not a forked process */
 	list = json_array();
 
 	/* copy the keys out: lookups take seconds and must not hold off a reload */
@@ -474,7 +363,6 @@ op_dkim_check(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 	}
 	pthread_rwlock_unlock(&d->reload_lock);
 	if (keys == NULL) {
-		ub_ctx_delete(ctx);
 		json_decref(list);
 		return reply_error("unavailable", "out of memory");
 	}
@@ -489,21 +377,20 @@ op_dkim_check(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		if (asprintf(&name, "%s._domainkey.%s.", ki.selector, ki.domain) == -1)
 			break;
 		want = dkim_ops_tag(ki.txt, "p");
-		if (dkim_ops_lookup(ctx, name, &a) == -1) {
-			status = "error";
-			detail = a.err ? ub_strerror(a.err) : "timeout";
-		} else if (a.rcode != 0 && !a.nxdomain) {
-			status = "error";
-			detail = "DNS server failure";
-		} else if (!a.havedata || a.ntxt == 0) {
+		/* the lookup is the fetch process's: no DNS answer is parsed here */
+		st = fetch_txt(name, &txt, why, sizeof(why));
+		if (st == MX_NXDOMAIN || (st == MX_OK && txt[0] == NULL)) {
 			status = "missing";
-			detail = a.nxdomain ? "no such name" : "no TXT record";
+			detail = st == MX_NXDOMAIN ? "no such name" : "no TXT record";
+		} else if (st != MX_OK) {
+			status = "error";
+			detail = why[0] != '\0' ? why : "DNS failure";
 		} else {
 			status = "mismatch";
 			detail = "the published key is not the key in use";
-			for (j = 0; j < a.ntxt; j++) {
+			for (j = 0; txt[j] != NULL; j++) {
 				free(got);
-				got = dkim_ops_tag(a.txt[j], "p");
+				got = dkim_ops_tag(txt[j], "p");
 				if (got != NULL && want != NULL && strcmp(got, want) == 0) {
 					status = "match";
 					detail = NULL;
@@ -519,15 +406,16 @@ op_dkim_check(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		if (o != NULL) {
 			if (detail != NULL)
 				json_object_set_new(o, "detail", json_string(detail));
-			if (a.ntxt > 0)
-				json_object_set_new(o, "published", json_string(a.txt[0]));
+			if (txt != NULL && txt[0] != NULL)
+				json_object_set_new(o, "published", json_string(txt[0]));
 			json_array_append_new(list, o);
 		}
 		if (strcmp(status, "match") == 0)
 			nmatch++;
 		else
 			nbad++;
-		dkim_ops_answer_free(&a);
+		mx_txt_free(txt);
+		txt = NULL;
 		free(name);
 		free(want);
 		free(got);
@@ -539,7 +427,6 @@ op_dkim_check(struct otpmaild *d, const struct ctl_peer *p, json_t *req)
 		free((char *)keys[i].txt);
 	}
 	free(keys);
-	ub_ctx_delete(ctx);
 
 	r = reply_ok();
 	json_object_set_new(r, "keys", list);

@@ -3,8 +3,8 @@
  * domain, line by line OK / WARN / FAIL — its DKIM records against the
  * loaded keys, SPF evaluated for this host's addresses (ip4, ip6, a, mx,
  * include, redirect, all), DMARC, forward-confirmed reverse DNS of the
- * host, and MTA-STS and TLS-RPT for mail it receives.  Lookups go through
- * the daemon's resolver.
+ * host, and MTA-STS and TLS-RPT for mail it receives.  Lookups are the
+ * fetch process's (fetch.h): no DNS answer is parsed here.
  */
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -25,13 +25,10 @@ enum dom_spf { SPF_NONE, SPF_PASS, SPF_FAIL, SPF_UNKNOWN };
 
 static void	 dom_line(json_t *, size_t *, const char *check, const char *status,
 		    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static char	*dom_txt(struct mx_resolver *, const char *name, const char *prefix,
-		    size_t *n);
+static char	*dom_txt(const char *name, const char *prefix, size_t *n);
 static int	 dom_cidr(const struct mx_addr *, const char *spec, int is6);
-static int	 dom_addr_in(struct mx_resolver *, const struct mx_addr *,
-		    const char *host, int mx);
-static enum dom_spf dom_spf_eval(struct mx_resolver *, const char *domain,
-		    const struct mx_addr *, int depth);
+static int	 dom_addr_in(const struct mx_addr *, const char *host, int mx);
+static enum dom_spf dom_spf_eval(const char *domain, const struct mx_addr *, int depth);
 static void	 dom_check_dkim(struct otpmaild *, const struct ctl_peer *,
 		    const char *, json_t *, size_t *);
 
@@ -53,13 +50,13 @@ dom_line(json_t *lines, size_t *fails, const char *check, const char *status,
 
 /* The one TXT record at name starting with prefix (malloc'd), *n = how many. */
 static char *
-dom_txt(struct mx_resolver *r, const char *name, const char *prefix, size_t *n)
+dom_txt(const char *name, const char *prefix, size_t *n)
 {
 	char **v = NULL, why[256], *found = NULL;
 	size_t i, pl = strlen(prefix);
 
 	*n = 0;
-	if (mx_txt(r, name, &v, why, sizeof(why)) != MX_OK)
+	if (fetch_txt(name, &v, why, sizeof(why)) != MX_OK)
 		return NULL;
 	for (i = 0; v[i] != NULL; i++)
 		if (strncasecmp(v[i], prefix, pl) == 0 && (v[i][pl] == '\0' ||
@@ -103,15 +100,15 @@ dom_cidr(const struct mx_addr *a, const char *spec, int is6)
 
 /* Is the address one of host's (a) or of its MX hosts' (mx)? */
 static int
-dom_addr_in(struct mx_resolver *r, const struct mx_addr *a, const char *host, int mx)
+dom_addr_in(const struct mx_addr *a, const char *host, int mx)
 {
 	struct mx_list *l = NULL;
 	char why[256], ip[64], other[64];
 	size_t i, k;
 	int hit = 0;
 
-	if ((mx ? mx_lookup(r, host, 25, &l, why, sizeof(why)) :
-	    mx_host(r, host, 25, &l, why, sizeof(why))) != MX_OK || l == NULL)
+	if ((mx ? fetch_mx_lookup(host, 25, &l, why, sizeof(why)) :
+	    fetch_mx_host(host, 25, &l, why, sizeof(why))) != MX_OK || l == NULL)
 		return 0;
 	inet_ntop(a->ss.ss_family, a->ss.ss_family == AF_INET ?
 	    (const void *)&((const struct sockaddr_in *)&a->ss)->sin_addr :
@@ -132,14 +129,13 @@ dom_addr_in(struct mx_resolver *r, const struct mx_addr *a, const char *host, in
 
 /* RFC 7208 check_host() for one address, the common mechanisms only. */
 static enum dom_spf
-dom_spf_eval(struct mx_resolver *r, const char *domain, const struct mx_addr *a,
-    int depth)
+dom_spf_eval(const char *domain, const struct mx_addr *a, int depth)
 {
 	char *rec, *tok, *save = NULL, *redirect = NULL, name[300];
 	enum dom_spf res = SPF_NONE, sub;
 	size_t n;
 
-	if (depth > DOM_SPF_DEPTH || (rec = dom_txt(r, domain, "v=spf1", &n)) == NULL)
+	if (depth > DOM_SPF_DEPTH || (rec = dom_txt(domain, "v=spf1", &n)) == NULL)
 		return SPF_UNKNOWN;
 	for (tok = strtok_r(rec + 6, " ", &save); tok != NULL && res == SPF_NONE;
 	    tok = strtok_r(NULL, " ", &save)) {
@@ -160,12 +156,12 @@ dom_spf_eval(struct mx_resolver *r, const char *domain, const struct mx_addr *a,
 		else if (strncasecmp(tok, "ip6:", 4) == 0)
 			hit = dom_cidr(a, tok + 4, 1);
 		else if (strcasecmp(tok, "a") == 0 || strncasecmp(tok, "a:", 2) == 0)
-			hit = dom_addr_in(r, a, tok[1] == ':' ? tok + 2 : domain, 0);
+			hit = dom_addr_in(a, tok[1] == ':' ? tok + 2 : domain, 0);
 		else if (strcasecmp(tok, "mx") == 0 || strncasecmp(tok, "mx:", 3) == 0)
-			hit = dom_addr_in(r, a, tok[2] == ':' ? tok + 3 : domain, 1);
+			hit = dom_addr_in(a, tok[2] == ':' ? tok + 3 : domain, 1);
 		else if (strncasecmp(tok, "include:", 8) == 0) {
 			snprintf(name, sizeof(name), "%s", tok + 8);
-			if ((sub = dom_spf_eval(r, name, a, depth + 1)) == SPF_UNKNOWN)
+			if ((sub = dom_spf_eval(name, a, depth + 1)) == SPF_UNKNOWN)
 				res = SPF_UNKNOWN;
 			hit = sub == SPF_PASS;
 		} else if (strchr(tok, '%') != NULL || strncasecmp(tok, "exists:", 7) == 0 ||
@@ -175,7 +171,7 @@ dom_spf_eval(struct mx_resolver *r, const char *domain, const struct mx_addr *a,
 			res = q == '+' ? SPF_PASS : q == '?' ? SPF_UNKNOWN : SPF_FAIL;
 	}
 	if (res == SPF_NONE && redirect != NULL)
-		res = dom_spf_eval(r, redirect, a, depth + 1);
+		res = dom_spf_eval(redirect, a, depth + 1);
 	free(redirect);
 	free(rec);
 	return res == SPF_NONE ? SPF_FAIL : res;	/* no match: neutral, not a pass */
@@ -218,8 +214,8 @@ op_domain_check(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	const char *dom, *host = d->hostname ? d->hostname : "";
 	char domain[MTASTS_NAME_MAX + 1], name[MTASTS_NAME_MAX + 16], why[512];
 	char ip[64], **ptr = NULL, *rec;
-	struct mx_resolver *r;
 	struct mx_list *hl = NULL;
+	enum mx_status hst;
 	struct mtasts_policy pol;
 	const char *rtype;
 	json_t *err = NULL, *lines, *out;
@@ -232,18 +228,19 @@ op_domain_check(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	domain[i] = '\0';
 	if (!mx_domain_valid(domain) || strchr(domain, '.') == NULL)
 		return reply_bad_field("domain", "not a domain name");
-	if ((r = mx_resolver_shared(d->cfg, why, sizeof(why))) == NULL)
-		return reply_error("unavailable", "resolver: %s", why);
+	/* this host's sending addresses: those of its name; no answer from
+	 * the fetch process at all, no check */
+	hst = fetch_mx_host(host, 25, &hl, why, sizeof(why));
+	if (hst != MX_OK && fetch_failed())
+		return reply_error("unavailable", "DNS lookups: %s", why);
+	if (hst == MX_OK && hl != NULL)
+		for (i = 0; i < hl->nhosts; i++)
+			naddr += hl->hosts[i].naddr;
 	lines = json_array();
 
 	dom_check_dkim(d, peer, domain, lines, &fails);
 
-	/* this host's sending addresses: those of its name */
-	if (mx_host(r, host, 25, &hl, why, sizeof(why)) == MX_OK && hl != NULL)
-		for (i = 0; i < hl->nhosts; i++)
-			naddr += hl->hosts[i].naddr;
-
-	if ((rec = dom_txt(r, domain, "v=spf1", &n)) == NULL)
+	if ((rec = dom_txt(domain, "v=spf1", &n)) == NULL)
 		dom_line(lines, &fails, "spf", "FAIL", "no SPF record at %s: publish "
 		    "\"v=spf1 mx a:%s -all\" (see otpmailctl dkim records)", domain, host);
 	else if (n > 1)
@@ -256,7 +253,7 @@ op_domain_check(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		for (i = 0; i < hl->nhosts; i++)
 			for (k = 0; k < hl->hosts[i].naddr; k++) {
 				const struct mx_addr *a = &hl->hosts[i].addrs[k];
-				enum dom_spf s = dom_spf_eval(r, domain, a, 0);
+				enum dom_spf s = dom_spf_eval(domain, a, 0);
 
 				getnameinfo((const struct sockaddr *)&a->ss, a->sslen, ip,
 				    sizeof(ip), NULL, 0, NI_NUMERICHOST);
@@ -270,7 +267,7 @@ op_domain_check(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 	free(rec);
 
 	snprintf(name, sizeof(name), "_dmarc.%s", domain);
-	if ((rec = dom_txt(r, name, "v=DMARC1", &n)) == NULL)
+	if ((rec = dom_txt(name, "v=DMARC1", &n)) == NULL)
 		dom_line(lines, &fails, "dmarc", "WARN", "no DMARC record at %s: start with "
 		    "\"v=DMARC1; p=none; rua=mailto:dmarc@%s\", read the reports, then "
 		    "tighten", name, domain);
@@ -293,7 +290,7 @@ op_domain_check(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 
 			getnameinfo((const struct sockaddr *)&a->ss, a->sslen, ip, sizeof(ip),
 			    NULL, 0, NI_NUMERICHOST);
-			if (mx_ptr(r, a, &ptr, why, sizeof(why)) == MX_OK)
+			if (fetch_ptr(a, &ptr, why, sizeof(why)) == MX_OK)
 				for (j = 0; ptr[j] != NULL && !match; j++)
 					match = strcasecmp(ptr[j], host) == 0;
 			dom_line(lines, &fails, "fcrdns", match ? "OK" : "FAIL", match ?
@@ -319,7 +316,7 @@ op_domain_check(struct otpmaild *d, const struct ctl_peer *peer, json_t *req)
 		    "to %s is not protected against TLS downgrade", domain, domain);
 	}
 	snprintf(name, sizeof(name), "_smtp._tls.%s", domain);
-	if ((rec = dom_txt(r, name, "v=TLSRPTv1", &n)) == NULL)
+	if ((rec = dom_txt(name, "v=TLSRPTv1", &n)) == NULL)
 		dom_line(lines, &fails, "tls-rpt", "WARN", "no TLS-RPT record at %s: "
 		    "senders cannot report TLS failures to you", name);
 	else

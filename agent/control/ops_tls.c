@@ -38,30 +38,27 @@ tls_ops_sts_json(const struct mtasts_policy *p)
 static json_t *
 tls_ops_dane(struct otpmaild *d, const char *domain, int *any)
 {
-	struct mx_resolver *r;
 	struct mx_list *list = NULL;
-	struct tlsa_set *set;
 	json_t *hosts = json_array(), *h;
 	char why[256];
-	size_t i;
+	size_t i, n;
+	int secure;
 
+	/* the lookups are the fetch process's */
 	*any = 0;
-	if ((r = mx_resolver_shared(d->cfg, why, sizeof(why))) == NULL ||
-	    mx_lookup(r, domain, d->cfg->smtp_port, &list, why, sizeof(why)) != MX_OK ||
+	if (fetch_mx_lookup(domain, d->cfg->smtp_port, &list, why, sizeof(why)) != MX_OK ||
 	    list == NULL)
 		return hosts;
 	for (i = 0; i < list->nhosts; i++) {
 		const struct mx_host *mh = &list->hosts[i];
 
 		h = json_pack("{s:s,s:b}", "host", mh->name, "dnssec", mh->secure);
-		set = NULL;
-		if (mh->secure && mx_tlsa(r, mh->name, d->cfg->smtp_port, &set, why,
-		    sizeof(why)) == MX_OK && set != NULL) {
-			json_object_set_new(h, "tlsa", json_integer((json_int_t)set->n));
-			if (set->secure && set->n > 0)
+		if (mh->secure && fetch_tlsa(mh->name, d->cfg->smtp_port, &n, &secure, why,
+		    sizeof(why)) == MX_OK) {
+			json_object_set_new(h, "tlsa", json_integer((json_int_t)n));
+			if (secure && n > 0)
 				*any = 1;
 		}
-		tlsa_set_free(set);
 		json_array_append_new(hosts, h);
 	}
 	mx_list_free(list);

@@ -372,8 +372,9 @@ main(int argc, char **argv)
 		snprintf(err, sizeof(err), "mkdir %s: %s", d.cfg->sandbox_maildir, strerror(errno));
 		goto fail;
 	}
-	/* A bad resolver or trust anchor fails now, not at the first lookup. */
-	if (!d.cfg->sandbox && mx_resolver_shared(d.cfg, err, sizeof(err)) == NULL)
+	/* A bad resolver or trust anchor fails now, not at the first lookup;
+	 * the lookups themselves are the fetch and delivery processes'. */
+	if (!d.cfg->sandbox && mx_resolver_check(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
 	if (privs_chown_state(d.cfg, err, sizeof(err)) == -1)
 		goto fail;
@@ -484,7 +485,6 @@ out:
 	dkim_signer_free(d.dkim);
 	otp_templates_free(d.templates);
 	mtasts_shared_free();
-	mx_resolver_shared_free();
 	bounce_shutdown();
 	config_free(d.cfg);
 	free((char *)d.config_path);

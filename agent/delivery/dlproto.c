@@ -29,6 +29,8 @@ static uint32_t	 dlp_get_u32(struct dlp_rd *);
 static uint64_t	 dlp_get_u64(struct dlp_rd *);
 static char	*dlp_get_str(struct dlp_rd *);
 static void	 dlp_get_fixed(struct dlp_rd *, char *out, size_t outlen);
+static char	*dlp_get_name(struct dlp_rd *);
+static void	 dlp_get_hosts(struct dlp_rd *, struct dlp_frep *);
 static int	 dlp_io(int fd, void *p, size_t len, int wr);
 
 void
@@ -453,6 +455,7 @@ dlp_freq_encode(struct dlp_buf *b, const struct dlp_freq *q)
 		return -1;
 	dlp_put_u32(b, q->kind);
 	dlp_put_str(b, q->name);
+	dlp_put_u32(b, q->port);
 	dlp_put_u32(b, (uint32_t)q->nhdr);
 	for (i = 0; i < q->nhdr; i++)
 		dlp_put_str(b, q->hdr[i]);
@@ -470,8 +473,9 @@ dlp_freq_decode(const char *buf, size_t len, struct dlp_freq *q)
 	memset(q, 0, sizeof(*q));
 	q->kind = dlp_get_u32(&r);
 	q->name = dlp_get_str(&r);
+	q->port = dlp_get_u32(&r);
 	n = dlp_get_u32(&r);
-	if (r.err || q->kind < DLP_FETCH_TXT || q->kind > DLP_FETCH_POST ||
+	if (r.err || q->kind < DLP_FETCH_TXT || q->kind > DLP_FETCH_TLSA || q->port > 65535 ||
 	    n > DLP_FETCH_HDR_MAX || (n > 0 && (q->hdr = calloc(n, sizeof(*q->hdr))) == NULL))
 		goto bad;
 	for (i = 0; i < n && !r.err; i++, q->nhdr++)
@@ -502,9 +506,10 @@ dlp_freq_free(struct dlp_freq *q)
 int
 dlp_frep_encode(struct dlp_buf *b, const struct dlp_frep *f)
 {
-	size_t i;
+	size_t i, k;
 
-	if (f->ntxt > DLP_FETCH_TXT_MAX || f->pol.nmx > MTASTS_MX_MAX)
+	if (f->ntxt > DLP_FETCH_TXT_MAX || f->pol.nmx > MTASTS_MX_MAX ||
+	    f->nhost > DLP_FETCH_HOST_MAX)
 		return -1;
 	dlp_put_u32(b, f->kind);
 	dlp_put_u32(b, (uint32_t)f->status);
@@ -520,7 +525,72 @@ dlp_frep_encode(struct dlp_buf *b, const struct dlp_frep *f)
 		for (i = 0; i < f->pol.nmx; i++)
 			dlp_put_str(b, f->pol.mx[i]);
 	}
+	if ((f->kind == DLP_FETCH_MX || f->kind == DLP_FETCH_HOST) && f->status == 0) {
+		dlp_put_u32(b, f->implicit);
+		dlp_put_u32(b, (uint32_t)f->nhost);
+		for (i = 0; i < f->nhost; i++) {
+			const struct dlp_fhost *h = &f->host[i];
+
+			if (h->naddr > DLP_FETCH_ADDR_MAX)
+				return -1;
+			dlp_put_str(b, h->name);
+			dlp_put_u32(b, h->pref);
+			dlp_put_u32(b, h->secure);
+			dlp_put_u32(b, (uint32_t)h->naddr);
+			for (k = 0; k < h->naddr; k++)
+				dlp_put_str(b, h->addr[k]);
+		}
+	}
+	if (f->kind == DLP_FETCH_TLSA && f->status == 0) {
+		dlp_put_u32(b, f->ntlsa);
+		dlp_put_u32(b, f->secure);
+	}
 	return b->err ? -1 : 0;
+}
+
+/* A host name or address of a reply: bounded, not empty. */
+static char *
+dlp_get_name(struct dlp_rd *r)
+{
+	char *s = dlp_get_str(r);
+
+	if (s != NULL && (s[0] == '\0' || strlen(s) > DLP_FETCH_NAME_MAX)) {
+		free(s);
+		s = NULL;
+		r->err = 1;
+	}
+	return s;
+}
+
+/* The hosts of an MX or HOST reply. */
+static void
+dlp_get_hosts(struct dlp_rd *r, struct dlp_frep *f)
+{
+	uint32_t n, i, k;
+
+	f->implicit = dlp_get_u32(r);
+	n = dlp_get_u32(r);
+	if (r->err || f->implicit > 1 || n > DLP_FETCH_HOST_MAX ||
+	    (n > 0 && (f->host = calloc(n, sizeof(*f->host))) == NULL)) {
+		r->err = 1;
+		return;
+	}
+	for (i = 0; i < n && !r->err; i++) {
+		struct dlp_fhost *h = &f->host[i];
+
+		f->nhost++;		/* counted before anything is in it: freed on error */
+		h->name = dlp_get_name(r);
+		h->pref = dlp_get_u32(r);
+		h->secure = dlp_get_u32(r);
+		k = dlp_get_u32(r);
+		if (r->err || h->pref > 65535 || h->secure > 1 || k > DLP_FETCH_ADDR_MAX ||
+		    (k > 0 && (h->addr = calloc(k, sizeof(*h->addr))) == NULL)) {
+			r->err = 1;
+			return;
+		}
+		for (; h->naddr < k && !r->err; h->naddr++)
+			h->addr[h->naddr] = dlp_get_name(r);
+	}
 }
 
 int
@@ -535,7 +605,7 @@ dlp_frep_decode(const char *buf, size_t len, struct dlp_frep *f)
 	f->why = dlp_get_str(&r);
 	f->rtype = dlp_get_str(&r);
 	n = dlp_get_u32(&r);
-	if (r.err || f->kind < DLP_FETCH_TXT || f->kind > DLP_FETCH_POST ||
+	if (r.err || f->kind < DLP_FETCH_TXT || f->kind > DLP_FETCH_TLSA ||
 	    n > DLP_FETCH_TXT_MAX || (f->txt = calloc(n + 1, sizeof(*f->txt))) == NULL)
 		goto bad;
 	for (i = 0; i < n && !r.err; i++, f->ntxt++)
@@ -549,6 +619,14 @@ dlp_frep_decode(const char *buf, size_t len, struct dlp_frep *f)
 			r.err = 1;
 		for (i = 0; i < f->pol.nmx && !r.err; i++)
 			dlp_get_fixed(&r, f->pol.mx[i], sizeof(f->pol.mx[i]));
+	}
+	if (!r.err && (f->kind == DLP_FETCH_MX || f->kind == DLP_FETCH_HOST) && f->status == 0)
+		dlp_get_hosts(&r, f);
+	if (!r.err && f->kind == DLP_FETCH_TLSA && f->status == 0) {
+		f->ntlsa = dlp_get_u32(&r);
+		f->secure = dlp_get_u32(&r);
+		if (f->ntlsa > DLP_FETCH_TLSA_MAX || f->secure > 1)
+			r.err = 1;
 	}
 	if (r.err || r.off != r.len)
 		goto bad;
@@ -568,7 +646,22 @@ dlp_frep_free(struct dlp_frep *f)
 	for (i = 0; f->txt != NULL && i < f->ntxt; i++)
 		free(f->txt[i]);
 	free(f->txt);
+	dlp_fhost_free(f->host, f->nhost);
 	memset(f, 0, sizeof(*f));
+}
+
+void
+dlp_fhost_free(struct dlp_fhost *h, size_t n)
+{
+	size_t i, k;
+
+	for (i = 0; h != NULL && i < n; i++) {
+		free(h[i].name);
+		for (k = 0; h[i].addr != NULL && k < h[i].naddr; k++)
+			free(h[i].addr[k]);
+		free(h[i].addr);
+	}
+	free(h);
 }
 
 static int

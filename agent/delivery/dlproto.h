@@ -98,26 +98,43 @@ void	 dlp_result_free(struct dlp_result *);
 /*
  * The fetch process (fetch.h): one request and one reply per connection.
  * A request asks for TXT records (name), an MTA-STS policy (the domain:
- * the process looks up, fetches and parses it) or an HTTPS POST (url,
- * header lines, body: the webhook, signed by the main process).  The
- * reply carries the status (TXT: enum mx_status; STS: 0 or -1; POST: the
- * HTTP status, 0 when none came), a reason, the records or the parsed
- * policy -- never the body a remote host sent.
+ * the process looks up, fetches and parses it), an HTTPS POST (url,
+ * header lines, body: the webhook, signed by the main process), the MX
+ * hosts of a domain or the addresses of one host (with their addresses and
+ * DNSSEC flag), the PTR names of an address (its numeric form) or the
+ * TLSA records of a host at port.  The reply carries the status (DNS:
+ * enum mx_status; STS: 0 or -1; POST: the HTTP status, 0 when none came),
+ * a reason, the records, hosts, TLSA count or the parsed policy -- never
+ * the body a remote host sent.
  */
 #define DLP_FETCH_REQ_MAX	(2u * 1024 * 1024)
 #define DLP_FETCH_REP_MAX	(256u * 1024)
-#define DLP_FETCH_TXT_MAX	64	/* TXT strings of a reply */
+#define DLP_FETCH_TXT_MAX	64	/* TXT strings (PTR names) of a reply */
 #define DLP_FETCH_HDR_MAX	16	/* header lines of a POST */
+#define DLP_FETCH_HOST_MAX	16	/* hosts of an MX reply (mx.c keeps 16) */
+#define DLP_FETCH_ADDR_MAX	16	/* addresses of a host (8 per family) */
+#define DLP_FETCH_NAME_MAX	255	/* a host name or address, as text */
+#define DLP_FETCH_TLSA_MAX	32	/* TLSA records counted (mx.c keeps 32) */
 
-enum dlp_fetch_kind { DLP_FETCH_TXT = 1, DLP_FETCH_STS = 2, DLP_FETCH_POST = 3 };
+enum dlp_fetch_kind { DLP_FETCH_TXT = 1, DLP_FETCH_STS = 2, DLP_FETCH_POST = 3,
+	DLP_FETCH_MX = 4, DLP_FETCH_HOST = 5, DLP_FETCH_PTR = 6, DLP_FETCH_TLSA = 7 };
 
 struct dlp_freq {
 	uint32_t		 kind;
-	char			*name;		/* TXT name, STS domain, POST url */
+	char			*name;		/* TXT/PTR/MX/HOST/TLSA name, STS domain, POST url */
 	size_t			 nhdr;
 	char			**hdr;
 	const char		*body;		/* points into the frame */
 	size_t			 len;
+	uint32_t		 port;		/* TLSA: _port._tcp */
+};
+
+struct dlp_fhost {
+	char			*name;
+	uint32_t		 pref;
+	uint32_t		 secure;	/* found by a DNSSEC-validated lookup */
+	size_t			 naddr;
+	char			**addr;		/* numeric addresses */
 };
 
 struct dlp_frep {
@@ -128,6 +145,11 @@ struct dlp_frep {
 	size_t			 ntxt;
 	char			**txt;
 	struct mtasts_policy	 pol;		/* STS, status 0: mode, max_age, mx */
+	uint32_t		 implicit;	/* MX, status 0: no MX, the domain itself */
+	size_t			 nhost;
+	struct dlp_fhost	*host;		/* MX and HOST, status 0 */
+	uint32_t		 ntlsa;		/* TLSA, status 0: records */
+	uint32_t		 secure;	/* TLSA, status 0: validated */
 };
 
 int	 dlp_freq_encode(struct dlp_buf *, const struct dlp_freq *);
@@ -138,6 +160,7 @@ int	 dlp_frep_encode(struct dlp_buf *, const struct dlp_frep *);
 /* Parses a reply frame (bounds only; the caller checks what it means). */
 int	 dlp_frep_decode(const char *buf, size_t len, struct dlp_frep *);
 void	 dlp_frep_free(struct dlp_frep *);
+void	 dlp_fhost_free(struct dlp_fhost *, size_t n);
 
 /* Frame I/O on a blocking socket (EINTR retried).  0, or -1 (EOF: errno 0).
  * The sides take turns, one frame at a time: dlp_recv reads a small frame

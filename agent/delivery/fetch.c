@@ -16,6 +16,7 @@
  * resolver, loaded before the lock-in) and nothing else.
  */
 #include <errno.h>
+#include <netdb.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -65,15 +66,29 @@ static struct {
 } fetch = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, "", NULL,
 	    { 0 }, 0, -1, -1, 0, 0, 0, 0 };
 
-/* the child's */
+/* the calling thread's last request got no answer from the process */
+static __thread int		 fetch_down;
+
+/* the child's: the resolver of MTA-STS and TLS-RPT (5 s a round), and the
+ * shared one of the checks an admin or an app waits for (3 s) */
 static const struct config	*fetch_cfg;
-static struct mx_resolver	*fetch_mx;
+static struct mx_resolver	*fetch_mx, *fetch_chk;
 
 static int	 fetch_spawn_locked(char *err, size_t errlen);
 static void	 fetch_lost_locked(const char *why, int reaped, int st);
 static int	 fetch_call(const struct dlp_freq *, struct dlp_frep *, char *why,
 		    size_t whylen);
 static void	 fetch_clean(char *s);
+static int	 fetch_dns(uint32_t kind, const char *name, int port, struct dlp_frep *,
+		    char *why, size_t whylen);
+static enum mx_status fetch_records(uint32_t kind, const char *name, char ***out,
+		    char *why, size_t whylen);
+static struct mx_list *fetch_list(const struct dlp_frep *, const char *asked, int port);
+static enum mx_status fetch_hosts(uint32_t kind, const char *name, int port,
+		    struct mx_list **out, char *why, size_t whylen);
+static void	 fetch_child_dns(const struct dlp_freq *, struct dlp_frep *, char ***v,
+		    char *why, size_t whylen);
+static int	 fetch_child_hosts(const struct mx_list *, struct dlp_frep *);
 static size_t	 fetch_discard(char *, size_t, size_t, void *);
 static void	 fetch_child_post(const struct dlp_freq *, struct dlp_frep *, char *why,
 		    size_t whylen);
@@ -101,7 +116,9 @@ fetch_start(struct otpmaild *d, char *err, size_t errlen)
 	fetch.timeout = (cfg->mta_sts_fetch_timeout > cfg->webhook_timeout ?
 	    cfg->mta_sts_fetch_timeout : cfg->webhook_timeout) + FETCH_DNS_SLACK;
 	fetch.ready = 1;
-	if (((cfg->mta_sts || cfg->tls_rpt) && !cfg->sandbox) || cfg->nwebhooks > 0)
+	/* outside the sandbox every DNS lookup of the main process goes there
+	 * (the submission check too); in it, only webhooks and admin checks */
+	if (!cfg->sandbox || cfg->nwebhooks > 0)
 		rc = fetch_spawn_locked(err, errlen);
 	pthread_mutex_unlock(&fetch.mu);
 	return rc;
@@ -201,6 +218,7 @@ fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whyle
 	int sp[2] = { -1, -1 }, st, rc = -1;
 
 	memset(f, 0, sizeof(*f));
+	fetch_down = 0;
 	dlp_buf_init(&b);
 	if (dlp_freq_encode(&b, q) == -1) {
 		snprintf(why, whylen, "request too large for the fetch process");
@@ -273,6 +291,7 @@ fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whyle
 	if (rc == -1 && gen == fetch.gen)
 		fetch_lost_locked(err, 0, 0);
 unlock:
+	fetch_down = rc == -1;
 	fetch.inflight--;
 	pthread_cond_signal(&fetch.cv);
 	pthread_mutex_unlock(&fetch.mu);
@@ -293,27 +312,183 @@ fetch_clean(char *s)
 			*s = '?';
 }
 
+int
+fetch_failed(void)
+{
+	return fetch_down;
+}
+
+/* One DNS request: 0 with the reply (status: an enum mx_status), or -1. */
+static int
+fetch_dns(uint32_t kind, const char *name, int port, struct dlp_frep *f, char *why,
+    size_t whylen)
+{
+	struct dlp_freq q = { kind, (char *)name, 0, NULL, NULL, 0, (uint32_t)port };
+
+	why[0] = '\0';
+	if (fetch_call(&q, f, why, whylen) == -1)
+		return -1;
+	if (f->status < MX_OK || f->status > MX_INTERNAL)
+		f->status = MX_TEMPFAIL;
+	if (f->status != MX_OK)
+		snprintf(why, whylen, "%s", f->why);
+	return 0;
+}
+
+/* TXT strings or PTR names (those cleaned: they go into JSON as they are). */
+static enum mx_status
+fetch_records(uint32_t kind, const char *name, char ***out, char *why, size_t whylen)
+{
+	struct dlp_frep f;
+	enum mx_status st;
+	size_t i;
+
+	*out = NULL;
+	if (fetch_dns(kind, name, 0, &f, why, whylen) == -1)
+		return MX_TEMPFAIL;
+	if ((st = (enum mx_status)f.status) == MX_OK) {
+		for (i = 0; kind == DLP_FETCH_PTR && i < f.ntxt; i++)
+			fetch_clean(f.txt[i]);
+		*out = f.txt;		/* NULL-terminated by the decoder */
+		f.txt = NULL;
+		f.ntxt = 0;
+	}
+	dlp_frep_free(&f);
+	return st;
+}
+
 enum mx_status
 fetch_txt(const char *name, char ***txt, char *why, size_t whylen)
 {
-	struct dlp_freq q = { DLP_FETCH_TXT, (char *)name, 0, NULL, NULL, 0 };
-	struct dlp_frep f;
-	int32_t st;
+	return fetch_records(DLP_FETCH_TXT, name, txt, why, whylen);
+}
 
-	*txt = NULL;
-	why[0] = '\0';
-	if (fetch_call(&q, &f, why, whylen) == -1)
-		return MX_TEMPFAIL;
-	if ((st = f.status) != MX_OK) {
-		snprintf(why, whylen, "%s", f.why);
-		dlp_frep_free(&f);
-		return st > MX_OK && st <= MX_INTERNAL ? (enum mx_status)st : MX_TEMPFAIL;
+enum mx_status
+fetch_ptr(const struct mx_addr *a, char ***names, char *why, size_t whylen)
+{
+	char ip[NI_MAXHOST];
+
+	*names = NULL;
+	if (getnameinfo((const struct sockaddr *)&a->ss, a->sslen, ip, sizeof(ip), NULL, 0,
+	    NI_NUMERICHOST) != 0) {
+		snprintf(why, whylen, "not an address");
+		return MX_BADANSWER;
 	}
-	*txt = f.txt;		/* NULL-terminated by the decoder */
-	f.txt = NULL;
-	f.ntxt = 0;
+	return fetch_records(DLP_FETCH_PTR, ip, names, why, whylen);
+}
+
+/*
+ * The hosts of a reply as an mx_list, addresses at port; NULL when a name
+ * is neither a host name nor the one asked for (an address literal), or an
+ * address is not one.
+ */
+static struct mx_list *
+fetch_list(const struct dlp_frep *f, const char *asked, int port)
+{
+	struct mx_list *l;
+	size_t i, k;
+
+	if ((l = calloc(1, sizeof(*l))) == NULL)
+		return NULL;
+	if (f->nhost > 0 && (l->hosts = calloc(f->nhost, sizeof(*l->hosts))) == NULL) {
+		free(l);
+		return NULL;
+	}
+	l->implicit = (int)f->implicit;
+	for (i = 0; i < f->nhost; i++) {
+		const struct dlp_fhost *h = &f->host[i];
+		struct mx_host *m = &l->hosts[i];
+
+		l->nhosts = i + 1;	/* freed with the list from here on */
+		if ((!mx_domain_valid(h->name) && strcmp(h->name, asked) != 0) ||
+		    (m->name = strdup(h->name)) == NULL || (h->naddr > 0 &&
+		    (m->addrs = calloc(h->naddr, sizeof(*m->addrs))) == NULL))
+			goto bad;
+		m->pref = (int)h->pref;
+		m->secure = (int)h->secure;
+		for (k = 0; k < h->naddr; k++, m->naddr++)
+			if (h->addr[k][0] == '[' ||
+			    mx_parse_literal(h->addr[k], port, &m->addrs[k]) != 0)
+				goto bad;
+	}
+	return l;
+bad:
+	mx_list_free(l);
+	return NULL;
+}
+
+static enum mx_status
+fetch_hosts(uint32_t kind, const char *name, int port, struct mx_list **out, char *why,
+    size_t whylen)
+{
+	struct dlp_frep f;
+	enum mx_status st;
+
+	*out = NULL;
+	if (fetch_dns(kind, name, port, &f, why, whylen) == -1)
+		return MX_TEMPFAIL;
+	if ((st = (enum mx_status)f.status) == MX_OK &&
+	    (*out = fetch_list(&f, name, port)) == NULL) {
+		snprintf(why, whylen, "the fetch process failed (malformed host list)");
+		st = MX_TEMPFAIL;
+	}
 	dlp_frep_free(&f);
-	return MX_OK;
+	return st;
+}
+
+enum mx_status
+fetch_mx_lookup(const char *domain, int port, struct mx_list **out, char *why,
+    size_t whylen)
+{
+	return fetch_hosts(DLP_FETCH_MX, domain, port, out, why, whylen);
+}
+
+enum mx_status
+fetch_mx_host(const char *host, int port, struct mx_list **out, char *why, size_t whylen)
+{
+	return fetch_hosts(DLP_FETCH_HOST, host, port, out, why, whylen);
+}
+
+enum mx_status
+fetch_tlsa(const char *host, int port, size_t *n, int *secure, char *why, size_t whylen)
+{
+	struct dlp_frep f;
+	enum mx_status st;
+
+	*n = 0;
+	*secure = 0;
+	if (fetch_dns(DLP_FETCH_TLSA, host, port, &f, why, whylen) == -1)
+		return MX_TEMPFAIL;
+	if ((st = (enum mx_status)f.status) == MX_OK) {
+		*n = f.ntlsa;
+		*secure = (int)f.secure;
+	}
+	dlp_frep_free(&f);
+	return st;
+}
+
+/*
+ * The submission-time check (delivery.h): what needs no DNS here, the MX
+ * lookup in the fetch process.
+ */
+int
+delivery_domain_check(struct otpmaild *d, const char *domain, char *detail, size_t len)
+{
+	struct mx_list *l = NULL;
+	enum mx_status st;
+	char reason[512];
+	int rc;
+
+	if (d == NULL || d->cfg == NULL || domain == NULL)
+		return 0;
+	if ((rc = mx_check_local(d->cfg, domain, detail, len)) != 1)
+		return rc;
+	st = fetch_mx_lookup(domain, 25, &l, reason, sizeof(reason));
+	if (st == MX_TEMPFAIL && fetch_failed())
+		log_msg(LOG_WARNING, "event=dns_error detail=\"%s\"", reason);
+	rc = mx_check_answer(d->cfg, domain, st, l, reason, detail, len);
+	mx_list_free(l);
+	return rc;
 }
 
 int
@@ -322,7 +497,7 @@ fetch_sts(const char *domain, struct mtasts_policy *pol, const char **rtype,
 {
 	static const char *const types[] = { "sts-policy-invalid", "sts-webpki-invalid",
 	    "sts-policy-fetch-error" };
-	struct dlp_freq q = { DLP_FETCH_STS, (char *)domain, 0, NULL, NULL, 0 };
+	struct dlp_freq q = { DLP_FETCH_STS, (char *)domain, 0, NULL, NULL, 0, 0 };
 	struct dlp_frep f;
 	size_t i;
 
@@ -349,7 +524,8 @@ int
 fetch_post(const char *url, const char *const *hdr, size_t nhdr, const char *body,
     size_t len, long *code, char *why, size_t whylen)
 {
-	struct dlp_freq q = { DLP_FETCH_POST, (char *)url, nhdr, (char **)hdr, body, len };
+	struct dlp_freq q = { DLP_FETCH_POST, (char *)url, nhdr, (char **)hdr, body, len,
+	    0 };
 	struct dlp_frep f;
 
 	*code = 0;
@@ -434,6 +610,104 @@ out:
 	curl_easy_cleanup(c);
 }
 
+/* The hosts of a lookup into the reply (bounded; addresses numeric). */
+static int
+fetch_child_hosts(const struct mx_list *l, struct dlp_frep *f)
+{
+	size_t i, k, n = l->nhosts < DLP_FETCH_HOST_MAX ? l->nhosts : DLP_FETCH_HOST_MAX;
+	char ip[NI_MAXHOST];
+
+	f->implicit = l->implicit != 0;
+	if (n > 0 && (f->host = calloc(n, sizeof(*f->host))) == NULL)
+		return -1;
+	for (i = 0; i < n; i++) {
+		const struct mx_host *m = &l->hosts[i];
+		struct dlp_fhost *h = &f->host[i];
+
+		f->nhost = i + 1;
+		h->pref = (uint32_t)m->pref;
+		h->secure = m->secure != 0;
+		if ((h->name = strndup(m->name, DLP_FETCH_NAME_MAX)) == NULL ||
+		    (m->naddr > 0 && (h->addr = calloc(m->naddr, sizeof(*h->addr))) == NULL))
+			return -1;
+		for (k = 0; k < m->naddr && k < DLP_FETCH_ADDR_MAX; k++, h->naddr++)
+			if (getnameinfo((const struct sockaddr *)&m->addrs[k].ss,
+			    m->addrs[k].sslen, ip, sizeof(ip), NULL, 0, NI_NUMERICHOST) != 0 ||
+			    (h->addr[k] = strdup(ip)) == NULL)
+				return -1;
+	}
+	return 0;
+}
+
+/* A DNS request: TXT and PTR records in *v (the caller frees them), MX and
+ * host lists, TLSA counts.  Each is logged (debug), with our pid. */
+static void
+fetch_child_dns(const struct dlp_freq *q, struct dlp_frep *f, char ***v, char *why,
+    size_t whylen)
+{
+	static const char *const kinds[] = { "", "txt", "sts", "post", "mx", "host", "ptr",
+	    "tlsa" };
+	struct mx_list *l = NULL;
+	struct tlsa_set *set = NULL;
+	struct mx_addr a;
+	size_t n;
+
+	if (fetch_mx == NULL || fetch_chk == NULL) {
+		f->status = MX_TEMPFAIL;
+		snprintf(why, whylen, "no resolver");
+		return;
+	}
+	switch (q->kind) {
+	case DLP_FETCH_TXT:
+		f->status = (int32_t)mx_txt(fetch_mx, q->name, v, why, whylen);
+		break;
+	case DLP_FETCH_PTR:
+		if (mx_parse_literal(q->name, 0, &a) != 0) {
+			f->status = MX_BADANSWER;
+			snprintf(why, whylen, "not an address");
+			break;
+		}
+		f->status = (int32_t)mx_ptr(fetch_chk, &a, v, why, whylen);
+		break;
+	case DLP_FETCH_MX:
+	case DLP_FETCH_HOST:
+		f->status = (int32_t)(q->kind == DLP_FETCH_MX ?
+		    mx_lookup(fetch_chk, q->name, 25, &l, why, whylen) :
+		    mx_host(fetch_chk, q->name, 25, &l, why, whylen));
+		if (f->status == MX_OK && fetch_child_hosts(l, f) == -1) {
+			f->status = MX_TEMPFAIL;
+			snprintf(why, whylen, "out of memory");
+		}
+		break;
+	default:
+		f->status = (int32_t)mx_tlsa(fetch_chk, q->name, (int)q->port, &set, why,
+		    whylen);
+		if (f->status == MX_OK && set != NULL) {
+			f->ntlsa = (uint32_t)(set->n < DLP_FETCH_TLSA_MAX ? set->n :
+			    DLP_FETCH_TLSA_MAX);
+			f->secure = set->secure != 0;
+		}
+		break;
+	}
+	/* what the frame holds: the first records, each cut to a string field */
+	for (n = 0; f->status == MX_OK && *v != NULL && (*v)[n] != NULL &&
+	    n < DLP_FETCH_TXT_MAX; n++)
+		if (strlen((*v)[n]) > DLP_STR_MAX)
+			(*v)[n][DLP_STR_MAX] = '\0';
+	f->txt = *v;
+	f->ntxt = f->status == MX_OK ? n : 0;
+	if (f->status != MX_OK) {
+		dlp_fhost_free(f->host, f->nhost);
+		f->host = NULL;
+		f->nhost = 0;
+	}
+	log_msg(LOG_DEBUG, "event=fetch_dns kind=%s name=%s status=%s records=%zu hosts=%zu "
+	    "pid=%ld", kinds[q->kind], q->name, mx_status_name((enum mx_status)f->status),
+	    f->ntxt, f->nhost, (long)getpid());
+	mx_list_free(l);
+	tlsa_set_free(set);
+}
+
 /* One request on its own socket. */
 static void *
 fetch_child_thread(void *arg)
@@ -444,7 +718,7 @@ fetch_child_thread(void *arg)
 	struct dlp_freq q;
 	struct dlp_frep f;
 	struct dlp_buf b;
-	size_t len, n;
+	size_t len;
 
 	memset(&f, 0, sizeof(f));
 	dlp_buf_init(&b);
@@ -453,20 +727,6 @@ fetch_child_thread(void *arg)
 		goto out;		/* no answer: the main process sees it fail */
 	f.kind = q.kind;
 	switch (q.kind) {
-	case DLP_FETCH_TXT:
-		if (fetch_mx == NULL) {
-			f.status = MX_TEMPFAIL;
-			snprintf(why, sizeof(why), "no resolver");
-			break;
-		}
-		f.status = (int32_t)mx_txt(fetch_mx, q.name, &v, why, sizeof(why));
-		for (n = 0; f.status == MX_OK && v != NULL && v[n] != NULL &&
-		    n < DLP_FETCH_TXT_MAX; n++)
-			if (strlen(v[n]) > DLP_STR_MAX)
-				v[n][DLP_STR_MAX] = '\0';
-		f.txt = v;
-		f.ntxt = f.status == MX_OK ? n : 0;
-		break;
 	case DLP_FETCH_STS:
 		if (fetch_mx == NULL) {
 			f.status = -1;
@@ -477,8 +737,11 @@ fetch_child_thread(void *arg)
 		f.status = mtasts_fetch_policy(fetch_mx, fetch_cfg, q.name, &f.pol, &rtype,
 		    why, sizeof(why)) == 0 ? 0 : -1;
 		break;
-	default:
+	case DLP_FETCH_POST:
 		fetch_child_post(&q, &f, why, sizeof(why));
+		break;
+	default:
+		fetch_child_dns(&q, &f, &v, why, sizeof(why));
 		break;
 	}
 	f.why = why;
@@ -487,6 +750,7 @@ fetch_child_thread(void *arg)
 		(void)dlp_send(fd, &b);
 	dlp_freq_free(&q);
 out:
+	dlp_fhost_free(f.host, f.nhost);
 	mx_txt_free(v);
 	free(buf);
 	dlp_buf_free(&b);
@@ -519,8 +783,10 @@ fetch_child_main(int argc, char **argv)
 	    (fetch_mx = mx_resolver_dup(r)) == NULL)
 		log_msg(LOG_WARNING, "event=fetch_process_warning detail=\"resolver: %s\"",
 		    r == NULL ? err : "out of memory");
-	else
+	else {
 		mx_resolver_set_timeout(fetch_mx, 5000);
+		fetch_chk = r;
+	}
 	/* what libcurl reads at each request: the CA files (and the default
 	 * store it also trusts), and what the system resolver reads */
 	if (d.cfg->tls_ca_file != NULL && d.cfg->tls_ca_file[0] != '\0')

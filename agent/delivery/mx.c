@@ -1377,30 +1377,38 @@ mx_resolver_shared_free(void)
 	pthread_mutex_unlock(&mx_shared_lock);
 }
 
-/*
- * Submission-time check: refuse only what DNS says can never receive mail.
- * Sandbox mode and routed domains never ask DNS; timeouts never refuse.
- */
+/* The main process's start: the config makes a resolver (it answers only
+ * "localhost.", locally), which goes at once. */
 int
-delivery_domain_check(struct otpmaild *d, const char *domain, char *detail,
-    size_t len)
+mx_resolver_check(const struct config *cfg, char *err, size_t errlen)
 {
 	struct mx_resolver *r;
-	struct mx_list *l = NULL;
-	enum mx_status st;
-	char reason[512], err[256];
+
+	if ((r = mx_resolver_new(cfg, err, errlen)) == NULL)
+		return -1;
+	mx_resolver_free(r);
+	return 0;
+}
+
+/*
+ * Submission-time check (delivery_domain_check, in fetch.c): refuse only
+ * what DNS says can never receive mail.  Sandbox mode and routed domains
+ * never ask DNS; timeouts never refuse.
+ */
+int
+mx_check_local(const struct config *cfg, const char *domain, char *detail, size_t len)
+{
+	struct mx_addr a;
 	size_t i;
 
-	if (d == NULL || d->cfg == NULL || domain == NULL || d->cfg->sandbox)
+	if (cfg->sandbox)
 		return 0;
-	for (i = 0; i < d->cfg->nroutes; i++)
-		if (d->cfg->routes[i].domain != NULL &&
-		    strcasecmp(d->cfg->routes[i].domain, domain) == 0)
+	for (i = 0; i < cfg->nroutes; i++)
+		if (cfg->routes[i].domain != NULL &&
+		    strcasecmp(cfg->routes[i].domain, domain) == 0)
 			return 0;
 	if (domain[0] == '[') {
-		struct mx_addr a;
-
-		if (!d->cfg->mx_allow_internal && mx_parse_literal(domain, 25, &a) == 0 &&
+		if (!cfg->mx_allow_internal && mx_parse_literal(domain, 25, &a) == 0 &&
 		    mx_addr_internal(&a)) {
 			snprintf(detail, len, "%s is an internal address: otpmail does "
 			    "not deliver there", domain);
@@ -1408,15 +1416,19 @@ delivery_domain_check(struct otpmaild *d, const char *domain, char *detail,
 		}
 		return 0;
 	}
-	if ((r = mx_resolver_shared(d->cfg, err, sizeof(err))) == NULL) {
-		log_msg(LOG_WARNING, "event=dns_error detail=\"%s\"", err);
-		return 0;
-	}
-	st = mx_lookup(r, domain, 25, &l, reason, sizeof(reason));
-	if (st == MX_OK && !d->cfg->mx_allow_internal &&
+	return 1;
+}
+
+int
+mx_check_answer(const struct config *cfg, const char *domain, enum mx_status st,
+    struct mx_list *l, const char *why, char *detail, size_t len)
+{
+	char reason[512];
+
+	snprintf(reason, sizeof(reason), "%s", why);
+	if (st == MX_OK && l != NULL && !cfg->mx_allow_internal &&
 	    mx_list_drop_internal(l, reason, sizeof(reason)) > 0 && l->nhosts == 0)
 		st = MX_INTERNAL;
-	mx_list_free(l);
 	switch (st) {
 	case MX_NXDOMAIN:
 		snprintf(detail, len, "domain %s does not exist", domain);

@@ -1,8 +1,9 @@
 /*
  * mx.h - DNS for delivery through libunbound: MX lookup with preference
  * order (equal preferences shuffled), implicit MX, null MX, addresses of
- * hosts, TLSA records with their DNSSEC status.  One resolver per daemon,
- * thread-safe.
+ * hosts, TLSA records with their DNSSEC status.  One resolver per process
+ * that looks up (the delivery and fetch processes; the main process asks
+ * the fetch process, fetch.h), thread-safe.
  */
 #ifndef OTPMAIL_MX_H
 #define OTPMAIL_MX_H
@@ -97,6 +98,17 @@ enum mx_status	 mx_txt(struct mx_resolver *, const char *name, char ***out,
 enum mx_status	 mx_ptr(struct mx_resolver *, const struct mx_addr *, char ***out,
 		    char *reason, size_t len);
 void		 mx_txt_free(char **);
+
+/*
+ * The submission-time check (delivery_domain_check) without its lookup:
+ * mx_check_local decides what needs no DNS (0 accept, -1 refuse with
+ * detail, 1 ask DNS); mx_check_answer decides on the MX lookup's outcome
+ * (st, l, why), dropping internal addresses from l: 0 or -1 with detail.
+ */
+int		 mx_check_local(const struct config *, const char *domain, char *detail,
+		    size_t len);
+int		 mx_check_answer(const struct config *, const char *domain, enum mx_status st,
+		    struct mx_list *l, const char *why, char *detail, size_t len);
 
 /* Short name of a status for logs ("tempfail", "nullmx", ...). */
 const char	*mx_status_name(enum mx_status);

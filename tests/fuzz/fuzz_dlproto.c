@@ -10,7 +10,9 @@
  * unknown states; an accepted job re-encodes to a frame that decodes and
  * encodes to itself.  A fetch reply (hostile: the fetch process talks to
  * the internet) or request that decodes re-encodes to exactly the input and
- * respects the bounds (TXT count, mx patterns, max_age, mode).
+ * respects the bounds (TXT count, mx patterns, max_age, mode; hosts, their
+ * addresses, names, flags and preferences of an MX reply; TLSA count; the
+ * request's port).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -94,7 +96,7 @@ fuzz_frep(const char *p, size_t n)
 {
 	struct dlp_frep f;
 	struct dlp_buf b;
-	size_t i;
+	size_t i, k;
 
 	if (dlp_frep_decode(p, n, &f) == -1)
 		return;
@@ -109,6 +111,21 @@ fuzz_frep(const char *p, size_t n)
 	for (i = 0; i < f.pol.nmx; i++)
 		if (strlen(f.pol.mx[i]) > MTASTS_NAME_MAX)
 			abort();
+	if (f.nhost > DLP_FETCH_HOST_MAX || f.implicit > 1 || f.ntlsa > DLP_FETCH_TLSA_MAX ||
+	    f.secure > 1 || (f.nhost > 0 && f.kind != DLP_FETCH_MX && f.kind != DLP_FETCH_HOST))
+		abort();
+	for (i = 0; i < f.nhost; i++) {
+		const struct dlp_fhost *h = &f.host[i];
+
+		if (h->name == NULL || h->name[0] == '\0' ||
+		    strlen(h->name) > DLP_FETCH_NAME_MAX || h->pref > 65535 || h->secure > 1 ||
+		    h->naddr > DLP_FETCH_ADDR_MAX)
+			abort();
+		for (k = 0; k < h->naddr; k++)
+			if (h->addr[k] == NULL || h->addr[k][0] == '\0' ||
+			    strlen(h->addr[k]) > DLP_FETCH_NAME_MAX)
+				abort();
+	}
 	dlp_buf_init(&b);
 	if (dlp_frep_encode(&b, &f) == -1 || b.len - 4 != n || memcmp(b.p + 4, p, n) != 0)
 		abort();
@@ -124,7 +141,8 @@ fuzz_freq(const char *p, size_t n)
 
 	if (dlp_freq_decode(p, n, &q) == -1)
 		return;
-	if (q.name == NULL || q.nhdr > DLP_FETCH_HDR_MAX || q.body + q.len != p + n)
+	if (q.name == NULL || q.nhdr > DLP_FETCH_HDR_MAX || q.body + q.len != p + n ||
+	    q.port > 65535)
 		abort();
 	dlp_buf_init(&b);
 	if (dlp_freq_encode(&b, &q) == -1 || b.len - 4 != n || memcmp(b.p + 4, p, n) != 0)

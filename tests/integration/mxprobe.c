@@ -63,7 +63,6 @@ int
 main(int argc, char **argv)
 {
 	struct config cfg;
-	struct otpmaild d;
 	struct mx_resolver *r;
 	struct mx_list *l = NULL;
 	struct tlsa_set *t = NULL;
@@ -107,12 +106,18 @@ main(int argc, char **argv)
 	} else if (strcmp(cmd, "tlsa") == 0) {
 		st = mx_tlsa(r, name, port, &t, reason, sizeof(reason));
 	} else if (strcmp(cmd, "check") == 0) {
-		/* through the shared resolver, as the daemon does */
-		memset(&d, 0, sizeof(d));
-		d.cfg = &cfg;
+		/* delivery_domain_check with the shared resolver (3 s), as the
+		 * daemon's fetch process answers it */
 		/* the test zones' MX hosts live on loopback */
 		cfg.mx_allow_internal = 1;
-		ch = delivery_domain_check(&d, name, reason, sizeof(reason));
+		if ((ch = mx_check_local(&cfg, name, reason, sizeof(reason))) == 1) {
+			struct mx_resolver *sr = mx_resolver_shared(&cfg, err, sizeof(err));
+			char why[512] = "resolver";
+
+			st = sr != NULL ? mx_lookup(sr, name, 25, &l, why, sizeof(why)) :
+			    MX_TEMPFAIL;
+			ch = mx_check_answer(&cfg, name, st, l, why, reason, sizeof(reason));
+		}
 		printf("status=%s\n", ch == 0 ? "accept" : "refuse");
 		goto out;
 	} else {

@@ -17,8 +17,13 @@ otpmaild with `resolver`, `dns_trust_anchor` and `domain_tls_policy dane`.
    nothing reaches Postfix (never sent in clear); no TLSA in a signed zone,
    or a TLSA in an unsigned zone -> delivered as `may`; a DANE-TA record
    (2 0 1) of the test CA -> delivered.
+3. tls.policy: source dane with the MX host, its DNSSEC flag and TLSA
+   count for the signed zone, configured (TLSA 0) without a TLSA record, no
+   DNSSEC in the unsigned zone; the MX and TLSA lookups are the fetch
+   process's (event=fetch_dns with its pid), not the main process's.
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -130,6 +135,32 @@ def wait_status(d, qid, pred, timeout):
     return r, False
 
 
+def policy_tests(t, d):
+    """tls.policy under dane: lookups through the fetch process."""
+    def policy(dom):
+        return d.call({"op": "tls.policy", "domain": dom}, timeout=60)
+
+    p = policy("dane.example.net")
+    t.ok(p.get("source") == "dane" and p.get("mx") == [
+        {"host": "mx.dane.example.net", "dnssec": True, "tlsa": 1}],
+        "tls.policy: source dane, the MX host secure with 1 TLSA record", p)
+    p = policy("plain.dane.example.net")
+    t.ok(p.get("source") == "configured" and p.get("mx") == [
+        {"host": "notlsa.dane.example.net", "dnssec": True, "tlsa": 0}],
+        "tls.policy: signed zone without TLSA: configured, TLSA 0", p)
+    p = policy("example.org")
+    t.ok(p.get("source") == "configured" and p.get("mx") == [
+        {"host": "mx.example.org", "dnssec": False}],
+        "tls.policy: unsigned zone: not secure, TLSA not asked", p)
+    pid = re.findall(r"event=fetch_process_started pid=(\d+)", d.log_text())[-1:]
+    log = d.log_text()
+    t.ok(pid and re.search(r"event=fetch_dns kind=mx name=dane.example.net status=ok "
+                           r"records=0 hosts=1 pid=%s\b" % pid[0], log) and
+         re.search(r"event=fetch_dns kind=tlsa name=mx.dane.example.net status=ok "
+                   r".*pid=%s\b" % pid[0], log),
+         "the MX and TLSA lookups of tls.policy were the fetch process's", pid)
+
+
 def daemon_tests(t, dns, good, bad):
     conf = ("sandbox = no\n%s"
             "hostname = otpmail.example.com\n"
@@ -153,6 +184,7 @@ def daemon_tests(t, dns, good, bad):
                         hostname="mx.dane.example.net", cert=good) as pg, \
             PostfixPeer(BAD_MX, 25, domains=["danebad.example.net"],
                         hostname="mx.danebad.example.net", cert=bad) as pb:
+        policy_tests(t, d)
         r = d.call({"op": "mail.send", "from": "app@sender.example.com",
                     "to": ["bob@dane.example.net"], "subject": "dane ok",
                     "text": "hello over DANE\n"})

@@ -13,24 +13,51 @@ hostname otpmail.example.org) with the keys.
 - example.net: DKIM FAIL (mismatch), SPF FAIL, DMARC WARN suggesting
   p=none with rua, exit status 1; `dkim check` exits 1 on the mismatch;
 - a domain with no key: DKIM FAIL; a bad domain name: bad_request;
+- the lookups are the fetch process's (agent/delivery/fetch.c), logged
+  there with its pid; a hostile zone (many.example.org: 41 MX hosts, one
+  with a 200-byte name, 16 addresses on the first, 41 KB of TXT records at
+  _dmarc with one of 5000 bytes) comes back cut to the fetch frame's
+  bounds (16 hosts) and domain.check still answers; after kill -9 of the
+  fetch process domain.check answers again from a new one (or says
+  unavailable, naming the fetch process, while it restarts);
 - `dkim records` on a daemon without keys says so; --check-config warns
   about a missing key for otp_from's domain and about Ed25519-only keys.
 """
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from test_dkim import Keys, txt_zone_line, write_conf_keys  # noqa: E402
 from test_mtasts import internal_conf  # noqa: E402
-from harness import Daemon, Tap, OTPMAILD  # noqa: E402
+from harness import Daemon, Tap, OTPMAILD, SCALE  # noqa: E402
 from peers import DnsServer, Zone, _mkdtemp  # noqa: E402
 
 DNS_ADDR = "127.0.5.53"
 HOST_IP = "198.18.5.25"        # not a locally served zone in libunbound
 HOST = "otpmail.example.org"
+LONG = ".".join(["l%02d" % i + "x" * 60 for i in range(3)]) + ".many"
+
+
+def hostile():
+    """many.example.org: more MX hosts, addresses and TXT bytes than the
+    fetch frame carries."""
+    r = ['many TXT "v=spf1 mx -all"', "many MX 5 mx00.many", "many MX 6 %s" % LONG,
+         "%s A 198.18.7.200" % LONG]
+    r += ["mx00.many A %s" % HOST_IP]
+    r += ["mx00.many A 198.18.5.%d" % i for i in range(1, 10)]
+    r += ["mx00.many AAAA 2001:db8::%d" % i for i in range(1, 10)]
+    for i in range(1, 40):
+        r += ["many MX %d mx%02d.many" % (10 + i, i), "mx%02d.many A 198.18.7.%d" % (i, i)]
+    r += [txt_zone_line("_dmarc.many", "filler%02d " % i + "x" * 2990) for i in range(12)]
+    r += [txt_zone_line("_dmarc.many", "v=DMARC1; p=none; rua=mailto:dmarc@example.org; "
+                        "x=" + "y" * 4950)]
+    return r
 
 
 def zones(keys, wrong):
@@ -42,7 +69,7 @@ def zones(keys, wrong):
             '_dmarc TXT "v=DMARC1; p=none; rua=mailto:dmarc@example.org"',
             '_smtp._tls TXT "v=TLSRPTv1; rua=mailto:tlsrpt@example.org"',
             "otpmail A %s" % HOST_IP,
-        ]),
+        ] + hostile()),
         Zone("example.net", [
             txt_zone_line("rsa1._domainkey", wrong.rsa_txt),
             '@ TXT "v=spf1 ip4:10.0.0.1 -all"',
@@ -53,6 +80,54 @@ def zones(keys, wrong):
 
 def lines(r, check):
     return [c for c in r.get("checks", []) if c.get("check") == check]
+
+
+def fetch_pids(d):
+    return re.findall(r"event=fetch_process_started pid=(\d+)", d.log_text())
+
+
+def fetch_side(t, d):
+    """The lookups are the fetch process's; hostile answers stay bounded."""
+    pids = fetch_pids(d)
+    t.is_(len(pids), 1, "one fetch process, started with the daemon (sandbox = no)")
+    pid = pids[-1]
+    log = d.log_text()
+    for kind, name in (("host", HOST), ("txt", "example.org"), ("ptr", HOST_IP),
+                       ("txt", "rsa1._domainkey.example.org.")):
+        t.ok(re.search(r"event=fetch_dns kind=%s name=%s status=ok .*pid=%s\b" %
+                       (kind, re.escape(name), pid), log),
+             "the %s lookup of %s was the fetch process's (pid %s)" % (kind, name, pid))
+    r = d.call({"op": "domain.check", "domain": "many.example.org"})
+    st = {c["check"]: c for c in r.get("checks", [])}
+    t.ok(r.get("ok") and st.get("spf", {}).get("status") == "OK",
+         "41 MX hosts: cut to 16 in the fetch process, SPF mx still matches", r)
+    log = d.log_text()
+    t.ok(re.search(r"event=fetch_dns kind=mx name=many.example.org status=ok "
+                   r"records=0 hosts=16 pid=%s\b" % pid, log),
+         "the MX reply carried 16 hosts (DLP_FETCH_HOST_MAX)",
+         re.findall(r"event=fetch_dns kind=mx name=many.*", log))
+    dm = st.get("dmarc", {})
+    t.ok(dm.get("status") == "OK" and len(dm.get("detail", "")) < 1100,
+         "41 KB of TXT at _dmarc (one record of 5000 bytes): answered, bounded", dm)
+    t.ok("fetch_process_lost" not in log, "the hostile answers did not cost the process")
+
+    os.kill(int(pid), signal.SIGKILL)
+    r = d.call({"op": "domain.check", "domain": "example.org"})
+    t.ok(r.get("ok") or (r.get("error") == "unavailable" and
+                         "fetch process" in r.get("detail", "")),
+         "kill -9 of the fetch process: domain.check answers or says why not", r)
+    deadline = time.time() + 10 * SCALE
+    while not r.get("ok") and time.time() < deadline:
+        time.sleep(0.3)
+        r = d.call({"op": "domain.check", "domain": "example.org"})
+    st = {c["check"]: c["status"] for c in r.get("checks", [])}
+    t.ok(r.get("ok") and st.get("spf") == "OK" and st.get("fcrdns") == "OK",
+         "domain.check answers again, from a new fetch process", r)
+    pids = fetch_pids(d)
+    t.ok(len(pids) == 2 and "event=fetch_process_lost pid=%s" % pid in d.log_text() and
+         re.search(r"event=fetch_dns kind=ptr name=%s status=ok .*pid=%s\b" %
+                   (re.escape(HOST_IP), pids[-1]), d.log_text()),
+         "the loss is logged; the lookups are the new process's", pids)
 
 
 def main():
@@ -106,6 +181,7 @@ def main():
                  "a domain without a key: DKIM FAIL", r)
             r = d.call({"op": "domain.check", "domain": "bad domain"})
             t.is_(r.get("error"), "bad_request", "a bad domain name is refused")
+            fetch_side(t, d)
 
     with Daemon(conf_extra="") as d:
         out = d.ctl("dkim", "records")

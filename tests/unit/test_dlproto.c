@@ -1,6 +1,8 @@
 /*
  * test_dlproto.c - frames in batches (dlproto.c): several frames in one
- * sendmsg, read back through dlp_rbuf whatever way the bytes arrive.
+ * sendmsg, read back through dlp_rbuf whatever way the bytes arrive; the
+ * fetch process's DNS replies (MX and host lists, TLSA counts): what a
+ * hostile process could send past the bounds is refused.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -169,11 +171,168 @@ test_bad(void)
 	    "more frames than DLP_SENDV_MAX are refused");
 }
 
+/* A reply frame written by hand, past what the encoder allows. */
+struct wr {
+	char	 p[64 * 1024];
+	size_t	 n;
+};
+
+static void
+w32(struct wr *w, uint32_t v)
+{
+	unsigned char x[4] = { v >> 24, v >> 16, v >> 8, v };
+
+	memcpy(w->p + w->n, x, 4);
+	w->n += 4;
+}
+
+static void
+wstr(struct wr *w, const char *s)
+{
+	w32(w, (uint32_t)strlen(s));
+	memcpy(w->p + w->n, s, strlen(s));
+	w->n += strlen(s);
+}
+
+/* An MX reply: nhost hosts of naddr addresses; name, pref, secure, implicit. */
+static void
+mx_reply(struct wr *w, uint32_t nhost, uint32_t naddr, const char *name, uint32_t pref,
+    uint32_t secure, uint32_t implicit)
+{
+	uint32_t i, k;
+
+	w->n = 0;
+	w32(w, DLP_FETCH_MX);
+	w32(w, 0);
+	wstr(w, "");
+	wstr(w, "");
+	w32(w, 0);
+	w32(w, implicit);
+	w32(w, nhost);
+	for (i = 0; i < nhost; i++) {
+		wstr(w, name);
+		w32(w, pref);
+		w32(w, secure);
+		w32(w, naddr);
+		for (k = 0; k < naddr; k++)
+			wstr(w, k % 2 ? "2001:db8::25" : "192.0.2.25");
+	}
+}
+
+static int
+mx_decodes(const struct wr *w)
+{
+	struct dlp_frep f;
+
+	if (dlp_frep_decode(w->p, w->n, &f) == -1)
+		return 0;
+	dlp_frep_free(&f);
+	return 1;
+}
+
+static void
+test_fetch_dns(void)
+{
+	static char *a0[] = { "192.0.2.25", "2001:db8::25" }, *a1[] = { "192.0.2.26" };
+	struct dlp_fhost hosts[2] = { { "mx1.example.org", 10, 1, 2, a0 },
+	    { "mx2.example.org", 20, 0, 1, a1 } };
+	struct dlp_freq q = { DLP_FETCH_TLSA, "mx.example.org", 0, NULL, NULL, 0, 25 }, q2;
+	struct dlp_frep f, g;
+	struct dlp_buf b;
+	struct wr w;
+	char name[300];
+	size_t cut;
+	int cuts_ok = 1;
+
+	memset(&f, 0, sizeof(f));
+	f.kind = DLP_FETCH_MX;
+	f.why = f.rtype = "";
+	f.nhost = 2;
+	f.host = hosts;
+	dlp_buf_init(&b);
+	ok(dlp_frep_encode(&b, &f) == 0 && dlp_frep_decode(b.p + 4, b.len - 4, &g) == 0 &&
+	    g.nhost == 2 && strcmp(g.host[0].name, "mx1.example.org") == 0 &&
+	    g.host[0].pref == 10 && g.host[0].secure == 1 && g.host[0].naddr == 2 &&
+	    strcmp(g.host[0].addr[1], "2001:db8::25") == 0 && g.host[1].naddr == 1 &&
+	    g.host[1].secure == 0 && !g.implicit, "an MX reply goes through the frame");
+	dlp_frep_free(&g);
+	for (cut = 0; cut < b.len - 4; cut++)
+		if (dlp_frep_decode(b.p + 4, cut, &g) == 0) {
+			cuts_ok = 0;
+			dlp_frep_free(&g);
+		}
+	ok(cuts_ok, "an MX reply cut anywhere is refused");
+	memcpy(w.p, b.p + 4, b.len - 4);
+	w.p[b.len - 4] = 0;
+	w.n = b.len - 3;
+	ok(!mx_decodes(&w), "a byte past the MX reply is refused");
+	dlp_buf_free(&b);
+
+	/* a failed lookup carries no hosts; a frame that has them is refused */
+	f.status = 2;
+	dlp_buf_init(&b);
+	ok(dlp_frep_encode(&b, &f) == 0 && b.len - 4 == 20,
+	    "a failed MX lookup: status and reason only");
+	dlp_buf_free(&b);
+	f.status = 0;
+
+	mx_reply(&w, DLP_FETCH_HOST_MAX, DLP_FETCH_ADDR_MAX, "mx.example.org", 65535, 1, 1);
+	ok(mx_decodes(&w), "16 hosts of 16 addresses each: the bound, taken");
+	mx_reply(&w, DLP_FETCH_HOST_MAX + 1, 1, "mx.example.org", 10, 0, 0);
+	ok(!mx_decodes(&w), "17 hosts are refused");
+	mx_reply(&w, 1, DLP_FETCH_ADDR_MAX + 1, "mx.example.org", 10, 0, 0);
+	ok(!mx_decodes(&w), "17 addresses of a host are refused");
+	mx_reply(&w, 1, 1, "", 10, 0, 0);
+	ok(!mx_decodes(&w), "an empty host name is refused");
+	memset(name, 'a', DLP_FETCH_NAME_MAX + 1);
+	name[DLP_FETCH_NAME_MAX + 1] = '\0';
+	mx_reply(&w, 1, 1, name, 10, 0, 0);
+	ok(!mx_decodes(&w), "a host name of 256 bytes is refused");
+	mx_reply(&w, 1, 1, "mx.example.org", 65536, 0, 0);
+	ok(!mx_decodes(&w), "a preference over 65535 is refused");
+	mx_reply(&w, 1, 1, "mx.example.org", 10, 2, 0);
+	ok(!mx_decodes(&w), "a DNSSEC flag other than 0 or 1 is refused");
+	mx_reply(&w, 1, 1, "mx.example.org", 10, 0, 2);
+	ok(!mx_decodes(&w), "an implicit flag other than 0 or 1 is refused");
+	mx_reply(&w, 1, 1, "mx.example.org", 10, 0, 0);
+	w.p[3] = DLP_FETCH_TLSA + 1;
+	ok(!mx_decodes(&w), "an unknown kind is refused");
+	f.nhost = DLP_FETCH_HOST_MAX + 1;
+	dlp_buf_init(&b);
+	ok(dlp_frep_encode(&b, &f) == -1, "the encoder refuses 17 hosts");
+	dlp_buf_free(&b);
+
+	/* TLSA: a count and a flag */
+	memset(&f, 0, sizeof(f));
+	f.kind = DLP_FETCH_TLSA;
+	f.why = f.rtype = "";
+	f.ntlsa = 3;
+	f.secure = 1;
+	dlp_buf_init(&b);
+	ok(dlp_frep_encode(&b, &f) == 0 && dlp_frep_decode(b.p + 4, b.len - 4, &g) == 0 &&
+	    g.ntlsa == 3 && g.secure == 1, "a TLSA reply goes through the frame");
+	dlp_frep_free(&g);
+	b.p[b.len - 5] = DLP_FETCH_TLSA_MAX + 1;	/* the count's low byte */
+	ok(dlp_frep_decode(b.p + 4, b.len - 4, &g) == -1, "33 TLSA records are refused");
+	dlp_buf_free(&b);
+
+	/* the request carries the port */
+	dlp_buf_init(&b);
+	ok(dlp_freq_encode(&b, &q) == 0 && dlp_freq_decode(b.p + 4, b.len - 4, &q2) == 0 &&
+	    q2.kind == DLP_FETCH_TLSA && q2.port == 25 &&
+	    strcmp(q2.name, "mx.example.org") == 0, "a TLSA request carries its port");
+	dlp_freq_free(&q2);
+	b.p[4 + 4 + 4 + strlen(q.name) + 1] = 1;	/* port 65561 */
+	ok(dlp_freq_decode(b.p + 4, b.len - 4, &q2) == -1, "a port over 65535 is refused");
+	dlp_buf_free(&b);
+}
+
 int
 main(void)
 {
 	test_batch();
 	test_pieces();
 	test_bad();
+	test_fetch_dns();
 	return done_testing();
 }

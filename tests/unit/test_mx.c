@@ -262,7 +262,6 @@ test_resolver(void)
 	struct mx_resolver *r;
 	struct mx_list *l = NULL;
 	struct tlsa_set *t = NULL;
-	struct otpmaild d;
 	char err[256], reason[256], ta[] = "/tmp/test_mx_ta.XXXXXX";
 	struct sockaddr_in sin;
 	socklen_t slen = sizeof(sin);
@@ -344,10 +343,8 @@ test_resolver(void)
 	mx_list_free(l);
 	mx_resolver_free(r);
 
-	memset(&d, 0, sizeof(d));
-	d.cfg = &cfg;
 	cfg.sandbox = 1;
-	is_int(delivery_domain_check(&d, "nx.example.org", reason, sizeof(reason)),
+	is_int(mx_check_local(&cfg, "nx.example.org", reason, sizeof(reason)),
 	    0, "sandbox mode never refuses");
 	close(s);
 }
