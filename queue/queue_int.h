@@ -34,6 +34,8 @@ void		 qid_seen(const char *id);
 int		 qid_valid(const char *s);
 
 /* --- spool.c -------------------------------------------------------- */
+struct spool_dsync;
+
 struct spool {
 	char		*dir;
 	uint64_t	 min_free_bytes;
@@ -42,6 +44,7 @@ struct spool {
 	int		 tmpfile_ok;	/* new files via O_TMPFILE + linkat */
 	int		 dirfd;		/* the spool directory (O_PATH), or -1 */
 	_Atomic int64_t	 space_ok_until;	/* ms, CLOCK_MONOTONIC_COARSE */
+	struct spool_dsync *dsync;	/* [Q_NDIRS]: shared fsyncs of msg/XX */
 };
 
 int		 spool_init(struct spool *, const char *dir, uint64_t min_bytes,

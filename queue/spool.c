@@ -3,8 +3,12 @@
  * header line with lengths and CRC-32s, the envelope text, the body, and
  * an end marker, written once; every later version of the envelope (hold,
  * a delivery attempt, done) is a state record appended to the same file.
- * One inode per message, no rename per state change.  XX is a hash of the
- * id, so no directory grows huge.  Whatever is read back is untrusted:
+ * One inode per message, no rename per state change.  XX comes from the
+ * time in the id (bits 20-27 of its microsecond clock: a directory per
+ * second, 256 in turn), so no directory grows huge, and the messages
+ * queued in the same second share one: their links are made durable by
+ * shared fsyncs of it (spool_fsync_dir).  A file found under the XX of an
+ * older layout (an FNV hash of the id) is moved at loading.  Whatever is read back is untrusted:
  * strict parse, bounded lengths, and a bad message goes to corrupt/ with a
  * log line.
  *
@@ -55,6 +59,26 @@
 #define SPOOL_COMPACT		(64 * 1024)	/* bytes of records before a rewrite */
 #define SPOOL_TAIL_MAX		((size_t)64 << 20)	/* bytes of records read back */
 #define SPOOL_NLOCKS		64
+
+/*
+ * The fsyncs of one msg/XX, shared: a thread that has linked a name into
+ * it takes a ticket and waits; while no fsync of it runs, one waiter
+ * starts one for every ticket taken so far (each of those links was made
+ * before it began) and hands its result to each of them.
+ */
+struct spool_dwait {
+	uint64_t		 t;
+	int			 rc, err, done;
+	struct spool_dwait	*next;
+};
+
+struct spool_dsync {
+	pthread_mutex_t		 mu;
+	pthread_cond_t		 cv;
+	uint64_t		 ticket;	/* the last one taken */
+	int			 busy;		/* an fsync runs */
+	struct spool_dwait	*w;		/* waiting for theirs */
+};
 
 struct spool_sb {		/* growable text of the envelope */
 	char	*p;
@@ -125,11 +149,25 @@ spool_crc32(uint32_t crc, const void *buf, size_t len)
 	return ~crc;
 }
 
+/* The directory of id: from the clock in a queue id, else a hash. */
 static unsigned
 spool_dir_of(const char *id)
 {
+	uint64_t t = 0;
 	uint32_t h = 2166136261u;
+	int i, v;
 
+	for (i = 0; i < 16; i++) {
+		if (id[i] >= '0' && id[i] <= '9')
+			v = id[i] - '0';
+		else if (id[i] >= 'a' && id[i] <= 'f')
+			v = id[i] - 'a' + 10;
+		else
+			break;
+		t = t << 4 | (uint64_t)v;
+	}
+	if (i == 16)
+		return (unsigned)(t >> 20) & (Q_NDIRS - 1);
 	for (; *id != '\0'; id++)
 		h = (h ^ (unsigned char)*id) * 16777619u;
 	return (h ^ (h >> 16)) & (Q_NDIRS - 1);
@@ -209,6 +247,12 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 	/* loading opens msg/XX/<id> relative to it: three path components
 	 * to look up per file, not the whole state directory's path */
 	sp->dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	/* without it (no memory), each dir fsync is its own */
+	if ((sp->dsync = calloc(Q_NDIRS, sizeof(*sp->dsync))) != NULL)
+		for (i = 0; i < Q_NDIRS; i++) {
+			pthread_mutex_init(&sp->dsync[i].mu, NULL);
+			pthread_cond_init(&sp->dsync[i].cv, NULL);
+		}
 	return 0;
 fail:
 	snprintf(err, errlen, "queue: mkdir %s: %s", path, strerror(errno));
@@ -220,6 +264,15 @@ fail:
 void
 spool_free(struct spool *sp)
 {
+	int i;
+
+	if (sp->dsync != NULL)
+		for (i = 0; i < Q_NDIRS; i++) {
+			pthread_mutex_destroy(&sp->dsync[i].mu);
+			pthread_cond_destroy(&sp->dsync[i].cv);
+		}
+	free(sp->dsync);
+	sp->dsync = NULL;
 	free(sp->dir);
 	sp->dir = NULL;
 	if (sp->dirfd != -1)
@@ -308,22 +361,88 @@ spool_fault(const char *step)
 		abort();
 }
 
-/* fsync of the directory that holds rel (relative to the spool). */
+/* fsync of the directory path. */
+static int
+spool_fsync_path(const char *path)
+{
+	int fd, rc, e;
+
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return -1;
+	rc = fsync(fd);
+	e = errno;
+	close(fd);
+	errno = e;
+	return rc;
+}
+
+/* The index of msg/XX in rel ("msg/XX/<name>"), or -1. */
+static int
+spool_msg_dir(const char *rel)
+{
+	unsigned d;
+	char c;
+
+	if (strncmp(rel, "msg/", 4) != 0 || sscanf(rel + 4, "%2x%c", &d, &c) != 2 ||
+	    c != '/' || d >= Q_NDIRS)
+		return -1;
+	return (int)d;
+}
+
+/*
+ * fsync of the directory that holds rel (relative to the spool), once
+ * what the caller did in it is done: shared with the other threads that
+ * wait for the same msg/XX (struct spool_dsync).  0, or -1 with errno.
+ */
 int
 spool_fsync_dir(struct spool *sp, const char *rel)
 {
+	struct spool_dsync *g;
+	struct spool_dwait w, **pp;
 	char path[PATH_MAX];
 	char *slash;
-	int fd, rc;
+	uint64_t upto;
+	int d, rc, e;
 
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
 	if ((slash = strrchr(path, '/')) != NULL)
 		*slash = '\0';
-	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
-		return -1;
-	rc = fsync(fd);
-	close(fd);
-	return rc;
+	if (sp->dsync == NULL || (d = spool_msg_dir(rel)) == -1)
+		return spool_fsync_path(path);
+	g = &sp->dsync[d];
+	pthread_mutex_lock(&g->mu);
+	w.t = ++g->ticket;
+	w.rc = -1;
+	w.err = EIO;
+	w.done = 0;
+	w.next = g->w;
+	g->w = &w;
+	while (!w.done) {
+		if (g->busy) {
+			pthread_cond_wait(&g->cv, &g->mu);
+			continue;
+		}
+		g->busy = 1;
+		upto = g->ticket;
+		pthread_mutex_unlock(&g->mu);
+		rc = spool_fsync_path(path);
+		e = errno;
+		pthread_mutex_lock(&g->mu);
+		g->busy = 0;
+		for (pp = &g->w; *pp != NULL; )
+			if ((*pp)->t <= upto) {
+				(*pp)->rc = rc;
+				(*pp)->err = e;
+				(*pp)->done = 1;
+				*pp = (*pp)->next;
+			} else
+				pp = &(*pp)->next;
+		pthread_cond_broadcast(&g->cv);
+	}
+	pthread_mutex_unlock(&g->mu);
+	if (w.rc == -1)
+		errno = w.err;
+	return w.rc;
 }
 
 static enum q_status
@@ -1420,12 +1539,43 @@ spool_quarantine(struct spool *sp, const char *id, const char *why)
 	spool_quarantine_path(sp, rel, why);
 }
 
+/*
+ * Moves msg/<from>/id, named in an older layout, to its directory now;
+ * 0, or -1 (quarantined or left) with a log line.
+ */
+static int
+spool_move_old(struct spool *sp, int from, const char *id)
+{
+	char src[PATH_MAX], dst[PATH_MAX], rel[128];
+
+	snprintf(rel, sizeof(rel), "msg/%02x/%s", from, id);
+	snprintf(src, sizeof(src), "%s/%s", sp->dir, rel);
+	snprintf(dst, sizeof(dst), "%s/msg/%02x/%s", sp->dir, spool_dir_of(id), id);
+	if (access(dst, F_OK) == 0) {
+		spool_quarantine_path(sp, rel, "a message of the same id is in its directory");
+		return -1;
+	}
+	if (rename(src, dst) == -1) {
+		spool_log(sp, LOG_ERR, "queue: rename %s: %s", rel, strerror(errno));
+		return -1;
+	}
+	spool_path(id, rel, sizeof(rel));
+	if (spool_fsync_dir(sp, rel) == -1) {
+		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(errno));
+		return -1;
+	}
+	snprintf(rel, sizeof(rel), "msg/%02x/%s", from, id);
+	(void)spool_fsync_dir(sp, rel);
+	return 0;
+}
+
 size_t
 spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 {
 	char path[PATH_MAX], rel[128];
 	struct dirent *de;
-	size_t n = 0, nl;
+	struct { char id[QUEUE_ID_LEN + 1]; int from; } *old = NULL, *p;
+	size_t n = 0, nl, nold = 0, capold = 0, i;
 	DIR *dp;
 	int d;
 
@@ -1445,10 +1595,36 @@ spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 				n++;
 				continue;
 			}
+			/* another layout's place: moved once every directory
+			 * is read (so none is read twice) */
+			if (nl == QUEUE_ID_LEN && qid_valid(de->d_name)) {
+				if (nold == capold) {
+					capold = capold ? capold * 2 : 64;
+					if ((p = realloc(old, capold * sizeof(*old))) == NULL) {
+						spool_log(sp, LOG_ERR, "queue: out of memory "
+						    "for %s: loaded at the next start", de->d_name);
+						capold = nold;
+						continue;
+					}
+					old = p;
+				}
+				memcpy(old[nold].id, de->d_name, QUEUE_ID_LEN + 1);
+				old[nold++].from = d;
+				continue;
+			}
 			snprintf(rel, sizeof(rel), "msg/%02x/%.100s", d, de->d_name);
 			spool_quarantine_path(sp, rel, "not a spool file name");
 		}
 		closedir(dp);
 	}
+	for (i = 0; i < nold; i++)
+		if (spool_move_old(sp, old[i].from, old[i].id) == 0) {
+			fn(arg, old[i].id);
+			n++;
+		}
+	if (nold > 0)
+		spool_log(sp, LOG_INFO, "queue: %zu message files of an older layout "
+		    "moved to their directories", nold);
+	free(old);
 	return n;
 }

@@ -177,6 +177,7 @@ store_flusher_start(struct store *s, char *err, size_t errlen)
 		snprintf(err, errlen, "store: cannot start the log flusher: %s", strerror(r));
 		return -1;
 	}
+	(void)pthread_setname_np(s->flusher, "db-flush");
 	s->f_running = 1;
 	return 0;
 }

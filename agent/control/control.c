@@ -1429,16 +1429,19 @@ control_run(struct control *ctl, char *err, size_t errlen)
 	epoll_ctl(ctl->efd, EPOLL_CTL_ADD, ctl->evfd, &ev);
 	ctl->nworkers = ctl->d->cfg->request_workers;
 	ctl->workers = calloc(ctl->nworkers, sizeof(pthread_t));
-	for (i = 0; i < ctl->nworkers; i++)
+	for (i = 0; i < ctl->nworkers; i++) {
 		if (pthread_create(&ctl->workers[i], NULL, ctl_worker, ctl) != 0) {
 			snprintf(err, errlen, "pthread_create failed");
 			ctl->nworkers = i;
 			return -1;
 		}
+		(void)pthread_setname_np(ctl->workers[i], "request");
+	}
 	if (pthread_create(&ctl->thread, NULL, ctl_event_loop, ctl) != 0) {
 		snprintf(err, errlen, "pthread_create failed");
 		return -1;
 	}
+	(void)pthread_setname_np(ctl->thread, "control");
 	ctl->running = 1;
 	return 0;
 }

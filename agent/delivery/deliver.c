@@ -331,6 +331,7 @@ delivery_threads(struct delivery *dl, void *(*fn)(void *), char *err, size_t err
 			dl->nth = i;
 			return -1;
 		}
+		(void)pthread_setname_np(dl->th[i], "deliver");
 	}
 	return 0;
 }

@@ -52,7 +52,7 @@
 #include "queue/queue.h"
 
 #define EV_HISTORY_MAX	1000	/* events message.status shows */
-#define EV_GATHER_NS	2000000	/* the syncer's rounds start at most this often */
+#define EV_GATHER_NS	8000000	/* the syncer's rounds start at most this often */
 
 /* An event appended to the log, to be published once synced. */
 struct ev_pending {
@@ -173,6 +173,7 @@ events_start(char *err, size_t errlen)
 		snprintf(err, errlen, "events: pthread_create failed");
 		return -1;
 	}
+	(void)pthread_setname_np(ev.syncer, "event-sync");
 	ev.syncer_started = 1;
 	return 0;
 }

@@ -808,6 +808,104 @@ test_loading(void)
 	q_load_sync_max = 10000;
 }
 
+/* FNV-1a as the layout before the time directories used. */
+static unsigned
+old_dir_of(const char *id)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *id != '\0'; id++)
+		h = (h ^ (unsigned char)*id) * 16777619u;
+	return (h ^ (h >> 16)) & (Q_NDIRS - 1);
+}
+
+/* The directory a message is in, or -1. */
+static int
+dir_holding(const char *id)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	int d;
+
+	for (d = 0; d < Q_NDIRS; d++) {
+		snprintf(path, sizeof(path), "%s/msg/%02x/%s", tdir, d, id);
+		if (stat(path, &st) == 0)
+			return d;
+	}
+	return -1;
+}
+
+#define LT	8	/* threads */
+#define LN	25	/* messages each */
+
+static struct queue *lq;
+static _Atomic int lbad;
+
+static void *
+lthr(void *arg)
+{
+	char id[QUEUE_ID_LEN + 1];
+	int i;
+
+	(void)arg;
+	for (i = 0; i < LN; i++)
+		if (enq(lq, "app@example.org", "a@example.com", NULL, id) != Q_OK ||
+		    dir_holding(id) == -1)
+			lbad++;
+	return NULL;
+}
+
+static void
+test_layout(void)
+{
+	char a[QUEUE_ID_LEN + 1], b[QUEUE_ID_LEN + 1], src[PATH_MAX], dst[PATH_MAX];
+	char clk[17];
+	struct q_envelope *e = NULL;
+	pthread_t th[LT];
+	struct queue *q;
+	size_t ncorrupt;
+	int da, db, od, i;
+
+	q = topen(0);
+	queue_pause(q, 1);
+	ok(enq(q, "app@example.org", "a@example.com", NULL, a) == Q_OK &&
+	    enq(q, "app@example.org", "a@example.com", NULL, b) == Q_OK, "two enqueued");
+	da = dir_holding(a);
+	db = dir_holding(b);
+	/* bits 20-27 of the clock in the id: the same second, the same one
+	 * (unless the two straddle a boundary, 1 in ~1000 runs) */
+	snprintf(clk, sizeof(clk), "%.16s", a);
+	ok(da >= 0 && da == (int)((strtoull(clk, NULL, 16) >> 20) & (Q_NDIRS - 1)),
+	    "a message's directory comes from the clock in its id");
+	ok(da == db || db == ((da + 1) & (Q_NDIRS - 1)),
+	    "messages queued together share a directory");
+
+	/* concurrent enqueues share the directory fsyncs, and each is named */
+	lq = q;
+	lbad = 0;
+	for (i = 0; i < LT; i++)
+		pthread_create(&th[i], NULL, lthr, NULL);
+	for (i = 0; i < LT; i++)
+		pthread_join(th[i], NULL);
+	is_int(lbad, 0, "200 concurrent enqueues (8 threads): each acknowledged one is in place");
+	queue_close(q);
+
+	/* a file where the older layout put it is moved and loaded */
+	od = (int)old_dir_of(a);
+	if (od == da)
+		od = (da + 1) & (Q_NDIRS - 1);
+	snprintf(src, sizeof(src), "%s/msg/%02x/%s", tdir, da, a);
+	snprintf(dst, sizeof(dst), "%s/msg/%02x/%s", tdir, od, a);
+	ok(rename(src, dst) == 0, "message moved to another directory");
+	ncorrupt = count_dir("corrupt");
+	q = topen(0);
+	ok(q != NULL && queue_get(q, a, &e) == Q_OK && e != NULL, "it is loaded");
+	q_envelope_free(e);
+	is_int(dir_holding(a), da, "and back in its directory");
+	is_int((int)count_dir("corrupt"), (int)ncorrupt, "nothing quarantined for it");
+	queue_close(q);
+}
+
 int
 main(void)
 {
@@ -827,6 +925,7 @@ main(void)
 	test_recovery_time();
 	test_order_and_sharing();
 	test_loading();
+	test_layout();
 	ok(nlogs > 0, "the log sink was used");
 	snprintf(cmd, sizeof(cmd), "rm -rf '%.*s'", (int)(strlen(tdir) - 6), tdir);
 	if (system(cmd) != 0)
