@@ -15,11 +15,13 @@
  * as the admin's system resolves them; MTA-STS hosts by our libunbound
  * resolver, loaded before the lock-in) and nothing else.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -468,26 +470,85 @@ fetch_tlsa(const char *host, int port, size_t *n, int *secure, char *why, size_t
 }
 
 /*
- * The submission-time check (delivery.h): what needs no DNS here, the MX
- * lookup in the fetch process.
+ * The submission check's verdicts, kept a while per domain: most codes go
+ * to a few large providers, and a verdict from here costs no round trip to
+ * the fetch process.  Direct-mapped and fixed in size, so a client naming
+ * random domains only evicts; a failed lookup (which never refuses) is not
+ * kept.  A domain that gains its MX is refused at most DCACHE_BAD_TTL
+ * longer, one that loses it is queued (and bounced) at most DCACHE_OK_TTL.
+ */
+#define DCACHE_SLOTS	1024
+#define DCACHE_OK_TTL	300	/* seconds */
+#define DCACHE_BAD_TTL	60
+#define DCACHE_NAME	254	/* a domain name's bytes and a NUL */
+
+static struct dcache_slot {
+	char	 name[DCACHE_NAME];
+	char	 detail[512];
+	time_t	 until;
+	int	 rc;
+} dcache[DCACHE_SLOTS];
+static pthread_mutex_t dcache_mu = PTHREAD_MUTEX_INITIALIZER;
+
+/* The slot of domain (lower-cased into key), or NULL if it is too long. */
+static struct dcache_slot *
+dcache_slot(const char *domain, char key[DCACHE_NAME])
+{
+	uint32_t h = 2166136261u;
+	size_t i;
+
+	for (i = 0; domain[i] != '\0'; i++) {
+		if (i == DCACHE_NAME - 1)
+			return NULL;
+		key[i] = (char)tolower((unsigned char)domain[i]);
+		h = (h ^ (unsigned char)key[i]) * 16777619u;
+	}
+	key[i] = '\0';
+	return &dcache[h % DCACHE_SLOTS];
+}
+
+/*
+ * The submission-time check (delivery.h): what needs no DNS here, a
+ * verdict kept from a while ago, else the MX lookup in the fetch process.
  */
 int
 delivery_domain_check(struct otpmaild *d, const char *domain, char *detail, size_t len)
 {
+	struct dcache_slot *c;
 	struct mx_list *l = NULL;
 	enum mx_status st;
-	char reason[512];
+	char reason[512], key[DCACHE_NAME];
+	time_t now = time(NULL);
 	int rc;
 
 	if (d == NULL || d->cfg == NULL || domain == NULL)
 		return 0;
 	if ((rc = mx_check_local(d->cfg, domain, detail, len)) != 1)
 		return rc;
+	if ((c = dcache_slot(domain, key)) != NULL) {
+		pthread_mutex_lock(&dcache_mu);
+		if (strcmp(c->name, key) == 0 && now < c->until) {
+			rc = c->rc;
+			if (rc == -1)
+				snprintf(detail, len, "%s", c->detail);
+			pthread_mutex_unlock(&dcache_mu);
+			return rc;
+		}
+		pthread_mutex_unlock(&dcache_mu);
+	}
 	st = fetch_mx_lookup(domain, 25, &l, reason, sizeof(reason));
 	if (st == MX_TEMPFAIL && fetch_failed())
 		log_msg(LOG_WARNING, "event=dns_error detail=\"%s\"", reason);
 	rc = mx_check_answer(d->cfg, domain, st, l, reason, detail, len);
 	mx_list_free(l);
+	if (c != NULL && st != MX_TEMPFAIL) {
+		pthread_mutex_lock(&dcache_mu);
+		memcpy(c->name, key, sizeof(c->name));
+		snprintf(c->detail, sizeof(c->detail), "%s", rc == -1 ? detail : "");
+		c->rc = rc;
+		c->until = now + (rc == -1 ? DCACHE_BAD_TTL : DCACHE_OK_TTL);
+		pthread_mutex_unlock(&dcache_mu);
+	}
 	return rc;
 }
 

@@ -18,6 +18,7 @@ and otpmaild (harness.Daemon) with `resolver = 127.0.1.53@5353`.
    bad_address.
 """
 import os
+import re
 import subprocess
 import sys
 import time
@@ -252,6 +253,16 @@ def daemon_tests(t):
                  "otp.issue refuses %s with bad_address" % to, r)
         r = d.call({"op": "otp.issue", "to": "a@example.org", "purpose": "login"})
         t.ok(r.get("ok"), "otp.issue accepts a domain with an MX", r)
+        # the verdicts are kept a while: the same domains again (other
+        # addresses, other case) ask the fetch process nothing
+        r1 = d.call({"op": "otp.issue", "to": "b@NX.example.org", "purpose": "login"})
+        r2 = d.call({"op": "otp.issue", "to": "b@Example.org", "purpose": "login"})
+        log = d.log_text()
+        looked = {n: len(re.findall(r"event=fetch_dns kind=mx name=%s " % re.escape(n), log))
+                  for n in ("nx.example.org", "example.org")}
+        t.ok(r1.get("error") == "bad_address" and "does not exist" in str(r1) and
+             r2.get("ok") and looked == {"nx.example.org": 1, "example.org": 1},
+             "the check's verdicts are kept: one MX lookup per domain", (r1, r2, looked))
 
     # a dead DNS server: submission is not refused, delivery defers
     with Daemon(conf_extra="sandbox = no\nresolver = 127.0.1.54@5353\n"
