@@ -1169,6 +1169,12 @@ oom:
 enum q_status
 queue_lease(struct queue *q, int wait_ms, struct q_envelope **out)
 {
+	return queue_lease_us(q, wait_ms > 0 ? wait_ms * 1000L : 0, out);
+}
+
+enum q_status
+queue_lease_us(struct queue *q, long wait_us, struct q_envelope **out)
+{
 	struct timespec deadline, now_ts, wake;
 	struct sched_node *nd;
 	struct qmsg *m;
@@ -1176,7 +1182,15 @@ queue_lease(struct queue *q, int wait_ms, struct q_envelope **out)
 	long ms;
 
 	*out = NULL;
-	q_abstime(&deadline, wait_ms > 0 ? wait_ms : 0);
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	if (wait_us > 0) {
+		deadline.tv_sec += wait_us / 1000000L;
+		deadline.tv_nsec += (wait_us % 1000000L) * 1000L;
+		if (deadline.tv_nsec >= 1000000000L) {
+			deadline.tv_sec++;
+			deadline.tv_nsec -= 1000000000L;
+		}
+	}
 	pthread_mutex_lock(&q->mtx);
 	for (;;) {
 		if (q->shutdown)

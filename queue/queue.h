@@ -162,6 +162,8 @@ enum q_status	 queue_enqueue_barrier(struct queue *, const struct q_envelope *tm
  * DSN for the default class).
  */
 enum q_status	 queue_lease(struct queue *, int wait_ms, struct q_envelope **);
+/* The same, waiting up to wait_us microseconds. */
+enum q_status	 queue_lease_us(struct queue *, long wait_us, struct q_envelope **);
 /* Reads the body of a message (as enqueued). */
 enum q_status	 queue_body(struct queue *, const char *id, char **data, size_t *len);
 /*

@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/futex.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <syslog.h>
 #include <time.h>
 
@@ -151,13 +153,19 @@ store_flusher(void *arg)
 		want = s->f_asked;
 		pthread_mutex_unlock(&s->flock);
 		r = store_log_flush(s);
-		if (r != 0)
+		if (r != 0) {
 			store_logf(s, LOG_ERR, "store: log flush: %s", db_strerror(r));
+			atomic_store(&s->f_failed, want);
+		}
+		atomic_store(&s->f_done, want);
+		atomic_fetch_add(&s->f_gen, 1);
+		/* a waiter counts itself, then reads f_gen: one of the two
+		 * sees the other (the waiters do not take flock: a broadcast
+		 * had each of them fight for it once woken) */
+		if (atomic_load(&s->f_nwait) > 0)
+			(void)syscall(SYS_futex, &s->f_gen, FUTEX_WAKE_PRIVATE, INT_MAX,
+			    NULL, NULL, 0);
 		pthread_mutex_lock(&s->flock);
-		if (r != 0)
-			s->f_failed = want;
-		s->f_done = want;
-		pthread_cond_broadcast(&s->fdone);
 	}
 	pthread_mutex_unlock(&s->flock);
 	return NULL;
@@ -170,8 +178,11 @@ store_flusher_start(struct store *s, char *err, size_t errlen)
 
 	pthread_mutex_init(&s->flock, NULL);
 	pthread_cond_init(&s->fwant, NULL);
-	pthread_cond_init(&s->fdone, NULL);
-	s->f_asked = s->f_done = s->f_failed = 0;
+	s->f_asked = 0;
+	atomic_store(&s->f_done, 0);
+	atomic_store(&s->f_failed, 0);
+	atomic_store(&s->f_gen, 0);
+	atomic_store(&s->f_nwait, 0);
 	s->f_stop = 0;
 	if ((r = pthread_create(&s->flusher, NULL, store_flusher, s)) != 0) {
 		snprintf(err, errlen, "store: cannot start the log flusher: %s", strerror(r));
@@ -194,7 +205,6 @@ store_flusher_stop(struct store *s)
 	pthread_join(s->flusher, NULL);
 	s->f_running = 0;
 	pthread_cond_destroy(&s->fwant);
-	pthread_cond_destroy(&s->fdone);
 	pthread_mutex_destroy(&s->flock);
 }
 
@@ -217,14 +227,20 @@ store_flush_wait(struct store *s, uint64_t ticket)
 {
 	int rc;
 
+	uint32_t g;
+
 	if (ticket == 0)
 		return 0;
-	pthread_mutex_lock(&s->flock);
-	while (s->f_done < ticket)
-		pthread_cond_wait(&s->fdone, &s->flock);
+	while (atomic_load(&s->f_done) < ticket) {
+		g = atomic_load(&s->f_gen);
+		atomic_fetch_add(&s->f_nwait, 1);
+		if (atomic_load(&s->f_done) < ticket && atomic_load(&s->f_gen) == g)
+			(void)syscall(SYS_futex, &s->f_gen, FUTEX_WAIT_PRIVATE, g, NULL,
+			    NULL, 0);
+		atomic_fetch_sub(&s->f_nwait, 1);
+	}
 	/* a failed flush fails every ticket up to it (conservative) */
-	rc = ticket <= s->f_failed ? -1 : 0;
-	pthread_mutex_unlock(&s->flock);
+	rc = ticket <= atomic_load(&s->f_failed) ? -1 : 0;
 	return rc;
 }
 

@@ -131,11 +131,14 @@ struct store {
 	pthread_mutex_t	 glock;		/* the global rate window */
 	uint64_t	 g_sec;
 	uint32_t	 g_count;
-	/* the log flusher (env.c): tickets asked, flushed, failed */
+	/* the log flusher (env.c): tickets asked (flock), flushed, failed;
+	 * waiters sleep on f_gen, bumped after each flush, not on flock */
 	pthread_t	 flusher;
 	pthread_mutex_t	 flock;
-	pthread_cond_t	 fwant, fdone;
-	uint64_t	 f_asked, f_done, f_failed;
+	pthread_cond_t	 fwant;
+	uint64_t	 f_asked;
+	_Atomic uint64_t f_done, f_failed;
+	_Atomic uint32_t f_gen, f_nwait;
 	int		 f_running, f_stop;
 	/* files quarantined at open (verify.c) */
 	struct store_quarantine quarantined[STORE_QUARANTINE_MAX];

@@ -71,6 +71,16 @@
  * another worker could have taken.
  */
 #define DELIVERY_BATCH_FAST	0.002		/* seconds per job, moving average */
+/*
+ * Under load the worker holding the leasing baton waits a little for the
+ * messages about to be queued, so they share its batch: a batch costs the
+ * two processes one job write, one wake-up on each side, one result read
+ * and one event round, whatever its size.  It waits only while messages
+ * come faster than one per DELIVERY_GATHER/2 (a moving average of the
+ * gaps between leases), so a lone message never waits, and at most
+ * DELIVERY_GATHER after the batch's first lease.
+ */
+#define DELIVERY_GATHER		0.002		/* seconds */
 
 struct idle {
 	struct smtp_session	*s;
@@ -137,6 +147,13 @@ struct delivery {
 	int			 privsep;
 	char			 exe[PATH_MAX];
 	pthread_mutex_t		 pmu;		/* child, gen, fds */
+	/* the leasing baton: one main-side worker at a time waits for due
+	 * messages and gathers its batch; the others wait here, so a burst
+	 * of messages queued together goes out as one batch, not one job
+	 * per woken worker */
+	pthread_mutex_t		 lease_mu;
+	double			 last_lease;	/* lease_mu: monotonic seconds */
+	double			 gap;		/* lease_mu: between leases, average */
 	pid_t			 child;		/* -1: none running */
 	unsigned		 gen;		/* starts of the delivery process */
 	int			*fds;		/* sockets of gen not yet taken by their slot */
@@ -280,6 +297,7 @@ delivery_new(struct otpmaild *d, char *err, size_t errlen)
 	dl->child = -1;
 	dl->spare = -1;
 	pthread_mutex_init(&dl->mu, NULL);
+	pthread_mutex_init(&dl->lease_mu, NULL);
 	pthread_mutex_init(&dl->pmu, NULL);
 	sandbox_dir(d->cfg, d->state_dir, dl->maildir, sizeof(dl->maildir));
 	dl->nth = d->cfg->delivery_workers > 0 ? d->cfg->delivery_workers : 1;
@@ -457,6 +475,7 @@ delivery_free(struct delivery *dl)
 	free(dl->slots);
 	free(dl->th);
 	pthread_mutex_destroy(&dl->mu);
+	pthread_mutex_destroy(&dl->lease_mu);
 	pthread_mutex_destroy(&dl->pmu);
 	free(dl);
 }
@@ -534,11 +553,14 @@ delivery_worker(void *arg)
 	while (!dl->stopping) {
 		delivery_reap(dl, 0);
 		env = NULL;
-		st = queue_lease(dl->d->queue, 1000, &env);
-		if (st == Q_NOTFOUND)
-			continue;
+		if (dl->privsep)
+			pthread_mutex_lock(&dl->lease_mu);	/* delivery_batch unlocks */
+		st = dl->stopping ? Q_NOTFOUND : queue_lease(dl->d->queue, 1000, &env);
 		if (st != Q_OK || env == NULL) {
-			usleep(200 * 1000);
+			if (dl->privsep)
+				pthread_mutex_unlock(&dl->lease_mu);
+			if (st != Q_NOTFOUND)
+				usleep(200 * 1000);
 			continue;
 		}
 		if (dl->privsep)
@@ -1046,12 +1068,31 @@ delivery_lost_before(const struct slot *sl, const char *id)
 /*
  * Main process: has the delivery process deliver env and the messages due
  * with it (a batch, see DELIVERY_BATCH), records the outcomes and releases
- * the leases.  The events of the batch are made durable together, before
+ * the leases.  Called holding the leasing baton (lease_mu), which it passes
+ * on once the batch is gathered.  The events of the batch are made durable together, before
  * any of its leases is released.  When the process is lost, what had no
  * result goes back to the queue untouched, due now; a message in flight at
  * two losses in a row of this slot is deferred instead, so one that kills
  * the process cannot keep it dying.
  */
+/*
+ * Holding lease_mu: notes a lease at now, and returns how long to wait for
+ * the next message of a batch begun at g0 (microseconds; 0: do not wait).
+ */
+static long
+delivery_gather_left(struct delivery *dl, double g0, double now)
+{
+	double left;
+
+	if (dl->last_lease > 0)
+		dl->gap = 0.875 * dl->gap + 0.125 * (now - dl->last_lease);
+	dl->last_lease = now;
+	if (dl->gap >= DELIVERY_GATHER / 2)
+		return 0;
+	left = g0 + DELIVERY_GATHER - now;
+	return left > 0 ? (long)(left * 1e6) : 0;
+}
+
 static void
 delivery_batch(struct slot *sl, struct q_envelope *env)
 {
@@ -1062,9 +1103,10 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 	const char *why = NULL;
 	size_t n = 0, nout = 0, nlost = 0, bytes = 0, i, k;
 	int fd = -1, gone = 0;
-	double t0;
+	double t0, g0;
 
 	memset(f, 0, sizeof(f));
+	g0 = delivery_mono();
 	for (;;) {
 		m = &f[n++];
 		m->env = env;
@@ -1078,9 +1120,11 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 		if (n == DELIVERY_BATCH || bytes >= DELIVERY_BATCH_BYTES ||
 		    m->job.nrcpt > DELIVERY_BATCH_RCPTS || dl->stopping ||
 		    sl->per_job > DELIVERY_BATCH_FAST ||
-		    queue_lease(dl->d->queue, 0, &env) != Q_OK || env == NULL)
+		    queue_lease_us(dl->d->queue, delivery_gather_left(dl, g0,
+		    delivery_mono()), &env) != Q_OK || env == NULL)
 			break;
 	}
+	pthread_mutex_unlock(&dl->lease_mu);	/* the next worker leases */
 	if (n > 1)
 		log_msg(LOG_DEBUG, "event=delivery_batch messages=%zu jobs=%zu bytes=%zu",
 		    n, nout, bytes);
