@@ -45,8 +45,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <syslog.h>
 #include <unistd.h>
+#include <linux/futex.h>
 
 #include "queue/queue_int.h"
 
@@ -62,22 +64,28 @@
 
 /*
  * The fsyncs of one msg/XX, shared: a thread that has linked a name into
- * it takes a ticket and waits; while no fsync of it runs, one waiter
- * starts one for every ticket taken so far (each of those links was made
- * before it began) and hands its result to each of them.
+ * it takes a ticket; if no fsync of it runs, it starts one for every
+ * ticket taken so far (each of those links was made before it began),
+ * else it waits.  The thread whose fsync ends hands its result to each
+ * waiter it covered and wakes them one by one, and names one of those it
+ * did not cover to run the next: a broadcast had every waiter, covered or
+ * not, wake and fight for the mutex (15 woken per fsync at 1,000 msg/s).
+ * A waiter sleeps on its own word, st.
  */
+enum { SPOOL_DW_WAIT, SPOOL_DW_DONE, SPOOL_DW_LEAD };
+
 struct spool_dwait {
 	uint64_t		 t;
-	int			 rc, err, done;
+	int			 rc, err;
+	_Atomic uint32_t	 st;		/* SPOOL_DW_* */
 	struct spool_dwait	*next;
 };
 
 struct spool_dsync {
 	pthread_mutex_t		 mu;
-	pthread_cond_t		 cv;
 	uint64_t		 ticket;	/* the last one taken */
-	int			 busy;		/* an fsync runs */
-	struct spool_dwait	*w;		/* waiting for theirs */
+	int			 busy;		/* an fsync runs or is handed on */
+	struct spool_dwait	*w;		/* waiting */
 };
 
 struct spool_sb {		/* growable text of the envelope */
@@ -251,7 +259,6 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 	if ((sp->dsync = calloc(Q_NDIRS, sizeof(*sp->dsync))) != NULL)
 		for (i = 0; i < Q_NDIRS; i++) {
 			pthread_mutex_init(&sp->dsync[i].mu, NULL);
-			pthread_cond_init(&sp->dsync[i].cv, NULL);
 		}
 	return 0;
 fail:
@@ -269,7 +276,6 @@ spool_free(struct spool *sp)
 	if (sp->dsync != NULL)
 		for (i = 0; i < Q_NDIRS; i++) {
 			pthread_mutex_destroy(&sp->dsync[i].mu);
-			pthread_cond_destroy(&sp->dsync[i].cv);
 		}
 	free(sp->dsync);
 	sp->dsync = NULL;
@@ -394,14 +400,25 @@ spool_msg_dir(const char *rel)
  * what the caller did in it is done: shared with the other threads that
  * wait for the same msg/XX (struct spool_dsync).  0, or -1 with errno.
  */
+static void
+spool_dw_set(struct spool_dwait *w, uint32_t st)
+{
+	atomic_store(&w->st, st);
+	/* w may be gone once st is set (its thread returned): a wake-up on
+	 * its address is then spurious for whoever sleeps there, which every
+	 * futex user allows for */
+	(void)syscall(SYS_futex, &w->st, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
 int
 spool_fsync_dir(struct spool *sp, const char *rel)
 {
 	struct spool_dsync *g;
-	struct spool_dwait w, **pp;
+	struct spool_dwait w, *done, *lead, *it, *nx, **pp;
 	char path[PATH_MAX];
 	char *slash;
 	uint64_t upto;
+	uint32_t st;
 	int d, rc, e;
 
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
@@ -412,37 +429,57 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	g = &sp->dsync[d];
 	pthread_mutex_lock(&g->mu);
 	w.t = ++g->ticket;
-	w.rc = -1;
-	w.err = EIO;
-	w.done = 0;
-	w.next = g->w;
-	g->w = &w;
-	while (!w.done) {
-		if (g->busy) {
-			pthread_cond_wait(&g->cv, &g->mu);
-			continue;
-		}
-		g->busy = 1;
-		upto = g->ticket;
+	if (g->busy) {
+		w.rc = -1;
+		w.err = EIO;
+		atomic_store(&w.st, SPOOL_DW_WAIT);
+		w.next = g->w;
+		g->w = &w;
 		pthread_mutex_unlock(&g->mu);
-		rc = spool_fsync_path(path);
-		e = errno;
-		pthread_mutex_lock(&g->mu);
-		g->busy = 0;
-		for (pp = &g->w; *pp != NULL; )
-			if ((*pp)->t <= upto) {
-				(*pp)->rc = rc;
-				(*pp)->err = e;
-				(*pp)->done = 1;
-				*pp = (*pp)->next;
-			} else
-				pp = &(*pp)->next;
-		pthread_cond_broadcast(&g->cv);
+		while ((st = atomic_load(&w.st)) == SPOOL_DW_WAIT)
+			(void)syscall(SYS_futex, &w.st, FUTEX_WAIT_PRIVATE,
+			    SPOOL_DW_WAIT, NULL, NULL, 0);
+		if (st == SPOOL_DW_DONE) {
+			if (w.rc == -1)
+				errno = w.err;
+			return w.rc;
+		}
+		pthread_mutex_lock(&g->mu);	/* named to run the next one */
 	}
+	g->busy = 1;
+	upto = g->ticket;
 	pthread_mutex_unlock(&g->mu);
-	if (w.rc == -1)
-		errno = w.err;
-	return w.rc;
+	rc = spool_fsync_path(path);
+	e = errno;
+	pthread_mutex_lock(&g->mu);
+	done = lead = NULL;
+	for (pp = &g->w; (it = *pp) != NULL; )
+		if (it->t <= upto) {		/* covered: out of the list */
+			*pp = it->next;
+			it->next = done;
+			done = it;
+		} else
+			pp = &it->next;
+	for (it = g->w; it != NULL; it = it->next)	/* the oldest left runs next */
+		if (lead == NULL || it->t < lead->t)
+			lead = it;
+	for (pp = &g->w; lead != NULL && *pp != lead; pp = &(*pp)->next)
+		;
+	if (lead != NULL)
+		*pp = lead->next;
+	g->busy = lead != NULL;		/* handed on, still busy */
+	pthread_mutex_unlock(&g->mu);
+	for (it = done; it != NULL; it = nx) {
+		nx = it->next;
+		it->rc = rc;
+		it->err = e;
+		spool_dw_set(it, SPOOL_DW_DONE);
+	}
+	if (lead != NULL)
+		spool_dw_set(lead, SPOOL_DW_LEAD);
+	if (rc == -1)
+		errno = e;
+	return rc;
 }
 
 static enum q_status
