@@ -1445,19 +1445,37 @@ q_expired_sync(struct queue *q)
 
 /*
  * Saves the state of the messages q_run_timers_locked expired, once their
- * events are durable (one sync for all of them), then queues their DSNs.
+ * events are durable: one sync for all of them, without the lock (a mass
+ * expiry stalls no request).  Meanwhile they are finished in memory and
+ * leased to this sweep: nothing else writes them, a delete marks them.
+ * Then their DSNs are queued.
  */
 static void
 q_expired_save(struct queue *q, struct qmsg **v, size_t n)
 {
 	struct q_envelope *dsn[Q_EXPIRE_BATCH];
+	struct qmsg *m;
 	size_t i, k = 0;
 
-	q_expired_sync(q);
 	for (i = 0; i < n; i++) {
-		q_persist_locked(q, v[i]);
-		q_schedule(q, v[i]);
-		if (q_dsn_needed(v[i]) && (dsn[k] = q_envelope_dup(&v[i]->env)) != NULL)
+		v[i]->leased = 1;
+		q_schedule(q, v[i]);	/* out of the run heap */
+	}
+	pthread_mutex_unlock(&q->mtx);
+	q_expired_sync(q);
+	pthread_mutex_lock(&q->mtx);
+	for (i = 0; i < n; i++) {
+		m = v[i];
+		m->leased = 0;
+		if (m->deleted) {
+			q_unlink(q, m);
+			spool_remove(&q->sp, m->env.id, 0);
+			q_msg_free(q, m);
+			continue;
+		}
+		q_persist_locked(q, m);
+		q_schedule(q, m);
+		if (q_dsn_needed(m) && (dsn[k] = q_envelope_dup(&m->env)) != NULL)
 			k++;
 	}
 	if (k == 0)

@@ -112,9 +112,9 @@ struct queue_params {
 	 * with its state and reply set: the event log.  May be NULL.  What
 	 * it records may wait for expired_sync, which the queue calls once
 	 * the expiries of a sweep (a release: of its message) are made and
-	 * before their state is saved or their files removed: it returns
-	 * once they are durable (one fdatasync for a mass expiry, not one
-	 * per recipient).  May be NULL. */
+	 * before their state is saved or their files removed, by the same
+	 * thread and without the lock: it returns once they are durable (one
+	 * fdatasync for a mass expiry, not one per recipient).  May be NULL. */
 	void		(*expired)(void *arg, const struct q_envelope *, size_t rcpt);
 	void		(*expired_sync)(void *arg);
 	void		*expired_arg;

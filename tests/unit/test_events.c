@@ -5,8 +5,11 @@
  * the syncer thread: a no-wait event (accepted) becomes durable and visible
  * with nothing after it, message history shows it at once, events_close
  * syncs what is pending; a mass expiry in the queue (250 messages, 500
- * recipients) records every expired event with one sync.  The socket, webhooks and the delivery hooks: tests/integration/test_events.py.
+ * recipients) records every expired event with one sync, made without
+ * the queue lock (a message deleted meanwhile goes).  The socket,
+ * webhooks and the delivery hooks: tests/integration/test_events.py.
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +73,38 @@ fake_clock(void)
 
 #define XN	250	/* messages, two recipients each */
 
+static struct queue *xq;
+static char xdel[QUEUE_ID_LEN + 1];
+static int xfree, xdeleted;
+
+static void *
+xprobe(void *arg)
+{
+	struct q_stats st;
+
+	(void)arg;
+	queue_stats(xq, &st);
+	return NULL;
+}
+
+/* The sweep's sync: is the queue lock free meanwhile?  A delete then. */
+static void
+xsync(void *arg)
+{
+	struct timespec ts;
+	pthread_t t;
+
+	if (xq != NULL && !xfree && pthread_create(&t, NULL, xprobe, NULL) == 0) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 10;
+		if ((xfree = pthread_timedjoin_np(t, NULL, &ts) == 0))
+			xdeleted = queue_delete(xq, xdel) == Q_OK;
+		else
+			pthread_detach(t);
+	}
+	events_expired_sync(arg);
+}
+
 /* A mass expiry: one event log sync for the sweep, every event recorded. */
 static void
 test_mass_expiry(const char *dir)
@@ -80,7 +115,8 @@ test_mass_expiry(const char *dir)
 	    .rcpts = r, .nrcpt = 2, .tag = "otp app=shop" };
 	struct queue_params p;
 	struct q_stats st;
-	char spool[300], err[256], id[QUEUE_ID_LEN + 1];
+	char spool[300], err[256], id[QUEUE_ID_LEN + 1], path[600];
+	struct q_envelope *e = NULL;
 	uint64_t last, syncs;
 	struct queue *q;
 	json_t *a;
@@ -94,7 +130,7 @@ test_mass_expiry(const char *dir)
 	p.keep_done = 600;
 	p.hostname = "mx.example.net";
 	p.expired = events_expired;
-	p.expired_sync = events_expired_sync;
+	p.expired_sync = xsync;
 	if ((q = queue_open(&p, err, sizeof(err))) == NULL) {
 		ok(0, "queue_open");
 		diag("queue_open: %s", err);
@@ -104,9 +140,10 @@ test_mass_expiry(const char *dir)
 	queue_set_clock(q, fake_clock);
 	t.expires = fake_now + 60;
 	for (i = 0; i < XN; i++)
-		if (queue_enqueue(q, &t, msg, sizeof(msg) - 1, id) == Q_OK)
+		if (queue_enqueue(q, &t, msg, sizeof(msg) - 1, i == 0 ? xdel : id) == Q_OK)
 			enq++;
 	is_int(enq, XN, "250 messages queued");
+	xq = q;
 	last = events_last_id();
 	syncs = events_syncs();
 	fake_now += 61;
@@ -121,6 +158,13 @@ test_mass_expiry(const char *dir)
 		if (strcmp(field(a, i, "type"), "expired") == 0)
 			n++;
 	is_int(n, 2 * XN, "every expired event is recorded and readable");
+	ok(xfree, "the queue lock is free while the sweep syncs the event log");
+	ok(xdeleted && queue_get(q, xdel, &e) == Q_NOTFOUND, "a message deleted "
+	    "meanwhile is gone after the sweep");
+	snprintf(path, sizeof(path), "%s/", spool);
+	spool_path(xdel, path + strlen(path), sizeof(path) - strlen(path));
+	ok(access(path, F_OK) == -1, "and so is its file");
+	xq = NULL;
 	queue_close(q);
 }
 
