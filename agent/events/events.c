@@ -12,7 +12,8 @@
  *
  * Two kinds of emitters.  A waiting one (delivered, deferred, bounced,
  * expired: the spool changes after it) returns once its events are
- * durable and published.  A no-wait one (accepted, suppressed: the
+ * durable and published; a queue sweep's expired events wait together
+ * (events_expired_sync).  A no-wait one (accepted, suppressed: the
  * request path, whose answer promises nothing about the event) returns
  * once they are appended; the syncer thread makes them durable and
  * publishes them.  A power loss in that window loses them (a killed
