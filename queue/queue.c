@@ -113,6 +113,8 @@ static enum q_status q_persist_locked(struct queue *, struct qmsg *);
 static int	q_dsn_needed(const struct qmsg *);
 static int	q_expire_locked(struct queue *, struct qmsg *, time_t);
 static void	q_send_dsn(struct queue *, struct q_envelope *);
+static void	q_expired_sync(struct queue *);
+static void	q_expired_save(struct queue *, struct qmsg **, size_t);
 static void	q_run_timers_locked(struct queue *);
 static void	*q_timer_main(void *);
 static void	q_recover_one(void *, const char *);
@@ -124,6 +126,7 @@ static void	q_abstime(struct timespec *, long ms);
 size_t q_load_sync_max = 10000;
 unsigned q_load_test_delay_ms;
 #define Q_LOAD_WAIT_MS	2000
+#define Q_EXPIRE_BATCH	512	/* expiries whose events one sync covers */
 
 static const struct q_class_params q_defaults[Q_CLASS_COUNT] = {
 	[Q_CLASS_OTP] = { 5, 60, 600, 0.2 },
@@ -1247,7 +1250,7 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 	unsigned gen0;
 	char *text;
 	time_t now, flushed;
-	int need_dsn = 0, durable;
+	int need_dsn = 0, durable, expired = 0;
 
 	if (env == NULL)
 		return Q_BADINPUT;
@@ -1300,9 +1303,10 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 			pending++;
 	if (!flushed || pending == 0)
 		m->env.attempts++;
-	if (pending > 0 && now >= m->env.expires)
+	if (pending > 0 && now >= m->env.expires) {
 		need_dsn = q_expire_locked(q, m, now);
-	else if (pending > 0 && flushed > now)
+		expired = 1;
+	} else if (pending > 0 && flushed > now)
 		m->env.next_attempt = flushed;	/* back on the schedule it had */
 	else if (pending > 0) {
 		m->env.next_attempt = now + sched_backoff(&q->p.klass[m->env.klass],
@@ -1320,6 +1324,8 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 	durable = m->env.finished == 0;
 	pthread_mutex_unlock(&q->mtx);
 
+	if (expired)
+		q_expired_sync(q);	/* its events before its state */
 	st = text ? spool_store_state_text(&q->sp, m->env.id, text, elen, durable) :
 	    Q_TEMPFAIL;
 	free(text);
@@ -1443,19 +1449,88 @@ queue_shutdown(struct queue *q)
 
 /* --- timers: expiry and purge --------------------------------------- */
 
+/* Makes the expired events recorded so far durable (queue.h). */
+static void
+q_expired_sync(struct queue *q)
+{
+	if (q->p.expired_sync != NULL)
+		q->p.expired_sync(q->p.expired_arg);
+}
+
+/*
+ * Saves the state of the messages q_run_timers_locked expired, once their
+ * events are durable: one sync for all of them, without the lock (a mass
+ * expiry stalls no request).  Meanwhile they are finished in memory and
+ * leased to this sweep: nothing else writes them, a delete marks them.
+ * Then their DSNs are queued.
+ */
+static void
+q_expired_save(struct queue *q, struct qmsg **v, size_t n)
+{
+	struct q_envelope *dsn[Q_EXPIRE_BATCH];
+	struct qmsg *m;
+	size_t i, k = 0;
+
+	for (i = 0; i < n; i++) {
+		v[i]->leased = 1;
+		q_schedule(q, v[i]);	/* out of the run heap */
+	}
+	pthread_mutex_unlock(&q->mtx);
+	q_expired_sync(q);
+	pthread_mutex_lock(&q->mtx);
+	for (i = 0; i < n; i++) {
+		m = v[i];
+		m->leased = 0;
+		if (m->deleted) {
+			q_unlink(q, m);
+			spool_remove(&q->sp, m->env.id, 0);
+			q_msg_free(q, m);
+			continue;
+		}
+		q_persist_locked(q, m);
+		q_schedule(q, m);
+		if (q_dsn_needed(m) && (dsn[k] = q_envelope_dup(&m->env)) != NULL)
+			k++;
+	}
+	if (k == 0)
+		return;
+	/* copies: q_send_dsn lets go of the lock, the messages may go */
+	pthread_mutex_unlock(&q->mtx);
+	for (i = 0; i < k; i++)
+		q_send_dsn(q, dsn[i]);
+	pthread_mutex_lock(&q->mtx);
+}
+
 static void
 q_run_timers_locked(struct queue *q)
 {
+	struct qmsg *exp[Q_EXPIRE_BATCH];
 	struct q_envelope *copy;
 	struct sched_node *nd;
 	struct qmsg *m;
+	size_t nexp = 0;
 	time_t now;
 
 	for (;;) {
 		now = q_now(q);
-		if ((nd = sched_heap_top(&q->sched.timers)) == NULL || nd->key > now)
+		nd = sched_heap_top(&q->sched.timers);
+		m = nd != NULL && nd->key <= now ? nd->owner : NULL;
+		/* expiries are gathered: their events are synced together,
+		 * before anything else the sweep does */
+		if (m != NULL && !m->leased && !m->env.finished && now >= m->env.expires &&
+		    nexp < Q_EXPIRE_BATCH) {
+			(void)q_expire_locked(q, m, now);
+			sched_heap_del(&q->sched.timers, &m->timer);
+			exp[nexp++] = m;
+			continue;
+		}
+		if (nexp > 0) {
+			q_expired_save(q, exp, nexp);
+			nexp = 0;
+			continue;
+		}
+		if (m == NULL)
 			return;
-		m = nd->owner;
 		if (m->leased) {
 			/* its release reschedules it */
 			sched_heap_del(&q->sched.timers, &m->timer);
@@ -1481,16 +1556,6 @@ q_run_timers_locked(struct queue *q)
 		if (now < m->env.expires) {
 			sched_heap_set(&q->sched.timers, &m->timer, m->env.expires);
 			continue;
-		}
-		copy = NULL;
-		if (q_expire_locked(q, m, now))
-			copy = q_envelope_dup(&m->env);
-		q_persist_locked(q, m);
-		q_schedule(q, m);
-		if (copy != NULL) {
-			pthread_mutex_unlock(&q->mtx);
-			q_send_dsn(q, copy);
-			pthread_mutex_lock(&q->mtx);
 		}
 	}
 }

@@ -109,8 +109,14 @@ struct queue_params {
 	char		*(*sign)(void *arg, const char *msg, size_t len, size_t *outlen);
 	void		*sign_arg;
 	/* Called (queue lock held) for each recipient the queue expires,
-	 * with its state and reply set: the event log.  May be NULL. */
+	 * with its state and reply set: the event log.  May be NULL.  What
+	 * it records may wait for expired_sync, which the queue calls once
+	 * the expiries of a sweep (a release: of its message) are made and
+	 * before their state is saved or their files removed, by the same
+	 * thread and without the lock: it returns once they are durable (one
+	 * fdatasync for a mass expiry, not one per recipient).  May be NULL. */
 	void		(*expired)(void *arg, const struct q_envelope *, size_t rcpt);
+	void		(*expired_sync)(void *arg);
 	void		*expired_arg;
 };
 

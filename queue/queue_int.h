@@ -83,6 +83,15 @@ int		 spool_load(struct spool *, const char *id, struct q_envelope **,
 enum q_status	 spool_read_body(struct spool *, const char *id, char **, size_t *);
 void		 spool_remove(struct spool *, const char *id, int sync);
 int		 spool_fsync_dir(struct spool *, const char *rel);
+/*
+ * Tests: run by the thread that syncs msg/<dir> for tickets from..upto,
+ * before the fsync and without the lock; -1 (errno set) is that round's
+ * result instead of the fsync's.  NULL in the daemon.
+ */
+extern int	(*spool_dsync_test_hook)(struct spool *, int dir, uint64_t from,
+		    uint64_t upto);
+/* Tests: the last ticket taken in msg/<dir>. */
+uint64_t	 spool_dsync_tickets(struct spool *, int dir);
 /* Moves a message file (or one stray file) into corrupt/. */
 void		 spool_quarantine(struct spool *, const char *id, const char *why);
 void		 spool_quarantine_path(struct spool *, const char *rel, const char *why);

@@ -84,6 +84,7 @@ struct spool_dwait {
 struct spool_dsync {
 	pthread_mutex_t		 mu;
 	uint64_t		 ticket;	/* the last one taken */
+	uint64_t		 synced;	/* the last one answered */
 	int			 busy;		/* an fsync runs or is handed on */
 	struct spool_dwait	*w;		/* waiting */
 };
@@ -124,6 +125,7 @@ static pthread_once_t	 spool_crc_once = PTHREAD_ONCE_INIT;
 static atomic_ulong	 spool_tmp_seq;
 _Thread_local const char *queue_nospace_why = "the spool is out of space";
 static const char	*spool_fault_step;	/* $OTPMAIL_FAULT, tests only */
+int	(*spool_dsync_test_hook)(struct spool *, int dir, uint64_t from, uint64_t upto);
 /* State records of one message are appended under one of these (by id). */
 static pthread_mutex_t	 spool_locks[SPOOL_NLOCKS] = {
 	[0 ... SPOOL_NLOCKS - 1] = PTHREAD_MUTEX_INITIALIZER
@@ -417,7 +419,7 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	struct spool_dwait w, *done, *lead, *it, *nx, **pp;
 	char path[PATH_MAX];
 	char *slash;
-	uint64_t upto;
+	uint64_t from, upto;
 	uint32_t st;
 	int d, rc, e;
 
@@ -447,11 +449,17 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 		pthread_mutex_lock(&g->mu);	/* named to run the next one */
 	}
 	g->busy = 1;
+	from = g->synced + 1;
 	upto = g->ticket;
 	pthread_mutex_unlock(&g->mu);
-	rc = spool_fsync_path(path);
+	if (spool_dsync_test_hook != NULL &&
+	    spool_dsync_test_hook(sp, d, from, upto) == -1)
+		rc = -1;
+	else
+		rc = spool_fsync_path(path);
 	e = errno;
 	pthread_mutex_lock(&g->mu);
+	g->synced = upto;
 	done = lead = NULL;
 	for (pp = &g->w; (it = *pp) != NULL; )
 		if (it->t <= upto) {		/* covered: out of the list */
@@ -480,6 +488,22 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	if (rc == -1)
 		errno = e;
 	return rc;
+}
+
+/* The last ticket taken in msg/XX (tests). */
+uint64_t
+spool_dsync_tickets(struct spool *sp, int dir)
+{
+	struct spool_dsync *g;
+	uint64_t t;
+
+	if (sp->dsync == NULL || dir < 0 || dir >= Q_NDIRS)
+		return 0;
+	g = &sp->dsync[dir];
+	pthread_mutex_lock(&g->mu);
+	t = g->ticket;
+	pthread_mutex_unlock(&g->mu);
+	return t;
 }
 
 static enum q_status
@@ -606,11 +630,16 @@ spool_write_file(struct spool *sp, const char *rel, const struct iovec *iov, int
 		 * The file is in place, maybe not durable: report tempfail.
 		 * A new file goes again, or a restart would deliver a message
 		 * whose sender was told it was refused (and retries it).
+		 * Every thread of the failed fsync round gets its error and
+		 * removes its own file; the removal is synced if the disk
+		 * is back (else by the next fsync of the directory).
 		 */
 		saved = errno;
 		spool_log(sp, LOG_ERR, "queue: fsync dir of %s: %s", rel, strerror(saved));
 		if (!replace && unlink(dst) == -1)
 			spool_log(sp, LOG_ERR, "queue: unlink %s: %s", rel, strerror(errno));
+		else if (!replace)
+			(void)spool_fsync_dir(sp, rel);
 		return spool_errno_status(saved);
 	}
 	spool_fault("after_dir_fsync");

@@ -355,6 +355,7 @@ main(int argc, char **argv)
 	if (events_open(&d, qp.klass, err, sizeof(err)) == -1)
 		goto fail;
 	qp.expired = events_expired;
+	qp.expired_sync = events_expired_sync;
 	d.queue = queue_open(&qp, err, sizeof(err));
 	free(spool);	/* the queue keeps its own copy */
 	if (d.queue == NULL)

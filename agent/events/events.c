@@ -12,7 +12,8 @@
  *
  * Two kinds of emitters.  A waiting one (delivered, deferred, bounced,
  * expired: the spool changes after it) returns once its events are
- * durable and published.  A no-wait one (accepted, suppressed: the
+ * durable and published; a queue sweep's expired events wait together
+ * (events_expired_sync).  A no-wait one (accepted, suppressed: the
  * request path, whose answer promises nothing about the event) returns
  * once they are appended; the syncer thread makes them durable and
  * publishes them.  A power loss in that window loses them (a killed
@@ -82,6 +83,7 @@ static struct {
 	uint64_t	 sfirst;	/* ... that starts at this id (under mu) */
 	_Atomic uint64_t synced;	/* newest id on disk and published */
 	_Atomic uint64_t appended;	/* newest id written (set under mu) */
+	_Atomic uint64_t nsyncs;	/* fdatasyncs of the log (events_syncs) */
 	pthread_t	 syncer;
 	int		 syncer_started;
 	_Atomic int	 syncer_on;	/* no-wait events are the syncer's to sync */
@@ -356,6 +358,8 @@ ev_publish(uint64_t upto)
 		}
 		pthread_mutex_unlock(&ev.mu);
 		r = fd != -1 && n > 0 ? fdatasync(fd) : n > 0 ? -1 : 0;
+		if (fd != -1 && n > 0)
+			atomic_fetch_add(&ev.nsyncs, 1);
 		if (r == -1)
 			log_msg(LOG_ERR, "event=events_error detail=\"fdatasync of the event "
 			    "log failed\"");
@@ -659,6 +663,12 @@ events_batch_end(void)
 	(void)ev_batch_end(EV_FOLLOW);
 }
 
+uint64_t
+events_syncs(void)
+{
+	return atomic_load(&ev.nsyncs);
+}
+
 void
 events_app_of(const struct q_envelope *env, char *out, size_t len)
 {
@@ -806,6 +816,14 @@ out:
 	ev_hops_clear();
 }
 
+/*
+ * The queue's expiry callbacks: a sweep's expired events (thousands when
+ * many lifetimes end together) are one batch, opened by the first of them
+ * and written and synced by events_expired_sync (one fdatasync), which
+ * the queue calls before it saves their messages' state.
+ */
+static _Thread_local int ev_exp_batch;	/* events_expired opened a batch */
+
 void
 events_expired(void *arg, const struct q_envelope *env, size_t i)
 {
@@ -814,11 +832,25 @@ events_expired(void *arg, const struct q_envelope *env, size_t i)
 	(void)arg;
 	if (!ev.open || i >= env->nrcpt)
 		return;
+	if (!ev_exp_batch) {
+		ev_batch_begin();
+		ev_exp_batch = 1;
+	}
 	events_app_of(env, app, sizeof(app));
 	events_emit(app, EV_EXPIRED, env->id, env->rcpts[i].addr,
 	    json_pack("{s:s, s:s, s:i}", "class", q_class_name(env->klass), "reason",
 	    env->rcpts[i].reply ? env->rcpts[i].reply : "lifetime expired",
 	    "attempts", env->rcpts[i].attempts));
+}
+
+void
+events_expired_sync(void *arg)
+{
+	(void)arg;
+	if (!ev_exp_batch)
+		return;
+	ev_exp_batch = 0;
+	(void)ev_batch_end(EV_WAIT);
 }
 
 void

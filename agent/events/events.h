@@ -67,6 +67,10 @@ void		 events_note_hop(const char *rcpt, const char *mx, const char *ip,
 		    const char *tls);
 /* The queue's expiry callback (queue_params.expired): recipient i of env. */
 void		 events_expired(void *arg, const struct q_envelope *, size_t i);
+/* queue_params.expired_sync: writes and syncs the expired events gathered. */
+void		 events_expired_sync(void *arg);
+/* The event log's fdatasyncs since the start (tests). */
+uint64_t	 events_syncs(void);
 /*
  * The suppression list's refusal: app's submission to rcpt was answered
  * "suppressed".  reason and klass (the bounce class that put the address

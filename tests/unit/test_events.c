@@ -4,8 +4,12 @@
  * event per refused request (events_suppressed, else events_request_end);
  * the syncer thread: a no-wait event (accepted) becomes durable and visible
  * with nothing after it, message history shows it at once, events_close
- * syncs what is pending.  The socket, webhooks and the delivery hooks: tests/integration/test_events.py.
+ * syncs what is pending; a mass expiry in the queue (250 messages, 500
+ * recipients) records every expired event with one sync, made without
+ * the queue lock (a message deleted meanwhile goes).  The socket,
+ * webhooks and the delivery hooks: tests/integration/test_events.py.
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +20,7 @@
 #include "agent/core/otpmaild.h"
 #include "agent/events/events.h"
 #include "queue/queue.h"
+#include "queue/queue_int.h"
 #include "tests/unit/tap.h"
 
 struct otpmaild *otpmaild_ctx;
@@ -56,6 +61,111 @@ field(json_t *a, size_t i, const char *k)
 {
 	const char *s = json_string_value(json_object_get(json_array_get(a, i), k));
 	return s ? s : "(null)";
+}
+
+static time_t fake_now;
+
+static time_t
+fake_clock(void)
+{
+	return fake_now;
+}
+
+#define XN	250	/* messages, two recipients each */
+
+static struct queue *xq;
+static char xdel[QUEUE_ID_LEN + 1];
+static int xfree, xdeleted;
+
+static void *
+xprobe(void *arg)
+{
+	struct q_stats st;
+
+	(void)arg;
+	queue_stats(xq, &st);
+	return NULL;
+}
+
+/* The sweep's sync: is the queue lock free meanwhile?  A delete then. */
+static void
+xsync(void *arg)
+{
+	struct timespec ts;
+	pthread_t t;
+
+	if (xq != NULL && !xfree && pthread_create(&t, NULL, xprobe, NULL) == 0) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 10;
+		if ((xfree = pthread_timedjoin_np(t, NULL, &ts) == 0))
+			xdeleted = queue_delete(xq, xdel) == Q_OK;
+		else
+			pthread_detach(t);
+	}
+	events_expired_sync(arg);
+}
+
+/* A mass expiry: one event log sync for the sweep, every event recorded. */
+static void
+test_mass_expiry(const char *dir)
+{
+	static const char msg[] = "From: a@example.org\r\nSubject: t\r\n\r\nbody\r\n";
+	struct q_rcpt r[2] = { { .addr = "x@example.org" }, { .addr = "y@example.org" } };
+	struct q_envelope t = { .klass = Q_CLASS_OTP, .sender = "app@example.org",
+	    .rcpts = r, .nrcpt = 2, .tag = "otp app=shop" };
+	struct queue_params p;
+	struct q_stats st;
+	char spool[300], err[256], id[QUEUE_ID_LEN + 1], path[600];
+	struct q_envelope *e = NULL;
+	uint64_t last, syncs;
+	struct queue *q;
+	json_t *a;
+	size_t i, n = 0, enq = 0;
+
+	memset(&p, 0, sizeof(p));
+	snprintf(spool, sizeof(spool), "%s/spool", dir);
+	p.dir = spool;
+	p.klass[Q_CLASS_OTP] = (struct q_class_params){ 5, 40, 300, 0.2 };
+	p.klass[Q_CLASS_DEFAULT] = (struct q_class_params){ 300, 4000, 86400, 0.2 };
+	p.keep_done = 600;
+	p.hostname = "mx.example.net";
+	p.expired = events_expired;
+	p.expired_sync = xsync;
+	if ((q = queue_open(&p, err, sizeof(err))) == NULL) {
+		ok(0, "queue_open");
+		diag("queue_open: %s", err);
+		return;
+	}
+	fake_now = time(NULL);
+	queue_set_clock(q, fake_clock);
+	t.expires = fake_now + 60;
+	for (i = 0; i < XN; i++)
+		if (queue_enqueue(q, &t, msg, sizeof(msg) - 1, i == 0 ? xdel : id) == Q_OK)
+			enq++;
+	is_int(enq, XN, "250 messages queued");
+	xq = q;
+	last = events_last_id();
+	syncs = events_syncs();
+	fake_now += 61;
+	queue_run_timers(q);	/* or the timer thread: either sweeps them all */
+	queue_stats(q, &st);
+	is_int(st.expired, 2 * XN, "the sweep expired 500 recipients");
+	syncs = events_syncs() - syncs;
+	ok(syncs >= 1 && syncs <= 3, "their events took a handful of event log syncs");
+	diag("event log syncs for 500 expired events: %llu", (unsigned long long)syncs);
+	a = replay(last, "shop");
+	for (i = 0; i < json_array_size(a); i++)
+		if (strcmp(field(a, i, "type"), "expired") == 0)
+			n++;
+	is_int(n, 2 * XN, "every expired event is recorded and readable");
+	ok(xfree, "the queue lock is free while the sweep syncs the event log");
+	ok(xdeleted && queue_get(q, xdel, &e) == Q_NOTFOUND, "a message deleted "
+	    "meanwhile is gone after the sweep");
+	snprintf(path, sizeof(path), "%s/", spool);
+	spool_path(xdel, path + strlen(path), sizeof(path) - strlen(path));
+	ok(access(path, F_OK) == -1, "and so is its file");
+	xq = NULL;
+	queue_close(q);
 }
 
 int
@@ -146,6 +256,7 @@ main(void)
 	a = replay(8, NULL);
 	ok(json_array_size(a) == 1 && strcmp(field(a, 0, "message"), "q5") == 0,
 	    "events_close synced it");
+	test_mass_expiry(dir);
 	events_close();
 	json_decref(lines);
 	config_free(d.cfg);

@@ -1,7 +1,8 @@
 /*
  * test_spool.c - the on-disk queue: write/read/update round trips, a file
  * truncated at every byte offset is quarantined and never loaded, garbage
- * and temporary files, a corrupt body, the free-space floor, ids.
+ * and temporary files, a corrupt body, the free-space floor, ids, a failed
+ * shared directory fsync (every thread of its round refused, nothing left).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -906,6 +907,148 @@ test_layout(void)
 	queue_close(q);
 }
 
+/*
+ * A failed shared directory fsync: the first thread's fsync (hooked) waits
+ * until the others have linked their files and taken tickets, so the next
+ * round covers all of them; that round fails (EIO).  Each of its threads
+ * is refused and removes its file; the rounds after it succeed.
+ */
+#define FT	6	/* threads */
+
+static pthread_mutex_t	 fmu = PTHREAD_MUTEX_INITIALIZER;
+static int		 fdir = -1, fcalls, fwaited;
+static uint64_t		 ffrom, fupto;
+static struct queue	*fq;
+
+static int
+fhook(struct spool *sp, int dir, uint64_t from, uint64_t upto)
+{
+	int n, i;
+
+	pthread_mutex_lock(&fmu);
+	if (fdir == -1)
+		fdir = dir;
+	n = dir == fdir ? ++fcalls : 0;
+	if (n == 2) {
+		ffrom = from;
+		fupto = upto;
+	}
+	pthread_mutex_unlock(&fmu);
+	if (n == 1) {
+		/* the others' tickets, 10 s at most: the test never hangs */
+		for (i = 0; i < 10000 && spool_dsync_tickets(sp, dir) < upto + FT - 1; i++)
+			usleep(1000);
+		fwaited = spool_dsync_tickets(sp, dir) >= upto + FT - 1;
+		return 0;
+	}
+	if (n == 2) {
+		errno = EIO;
+		return -1;
+	}
+	return 0;
+}
+
+struct fthr {
+	pthread_t	 t;
+	enum q_status	 st;
+	char		 id[QUEUE_ID_LEN + 1];
+};
+
+static void *
+fthr(void *arg)
+{
+	struct fthr *f = arg;
+
+	f->st = enq(fq, "app@example.org", "a@example.com", NULL, f->id);
+	return NULL;
+}
+
+/* Runs n enqueues at once; 0, or -1 if one has not finished in 30 s. */
+static int
+frun(struct fthr *f, int n)
+{
+	struct timespec ts;
+	int i, rc = 0;
+
+	for (i = 0; i < n; i++) {
+		f[i].st = Q_TEMPFAIL;
+		f[i].id[0] = '\0';
+		pthread_create(&f[i].t, NULL, fthr, &f[i]);
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 30;
+	for (i = 0; i < n; i++)
+		if (pthread_timedjoin_np(f[i].t, NULL, &ts) != 0)
+			rc = -1;
+	return rc;
+}
+
+static void
+test_dir_fsync_error(void)
+{
+	struct fthr f[FT], g[FT];
+	struct q_envelope *e;
+	struct timespec ts;
+	struct queue *q;
+	int i, nok = 0, nfail = 0, gone = 0, gok = 0, loaded = 0;
+
+	/* start in the first quarter of a directory's second (2^20 us of the
+	 * clock in the ids): all of them share one */
+	for (;;) {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		if ((((uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000) &
+		    0xfffff) < 0x40000)
+			break;
+		usleep(1000);
+	}
+	q = topen(0);
+	queue_pause(q, 1);
+	fq = q;
+	spool_dsync_test_hook = fhook;
+	if (frun(f, FT) == -1) {
+		ok(0, "no thread hangs when a directory fsync fails");
+		return;		/* threads still run: leave all as it is */
+	}
+	ok(fwaited, "the first fsync waited for the others' tickets");
+	is_int((int)(fupto - ffrom + 1), FT - 1, "the failed round covered 5 threads");
+	for (i = 0; i < FT; i++) {
+		if (f[i].st == Q_OK)
+			nok++;
+		else if (f[i].st == Q_TEMPFAIL)
+			nfail++;
+		if (f[i].st != Q_OK && f[i].id[0] != '\0' && dir_holding(f[i].id) == -1 &&
+		    queue_get(q, f[i].id, &e) == Q_NOTFOUND)
+			gone++;
+	}
+	is_int(nfail, FT - 1, "each thread of the failed round is refused (tempfail)");
+	is_int(nok, 1, "the thread of the round before it is not");
+	is_int(gone, FT - 1, "each refused file is removed and not in the queue");
+
+	/* the disk is back: the next rounds succeed */
+	ok(frun(g, FT) == 0, "the next enqueues finish");
+	for (i = 0; i < FT; i++)
+		if (g[i].st == Q_OK && dir_holding(g[i].id) != -1)
+			gok++;
+	is_int(gok, FT, "after it, every enqueue is acknowledged and in place");
+	spool_dsync_test_hook = NULL;
+	queue_close(q);
+
+	/* what a restart's scan loads: the acknowledged ones, none refused */
+	q = topen(0);
+	for (i = 0; i < FT; i++) {
+		e = NULL;
+		if ((f[i].st == Q_OK) == (queue_get(q, f[i].id, &e) == Q_OK))
+			loaded++;
+		q_envelope_free(e);
+		e = NULL;
+		if (queue_get(q, g[i].id, &e) == Q_OK)
+			loaded++;
+		q_envelope_free(e);
+	}
+	is_int(loaded, 2 * FT, "after a restart: the acknowledged are loaded, the refused not");
+	queue_close(q);
+}
+
 int
 main(void)
 {
@@ -926,6 +1069,7 @@ main(void)
 	test_order_and_sharing();
 	test_loading();
 	test_layout();
+	test_dir_fsync_error();
 	ok(nlogs > 0, "the log sink was used");
 	snprintf(cmd, sizeof(cmd), "rm -rf '%.*s'", (int)(strlen(tdir) - 6), tdir);
 	if (system(cmd) != 0)
