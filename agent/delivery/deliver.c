@@ -76,8 +76,8 @@
  * messages about to be queued, so they share its batch: a batch costs the
  * two processes one job write, one wake-up on each side, one result read
  * and one event round, whatever its size.  It waits only while messages
- * come faster than one per DELIVERY_GATHER/2 (a moving average of the
- * gaps between leases), so a lone message never waits, and at most
+ * come faster than one per DELIVERY_GATHER (a moving average of the gaps
+ * between leases), so a lone message never waits, and at most
  * DELIVERY_GATHER after the batch's first lease.
  */
 #define DELIVERY_GATHER		0.002		/* seconds */
@@ -1087,7 +1087,7 @@ delivery_gather_left(struct delivery *dl, double g0, double now)
 	if (dl->last_lease > 0)
 		dl->gap = 0.875 * dl->gap + 0.125 * (now - dl->last_lease);
 	dl->last_lease = now;
-	if (dl->gap >= DELIVERY_GATHER / 2)
+	if (dl->gap >= DELIVERY_GATHER)
 		return 0;
 	left = g0 + DELIVERY_GATHER - now;
 	return left > 0 ? (long)(left * 1e6) : 0;
