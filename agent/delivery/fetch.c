@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -204,6 +205,15 @@ fetch_lost_locked(const char *why, int reaped, int st)
 	    (long)lost, how, why, fetch.restarts);
 }
 
+/* Has the process's end of the control socket gone (the process with it)? */
+static int
+fetch_ctl_closed(void)
+{
+	struct pollfd p = { fetch.ctl, POLLIN, 0 };
+
+	return fetch.ctl == -1 || (poll(&p, 1, 0) == 1 && p.revents != 0);
+}
+
 /* Sends one request to the process, reads its reply.  0, or -1 with why. */
 static int
 fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whylen)
@@ -235,9 +245,11 @@ fetch_call(const struct dlp_freq *q, struct dlp_frep *f, char *why, size_t whyle
 		snprintf(why, whylen, "no fetch process");
 		goto unlock;
 	}
-	/* it died since the last request (kill -9, a crash): noticed now */
-	if (fetch.pid > 0 && privsep_wait(fetch.pid, &st, 1) == fetch.pid)
-		fetch_lost_locked("ended", 1, st);
+	/* it died since the last request (kill -9, a crash): noticed now, by
+	 * its end of the socket (it never writes there, so readable = closed),
+	 * without asking the spawner at each request */
+	if (fetch.pid > 0 && fetch_ctl_closed())
+		fetch_lost_locked("ended", 0, 0);
 	if (fetch.pid <= 0) {
 		if (time(NULL) - fetch.last_spawn < FETCH_SPAWN_PAUSE) {
 			snprintf(why, whylen, "the fetch process is restarting");
