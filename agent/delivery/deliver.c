@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include <netdb.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -1200,6 +1201,9 @@ delivery_child_worker(void *arg)
 	char *buf;
 	size_t i, len, nheld = 0;
 
+	/* named from within: pthread_setname_np would write to /proc, which
+	 * the chroot and Landlock took away */
+	(void)prctl(PR_SET_NAME, "dl-worker");
 	for (;;) {
 		struct pollfd pfd = { sl->fd, POLLIN, 0 };
 

@@ -454,6 +454,7 @@ dlp_freq_encode(struct dlp_buf *b, const struct dlp_freq *q)
 	if (q->nhdr > DLP_FETCH_HDR_MAX || q->len > DLP_FETCH_REQ_MAX / 2)
 		return -1;
 	dlp_put_u32(b, q->kind);
+	dlp_put_u32(b, q->id);
 	dlp_put_str(b, q->name);
 	dlp_put_u32(b, q->port);
 	dlp_put_u32(b, (uint32_t)q->nhdr);
@@ -472,6 +473,7 @@ dlp_freq_decode(const char *buf, size_t len, struct dlp_freq *q)
 
 	memset(q, 0, sizeof(*q));
 	q->kind = dlp_get_u32(&r);
+	q->id = dlp_get_u32(&r);
 	q->name = dlp_get_str(&r);
 	q->port = dlp_get_u32(&r);
 	n = dlp_get_u32(&r);
@@ -512,6 +514,7 @@ dlp_frep_encode(struct dlp_buf *b, const struct dlp_frep *f)
 	    f->nhost > DLP_FETCH_HOST_MAX)
 		return -1;
 	dlp_put_u32(b, f->kind);
+	dlp_put_u32(b, f->id);
 	dlp_put_u32(b, (uint32_t)f->status);
 	dlp_put_str(b, f->why);
 	dlp_put_str(b, f->rtype);
@@ -601,6 +604,7 @@ dlp_frep_decode(const char *buf, size_t len, struct dlp_frep *f)
 
 	memset(f, 0, sizeof(*f));
 	f->kind = dlp_get_u32(&r);
+	f->id = dlp_get_u32(&r);
 	f->status = (int32_t)dlp_get_u32(&r);
 	f->why = dlp_get_str(&r);
 	f->rtype = dlp_get_str(&r);

@@ -96,8 +96,10 @@ int	 dlp_result_check(const struct dlp_result *, const struct dlp_job *);
 void	 dlp_result_free(struct dlp_result *);
 
 /*
- * The fetch process (fetch.h): one request and one reply per connection.
- * A request asks for TXT records (name), an MTA-STS policy (the domain:
+ * The fetch process (fetch.h): requests and replies take turns on a
+ * connection, one reply per request, which carries the request's id (the
+ * main process numbers its requests, so a reply that is not the answer to
+ * the request asked is refused).  A request asks for TXT records (name), an MTA-STS policy (the domain:
  * the process looks up, fetches and parses it), an HTTPS POST (url,
  * header lines, body: the webhook, signed by the main process), the MX
  * hosts of a domain or the addresses of one host (with their addresses and
@@ -127,6 +129,7 @@ struct dlp_freq {
 	const char		*body;		/* points into the frame */
 	size_t			 len;
 	uint32_t		 port;		/* TLSA: _port._tcp */
+	uint32_t		 id;		/* echoed in the reply */
 };
 
 struct dlp_fhost {
@@ -150,6 +153,7 @@ struct dlp_frep {
 	struct dlp_fhost	*host;		/* MX and HOST, status 0 */
 	uint32_t		 ntlsa;		/* TLSA, status 0: records */
 	uint32_t		 secure;	/* TLSA, status 0: validated */
+	uint32_t		 id;		/* the request's */
 };
 
 int	 dlp_freq_encode(struct dlp_buf *, const struct dlp_freq *);

@@ -6,9 +6,10 @@
  * its own (fetch.c), so that no DNS answer, TLS record or HTTP body from a
  * remote host is parsed where the DKIM keys, the OTP secret and the
  * database are.  The main
- * process asks, one request per connection, and gets a small checked
- * answer (dlproto.h); a lost process is restarted at the next request
- * (at most once a second) and the request fails like a network error.
+ * process asks over a few standing connections (one request at a time on
+ * each) and gets a small checked answer (dlproto.h); a lost process is
+ * restarted at the next request (at most once a second) and the request
+ * fails like a network error.
  */
 #ifndef OTPMAIL_FETCH_H
 #define OTPMAIL_FETCH_H
@@ -21,6 +22,9 @@
 #include "agent/delivery/mx.h"
 
 #define FETCH_ARG		"--fetch-child"
+/* A test hook: the fetch process answers requests for this name twice
+ * (the second 100 ms later), as a reply after its request timed out. */
+#define FETCH_LATE_ENV		"OTPMAIL_TEST_FETCH_LATE"
 
 /* Remembers how to start the process and starts it if the config will use
  * it (outside the sandbox, or webhooks); else the first request starts it.

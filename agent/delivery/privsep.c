@@ -271,8 +271,9 @@ privsep_landlock(const char *const *readable, char *how, size_t howlen)
  * What delivery calls: memory, threads, time, sockets of the internet
  * families, polling, signals of its own.  Anything else fails with EPERM
  * (opening files is refused twice over already; exec, ptrace, mounts,
- * kill, signals to other processes and new unix-socket connections are
- * not in the list).
+ * kill, signals to other processes, new unix-socket connections and
+ * prctl but for a thread's name and the parent-death signal are not in
+ * the list).
  */
 static int
 privsep_seccomp(char *err, size_t errlen)
@@ -295,7 +296,7 @@ privsep_seccomp(char *err, size_t errlen)
 		"sched_yield", "sched_getaffinity", "uname", "sysinfo",
 		"getrusage", "prlimit64", "openat", "open", "access", "faccessat",
 		"faccessat2", "readlink", "readlinkat", "getcwd", "close_range",
-		"restart_syscall", "timerfd_create", "timerfd_settime", "prctl",
+		"restart_syscall", "timerfd_create", "timerfd_settime",
 		NULL
 	};
 	scmp_filter_ctx ctx;
@@ -314,6 +315,15 @@ privsep_seccomp(char *err, size_t errlen)
 	/* signals to its own threads only (same uid as main without root) */
 	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(tgkill), 1,
 	    SCMP_A0(SCMP_CMP_EQ, (scmp_datum_t)getpid())) != 0)
+		goto out;
+	/* prctl: a thread's name (set by the thread: no /proc here) and the
+	 * parent-death signal; not dumpable, ptracer or the like */
+	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+	    SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME)) != 0 ||
+	    seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+	    SCMP_A0(SCMP_CMP_EQ, PR_GET_NAME)) != 0 ||
+	    seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(prctl), 1,
+	    SCMP_A0(SCMP_CMP_EQ, PR_SET_PDEATHSIG)) != 0)
 		goto out;
 	/* sockets: the internet families only (no unix-socket connections) */
 	if (seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(socket), 1,
@@ -388,6 +398,10 @@ privsep_probe_event(const char *event, const char *paths)
 		    ce ? "denied" : "CONNECTED", ce);
 	}
 	free(copy);
+	/* and a prctl option the filter keeps out (harmless if it let it by) */
+	oe = prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == -1 ? errno : 0;
+	log_msg(LOG_WARNING, "event=%s prctl=set_dumpable result=%s errno=%d", event,
+	    oe ? "denied" : "ALLOWED", oe);
 }
 
 /* What deliver.c calls: through the spawner when it runs. */

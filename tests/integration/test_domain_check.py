@@ -20,6 +20,14 @@ hostname otpmail.example.org) with the keys.
   bounds (16 hosts) and domain.check still answers; after kill -9 of the
   fetch process domain.check answers again from a new one (or says
   unavailable, naming the fetch process, while it restarts);
+- requests reuse a few standing connections to the fetch process: 120
+  domain.checks from 10 clients at once open at most 8 pooled connections
+  (and a few used once, past those), and the descriptor counts of both
+  processes stay flat; a reply that comes
+  after its request was answered (the test hook OTPMAIL_TEST_FETCH_LATE,
+  as a timed-out request's reply would) is not taken as the next
+  request's: its id differs, the process is ended, and the next requests
+  get their own answers from a new one;
 - `dkim records` on a daemon without keys says so; --check-config warns
   about a missing key for otp_from's domain and about Ed25519-only keys.
 """
@@ -29,6 +37,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,6 +50,8 @@ from peers import DnsServer, Zone, _mkdtemp  # noqa: E402
 DNS_ADDR = "127.0.5.53"
 HOST_IP = "198.18.5.25"        # not a locally served zone in libunbound
 HOST = "otpmail.example.org"
+LATE = "late.example.org"      # answered twice by the fetch process (test hook)
+POOL_MAX = 8                   # FETCH_POOL_MAX (agent/delivery/fetch.c)
 LONG = ".".join(["l%02d" % i + "x" * 60 for i in range(3)]) + ".many"
 
 
@@ -86,6 +97,75 @@ def fetch_pids(d):
     return re.findall(r"event=fetch_process_started pid=(\d+)", d.log_text())
 
 
+def nfds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def settled(pids):
+    """The descriptor counts once they stop moving (a connection used once is
+    closed by the fetch process's thread shortly after its answer)."""
+    deadline = time.time() + 3 * SCALE
+    last = None
+    while time.time() < deadline:
+        now = [nfds(p) for p in pids]
+        if now == last:
+            return now
+        last = now
+        time.sleep(0.2)
+    return last
+
+
+def pool(t, d, pid):
+    """Many requests, several at once, over a few standing connections."""
+    def client(k, j):
+        for i in range(6):
+            d.call({"op": "domain.check", "domain": "p%d-%d-%d.example.org" % (k, j, i)})
+
+    def batch(k):
+        th = [threading.Thread(target=client, args=(k, j)) for j in range(10)]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join()
+
+    pids = [d.pid(), int(pid)]
+    batch(0)
+    before = settled(pids)
+    batch(1)
+    after = settled(pids)
+    t.ok(after == before, "120 domain.checks from 10 clients at once: the descriptors of "
+         "the main and fetch processes stay flat", (before, after))
+    log = d.log_text()
+    opened = re.findall(r"event=fetch_connection_opened pool=(yes|no) open=\d+ pid=%s\b" %
+                        pid, log)
+    lookups = len(re.findall(r"event=fetch_dns .*pid=%s\b" % pid, log))
+    t.ok(0 < opened.count("yes") <= POOL_MAX and len(opened) * 4 < lookups,
+         "the requests reused standing connections (at most %d in the pool)" % POOL_MAX,
+         (opened.count("yes"), len(opened), lookups))
+
+
+def late_reply(t, d):
+    """A reply after its request's on a reused connection is refused (ids)."""
+    pid = fetch_pids(d)[-1]
+    d.call({"op": "domain.check", "domain": LATE})
+    deadline = time.time() + 10 * SCALE
+    r = {}
+    while time.time() < deadline:
+        r = d.call({"op": "domain.check", "domain": "example.org"})
+        st = {c["check"]: c["status"] for c in r.get("checks", [])}
+        if r.get("ok") and st.get("spf") == "OK" and st.get("fcrdns") == "OK":
+            break
+        time.sleep(0.3)
+    log = d.log_text()
+    t.ok(re.search(r'event=fetch_process_lost pid=%s .*detail="a reply to another '
+                   r'request"' % pid, log),
+         "a late reply on a reused connection: refused by its id, the process ended",
+         re.findall(r"event=fetch_process_lost.*", log))
+    t.ok(r.get("ok") and st.get("spf") == "OK" and st.get("fcrdns") == "OK" and
+         len(fetch_pids(d)) == 3, "the next requests get their own answers, from a new "
+         "fetch process", r)
+
+
 def fetch_side(t, d):
     """The lookups are the fetch process's; hostile answers stay bounded."""
     pids = fetch_pids(d)
@@ -110,6 +190,7 @@ def fetch_side(t, d):
     t.ok(dm.get("status") == "OK" and len(dm.get("detail", "")) < 1100,
          "41 KB of TXT at _dmarc (one record of 5000 bytes): answered, bounded", dm)
     t.ok("fetch_process_lost" not in log, "the hostile answers did not cost the process")
+    pool(t, d, pid)
 
     os.kill(int(pid), signal.SIGKILL)
     r = d.call({"op": "domain.check", "domain": "example.org"})
@@ -128,6 +209,7 @@ def fetch_side(t, d):
          re.search(r"event=fetch_dns kind=ptr name=%s status=ok .*pid=%s\b" %
                    (re.escape(HOST_IP), pids[-1]), d.log_text()),
          "the loss is logged; the lookups are the new process's", pids)
+    late_reply(t, d)
 
 
 def main():
@@ -144,7 +226,7 @@ def main():
                 write_conf_keys(keys) +
                 "dkim_key = example.net rsa1 rsa-sha256 %s\n" % keys.rsa +
                 "hostname = %s\notp_from = noreply@example.org\n" % HOST)
-        with Daemon(conf_extra=conf) as d:
+        with Daemon(conf_extra=conf, env={"OTPMAIL_TEST_FETCH_LATE": LATE}) as d:
             r = d.call({"op": "domain.check", "domain": "example.org"})
             t.ok(r.get("ok"), "domain.check answers", r)
             st = {c["check"]: c["status"] for c in r.get("checks", [])}

@@ -11,7 +11,8 @@ the OTP secret, the database files and the control socket.
    empty chroot, with no_new_privs and a seccomp filter (/proc/PID/status),
    holds no descriptor of the state directory, and reports from inside
    that it can neither open any probed file nor connect to the control
-   socket.
+   socket, nor pass prctl(PR_SET_DUMPABLE) through the filter; its worker
+   threads are named dl-worker.
 2. A message goes out through it, DKIM-signed by the main process.
 3. kill -9 of the delivery process while 300 messages are on their way:
    every message is delivered in the end (none lost, none deferred), the
@@ -154,6 +155,11 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
             t.ok(m and m.group(1) == "denied" and m.group(2) == "denied",
                  tag + "from inside: cannot open or connect to %s" % os.path.basename(p),
                  m.group(0) if m else log[-1500:])
+        t.ok("event=delivery_probe prctl=set_dumpable result=denied" in log,
+             tag + "from inside: prctl(PR_SET_DUMPABLE) refused by the filter")
+        names = wait_for(lambda: [n for n in thread_names(pid) if n == "dl-worker"], 5)
+        t.ok(names, tag + "its workers are named dl-worker (PR_SET_NAME from the thread)",
+             thread_names(pid))
 
         # 2. a message through it, signed by the main process
         qid = send(d, "one@example.com")
@@ -268,6 +274,17 @@ def check_spawner(d, main_user, child):
          tag + "the fetch process is the spawner's child, running as nobody", fst)
     t.ok(fst.get("NoNewPrivs") == "1" and fst.get("Seccomp") == "2",
          tag + "the fetch process: no_new_privs, seccomp", fst)
+
+
+def thread_names(pid):
+    out = []
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+                out.append(f.read().strip())
+    except OSError:
+        pass
+    return out
 
 
 def steal_spawner_socket(d):

@@ -203,6 +203,7 @@ mx_reply(struct wr *w, uint32_t nhost, uint32_t naddr, const char *name, uint32_
 
 	w->n = 0;
 	w32(w, DLP_FETCH_MX);
+	w32(w, 7);		/* the id */
 	w32(w, 0);
 	wstr(w, "");
 	wstr(w, "");
@@ -236,7 +237,8 @@ test_fetch_dns(void)
 	static char *a0[] = { "192.0.2.25", "2001:db8::25" }, *a1[] = { "192.0.2.26" };
 	struct dlp_fhost hosts[2] = { { "mx1.example.org", 10, 1, 2, a0 },
 	    { "mx2.example.org", 20, 0, 1, a1 } };
-	struct dlp_freq q = { DLP_FETCH_TLSA, "mx.example.org", 0, NULL, NULL, 0, 25 }, q2;
+	struct dlp_freq q = { DLP_FETCH_TLSA, "mx.example.org", 0, NULL, NULL, 0, 25, 0 },
+	    q2;
 	struct dlp_frep f, g;
 	struct dlp_buf b;
 	struct wr w;
@@ -271,8 +273,8 @@ test_fetch_dns(void)
 	/* a failed lookup carries no hosts; a frame that has them is refused */
 	f.status = 2;
 	dlp_buf_init(&b);
-	ok(dlp_frep_encode(&b, &f) == 0 && b.len - 4 == 20,
-	    "a failed MX lookup: status and reason only");
+	ok(dlp_frep_encode(&b, &f) == 0 && b.len - 4 == 24,
+	    "a failed MX lookup: id, status and reason only");
 	dlp_buf_free(&b);
 	f.status = 0;
 
@@ -322,8 +324,38 @@ test_fetch_dns(void)
 	    q2.kind == DLP_FETCH_TLSA && q2.port == 25 &&
 	    strcmp(q2.name, "mx.example.org") == 0, "a TLSA request carries its port");
 	dlp_freq_free(&q2);
-	b.p[4 + 4 + 4 + strlen(q.name) + 1] = 1;	/* port 65561 */
+	b.p[4 + 4 + 4 + 4 + strlen(q.name) + 1] = 1;	/* port 65561 */
 	ok(dlp_freq_decode(b.p + 4, b.len - 4, &q2) == -1, "a port over 65535 is refused");
+	dlp_buf_free(&b);
+}
+
+/* A request's id comes back in its reply (fetch.c matches them). */
+static void
+test_fetch_id(void)
+{
+	struct dlp_freq q = { DLP_FETCH_MX, "example.org", 0, NULL, NULL, 0, 25, 0xfffffffeu },
+	    q2;
+	struct dlp_frep f, g;
+	struct dlp_buf b;
+
+	dlp_buf_init(&b);
+	ok(dlp_freq_encode(&b, &q) == 0 && dlp_freq_decode(b.p + 4, b.len - 4, &q2) == 0 &&
+	    q2.id == 0xfffffffeu && q2.kind == DLP_FETCH_MX && q2.port == 25 &&
+	    strcmp(q2.name, "example.org") == 0, "a request carries its id");
+	dlp_freq_free(&q2);
+	dlp_buf_free(&b);
+	memset(&f, 0, sizeof(f));
+	f.kind = DLP_FETCH_TXT;
+	f.id = 42;
+	f.status = 3;
+	f.why = "no answer";
+	f.rtype = "";
+	dlp_buf_init(&b);
+	ok(dlp_frep_encode(&b, &f) == 0 && dlp_frep_decode(b.p + 4, b.len - 4, &g) == 0 &&
+	    g.id == 42 && g.kind == DLP_FETCH_TXT && g.status == 3 &&
+	    strcmp(g.why, "no answer") == 0, "a reply carries the id it was given");
+	dlp_frep_free(&g);
+	ok(dlp_frep_decode(b.p + 4, 6, &g) == -1, "a reply cut inside its id is refused");
 	dlp_buf_free(&b);
 }
 
@@ -334,5 +366,6 @@ main(void)
 	test_pieces();
 	test_bad();
 	test_fetch_dns();
+	test_fetch_id();
 	return done_testing();
 }

@@ -157,7 +157,7 @@ test_fetch_frames(void)
 	    g.pol.max_age == 600, "an STS reply goes through the frame");
 	dlp_frep_free(&g);
 	/* a hostile reply: max_age out of range, a mode that does not exist */
-	b.p[4 + 4 * 4 + 4 + 3] = 9;	/* kind, status, why, rtype, ntxt: the mode */
+	b.p[4 + 5 * 4 + 4 + 3] = 9;	/* kind, id, status, why, rtype, ntxt: the mode */
 	ok(dlp_frep_decode(b.p + 4, b.len - 4, &g) == -1, "an unknown mode is refused");
 	dlp_buf_free(&b);
 	/* an mx pattern the parser refuses does not survive the main process's check */
