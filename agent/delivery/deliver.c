@@ -71,7 +71,7 @@
  * other, and a batch for slow peers would keep messages waiting that
  * another worker could have taken.
  */
-#define DELIVERY_BATCH_FAST	0.002		/* seconds per job, moving average */
+#define DELIVERY_BATCH_FAST	0.010		/* seconds per job, moving average */
 /*
  * Under load the worker holding the leasing baton waits a little for the
  * messages about to be queued, so they share its batch: a batch costs the
@@ -1077,20 +1077,24 @@ delivery_lost_before(const struct slot *sl, const char *id)
  * the process cannot keep it dying.
  */
 /*
- * Holding lease_mu: notes a lease at now, and returns how long to wait for
- * the next message of a batch begun at g0 (microseconds; 0: do not wait).
+ * Holding lease_mu: notes a lease at now; 1 if messages come faster than
+ * one per DELIVERY_GATHER (the batch begun now may wait for the next).
  */
-static long
-delivery_gather_left(struct delivery *dl, double g0, double now)
+static int
+delivery_lease_noted(struct delivery *dl, double now)
 {
-	double left;
-
 	if (dl->last_lease > 0)
 		dl->gap = 0.875 * dl->gap + 0.125 * (now - dl->last_lease);
 	dl->last_lease = now;
-	if (dl->gap >= DELIVERY_GATHER)
-		return 0;
-	left = g0 + DELIVERY_GATHER - now;
+	return dl->gap < DELIVERY_GATHER;
+}
+
+/* How long a batch begun at g0 may still wait for its next message (us). */
+static long
+delivery_gather_left(double g0)
+{
+	double left = g0 + DELIVERY_GATHER - delivery_mono();
+
 	return left > 0 ? (long)(left * 1e6) : 0;
 }
 
@@ -1103,11 +1107,12 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 	char lost[DELIVERY_BATCH][QUEUE_ID_LEN + 1];
 	const char *why = NULL;
 	size_t n = 0, nout = 0, nlost = 0, bytes = 0, i, k;
-	int fd = -1, gone = 0;
+	int fd = -1, gone = 0, gather;
 	double t0, g0;
 
 	memset(f, 0, sizeof(f));
 	g0 = delivery_mono();
+	gather = delivery_lease_noted(dl, g0);
 	for (;;) {
 		m = &f[n++];
 		m->env = env;
@@ -1121,9 +1126,10 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 		if (n == DELIVERY_BATCH || bytes >= DELIVERY_BATCH_BYTES ||
 		    m->job.nrcpt > DELIVERY_BATCH_RCPTS || dl->stopping ||
 		    sl->per_job > DELIVERY_BATCH_FAST ||
-		    queue_lease_us(dl->d->queue, delivery_gather_left(dl, g0,
-		    delivery_mono()), &env) != Q_OK || env == NULL)
+		    queue_lease_us(dl->d->queue, gather ? delivery_gather_left(g0) : 0,
+		    &env) != Q_OK || env == NULL)
 			break;
+		(void)delivery_lease_noted(dl, delivery_mono());
 	}
 	pthread_mutex_unlock(&dl->lease_mu);	/* the next worker leases */
 	if (n > 1)
