@@ -1067,16 +1067,6 @@ delivery_lost_before(const struct slot *sl, const char *id)
 }
 
 /*
- * Main process: has the delivery process deliver env and the messages due
- * with it (a batch, see DELIVERY_BATCH), records the outcomes and releases
- * the leases.  Called holding the leasing baton (lease_mu), which it passes
- * on once the batch is gathered.  The events of the batch are made durable together, before
- * any of its leases is released.  When the process is lost, what had no
- * result goes back to the queue untouched, due now; a message in flight at
- * two losses in a row of this slot is deferred instead, so one that kills
- * the process cannot keep it dying.
- */
-/*
  * Holding lease_mu: notes a lease at now; 1 if messages come faster than
  * one per DELIVERY_GATHER (the batch begun now may wait for the next).
  */
@@ -1098,6 +1088,16 @@ delivery_gather_left(double g0)
 	return left > 0 ? (long)(left * 1e6) : 0;
 }
 
+/*
+ * Main process: has the delivery process deliver env and the messages due
+ * with it (a batch, see DELIVERY_BATCH), records the outcomes and releases
+ * the leases.  Called holding the leasing baton (lease_mu), which it passes
+ * on once the batch is gathered.  The events of the batch are made durable
+ * together, before any of its leases is released.  When the process is
+ * lost, what had no result goes back to the queue untouched, due now; a
+ * message in flight at two losses in a row of this slot is deferred
+ * instead, so one that kills the process cannot keep it dying.
+ */
 static void
 delivery_batch(struct slot *sl, struct q_envelope *env)
 {
