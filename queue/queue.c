@@ -122,6 +122,7 @@ static int	q_addr_ok(const char *, int allow_empty);
 static void	q_log(struct queue *, int, const char *, ...)
 		    __attribute__((format(printf, 3, 4)));
 static void	q_abstime(struct timespec *, long ms);
+static void	q_abstime_us(struct timespec *, long us);
 
 size_t q_load_sync_max = 10000;
 unsigned q_load_test_delay_ms;
@@ -156,15 +157,21 @@ q_now(struct queue *q)
 }
 
 static void
-q_abstime(struct timespec *ts, long ms)
+q_abstime_us(struct timespec *ts, long us)
 {
 	clock_gettime(CLOCK_MONOTONIC, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (ms % 1000) * 1000000L;
+	ts->tv_sec += us / 1000000L;
+	ts->tv_nsec += (us % 1000000L) * 1000L;
 	if (ts->tv_nsec >= 1000000000L) {
 		ts->tv_sec++;
 		ts->tv_nsec -= 1000000000L;
 	}
+}
+
+static void
+q_abstime(struct timespec *ts, long ms)
+{
+	q_abstime_us(ts, ms * 1000L);
 }
 
 static uint32_t
@@ -1185,15 +1192,7 @@ queue_lease_us(struct queue *q, long wait_us, struct q_envelope **out)
 	long ms;
 
 	*out = NULL;
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	if (wait_us > 0) {
-		deadline.tv_sec += wait_us / 1000000L;
-		deadline.tv_nsec += (wait_us % 1000000L) * 1000L;
-		if (deadline.tv_nsec >= 1000000000L) {
-			deadline.tv_sec++;
-			deadline.tv_nsec -= 1000000000L;
-		}
-	}
+	q_abstime_us(&deadline, wait_us > 0 ? wait_us : 0);
 	pthread_mutex_lock(&q->mtx);
 	for (;;) {
 		if (q->shutdown)
