@@ -397,11 +397,6 @@ spool_msg_dir(const char *rel)
 	return (int)d;
 }
 
-/*
- * fsync of the directory that holds rel (relative to the spool), once
- * what the caller did in it is done: shared with the other threads that
- * wait for the same msg/XX (struct spool_dsync).  0, or -1 with errno.
- */
 static void
 spool_dw_set(struct spool_dwait *w, uint32_t st)
 {
@@ -412,6 +407,11 @@ spool_dw_set(struct spool_dwait *w, uint32_t st)
 	(void)syscall(SYS_futex, &w->st, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
+/*
+ * fsync of the directory that holds rel (relative to the spool), once
+ * what the caller did in it is done: shared with the other threads that
+ * wait for the same msg/XX (struct spool_dsync).  0, or -1 with errno.
+ */
 int
 spool_fsync_dir(struct spool *sp, const char *rel)
 {

@@ -297,6 +297,7 @@ delivery_new(struct otpmaild *d, char *err, size_t errlen)
 	dl->cfg = d->cfg;
 	dl->child = -1;
 	dl->spare = -1;
+	dl->gap = 1.0;		/* no gathering until leases come fast */
 	pthread_mutex_init(&dl->mu, NULL);
 	pthread_mutex_init(&dl->lease_mu, NULL);
 	pthread_mutex_init(&dl->pmu, NULL);

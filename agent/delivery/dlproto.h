@@ -99,11 +99,11 @@ void	 dlp_result_free(struct dlp_result *);
  * The fetch process (fetch.h): requests and replies take turns on a
  * connection, one reply per request, which carries the request's id (the
  * main process numbers its requests, so a reply that is not the answer to
- * the request asked is refused).  A request asks for TXT records (name), an MTA-STS policy (the domain:
- * the process looks up, fetches and parses it), an HTTPS POST (url,
- * header lines, body: the webhook, signed by the main process), the MX
- * hosts of a domain or the addresses of one host (with their addresses and
- * DNSSEC flag), the PTR names of an address (its numeric form) or the
+ * the request asked is refused).  A request asks for TXT records (name),
+ * an MTA-STS policy (the domain: the process looks up, fetches and parses
+ * it), an HTTPS POST (url, header lines, body: the webhook, signed by the
+ * main process), the MX hosts of a domain or the addresses of one host
+ * (with their addresses and DNSSEC flag), the PTR names of an address (its numeric form) or the
  * TLSA records of a host at port.  The reply carries the status (DNS:
  * enum mx_status; STS: 0 or -1; POST: the HTTP status, 0 when none came),
  * a reason, the records, hosts, TLSA count or the parsed policy -- never
