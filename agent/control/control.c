@@ -54,7 +54,8 @@ struct ctl_conn {
 	pthread_mutex_t	 mu;
 	struct ctl_req	*head, *tail;
 	size_t		 npending;
-	int		 queued;	/* owned by a worker; only the event thread clears it */
+	int		 queued;	/* owned by a worker; cleared by the event thread,
+				 * or by the worker that sent the last answer */
 	int		 returning;	/* a worker is done with it: event thread decides */
 	int		 closing;	/* close once the output is flushed */
 	int		 dead;		/* peer gone: free when not queued */
@@ -536,6 +537,31 @@ ctl_out_reply(struct ctl_conn *c, json_t *reply)
 	free(s);
 }
 
+/*
+ * A worker sends c's output itself (caller holds c->mu, c is not dead, so
+ * its socket stays open): 1 if all of it went out, 0 if the event thread
+ * must finish (the peer's buffer is full, or an error it must see).
+ */
+static int
+ctl_out_send(struct ctl_conn *c)
+{
+	size_t off = 0;
+	ssize_t n;
+
+	while (off < c->outlen) {
+		n = send(c->fd, c->out + off, c->outlen - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		off += (size_t)n;
+	}
+	if (off > 0)
+		memmove(c->out, c->out + off, c->outlen - off);
+	c->outlen -= off;
+	return c->outlen == 0;
+}
+
 /* Tells the event thread that c has output (from a worker). */
 static void
 ctl_mark_dirty(struct control *ctl, struct ctl_conn *c)
@@ -578,6 +604,7 @@ ctl_worker(void *arg)
 	struct ctl_conn *c;
 	struct ctl_req *r;
 	json_t *reply;
+	int sent;
 
 	for (;;) {
 		pthread_mutex_lock(&ctl->wmu);
@@ -625,16 +652,29 @@ ctl_worker(void *arg)
 
 		/*
 		 * The connection stays "queued" (so the event thread never frees
-		 * it under us) until the event thread handles the dirty mark.
+		 * it under us) until the event thread handles the dirty mark,
+		 * or until this worker has sent the whole answer itself.
 		 */
 		pthread_mutex_lock(&c->mu);
-		if (!c->dead && reply != NULL)
+		sent = 0;
+		if (!c->dead && reply != NULL) {
+			int backlog = c->outlen > 0;
+
 			ctl_out_reply(c, reply);
+			if (!backlog && !c->closing)
+				sent = ctl_out_send(c);
+		}
 		json_decref(reply);
 		if (c->head != NULL && !c->dead) {
 			pthread_mutex_unlock(&c->mu);
-			ctl_mark_dirty(ctl, c);
+			if (!sent)
+				ctl_mark_dirty(ctl, c);
 			ctl_work_push(ctl, c);
+		} else if (sent) {
+			/* Answered, nothing more to do: the event thread has no
+			 * reason to wake (the one hand-off was the request). */
+			c->queued = 0;
+			pthread_mutex_unlock(&c->mu);
 		} else {
 			c->returning = 1;
 			pthread_mutex_unlock(&c->mu);

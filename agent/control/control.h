@@ -5,7 +5,9 @@
  * timeouts); a pool of request workers runs the handlers (ops_*.c, one file
  * per op family, listed in ops.c), one request per connection at a time, so
  * pipelined answers come back in order and a slow handler never blocks
- * other clients.
+ * other clients.  A worker sends its answer itself when the connection has
+ * no output waiting (the usual case), so a request is handed between
+ * threads once; the event thread writes only what a full socket left.
  *
  * May call: store/, queue/, dkim/, agent/core/, agent/mail/ and
  * agent/delivery/ through their interface headers.  Must not touch: the
