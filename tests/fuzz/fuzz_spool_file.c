@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,6 +29,7 @@ int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void	fz_write(const char *rel, const void *, size_t);
 static void	fz_clean(void);
+static void	fz_rmdir(void);
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -41,7 +43,27 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 		fprintf(stderr, "spool_init: %s\n", err);
 		abort();
 	}
+	atexit(fz_rmdir);	/* each fuzz run left its spool in /dev/shm */
 	return 0;
+}
+
+static int
+fz_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (flag == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+/* The private spool goes when the run ends (libFuzzer exits normally). */
+static void
+fz_rmdir(void)
+{
+	nftw(fz_sp.dir, fz_rm, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static void
