@@ -155,6 +155,16 @@ struct delivery {
 	pthread_mutex_t		 lease_mu;
 	double			 last_lease;	/* lease_mu: monotonic seconds */
 	double			 gap;		/* lease_mu: between leases, average */
+	/* the releaser: delivered messages wait for their events' sync here,
+	 * not in a worker (a slow sync held every worker: rel_mu) */
+	pthread_t		 rel_th;
+	int			 rel_on;
+	int			 rel_stop;
+	pthread_mutex_t		 rel_mu;
+	pthread_cond_t		 rel_cv;
+	struct q_envelope	**relq;
+	size_t			 reln, relcap;
+	uint64_t		 rel_upto;	/* newest event id of relq */
 	pid_t			 child;		/* -1: none running */
 	unsigned		 gen;		/* starts of the delivery process */
 	int			*fds;		/* sockets of gen not yet taken by their slot */
@@ -201,6 +211,8 @@ static int	 delivery_begin(struct delivery *, struct q_envelope *, char **was_op
 static void	 delivery_conclude(struct q_envelope *, char *was_open, size_t nopen);
 static void	 delivery_release(struct delivery *, struct q_envelope *);
 static void	 delivery_batch(struct slot *, struct q_envelope *);
+static void	*delivery_releaser(void *);
+static void	*delivery_worker(void *);
 static void	 delivery_route(struct delivery *, struct q_envelope *, const char *,
 		    size_t);
 static int	 delivery_job_make(struct delivery *, struct q_envelope *, const char *,
@@ -301,6 +313,8 @@ delivery_new(struct otpmaild *d, char *err, size_t errlen)
 	pthread_mutex_init(&dl->mu, NULL);
 	pthread_mutex_init(&dl->lease_mu, NULL);
 	pthread_mutex_init(&dl->pmu, NULL);
+	pthread_mutex_init(&dl->rel_mu, NULL);
+	pthread_cond_init(&dl->rel_cv, NULL);
 	sandbox_dir(d->cfg, d->state_dir, dl->maildir, sizeof(dl->maildir));
 	dl->nth = d->cfg->delivery_workers > 0 ? d->cfg->delivery_workers : 1;
 	return dl;
@@ -353,7 +367,86 @@ delivery_threads(struct delivery *dl, void *(*fn)(void *), char *err, size_t err
 		}
 		(void)pthread_setname_np(dl->th[i], "deliver");
 	}
+	if (fn == delivery_worker) {
+		if (pthread_create(&dl->rel_th, NULL, delivery_releaser, dl) != 0) {
+			snprintf(err, errlen, "delivery: pthread_create: %s", strerror(errno));
+			return -1;
+		}
+		(void)pthread_setname_np(dl->rel_th, "release");
+		dl->rel_on = 1;
+	}
 	return 0;
+}
+
+/*
+ * The releaser: takes what the workers left, waits once for the newest
+ * of their events to be durable, then releases them in order.  At the
+ * stop it ends when the workers have ended and nothing is left.
+ */
+static void *
+delivery_releaser(void *arg)
+{
+	struct delivery *dl = arg;
+	struct q_envelope **q;
+	uint64_t upto;
+	size_t n, i;
+
+	for (;;) {
+		pthread_mutex_lock(&dl->rel_mu);
+		while (dl->reln == 0 && !dl->rel_stop)
+			pthread_cond_wait(&dl->rel_cv, &dl->rel_mu);
+		q = dl->relq;
+		n = dl->reln;
+		upto = dl->rel_upto;
+		dl->relq = NULL;
+		dl->reln = dl->relcap = 0;
+		pthread_mutex_unlock(&dl->rel_mu);
+		if (n == 0)
+			return NULL;	/* stopping, nothing left */
+		events_wait(upto);
+		for (i = 0; i < n; i++)
+			delivery_release(dl, q[i]);
+		free(q);
+	}
+}
+
+/* Hands a delivered message to the releaser; -1 (out of memory): the
+ * caller waits and releases it. */
+static int
+delivery_release_later(struct delivery *dl, struct q_envelope *env, uint64_t upto)
+{
+	struct q_envelope **q;
+	size_t cap;
+
+	pthread_mutex_lock(&dl->rel_mu);
+	if (dl->reln == dl->relcap) {
+		cap = dl->relcap ? dl->relcap * 2 : 64;
+		if ((q = realloc(dl->relq, cap * sizeof(*q))) == NULL) {
+			pthread_mutex_unlock(&dl->rel_mu);
+			return -1;
+		}
+		dl->relq = q;
+		dl->relcap = cap;
+	}
+	dl->relq[dl->reln++] = env;
+	if (upto > dl->rel_upto)
+		dl->rel_upto = upto;
+	pthread_cond_signal(&dl->rel_cv);
+	pthread_mutex_unlock(&dl->rel_mu);
+	return 0;
+}
+
+/* 1 if every recipient of env was delivered: its release writes nothing
+ * durable and owes no DSN, so the releaser's one thread suffices. */
+static int
+delivery_all_delivered(const struct q_envelope *env)
+{
+	size_t i;
+
+	for (i = 0; i < env->nrcpt; i++)
+		if (env->rcpts[i].state != Q_RCPT_DELIVERED)
+			return 0;
+	return 1;
 }
 
 struct delivery *
@@ -479,6 +572,9 @@ delivery_free(struct delivery *dl)
 	pthread_mutex_destroy(&dl->mu);
 	pthread_mutex_destroy(&dl->lease_mu);
 	pthread_mutex_destroy(&dl->pmu);
+	pthread_mutex_destroy(&dl->rel_mu);
+	pthread_cond_destroy(&dl->rel_cv);
+	free(dl->relq);
 	free(dl);
 }
 
@@ -516,6 +612,14 @@ delivery_stop(struct delivery *dl)
 			privsep_kill(dl->child);
 		pthread_mutex_unlock(&dl->pmu);
 		pthread_join(dl->th[i], NULL);
+	}
+	if (dl->rel_on) {
+		pthread_mutex_lock(&dl->rel_mu);
+		dl->rel_stop = 1;
+		pthread_cond_signal(&dl->rel_cv);
+		pthread_mutex_unlock(&dl->rel_mu);
+		pthread_join(dl->rel_th, NULL);
+		dl->rel_on = 0;
 	}
 	delivery_reap(dl, 1);
 	if (dl->spare > 0) {
@@ -1108,7 +1212,8 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 	char lost[DELIVERY_BATCH][QUEUE_ID_LEN + 1];
 	const char *why = NULL;
 	size_t n = 0, nout = 0, nlost = 0, bytes = 0, i, k;
-	int fd = -1, gone = 0, gather;
+	int fd = -1, gone = 0, gather, waited;
+	uint64_t upto;
 	double t0, g0;
 
 	memset(f, 0, sizeof(f));
@@ -1164,7 +1269,10 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 	}
 	if (nout > 0 && !gone)
 		sl->per_job = 0.75 * sl->per_job + 0.25 * (delivery_mono() - t0) / (double)nout;
-	events_batch_end();
+	/* the leases go once the batch's events are durable: delivered
+	 * messages through the releaser, the rest after a wait here */
+	upto = events_batch_end_async();
+	waited = 0;
 	if (gone) {
 		delivery_lost(sl, why != NULL ? why : "connection closed");
 		for (i = 0; i < nlost; i++)
@@ -1179,6 +1287,13 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 		dlp_buf_free(&m->b);
 		delivery_job_clear(&m->job);
 		if (!m->back) {
+			if (dl->rel_on && !gone && delivery_all_delivered(m->env) &&
+			    delivery_release_later(dl, m->env, upto) == 0)
+				continue;
+			if (!waited) {
+				events_wait(upto);
+				waited = 1;
+			}
 			delivery_release(dl, m->env);
 			continue;
 		}

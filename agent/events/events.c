@@ -664,6 +664,19 @@ events_batch_end(void)
 }
 
 uint64_t
+events_batch_end_async(void)
+{
+	return ev_batch_end(EV_NOWAIT);
+}
+
+void
+events_wait(uint64_t upto)
+{
+	if (upto > 0)
+		ev_wait_synced(upto);
+}
+
+uint64_t
 events_syncs(void)
 {
 	return atomic_load(&ev.nsyncs);

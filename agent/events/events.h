@@ -56,6 +56,10 @@ void		 events_accepted(const struct q_envelope *, const char *id);
  * made durable together, at the end (batches nest). */
 void		 events_batch_begin(void);
 void		 events_batch_end(void);
+/* The same end without the wait: returns the newest id written (0: none),
+ * which events_wait then waits for (durable and published). */
+uint64_t	 events_batch_end_async(void);
+void		 events_wait(uint64_t upto);
 /* deliver.c's release block, before the lease is released: this attempt's
  * outcome of each recipient open at lease time (was_open[i], i < nopen):
  * delivered, deferred or bounced. */

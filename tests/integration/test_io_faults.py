@@ -413,6 +413,42 @@ def verify_point(run, d, fx, name, rule, spent):
         run.covered += 1
 
 
+def stall_point(d, fx, sink):
+    """A stalled event log holds no delivery: the leases of delivered
+    messages wait for their events' sync, the delivery workers do not."""
+    d.stop()
+    with open(d.conf, "a") as f:
+        f.write("delivery_workers = 2\n")   # the stall once held every one
+    d.start()
+    d.call({"op": "queue.resume"})
+    tags = ["stall%d" % i for i in range(6)]
+    before = len(fx.fired())
+    fx.set("fdatasync events/* 0 0 slow=8000")
+    ids = {}
+    for tag in tags:
+        r = d.call({"op": "mail.send", "from": "app@example.com",
+                    "to": ["%s@example.com" % tag], "subject": "stall " + tag,
+                    "text": "stall %s\n" % tag})
+        ids[tag] = r.get("id")
+    got = wait_for(lambda: {m.rcpt.split("@")[0] for m in sink.messages()} >= set(tags),
+                   timeout=6)
+    stalled = [l for l in fx.fired()[before:] if l.endswith(" slow")]
+    t.ok(stalled, "the event log's fdatasync stalls (8 s each)", fx.fired()[before:])
+    t.ok(got, "during the stall, 6 messages on 2 delivery workers all reach the sink")
+    s = d.call({"op": "queue.show", "id": ids[tags[0]]})
+    t.is_(s.get("state"), "delivering", "a delivered message stays leased while its "
+          "events are not durable")
+    fx.clear()
+
+    def released():
+        return all(d.call({"op": "queue.show", "id": i}).get("state") == "done"
+                   for i in ids.values())
+    t.ok(wait_for(released, timeout=40), "once the stall ends, each is released (done)")
+    st = d.call({"op": "message.status", "id": ids[tags[-1]]})
+    t.ok("delivered" in [e.get("type") for e in st.get("events") or []],
+         "its delivered event is there", st)
+
+
 def main():
     if not os.path.exists(SHIM):
         t.skip("I/O faults", "no %s (make check builds it)" % SHIM)
@@ -498,6 +534,7 @@ def main():
         t.diag("injection points covered: %d (faults injected: %d)" %
                (run.covered, len(fx.fired())))
         t.is_(run.covered, 26, "all 26 injection points covered")
+        stall_point(d, fx, sink)
     finally:
         d.stop()
         d.cleanup()

@@ -25,7 +25,9 @@
  * "spool/msg/??/#*" is a new message and "spool/msg/??/[!#]*" a named one); calls number
  * after+1 .. after+count that match fail (count 0: every one after
  * `after`).  Counters restart when the file changes.  Directory fsyncs
- * match the directory's own path.
+ * match the directory's own path.  A fifth field "slow=MS" makes the
+ * chosen calls wait MS milliseconds and then succeed, as a stalled disk
+ * would, instead of failing (logged with "slow" at the end).
  */
 
 #include <dirent.h>
@@ -56,6 +58,7 @@ struct iof_rule {
 	enum iof_op	op;
 	char		glob[PATH_MAX];
 	unsigned long	after, count, seen;
+	unsigned long	slow_ms;	/* 0: the call fails; else it waits */
 	int		dumped;		/* one dump per rule and change */
 };
 
@@ -134,6 +137,7 @@ static void
 iof_reload(void)
 {
 	char buf[8192], op[32], glob[PATH_MAX], *line, *save = NULL;
+	int nf;
 	struct stat st;
 	ssize_t n;
 	int fd, i;
@@ -162,8 +166,9 @@ iof_reload(void)
 	    line = strtok_r(NULL, "\n", &save)) {
 		struct iof_rule *r = &iof_rules[iof_nrules];
 
-		if (line[0] == '#' || sscanf(line, "%31s %4095s %lu %lu", op, glob,
-		    &r->after, &r->count) != 4)
+		r->slow_ms = 0;
+		if (line[0] == '#' || ((nf = sscanf(line, "%31s %4095s %lu %lu slow=%lu", op,
+		    glob, &r->after, &r->count, &r->slow_ms)) != 4 && nf != 5))
 			continue;
 		for (i = 0; i < IOF_NOPS; i++)
 			if (strcmp(op, iof_op_names[i]) == 0)
@@ -305,6 +310,7 @@ iof_check(enum iof_op op, int fd, const char *abs, const struct iovec *iov, int 
 	char path[PATH_MAX], line[PATH_MAX + 64];
 	const char *rel;
 	struct stat st;
+	unsigned long slow = 0;
 	int i, fail = 0, dump = 0;
 
 	if (iof_rootlen == 0 || iof_busy)
@@ -334,6 +340,10 @@ iof_check(enum iof_op op, int fd, const char *abs, const struct iovec *iov, int 
 			continue;
 		r->seen++;
 		if (r->seen > r->after && (r->count == 0 || r->seen <= r->after + r->count)) {
+			if (r->slow_ms > 0) {
+				slow = r->slow_ms;
+				break;
+			}
 			fail = 1;
 			dump = !r->dumped;
 			r->dumped = 1;
@@ -346,9 +356,15 @@ iof_check(enum iof_op op, int fd, const char *abs, const struct iovec *iov, int 
 		iof_append(iof_log, line);
 		if (dump)
 			iof_dump_fd(fd, iov, iovcnt);
+	} else if (slow > 0) {
+		iof_seq++;
+		snprintf(line, sizeof(line), "%s %s %lu slow\n", iof_op_names[op], rel, iof_seq);
+		iof_append(iof_log, line);
 	}
 	pthread_mutex_unlock(&iof_lock);
 	iof_busy = 0;
+	if (slow > 0)
+		usleep((useconds_t)(slow * 1000));
 	if (fail)
 		errno = EIO;
 	return fail;
