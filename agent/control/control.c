@@ -538,28 +538,31 @@ ctl_out_reply(struct ctl_conn *c, json_t *reply)
 }
 
 /*
- * A worker sends c's output itself (caller holds c->mu, c is not dead, so
- * its socket stays open): 1 if all of it went out, 0 if the event thread
- * must finish (the peer's buffer is full, or an error it must see).
+ * Sends what c has to say (caller holds c->mu and c is not dead, so its
+ * socket stays open; the event thread, or a worker for its answer): 1 if
+ * all of it went out, 0 if the peer's buffer is full, -1 on an error.
  */
 static int
 ctl_out_send(struct ctl_conn *c)
 {
 	size_t off = 0;
 	ssize_t n;
+	int r = 1;
 
 	while (off < c->outlen) {
 		n = send(c->fd, c->out + off, c->outlen - off, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n == -1 && errno == EINTR)
 			continue;
-		if (n <= 0)
+		if (n <= 0) {
+			r = n == -1 && errno == EAGAIN ? 0 : -1;
 			break;
+		}
 		off += (size_t)n;
 	}
 	if (off > 0)
 		memmove(c->out, c->out + off, c->outlen - off);
 	c->outlen -= off;
-	return c->outlen == 0;
+	return r;
 }
 
 /* Tells the event thread that c has output (from a worker). */
@@ -661,8 +664,9 @@ ctl_worker(void *arg)
 			int backlog = c->outlen > 0;
 
 			ctl_out_reply(c, reply);
+			/* an error is the event thread's to see (and close) */
 			if (!backlog && !c->closing)
-				sent = ctl_out_send(c);
+				sent = ctl_out_send(c) == 1;
 		}
 		json_decref(reply);
 		if (c->head != NULL && !c->dead) {
@@ -861,7 +865,7 @@ static int
 ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 {
 	struct epoll_event ev;
-	ssize_t n;
+	size_t before;
 	int done_close = 0;
 	uint32_t events;
 
@@ -875,21 +879,12 @@ ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 		json_decref(c->final);
 		c->final = NULL;
 	}
-	while (c->outlen > 0) {
-		n = send(c->fd, c->out, c->outlen, MSG_NOSIGNAL);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1 && errno == EAGAIN)
-			break;
-		if (n <= 0) {
-			c->outlen = 0;
-			c->closing = 1;
-			break;
-		}
-		memmove(c->out, c->out + n, c->outlen - n);
-		c->outlen -= n;
+	before = c->outlen;
+	if (ctl_out_send(c) == -1) {
+		c->outlen = 0;
+		c->closing = 1;
+	} else if (c->outlen < before)
 		c->last_active = time(NULL);
-	}
 	events = (c->closing || c->outlen >= CTL_OUT_HIGH ? 0 : EPOLLIN) |
 	    (c->outlen > 0 ? EPOLLOUT : 0);
 	if (c->closing && c->outlen == 0 && !c->queued)
