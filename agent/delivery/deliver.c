@@ -212,7 +212,6 @@ static void	 delivery_conclude(struct q_envelope *, char *was_open, size_t nopen
 static void	 delivery_release(struct delivery *, struct q_envelope *);
 static void	 delivery_batch(struct slot *, struct q_envelope *);
 static void	*delivery_releaser(void *);
-static void	*delivery_worker(void *);
 static void	 delivery_route(struct delivery *, struct q_envelope *, const char *,
 		    size_t);
 static int	 delivery_job_make(struct delivery *, struct q_envelope *, const char *,
@@ -367,14 +366,6 @@ delivery_threads(struct delivery *dl, void *(*fn)(void *), char *err, size_t err
 		}
 		(void)pthread_setname_np(dl->th[i], "deliver");
 	}
-	if (fn == delivery_worker) {
-		if (pthread_create(&dl->rel_th, NULL, delivery_releaser, dl) != 0) {
-			snprintf(err, errlen, "delivery: pthread_create: %s", strerror(errno));
-			return -1;
-		}
-		(void)pthread_setname_np(dl->rel_th, "release");
-		dl->rel_on = 1;
-	}
 	return 0;
 }
 
@@ -410,17 +401,20 @@ delivery_releaser(void *arg)
 	}
 }
 
-/* Hands a delivered message to the releaser; -1 (out of memory): the
- * caller waits and releases it. */
+/* Hands a batch's delivered messages to the releaser; -1 (out of
+ * memory): the caller waits and releases them. */
 static int
-delivery_release_later(struct delivery *dl, struct q_envelope *env, uint64_t upto)
+delivery_release_later(struct delivery *dl, struct q_envelope **envs, size_t n,
+    uint64_t upto)
 {
 	struct q_envelope **q;
 	size_t cap;
 
 	pthread_mutex_lock(&dl->rel_mu);
-	if (dl->reln == dl->relcap) {
-		cap = dl->relcap ? dl->relcap * 2 : 64;
+	if (dl->reln + n > dl->relcap) {
+		cap = dl->relcap ? dl->relcap : 64;
+		while (cap < dl->reln + n)
+			cap *= 2;
 		if ((q = realloc(dl->relq, cap * sizeof(*q))) == NULL) {
 			pthread_mutex_unlock(&dl->rel_mu);
 			return -1;
@@ -428,7 +422,8 @@ delivery_release_later(struct delivery *dl, struct q_envelope *env, uint64_t upt
 		dl->relq = q;
 		dl->relcap = cap;
 	}
-	dl->relq[dl->reln++] = env;
+	memcpy(dl->relq + dl->reln, envs, n * sizeof(*envs));
+	dl->reln += n;
 	if (upto > dl->rel_upto)
 		dl->rel_upto = upto;
 	pthread_cond_signal(&dl->rel_cv);
@@ -491,6 +486,13 @@ delivery_start(struct otpmaild *d, char *err, size_t errlen)
 		delivery_stop(dl);
 		return NULL;
 	}
+	if (pthread_create(&dl->rel_th, NULL, delivery_releaser, dl) != 0) {
+		snprintf(err, errlen, "delivery: pthread_create: %s", strerror(errno));
+		delivery_stop(dl);
+		return NULL;
+	}
+	(void)pthread_setname_np(dl->rel_th, "release");
+	dl->rel_on = 1;
 	log_msg(LOG_INFO, "event=delivery_started workers=%d mode=%s pid=%ld spare=%ld",
 	    dl->nth, d->cfg->sandbox ? "sandbox" : dl->privsep ? "smtp-process" : "smtp",
 	    (long)dl->child, (long)dl->spare);
@@ -1212,7 +1214,9 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 	char lost[DELIVERY_BATCH][QUEUE_ID_LEN + 1];
 	const char *why = NULL;
 	size_t n = 0, nout = 0, nlost = 0, bytes = 0, i, k;
-	int fd = -1, gone = 0, gather, waited;
+	struct q_envelope *later[DELIVERY_BATCH];
+	size_t nlater = 0;
+	int fd = -1, gone = 0, gather;
 	uint64_t upto;
 	double t0, g0;
 
@@ -1272,7 +1276,6 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 	/* the leases go once the batch's events are durable: delivered
 	 * messages through the releaser, the rest after a wait here */
 	upto = events_batch_end_async();
-	waited = 0;
 	if (gone) {
 		delivery_lost(sl, why != NULL ? why : "connection closed");
 		for (i = 0; i < nlost; i++)
@@ -1287,13 +1290,11 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 		dlp_buf_free(&m->b);
 		delivery_job_clear(&m->job);
 		if (!m->back) {
-			if (dl->rel_on && !gone && delivery_all_delivered(m->env) &&
-			    delivery_release_later(dl, m->env, upto) == 0)
+			if (dl->rel_on && !gone && delivery_all_delivered(m->env)) {
+				later[nlater++] = m->env;
 				continue;
-			if (!waited) {
-				events_wait(upto);
-				waited = 1;
 			}
+			events_wait(upto);	/* at once after the first */
 			delivery_release(dl, m->env);
 			continue;
 		}
@@ -1301,6 +1302,11 @@ delivery_batch(struct slot *sl, struct q_envelope *env)
 		if (queue_return_lease(dl->d->queue, m->env) != Q_OK)
 			log_msg(LOG_ERR, "event=delivery_error error=\"queue_return_lease "
 			    "failed\"");
+	}
+	if (nlater > 0 && delivery_release_later(dl, later, nlater, upto) == -1) {
+		events_wait(upto);
+		for (i = 0; i < nlater; i++)
+			delivery_release(dl, later[i]);
 	}
 }
 
