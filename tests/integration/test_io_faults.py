@@ -108,7 +108,8 @@ class Faults:
     def set(self, *rules):
         with open(self.ctl + ".new", "w") as f:
             # "op glob" fails every call from now on; "op glob after count"
-            f.write("".join(r + ("\n" if len(r.split()) == 4 else " 0 0\n")
+            # [slow=MS] as written
+            f.write("".join(r + (" 0 0\n" if len(r.split()) == 2 else "\n")
                             for r in rules))
         os.rename(self.ctl + ".new", self.ctl)
 

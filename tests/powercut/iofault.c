@@ -136,8 +136,8 @@ iof_append(const char *file, const char *line)
 static void
 iof_reload(void)
 {
-	char buf[8192], op[32], glob[PATH_MAX], *line, *save = NULL;
-	int nf;
+	char buf[8192], op[32], glob[PATH_MAX], *line, *rest, *save = NULL;
+	int nf, used;
 	struct stat st;
 	ssize_t n;
 	int fd, i;
@@ -166,9 +166,16 @@ iof_reload(void)
 	    line = strtok_r(NULL, "\n", &save)) {
 		struct iof_rule *r = &iof_rules[iof_nrules];
 
+		/* four fields, or five with slow=MS (anything else: no rule, not
+		 * a failing one by mistake) */
 		r->slow_ms = 0;
-		if (line[0] == '#' || ((nf = sscanf(line, "%31s %4095s %lu %lu slow=%lu", op,
-		    glob, &r->after, &r->count, &r->slow_ms)) != 4 && nf != 5))
+		used = 0;
+		if (line[0] == '#' || sscanf(line, "%31s %4095s %lu %lu%n", op, glob,
+		    &r->after, &r->count, &used) != 4)
+			continue;
+		rest = line + used + strspn(line + used, " \t");
+		if (*rest != '\0' && (sscanf(rest, "slow=%lu%n", &r->slow_ms, &nf) != 1 ||
+		    rest[nf] != '\0' || r->slow_ms == 0))
 			continue;
 		for (i = 0; i < IOF_NOPS; i++)
 			if (strcmp(op, iof_op_names[i]) == 0)
