@@ -369,8 +369,11 @@ fetch_call(const struct dlp_freq *q0, struct dlp_frep *f, char *why, size_t whyl
 		goto unlock;
 	pthread_mutex_unlock(&fetch.mu);
 	if (dlp_send(fd, &b) == -1 || dlp_recv(fd, DLP_FETCH_REP_MAX, &buf, &blen) == -1) {
+		/* EPROTO: bytes past the reply in one read -- a second reply
+		 * (a late one) came before this one was read */
 		snprintf(err, sizeof(err), "%s", errno == 0 ? "connection closed" :
-		    errno == EAGAIN ? "no answer in time" : strerror(errno));
+		    errno == EAGAIN ? "no answer in time" : errno == EPROTO ?
+		    "more than one reply" : strerror(errno));
 		snprintf(why, whylen, "the fetch process failed (%s)", err);
 	} else if (dlp_frep_decode(buf, blen, f) == -1 || f->kind != q.kind) {
 		dlp_frep_free(f);

@@ -103,14 +103,29 @@ def nfds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
+def fdkinds(pid):
+    """What a process holds open, by kind (socket, pipe, file), for the diag."""
+    kinds = {}
+    for f in os.listdir("/proc/%d/fd" % pid):
+        try:
+            k = os.readlink("/proc/%d/fd/%s" % (pid, f)).split(":")[0]
+        except OSError:
+            continue
+        kinds[k] = kinds.get(k, 0) + 1
+    return kinds
+
+
 def settled(pids):
-    """The descriptor counts once they stop moving (a connection used once is
-    closed by the fetch process's thread shortly after its answer)."""
-    deadline = time.time() + 3 * SCALE
-    last = None
+    """The descriptor counts once they have not moved for a second: a
+    connection used once is closed by the fetch process's thread shortly after
+    its answer, and libunbound's thread closes a query's socket once it is
+    answered or given up."""
+    deadline = time.time() + 6 * SCALE
+    last, same = None, 0
     while time.time() < deadline:
         now = [nfds(p) for p in pids]
-        if now == last:
+        same = same + 1 if now == last else 0
+        if same >= 5:
             return now
         last = now
         time.sleep(0.2)
@@ -130,13 +145,25 @@ def pool(t, d, pid):
         for x in th:
             x.join()
 
+    def pooled():
+        return len(re.findall(r"event=fetch_connection_opened pool=yes open=\d+ pid=%s\b"
+                              % pid, d.log_text()))
+
     pids = [d.pid(), int(pid)]
     batch(0)
-    before = settled(pids)
+    before, pool_before = settled(pids), pooled()
+    kinds_before = [fdkinds(p) for p in pids]
     batch(1)
-    after = settled(pids)
-    t.ok(after == before, "120 domain.checks from 10 clients at once: the descriptors of "
-         "the main and fetch processes stay flat", (before, after))
+    after, pool_after = settled(pids), pooled()
+    # The pool may still grow toward its bound in the second batch (the first
+    # need not have had 8 requests in flight at once): each pooled connection
+    # opened then is one descriptor in either process, and nothing else may
+    # stay open.
+    grown = pool_after - pool_before
+    t.ok(after == [n + grown for n in before] and pool_after <= POOL_MAX,
+         "120 domain.checks from 10 clients at once: the descriptors of "
+         "the main and fetch processes stay flat",
+         (before, after, pool_before, pool_after, kinds_before, [fdkinds(p) for p in pids]))
     log = d.log_text()
     opened = re.findall(r"event=fetch_connection_opened pool=(yes|no) open=\d+ pid=%s\b" %
                         pid, log)
@@ -159,9 +186,12 @@ def late_reply(t, d):
             break
         time.sleep(0.3)
     log = d.log_text()
-    t.ok(re.search(r'event=fetch_process_lost pid=%s .*detail="a reply to another '
-                   r'request"' % pid, log),
-         "a late reply on a reused connection: refused by its id, the process ended",
+    # the late reply is read after its request's answer (another request's id)
+    # or, on a slow machine, with it in one read (more than one reply)
+    t.ok(re.search(r'event=fetch_process_lost pid=%s .*detail="(a reply to another '
+                   r'request|more than one reply)"' % pid, log),
+         "a late reply on a reused connection: refused (by its id, or as a second "
+         "reply), the process ended",
          re.findall(r"event=fetch_process_lost.*", log))
     t.ok(r.get("ok") and st.get("spf") == "OK" and st.get("fcrdns") == "OK" and
          len(fetch_pids(d)) == 3, "the next requests get their own answers, from a new "
