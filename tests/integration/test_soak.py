@@ -49,7 +49,8 @@ second half's maximum stays within: RSS first-half max x 1.25 + 16 MiB
 descriptors + 16, spool x 1.5 + 4 MiB, database x 1.5 + 16 MiB (BDB
 log files are removed at checkpoints, so the size saw-tooths).
 
-Modes:  (default)                 3 minutes, warm-up 100 s  (the CI test)
+Modes:  (default)                 3 minutes, warm-up 100 s  (bootstrap test --long;
+                                  CI runs N = 90, plain and under the sanitizers)
         OTPMAIL_SOAK=long         1 hour, warm-up 600 s
         OTPMAIL_SOAK_SECONDS=N    N seconds (warm-up: 100 s or N/6; N/3
                                   under 180 s, the sanitizer run's 90 s)
