@@ -91,8 +91,9 @@ static __thread int		 fetch_down;
  * shared one of the checks an admin or an app waits for (3 s) */
 static const struct config	*fetch_cfg;
 static struct mx_resolver	*fetch_mx, *fetch_chk;
-/* the test hook FETCH_LATE_ENV: the name whose answers are sent twice */
-static const char		*fetch_late;
+/* the test hooks FETCH_LATE_ENV: the name whose answers are sent twice;
+ * FETCH_HANG_ENV: the name whose requests are never answered */
+static const char		*fetch_late, *fetch_hang;
 
 static int	 fetch_spawn_locked(char *err, size_t errlen);
 static void	 fetch_lost_locked(const char *why);
@@ -123,8 +124,9 @@ int
 fetch_start(struct otpmaild *d, char *err, size_t errlen)
 {
 	const struct config *cfg = d->cfg;
+	const char *s;
 	ssize_t l;
-	int rc = 0;
+	int rc = 0, slack;
 
 	pthread_mutex_lock(&fetch.mu);
 	if ((l = readlink("/proc/self/exe", fetch.exe, sizeof(fetch.exe) - 1)) <= 0) {
@@ -138,8 +140,10 @@ fetch_start(struct otpmaild *d, char *err, size_t errlen)
 	fetch.config_path = d->config_path != NULL ? strdup(d->config_path) : NULL;
 	fetch.logcfg.log_stderr = cfg->log_stderr;
 	fetch.logcfg.log_syslog = cfg->log_syslog;
+	slack = (s = getenv(FETCH_SLACK_ENV)) != NULL && atoi(s) >= 0 && atoi(s) <= 60 ?
+	    atoi(s) : FETCH_DNS_SLACK;
 	fetch.timeout = (cfg->mta_sts_fetch_timeout > cfg->webhook_timeout ?
-	    cfg->mta_sts_fetch_timeout : cfg->webhook_timeout) + FETCH_DNS_SLACK;
+	    cfg->mta_sts_fetch_timeout : cfg->webhook_timeout) + slack;
 	fetch.ready = 1;
 	/* outside the sandbox every DNS lookup of the main process goes there
 	 * (the submission check too); in it, only webhooks and admin checks */
@@ -880,6 +884,9 @@ fetch_child_serve(int fd, const char *buf, size_t len)
 
 	if (dlp_freq_decode(buf, len, &q) == -1)
 		return -1;
+	/* the test hook: stuck, until the main process ends us */
+	while (fetch_hang != NULL && strcmp(q.name, fetch_hang) == 0)
+		sleep(60);
 	memset(&f, 0, sizeof(f));
 	f.kind = q.kind;
 	f.id = q.id;
@@ -958,6 +965,7 @@ fetch_child_main(int argc, char **argv)
 		return 2;
 	fetch_cfg = d.cfg;
 	fetch_late = getenv(FETCH_LATE_ENV);
+	fetch_hang = getenv(FETCH_HANG_ENV);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	/* our resolver for MTA-STS and TLS-RPT, loaded while its files are there */
 	if ((r = mx_resolver_shared(d.cfg, err, sizeof(err))) == NULL ||

@@ -25,6 +25,12 @@
 /* A test hook: the fetch process answers requests for this name twice
  * (the second 100 ms later), as a reply after its request timed out. */
 #define FETCH_LATE_ENV		"OTPMAIL_TEST_FETCH_LATE"
+/* Test hooks: the fetch process never answers requests for this name (a
+ * process stuck in a library), and the seconds the main process allows a
+ * request over the HTTP timeouts (default FETCH_DNS_SLACK), so a test sees
+ * the request timeout in seconds, not in a quarter of a minute. */
+#define FETCH_HANG_ENV		"OTPMAIL_TEST_FETCH_HANG"
+#define FETCH_SLACK_ENV		"OTPMAIL_TEST_FETCH_SLACK"
 
 /* Remembers how to start the process and starts it if the config will use
  * it (outside the sandbox, or webhooks); else the first request starts it.

@@ -20,6 +20,11 @@ hostname otpmail.example.org) with the keys.
   bounds (16 hosts) and domain.check still answers; after kill -9 of the
   fetch process domain.check answers again from a new one (or says
   unavailable, naming the fetch process, while it restarts);
+- a fetch process that never answers a request (the test hook
+  OTPMAIL_TEST_FETCH_HANG; OTPMAIL_TEST_FETCH_SLACK=1 with 1 s HTTP timeouts
+  makes the request timeout 2 s): domain.check still answers within it, the
+  process is logged lost ("no answer in time") and ended, and a new one
+  answers the next requests;
 - requests reuse a few standing connections to the fetch process: 120
   domain.checks from 10 clients at once open at most 8 pooled connections
   (and a few used once, past those), and the descriptor counts of both
@@ -51,6 +56,10 @@ DNS_ADDR = "127.0.5.53"
 HOST_IP = "198.18.5.25"        # not a locally served zone in libunbound
 HOST = "otpmail.example.org"
 LATE = "late.example.org"      # answered twice by the fetch process (test hook)
+HANG = "hang.example.org"      # never answered by the fetch process (test hook)
+# the request timeout: the HTTP timeouts (1 s here) + the slack (test hook)
+TIMEOUT_CONF = "mta_sts_fetch_timeout = 1s\nwebhook_timeout = 1s\n"
+FETCH_TIMEOUT = 2
 POOL_MAX = 8                   # FETCH_POOL_MAX (agent/delivery/fetch.c)
 LONG = ".".join(["l%02d" % i + "x" * 60 for i in range(3)]) + ".many"
 
@@ -242,6 +251,33 @@ def fetch_side(t, d):
                    (re.escape(HOST_IP), pids[-1]), d.log_text()),
          "the loss is logged; the lookups are the new process's", pids)
     late_reply(t, d)
+    hung(t, d)
+
+
+def hung(t, d):
+    """A fetch process that never answers: the request times out, the process
+    is ended and replaced, and the next requests are answered."""
+    pid = fetch_pids(d)[-1]
+    t0 = time.time()
+    r = d.call({"op": "domain.check", "domain": HANG}, timeout=60)
+    took = time.time() - t0
+    t.ok(isinstance(r, dict) and took < FETCH_TIMEOUT + 10 * SCALE,
+         "a request the fetch process never answers: domain.check still answers "
+         "(%.1f s, request timeout %d s)" % (took, FETCH_TIMEOUT), r)
+    log = d.log_text()
+    t.ok(re.search(r'event=fetch_process_lost pid=%s .*detail="no answer in time"' % pid,
+                   log), "the request timed out and the stuck process was ended",
+         re.findall(r"event=fetch_process_lost.*", log))
+    deadline = time.time() + 10 * SCALE
+    ok = False
+    while not ok and time.time() < deadline:
+        r = d.call({"op": "domain.check", "domain": "example.org"})
+        st = {c["check"]: c["status"] for c in r.get("checks", [])}
+        ok = r.get("ok") and st.get("spf") == "OK" and st.get("fcrdns") == "OK"
+        if not ok:
+            time.sleep(0.3)
+    pids = fetch_pids(d)
+    t.ok(ok and pids[-1] != pid, "a new fetch process answers the next requests", (r, pids))
 
 
 def main():
@@ -257,8 +293,10 @@ def main():
         conf = ("sandbox = no\n" + dns.conf_extra() + internal_conf() +
                 write_conf_keys(keys) +
                 "dkim_key = example.net rsa1 rsa-sha256 %s\n" % keys.rsa +
-                "hostname = %s\notp_from = noreply@example.org\n" % HOST)
-        with Daemon(conf_extra=conf, env={"OTPMAIL_TEST_FETCH_LATE": LATE}) as d:
+                "hostname = %s\notp_from = noreply@example.org\n" % HOST + TIMEOUT_CONF)
+        with Daemon(conf_extra=conf, env={"OTPMAIL_TEST_FETCH_LATE": LATE,
+                                          "OTPMAIL_TEST_FETCH_HANG": HANG,
+                                          "OTPMAIL_TEST_FETCH_SLACK": "1"}) as d:
             r = d.call({"op": "domain.check", "domain": "example.org"})
             t.ok(r.get("ok"), "domain.check answers", r)
             st = {c["check"]: c["status"] for c in r.get("checks", [])}
