@@ -1000,8 +1000,19 @@ issue_txn(struct store *s, DB_TXN *txn, struct op *op)
 		if ((r = otp_save(s, txn, op->okey[1], &old)) != 0)
 			return r;
 	}
-	/* a fresh code, fresh failures: the context's lock-out goes too */
-	if ((r = store_rec_del(s, txn, op->fkey)) != 0)
+	/*
+	 * A fresh code, fresh failures: the context's lock-out goes too.  The
+	 * record stays, empty, while the context's codes live (the sweep ends
+	 * it): every issue and verify write-locks the page of its context's
+	 * record, and if only contexts with failures had one, the few records
+	 * would share one page, which every request in the store would lock
+	 * in turn.  Kept, they spread as the codes' records do.
+	 */
+	memset(&cfx, 0, sizeof(cfx));
+	for (i = 0; i < o.ncodes; i++)
+		if (o.codes[i].expires > cfx.codes_until)
+			cfx.codes_until = o.codes[i].expires;
+	if ((r = cfail_save(s, txn, op->fkey, &cfx)) != 0)
 		return r;
 	pr.pend_at = now;
 	pr.pend_run = s->run;

@@ -34,6 +34,7 @@ static void	req(struct otp_request *, const char *addr, const char *purpose,
 		    const char *ctx, time_t now);
 static enum s_status issue_sent(struct store *, struct otp_request *, char *code);
 static size_t	count_records(struct store *);
+static size_t	count_type(struct store *, int type);
 static int	grep_dir(const char *dir, const char *needle);
 static void	wipe(void);
 static int memcmp_calls;	/* __wrap_CRYPTO_memcmp: the store's comparisons */
@@ -101,6 +102,13 @@ issue_sent(struct store *s, struct otp_request *q, char *code)
 static size_t
 count_records(struct store *s)
 {
+	return count_type(s, 0);
+}
+
+/* Records whose key starts with type (0: every record). */
+static size_t
+count_type(struct store *s, int type)
+{
 	DBC *c;
 	DBT k, v;
 	size_t n = 0;
@@ -111,7 +119,8 @@ count_records(struct store *s)
 	if (s->db->cursor(s->db, NULL, &c, 0) != 0)
 		return (size_t)-1;
 	while (c->get(c, &k, &v, DB_NEXT) == 0) {
-		n++;
+		if (type == 0 || (k.size > 0 && ((uint8_t *)k.data)[0] == type))
+			n++;
 		free(k.data);
 		free(v.data);
 	}
@@ -565,6 +574,48 @@ test_rotation_pending(void)
 	is_int(store_otp_issue(s, &q, &r), S_OK, "cancel gave back the hourly and client limits");
 	strcpy(code, r.code);
 	is_int(store_otp_verify(s, &q, code, &r), S_OK, "a pending code verifies");
+	store_close(s);
+}
+
+/*
+ * Every context with a live code keeps a failure record, empty until a
+ * wrong guess: if only contexts with failures had one, those few records
+ * would share one page of otp.db, and every issue and verify write-locks
+ * the page of its context's record (they all waited on each other there).
+ * The records behave as before: a success ends both, the sweep ends an
+ * expired context's, and a wrong guess still counts.
+ */
+static void
+test_failure_records(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char code[16], addr[64];
+	size_t swept = 0;
+	int i;
+
+	wipe();
+	s = open_default(&p);
+	for (i = 0; i < 20; i++) {
+		snprintf(addr, sizeof(addr), "fr%02d@example.org", i);
+		req(&q, addr, NULL, NULL, T0);
+		issue_sent(s, &q, code);
+	}
+	is_int((long)count_type(s, REC_CFAIL), 20, "a failure record per context with a code");
+	is_int((long)count_type(s, REC_OTP), 20, "as many as code records");
+	req(&q, "fr00@example.org", NULL, NULL, T0 + 1);
+	is_int(store_otp_verify(s, &q, "x", &r), S_INVALID, "a wrong guess still counts");
+	ok(r.attempts_left > 0 && r.attempts_left < p.max_failures_per_code,
+	    "attempts left went down");
+	/* code is the last one issued, fr19's */
+	req(&q, "fr19@example.org", NULL, NULL, T0 + 1);
+	store_otp_verify(s, &q, "x", &r);
+	is_int(store_otp_verify(s, &q, code, &r), S_OK, "after a wrong guess the code verifies");
+	is_int((long)count_type(s, REC_CFAIL), 19, "a success ends the context's record");
+	is_int(store_sweep(s, T0 + 3700, &swept), S_OK, "sweep after the hour");
+	is_int((long)count_type(s, REC_CFAIL), 0, "expired contexts' records are swept");
 	store_close(s);
 }
 
@@ -1127,6 +1178,7 @@ main(void)
 	test_lockout();
 	test_ceiling();
 	test_rotation_pending();
+	test_failure_records();
 	test_revoke_sweep_reopen();
 	test_cleartext();
 	test_race();
