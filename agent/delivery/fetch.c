@@ -125,7 +125,9 @@ fetch_start(struct otpmaild *d, char *err, size_t errlen)
 {
 	const struct config *cfg = d->cfg;
 	const char *s;
+	char *end;
 	ssize_t l;
+	long v;
 	int rc = 0, slack;
 
 	pthread_mutex_lock(&fetch.mu);
@@ -140,8 +142,13 @@ fetch_start(struct otpmaild *d, char *err, size_t errlen)
 	fetch.config_path = d->config_path != NULL ? strdup(d->config_path) : NULL;
 	fetch.logcfg.log_stderr = cfg->log_stderr;
 	fetch.logcfg.log_syslog = cfg->log_syslog;
-	slack = (s = getenv(FETCH_SLACK_ENV)) != NULL && atoi(s) >= 0 && atoi(s) <= 60 ?
-	    atoi(s) : FETCH_DNS_SLACK;
+	/* the test hook: 0-60 seconds, else (unset, garbage) the default */
+	slack = FETCH_DNS_SLACK;
+	if ((s = getenv(FETCH_SLACK_ENV)) != NULL && *s != '\0') {
+		v = strtol(s, &end, 10);
+		if (*end == '\0' && v >= 0 && v <= 60)
+			slack = (int)v;
+	}
 	fetch.timeout = (cfg->mta_sts_fetch_timeout > cfg->webhook_timeout ?
 	    cfg->mta_sts_fetch_timeout : cfg->webhook_timeout) + slack;
 	fetch.ready = 1;
