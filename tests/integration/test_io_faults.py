@@ -106,6 +106,10 @@ class Faults:
                 ":verify_asan_link_order=0"}
 
     def set(self, *rules):
+        # the shim ignores any other line: a mistyped rule must not pass
+        # for a test that injected nothing
+        for r in rules:
+            assert len(r.split()) in (2, 4, 5), "bad iofault rule %r" % r
         with open(self.ctl + ".new", "w") as f:
             # "op glob" fails every call from now on; "op glob after count"
             # [slow=MS] as written
