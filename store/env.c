@@ -105,6 +105,21 @@ store_log_flush(struct store *s)
 }
 
 /*
+ * A commit waits in the log buffer: the flusher flushes it within
+ * STORE_FLUSH_LATER_MS.  Only the first such commit after a flush, and
+ * only if the flusher sleeps without a deadline, wakes it.
+ */
+static void
+store_flush_later(struct store *s)
+{
+	if (atomic_exchange(&s->f_later, 1) == 0 && atomic_load(&s->f_idle)) {
+		pthread_mutex_lock(&s->flock);
+		pthread_cond_signal(&s->fwant);
+		pthread_mutex_unlock(&s->flock);
+	}
+}
+
+/*
  * Commits; a durable commit returns only once the log is on disk.  The
  * commit record is written without a sync and the log flushed after the
  * locks are released ("early lock release"): no lock is held through an
@@ -112,21 +127,67 @@ store_log_flush(struct store *s)
  * caller still answers only after its change is durable.  Whoever read the
  * change meanwhile saw a commit that only an OS crash could undo, and then
  * the caller never acknowledged it.
+ *
+ * With the flusher running, the commit record is not even written: it
+ * stays in the log buffer (DB_TXN_NOSYNC), and one flush writes and syncs
+ * the buffer for every commit made since.  A write per commit was a system
+ * call made under the log region's mutex, which every transaction's begin,
+ * log record and commit take: the request threads queued on it.  A
+ * durable commit flushes here.  Any other, with a ticket, asks the flusher
+ * for a flush and returns (*ticket names it: store_flush_wait); without
+ * one, it rides along with the next flush anyone asks, and the flusher
+ * flushes it within STORE_FLUSH_LATER_MS if nobody does.  Before, such a
+ * commit reached the OS at once and the disk whenever someone flushed: now
+ * a kill -9 may take the last few milliseconds of them (a failed guess's
+ * count, a rate window's tick, a cooldown's start: nothing acknowledged as
+ * durable), and a power cut takes less than before.
  */
 int
-store_commit(struct store *s, DB_TXN *txn, int durable)
+store_commit_ticket(struct store *s, DB_TXN *txn, int durable, uint64_t *ticket)
 {
-	int r;
+	int lazy = s->p.durable && s->f_running, r;
 
+	if (ticket != NULL)
+		*ticket = 0;
 	repl_commit_begin(s);
-	if ((r = txn->commit(txn, DB_TXN_WRITE_NOSYNC)) != 0)
+	if ((r = txn->commit(txn, lazy ? DB_TXN_NOSYNC : DB_TXN_WRITE_NOSYNC)) != 0)
 		return r;
 	/* committed here but not on a quorum: the caller must not say so */
 	if (repl_commit_failed(s))
 		return DB_REP_UNAVAIL;
-	if (!durable || !s->p.durable)
+	if (!s->p.durable)
 		return 0;
-	return store_log_flush(s);
+	if (durable)
+		return store_log_flush(s);
+	if (lazy && ticket != NULL)
+		*ticket = store_flush_begin(s);
+	else if (lazy)
+		store_flush_later(s);
+	return 0;
+}
+
+int
+store_commit(struct store *s, DB_TXN *txn, int durable)
+{
+	return store_commit_ticket(s, txn, durable, NULL);
+}
+
+/*
+ * A commit of the store's own bookkeeping (a client's rate window), no
+ * quorum asked: in the log buffer, on disk with the next flush, as
+ * store_commit_ticket without a ticket.
+ */
+int
+store_commit_lazy(struct store *s, DB_TXN *txn)
+{
+	int r;
+
+	if (!s->p.durable || !s->f_running)
+		return txn->commit(txn, DB_TXN_WRITE_NOSYNC);
+	if ((r = txn->commit(txn, DB_TXN_NOSYNC)) != 0)
+		return r;
+	store_flush_later(s);
+	return 0;
 }
 
 /*
@@ -141,17 +202,44 @@ static void *
 store_flusher(void *arg)
 {
 	struct store *s = arg;
+	struct timespec due;
 	uint64_t want;
-	int r;
+	int r, later;
 
 	pthread_mutex_lock(&s->flock);
 	for (;;) {
-		while (s->f_asked == s->f_done && !s->f_stop)
-			pthread_cond_wait(&s->fwant, &s->flock);
-		if (s->f_asked == s->f_done)
-			break;		/* stopping, nothing owed */
+		later = 0;
+		while (s->f_asked == s->f_done && !s->f_stop) {
+			/* idle, then a look at f_later: a committer sets
+			 * f_later, then looks at f_idle (store_flush_later),
+			 * and one of the two sees the other */
+			atomic_store(&s->f_idle, 1);
+			if (!atomic_load(&s->f_later)) {
+				pthread_cond_wait(&s->fwant, &s->flock);
+				atomic_store(&s->f_idle, 0);
+				continue;
+			}
+			atomic_store(&s->f_idle, 0);
+			/* commits nobody waits for are in the log buffer:
+			 * on disk within STORE_FLUSH_LATER_MS */
+			clock_gettime(CLOCK_REALTIME, &due);
+			due.tv_nsec += STORE_FLUSH_LATER_MS * 1000000L;
+			if (due.tv_nsec >= 1000000000L) {
+				due.tv_sec++;
+				due.tv_nsec -= 1000000000L;
+			}
+			if (pthread_cond_timedwait(&s->fwant, &s->flock, &due) == ETIMEDOUT) {
+				later = 1;
+				break;
+			}
+		}
+		/* stopping: flush what is owed or waits in the buffer */
+		if (s->f_asked == s->f_done && !later && !atomic_load(&s->f_later))
+			break;
 		want = s->f_asked;
 		pthread_mutex_unlock(&s->flock);
+		/* a commit after this point sets it again for the next flush */
+		atomic_store(&s->f_later, 0);
 		r = store_log_flush(s);
 		if (r != 0) {
 			store_logf(s, LOG_ERR, "store: log flush: %s", db_strerror(r));
@@ -183,6 +271,8 @@ store_flusher_start(struct store *s, char *err, size_t errlen)
 	atomic_store(&s->f_failed, 0);
 	atomic_store(&s->f_gen, 0);
 	atomic_store(&s->f_nwait, 0);
+	atomic_store(&s->f_later, 0);
+	atomic_store(&s->f_idle, 0);
 	s->f_stop = 0;
 	if ((r = pthread_create(&s->flusher, NULL, store_flusher, s)) != 0) {
 		snprintf(err, errlen, "store: cannot start the log flusher: %s", strerror(r));

@@ -51,6 +51,7 @@ struct op {
 	int		 count;
 	int		 lockout;	/* verify: this failure started a lock-out */
 	int		 unlock_client;	/* unlock: the client_id too */
+	uint64_t	 ticket;	/* a commit not durable: the flush it asked */
 };
 
 typedef int (*op_fn)(struct store *, DB_TXN *, struct op *);
@@ -59,6 +60,7 @@ static int	op_prepare(struct store *, const struct otp_request *, struct otp_res
 		    struct op *);
 static enum s_status op_run(struct store *, op_fn, struct op *, int durable, const char *);
 #define OP_DURABLE_ON_SUCCESS	2	/* op_run: sync only if op->st == S_OK */
+#define OP_FLUSH_BEGIN		3	/* op_run: start the flush, op->ticket names it */
 struct otp_rec;
 static int	otp_find_issue(const struct otp_rec *, const unsigned char *);
 static int	otp_load(struct store *, DB_TXN *, const uint8_t *key, struct otp_rec *,
@@ -740,8 +742,9 @@ op_run(struct store *s, op_fn fn, struct op *op, int durable, const char *what)
 		r = fn(s, txn, op);
 		if (r == 0 && !op->abort) {
 			/* OP_DURABLE_ON_SUCCESS: see store_otp_verify */
-			r = store_commit(s, txn, durable == OP_DURABLE_ON_SUCCESS ?
-			    op->st == S_OK : durable);
+			r = store_commit_ticket(s, txn, durable == OP_DURABLE_ON_SUCCESS ?
+			    op->st == S_OK : durable == 1,
+			    durable == OP_FLUSH_BEGIN ? &op->ticket : NULL);
 			if (r == 0)
 				return op->st;
 			/* A failed log flush leaves the outcome unknown. */
@@ -1079,12 +1082,13 @@ store_otp_issue_async(struct store *s, const struct otp_request *q, struct otp_r
 		return S_RATE_LIMITED;
 	}
 	/* committed without a sync; the flush runs while the caller works */
-	st = op_run(s, issue_txn, &op, 0, "issue");
+	st = op_run(s, issue_txn, &op, OP_FLUSH_BEGIN, "issue");
 	if (st != S_OK) {
 		rl_client_give(s, q->client_uid, op.now);
 		OPENSSL_cleanse(res->code, sizeof(res->code));
 	} else
-		*ticket = store_flush_begin(s);
+		/* the flush the commit asked: the code is durable once it ends */
+		*ticket = op.ticket;
 	return repl_tempfail(s, st, res);
 }
 

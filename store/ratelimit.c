@@ -133,7 +133,7 @@ rl_client_txn(struct store *s, uint32_t uid, uint64_t now, int mode, int *retry_
 			break;
 		r = rl_client_rw(s, txn, uid, now, mode, retry_after);
 		if (r == 0)
-			return txn->commit(txn, DB_TXN_WRITE_NOSYNC);
+			return store_commit_lazy(s, txn);
 		txn->abort(txn);
 		if (!store_retry(s, r))
 			break;
@@ -194,7 +194,7 @@ out:
 	if (cur != NULL)
 		cur->close(cur);
 	if (r == 0)
-		return txn->commit(txn, DB_TXN_WRITE_NOSYNC);
+		return store_commit_lazy(s, txn);
 	txn->abort(txn);
 	return r;
 }

@@ -139,6 +139,8 @@ struct store {
 	uint64_t	 f_asked;
 	_Atomic uint64_t f_done, f_failed;
 	_Atomic uint32_t f_gen, f_nwait;
+	_Atomic int	 f_later;	/* commits in the log buffer, no flush asked */
+	_Atomic int	 f_idle;	/* the flusher sleeps without a deadline */
 	int		 f_running, f_stop;
 	/* files quarantined at open (verify.c) */
 	struct store_quarantine quarantined[STORE_QUARANTINE_MAX];
@@ -173,8 +175,15 @@ int	store_txn_begin(struct store *, DB_TXN **);
 /* Opens the handles again if they died (store_txn_begin does it first). */
 void	store_handles_check(struct store *);
 void	store_backoff(int attempt);
-/* Commits txn; durable: returns once the log is on disk. */
+/* A commit nobody waits for is on disk within this (env.c). */
+#define STORE_FLUSH_LATER_MS	20
+
+/* Commits txn; durable: returns once the log is on disk.  Otherwise the
+ * commit is on disk after the flush *ticket names (0: none asked). */
 int	store_commit(struct store *, DB_TXN *, int durable);
+int	store_commit_ticket(struct store *, DB_TXN *, int durable, uint64_t *ticket);
+/* Commits the store's own bookkeeping (no quorum asked), on disk within a flush. */
+int	store_commit_lazy(struct store *, DB_TXN *);
 /* The log flusher thread: started after the environment opens, stopped
  * before it closes. */
 int	store_flusher_start(struct store *, char *err, size_t errlen);

@@ -384,8 +384,9 @@ def idem_point(run, d, fx, name, rule):
 
 def verify_point(run, d, fx, name, rule, spent):
     """otp.verify while the database log cannot be written or flushed.
-    spent: the refused verify's commit was written, only its flush failed,
-    so the code is used up (never accepted twice; the user asks for another)."""
+    spent: the refused verify's commit was made, only its write or flush
+    failed, so the code is used up (never accepted twice; the user asks for
+    another)."""
     tag = run.tag("verify")
     r = run.request("otp.issue", tag)
     run.acked[tag] = r.get("id")
@@ -500,7 +501,9 @@ def main():
                            ("log write", "write db/log.*"),
                            ("log flush", "fdatasync db/log.*")):
             idem_point(run, d, fx, "otp.issue with an idempotency_key, %s" % what, rule)
-        verify_point(run, d, fx, "otp.verify log write", "write db/log.*", False)
+        # the commit stays in the log buffer and the flush writes it
+        # (store_commit): a failed write is a failed flush, the code spent
+        verify_point(run, d, fx, "otp.verify log write", "write db/log.*", True)
         verify_point(run, d, fx, "otp.verify log flush", "fdatasync db/log.*", True)
         state_points(run, d, fx)
         delivered = delivery_points(run, d, fx, sink)

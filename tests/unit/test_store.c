@@ -775,6 +775,102 @@ test_crash(void)
 	store_close(s);
 }
 
+/* 1 once the log is on disk up to its end (within 2 s), 0 if not. */
+static int
+log_on_disk(struct store *s, long *ms)
+{
+	DB_LOG_STAT *st;
+	int i, done = 0;
+
+	for (i = 0; i < 2000 && !done; i++) {
+		if (s->env->log_stat(s->env, &st, 0) != 0)
+			return 0;
+		done = st->st_disk_file == st->st_cur_file &&
+		    st->st_disk_offset == st->st_cur_offset;
+		free(st);
+		if (!done)
+			usleep(1000);
+	}
+	*ms = i;
+	return done;
+}
+
+/*
+ * A commit nobody waits for (a wrong guess's count) stays in the log
+ * buffer until a flush: the flusher flushes it within STORE_FLUSH_LATER_MS
+ * without being asked, so a kill -9 after that loses nothing.
+ */
+static void
+test_lazy_flush(void)
+{
+	struct store_params p;
+	struct otp_request q;
+	struct otp_result r;
+	struct store *s;
+	char line[128], code[16] = "";
+	int fds[2], status;
+	long ms = 0;
+	FILE *in;
+	pid_t pid;
+
+	wipe();
+	store_params_defaults(&p);
+	p.dir = dbdir;
+	p.secret_file = secret;
+	p.durable = 1;
+	p.max_failures_per_code = 1;	/* one wrong guess ends the code */
+	if ((s = store_open(&p, line, sizeof(line))) != NULL) {
+		req(&q, "lazy@example.org", NULL, NULL, T0);
+		(void)store_otp_issue(s, &q, &r);
+		(void)store_otp_mark_sent(s, &q, r.issue_id, "0123456789abcdef01234567");
+		ok(log_on_disk(s, &ms), "a commit nobody waits for is on disk soon after, "
+		    "unasked (the flusher's delay)");
+		diag("on disk after %ld ms (STORE_FLUSH_LATER_MS %d)", ms,
+		    STORE_FLUSH_LATER_MS);
+		store_close(s);
+	}
+	wipe();
+	if (pipe(fds) == -1)
+		return;
+	if ((pid = fork()) == 0) {
+		close(fds[0]);
+		if ((s = store_open(&p, line, sizeof(line))) == NULL)
+			_exit(1);
+		req(&q, "lazy@example.org", NULL, NULL, T0);
+		if (store_otp_issue(s, &q, &r) != S_OK)
+			_exit(1);
+		snprintf(line, sizeof(line), "%s\n", r.code);
+		req(&q, "lazy@example.org", NULL, NULL, T0 + 1);
+		/* the wrong guess: not durable, answered at once */
+		if (store_otp_verify(s, &q, strcmp(r.code, "000000") ? "000000" : "111111",
+		    &r) != S_INVALID)
+			_exit(1);
+		if (write(fds[1], line, strlen(line)) < 0)
+			_exit(1);
+		for (;;)
+			pause();	/* until killed: no close, no checkpoint */
+	}
+	close(fds[1]);
+	in = fdopen(fds[0], "r");
+	if (fgets(line, sizeof(line), in) != NULL)
+		sscanf(line, "%15s", code);
+	fclose(in);
+	usleep(STORE_FLUSH_LATER_MS * 1000 * 10);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	ok(WIFSIGNALED(status) && code[0] != '\0', "the guesser answered, then was killed");
+	if ((s = store_open(&p, line, sizeof(line))) == NULL) {
+		ok(0, "reopen after the kill");
+		diag("%s", line);
+		return;
+	}
+	req(&q, "lazy@example.org", NULL, NULL, T0 + 2);
+	ok(store_otp_verify(s, &q, code, &r) != S_OK,
+	    "a wrong guess answered 10 flush delays before a kill -9 still counts: "
+	    "the code it ended does not verify");
+	store_close(s);
+}
+
 struct race {
 	struct store	*s;
 	const char	*code;
@@ -1183,6 +1279,7 @@ main(void)
 	test_cleartext();
 	test_race();
 	test_crash();
+	test_lazy_flush();
 	test_quarantine();
 	test_quarantine_recoverable();
 
