@@ -773,7 +773,7 @@ ctl_conn_eof(struct control *ctl, struct ctl_conn *c, size_t max)
 static void
 ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 {
-	size_t max = ctl->d->cfg->control_max_line, start, i, outlen;
+	size_t max = ctl->d->cfg->control_max_line, start, i, outlen, want;
 	ssize_t n;
 
 	/* A peer with no role may only ping: it gets no room for big requests. */
@@ -801,7 +801,8 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 				c->incap = cap;
 			}
 		}
-		n = read(c->fd, c->in + c->inlen, c->incap - c->inlen);
+		want = c->incap - c->inlen;
+		n = read(c->fd, c->in + c->inlen, want);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1 && errno == EAGAIN)
@@ -847,6 +848,11 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 		if (outlen >= CTL_OUT_HIGH)
 			break;		/* the peer does not read: stop reading it */
 		if (c->incap - c->inlen < CTL_READ_CHUNK && c->incap >= max + CTL_READ_CHUNK * 2)
+			break;
+		/* A short read emptied the socket's queue: epoll (level-
+		 * triggered) says when more comes, without the read that
+		 * would only find EAGAIN (one system call per request). */
+		if ((size_t)n < want)
 			break;
 	}
 	ctl_conn_flush(ctl, c);		/* also sets what epoll watches */
