@@ -1166,8 +1166,9 @@ queue_enqueue_barrier(struct queue *q, const struct q_envelope *tmpl, const char
 	}
 	q_schedule(q, m);
 	memcpy(id_out, env->id, QUEUE_ID_LEN + 1);
-	pthread_cond_signal(&q->cv);
 	pthread_mutex_unlock(&q->mtx);
+	/* after the unlock, or the woken worker sleeps at once on q->mtx */
+	pthread_cond_signal(&q->cv);
 	return Q_OK;
 oom:
 	q_msg_free(q, m);
@@ -1249,7 +1250,7 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 	unsigned gen0;
 	char *text;
 	time_t now, flushed;
-	int need_dsn = 0, durable, expired = 0;
+	int need_dsn = 0, durable, expired = 0, wake, wake_timer;
 
 	if (env == NULL)
 		return Q_BADINPUT;
@@ -1348,11 +1349,14 @@ queue_release_lease(struct queue *q, struct q_envelope *env)
 	 * thread, which wakes every second anyway, only if this message's
 	 * timer is already due.
 	 */
-	if (!m->env.finished)
-		pthread_cond_signal(&q->cv);
-	if (m->timer.idx != SCHED_NONE && m->timer.key <= now)
-		pthread_cond_signal(&q->tcv);
+	wake = !m->env.finished;
+	wake_timer = m->timer.idx != SCHED_NONE && m->timer.key <= now;
 	pthread_mutex_unlock(&q->mtx);
+	/* after the unlock, or the woken thread sleeps at once on q->mtx */
+	if (wake)
+		pthread_cond_signal(&q->cv);
+	if (wake_timer)
+		pthread_cond_signal(&q->tcv);
 	if (dsn != NULL)
 		q_send_dsn(q, dsn);
 	q_envelope_free(env);

@@ -307,8 +307,9 @@ store_flush_begin(struct store *s)
 		return 0;
 	pthread_mutex_lock(&s->flock);
 	t = ++s->f_asked;
-	pthread_cond_signal(&s->fwant);
 	pthread_mutex_unlock(&s->flock);
+	/* after the unlock: the flusher wakes to take flock */
+	pthread_cond_signal(&s->fwant);
 	return t;
 }
 

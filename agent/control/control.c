@@ -596,8 +596,10 @@ ctl_work_push(struct control *ctl, struct ctl_conn *c)
 	else
 		ctl->whead = c;
 	ctl->wtail = c;
-	pthread_cond_signal(&ctl->wcv);
 	pthread_mutex_unlock(&ctl->wmu);
+	/* after the unlock: a worker woken while the lock is still held
+	 * would wake only to sleep on the lock (two more futex calls) */
+	pthread_cond_signal(&ctl->wcv);
 }
 
 static void *

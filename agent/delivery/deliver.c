@@ -426,8 +426,8 @@ delivery_release_later(struct delivery *dl, struct q_envelope **envs, size_t n,
 	dl->reln += n;
 	if (upto > dl->rel_upto)
 		dl->rel_upto = upto;
-	pthread_cond_signal(&dl->rel_cv);
 	pthread_mutex_unlock(&dl->rel_mu);
+	pthread_cond_signal(&dl->rel_cv);	/* after the unlock, as in queue.c */
 	return 0;
 }
 
