@@ -6,7 +6,6 @@
  * escaped, and any other must itself read as key=value pairs, so no value
  * can end its field early or plant another (see log.h).
  */
-#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,7 +13,6 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "agent/core/log.h"
@@ -409,39 +407,13 @@ log_cut(struct log_buf *b)
 	b->full = 0;
 }
 
-/* Writes all of iov to fd; a short write goes on, an error drops the rest. */
-static void
-log_writev_all(int fd, struct iovec *iov, int cnt)
-{
-	ssize_t w;
-
-	while (cnt > 0) {
-		if ((w = writev(fd, iov, cnt)) == -1) {
-			if (errno == EINTR)
-				continue;
-			return;
-		}
-		while (cnt > 0 && (size_t)w >= iov->iov_len) {
-			w -= (ssize_t)iov->iov_len;
-			iov++;
-			cnt--;
-		}
-		if (cnt > 0) {
-			iov->iov_base = (char *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
-		}
-	}
-}
-
 void
 log_vmsg(int prio, const char *fmt, va_list ap)
 {
 	struct log_buf *b;
-	struct iovec iov[3];
-	char stamp[32], pre[80];
+	char stamp[32];
 	struct timespec ts;
 	struct tm tm;
-	int n;
 
 	if (prio > log_max && (log_tap == NULL || prio > LOG_INFO))
 		return;
@@ -454,21 +426,9 @@ log_vmsg(int prio, const char *fmt, va_list ap)
 		clock_gettime(CLOCK_REALTIME, &ts);
 		gmtime_r(&ts.tv_sec, &tm);
 		strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
-		n = snprintf(pre, sizeof(pre), "%s.%03ldZ level=%s ", stamp,
-		    ts.tv_nsec / 1000000, log_level_name(prio));
-		iov[0].iov_base = pre;
-		iov[0].iov_len = n > 0 && (size_t)n < sizeof(pre) ? (size_t)n : 0;
-		iov[1].iov_base = b->s;
-		iov[1].iov_len = strlen(b->s);
-		iov[2].iov_base = (void *)"\n";
-		iov[2].iov_len = 1;
-		/*
-		 * One writev per line, so lines never mix (as stdio's one
-		 * write per fprintf did, without its stream lock: the request
-		 * threads queued on it, each holding it through the system
-		 * call).
-		 */
-		log_writev_all(STDERR_FILENO, iov, 3);
+		/* One fprintf per line: stdio locks the stream, lines never mix. */
+		fprintf(stderr, "%s.%03ldZ level=%s %s\n", stamp,
+		    ts.tv_nsec / 1000000, log_level_name(prio), b->s);
 	}
 	if (log_to_syslog && prio <= log_max)
 		syslog(prio, "%s", b->s);
