@@ -29,6 +29,7 @@ static char root[256], dbdir[300], secret[300], oldsecret[300];
 static time_t T0 = 1800000000;
 
 static struct store *open_with(const struct store_params *);
+static void	params(struct store_params *, int durable);
 static struct store *open_default(struct store_params *);
 static void	req(struct otp_request *, const char *addr, const char *purpose,
 		    const char *ctx, time_t now);
@@ -62,13 +63,20 @@ open_with(const struct store_params *p)
 	return s;
 }
 
-static struct store *
-open_default(struct store_params *p)
+/* The defaults in the test's directory; durable 0: no fsync per commit. */
+static void
+params(struct store_params *p, int durable)
 {
 	store_params_defaults(p);
 	p->dir = dbdir;
 	p->secret_file = secret;
-	p->durable = 0;		/* unit tests: no fsync per commit */
+	p->durable = durable;
+}
+
+static struct store *
+open_default(struct store_params *p)
+{
+	params(p, 0);
 	return open_with(p);
 }
 
@@ -256,10 +264,7 @@ test_limits(void)
 	int i;
 
 	wipe();
-	store_params_defaults(&p);
-	p.dir = dbdir;
-	p.secret_file = secret;
-	p.durable = 0;
+	params(&p, 0);
 	p.max_per_client_minute = 2;
 	p.max_global_per_second = 0;
 	s = open_with(&p);
@@ -331,10 +336,7 @@ test_limits(void)
 
 	/* global per second */
 	wipe();
-	store_params_defaults(&p);
-	p.dir = dbdir;
-	p.secret_file = secret;
-	p.durable = 0;
+	params(&p, 0);
 	p.max_global_per_second = 2;
 	s = open_with(&p);
 	req(&q, "g1@example.org", NULL, NULL, T0);
@@ -414,10 +416,7 @@ test_lockout(void)
 	int want[] = {60, 120, 240, 240};
 
 	wipe();
-	store_params_defaults(&p);
-	p.dir = dbdir;
-	p.secret_file = secret;
-	p.durable = 0;
+	params(&p, 0);
 	p.lockout_after = 3;
 	p.lockout_base = 60;
 	p.lockout_max = 240;
@@ -557,10 +556,7 @@ test_rotation_pending(void)
 
 	/* pending / cancel give back */
 	wipe();
-	store_params_defaults(&p);
-	p.dir = dbdir;
-	p.secret_file = secret;
-	p.durable = 0;
+	params(&p, 0);
 	p.max_per_address_hour = 1;
 	p.max_per_client_minute = 1;
 	s = open_with(&p);
@@ -683,10 +679,7 @@ test_cleartext(void)
 	int i, hit = 0;
 
 	wipe();
-	store_params_defaults(&p);
-	p.dir = dbdir;
-	p.secret_file = secret;
-	p.durable = 1;
+	params(&p, 1);
 	p.alphabet = OTP_ALPHA_ALNUM;
 	p.code_length = 10;
 	s = open_with(&p);
@@ -732,10 +725,7 @@ test_crash(void)
 		return;
 	if ((pid = fork()) == 0) {
 		close(fds[0]);
-		store_params_defaults(&p);
-		p.dir = dbdir;
-		p.secret_file = secret;
-		p.durable = 1;
+		params(&p, 1);
 		if ((s = store_open(&p, line, sizeof(line))) == NULL)
 			_exit(1);
 		for (i = 0; i < 4096; i++) {
@@ -814,10 +804,7 @@ test_lazy_flush(void)
 	pid_t pid;
 
 	wipe();
-	store_params_defaults(&p);
-	p.dir = dbdir;
-	p.secret_file = secret;
-	p.durable = 1;
+	params(&p, 1);
 	p.max_failures_per_code = 1;	/* one wrong guess ends the code */
 	if ((s = store_open(&p, line, sizeof(line))) != NULL) {
 		req(&q, "lazy@example.org", NULL, NULL, T0);
@@ -1231,10 +1218,7 @@ test_quarantine_recoverable(void)
 	ok(st1.st_size > st0.st_size, "pages reached otp.db after the last checkpoint");
 	if (truncate(path, st0.st_size) == -1)
 		diag("truncate: %s", strerror(errno));
-	store_params_defaults(&p);
-	p.dir = dbdir;
-	p.secret_file = secret;
-	p.durable = 0;
+	params(&p, 0);
 	p.log = count_kept;
 	s = open_with(&p);
 	ok(s != NULL && store_quarantined(s, &qs) == 0 && kept_lines == 1,
