@@ -1,14 +1,19 @@
 /*
- * control.c - the control socket server.  The event thread owns every
- * socket: it accepts (refusing past control_max_connections with a JSON
- * error), reads lines (refusing lines over control_max_line and more than
- * control_max_pipeline pending requests), writes answers and closes idle
- * connections.  Request workers take one pending request of a connection at
- * a time, so answers keep the order of the requests.  Connections are
- * counted per uid: peers with no role get a few (together a small share),
- * each app uid its own share, and the last slots are kept for admins.
+ * control.c - the control socket server.  The event thread accepts
+ * (refusing past control_max_connections with a JSON error), writes
+ * answers that did not go out at once and event streams, and closes idle
+ * connections.  Each connection waits for input in the workers' epoll set
+ * with EPOLLONESHOT: the request worker the kernel wakes owns the
+ * connection until it lets go, reads its lines (refusing lines over
+ * control_max_line and more than control_max_pipeline pending requests),
+ * answers them in order and arms the connection again.  So a request costs
+ * one wake-up, not a hand-off from a reading thread to a worker.
+ * Connections are counted per uid: peers with no role get a few (together
+ * a small share), each app uid its own share, and the last slots are kept
+ * for admins.
  */
 #include <sys/epoll.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -45,20 +50,27 @@ struct ctl_req {
 struct ctl_conn {
 	int		 fd;
 	struct ctl_peer	 peer;
-	/* event thread only */
+	/* the owning worker only */
 	char		*in;
 	size_t		 inlen, incap;
-	time_t		 last_active;
-	uint32_t	 events;	/* epoll interest now */
+	/* the event thread only */
+	int		 outwatch;	/* registered in ctl->efd for EPOLLOUT */
+	int		 counted;	/* holds a slot in nconns and the uid counts */
 	/* under mu */
 	pthread_mutex_t	 mu;
+	time_t		 last_active;
 	struct ctl_req	*head, *tail;
 	size_t		 npending;
-	int		 queued;	/* owned by a worker; cleared by the event thread,
-				 * or by the worker that sent the last answer */
-	int		 returning;	/* a worker is done with it: event thread decides */
+	/*
+	 * armed: waiting in ctl->wfd (EPOLLONESHOT); cleared by the worker the
+	 * event goes to.  owned: that worker has it.  Only a connection that
+	 * is neither can be torn down, so no worker holds a stale pointer.
+	 */
+	int		 armed;
+	int		 owned;
+	int		 kill;		/* tear down as soon as no worker has it */
 	int		 closing;	/* close once the output is flushed */
-	int		 dead;		/* peer gone: free when not queued */
+	int		 dead;		/* torn down: free when no list names it */
 	json_t		*final;		/* error to send after the pending answers */
 	int		 subscriber;	/* gets the live event stream (events.tail) */
 	int		 draining;	/* answered and shut down for writing: discard input */
@@ -72,7 +84,6 @@ struct ctl_conn {
 	struct ctl_conn	*ev_next;
 	char		*out;
 	size_t		 outlen, outcap;
-	struct ctl_conn	*work_next;
 	struct ctl_conn	*all_next, *all_prev;
 };
 
@@ -113,6 +124,8 @@ struct control {
 	struct otpmaild	*d;
 	struct ctl_acl	*acl;
 	int		 lfd, efd, evfd;
+	int		 wfd;		/* connections waiting for input (workers) */
+	int		 stopfd;		/* in wfd: readable once stopping */
 	int		 spare;		/* kept open to refuse clients when out of fds */
 	time_t		 last_fd_warn;
 	char		*path;
@@ -120,17 +133,13 @@ struct control {
 	pthread_t	*workers;
 	int		 nworkers;
 	int		 running;
-	int		 stopping;
+	atomic_int	 stopping;
 	size_t		 nconns;
 	size_t		 nanon;		/* connections of peers with no role */
 	struct ctl_uid_count *uids;	/* open connections per uid (event thread) */
 	size_t		 nuids;
 	struct ctl_log_limit refuse_log;	/* control_refused lines */
 	struct ctl_conn	*all;
-	/* work queue */
-	pthread_mutex_t	 wmu;
-	pthread_cond_t	 wcv;
-	struct ctl_conn	*whead, *wtail;
 	/* connections with output to flush, signalled through evfd */
 	pthread_mutex_t	 dmu;
 	struct ctl_conn	**dirty;
@@ -149,7 +158,9 @@ static struct control *ctl_tap_owner;
 static void	*ctl_event_loop(void *);
 static void	*ctl_worker(void *);
 static void	 ctl_conn_close(struct control *, struct ctl_conn *);
-static int	 ctl_conn_flush(struct control *, struct ctl_conn *);
+static void	 ctl_conn_kill(struct control *, struct ctl_conn *);
+static void	 ctl_conn_uncount(struct control *, struct ctl_conn *);
+static void	 ctl_conn_flush(struct control *, struct ctl_conn *);
 static json_t	*ctl_events_subscribe(struct control *, struct ctl_conn *, json_t *reply,
 		    json_t *params);
 static void	 ctl_events_unlink(struct control *, struct ctl_conn *);
@@ -586,47 +597,89 @@ ctl_mark_dirty(struct control *ctl, struct ctl_conn *c)
 		    strerror(errno));
 }
 
+/* Arms c for its next input (c->mu held; c neither armed nor owned). */
 static void
-ctl_work_push(struct control *ctl, struct ctl_conn *c)
+ctl_arm(struct control *ctl, struct ctl_conn *c)
 {
-	pthread_mutex_lock(&ctl->wmu);
-	c->work_next = NULL;
-	if (ctl->wtail)
-		ctl->wtail->work_next = c;
-	else
-		ctl->whead = c;
-	ctl->wtail = c;
-	pthread_mutex_unlock(&ctl->wmu);
-	/* after the unlock: a worker woken while the lock is still held
-	 * would wake only to sleep on the lock (two more futex calls) */
-	pthread_cond_signal(&ctl->wcv);
+	struct epoll_event ev;
+
+	ev.events = EPOLLIN | EPOLLONESHOT;
+	ev.data.ptr = c;
+	c->armed = 1;
+	if (epoll_ctl(ctl->wfd, EPOLL_CTL_MOD, c->fd, &ev) == -1) {
+		log_msg(LOG_ERR, "event=control_error detail=\"epoll_ctl: %s\"",
+		    strerror(errno));
+		c->armed = 0;
+		c->kill = 1;
+	}
 }
 
-static void *
-ctl_worker(void *arg)
+/*
+ * What c waits for next, once no worker has it (c->mu held; c not dead):
+ * the final error after the last answer, what can be sent now, then the
+ * next input, or the lingering close.  *out: output is left for the event
+ * thread's EPOLLOUT watch.  Returns 1 if c is to be torn down.
+ */
+static int
+ctl_settle(struct control *ctl, struct ctl_conn *c, int *out)
 {
-	struct control *ctl = arg;
-	struct ctl_conn *c;
+	size_t before;
+
+	*out = 0;
+	if (c->kill)
+		return 1;
+	if (c->closing && c->head == NULL && c->final != NULL) {
+		ctl_out_reply(c, c->final);
+		json_decref(c->final);
+		c->final = NULL;
+	}
+	if (c->outlen > 0) {
+		before = c->outlen;
+		if (ctl_out_send(c) == -1) {
+			c->outlen = 0;
+			return c->kill = 1;
+		}
+		if (c->outlen < before)
+			c->last_active = time(NULL);
+	}
+	if (c->outlen > 0) {
+		*out = 1;
+		/* a peer that does not read is not read either */
+		if (!c->closing && !c->armed && c->outlen < CTL_OUT_HIGH)
+			ctl_arm(ctl, c);
+		return c->kill;
+	}
+	if (c->closing && !c->draining) {
+		/*
+		 * A lingering close: shut our side, then read and discard
+		 * until the peer closes (or the idle sweep gives up), so the
+		 * error we just sent is not destroyed by a reset.
+		 */
+		if (shutdown(c->fd, SHUT_WR) == -1)
+			return c->kill = 1;
+		c->draining = 1;
+		c->last_active = time(NULL);
+	}
+	if (!c->armed)
+		ctl_arm(ctl, c);
+	return c->kill;
+}
+
+/* Answers c's pending requests in order (the worker that owns c). */
+static void
+ctl_conn_run(struct control *ctl, struct ctl_conn *c)
+{
 	struct ctl_req *r;
 	json_t *reply;
-	int sent;
+	int backlog;
 
 	for (;;) {
-		pthread_mutex_lock(&ctl->wmu);
-		while (ctl->whead == NULL && !ctl->stopping)
-			pthread_cond_wait(&ctl->wcv, &ctl->wmu);
-		if (ctl->whead == NULL) {
-			pthread_mutex_unlock(&ctl->wmu);
-			return NULL;
-		}
-		c = ctl->whead;
-		ctl->whead = c->work_next;
-		if (ctl->whead == NULL)
-			ctl->wtail = NULL;
-		pthread_mutex_unlock(&ctl->wmu);
-
 		pthread_mutex_lock(&c->mu);
-		r = c->head;
+		/* Stopping: the request in hand is finished, the rest dropped. */
+		if ((r = c->head) == NULL || c->kill || ctl->stopping) {
+			pthread_mutex_unlock(&c->mu);
+			return;
+		}
 		c->head = r->next;
 		if (c->head == NULL)
 			c->tail = NULL;
@@ -646,7 +699,7 @@ ctl_worker(void *arg)
 			json_object_del(reply, "_subscribe");
 			pthread_mutex_lock(&ctl_sub_mu);
 			pthread_mutex_lock(&c->mu);
-			if (!c->dead && !c->subscriber) {
+			if (!c->subscriber) {
 				c->subscriber = 1;
 				c->sub_next = ctl->subs;
 				ctl->subs = c;
@@ -655,47 +708,28 @@ ctl_worker(void *arg)
 			pthread_mutex_unlock(&ctl_sub_mu);
 		}
 
-		/*
-		 * The connection stays "queued" (so the event thread never frees
-		 * it under us) until the event thread handles the dirty mark,
-		 * or until this worker has sent the whole answer itself.
-		 */
 		pthread_mutex_lock(&c->mu);
-		sent = 0;
-		if (!c->dead && reply != NULL) {
-			int backlog = c->outlen > 0;
-
+		if (reply != NULL && !c->kill) {
+			/* behind older output (a slow reader, an event stream):
+			 * the event thread sends it in order */
+			backlog = c->outlen > 0;
 			ctl_out_reply(c, reply);
-			/* an error is the event thread's to see (and close) */
-			if (!backlog && !c->closing)
-				sent = ctl_out_send(c) == 1;
+			if (!backlog && ctl_out_send(c) == -1) {
+				c->outlen = 0;
+				c->kill = 1;	/* the peer is gone */
+			}
 		}
+		pthread_mutex_unlock(&c->mu);
 		json_decref(reply);
-		if (c->head != NULL && !c->dead) {
-			pthread_mutex_unlock(&c->mu);
-			if (!sent)
-				ctl_mark_dirty(ctl, c);
-			ctl_work_push(ctl, c);
-		} else if (sent) {
-			/* Answered, nothing more to do: the event thread has no
-			 * reason to wake (the one hand-off was the request). */
-			c->queued = 0;
-			pthread_mutex_unlock(&c->mu);
-		} else {
-			c->returning = 1;
-			pthread_mutex_unlock(&c->mu);
-			ctl_mark_dirty(ctl, c);
-		}
 	}
 }
 
-/* Queues one complete line of c (event thread). */
+/* Queues one complete line of c (its worker). */
 static void
 ctl_conn_line(struct control *ctl, struct ctl_conn *c, const char *line, size_t len)
 {
 	struct ctl_req *r;
 	json_t *err;
-	int start;
 
 	while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' ' || line[len - 1] == '\t'))
 		len--;
@@ -727,11 +761,7 @@ ctl_conn_line(struct control *ctl, struct ctl_conn *c, const char *line, size_t 
 	c->tail = r;
 	c->npending++;
 	c->last_active = time(NULL);
-	start = !c->queued;
-	c->queued = 1;
 	pthread_mutex_unlock(&c->mu);
-	if (start)
-		ctl_work_push(ctl, c);
 }
 
 static void
@@ -740,6 +770,7 @@ ctl_conn_error_close(struct control *ctl, struct ctl_conn *c, const char *code,
 {
 	json_t *err = reply_error(code, "%s", detail);
 
+	(void)ctl;
 	pthread_mutex_lock(&c->mu);
 	/* Requests already queued still get their answers first. */
 	if (!c->closing) {
@@ -768,30 +799,24 @@ ctl_conn_eof(struct control *ctl, struct ctl_conn *c, size_t max)
 	pthread_mutex_lock(&c->mu);
 	c->closing = 1;		/* read no more; close once all is answered */
 	pthread_mutex_unlock(&c->mu);
-	ctl_conn_flush(ctl, c);
 }
 
-/* hup: the peer closed both ways, so nothing we write can reach it. */
-static void
+/*
+ * Reads what c sent and queues its complete lines (the worker that owns
+ * c).  hup: the peer closed both ways, so nothing we write can reach it.
+ * Returns -1 if c is to be closed now.
+ */
+static int
 ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 {
 	size_t max = ctl->d->cfg->control_max_line, start, i, outlen, want;
+	int closing, busy = 0;
 	ssize_t n;
 
 	/* A peer with no role may only ping: it gets no room for big requests. */
 	if ((c->peer.roles & (ROLE_APP | ROLE_ADMIN)) == 0 && max > CTL_ANON_LINE)
 		max = CTL_ANON_LINE;
 
-	if (c->draining) {
-		char junk[4096];
-		/* The peer still sends; swallow it so close sends no RST over
-		 * our last answer.  EOF or error: done. */
-		while ((n = read(c->fd, junk, sizeof(junk))) > 0)
-			;
-		if (n == 0 || errno != EAGAIN)
-			ctl_conn_close(ctl, c);
-		return;
-	}
 	for (;;) {
 		if (c->incap - c->inlen < CTL_READ_CHUNK) {
 			size_t cap = c->incap ? c->incap * 2 : CTL_READ_CHUNK * 2;
@@ -811,16 +836,13 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 			break;
 		if (n == 0 && !hup) {
 			ctl_conn_eof(ctl, c, max);
-			return;
+			return 0;
 		}
-		if (n <= 0) {
-			ctl_conn_close(ctl, c);
-			return;
-		}
+		if (n <= 0)
+			return -1;
 		/* A peer with no role is busy only when it completes a request
 		 * (ctl_conn_line): dribbling bytes keeps no slot. */
-		if (!ctl_is_anon(&c->peer))
-			c->last_active = time(NULL);
+		busy = !ctl_is_anon(&c->peer);
 		/* Split complete lines; scan only the new bytes. */
 		start = 0;
 		for (i = c->inlen; i < c->inlen + (size_t)n; i++) {
@@ -842,11 +864,15 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 			    "request line longer than control_max_line; closing");
 			goto out;
 		}
-		if (c->closing)
-			goto out;
 		pthread_mutex_lock(&c->mu);
+		closing = c->closing;
 		outlen = c->outlen;
+		if (busy)
+			c->last_active = time(NULL);
+		busy = 0;
 		pthread_mutex_unlock(&c->mu);
+		if (closing)
+			goto out;
 		if (outlen >= CTL_OUT_HIGH)
 			break;		/* the peer does not read: stop reading it */
 		if (c->incap - c->inlen < CTL_READ_CHUNK && c->incap >= max + CTL_READ_CHUNK * 2)
@@ -857,72 +883,135 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 		if ((size_t)n < want)
 			break;
 	}
-	ctl_conn_flush(ctl, c);		/* also sets what epoll watches */
-	return;
+	return 0;
 out:
 	/* Read no more; answer what is pending, then the error, then close. */
 	c->inlen = 0;
-	ctl_conn_flush(ctl, c);
+	return 0;
+}
+
+/* A worker's turn with c: read, answer, or discard after the last answer. */
+static void
+ctl_conn_serve(struct control *ctl, struct ctl_conn *c, uint32_t events)
+{
+	char junk[4096];
+	int draining, gone = 0;
+	ssize_t n;
+
+	pthread_mutex_lock(&c->mu);
+	draining = c->draining;
+	gone = c->kill;
+	pthread_mutex_unlock(&c->mu);
+	if (gone)
+		return;
+	if (draining) {
+		/* The peer still sends; swallow it so close sends no RST over
+		 * our last answer.  EOF or error: done. */
+		while ((n = read(c->fd, junk, sizeof(junk))) > 0)
+			;
+		gone = n == 0 || errno != EAGAIN;
+	} else if (ctl_conn_read(ctl, c, (events & (EPOLLHUP | EPOLLERR)) != 0) == -1)
+		gone = 1;
+	else
+		ctl_conn_run(ctl, c);
+	if (gone) {
+		pthread_mutex_lock(&c->mu);
+		c->kill = 1;
+		pthread_mutex_unlock(&c->mu);
+	}
+}
+
+static void *
+ctl_worker(void *arg)
+{
+	struct control *ctl = arg;
+	struct epoll_event ev;
+	struct ctl_conn *c;
+	int n, down, out;
+
+	for (;;) {
+		n = epoll_wait(ctl->wfd, &ev, 1, -1);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			log_msg(LOG_ERR, "event=control_error detail=\"epoll_wait: %s\"",
+			    strerror(errno));
+			return NULL;
+		}
+		if (n == 0)
+			continue;
+		if (ev.data.ptr == &ctl->stopfd || ctl->stopping)
+			return NULL;
+		c = ev.data.ptr;
+		pthread_mutex_lock(&c->mu);
+		c->armed = 0;
+		c->owned = 1;
+		pthread_mutex_unlock(&c->mu);
+
+		ctl_conn_serve(ctl, c, ev.events);
+
+		pthread_mutex_lock(&c->mu);
+		c->owned = 0;
+		down = ctl_settle(ctl, c, &out);
+		/* Marked before the lock goes: the event thread cannot tear c
+		 * down (and free it) while the mark is in its list. */
+		if (down || out)
+			ctl_mark_dirty(ctl, c);
+		pthread_mutex_unlock(&c->mu);
+	}
+}
+
+/* Watches c for room to write (the event thread). */
+static void
+ctl_out_watch(struct control *ctl, struct ctl_conn *c, int on)
+{
+	struct epoll_event ev;
+
+	if (on == c->outwatch)
+		return;
+	ev.events = EPOLLOUT;
+	ev.data.ptr = c;
+	if (epoll_ctl(ctl->efd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, c->fd, &ev) == 0 || !on)
+		c->outwatch = on;
 }
 
 /*
- * Writes what c has to say (event thread); closes when finished and closing.
- * Returns 1 if c was closed (it may be freed), 0 otherwise.
+ * Writes what c has to say (the event thread: on EPOLLOUT, or marked by a
+ * worker or an event stream).  A connection no worker has is settled here;
+ * one its worker has is settled by the worker when it lets go.
  */
-static int
+static void
 ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 {
-	struct epoll_event ev;
 	size_t before;
-	int done_close = 0;
-	uint32_t events;
+	int out = 0, down = 0;
 
 	pthread_mutex_lock(&c->mu);
 	if (c->dead) {
 		pthread_mutex_unlock(&c->mu);
-		return 1;
+		return;
 	}
-	if (c->closing && !c->queued && c->final != NULL) {
-		ctl_out_reply(c, c->final);
-		json_decref(c->final);
-		c->final = NULL;
-	}
-	before = c->outlen;
-	if (ctl_out_send(c) == -1) {
-		c->outlen = 0;
-		c->closing = 1;
-	} else if (c->outlen < before)
-		c->last_active = time(NULL);
-	events = (c->closing || c->outlen >= CTL_OUT_HIGH ? 0 : EPOLLIN) |
-	    (c->outlen > 0 ? EPOLLOUT : 0);
-	if (c->closing && c->outlen == 0 && !c->queued)
-		done_close = 1;
-	pthread_mutex_unlock(&c->mu);
-	if (done_close) {
-		/*
-		 * A lingering close: shut our side, then read and discard
-		 * until the peer closes (or the idle sweep gives up), so the
-		 * error we just sent is not destroyed by a reset.
-		 */
-		if (!c->draining && shutdown(c->fd, SHUT_WR) == 0) {
-			c->draining = 1;
-			c->last_active = time(NULL);
-			ev.events = EPOLLIN;
-			ev.data.ptr = c;
-			epoll_ctl(ctl->efd, EPOLL_CTL_MOD, c->fd, &ev);
-			c->events = EPOLLIN;
-			return 0;
+	if (c->owned) {
+		if (c->outlen > 0 && !c->kill) {
+			before = c->outlen;
+			if (ctl_out_send(c) == -1) {
+				c->outlen = 0;
+				c->kill = 1;
+			} else if (c->outlen < before)
+				c->last_active = time(NULL);
 		}
+		out = c->outlen > 0;
+	} else if ((down = ctl_settle(ctl, c, &out)) && c->armed) {
+		/* A worker may have its event in hand already: have it come
+		 * (the socket reads EOF) and let go; then it is torn down. */
+		c->kill = 1;
+		shutdown(c->fd, SHUT_RDWR);
+		down = 0;
+	}
+	pthread_mutex_unlock(&c->mu);
+	ctl_out_watch(ctl, c, out && !down);
+	if (down)
 		ctl_conn_close(ctl, c);
-		return 1;
-	}
-	if (events != c->events) {
-		ev.events = events;
-		ev.data.ptr = c;
-		epoll_ctl(ctl->efd, EPOLL_CTL_MOD, c->fd, &ev);
-		c->events = events;
-	}
-	return 0;
 }
 
 static void
@@ -941,12 +1030,14 @@ ctl_conn_free(struct ctl_conn *c)
 	free(c);
 }
 
-/* Event thread: forget the socket; free now, or when the worker lets go. */
+/*
+ * Event thread: forget c (no worker has it and none can get it: neither
+ * owned nor armed); free it now, or once no dirty mark names it.
+ */
 static void
 ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 {
 	unsigned refs;
-	int busy;
 
 	pthread_mutex_lock(&c->mu);
 	if (c->dead) {
@@ -954,7 +1045,6 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 		return;
 	}
 	c->dead = 1;
-	busy = c->queued;
 	pthread_mutex_unlock(&c->mu);
 	if (c->subscriber) {
 		struct ctl_conn **pp;
@@ -969,11 +1059,11 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 	pthread_mutex_lock(&ctl_sub_mu);
 	ctl_events_unlink(ctl, c);
 	pthread_mutex_unlock(&ctl_sub_mu);
-	epoll_ctl(ctl->efd, EPOLL_CTL_DEL, c->fd, NULL);
+	ctl_out_watch(ctl, c, 0);
+	epoll_ctl(ctl->wfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
-	ctl->nconns--;
-	ctl_uid_put(ctl, &c->peer);
+	ctl_conn_uncount(ctl, c);
 	if (c->all_prev)
 		c->all_prev->all_next = c->all_next;
 	else
@@ -984,9 +1074,80 @@ ctl_conn_close(struct control *ctl, struct ctl_conn *c)
 	pthread_mutex_lock(&ctl->dmu);
 	refs = c->dirty_refs;
 	pthread_mutex_unlock(&ctl->dmu);
-	if (!busy && refs == 0)
+	if (refs == 0)
 		ctl_conn_free(c);
-	/* else: freed in ctl_drain_dirty once the worker and the list let go */
+	/* else: freed in ctl_drain_dirty once the list lets go */
+}
+
+/* Event thread: c's slot is free (its peer is gone, or c is closed). */
+static void
+ctl_conn_uncount(struct control *ctl, struct ctl_conn *c)
+{
+	if (!c->counted)
+		return;
+	c->counted = 0;
+	ctl->nconns--;
+	ctl_uid_put(ctl, &c->peer);
+}
+
+/*
+ * Event thread, at a limit: frees the slots of connections whose peer has
+ * closed (the socket hangs up) but whose worker has not yet let go, so a
+ * client that closes and connects again is not refused for its own
+ * closed connection.  Only for peers with a role: one poll over every
+ * connection is too much to spend on each refusal of a stranger.
+ * Returns how many slots it freed.
+ */
+static int
+ctl_reap_gone(struct control *ctl)
+{
+	struct ctl_conn **cs, *c, *next;
+	struct pollfd *pfd;
+	size_t n = 0, i;
+	int freed = 0;
+
+	if (ctl->nconns == 0)
+		return 0;
+	if ((pfd = calloc(ctl->nconns, sizeof(*pfd))) == NULL ||
+	    (cs = calloc(ctl->nconns, sizeof(*cs))) == NULL) {
+		free(pfd);
+		return 0;
+	}
+	for (c = ctl->all; c != NULL && n < ctl->nconns; c = next) {
+		next = c->all_next;
+		if (!c->counted)
+			continue;
+		pfd[n].fd = c->fd;
+		pfd[n].events = 0;	/* POLLHUP and POLLERR come anyway */
+		cs[n++] = c;
+	}
+	if (poll(pfd, n, 0) > 0)
+		for (i = 0; i < n; i++)
+			if (pfd[i].revents & (POLLHUP | POLLERR)) {
+				ctl_conn_uncount(ctl, cs[i]);
+				ctl_conn_kill(ctl, cs[i]);	/* may free it */
+				freed++;
+			}
+	free(pfd);
+	free(cs);
+	return freed;
+}
+
+/* Event thread: close c now if no worker can have it, else as soon as its
+ * worker lets go (an armed one is woken by the shutdown). */
+static void
+ctl_conn_kill(struct control *ctl, struct ctl_conn *c)
+{
+	int now;
+
+	pthread_mutex_lock(&c->mu);
+	c->kill = 1;
+	now = !c->owned && !c->armed && !c->dead;
+	if (c->armed)
+		shutdown(c->fd, SHUT_RDWR);
+	pthread_mutex_unlock(&c->mu);
+	if (now)
+		ctl_conn_close(ctl, c);
 }
 
 static void
@@ -1043,7 +1204,10 @@ ctl_accept(struct control *ctl)
 		ng = ctl_peer_groups(cred.pid, cred.gid, groups, CTL_MAX_GROUPS);
 		peer.roles = ctl_acl_roles(ctl->acl, cred.uid, groups, ng);
 		ctl_peer_set_app(ctl->d->cfg, &peer, groups, ng);
-		if ((limit = ctl_admit(ctl, &peer, detail, sizeof(detail))) != NULL) {
+		if ((limit = ctl_admit(ctl, &peer, detail, sizeof(detail))) != NULL &&
+		    (peer.roles & (ROLE_APP | ROLE_ADMIN)) && ctl_reap_gone(ctl) > 0)
+			limit = ctl_admit(ctl, &peer, detail, sizeof(detail));
+		if (limit != NULL) {
 			ctl_refuse(ctl, fd, &peer, limit, detail);
 			continue;
 		}
@@ -1053,9 +1217,11 @@ ctl_accept(struct control *ctl)
 		c->peer = peer;
 		c->last_active = time(NULL);
 		pthread_mutex_init(&c->mu, NULL);
-		c->events = ev.events = EPOLLIN;
+		/* armed before a worker can see it (it never sees it unarmed) */
+		c->armed = 1;
+		ev.events = EPOLLIN | EPOLLONESHOT;
 		ev.data.ptr = c;
-		if (epoll_ctl(ctl->efd, EPOLL_CTL_ADD, fd, &ev) == -1) {
+		if (epoll_ctl(ctl->wfd, EPOLL_CTL_ADD, fd, &ev) == -1) {
 			close(fd);
 			ctl_conn_free(c);
 			continue;
@@ -1068,6 +1234,7 @@ ctl_accept(struct control *ctl)
 		(*ctl_uid_slot(ctl, peer.uid, 1))++;
 		if (ctl_is_anon(&peer))
 			ctl->nanon++;
+		c->counted = 1;
 	}
 }
 
@@ -1077,6 +1244,7 @@ ctl_drain_dirty(struct control *ctl)
 	struct ctl_conn **list;
 	size_t n, i;
 	uint64_t v;
+	int dead;
 
 	if (read(ctl->evfd, &v, sizeof(v)) == -1 && errno != EAGAIN)
 		return;
@@ -1088,35 +1256,24 @@ ctl_drain_dirty(struct control *ctl)
 	pthread_mutex_unlock(&ctl->dmu);
 	for (i = 0; i < n; i++) {
 		struct ctl_conn *c = list[i];
-		int dead, queued, push = 0;
 		unsigned refs;
 
-		pthread_mutex_lock(&c->mu);
-		if (c->returning) {
-			c->returning = 0;
-			if (c->head != NULL && !c->dead)
-				push = 1;
-			else
-				c->queued = 0;
-		}
-		dead = c->dead;
-		queued = c->queued;
-		pthread_mutex_unlock(&c->mu);
 		pthread_mutex_lock(&ctl->dmu);
 		refs = --c->dirty_refs;
 		pthread_mutex_unlock(&ctl->dmu);
-		if (push)
-			ctl_work_push(ctl, c);
+		pthread_mutex_lock(&c->mu);
+		dead = c->dead;
+		pthread_mutex_unlock(&c->mu);
 		/*
 		 * A closed connection is freed by whoever lets go of it last:
-		 * no worker holds it and no later list entry names it.
+		 * no later list entry names it.
 		 */
 		if (dead) {
-			if (!queued && refs == 0)
+			if (refs == 0)
 				ctl_conn_free(c);
 			continue;
 		}
-		ctl_conn_flush(ctl, c);
+		ctl_conn_flush(ctl, c);		/* may close; frees if refs == 0 */
 	}
 	free(list);
 }
@@ -1133,13 +1290,14 @@ ctl_idle_sweep(struct control *ctl)
 		next = c->all_next;
 		pthread_mutex_lock(&c->mu);
 		/* A peer with no role holds a slot only while it asks something. */
-		idle = !c->queued && !c->subscriber && !c->ev_sub && (c->outlen == 0 || anon) &&
+		idle = !c->owned && !c->kill && !c->subscriber && !c->ev_sub &&
+		    (c->outlen == 0 || anon) &&
 		    now - c->last_active > (c->draining ? 2 : anon ?
 		    ctl->d->cfg->control_anon_idle_timeout :
 		    ctl->d->cfg->control_idle_timeout);
 		pthread_mutex_unlock(&c->mu);
 		if (idle)
-			ctl_conn_close(ctl, c);
+			ctl_conn_kill(ctl, c);
 	}
 }
 
@@ -1156,23 +1314,17 @@ ctl_event_loop(void *arg)
 		dirty = 0;
 		/*
 		 * Each connection's event may close only that connection; the
-		 * workers' dirty list (which may close and free any of them)
-		 * is handled after the batch, so no event here is stale.
+		 * dirty list (which may close and free any of them) is handled
+		 * after the batch, so no event here is stale.
 		 */
 		for (i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
-			if (p == &ctl->lfd) {
+			if (p == &ctl->lfd)
 				ctl_accept(ctl);
-			} else if (p == &ctl->evfd) {
+			else if (p == &ctl->evfd)
 				dirty = 1;
-			} else {
-				struct ctl_conn *c = p;
-				if ((evs[i].events & EPOLLOUT) && ctl_conn_flush(ctl, c))
-					continue;	/* closed, maybe freed */
-				if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
-					ctl_conn_read(ctl, c, (evs[i].events &
-					    (EPOLLHUP | EPOLLERR)) != 0);
-			}
+			else
+				ctl_conn_flush(ctl, p);	/* room to write, or an error */
 		}
 		if (dirty)
 			ctl_drain_dirty(ctl);
@@ -1312,7 +1464,7 @@ ctl_events_replay_line(void *arg, uint64_t id, const char *line, size_t len)
 	 * emitters) while the backlog is full, up to CTL_REPLAY_WAIT seconds of
 	 * a reader that takes nothing; then it misses like a live subscriber.
 	 */
-	while (r->may_wait && !r->c->dead && r->c->outlen + len + 1 > bound &&
+	while (r->may_wait && !r->c->dead && !r->c->kill && r->c->outlen + len + 1 > bound &&
 	    waited < CTL_REPLAY_WAIT * 100) {
 		size_t before = r->c->outlen;
 
@@ -1321,7 +1473,7 @@ ctl_events_replay_line(void *arg, uint64_t id, const char *line, size_t len)
 		pthread_mutex_lock(&r->c->mu);
 		waited = r->c->outlen < before ? 0 : waited + 1;
 	}
-	stop = r->c->dead;
+	stop = r->c->dead || r->c->kill;
 	if (!stop && ctl_events_put(r->ctl, r->c, id, line, len, r->last) == -1)
 		stop = r->missed = 1;
 	else if (!stop)
@@ -1395,7 +1547,7 @@ control_listen(struct otpmaild *d, char *err, size_t errlen)
 	if ((ctl = calloc(1, sizeof(*ctl))) == NULL)
 		abort();
 	ctl->d = d;
-	ctl->lfd = ctl->efd = ctl->evfd = -1;
+	ctl->lfd = ctl->efd = ctl->evfd = ctl->wfd = ctl->stopfd = -1;
 	ctl->spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	ctl->path = strdup(d->cfg->control_socket);
 	memset(&sun, 0, sizeof(sun));
@@ -1452,8 +1604,6 @@ control_run(struct control *ctl, char *err, size_t errlen)
 	int i;
 
 	ctl->acl = ctl_acl_new(ctl->d->cfg, geteuid());
-	pthread_mutex_init(&ctl->wmu, NULL);
-	pthread_cond_init(&ctl->wcv, NULL);
 	pthread_mutex_init(&ctl->dmu, NULL);
 	pthread_mutex_lock(&ctl_sub_mu);
 	ctl_tap_owner = ctl;
@@ -1461,7 +1611,9 @@ control_run(struct control *ctl, char *err, size_t errlen)
 	log_set_tap(ctl_tap);
 	events_set_tap(ctl_events_tap);
 	if ((ctl->efd = epoll_create1(EPOLL_CLOEXEC)) == -1 ||
-	    (ctl->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
+	    (ctl->wfd = epoll_create1(EPOLL_CLOEXEC)) == -1 ||
+	    (ctl->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1 ||
+	    (ctl->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) == -1) {
 		snprintf(err, errlen, "epoll/eventfd: %s", strerror(errno));
 		return -1;
 	}
@@ -1470,6 +1622,8 @@ control_run(struct control *ctl, char *err, size_t errlen)
 	epoll_ctl(ctl->efd, EPOLL_CTL_ADD, ctl->lfd, &ev);
 	ev.data.ptr = &ctl->evfd;
 	epoll_ctl(ctl->efd, EPOLL_CTL_ADD, ctl->evfd, &ev);
+	ev.data.ptr = &ctl->stopfd;	/* level-triggered: wakes every worker */
+	epoll_ctl(ctl->wfd, EPOLL_CTL_ADD, ctl->stopfd, &ev);
 	ctl->nworkers = ctl->d->cfg->request_workers;
 	ctl->workers = calloc(ctl->nworkers, sizeof(pthread_t));
 	for (i = 0; i < ctl->nworkers; i++) {
@@ -1493,6 +1647,7 @@ void
 control_stop(struct control *ctl)
 {
 	struct ctl_conn *c, *next;
+	uint64_t one = 1;
 	int i;
 
 	if (ctl == NULL)
@@ -1505,10 +1660,11 @@ control_stop(struct control *ctl)
 		close(ctl->lfd);
 		unlink(ctl->path);
 	}
-	pthread_mutex_lock(&ctl->wmu);
 	ctl->stopping = 1;
-	pthread_cond_broadcast(&ctl->wcv);
-	pthread_mutex_unlock(&ctl->wmu);
+	if (ctl->stopfd != -1)
+		(void)!write(ctl->stopfd, &one, sizeof(one));	/* the workers */
+	if (ctl->evfd != -1)
+		(void)!write(ctl->evfd, &one, sizeof(one));	/* the event thread */
 	if (ctl->running)
 		pthread_join(ctl->thread, NULL);
 	/* Workers finish the request in hand; the rest are dropped. */
@@ -1539,6 +1695,10 @@ control_stop(struct control *ctl)
 		close(ctl->efd);
 	if (ctl->evfd != -1)
 		close(ctl->evfd);
+	if (ctl->wfd != -1)
+		close(ctl->wfd);
+	if (ctl->stopfd != -1)
+		close(ctl->stopfd);
 	ctl_acl_free(ctl->acl);
 	free(ctl->uids);
 	if (ctl->spare != -1)
