@@ -6,6 +6,7 @@
  * escaped, and any other must itself read as key=value pairs, so no value
  * can end its field early or plant another (see log.h).
  */
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -34,10 +35,11 @@ static void	log_spec(char *, const char *, char);
 static void	log_cut(struct log_buf *);
 static void	log_format(struct log_buf *, const char *, va_list);
 
-static int log_to_stderr = 1;
-static int log_to_syslog;
-static int log_max = LOG_INFO;
-static void (*log_tap)(int, const char *);
+/* set at start and reload (SIGHUP) while other threads log */
+static atomic_int log_to_stderr = 1;
+static atomic_int log_to_syslog;
+static atomic_int log_max = LOG_INFO;
+static void (*_Atomic log_tap)(int, const char *);
 
 void
 log_set_tap(void (*tap)(int, const char *))
@@ -414,8 +416,9 @@ log_vmsg(int prio, const char *fmt, va_list ap)
 	char stamp[32];
 	struct timespec ts;
 	struct tm tm;
+	void (*tap)(int, const char *) = log_tap;
 
-	if (prio > log_max && (log_tap == NULL || prio > LOG_INFO))
+	if (prio > log_max && (tap == NULL || prio > LOG_INFO))
 		return;
 	if ((b = malloc(sizeof(*b))) == NULL)
 		return;
@@ -432,8 +435,8 @@ log_vmsg(int prio, const char *fmt, va_list ap)
 	}
 	if (log_to_syslog && prio <= log_max)
 		syslog(prio, "%s", b->s);
-	if (log_tap != NULL && prio <= LOG_INFO)
-		log_tap(prio, b->s);
+	if (tap != NULL && prio <= LOG_INFO)
+		tap(prio, b->s);
 	free(b);
 }
 

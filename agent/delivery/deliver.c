@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,7 +142,7 @@ struct delivery {
 	int			 nwait_global;	/* workers held by max_connections */
 	struct dest		*dests;
 	int			 active;	/* all open connections */
-	volatile int		 stopping;	/* no new work */
+	atomic_int		 stopping;	/* no new work */
 	volatile int		 abort;		/* in-flight sessions give up too */
 	struct slot		*slots;
 	/* main side of privilege separation (privsep set) */

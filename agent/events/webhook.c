@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,7 @@ static struct {
 	struct eventlog	*log;
 	struct wh	*v;
 	size_t		 n;
-	volatile int	 stop;
+	atomic_int	 stop;
 } wh;
 
 static void	*wh_thread(void *);
