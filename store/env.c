@@ -112,7 +112,12 @@ store_log_flush(struct store *s)
 static void
 store_flush_later(struct store *s)
 {
-	if (atomic_exchange(&s->f_later, 1) == 0 && atomic_load(&s->f_idle)) {
+	/* A plain load first: when the flag is already up (the common case
+	 * under load) the line stays shared, no write.  It is up only until
+	 * the flusher takes it down, just before the flush that covers this
+	 * commit, and whoever raised it has woken an idle flusher. */
+	if (atomic_load(&s->f_later) == 0 && atomic_exchange(&s->f_later, 1) == 0 &&
+	    atomic_load(&s->f_idle)) {
 		pthread_mutex_lock(&s->flock);
 		pthread_cond_signal(&s->fwant);
 		pthread_mutex_unlock(&s->flock);
