@@ -615,6 +615,27 @@ ctl_arm(struct control *ctl, struct ctl_conn *c)
 }
 
 /*
+ * Sends what c has now (c->mu held): a peer that took some is active; one
+ * that is gone marks c for teardown.  Returns -1 if the peer is gone.
+ */
+static int
+ctl_send_now(struct ctl_conn *c)
+{
+	size_t before = c->outlen;
+
+	if (before == 0 || c->kill)
+		return c->kill ? -1 : 0;
+	if (ctl_out_send(c) == -1) {
+		c->outlen = 0;
+		c->kill = 1;
+		return -1;
+	}
+	if (c->outlen < before)
+		c->last_active = time(NULL);
+	return 0;
+}
+
+/*
  * What c waits for next, once no worker has it (c->mu held; c not dead):
  * the final error after the last answer, what can be sent now, then the
  * next input, or the lingering close.  *out: output is left for the event
@@ -623,8 +644,6 @@ ctl_arm(struct control *ctl, struct ctl_conn *c)
 static int
 ctl_settle(struct control *ctl, struct ctl_conn *c, int *out)
 {
-	size_t before;
-
 	*out = 0;
 	if (c->kill)
 		return 1;
@@ -633,15 +652,8 @@ ctl_settle(struct control *ctl, struct ctl_conn *c, int *out)
 		json_decref(c->final);
 		c->final = NULL;
 	}
-	if (c->outlen > 0) {
-		before = c->outlen;
-		if (ctl_out_send(c) == -1) {
-			c->outlen = 0;
-			return c->kill = 1;
-		}
-		if (c->outlen < before)
-			c->last_active = time(NULL);
-	}
+	if (ctl_send_now(c) == -1)
+		return 1;
 	if (c->outlen > 0) {
 		*out = 1;
 		/* a peer that does not read is not read either */
@@ -714,10 +726,8 @@ ctl_conn_run(struct control *ctl, struct ctl_conn *c)
 			 * the event thread sends it in order */
 			backlog = c->outlen > 0;
 			ctl_out_reply(c, reply);
-			if (!backlog && ctl_out_send(c) == -1) {
-				c->outlen = 0;
-				c->kill = 1;	/* the peer is gone */
-			}
+			if (!backlog)
+				(void)ctl_send_now(c);	/* gone: c->kill */
 		}
 		pthread_mutex_unlock(&c->mu);
 		json_decref(reply);
@@ -765,12 +775,10 @@ ctl_conn_line(struct control *ctl, struct ctl_conn *c, const char *line, size_t 
 }
 
 static void
-ctl_conn_error_close(struct control *ctl, struct ctl_conn *c, const char *code,
-    const char *detail)
+ctl_conn_error_close(struct ctl_conn *c, const char *code, const char *detail)
 {
 	json_t *err = reply_error(code, "%s", detail);
 
-	(void)ctl;
 	pthread_mutex_lock(&c->mu);
 	/* Requests already queued still get their answers first. */
 	if (!c->closing) {
@@ -791,7 +799,7 @@ static void
 ctl_conn_eof(struct control *ctl, struct ctl_conn *c, size_t max)
 {
 	if (c->inlen > max)
-		ctl_conn_error_close(ctl, c, "bad_request",
+		ctl_conn_error_close(c, "bad_request",
 		    "request line longer than control_max_line; closing");
 	else if (c->inlen > 0)
 		ctl_conn_line(ctl, c, c->in, c->inlen);
@@ -849,7 +857,7 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 			if (c->in[i] != '\n')
 				continue;
 			if (i - start > max) {
-				ctl_conn_error_close(ctl, c, "bad_request",
+				ctl_conn_error_close(c, "bad_request",
 				    "request line longer than control_max_line; closing");
 				goto out;
 			}
@@ -860,7 +868,7 @@ ctl_conn_read(struct control *ctl, struct ctl_conn *c, int hup)
 		memmove(c->in, c->in + start, c->inlen - start);
 		c->inlen -= start;
 		if (c->inlen > max) {
-			ctl_conn_error_close(ctl, c, "bad_request",
+			ctl_conn_error_close(c, "bad_request",
 			    "request line longer than control_max_line; closing");
 			goto out;
 		}
@@ -983,7 +991,6 @@ ctl_out_watch(struct control *ctl, struct ctl_conn *c, int on)
 static void
 ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 {
-	size_t before;
 	int out = 0, down = 0;
 
 	pthread_mutex_lock(&c->mu);
@@ -992,14 +999,7 @@ ctl_conn_flush(struct control *ctl, struct ctl_conn *c)
 		return;
 	}
 	if (c->owned) {
-		if (c->outlen > 0 && !c->kill) {
-			before = c->outlen;
-			if (ctl_out_send(c) == -1) {
-				c->outlen = 0;
-				c->kill = 1;
-			} else if (c->outlen < before)
-				c->last_active = time(NULL);
-		}
+		(void)ctl_send_now(c);		/* its worker sees c->kill */
 		out = c->outlen > 0;
 	} else if ((down = ctl_settle(ctl, c, &out)) && c->armed) {
 		/* A worker may have its event in hand already: have it come
@@ -1101,7 +1101,7 @@ ctl_conn_uncount(struct control *ctl, struct ctl_conn *c)
 static int
 ctl_reap_gone(struct control *ctl)
 {
-	struct ctl_conn **cs, *c, *next;
+	struct ctl_conn **cs, *c;
 	struct pollfd *pfd;
 	size_t n = 0, i;
 	int freed = 0;
@@ -1113,8 +1113,7 @@ ctl_reap_gone(struct control *ctl)
 		free(pfd);
 		return 0;
 	}
-	for (c = ctl->all; c != NULL && n < ctl->nconns; c = next) {
-		next = c->all_next;
+	for (c = ctl->all; c != NULL && n < ctl->nconns; c = c->all_next) {
 		if (!c->counted)
 			continue;
 		pfd[n].fd = c->fd;
