@@ -396,6 +396,7 @@ main(int argc, char **argv)
 		goto fail;
 	if (fetch_start(&d, err, sizeof(err)) == -1)
 		goto fail;
+	delivery_wait_ready(d.delivery);	/* their start-up is not the first requests' */
 	if (events_start(err, sizeof(err)) == -1)
 		goto fail;
 	if (control_run(ctl, err, sizeof(err)) == -1)

@@ -54,6 +54,7 @@
 #define DELIVERY_SLOT_WAIT	10
 #define DELIVERY_STOP_GRACE	5	/* seconds in-flight sessions get at shutdown */
 #define DELIVERY_SPAWN_PAUSE	200	/* ms between failed starts of the process */
+#define DELIVERY_READY_WAIT	10000	/* ms the start waits for its processes */
 /*
  * With the delivery process, a worker hands over the messages that are
  * due together, up to DELIVERY_BATCH of them, in one write; the process
@@ -503,11 +504,52 @@ fail:
 	return NULL;
 }
 
+/*
+ * Waits (at most DELIVERY_READY_WAIT ms) until the delivery process and its
+ * spare have started: each sends an empty frame first (delivery_child_run).
+ * Until then they load libraries, the CA store and their sandbox on the
+ * same CPUs as the first requests: a daemon that answered before paid for
+ * it in the first 100 ms of its answers and its first mail.  A process that
+ * is slower is not waited for longer; one that died is replaced as before.
+ */
+void
+delivery_wait_ready(struct delivery *dl)
+{
+	struct pollfd pfd[2];
+	double until = delivery_mono() + DELIVERY_READY_WAIT / 1000.0, left;
+	int n = 0, r;
+
+	if (dl == NULL || !dl->privsep)
+		return;
+	/* before any request: no worker has a reason to replace them yet */
+	pthread_mutex_lock(&dl->pmu);
+	if (dl->child > 0 && dl->fds[0] != -1)
+		pfd[n++] = (struct pollfd){ dl->fds[0], POLLIN, 0 };
+	if (dl->spare > 0 && dl->spare_fds[0] != -1)
+		pfd[n++] = (struct pollfd){ dl->spare_fds[0], POLLIN, 0 };
+	pthread_mutex_unlock(&dl->pmu);
+	while (n > 0 && (left = until - delivery_mono()) > 0) {
+		r = poll(pfd, (nfds_t)n, (int)(left * 1000) + 1);
+		if (r == -1 && errno != EINTR)
+			break;
+		if (r <= 0)
+			continue;
+		if (pfd[0].revents != 0)
+			pfd[0] = pfd[--n];
+		else if (n > 1 && pfd[1].revents != 0)
+			n--;
+	}
+	if (n > 0)
+		log_msg(LOG_WARNING, "event=delivery_process_slow detail=\"not started "
+		    "after %d ms; the daemon answers anyway\"", DELIVERY_READY_WAIT);
+}
+
 /* main() of the delivery process, after privsep.c set it up: fds fd0..fd0+n. */
 int
 delivery_child_run(struct otpmaild *d, int fd0, int n, char *err, size_t errlen)
 {
 	struct delivery *dl;
+	struct dlp_buf ready;
 	char how[256];
 	const char *probe = getenv(PRIVSEP_PROBE_ENV);
 	int i;
@@ -531,6 +573,19 @@ delivery_child_run(struct otpmaild *d, int fd0, int n, char *err, size_t errlen)
 	    (long)getpid(), n, how);
 	if (probe != NULL)
 		privsep_probe(probe);
+	/*
+	 * Ready: an empty frame on each socket, before any result, tells the
+	 * main process this one has started (delivery_wait_ready); the main
+	 * process skips it where it reads results.
+	 */
+	dlp_buf_init(&ready);
+	for (i = 0; i < dl->nth; i++)
+		if (dlp_send(dl->fd0 + i, &ready) == -1) {
+			snprintf(err, errlen, "delivery: ready frame: %s", strerror(errno));
+			dlp_buf_free(&ready);
+			return -1;
+		}
+	dlp_buf_free(&ready);
 	tlsrpt_forward = delivery_tls_forward;
 	if (delivery_threads(dl, delivery_child_worker, err, errlen) == -1)
 		return -1;		/* the main process starts another */
@@ -1122,12 +1177,16 @@ delivery_job_result(struct slot *sl, int fd, struct flight *f, const char **why)
 	int rc = 0;
 
 	memset(&res, 0, sizeof(res));
-	if ((!dlp_rbuf_ready(&sl->rd) && delivery_wait_result(fd) == -1) ||
-	    dlp_recv_rbuf(fd, &sl->rd, DLP_RESULT_MAX, &buf, &blen) == -1) {
-		*why = errno == 0 ? "connection closed" : strerror(errno);
-		rc = -1;
-		goto out;
-	}
+	do {		/* an empty frame is the process saying it started */
+		free(buf);
+		buf = NULL;
+		if ((!dlp_rbuf_ready(&sl->rd) && delivery_wait_result(fd) == -1) ||
+		    dlp_recv_rbuf(fd, &sl->rd, DLP_RESULT_MAX, &buf, &blen) == -1) {
+			*why = errno == 0 ? "connection closed" : strerror(errno);
+			rc = -1;
+			goto out;
+		}
+	} while (blen == 0);
 	if (dlp_result_decode(buf, blen, &res) == -1 || dlp_result_check(&res, job) == -1) {
 		*why = "malformed result";
 		rc = -1;

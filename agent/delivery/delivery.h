@@ -33,6 +33,8 @@
 #include "agent/delivery/tlsrpt.h"
 
 struct delivery	*delivery_start(struct otpmaild *, char *err, size_t errlen);
+/* At the start: until the delivery processes have started (10 s at most). */
+void		 delivery_wait_ready(struct delivery *);
 /* Stops taking work, lets in-flight sessions end within their timeouts. */
 void		 delivery_stop(struct delivery *);
 /* The delivery process's main (privsep.c): workers on fds fd0..fd0+n. */
