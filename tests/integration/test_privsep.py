@@ -118,6 +118,14 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
         ok = wait_for(lambda: child_pids(d), 10)
         t.ok(ok, tag + "the delivery process started", d.log_text()[-2000:])
         pid = child_pids(d)[-1]
+        # the daemon answers once the delivery process and its spare have
+        # started: their start-up is not paid by the first requests
+        lines = d.log_text().splitlines()
+        started = [i for i, x in enumerate(lines) if "event=started " in x]
+        before = [x for x in lines[:started[0]] if "delivery_process_started" in x] \
+            if started else []
+        t.ok(len(before) >= 2, tag + "both delivery processes started before the daemon "
+             "said it was ready", "\n".join(lines[:40]))
         if main_user:
             check_spawner(d, main_user, pid)
         line = [x for x in d.log_text().splitlines() if "delivery_process_started" in x][-1]
