@@ -1177,7 +1177,12 @@ delivery_job_result(struct slot *sl, int fd, struct flight *f, const char **why)
 	int rc = 0;
 
 	memset(&res, 0, sizeof(res));
-	do {		/* an empty frame is the process saying it started */
+	/*
+	 * An empty frame is the process saying it started: one is skipped,
+	 * a second in a row is refused (a process that sent only those would
+	 * hold this worker for ever).
+	 */
+	for (k = 0;; k++) {
 		free(buf);
 		buf = NULL;
 		if ((!dlp_rbuf_ready(&sl->rd) && delivery_wait_result(fd) == -1) ||
@@ -1186,7 +1191,14 @@ delivery_job_result(struct slot *sl, int fd, struct flight *f, const char **why)
 			rc = -1;
 			goto out;
 		}
-	} while (blen == 0);
+		if (blen > 0)
+			break;
+		if (k > 0) {
+			*why = "malformed result";
+			rc = -1;
+			goto out;
+		}
+	}
 	if (dlp_result_decode(buf, blen, &res) == -1 || dlp_result_check(&res, job) == -1) {
 		*why = "malformed result";
 		rc = -1;
