@@ -175,6 +175,7 @@ struct delivery {
 	pid_t			 spare;
 	int			*spare_fds;
 	unsigned long		 restarts;
+	atomic_int		 ready_seen;	/* a worker skipped a ready frame */
 	/* delivery-process side */
 	int			 fd0;
 };
@@ -509,8 +510,11 @@ fail:
  * spare have started: each sends an empty frame first (delivery_child_run).
  * Until then they load libraries, the CA store and their sandbox on the
  * same CPUs as the first requests: a daemon that answered before paid for
- * it in the first 100 ms of its answers and its first mail.  A process that
- * is slower is not waited for longer; one that died is replaced as before.
+ * it in the first 100 ms of its answers and its first mail.  A worker that
+ * delivers a recovered message meanwhile may read the frame first: it
+ * says so in ready_seen, which ends the wait too.  A process still not
+ * started after the wait is not waited for; one that died is replaced as
+ * before.
  */
 void
 delivery_wait_ready(struct delivery *dl)
@@ -528,8 +532,9 @@ delivery_wait_ready(struct delivery *dl)
 	if (dl->spare > 0 && dl->spare_fds[0] != -1)
 		pfd[n++] = (struct pollfd){ dl->spare_fds[0], POLLIN, 0 };
 	pthread_mutex_unlock(&dl->pmu);
-	while (n > 0 && (left = until - delivery_mono()) > 0) {
-		r = poll(pfd, (nfds_t)n, (int)(left * 1000) + 1);
+	while (n > 0 && !atomic_load(&dl->ready_seen) &&
+	    (left = until - delivery_mono()) > 0) {
+		r = poll(pfd, (nfds_t)n, left > 0.02 ? 20 : (int)(left * 1000) + 1);
 		if (r == -1 && errno != EINTR)
 			break;
 		if (r <= 0)
@@ -539,7 +544,7 @@ delivery_wait_ready(struct delivery *dl)
 		else if (n > 1 && pfd[1].revents != 0)
 			n--;
 	}
-	if (n > 0)
+	if (n > 0 && !atomic_load(&dl->ready_seen))
 		log_msg(LOG_WARNING, "event=delivery_process_slow detail=\"not started "
 		    "after %d ms; the daemon answers anyway\"", DELIVERY_READY_WAIT);
 }
@@ -1193,6 +1198,7 @@ delivery_job_result(struct slot *sl, int fd, struct flight *f, const char **why)
 		}
 		if (blen > 0)
 			break;
+		atomic_store(&sl->dl->ready_seen, 1);
 		if (k > 0) {
 			*why = "malformed result";
 			rc = -1;
