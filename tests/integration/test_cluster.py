@@ -188,17 +188,21 @@ def verify(s, to, code, **kw):
     return s.call(req, timeout=20)
 
 
-def verify_settled(s, to, code, secs=30):
-    """verify, asked again while the answer is "unavailable": right after
-    a partition heals the sites may still be settling (an election, a
-    relay reconnecting), which says try again, not lost.  A definite
-    answer (ok, invalid_code, ...) is returned at once."""
+def settled(call, secs=30):
+    """call(), asked again while its answer is "unavailable": right after
+    a partition heals or a master goes the sites may still be settling (an
+    election, a relay reconnecting), which says try again, not lost.  A
+    definite answer (ok, invalid_code, ...) is returned at once."""
     deadline = time.time() + secs
     while True:
-        r = verify(s, to, code)
+        r = call()
         if r.get("error") != "unavailable" or time.time() > deadline:
             return r
         time.sleep(0.5)
+
+
+def verify_settled(s, to, code, secs=30):
+    return settled(lambda: verify(s, to, code), secs)
 
 
 def main():
@@ -385,12 +389,8 @@ def run(sites, secret, pcap):
     t.ok(status(A).get("relay_refused", 0) > before, "A refused C's streams")
     # C's stop may have taken the master away: A and B may still be
     # electing one (unavailable says try again); a definite answer counts
-    deadline = time.time() + 30
-    while True:
-        r, c7 = issue_code(A, "hank@example.org")
-        if r.get("error") != "unavailable" or time.time() > deadline:
-            break
-        time.sleep(0.5)
+    r = settled(lambda: issue(A, "hank@example.org"))
+    c7 = code_for(A, r["id"]) if r.get("ok") else None
     v = verify_settled(B, "hank@example.org", c7) if c7 else {}
     t.ok(v.get("ok"), "A and B unaffected", "issue on A: %s; verify on B: %s" % (r, v))
 
