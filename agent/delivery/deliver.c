@@ -549,6 +549,10 @@ delivery_wait_ready(struct delivery *dl)
 		    "after %d ms; the daemon answers anyway\"", DELIVERY_READY_WAIT);
 }
 
+/* The test hook OTPMAIL_FAULT=dl_empty_frames_N (N 1 or 2): empty frames
+ * the delivery process sends before each result but a worker's first. */
+static size_t	delivery_fault_empty;
+
 /* main() of the delivery process, after privsep.c set it up: fds fd0..fd0+n. */
 int
 delivery_child_run(struct otpmaild *d, int fd0, int n, char *err, size_t errlen)
@@ -556,7 +560,7 @@ delivery_child_run(struct otpmaild *d, int fd0, int n, char *err, size_t errlen)
 	struct delivery *dl;
 	struct dlp_buf ready;
 	char how[256];
-	const char *probe = getenv(PRIVSEP_PROBE_ENV);
+	const char *probe = getenv(PRIVSEP_PROBE_ENV), *fault;
 	int i;
 
 	if ((dl = delivery_new(d, err, errlen)) == NULL)
@@ -576,6 +580,9 @@ delivery_child_run(struct otpmaild *d, int fd0, int n, char *err, size_t errlen)
 	}
 	log_msg(LOG_INFO, "event=delivery_process_started pid=%ld workers=%d %s",
 	    (long)getpid(), n, how);
+	if ((fault = getenv("OTPMAIL_FAULT")) != NULL &&
+	    strncmp(fault, "dl_empty_frames_", 16) == 0)
+		delivery_fault_empty = strcmp(fault + 16, "2") == 0 ? 2 : 1;
 	if (probe != NULL)
 		privsep_probe(probe);
 	/*
@@ -1405,7 +1412,7 @@ delivery_child_worker(void *arg)
 	struct dlp_result res;
 	struct dlp_job job;
 	char *buf;
-	size_t i, len, nheld = 0;
+	size_t i, len, nheld = 0, nres = 0;
 
 	/* named from within: pthread_setname_np would write to /proc, which
 	 * the chroot and Landlock took away */
@@ -1479,6 +1486,13 @@ delivery_child_worker(void *arg)
 		}
 		free(env.rcpts);
 		delivery_hops_clear();
+		/* the test hook: empty frames before each result but the
+		 * first (the ready frame is before that one), as a hostile
+		 * process could send (test_privsep.py) */
+		for (i = 0; nres > 0 && i < delivery_fault_empty &&
+		    nheld < DLP_SENDV_MAX - 1; i++)
+			dlp_buf_init(&held[nheld++]);
+		nres++;
 		dlp_buf_init(&held[nheld]);
 		if (dlp_result_encode(&held[nheld], &res) == -1)
 			_exit(1);

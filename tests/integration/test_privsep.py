@@ -33,6 +33,12 @@ the OTP secret, the database files and the control socket.
    main logs it and exits 1, no delivery process is left; kill -9 of main:
    the spawner and its delivery processes end.  (The request parser:
    tests/unit/test_spawner.)
+6. A delivery process that sends empty frames (the start's ready frame;
+   a test hook, OTPMAIL_FAULT=dl_empty_frames_N, sends N before each
+   result but a worker's first, which the ready frame is before): one
+   before a result is skipped and every message is delivered; two in a
+   row are a malformed result, the process is replaced, and each message
+   ends delivered or deferred (after its second loss), none lost.
 """
 import ctypes
 import errno
@@ -236,6 +242,56 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
             lose_spawner(d, tag)
 
 
+def empty_frames(key):
+    """6. A delivery process that sends empty frames, the start's ready
+    frame (OTPMAIL_FAULT=dl_empty_frames_N, N before each result): one is
+    skipped; a second in a row is a malformed result, so a compromised
+    process cannot hold a worker with them."""
+    conf = ("sandbox = no\ntls_policy = none\n"
+            "route = example.com [%s]:%d\n"
+            "delivery_workers = 1\n"
+            "default_retry_min = 600s\n"
+            "dkim_key = example.org k1 ed25519-sha256 %s\n" % (SINK, PORT, key))
+    pre = tempfile.mkdtemp(prefix="otpmail-it-")
+    with SmtpSink(SINK, PORT) as sink, \
+            Daemon(conf_extra=conf, state_dir=pre,
+                   env={"OTPMAIL_FAULT": "dl_empty_frames_1"}) as d:
+        want = {"empty1-%d@example.com" % i for i in range(3)}
+        ids = [send(d, to) for to in sorted(want)]
+        ok = wait_for(lambda: want <= {m.rcpt for m in sink.messages()}, 20)
+
+        def states():
+            return [d.call({"op": "message.status", "id": q}).get("state") for q in ids if q]
+        ok = ok and wait_for(lambda: states() == ["delivered"] * 3, 10)
+        t.ok(all(ids) and ok,
+             "one empty frame before each result: skipped, every message delivered",
+             (ids, states(), d.log_text()[-1500:]))
+        log = d.log_text()
+        t.ok("delivery_process_lost" not in log and "malformed" not in log,
+             "and no delivery process was given up", log[-1500:])
+    pre2 = tempfile.mkdtemp(prefix="otpmail-it-")
+    with SmtpSink(SINK, PORT) as sink, \
+            Daemon(conf_extra=conf, state_dir=pre2,
+                   env={"OTPMAIL_FAULT": "dl_empty_frames_2"}) as d:
+        ids = [send(d, "empty2-%d@example.com" % i) for i in range(4)]
+        lost = wait_for(lambda: re.findall(r"event=delivery_process_lost pid=\d+ \S+ "
+                                           r"detail=\"malformed result\"", d.log_text()), 20)
+        t.ok(all(ids) and lost, "two empty frames in a row: a malformed result, the "
+             "process is replaced", d.log_text()[-1500:])
+
+        def states():
+            return [d.call({"op": "message.status", "id": q}).get("state") for q in ids]
+        # each message ends delivered, or deferred once lost twice in a
+        # row at its worker (the sink may have it: at worst a repeat)
+        st = wait_for(lambda: set(states()) <= {"delivered", "deferred"}, 30)
+        t.ok(st, "every message kept: delivered or deferred, none lost or held (%s)"
+             % states(), d.log_text()[-1500:])
+        t.ok(d.call({"op": "ping"}).get("ok") and
+             d.call({"op": "queue.list", "limit": 5}).get("ok"),
+             "the daemon still answers")
+    subprocess.run(["rm", "-rf", pre, pre2])
+
+
 def default_delivery_user():
     try:
         pwd.getpwnam("otpmail-smtp")
@@ -435,6 +491,7 @@ def main():
         subprocess.run(["rm", "-rf", pre2, pre3])
     else:
         t.skip("otpmaild as root with user =", "not root")
+    empty_frames(key)
     # a delivery_user that does not exist fails at start, named
     bad = os.path.join(keydir, "bad.conf")
     with open(bad, "w") as f:
