@@ -40,7 +40,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import WRAPPER, Daemon, Tap, wait_for  # noqa: E402
+from harness import SCALE, WRAPPER, Daemon, Tap, wait_for  # noqa: E402
 
 t = Tap()
 NS = 3
@@ -140,6 +140,45 @@ def wait_master(sites, timeout):
     r = wait_for(lambda: (master_of(sites),) if master_of(sites) is not None else None,
                  timeout)
     return r[0] if r else None
+
+
+def view(s):
+    """What site s says of the cluster, short: role, master, generation,
+    elections seen, the sites it is connected to."""
+    r = status(s)
+    if not r.get("ok"):
+        return "no answer (%s)" % r.get("error")
+    up = [e.get("index") for e in r.get("sites", []) if e.get("connected")]
+    return "%s master=%s gen=%s elections=%s connected=%s" % (
+        r.get("role"), r.get("master"), r.get("generation"),
+        r.get("elections_seen"), up)
+
+
+def wait_master_timeline(sites, timeout, more):
+    """wait_master, with each site's view recorded as it changes: (the
+    master's index or None, the timeline).  Without agreement by timeout
+    it goes on watching up to more seconds, so the diagnostic tells a slow
+    election from a site that stays stuck."""
+    t0 = time.time()
+    line, last = [], {}
+    one = None
+    while True:
+        now = time.time() - t0
+        for s in sites:
+            v = view(s) if s.alive() else "down"
+            if last.get(s.i) != v:
+                last[s.i] = v
+                line.append("%.1fs site %d: %s" % (now, s.i, v))
+        one = master_of(sites)
+        if one is not None:
+            line.append("%.1fs agreed on %d" % (now, one))
+            break
+        if now > (timeout + more) * SCALE:
+            line.append("%.1fs still no agreement" % now)
+            break
+        time.sleep(0.25)
+    late = time.time() - t0 > timeout * SCALE
+    return (None if late else one), line
 
 
 def mail_code(s, qid, timeout):
@@ -459,8 +498,9 @@ def isolated_master(sites):
     t.ok(len(acked) == 3 and v.get("ok"),
          "the majority takes writes: 3 issues, a verify", (acked, v))
     link(m, True)
-    one = wait_master(sites, 30)
-    t.ok(one is not None, "healed: one master, every site agrees (%s)" % one)
+    one, line = wait_master_timeline(sites, 30, 60)
+    t.ok(one is not None, "healed: one master, every site agrees (%s)" % one,
+         "\n".join(line))
     back = wait_for(lambda: issue(M, "healed@example.org").get("ok"), 30)
     t.ok(back, "the old master takes writes again by itself")
     lost = []
