@@ -499,7 +499,7 @@ def isolated_master(sites):
          "the majority takes writes: 3 issues, a verify", (acked, v))
     link(m, True)
     one, line = wait_master_timeline(sites, 30, 60)
-    t.ok(one is not None, "healed: one master, every site agrees (%s)" % one,
+    t.ok(one is not None, "healed: one master, every site agrees (%s; %s)" % (one, line[-1]),
          "\n".join(line))
     back = wait_for(lambda: issue(M, "healed@example.org").get("ok"), 30)
     t.ok(back, "the old master takes writes again by itself")
