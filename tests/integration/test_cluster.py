@@ -131,8 +131,12 @@ def master_of(sites):
         seen.add(r["master"])
     if len(seen) != 1:
         return None
-    m = seen.pop()
-    return int(m.split(".")[3].split(":")[0]) - 1
+    return site_index(seen.pop())
+
+
+def site_index(addr):
+    """The index of the site at addr ("10.77.0.N:PORT")."""
+    return int(addr.split(".")[3].split(":")[0]) - 1
 
 
 def wait_master(sites, timeout):
@@ -142,10 +146,9 @@ def wait_master(sites, timeout):
     return r[0] if r else None
 
 
-def view(s):
-    """What site s says of the cluster, short: role, master, generation,
+def view(r):
+    """A site's cluster.status answer r, short: role, master, generation,
     elections seen, the sites it is connected to."""
-    r = status(s)
     if not r.get("ok"):
         return "no answer (%s)" % r.get("error")
     up = [e.get("index") for e in r.get("sites", []) if e.get("connected")]
@@ -158,19 +161,24 @@ def wait_master_timeline(sites, timeout, more):
     """wait_master, with each site's view recorded as it changes: (the
     master's index or None, the timeline).  Without agreement by timeout
     it goes on watching up to more seconds, so the diagnostic tells a slow
-    election from a site that stays stuck."""
+    election from a site that stays stuck.  One cluster.status per live
+    site per round gives both the view and the agreement (as master_of)."""
     t0 = time.time()
     line, last = [], {}
     one = None
     while True:
         now = time.time() - t0
+        masters = set()
         for s in sites:
-            v = view(s) if s.alive() else "down"
+            r = status(s) if s.alive() else None
+            v = view(r) if r is not None else "down"
+            if r is not None:
+                masters.add(r.get("master") if r.get("ok") else None)
             if last.get(s.i) != v:
                 last[s.i] = v
                 line.append("%.1fs site %d: %s" % (now, s.i, v))
-        one = master_of(sites)
-        if one is not None:
+        if len(masters) == 1 and None not in masters:
+            one = site_index(masters.pop())
             line.append("%.1fs agreed on %d" % (now, one))
             break
         if now > (timeout + more) * SCALE:

@@ -242,6 +242,12 @@ def run_case(keydir, key, pre, main_user=None, n_load=N_LOAD):
             lose_spawner(d, tag)
 
 
+def states(d, ids):
+    """message.status's state of each id (None for an id not accepted)."""
+    return [d.call({"op": "message.status", "id": q}).get("state") if q else None
+            for q in ids]
+
+
 def empty_frames(key):
     """6. A delivery process that sends empty frames, the start's ready
     frame (OTPMAIL_FAULT=dl_empty_frames_N, N before each result): one is
@@ -259,13 +265,10 @@ def empty_frames(key):
         want = {"empty1-%d@example.com" % i for i in range(3)}
         ids = [send(d, to) for to in sorted(want)]
         ok = wait_for(lambda: want <= {m.rcpt for m in sink.messages()}, 20)
-
-        def states():
-            return [d.call({"op": "message.status", "id": q}).get("state") for q in ids if q]
-        ok = ok and wait_for(lambda: states() == ["delivered"] * 3, 10)
+        ok = ok and wait_for(lambda: states(d, ids) == ["delivered"] * 3, 10)
         t.ok(all(ids) and ok,
              "one empty frame before each result: skipped, every message delivered",
-             (ids, states(), d.log_text()[-1500:]))
+             (ids, states(d, ids), d.log_text()[-1500:]))
         log = d.log_text()
         t.ok("delivery_process_lost" not in log and "malformed" not in log,
              "and no delivery process was given up", log[-1500:])
@@ -278,14 +281,11 @@ def empty_frames(key):
                                            r"detail=\"malformed result\"", d.log_text()), 20)
         t.ok(all(ids) and lost, "two empty frames in a row: a malformed result, the "
              "process is replaced", d.log_text()[-1500:])
-
-        def states():
-            return [d.call({"op": "message.status", "id": q}).get("state") for q in ids]
         # each message ends delivered, or deferred once lost twice in a
         # row at its worker (the sink may have it: at worst a repeat)
-        st = wait_for(lambda: set(states()) <= {"delivered", "deferred"}, 30)
+        st = wait_for(lambda: set(states(d, ids)) <= {"delivered", "deferred"}, 30)
         t.ok(st, "every message kept: delivered or deferred, none lost or held (%s)"
-             % states(), d.log_text()[-1500:])
+             % states(d, ids), d.log_text()[-1500:])
         t.ok(d.call({"op": "ping"}).get("ok") and
              d.call({"op": "queue.list", "limit": 5}).get("ok"),
              "the daemon still answers")
