@@ -1,0 +1,64 @@
+/*
+ * segment.h - shared append-only files for new messages (segment.c).  A
+ * draft for issue 21: nothing outside its unit test uses it yet.
+ */
+#ifndef OTPMAIL_QUEUE_SEGMENT_H
+#define OTPMAIL_QUEUE_SEGMENT_H
+
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "queue/queue.h"
+
+#define SEGS_ROLL_DEFAULT	((uint64_t)64 << 20)
+
+/* record kinds */
+#define SEG_MESSAGE	'M'	/* a message; durable */
+#define SEG_DONE	'D'	/* its delivery is over */
+#define SEG_MOVED	'V'	/* it has a file of its own now */
+#define SEG_CANCEL	'C'	/* refused after a failed sync */
+
+struct segs;
+
+struct seg_loc {
+	uint64_t	 seg;		/* the segment's number */
+	uint64_t	 off;		/* of the payload */
+	uint64_t	 len;		/* of the payload */
+};
+
+/* dir: <spool>/seg, made if missing; roll: bytes after which a new
+ * segment opens (0: SEGS_ROLL_DEFAULT). */
+struct segs	*segs_open(const char *dir, uint64_t roll, void (*log)(int, const char *),
+		    char *err, size_t errlen);
+void		 segs_close(struct segs *);
+
+/*
+ * Every record of every segment, oldest first, to fn (which must not
+ * call back into segs); a torn tail is cut off, with a log line.  Counts
+ * each segment's live messages (M records less markers).  0, or -1.
+ */
+int		 segs_scan(struct segs *, int (*fn)(void *, uint64_t seg, const char *id,
+		    char kind, const struct seg_loc *), void *arg);
+
+/* Appends a message (the payload: iov, at most 8 pieces) to the current
+ * segment; returns once a sync covers it (grouped).  Its place in *loc.
+ * Refused after the write (its sync failed), it is still counted in its
+ * segment: the caller marks it SEG_CANCEL (a no-op when loc->seg is 0). */
+enum q_status	 segs_append(struct segs *, const char *id, const struct iovec *, int n,
+		    struct seg_loc *loc);
+
+/* Appends marker kind for id to its segment seg (not synced) and counts
+ * the message out; a segment with none left (and not current) goes. */
+void		 segs_mark(struct segs *, uint64_t seg, const char *id, char kind);
+
+/* Reads loc's payload into buf (loc->len bytes).  0, or -1 with errno. */
+int		 segs_read(struct segs *, const struct seg_loc *, char *buf);
+
+/* The live messages of segment seg (tests). */
+uint64_t	 segs_live(struct segs *, uint64_t seg);
+/* Sync rounds run since the open (tests). */
+uint64_t	 segs_rounds(struct segs *);
+/* How many segments exist (tests). */
+size_t		 segs_count(struct segs *);
+
+#endif
