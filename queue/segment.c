@@ -6,12 +6,14 @@
  * plan is in tests/bench/README.md, "Session 14", and the session's note.
  *
  *   record: "OTPG1 <id> <kind> <len> <crc32 of the payload>\n" <payload> "END\n"
- *   kind:   M  a message (payload: spool.c's message text)
- *           D  its delivery is over (no payload; not synced, as spool.c's
- *              finished record: losing it to an OS crash repeats one
- *              delivery)
+ *   kind:   M  a message (payload: spool.c's message text); synced
+ *           S  a newer envelope (payload: its text), for a finished
+ *              message; not synced, as spool.c's finished record: losing
+ *              it to an OS crash repeats one delivery
+ *           R  purged (no payload)
  *           V  moved to a file of its own (a durable state was needed)
  *           C  refused: its group's fdatasync failed, the sender was told
+ *   R, V and C count the message out of its segment; the last S wins.
  *
  * A marker goes to the segment of its message, so a segment holds all
  * that is said of its messages, and goes as a whole once none is left.
@@ -418,6 +420,29 @@ segs_read(struct segs *ss, const struct seg_loc *loc, char *buf)
 	return 0;
 }
 
+enum q_status
+segs_state(struct segs *ss, uint64_t no, const char *id, const struct iovec *iov, int n)
+{
+	struct seg *s;
+	uint64_t len;
+	size_t hl;
+	int rc, e = 0;
+
+	if (n < 0 || n > 8 || !qid_valid(id))
+		return Q_BADINPUT;
+	pthread_mutex_lock(&ss->mu);
+	if ((s = segs_find(ss, no)) == NULL || s->live == 0 || s->broken) {
+		pthread_mutex_unlock(&ss->mu);
+		return Q_NOTFOUND;
+	}
+	if ((rc = segs_write_locked(ss, s, id, SEG_STATE, iov, n, &hl, &len)) == -1)
+		e = errno;
+	pthread_mutex_unlock(&ss->mu);
+	if (rc == -1)
+		return e == ENOSPC || e == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+	return Q_OK;
+}
+
 void
 segs_mark(struct segs *ss, uint64_t no, const char *id, char kind)
 {
@@ -454,8 +479,8 @@ segs_parse_hdr(const char *p, size_t n, char id[QUEUE_ID_LEN + 1], char *kind,
 	memcpy(line, p, (size_t)(nl - p));
 	line[nl - p] = '\0';
 	if (sscanf(line, SEG_MAGIC " %24[0-9a-f] %c %llu %8x%c", id, &k, &l, &c, &tail) != 4 ||
-	    !qid_valid(id) || (k != SEG_MESSAGE && k != SEG_DONE && k != SEG_MOVED &&
-	    k != SEG_CANCEL) || l > Q_MAX_ENV + Q_MAX_BODY + 4096)
+	    !qid_valid(id) || (k != SEG_MESSAGE && k != SEG_STATE && k != SEG_REMOVED &&
+	    k != SEG_MOVED && k != SEG_CANCEL) || l > Q_MAX_ENV + Q_MAX_BODY + 4096)
 		return -1;
 	/* the canonical form only: no signs, leading zeros or spaces */
 	snprintf(again, sizeof(again), SEG_MAGIC " %s %c %llu %08x", id, k, l, c);
@@ -508,7 +533,7 @@ segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const 
 		loc.len = len;
 		if (kind == SEG_MESSAGE)
 			s->live++;
-		else if (s->live > 0)
+		else if (kind != SEG_STATE && s->live > 0)
 			s->live--;
 		if (fn != NULL && fn(arg, s->no, id, kind, &loc) == -1)
 			break;
@@ -568,7 +593,7 @@ segs_scan(struct segs *ss, int (*fn)(void *, uint64_t, const char *, char,
 	}
 	closedir(dp);
 	qsort(nos, n, sizeof(*nos), segs_cmp);
-	pthread_mutex_lock(&ss->mu);
+	/* before any other use: no lock held while fn runs (it may read) */
 	for (i = 0; rc == 0 && i < n; i++) {
 		snprintf(path, sizeof(path), "%s/%016" PRIx64, ss->dir, nos[i]);
 		if ((s = calloc(1, sizeof(*s))) == NULL) {
@@ -588,6 +613,7 @@ segs_scan(struct segs *ss, int (*fn)(void *, uint64_t, const char *, char,
 		if (segs_scan_one(ss, s, fn, arg) == -1)
 			rc = -1;
 	}
+	pthread_mutex_lock(&ss->mu);
 	if (rc == 0)
 		segs_drop_empty_locked(ss);
 	pthread_mutex_unlock(&ss->mu);

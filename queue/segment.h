@@ -14,8 +14,9 @@
 
 /* record kinds */
 #define SEG_MESSAGE	'M'	/* a message; durable */
-#define SEG_DONE	'D'	/* its delivery is over */
-#define SEG_MOVED	'V'	/* it has a file of its own now */
+#define SEG_STATE	'S'	/* a newer envelope (a finished one; not synced) */
+#define SEG_REMOVED	'R'	/* purged */
+#define SEG_MOVED	'V'	/* it has a file of its own now (a durable state) */
 #define SEG_CANCEL	'C'	/* refused after a failed sync */
 
 struct segs;
@@ -33,9 +34,10 @@ struct segs	*segs_open(const char *dir, uint64_t roll, void (*log)(int, const ch
 void		 segs_close(struct segs *);
 
 /*
- * Every record of every segment, oldest first, to fn (which must not
- * call back into segs); a torn tail is cut off, with a log line.  Counts
- * each segment's live messages (M records less markers).  0, or -1.
+ * Every record of every segment, oldest first, to fn (which may read
+ * with segs_read); a torn tail is cut off, with a log line.  Counts each
+ * segment's live messages (M records less R, V and C).  Once, after the
+ * open and before any other use.  0, or -1.
  */
 int		 segs_scan(struct segs *, int (*fn)(void *, uint64_t seg, const char *id,
 		    char kind, const struct seg_loc *), void *arg);
@@ -47,8 +49,15 @@ int		 segs_scan(struct segs *, int (*fn)(void *, uint64_t seg, const char *id,
 enum q_status	 segs_append(struct segs *, const char *id, const struct iovec *, int n,
 		    struct seg_loc *loc);
 
-/* Appends marker kind for id to its segment seg (not synced) and counts
- * the message out; a segment with none left (and not current) goes. */
+/* Appends a state record for id (the payload: its envelope text) to its
+ * segment seg, not synced: it survives the daemon's crash, and an OS
+ * crash at worst repeats a delivery.  Q_OK, or the write's failure. */
+enum q_status	 segs_state(struct segs *, uint64_t seg, const char *id,
+		    const struct iovec *, int n);
+
+/* Appends marker kind (SEG_REMOVED, SEG_MOVED, SEG_CANCEL) for id to its
+ * segment seg (not synced) and counts the message out; a segment with
+ * none left (and not current) goes. */
 void		 segs_mark(struct segs *, uint64_t seg, const char *id, char kind);
 
 /* Reads loc's payload into buf (loc->len bytes).  0, or -1 with errno. */

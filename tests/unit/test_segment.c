@@ -3,7 +3,8 @@
  * appends from many threads read back whole after a reopen; a segment cut
  * at every byte of its last record keeps the records before and cuts the
  * tail; a bad CRC ends a segment there, and a record-like text inside a
- * body is never read as a record; markers count messages out and a
+ * body is never read as a record; state records are read back, the last
+ * whole, and count nothing out; markers count messages out and a
  * segment with none left goes (not the current one); segments roll.
  */
 #include <dirent.h>
@@ -26,7 +27,8 @@
 static char	 tdir[256], sdir[300];
 
 struct seen {
-	int	 n, m, d, bad;
+	struct seg_loc last;
+	int	 n, m, d, st, bad;
 	char	 ids[1000][QUEUE_ID_LEN + 1];
 	struct seg_loc locs[1000];
 };
@@ -41,8 +43,12 @@ collect(void *arg, uint64_t seg, const char *id, char kind, const struct seg_loc
 	if (kind == SEG_MESSAGE && s->m < 1000) {
 		snprintf(s->ids[s->m], sizeof(s->ids[0]), "%s", id);
 		s->locs[s->m++] = *loc;
-	} else if (kind == SEG_DONE)
+	} else if (kind == SEG_REMOVED)
 		s->d++;
+	else if (kind == SEG_STATE) {
+		s->st++;
+		s->last = *loc;		/* read after the scan: fn may not call back */
+	}
 	else
 		s->bad++;
 	return 0;
@@ -163,7 +169,7 @@ test_threads(void)
 	    "in the body is body)");
 	is_int(s->bad, 0, "no other record");
 	for (i = 0; i < s->m; i++)
-		segs_mark(ss, s->locs[i].seg, s->ids[i], SEG_DONE);
+		segs_mark(ss, s->locs[i].seg, s->ids[i], SEG_REMOVED);
 	is_int(segs_count(ss), 0, "all done: the segment (not current after a reopen) goes");
 	is_int(files_in(sdir), 0, "and its file");
 	segs_close(ss);
@@ -240,6 +246,41 @@ test_torn_tail(void)
 }
 
 static void
+test_state(void)
+{
+	struct segs *ss = sopen(0);
+	char id[QUEUE_ID_LEN + 1], body[256];
+	struct seg_loc loc;
+	struct iovec iov;
+	struct seen *s = calloc(1, sizeof(*s));
+
+	snprintf(id, sizeof(id), "%016x%08x", 8000, 0x2u);
+	body_of(id, body, sizeof(body));
+	iov.iov_base = body;
+	iov.iov_len = strlen(body);
+	ok(segs_append(ss, id, &iov, 1, &loc) == Q_OK, "a message");
+	iov.iov_base = "v 1\nstate one\n.\n";
+	iov.iov_len = strlen(iov.iov_base);
+	ok(segs_state(ss, loc.seg, id, &iov, 1) == Q_OK, "a state record");
+	iov.iov_base = "v 1\nstate two\n.\n";
+	iov.iov_len = strlen(iov.iov_base);
+	ok(segs_state(ss, loc.seg, id, &iov, 1) == Q_OK, "another");
+	is_int(segs_live(ss, loc.seg), 1, "state records do not count the message out");
+	segs_close(ss);
+	ss = sopen(0);
+	segs_scan(ss, collect, s);
+	memset(body, 0, sizeof(body));
+	ok(s->m == 1 && s->st == 2 && s->last.len < sizeof(body) &&
+	    segs_read(ss, &s->last, body) == 0 && strcmp(body, "v 1\nstate two\n.\n") == 0,
+	    "reopened: the message and its two states, the last one whole");
+	is_int(segs_live(ss, loc.seg), 1, "still live");
+	segs_mark(ss, loc.seg, id, SEG_REMOVED);
+	is_int(segs_count(ss), 0, "removed: the segment goes");
+	segs_close(ss);
+	free(s);
+}
+
+static void
 test_roll(void)
 {
 	struct segs *ss = sopen(1000);
@@ -260,7 +301,7 @@ test_roll(void)
 	for (i = 0; i < 20; i++)
 		if (loc[i].seg == loc[0].seg) {
 			snprintf(id, sizeof(id), "%016x%08x", 9000 + i, 0x1u);
-			segs_mark(ss, loc[i].seg, id, SEG_DONE);
+			segs_mark(ss, loc[i].seg, id, SEG_REMOVED);
 		}
 	is_int(segs_live(ss, loc[0].seg), 0, "the first segment's messages done");
 	ok(segs_count(ss) >= 2 && files_in(sdir) == segs_count(ss),
@@ -268,12 +309,12 @@ test_roll(void)
 	for (i = 0; i < 20; i++)
 		if (loc[i].seg != loc[0].seg && loc[i].seg != loc[19].seg) {
 			snprintf(id, sizeof(id), "%016x%08x", 9000 + i, 0x1u);
-			segs_mark(ss, loc[i].seg, id, SEG_DONE);
+			segs_mark(ss, loc[i].seg, id, SEG_REMOVED);
 		}
 	for (i = 0; i < 20; i++)
 		if (loc[i].seg == loc[19].seg) {
 			snprintf(id, sizeof(id), "%016x%08x", 9000 + i, 0x1u);
-			segs_mark(ss, loc[i].seg, id, SEG_DONE);
+			segs_mark(ss, loc[i].seg, id, SEG_REMOVED);
 		}
 	is_int(segs_count(ss), 1, "all done: only the current segment stays");
 	segs_close(ss);
@@ -292,6 +333,7 @@ main(void)
 	snprintf(sdir, sizeof(sdir), "%s/seg", tdir);
 	test_threads();
 	test_torn_tail();
+	test_state();
 	test_roll();
 	rmdir(sdir);
 	rmdir(tdir);
