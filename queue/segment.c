@@ -5,7 +5,8 @@
  * issue 21 (branch wip/segment-spool): spool.c does not use it yet; the
  * plan is in tests/bench/README.md, "Session 14", and the session's note.
  *
- *   record: "OTPG1 <id> <kind> <len> <crc32 of the payload>\n" <payload> "END\n"
+ *   record: "OTPG1 <id> <kind> <len> <crc32 of the payload> <crc32 of the
+ *            header before this field>\n" <payload> "END\n"
  *   kind:   M  a message (payload: spool.c's message text); synced
  *           S  a newer envelope (payload: its text), for a finished
  *              message; not synced, as spool.c's finished record: losing
@@ -46,6 +47,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <syslog.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "queue/queue_int.h"
@@ -307,8 +309,10 @@ segs_write_locked(struct segs *ss, struct seg *s, const char *id, char kind,
 		crc = spool_crc32(crc, iov[i].iov_base, iov[i].iov_len);
 		len += iov[i].iov_len;
 	}
-	hl = snprintf(hdr, sizeof(hdr), SEG_MAGIC " %s %c %zu %08x\n", id, kind, len,
+	hl = snprintf(hdr, sizeof(hdr), SEG_MAGIC " %s %c %zu %08x", id, kind, len,
 	    (unsigned)crc);
+	hl += snprintf(hdr + hl, sizeof(hdr) - (size_t)hl, " %08x\n",
+	    (unsigned)spool_crc32(0, hdr, (size_t)hl));
 	v[0].iov_base = hdr;
 	v[0].iov_len = (size_t)hl;
 	if (n > 0)
@@ -421,7 +425,8 @@ segs_read(struct segs *ss, const struct seg_loc *loc, char *buf)
 }
 
 enum q_status
-segs_state(struct segs *ss, uint64_t no, const char *id, const struct iovec *iov, int n)
+segs_state(struct segs *ss, uint64_t no, const char *id, const struct iovec *iov, int n,
+    struct seg_loc *loc)
 {
 	struct seg *s;
 	uint64_t len;
@@ -437,6 +442,11 @@ segs_state(struct segs *ss, uint64_t no, const char *id, const struct iovec *iov
 	}
 	if ((rc = segs_write_locked(ss, s, id, SEG_STATE, iov, n, &hl, &len)) == -1)
 		e = errno;
+	else if (loc != NULL) {
+		loc->seg = s->no;
+		loc->off = s->size - len - SEG_END_LEN;
+		loc->len = len;
+	}
 	pthread_mutex_unlock(&ss->mu);
 	if (rc == -1)
 		return e == ENOSPC || e == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
@@ -472,18 +482,23 @@ segs_parse_hdr(const char *p, size_t n, char id[QUEUE_ID_LEN + 1], char *kind,
 	const char *nl = memchr(p, '\n', n < SEG_HDR_MAX ? n : SEG_HDR_MAX);
 	char line[SEG_HDR_MAX + 1], again[SEG_HDR_MAX + 32], k, tail;
 	unsigned long long l;
-	unsigned c;
+	unsigned c, hc;
+	int al;
 
 	if (nl == NULL)
 		return -1;
 	memcpy(line, p, (size_t)(nl - p));
 	line[nl - p] = '\0';
-	if (sscanf(line, SEG_MAGIC " %24[0-9a-f] %c %llu %8x%c", id, &k, &l, &c, &tail) != 4 ||
+	if (sscanf(line, SEG_MAGIC " %24[0-9a-f] %c %llu %8x %8x%c", id, &k, &l, &c, &hc,
+	    &tail) != 5 ||
 	    !qid_valid(id) || (k != SEG_MESSAGE && k != SEG_STATE && k != SEG_REMOVED &&
 	    k != SEG_MOVED && k != SEG_CANCEL) || l > Q_MAX_ENV + Q_MAX_BODY + 4096)
 		return -1;
 	/* the canonical form only: no signs, leading zeros or spaces */
-	snprintf(again, sizeof(again), SEG_MAGIC " %s %c %llu %08x", id, k, l, c);
+	al = snprintf(again, sizeof(again), SEG_MAGIC " %s %c %llu %08x", id, k, l, c);
+	if (spool_crc32(0, again, (size_t)al) != hc)
+		return -1;
+	snprintf(again + al, sizeof(again) - (size_t)al, " %08x", hc);
 	if (strlen(again) != (size_t)(nl - p) || memcmp(again, p, (size_t)(nl - p)) != 0)
 		return -1;
 	*kind = k;
@@ -493,44 +508,95 @@ segs_parse_hdr(const char *p, size_t n, char id[QUEUE_ID_LEN + 1], char *kind,
 	return 0;
 }
 
+/* A copy of segment s in <spool>/corrupt (before a cut that is not a
+ * torn tail). */
+static void
+segs_keep_copy(struct segs *ss, struct seg *s)
+{
+	char path[PATH_MAX], buf[65536];
+	ssize_t r;
+	off_t o = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/../corrupt/segment-%016" PRIx64 "-%ld", ss->dir,
+	    s->no, (long)time(NULL));
+	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
+		segs_log(ss, LOG_ERR, "queue: %s: %s", path, strerror(errno));
+		return;
+	}
+	while ((r = pread(s->fd, buf, sizeof(buf), o)) > 0) {
+		if (write(fd, buf, (size_t)r) != r)
+			break;
+		o += r;
+	}
+	if (fsync(fd) == -1)
+		segs_log(ss, LOG_ERR, "queue: fsync %s: %s", path, strerror(errno));
+	close(fd);
+}
+
 /*
- * Every record of one segment in order, to fn; the first record that is
- * not whole ends it, and the file is cut there (a torn tail).  Returns
- * the bytes of whole records, or -1 (read error).
+ * Every record of one segment in order, to fn (see the top: damaged
+ * messages, torn tails, garbage).  Returns the bytes of whole records,
+ * or -1 (read error).
  */
 static int64_t
 segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const char *,
     char, const struct seg_loc *), void *arg)
 {
 	struct stat st;
-	uint64_t off = 0, len;
+	uint64_t off = 0, len, size;
 	uint32_t crc;
 	size_t hl, want;
 	char id[QUEUE_ID_LEN + 1], kind, hdr[SEG_HDR_MAX], *buf = NULL;
 	struct seg_loc loc;
 	ssize_t r;
+	int lost = 0;
 
 	if (fstat(s->fd, &st) == -1)
 		return -1;
-	while (off < (uint64_t)st.st_size) {
-		want = (uint64_t)st.st_size - off < SEG_HDR_MAX ?
-		    (size_t)((uint64_t)st.st_size - off) : SEG_HDR_MAX;
-		if ((r = pread(s->fd, hdr, want, (off_t)off)) != (ssize_t)want)
+	size = (uint64_t)st.st_size;
+	while (off < size) {
+		want = size - off < SEG_HDR_MAX ? (size_t)(size - off) : SEG_HDR_MAX;
+		if ((r = pread(s->fd, hdr, want, (off_t)off)) != (ssize_t)want) {
+			free(buf);
+			return -1;
+		}
+		if (segs_parse_hdr(hdr, want, id, &kind, &len, &crc, &hl) == -1) {
+			/* no whole line before the end: torn; else garbage */
+			if (memchr(hdr, '\n', want) != NULL)
+				lost = 1;
 			break;
-		if (segs_parse_hdr(hdr, want, id, &kind, &len, &crc, &hl) == -1 ||
-		    off + hl + len + SEG_END_LEN > (uint64_t)st.st_size)
-			break;
+		}
+		if (off + hl + len + SEG_END_LEN > size)
+			break;		/* its header says more than is there: torn */
 		free(buf);
 		if ((buf = malloc(len + SEG_END_LEN + 1)) == NULL)
 			return -1;
 		if (pread(s->fd, buf, len + SEG_END_LEN, (off_t)(off + hl)) !=
-		    (ssize_t)(len + SEG_END_LEN) ||
-		    memcmp(buf + len, SEG_END, SEG_END_LEN) != 0 ||
-		    spool_crc32(0, buf, len) != crc)
-			break;
+		    (ssize_t)(len + SEG_END_LEN)) {
+			free(buf);
+			return -1;
+		}
 		loc.seg = s->no;
 		loc.off = off + hl;
 		loc.len = len;
+		if (memcmp(buf + len, SEG_END, SEG_END_LEN) != 0 ||
+		    spool_crc32(0, buf, len) != crc) {
+			/* the last record: torn (never acknowledged); else the
+			 * header (its own CRC) is good and says where the next
+			 * one starts: a damaged message, named to the caller */
+			if (off + hl + len + SEG_END_LEN == size)
+				break;
+			if (kind == SEG_MESSAGE) {
+				s->live++;
+				if (fn != NULL)
+					(void)fn(arg, s->no, id, SEG_DAMAGED, &loc);
+			}
+			segs_log(ss, LOG_ERR, "queue: segment %016" PRIx64 ": record of %s "
+			    "at %" PRIu64 " damaged", s->no, id, off);
+			off += hl + len + SEG_END_LEN;
+			continue;
+		}
 		if (kind == SEG_MESSAGE)
 			s->live++;
 		else if (kind != SEG_STATE && s->live > 0)
@@ -540,9 +606,12 @@ segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const 
 		off += hl + len + SEG_END_LEN;
 	}
 	free(buf);
-	if (off < (uint64_t)st.st_size) {
-		segs_log(ss, LOG_WARNING, "queue: segment %016" PRIx64 ": %" PRIu64 " bytes "
-		    "after the last whole record cut off", s->no, (uint64_t)st.st_size - off);
+	if (lost)
+		segs_keep_copy(ss, s);
+	if (off < size) {
+		segs_log(ss, lost ? LOG_ERR : LOG_WARNING, "queue: segment %016" PRIx64 ": %"
+		    PRIu64 " bytes after the last whole record cut off%s", s->no, size - off,
+		    lost ? " (not a torn tail: a copy of the segment is in corrupt/)" : "");
 		if (ftruncate(s->fd, (off_t)off) == -1 || fdatasync(s->fd) == -1)
 			return -1;
 	}
@@ -592,7 +661,8 @@ segs_scan(struct segs *ss, int (*fn)(void *, uint64_t, const char *, char,
 		nos[n++] = v;
 	}
 	closedir(dp);
-	qsort(nos, n, sizeof(*nos), segs_cmp);
+	if (n > 0)
+		qsort(nos, n, sizeof(*nos), segs_cmp);
 	/* before any other use: no lock held while fn runs (it may read) */
 	for (i = 0; rc == 0 && i < n; i++) {
 		snprintf(path, sizeof(path), "%s/%016" PRIx64, ss->dir, nos[i]);

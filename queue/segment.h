@@ -18,6 +18,8 @@
 #define SEG_REMOVED	'R'	/* purged */
 #define SEG_MOVED	'V'	/* it has a file of its own now (a durable state) */
 #define SEG_CANCEL	'C'	/* refused after a failed sync */
+#define SEG_DAMAGED	'X'	/* (to segs_scan's fn only) a message whose
+				 * payload is damaged: quarantine it */
 
 struct segs;
 
@@ -51,9 +53,10 @@ enum q_status	 segs_append(struct segs *, const char *id, const struct iovec *, 
 
 /* Appends a state record for id (the payload: its envelope text) to its
  * segment seg, not synced: it survives the daemon's crash, and an OS
- * crash at worst repeats a delivery.  Q_OK, or the write's failure. */
+ * crash at worst repeats a delivery.  Q_OK (its place in *loc when loc
+ * is given), or the write's failure. */
 enum q_status	 segs_state(struct segs *, uint64_t seg, const char *id,
-		    const struct iovec *, int n);
+		    const struct iovec *, int n, struct seg_loc *loc);
 
 /* Appends marker kind (SEG_REMOVED, SEG_MOVED, SEG_CANCEL) for id to its
  * segment seg (not synced) and counts the message out; a segment with

@@ -1,0 +1,254 @@
+/*
+ * test_spool_seg.c - the queue over segment files (OTPMAIL_SPOOL_SEGMENTS,
+ * a DRAFT): new messages leave no file of their own; a restart loads each
+ * with its body; a finished one keeps its state (an S record) and body
+ * until purged; a deferred one moves to a file of its own and keeps its
+ * state; purging all removes the segment; a torn tail is cut and the
+ * whole records before it load; a flipped body byte is refused and the
+ * message goes to corrupt/.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "queue/queue_int.h"
+#include "tests/unit/tap.h"
+
+#define N	40
+
+static char	 tdir[256];
+
+static void
+tlog(int prio, const char *line)
+{
+	(void)prio;
+	if (getenv("TEST_VERBOSE"))
+		printf("# log: %s\n", line);
+}
+
+static struct queue *
+topen(void)
+{
+	struct queue_params p;
+	char err[256];
+	struct queue *q;
+
+	memset(&p, 0, sizeof(p));
+	p.dir = tdir;
+	p.keep_done = 3600;
+	p.hostname = "mx.example.net";
+	p.log = tlog;
+	if ((q = queue_open(&p, err, sizeof(err))) == NULL)
+		diag("queue_open: %s", err);
+	else
+		queue_pause(q, 0);
+	return q;
+}
+
+static size_t
+count_dir(const char *sub)
+{
+	char path[512];
+	struct dirent *de;
+	size_t n = 0;
+	DIR *dp;
+
+	snprintf(path, sizeof(path), "%s/%s", tdir, sub);
+	if ((dp = opendir(path)) == NULL)
+		return 0;
+	while ((de = readdir(dp)) != NULL)
+		if (de->d_name[0] != '.')
+			n++;
+	closedir(dp);
+	return n;
+}
+
+static size_t
+count_msgs(void)
+{
+	char sub[32];
+	size_t n = 0;
+	int i;
+
+	for (i = 0; i < Q_NDIRS; i++) {
+		snprintf(sub, sizeof(sub), "msg/%02x", i);
+		n += count_dir(sub);
+	}
+	return n;
+}
+
+/* The one segment's path, or "" */
+static void
+the_segment(char *out, size_t len)
+{
+	char path[512];
+	struct dirent *de;
+	DIR *dp;
+
+	out[0] = '\0';
+	snprintf(path, sizeof(path), "%s/seg", tdir);
+	if ((dp = opendir(path)) == NULL)
+		return;
+	while ((de = readdir(dp)) != NULL)
+		if (de->d_name[0] != '.')
+			snprintf(out, len, "%s/%s", path, de->d_name);
+	closedir(dp);
+}
+
+static void
+body_of(int i, char *out, size_t len)
+{
+	snprintf(out, len, "From: a@example.org\r\nSubject: %d\r\n\r\nbody %d, "
+	    "OTPG1 000000000000000000000000 M 3 00000000\r\n", i, i);
+}
+
+static enum q_status
+enq(struct queue *q, int i, char id[QUEUE_ID_LEN + 1])
+{
+	struct q_rcpt rc;
+	struct q_envelope t;
+	char b[256];
+
+	memset(&t, 0, sizeof(t));
+	memset(&rc, 0, sizeof(rc));
+	rc.addr = "r@example.com";
+	t.klass = Q_CLASS_DEFAULT;
+	t.sender = "a@example.org";
+	t.rcpts = &rc;
+	t.nrcpt = 1;
+	body_of(i, b, sizeof(b));
+	return queue_enqueue(q, &t, b, strlen(b), id);
+}
+
+/* Leases id (others are returned), sets its recipient, releases. */
+static int
+settle(struct queue *q, const char *id, enum q_rcpt_state st)
+{
+	struct q_envelope *l, *back[N];
+	int nb = 0, found = 0, i;
+
+	while (!found && nb < N && queue_lease(q, 100, &l) == Q_OK) {
+		if (strcmp(l->id, id) != 0) {
+			back[nb++] = l;
+			continue;
+		}
+		l->rcpts[0].state = st;
+		l->rcpts[0].reply = strdup(st == Q_RCPT_DELIVERED ? "250 ok" : "451 later");
+		found = queue_release_lease(q, l) == Q_OK;
+	}
+	for (i = 0; i < nb; i++)
+		queue_return_lease(q, back[i]);
+	return found;
+}
+
+int
+main(void)
+{
+	char ids[N][QUEUE_ID_LEN + 1], b[256], seg[600];
+	struct q_envelope *e;
+	struct queue *q;
+	char *data, *full;
+	size_t len, good = 0;
+	struct stat st;
+	int i, fd;
+
+	setenv("OTPMAIL_SPOOL_SEGMENTS", "1", 1);
+	snprintf(tdir, sizeof(tdir), "/tmp/otpmail-sseg-XXXXXX");
+	if (mkdtemp(tdir) == NULL)
+		return 1;
+	q = topen();
+	ok(q != NULL, "the queue opens over segments");
+	for (i = 0; i < N; i++)
+		if (enq(q, i, ids[i]) != Q_OK)
+			break;
+	is_int(i, N, "40 messages queued");
+	is_int(count_msgs(), 0, "no message file");
+	is_int(count_dir("seg"), 1, "one segment");
+	queue_close(q);
+
+	q = topen();
+	for (i = 0, good = 0; i < N; i++) {
+		body_of(i, b, sizeof(b));
+		if (queue_get(q, ids[i], &e) == Q_OK) {
+			if (queue_body(q, ids[i], &data, &len) == Q_OK && len == strlen(b) &&
+			    memcmp(data, b, len) == 0)
+				good++;
+			free(data);
+			q_envelope_free(e);
+		}
+	}
+	is_int(good, N, "reopened: each is there with its body");
+
+	ok(settle(q, ids[0], Q_RCPT_DELIVERED), "the first delivered");
+	ok(settle(q, ids[1], Q_RCPT_DEFERRED), "the second deferred");
+	is_int(count_msgs(), 1, "the deferred one has a file of its own now");
+	queue_close(q);
+
+	q = topen();
+	ok(queue_get(q, ids[0], &e) == Q_OK && e->finished && e->rcpts[0].state ==
+	    Q_RCPT_DELIVERED, "reopened: the delivered one is finished (its S record)");
+	if (e)
+		q_envelope_free(e);
+	e = NULL;
+	ok(queue_body(q, ids[0], &data, &len) == Q_OK, "its body is still there");
+	free(data);
+	ok(queue_get(q, ids[1], &e) == Q_OK && e->rcpts[0].state == Q_RCPT_DEFERRED &&
+	    e->state == Q_MSG_DEFERRED, "the deferred one is deferred (from its file)");
+	if (e)
+		q_envelope_free(e);
+	body_of(1, b, sizeof(b));
+	ok(queue_body(q, ids[1], &data, &len) == Q_OK && len == strlen(b) &&
+	    memcmp(data, b, len) == 0, "its body, from its file");
+	free(data);
+
+	/* a flipped body byte in the segment */
+	the_segment(seg, sizeof(seg));
+	full = NULL;
+	if (stat(seg, &st) == 0 && (full = malloc((size_t)st.st_size)) != NULL &&
+	    (fd = open(seg, O_RDWR)) != -1) {
+		char *p;
+
+		if (read(fd, full, (size_t)st.st_size) == st.st_size &&
+		    (p = memmem(full, (size_t)st.st_size, "body 5,", 7)) != NULL) {
+			p[0] ^= 0x20;
+			if (pwrite(fd, p, 1, p - full) != 1)
+				diag("pwrite: %s", strerror(errno));
+		}
+		close(fd);
+	}
+	free(full);
+	is_int(queue_body(q, ids[5], &data, &len), Q_NOTFOUND, "a flipped body byte: refused");
+	ok(count_dir("corrupt") == 1, "and the message is in corrupt/");
+	queue_close(q);
+
+	/* a torn tail: half a record after the last whole one */
+	the_segment(seg, sizeof(seg));
+	if ((fd = open(seg, O_WRONLY | O_APPEND)) != -1) {
+		if (write(fd, "OTPG1 0006621000000000aaaaaaaa M 500 0000", 41) != 41)
+			diag("write: %s", strerror(errno));
+		close(fd);
+	}
+	stat(seg, &st);
+	len = (size_t)st.st_size;
+	q = topen();
+	stat(seg, &st);
+	ok((size_t)st.st_size == len - 41, "reopened: the torn tail is cut off");
+	for (i = 2, good = 0; i < N; i++)
+		if (i != 5 && queue_get(q, ids[i], &e) == Q_OK) {
+			good++;
+			q_envelope_free(e);
+		}
+	is_int(good, N - 3, "and every whole record before it loads");
+	for (i = 0; i < N; i++)
+		(void)queue_delete(q, ids[i]);
+	is_int(count_dir("seg"), 0, "all purged: the segment is gone");
+	is_int(count_msgs(), 0, "and the moved one's file");
+	queue_close(q);
+	return done_testing();
+}
