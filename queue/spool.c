@@ -1803,7 +1803,7 @@ spool_seg_load(struct spool *sp, const char *id, struct q_envelope *env, char *w
 	if (!smap_get(sp->smap, id, &e))
 		return 1;
 	if ((buf = spool_seg_payload(sp, &e.msg, why, whylen)) == NULL)
-		return -1;
+		return smap_get(sp->smap, id, &e) ? -1 : 1;	/* moved meanwhile */
 	rc = spool_seg_parse(buf, (size_t)e.msg.len, id, env, NULL, NULL, why, whylen);
 	free(buf);
 	if (rc == -1 || e.st.len == 0)
@@ -1908,8 +1908,12 @@ spool_read_body(struct spool *sp, const char *id, char **data, size_t *len)
 		size_t bl;
 		char *buf, *out;
 
-		if ((buf = spool_seg_payload(sp, &se.msg, why, sizeof(why))) == NULL)
+		if ((buf = spool_seg_payload(sp, &se.msg, why, sizeof(why))) == NULL) {
+			/* moved to its file (and its segment gone) meanwhile? */
+			if (!smap_get(sp->smap, id, &se))
+				return spool_read_body(sp, id, data, len);
 			return Q_TEMPFAIL;
+		}
 		if (spool_seg_parse(buf, (size_t)se.msg.len, id, NULL, &b, &bl, why,
 		    sizeof(why)) == -1) {
 			free(buf);
