@@ -93,6 +93,10 @@ static void
 segs_log(const struct segs *ss, int prio, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The test hook OTPMAIL_FAULT=seg_after_append: abort once a message is
+ * written, before its sync (test_crash_points.py). */
+static int	segs_fault_append;
+
 static void
 segs_log(const struct segs *ss, int prio, const char *fmt, ...)
 {
@@ -212,6 +216,8 @@ segs_open(const char *dir, uint64_t roll, void (*log)(int, const char *),
 		return NULL;
 	}
 	ss->roll = roll > 0 ? roll : SEGS_ROLL_DEFAULT;
+	segs_fault_append = getenv("OTPMAIL_FAULT") != NULL &&
+	    strcmp(getenv("OTPMAIL_FAULT"), "seg_after_append") == 0;
 	ss->log = log;
 	ss->next_no = 1;
 	pthread_mutex_init(&ss->mu, NULL);
@@ -373,6 +379,8 @@ segs_append(struct segs *ss, const char *id, const struct iovec *iov, int n,
 	loc->len = len;
 	s->dirty = 1;
 	s->live++;
+	if (segs_fault_append)
+		abort();
 	memset(&w, 0, sizeof(w));
 	w.t = ++ss->ticket;
 	w.next = ss->w;
