@@ -87,7 +87,7 @@ count_msgs(void)
 static void
 the_segment(char *out, size_t len)
 {
-	char path[512];
+	char path[300];
 	struct dirent *de;
 	DIR *dp;
 
@@ -150,7 +150,7 @@ settle(struct queue *q, const char *id, enum q_rcpt_state st)
 int
 main(void)
 {
-	char ids[N][QUEUE_ID_LEN + 1], b[256], seg[600];
+	char ids[N][QUEUE_ID_LEN + 1], b[256], seg[700];
 	struct q_envelope *e;
 	struct queue *q;
 	char *data, *full;
