@@ -1319,6 +1319,8 @@ spool_seg_store(struct spool *sp, const struct q_envelope *env, const struct iov
 	}
 	if ((st = segs_append(sp->segs, env->id, iov, n, &loc)) != Q_OK) {
 		segs_mark(sp->segs, loc.seg, env->id, SEG_CANCEL);
+		if (st == Q_NOSPACE)	/* the detail the answer gives */
+			queue_nospace_why = "the spool's file system is full";
 		return st;
 	}
 	spool_fault("seg_after_sync");
