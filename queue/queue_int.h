@@ -51,7 +51,7 @@ struct spool {
 	struct spool_smap *smap;	/* id -> its place in a segment */
 };
 
-int		 spool_init(struct spool *, const char *dir, uint64_t min_bytes,
+int		 spool_init(struct spool *, const char *dir, int segments, uint64_t min_bytes,
 		    uint64_t min_inodes, void (*log)(int, const char *),
 		    char *err, size_t errlen);
 void		 spool_free(struct spool *);

@@ -217,7 +217,7 @@ spool_mkdir(const char *path)
 }
 
 int
-spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
+spool_init(struct spool *sp, const char *dir, int segments, uint64_t min_bytes,
     uint64_t min_inodes, void (*log)(int, const char *), char *err, size_t errlen)
 {
 	char path[PATH_MAX];
@@ -265,8 +265,10 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 		for (i = 0; i < Q_NDIRS; i++) {
 			pthread_mutex_init(&sp->dsync[i].mu, NULL);
 		}
-	/* a DRAFT: new messages in segment files (see "segments" below) */
-	if (getenv("OTPMAIL_SPOOL_SEGMENTS") != NULL) {
+	/* a DRAFT: new messages in segment files (see "segments" below);
+	 * OTPMAIL_SPOOL_SEGMENTS=1 turns them on for a whole test suite */
+	if (segments || (getenv("OTPMAIL_SPOOL_SEGMENTS") != NULL &&
+	    strcmp(getenv("OTPMAIL_SPOOL_SEGMENTS"), "1") == 0)) {
 		snprintf(path, sizeof(path), "%s/seg", dir);
 		if ((sp->smap = smap_new()) == NULL ||
 		    (sp->segs = segs_open(path, 0, log, err, errlen)) == NULL) {

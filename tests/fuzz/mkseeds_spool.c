@@ -64,7 +64,7 @@ main(int argc, char **argv)
 
 	if (argc != 2 || mkdtemp(tmpl) == NULL)
 		return 2;
-	if (spool_init(&sp, tmpl, 0, 0, NULL, err, sizeof(err)) == -1)
+	if (spool_init(&sp, tmpl, 0, 0, 0, NULL, err, sizeof(err)) == -1)
 		return 1;
 	for (i = 0; i < 3; i++) {
 		memset(&e, 0, sizeof(e));
