@@ -270,12 +270,13 @@ spool_init(struct spool *sp, const char *dir, int segments, uint64_t min_bytes,
 	if (segments || (getenv("OTPMAIL_SPOOL_SEGMENTS") != NULL &&
 	    strcmp(getenv("OTPMAIL_SPOOL_SEGMENTS"), "1") == 0)) {
 		snprintf(path, sizeof(path), "%s/seg", dir);
-		if ((sp->smap = smap_new()) == NULL ||
-		    (sp->segs = segs_open(path, 0, log, err, errlen)) == NULL) {
+		if ((sp->smap = smap_new()) == NULL)
+			snprintf(err, errlen, "queue: out of memory");
+		else if ((sp->segs = segs_open(path, 0, log, err, errlen)) == NULL) {
 			smap_free(sp->smap);
 			sp->smap = NULL;
-			if (sp->smap == NULL)
-				snprintf(err, errlen, "queue: out of memory");
+		}
+		if (sp->segs == NULL) {
 			spool_free(sp);
 			return -1;
 		}
