@@ -1354,10 +1354,15 @@ spool_seg_state(struct spool *sp, const struct smap_ent *e, const char *etext, s
 	if (!durable) {
 		iov[0].iov_base = (void *)etext;
 		iov[0].iov_len = elen;
-		if ((r = segs_state(sp->segs, e->msg.seg, e->id, iov, 1, &st)) != Q_OK)
+		r = segs_state(sp->segs, e->msg.seg, e->id, iov, 1, &st);
+		if (r == Q_OK) {
+			smap_set_state(sp->smap, e->id, &st);	/* the newest wins */
+			return Q_OK;
+		}
+		if (r != Q_NOTFOUND)
 			return r;
-		smap_set_state(sp->smap, e->id, &st);	/* the newest wins */
-		return Q_OK;
+		/* its segment takes no more records (a failed sync): the
+		 * message moves to a file of its own, as for a durable state */
 	}
 	if ((buf = spool_seg_payload(sp, &e->msg, why, sizeof(why))) == NULL)
 		return Q_TEMPFAIL;
@@ -1448,11 +1453,16 @@ spool_store_state_text(struct spool *sp, const char *id, const char *etext, size
 	const char *what = "open";
 	struct smap_ent se;
 
-	if (smap_get(sp->smap, id, &se)) {
+	if (sp->smap != NULL) {
+		/* looked up under the id's lock: a move by another thread is
+		 * seen, not done twice */
 		pthread_mutex_lock(lk);
-		st = spool_seg_state(sp, &se, etext, elen, durable);
+		if (smap_get(sp->smap, id, &se)) {
+			st = spool_seg_state(sp, &se, etext, elen, durable);
+			pthread_mutex_unlock(lk);
+			return st;
+		}
 		pthread_mutex_unlock(lk);
-		return st;
 	}
 	n = snprintf(hdr, sizeof(hdr), SPOOL_ST_MAGIC " %zu %08x\n", elen,
 	    (unsigned)spool_crc32(0, etext, elen));
