@@ -1,9 +1,8 @@
 /*
  * segment.c - new messages appended to shared files, <spool>/seg/<16 hex>,
  * one fdatasync per group of concurrent writers instead of a file, an
- * inode, an fsync and a shared directory fsync per message.  A DRAFT for
- * issue 21 (branch wip/segment-spool): spool.c does not use it yet; the
- * plan is in tests/bench/README.md, "Session 14", and the session's note.
+ * inode, an fsync and a shared directory fsync per message.  spool.c puts
+ * new messages here when queue_segments is on (issue 21).
  *
  *   record: "OTPG1 <id> <kind> <len> <crc32 of the payload> <crc32 of the
  *            header before this field>\n" <payload> "END\n"
@@ -17,7 +16,11 @@
  *   R, V and C count the message out of its segment; the last S wins.
  *
  * A marker goes to the segment of its message, so a segment holds all
- * that is said of its messages, and goes as a whole once none is left.
+ * that is said of its messages, and goes as a whole once none is left
+ * (never the one appended to, never during a sync round).  The scan
+ * counts a segment's messages by id: a marker counts out only a message
+ * of its own segment, once, so hostile or repeated markers can never
+ * make a segment with a live message look empty.
  *
  * Appends go under one mutex, in order, so no hole can precede a synced
  * record: a crash leaves whole records and at most one torn one at the
@@ -31,9 +34,16 @@
  * Group commit: a writer appends, takes a ticket and waits; when no sync
  * runs, one waiter syncs every segment written since the last round (a
  * segment rolled over meanwhile included) for every ticket taken so far,
- * then answers each waiter it covered.  A failed sync fails its round;
- * the segment written to is abandoned (the next append opens a new one),
- * and the caller appends a C record for each refused id where it can.
+ * then answers each waiter it covered.  A failed sync fails its round
+ * and every segment it synced takes no more records (the next append
+ * opens a new one); a waiter whose record is in such a segment is refused
+ * too, even if its ticket came after the round began: what a failed
+ * fdatasync left on disk is unknown.  The caller appends a C record for
+ * each refused id where it can.
+ *
+ * A segment is made durable before its first record: created, then its
+ * directory fsynced (and seg/ itself, with the spool directory, when
+ * segs_open makes it).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -62,16 +72,28 @@ struct seg {
 	uint64_t	 no;
 	int		 fd;
 	uint64_t	 size;		/* bytes of whole records */
-	uint64_t	 live;		/* M records without D, V or C */
+	uint64_t	 live;		/* M records without R, V or C */
 	int		 dirty;		/* written since the last sync round began */
-	int		 broken;	/* a sync failed: no more appends */
+	int		 insync;	/* synced by the running round (its leader's) */
+	int		 broken;	/* a sync or a cut failed: no more records */
+	int		 kept;		/* not read whole at the scan: never removed */
 	struct seg	*next;
 };
 
 struct seg_wait {
 	uint64_t	 t;
+	struct seg	*s;		/* the record's segment */
 	int		 done, rc, err;
 	struct seg_wait	*next;
+};
+
+/* The ids of one segment's live messages, while the scan reads it. */
+struct seg_idset {
+	struct seg_idn {
+		char		 id[QUEUE_ID_LEN + 1];
+		struct seg_idn	*next;
+	}		**b;
+	size_t		 nb, n;
 };
 
 struct segs {
@@ -86,6 +108,7 @@ struct segs {
 	uint64_t	 ticket;	/* the last taken */
 	uint64_t	 rounds;	/* sync rounds run (tests) */
 	int		 syncing;
+	int		 scanned;	/* segs_scan ran */
 	struct seg_wait	*w;		/* waiting for a round */
 };
 
@@ -96,6 +119,7 @@ segs_log(const struct segs *ss, int prio, const char *fmt, ...)
 /* The test hook OTPMAIL_FAULT=seg_after_append: abort once a message is
  * written, before its sync (test_crash_points.py). */
 static int	segs_fault_append;
+int		(*segs_sync_test_hook)(uint64_t seg);
 
 static void
 segs_log(const struct segs *ss, int prio, const char *fmt, ...)
@@ -122,19 +146,117 @@ segs_find(struct segs *ss, uint64_t no)
 	return NULL;
 }
 
-/* fsync of the segment directory (a segment made or removed). */
+/* fsync of the directory path.  0, or -1 with errno. */
 static int
-segs_fsync_dir(struct segs *ss)
+segs_fsync_path(const char *path)
 {
 	int fd, rc, e;
 
-	if ((fd = open(ss->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
 		return -1;
 	rc = fsync(fd);
 	e = errno;
 	close(fd);
 	errno = e;
 	return rc;
+}
+
+/* 1 if name is a segment's: 16 lower-case hex digits, not all zero. */
+static int
+segs_name_ok(const char *name, uint64_t *no)
+{
+	uint64_t v = 0;
+	int i;
+
+	for (i = 0; i < 16; i++) {
+		if (name[i] >= '0' && name[i] <= '9')
+			v = v << 4 | (uint64_t)(name[i] - '0');
+		else if (name[i] >= 'a' && name[i] <= 'f')
+			v = v << 4 | (uint64_t)(name[i] - 'a' + 10);
+		else
+			return 0;
+	}
+	if (name[16] != '\0' || v == 0)
+		return 0;
+	*no = v;
+	return 1;
+}
+
+static size_t
+segs_idhash(const char *id, size_t nb)
+{
+	return spool_crc32(0, id, QUEUE_ID_LEN) % nb;
+}
+
+static void
+segs_idset_free(struct seg_idset *set)
+{
+	struct seg_idn *e, *nx;
+	size_t i;
+
+	for (i = 0; i < set->nb; i++)
+		for (e = set->b[i]; e != NULL; e = nx) {
+			nx = e->next;
+			free(e);
+		}
+	free(set->b);
+	memset(set, 0, sizeof(*set));
+}
+
+/* Adds id (once).  0, or -1 (no memory). */
+static int
+segs_idset_add(struct seg_idset *set, const char *id)
+{
+	struct seg_idn *e, **nb, *nx;
+	size_t i, h, n2;
+
+	if (set->nb == 0) {
+		if ((set->b = calloc(256, sizeof(*set->b))) == NULL)
+			return -1;
+		set->nb = 256;
+	}
+	for (e = set->b[segs_idhash(id, set->nb)]; e != NULL; e = e->next)
+		if (memcmp(e->id, id, QUEUE_ID_LEN) == 0)
+			return 0;
+	if (set->n >= set->nb * 2 && (nb = calloc(set->nb * 2, sizeof(*nb))) != NULL) {
+		n2 = set->nb * 2;
+		for (i = 0; i < set->nb; i++)
+			for (e = set->b[i]; e != NULL; e = nx) {
+				nx = e->next;
+				h = segs_idhash(e->id, n2);
+				e->next = nb[h];
+				nb[h] = e;
+			}
+		free(set->b);
+		set->b = nb;
+		set->nb = n2;
+	}
+	if ((e = malloc(sizeof(*e))) == NULL)
+		return -1;
+	memcpy(e->id, id, QUEUE_ID_LEN + 1);
+	h = segs_idhash(id, set->nb);
+	e->next = set->b[h];
+	set->b[h] = e;
+	set->n++;
+	return 0;
+}
+
+/* Takes id out: 1, or 0 if it was not there. */
+static int
+segs_idset_del(struct seg_idset *set, const char *id)
+{
+	struct seg_idn **pp, *e;
+
+	if (set->nb == 0)
+		return 0;
+	for (pp = &set->b[segs_idhash(id, set->nb)]; (e = *pp) != NULL; pp = &e->next)
+		if (memcmp(e->id, id, QUEUE_ID_LEN) == 0) {
+			*pp = e->next;
+			free(e);
+			set->n--;
+			return 1;
+		}
+	return 0;
 }
 
 /*
@@ -147,7 +269,7 @@ segs_drop_if_empty_locked(struct segs *ss, struct seg *s)
 	char path[PATH_MAX];
 	struct seg **pp;
 
-	if (s->live > 0 || s == ss->cur || s->dirty || ss->syncing)
+	if (s->live > 0 || s == ss->cur || s->dirty || s->kept || ss->syncing)
 		return;
 	for (pp = &ss->list; *pp != NULL && *pp != s; pp = &(*pp)->next)
 		;
@@ -180,12 +302,21 @@ segs_new_locked(struct segs *ss)
 {
 	char path[PATH_MAX];
 	struct seg *s;
-	int fd, e;
+	int fd, e, tries;
 
-	snprintf(path, sizeof(path), "%s/%016" PRIx64, ss->dir, ss->next_no);
-	if ((fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600)) == -1)
-		return NULL;
-	if (segs_fsync_dir(ss) == -1 || (s = calloc(1, sizeof(*s))) == NULL) {
+	/* a name taken by a file the scan could not read is skipped, not
+	 * opened: every append would fail on it */
+	for (tries = 0;; tries++) {
+		snprintf(path, sizeof(path), "%s/%016" PRIx64, ss->dir, ss->next_no);
+		if ((fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC,
+		    0600)) != -1)
+			break;
+		if (errno != EEXIST || tries == 64)
+			return NULL;
+		ss->next_no++;
+	}
+	/* its name durable before any record in it is acknowledged */
+	if (segs_fsync_path(ss->dir) == -1 || (s = calloc(1, sizeof(*s))) == NULL) {
 		e = errno;
 		close(fd);
 		unlink(path);
@@ -204,9 +335,21 @@ struct segs *
 segs_open(const char *dir, uint64_t roll, void (*log)(int, const char *),
     char *err, size_t errlen)
 {
+	char parent[PATH_MAX], *slash;
 	struct segs *ss;
 
-	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+	if (mkdir(dir, 0700) == 0) {
+		/* seg/ itself durable before a segment in it is */
+		snprintf(parent, sizeof(parent), "%s", dir);
+		if ((slash = strrchr(parent, '/')) != NULL && slash != parent)
+			*slash = '\0';
+		else
+			snprintf(parent, sizeof(parent), "%s", slash != NULL ? "/" : ".");
+		if (segs_fsync_path(parent) == -1) {
+			snprintf(err, errlen, "fsync %s: %s", parent, strerror(errno));
+			return NULL;
+		}
+	} else if (errno != EEXIST) {
 		snprintf(err, errlen, "mkdir %s: %s", dir, strerror(errno));
 		return NULL;
 	}
@@ -245,51 +388,66 @@ segs_close(struct segs *ss)
 
 /*
  * Holding mu: one sync round for every ticket taken so far; mu is let go
- * during the syncs.  Answers the waiters it covered.
+ * during the syncs.  Answers the waiters it covered, and refuses every
+ * waiter whose segment a failed sync broke.  The segments it syncs are
+ * marked insync under mu and walked from the list's head as it was: new
+ * segments only go in front of it, and none goes while a round runs.
  */
 static void
 segs_round_locked(struct segs *ss)
 {
-	struct seg *s, *dirty[64];
+	struct seg *s, *head;
 	struct seg_wait *it;
 	uint64_t upto;
-	size_t n = 0, i;
 	int rc = 0, e = 0;
 
 	ss->syncing = 1;
 	ss->rounds++;
 	upto = ss->ticket;
-	for (s = ss->list; s != NULL; s = s->next)
-		if (s->dirty) {
-			s->dirty = 0;
-			if (n < sizeof(dirty) / sizeof(dirty[0]))
-				dirty[n++] = s;
-			else {		/* cannot happen: a roll per round at most */
-				rc = -1;
-				e = EIO;
-			}
-		}
+	head = ss->list;
+	for (s = head; s != NULL; s = s->next) {
+		s->insync = s->dirty;
+		s->dirty = 0;
+	}
 	pthread_mutex_unlock(&ss->mu);
-	for (i = 0; i < n; i++)
-		if (fdatasync(dirty[i]->fd) == -1 && rc == 0) {
+	for (s = head; s != NULL; s = s->next) {
+		if (!s->insync)
+			continue;
+		if (segs_sync_test_hook != NULL && segs_sync_test_hook(s->no) == -1) {
+			if (rc == 0) {
+				rc = -1;
+				e = errno;
+			}
+		} else if (fdatasync(s->fd) == -1 && rc == 0) {
 			rc = -1;
 			e = errno;
 		}
+	}
 	pthread_mutex_lock(&ss->mu);
+	for (s = head; s != NULL; s = s->next) {
+		/* what the round left on disk is unknown: no more records */
+		if (rc == -1 && s->insync)
+			s->broken = 1;
+		s->insync = 0;
+	}
 	if (rc == -1) {
-		/* what the round covered is unknown: no more appends there */
-		for (i = 0; i < n; i++)
-			dirty[i]->broken = 1;
 		if (ss->cur != NULL && ss->cur->broken)
 			ss->cur = NULL;
 		segs_log(ss, LOG_ERR, "queue: fdatasync of a segment: %s", strerror(e));
 	}
-	for (it = ss->w; it != NULL; it = it->next)
-		if (it->t <= upto && !it->done) {
+	for (it = ss->w; it != NULL; it = it->next) {
+		if (it->done)
+			continue;
+		if (it->t <= upto) {
 			it->done = 1;
 			it->rc = rc;
 			it->err = e;
+		} else if (it->s->broken) {
+			it->done = 1;
+			it->rc = -1;
+			it->err = rc == -1 ? e : EIO;
 		}
+	}
 	ss->syncing = 0;
 	segs_drop_empty_locked(ss);
 	pthread_cond_broadcast(&ss->cv);
@@ -382,6 +540,7 @@ segs_append(struct segs *ss, const char *id, const struct iovec *iov, int n,
 	if (segs_fault_append)
 		abort();
 	memset(&w, 0, sizeof(w));
+	w.s = s;
 	w.t = ++ss->ticket;
 	w.next = ss->w;
 	ss->w = &w;
@@ -409,13 +568,15 @@ segs_read(struct segs *ss, const struct seg_loc *loc, char *buf)
 	int fd;
 
 	pthread_mutex_lock(&ss->mu);
-	s = segs_find(ss, loc->seg);
-	fd = s != NULL ? dup(s->fd) : -1;
+	if ((s = segs_find(ss, loc->seg)) == NULL)
+		errno = ENOENT;
+	else if (loc->off > s->size || loc->len > s->size - loc->off)
+		errno = EINVAL;		/* not a place of a whole record */
+	/* a dup: a segment that goes meanwhile is still read whole */
+	fd = s != NULL && errno != EINVAL ? dup(s->fd) : -1;
 	pthread_mutex_unlock(&ss->mu);
-	if (fd == -1) {
-		errno = s == NULL ? ENOENT : errno;
+	if (fd == -1)
 		return -1;
-	}
 	while (got < loc->len) {
 		r = pread(fd, buf + got, loc->len - got, (off_t)(loc->off + got));
 		if (r == -1 && errno == EINTR)
@@ -517,57 +678,69 @@ segs_parse_hdr(const char *p, size_t n, char id[QUEUE_ID_LEN + 1], char *kind,
 }
 
 /* A copy of segment s in <spool>/corrupt (before a cut that is not a
- * torn tail). */
-static void
+ * torn tail), fsynced.  0, or -1 (logged): then nothing may be cut. */
+static int
 segs_keep_copy(struct segs *ss, struct seg *s)
 {
 	char path[PATH_MAX], buf[65536];
-	ssize_t r;
+	ssize_t r = 0;
 	off_t o = 0;
-	int fd;
+	int fd, rc = 0;
 
 	snprintf(path, sizeof(path), "%s/../corrupt/segment-%016" PRIx64 "-%ld", ss->dir,
 	    s->no, (long)time(NULL));
 	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
 		segs_log(ss, LOG_ERR, "queue: %s: %s", path, strerror(errno));
-		return;
+		return -1;
 	}
 	while ((r = pread(s->fd, buf, sizeof(buf), o)) > 0) {
-		if (write(fd, buf, (size_t)r) != r)
+		if (write(fd, buf, (size_t)r) != r) {
+			rc = -1;
 			break;
+		}
 		o += r;
 	}
-	if (fsync(fd) == -1)
-		segs_log(ss, LOG_ERR, "queue: fsync %s: %s", path, strerror(errno));
+	if (rc == -1 || r == -1 || fsync(fd) == -1) {
+		segs_log(ss, LOG_ERR, "queue: copy of segment %016" PRIx64 " to %s: %s", s->no,
+		    path, errno != 0 ? strerror(errno) : "short write");
+		rc = -1;
+	}
 	close(fd);
+	if (rc == -1)
+		unlink(path);
+	return rc;
 }
 
 /*
  * Every record of one segment in order, to fn (see the top: damaged
- * messages, torn tails, garbage).  Returns the bytes of whole records,
- * or -1 (read error).
+ * messages, torn tails, garbage); counts its live messages by id.  What
+ * follows the last whole record is cut off; garbage (not a torn tail) is
+ * first copied to corrupt/, and if that fails nothing is cut and the
+ * segment takes no more records.  0, or -1: a read failed, or fn said
+ * -1 (then nothing is cut either).
  */
-static int64_t
+static int
 segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const char *,
     char, const struct seg_loc *), void *arg)
 {
+	struct seg_idset live;
 	struct stat st;
 	uint64_t off = 0, len, size;
 	uint32_t crc;
 	size_t hl, want;
 	char id[QUEUE_ID_LEN + 1], kind, hdr[SEG_HDR_MAX], *buf = NULL;
 	struct seg_loc loc;
-	ssize_t r;
-	int lost = 0;
+	int lost = 0, rc = 0;
 
+	memset(&live, 0, sizeof(live));
 	if (fstat(s->fd, &st) == -1)
 		return -1;
 	size = (uint64_t)st.st_size;
 	while (off < size) {
 		want = size - off < SEG_HDR_MAX ? (size_t)(size - off) : SEG_HDR_MAX;
-		if ((r = pread(s->fd, hdr, want, (off_t)off)) != (ssize_t)want) {
-			free(buf);
-			return -1;
+		if (pread(s->fd, hdr, want, (off_t)off) != (ssize_t)want) {
+			rc = -1;
+			break;
 		}
 		if (segs_parse_hdr(hdr, want, id, &kind, &len, &crc, &hl) == -1) {
 			/* no whole line before the end: torn; else garbage */
@@ -575,15 +748,15 @@ segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const 
 				lost = 1;
 			break;
 		}
+		/* len is bounded by segs_parse_hdr: no overflow here */
 		if (off + hl + len + SEG_END_LEN > size)
 			break;		/* its header says more than is there: torn */
 		free(buf);
-		if ((buf = malloc(len + SEG_END_LEN + 1)) == NULL)
-			return -1;
-		if (pread(s->fd, buf, len + SEG_END_LEN, (off_t)(off + hl)) !=
+		if ((buf = malloc(len + SEG_END_LEN + 1)) == NULL ||
+		    pread(s->fd, buf, len + SEG_END_LEN, (off_t)(off + hl)) !=
 		    (ssize_t)(len + SEG_END_LEN)) {
-			free(buf);
-			return -1;
+			rc = -1;
+			break;
 		}
 		loc.seg = s->no;
 		loc.off = off + hl;
@@ -595,36 +768,61 @@ segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const 
 			 * one starts: a damaged message, named to the caller */
 			if (off + hl + len + SEG_END_LEN == size)
 				break;
-			if (kind == SEG_MESSAGE) {
-				s->live++;
-				if (fn != NULL)
-					(void)fn(arg, s->no, id, SEG_DAMAGED, &loc);
-			}
 			segs_log(ss, LOG_ERR, "queue: segment %016" PRIx64 ": record of %s "
 			    "at %" PRIu64 " damaged", s->no, id, off);
+			if (kind == SEG_MESSAGE) {
+				if (segs_idset_add(&live, id) == -1) {
+					rc = -1;
+					break;
+				}
+				if (fn != NULL && fn(arg, s->no, id, SEG_DAMAGED, &loc) == -1) {
+					rc = -1;
+					break;
+				}
+			}
 			off += hl + len + SEG_END_LEN;
 			continue;
 		}
-		if (kind == SEG_MESSAGE)
-			s->live++;
-		else if (kind != SEG_STATE && s->live > 0)
-			s->live--;
-		if (fn != NULL && fn(arg, s->no, id, kind, &loc) == -1)
+		if (kind == SEG_MESSAGE) {
+			if (segs_idset_add(&live, id) == -1) {
+				rc = -1;
+				break;
+			}
+		} else if (kind != SEG_STATE && !segs_idset_del(&live, id)) {
+			/* a marker for no live message of this segment: it
+			 * counts nothing out, and the caller is not told */
+			off += hl + len + SEG_END_LEN;
+			continue;
+		}
+		if (fn != NULL && fn(arg, s->no, id, kind, &loc) == -1) {
+			rc = -1;
 			break;
+		}
 		off += hl + len + SEG_END_LEN;
 	}
 	free(buf);
-	if (lost)
-		segs_keep_copy(ss, s);
+	s->live = live.n;
+	segs_idset_free(&live);
+	s->size = off;
+	if (rc == -1)
+		return -1;
 	if (off < size) {
+		if (lost && segs_keep_copy(ss, s) == -1) {
+			segs_log(ss, LOG_ERR, "queue: segment %016" PRIx64 ": garbage at %" PRIu64
+			    " left in place (no copy): it takes no more records", s->no, off);
+			s->broken = 1;
+			return 0;
+		}
 		segs_log(ss, lost ? LOG_ERR : LOG_WARNING, "queue: segment %016" PRIx64 ": %"
 		    PRIu64 " bytes after the last whole record cut off%s", s->no, size - off,
 		    lost ? " (not a torn tail: a copy of the segment is in corrupt/)" : "");
-		if (ftruncate(s->fd, (off_t)off) == -1 || fdatasync(s->fd) == -1)
-			return -1;
+		if (ftruncate(s->fd, (off_t)off) == -1 || fdatasync(s->fd) == -1) {
+			segs_log(ss, LOG_ERR, "queue: segment %016" PRIx64 ": cut: %s; it takes "
+			    "no more records", s->no, strerror(errno));
+			s->broken = 1;
+		}
 	}
-	s->size = off;
-	return (int64_t)off;
+	return 0;
 }
 
 static int
@@ -639,30 +837,29 @@ int
 segs_scan(struct segs *ss, int (*fn)(void *, uint64_t, const char *, char,
     const struct seg_loc *), void *arg)
 {
-	char path[PATH_MAX], *end;
+	char path[PATH_MAX];
 	struct dirent *de;
+	struct stat st;
 	struct seg *s;
-	uint64_t *nos = NULL, *nn;
+	uint64_t *nos = NULL, *nn, v;
 	size_t n = 0, cap = 0, i;
 	DIR *dp;
-	int rc = 0;
+	int rc = 0, fd;
 
+	if (ss->scanned)
+		return 0;
+	ss->scanned = 1;
 	if ((dp = opendir(ss->dir)) == NULL)
 		return -1;
 	while ((de = readdir(dp)) != NULL) {
-		unsigned long long v;
-
-		if (strlen(de->d_name) != 16)
-			continue;
-		errno = 0;
-		v = strtoull(de->d_name, &end, 16);
-		if (*end != '\0' || errno != 0 || v == 0)
+		if (strlen(de->d_name) != 16 || !segs_name_ok(de->d_name, &v))
 			continue;
 		if (n == cap) {
 			cap = cap ? cap * 2 : 16;
 			if ((nn = realloc(nos, cap * sizeof(*nos))) == NULL) {
-				rc = -1;
-				break;
+				closedir(dp);
+				free(nos);
+				return -1;
 			}
 			nos = nn;
 		}
@@ -671,29 +868,46 @@ segs_scan(struct segs *ss, int (*fn)(void *, uint64_t, const char *, char,
 	closedir(dp);
 	if (n > 0)
 		qsort(nos, n, sizeof(*nos), segs_cmp);
-	/* before any other use: no lock held while fn runs (it may read) */
-	for (i = 0; rc == 0 && i < n; i++) {
+	/* past every name, read or not: a new segment never reuses one */
+	if (n > 0 && nos[n - 1] >= ss->next_no)
+		ss->next_no = nos[n - 1] + 1;
+	/*
+	 * Before any other use: no lock held while fn runs (it may read).
+	 * A segment that cannot be opened or read is logged and left as it
+	 * is (never removed, no record appended); the others are read.
+	 */
+	for (i = 0; i < n; i++) {
 		snprintf(path, sizeof(path), "%s/%016" PRIx64, ss->dir, nos[i]);
+		memset(&st, 0, sizeof(st));
+		if ((fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW)) == -1 ||
+		    fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+			segs_log(ss, LOG_ERR, "queue: segment %016" PRIx64 ": %s", nos[i],
+			    fd != -1 && st.st_mode != 0 && !S_ISREG(st.st_mode) ?
+			    "not a regular file" : strerror(errno));
+			if (fd != -1)
+				close(fd);
+			rc = -1;
+			continue;
+		}
 		if ((s = calloc(1, sizeof(*s))) == NULL) {
+			close(fd);
 			rc = -1;
-			break;
+			continue;
 		}
-		if ((s->fd = open(path, O_RDWR | O_APPEND | O_CLOEXEC)) == -1) {
-			free(s);
-			rc = -1;
-			break;
-		}
+		s->fd = fd;
 		s->no = nos[i];
 		s->next = ss->list;
 		ss->list = s;
-		if (nos[i] >= ss->next_no)
-			ss->next_no = nos[i] + 1;
-		if (segs_scan_one(ss, s, fn, arg) == -1)
+		if (segs_scan_one(ss, s, fn, arg) == -1) {
+			segs_log(ss, LOG_ERR, "queue: segment %016" PRIx64 " not read whole: "
+			    "left as it is", s->no);
+			s->kept = 1;
+			s->broken = 1;
 			rc = -1;
+		}
 	}
 	pthread_mutex_lock(&ss->mu);
-	if (rc == 0)
-		segs_drop_empty_locked(ss);
+	segs_drop_empty_locked(ss);
 	pthread_mutex_unlock(&ss->mu);
 	free(nos);
 	return rc;

@@ -1,6 +1,7 @@
 /*
- * segment.h - shared append-only files for new messages (segment.c).  A
- * draft for issue 21: nothing outside its unit test uses it yet.
+ * segment.h - shared append-only files for new messages (segment.c), used
+ * by spool.c when queue_segments is on.  Not for use outside queue/ and
+ * its unit tests.
  */
 #ifndef OTPMAIL_QUEUE_SEGMENT_H
 #define OTPMAIL_QUEUE_SEGMENT_H
@@ -38,16 +39,21 @@ void		 segs_close(struct segs *);
 /*
  * Every record of every segment, oldest first, to fn (which may read
  * with segs_read); a torn tail is cut off, with a log line.  Counts each
- * segment's live messages (M records less R, V and C).  Once, after the
- * open and before any other use.  0, or -1.
+ * segment's live messages by id (M records less the R, V and C markers of
+ * the same ids; a marker for no live message of its segment is not
+ * passed on).  -1 from fn stops that segment's walk and nothing of it is
+ * cut.  Once, after the open and before any other use (a second call does
+ * nothing).  0, or -1 if a segment could not be read whole (logged; it is
+ * left as it is, and the others are read).
  */
 int		 segs_scan(struct segs *, int (*fn)(void *, uint64_t seg, const char *id,
 		    char kind, const struct seg_loc *), void *arg);
 
 /* Appends a message (the payload: iov, at most 8 pieces) to the current
  * segment; returns once a sync covers it (grouped).  Its place in *loc.
- * Refused after the write (its sync failed), it is still counted in its
- * segment: the caller marks it SEG_CANCEL (a no-op when loc->seg is 0). */
+ * Refused after the write (its sync failed, or its segment's), it is still
+ * counted in its segment: the caller marks it SEG_CANCEL (a no-op when
+ * loc->seg is 0). */
 enum q_status	 segs_append(struct segs *, const char *id, const struct iovec *, int n,
 		    struct seg_loc *loc);
 
@@ -63,9 +69,16 @@ enum q_status	 segs_state(struct segs *, uint64_t seg, const char *id,
  * none left (and not current) goes. */
 void		 segs_mark(struct segs *, uint64_t seg, const char *id, char kind);
 
-/* Reads loc's payload into buf (loc->len bytes).  0, or -1 with errno. */
+/* Reads loc's payload into buf (loc->len bytes).  0, or -1 with errno
+ * (ENOENT: the segment is gone; EINVAL: loc is past its whole records). */
 int		 segs_read(struct segs *, const struct seg_loc *, char *buf);
 
+/*
+ * Tests: run by a sync round's leader instead of the fdatasync of segment
+ * seg, without the lock; -1 (errno set) fails the round.  NULL in the
+ * daemon.
+ */
+extern int	(*segs_sync_test_hook)(uint64_t seg);
 /* The live messages of segment seg (tests). */
 uint64_t	 segs_live(struct segs *, uint64_t seg);
 /* Sync rounds run since the open (tests). */

@@ -1,11 +1,17 @@
 /*
- * test_segment.c - queue/segment.c (a draft, not used by the spool yet):
- * appends from many threads read back whole after a reopen; a segment cut
- * at every byte of its last record keeps the records before and cuts the
- * tail; a bad CRC ends a segment there, and a record-like text inside a
- * body is never read as a record; state records are read back, the last
- * whole, and count nothing out; markers count messages out and a
- * segment with none left goes (not the current one); segments roll.
+ * test_segment.c - queue/segment.c: appends from many threads read back
+ * whole after a reopen; a segment cut at every byte of its last record
+ * keeps the records before and cuts the tail; a bad CRC names a damaged
+ * message and the walk goes on, and a record-like text inside a body is
+ * never read as a record; state records are read back, the last whole,
+ * and count nothing out; markers count messages out and a segment with
+ * none left goes (not the current one); segments roll.  Then what went
+ * wrong before: a failed sync refuses its whole group and the writers
+ * that joined it meanwhile, and the segment takes no more records; file
+ * names that are not a segment's (signs, capitals, symlinks) are left
+ * alone; a marker for no live message of its segment counts nothing out;
+ * fn's -1 cuts nothing; garbage with no copy in corrupt/ is not cut; a
+ * read past the whole records is refused.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -326,6 +332,296 @@ test_roll(void)
 	segs_close(ss);
 }
 
+/* --- a failed sync ---------------------------------------------------- */
+
+struct failjob {
+	struct segs	*ss;
+	struct seg_loc	 loc;
+	enum q_status	 st;
+	int		 k;
+};
+
+static struct failjob	*fail_second;
+static pthread_t	 fail_th;
+static int		 fail_calls;
+
+static void *
+fail_writer(void *arg)
+{
+	struct failjob *j = arg;
+	char id[QUEUE_ID_LEN + 1], body[256];
+	struct iovec iov;
+
+	snprintf(id, sizeof(id), "%016x%08x", 11000 + j->k, 0x5u);
+	body_of(id, body, sizeof(body));
+	iov.iov_base = body;
+	iov.iov_len = strlen(body);
+	j->st = segs_append(j->ss, id, &iov, 1, &j->loc);
+	return NULL;
+}
+
+static off_t
+seg_size(uint64_t no)
+{
+	char path[400];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%016llx", sdir, (unsigned long long)no);
+	return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+/* The first round: a second writer appends to the same segment while it
+ * runs, then the sync fails; later rounds succeed. */
+static int
+fail_hook(uint64_t no)
+{
+	off_t before;
+	int i;
+
+	if (fail_calls++ > 0)
+		return 0;
+	before = seg_size(no);
+	pthread_create(&fail_th, NULL, fail_writer, fail_second);
+	for (i = 0; i < 400 && seg_size(no) == before; i++)
+		usleep(5000);
+	errno = EIO;
+	return -1;
+}
+
+static void
+test_sync_fail(void)
+{
+	struct segs *ss = sopen(0);
+	struct failjob first, second, third;
+	char id[QUEUE_ID_LEN + 1];
+	struct iovec iov;
+
+	memset(&first, 0, sizeof(first));
+	memset(&second, 0, sizeof(second));
+	memset(&third, 0, sizeof(third));
+	first.ss = second.ss = third.ss = ss;
+	first.k = 1;
+	second.k = 2;
+	third.k = 3;
+	fail_second = &second;
+	fail_calls = 0;
+	segs_sync_test_hook = fail_hook;
+	fail_writer(&first);
+	pthread_join(fail_th, NULL);
+	segs_sync_test_hook = NULL;
+	is_int(first.st, Q_TEMPFAIL, "a failed sync: its writer is refused");
+	ok(second.loc.seg == first.loc.seg && second.st == Q_TEMPFAIL,
+	    "a writer that appended to the segment during the failed round is refused "
+	    "too (a later round's sync is no proof)");
+	iov.iov_base = "v 1\n.\n";
+	iov.iov_len = 6;
+	snprintf(id, sizeof(id), "%016x%08x", 11001, 0x5u);
+	is_int(segs_state(ss, first.loc.seg, id, &iov, 1, NULL), Q_NOTFOUND,
+	    "the segment takes no more records (state refused)");
+	fail_writer(&third);
+	ok(third.st == Q_OK && third.loc.seg != first.loc.seg,
+	    "the next append goes to a new segment and is acknowledged");
+	segs_mark(ss, first.loc.seg, id, SEG_CANCEL);
+	snprintf(id, sizeof(id), "%016x%08x", 11002, 0x5u);
+	segs_mark(ss, second.loc.seg, id, SEG_CANCEL);
+	is_int(segs_count(ss), 1, "both refused marked: the broken segment goes");
+	snprintf(id, sizeof(id), "%016x%08x", 11003, 0x5u);
+	segs_mark(ss, third.loc.seg, id, SEG_REMOVED);
+	segs_close(ss);
+	ss = sopen(0);
+	segs_scan(ss, NULL, NULL);
+	segs_close(ss);
+}
+
+/* --- what the scan must not trust --------------------------------------- */
+
+static void
+append_one(struct segs *ss, int k, struct seg_loc *loc, char id[QUEUE_ID_LEN + 1])
+{
+	char body[256];
+	struct iovec iov;
+
+	snprintf(id, QUEUE_ID_LEN + 1, "%016x%08x", k, 0x7u);
+	body_of(id, body, sizeof(body));
+	iov.iov_base = body;
+	iov.iov_len = strlen(body);
+	if (segs_append(ss, id, &iov, 1, loc) != Q_OK)
+		diag("append %s refused", id);
+}
+
+static void
+test_names(void)
+{
+	char path[600], victim[400], id[QUEUE_ID_LEN + 1];
+	struct seg_loc loc;
+	struct segs *ss = sopen(0);
+	struct seen *s = calloc(1, sizeof(*s));
+	struct stat st;
+	int fd;
+
+	append_one(ss, 12000, &loc, id);
+	segs_close(ss);
+	/* a file outside seg/ with a record-like garbage line */
+	snprintf(victim, sizeof(victim), "%s/victim", tdir);
+	fd = open(victim, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (write(fd, "not a segment\nat all\n", 21) != 21)
+		diag("write victim");
+	close(fd);
+	snprintf(path, sizeof(path), "%s/00000000000000ff", sdir);
+	if (symlink(victim, path) == -1)
+		diag("symlink: %s", strerror(errno));
+	snprintf(path, sizeof(path), "%s/+000000000000001", sdir);
+	close(open(path, O_WRONLY | O_CREAT, 0600));
+	snprintf(path, sizeof(path), "%s/000000000000000A", sdir);
+	close(open(path, O_WRONLY | O_CREAT, 0600));
+	snprintf(path, sizeof(path), "%s/00000000000000fe", sdir);
+	mkdir(path, 0700);
+
+	ss = sopen(0);
+	ok(segs_scan(ss, collect, s) == -1, "names that cannot be read: the scan says so");
+	is_int(s->m, 1, "the real segment's message is read all the same");
+	ok(stat(victim, &st) == 0 && st.st_size == 21,
+	    "a symlink named like a segment is not followed (its target is not cut)");
+	append_one(ss, 12001, &loc, id);
+	ok(loc.seg > 0xff, "a new segment is numbered past every segment name");
+	segs_close(ss);
+	snprintf(path, sizeof(path), "%s/00000000000000ff", sdir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/+000000000000001", sdir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/000000000000000A", sdir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/00000000000000fe", sdir);
+	rmdir(path);
+	unlink(victim);
+	/* the two real messages, removed */
+	ss = sopen(0);
+	memset(s, 0, sizeof(*s));
+	segs_scan(ss, collect, s);
+	for (fd = 0; fd < s->m; fd++)
+		segs_mark(ss, s->locs[fd].seg, s->ids[fd], SEG_REMOVED);
+	is_int(segs_count(ss), 0, "cleaned up");
+	segs_close(ss);
+	free(s);
+}
+
+static void
+test_markers(void)
+{
+	char a[QUEUE_ID_LEN + 1], b[QUEUE_ID_LEN + 1], other[QUEUE_ID_LEN + 1];
+	struct seg_loc la, lb;
+	struct segs *ss = sopen(0);
+	struct seen *s = calloc(1, sizeof(*s));
+
+	append_one(ss, 13000, &la, a);
+	append_one(ss, 13001, &lb, b);
+	snprintf(other, sizeof(other), "%016x%08x", 13999, 0x7u);
+	/* on disk: R of an id never in the segment, and A's R twice */
+	segs_mark(ss, la.seg, other, SEG_REMOVED);
+	segs_mark(ss, la.seg, a, SEG_REMOVED);
+	segs_close(ss);
+	ss = sopen(0);
+	segs_scan(ss, collect, s);
+	ok(s->m == 2 && s->d == 1, "reopened: two messages, one marker that counts");
+	is_int(segs_live(ss, lb.seg), 1, "a marker for an id not in the segment counts "
+	    "nothing out: B still live");
+	is_int(segs_count(ss), 1, "and its segment stays");
+	segs_mark(ss, lb.seg, b, SEG_REMOVED);
+	is_int(segs_count(ss), 0, "B removed: it goes");
+	segs_close(ss);
+	free(s);
+}
+
+static int
+stop_at_first(void *arg, uint64_t seg, const char *id, char kind, const struct seg_loc *loc)
+{
+	(void)arg;
+	(void)seg;
+	(void)id;
+	(void)kind;
+	(void)loc;
+	return -1;
+}
+
+static void
+test_fn_stop(void)
+{
+	char id[QUEUE_ID_LEN + 1], path[600];
+	struct seg_loc loc;
+	struct segs *ss = sopen(0);
+	off_t size;
+
+	append_one(ss, 14000, &loc, id);
+	append_one(ss, 14001, &loc, id);
+	segs_close(ss);
+	size = seg_size(loc.seg);
+	ss = sopen(0);
+	ok(segs_scan(ss, stop_at_first, NULL) == -1, "fn says -1: the scan says -1");
+	ok(seg_size(loc.seg) == size, "and nothing of the segment is cut");
+	segs_close(ss);
+	ss = sopen(0);
+	segs_scan(ss, NULL, NULL);
+	is_int(segs_live(ss, loc.seg), 2, "both messages still there");
+	segs_close(ss);
+	snprintf(path, sizeof(path), "%s/%016llx", sdir, (unsigned long long)loc.seg);
+	unlink(path);
+}
+
+static void
+test_garbage_no_copy(void)
+{
+	char id[QUEUE_ID_LEN + 1], path[600], cdir[400], body[64];
+	struct seg_loc loc, bad;
+	struct segs *ss = sopen(0);
+	struct iovec iov;
+	off_t size;
+	int fd;
+
+	append_one(ss, 15000, &loc, id);
+	segs_close(ss);
+	snprintf(path, sizeof(path), "%s/%016llx", sdir, (unsigned long long)loc.seg);
+	fd = open(path, O_WRONLY | O_APPEND);
+	if (write(fd, "garbage line\nmore of it\n", 24) != 24)
+		diag("write");
+	close(fd);
+	size = seg_size(loc.seg);
+	snprintf(cdir, sizeof(cdir), "%s/corrupt", tdir);
+	rmdir(cdir);
+	ss = sopen(0);
+	segs_scan(ss, NULL, NULL);
+	ok(seg_size(loc.seg) == size, "garbage, no corrupt/ for its copy: nothing is cut");
+	iov.iov_base = "v 1\n.\n";
+	iov.iov_len = 6;
+	is_int(segs_state(ss, loc.seg, id, &iov, 1, NULL), Q_NOTFOUND,
+	    "and the segment takes no more records");
+	bad = loc;
+	bad.off = loc.off + 10;
+	ok(segs_read(ss, &bad, body) == -1 && errno == EINVAL,
+	    "a read past the whole records is refused");
+	segs_close(ss);
+	mkdir(cdir, 0700);
+	ss = sopen(0);
+	segs_scan(ss, NULL, NULL);
+	ok(seg_size(loc.seg) == size - 24 && files_in(cdir) == 1,
+	    "with corrupt/: a copy there, then the garbage cut");
+	segs_mark(ss, loc.seg, id, SEG_REMOVED);
+	segs_close(ss);
+	{
+		struct dirent *de;
+		DIR *dp = opendir(cdir);
+		char p2[700];
+
+		while (dp != NULL && (de = readdir(dp)) != NULL)
+			if (de->d_name[0] != '.') {
+				snprintf(p2, sizeof(p2), "%s/%s", cdir, de->d_name);
+				unlink(p2);
+			}
+		if (dp != NULL)
+			closedir(dp);
+	}
+	rmdir(cdir);
+}
+
 int
 main(void)
 {
@@ -337,6 +633,11 @@ main(void)
 	test_torn_tail();
 	test_state();
 	test_roll();
+	test_sync_fail();
+	test_names();
+	test_markers();
+	test_fn_stop();
+	test_garbage_no_copy();
 	rmdir(sdir);
 	rmdir(tdir);
 	return done_testing();
