@@ -122,6 +122,7 @@ static void	spool_fault(const char *step);
 static struct spool_smap *smap_new(void);
 static void	smap_free(struct spool_smap *);
 static void	spool_cut(struct spool *, int, off_t, const char *);
+static pthread_mutex_t *spool_lock_of(const char *id);
 
 static uint32_t		 spool_crc_tab[256];
 static pthread_once_t	 spool_crc_once = PTHREAD_ONCE_INIT;
@@ -265,8 +266,9 @@ spool_init(struct spool *sp, const char *dir, int segments, uint64_t min_bytes,
 		for (i = 0; i < Q_NDIRS; i++) {
 			pthread_mutex_init(&sp->dsync[i].mu, NULL);
 		}
-	/* a DRAFT: new messages in segment files (see "segments" below);
-	 * OTPMAIL_SPOOL_SEGMENTS=1 turns them on for a whole test suite */
+	/* new messages in segment files (see "segments" below) when
+	 * queue_segments is on; OTPMAIL_SPOOL_SEGMENTS=1 turns them on for a
+	 * whole test suite */
 	if (segments || (getenv("OTPMAIL_SPOOL_SEGMENTS") != NULL &&
 	    strcmp(getenv("OTPMAIL_SPOOL_SEGMENTS"), "1") == 0)) {
 		snprintf(path, sizeof(path), "%s/seg", dir);
@@ -1050,7 +1052,7 @@ bad:
 
 /* --- message file and state records ------------------------------------ */
 
-/* --- segments (a DRAFT: OTPMAIL_SPOOL_SEGMENTS=1) ----------------------- */
+/* --- segments (queue_segments = yes, or OTPMAIL_SPOOL_SEGMENTS=1) ------- */
 
 /*
  * New messages go to segment files (segment.c) when segments are on: one
@@ -1062,8 +1064,14 @@ bad:
  *     record in a file), read back as its state; the body stays;
  *   - a durable state (deferred, held, ...): it moves to a file of its
  *     own (the message part, then the state record), then a V marker;
- *   - purged: an R marker;  refused (a failed sync): a C marker.
- * After a crash a file wins over a segment's copy.
+ *   - purged: an R marker;  refused (a failed sync): a C marker;
+ *   - quarantined: a copy in corrupt/ (fsynced), then a C marker.
+ * After a crash a file wins over a segment's copy.  A move, a purge and a
+ * quarantine of one id run under the id's lock (spool_lock_of), so a
+ * purge cannot slip between a move's copy and its V marker and leave a
+ * file behind that a restart would deliver again.  Readers of a body take
+ * no lock: a read that loses the race with a move finds the file, which
+ * is in place before the entry leaves the map.
  */
 struct smap_ent {
 	char		 id[QUEUE_ID_LEN + 1];
@@ -1181,13 +1189,14 @@ smap_get(struct spool_smap *m, const char *id, struct smap_ent *out)
 	return e != NULL;
 }
 
+/* id's newest state record, if id's message is in the same segment. */
 static void
 smap_set_state(struct spool_smap *m, const char *id, const struct seg_loc *st)
 {
 	struct smap_ent *e;
 
 	pthread_mutex_lock(&m->mu);
-	if ((e = smap_find_locked(m, id, NULL)) != NULL)
+	if ((e = smap_find_locked(m, id, NULL)) != NULL && e->msg.seg == st->seg)
 		e->st = *st;
 	pthread_mutex_unlock(&m->mu);
 }
@@ -1231,8 +1240,11 @@ spool_seg_payload(struct spool *sp, const struct seg_loc *loc, char *why, size_t
 {
 	char *buf;
 
-	if (loc->len > Q_MAX_ENV + Q_MAX_BODY + SPOOL_HDR_MAX + SPOOL_END_LEN ||
-	    (buf = malloc(loc->len + 1)) == NULL) {
+	if (loc->len > Q_MAX_ENV + Q_MAX_BODY + SPOOL_HDR_MAX + SPOOL_END_LEN) {
+		snprintf(why, whylen, "bad length");
+		return NULL;
+	}
+	if ((buf = malloc(loc->len + 1)) == NULL) {
 		snprintf(why, whylen, "out of memory");
 		return NULL;
 	}
@@ -1288,21 +1300,52 @@ spool_seg_parse(const char *buf, size_t len, const char *id, struct q_envelope *
 	return 0;
 }
 
-/* A segment message's payload to corrupt/<id>, and a C marker. */
+/*
+ * A segment message's payload to corrupt/<id> (or <id>.N), fsynced with
+ * its directory, then a C marker.  Without a copy there is no marker: the
+ * message stays in its segment (out of the map, so not delivered) and is
+ * read back at the next start, as a quarantined file would stay in msg/.
+ */
 static void
 spool_seg_quarantine(struct spool *sp, const struct smap_ent *e, const char *why)
 {
 	char path[PATH_MAX], w2[64], *buf;
-	int fd;
+	int fd = -1, i, rc = -1, saved = 0;
 
-	snprintf(path, sizeof(path), "%s/corrupt/%s", sp->dir, e->id);
-	if ((buf = spool_seg_payload(sp, &e->msg, w2, sizeof(w2))) != NULL &&
-	    (fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) != -1) {
-		if (spool_pwritev_all(fd, &(struct iovec){ buf, (size_t)e->msg.len }, 1, 0) == -1)
-			spool_log(sp, LOG_ERR, "queue: write %s: %s", path, strerror(errno));
-		close(fd);
+	if ((buf = spool_seg_payload(sp, &e->msg, w2, sizeof(w2))) == NULL) {
+		spool_log(sp, LOG_ERR, "queue: corrupt message %s in segment %016llx left "
+		    "there (no copy: %s): %s", e->id, (unsigned long long)e->msg.seg, w2, why);
+		return;
 	}
+	snprintf(path, sizeof(path), "%s/corrupt/%s", sp->dir, e->id);
+	for (i = 1; i < 100; i++) {
+		if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) != -1 ||
+		    errno != EEXIST)
+			break;
+		snprintf(path, sizeof(path), "%s/corrupt/%s.%d", sp->dir, e->id, i);
+	}
+	if (fd != -1) {
+		if (spool_pwritev_all(fd, &(struct iovec){ buf, (size_t)e->msg.len }, 1, 0) == 0 &&
+		    fsync(fd) == 0)
+			rc = 0;
+		saved = errno;
+		close(fd);
+		snprintf(w2, sizeof(w2), "%s/corrupt", sp->dir);
+		if (rc == 0 && spool_fsync_path(w2) == -1) {
+			saved = errno;
+			rc = -1;
+		}
+		if (rc == -1)
+			unlink(path);
+	} else
+		saved = errno;
 	free(buf);
+	if (rc == -1) {
+		spool_log(sp, LOG_ERR, "queue: corrupt message %s in segment %016llx left "
+		    "there (copy to corrupt/: %s): %s", e->id, (unsigned long long)e->msg.seg,
+		    strerror(saved), why);
+		return;
+	}
 	segs_mark(sp->segs, e->msg.seg, e->id, SEG_CANCEL);
 	spool_log(sp, LOG_WARNING, "queue: corrupt message %s in segment %016llx moved to "
 	    "corrupt/: %s", e->id, (unsigned long long)e->msg.seg, why);
@@ -2001,9 +2044,15 @@ spool_remove(struct spool *sp, const char *id, int sync)
 	char path[PATH_MAX], rel[128];
 	struct smap_ent se;
 
-	if (smap_del(sp->smap, id, &se)) {
-		segs_mark(sp->segs, se.msg.seg, id, SEG_REMOVED);
-		return;
+	if (sp->smap != NULL) {
+		/* not between a move's copy and its V marker (see "segments") */
+		pthread_mutex_lock(spool_lock_of(id));
+		if (smap_del(sp->smap, id, &se)) {
+			segs_mark(sp->segs, se.msg.seg, id, SEG_REMOVED);
+			pthread_mutex_unlock(spool_lock_of(id));
+			return;
+		}
+		pthread_mutex_unlock(spool_lock_of(id));
 	}
 	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
@@ -2041,9 +2090,14 @@ spool_quarantine(struct spool *sp, const char *id, const char *why)
 	char rel[128];
 	struct smap_ent se;
 
-	if (smap_del(sp->smap, id, &se)) {
-		spool_seg_quarantine(sp, &se, why);
-		return;
+	if (sp->smap != NULL) {
+		pthread_mutex_lock(spool_lock_of(id));
+		if (smap_del(sp->smap, id, &se)) {
+			spool_seg_quarantine(sp, &se, why);
+			pthread_mutex_unlock(spool_lock_of(id));
+			return;
+		}
+		pthread_mutex_unlock(spool_lock_of(id));
 	}
 	spool_path(id, rel, sizeof(rel));
 	spool_quarantine_path(sp, rel, why);

@@ -1,11 +1,12 @@
 /*
- * test_spool_seg.c - the queue over segment files (OTPMAIL_SPOOL_SEGMENTS,
- * a DRAFT): new messages leave no file of their own; a restart loads each
- * with its body; a finished one keeps its state (an S record) and body
- * until purged; a deferred one moves to a file of its own and keeps its
- * state; purging all removes the segment; a torn tail is cut and the
- * whole records before it load; a flipped body byte is refused and the
- * message goes to corrupt/.
+ * test_spool_seg.c - the queue over segment files (OTPMAIL_SPOOL_SEGMENTS):
+ * new messages leave no file of their own; a restart loads each with its
+ * body; a finished one keeps its state (an S record) and body until
+ * purged; a deferred one moves to a file of its own and keeps its state;
+ * purging all removes the segment; a torn tail is cut and the whole
+ * records before it load; a flipped body byte is refused and the message
+ * goes to corrupt/; a damaged message whose copy to corrupt/ fails stays
+ * in its segment and is quarantined at the next start.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -249,6 +250,59 @@ main(void)
 		(void)queue_delete(q, ids[i]);
 	is_int(count_dir("seg"), 0, "all purged: the segment is gone");
 	is_int(count_msgs(), 0, "and the moved one's file");
+	queue_close(q);
+
+	/* a damaged message at the scan, and corrupt/ unusable (a file) */
+	q = topen();
+	ok(q != NULL && enq(q, 100, ids[0]) == Q_OK && enq(q, 101, ids[1]) == Q_OK,
+	    "two more queued");
+	queue_close(q);
+	the_segment(seg, sizeof(seg));
+	full = NULL;
+	if (stat(seg, &st) == 0 && (full = malloc((size_t)st.st_size)) != NULL &&
+	    (fd = open(seg, O_RDWR)) != -1) {
+		char *p;
+
+		if (read(fd, full, (size_t)st.st_size) == st.st_size &&
+		    (p = memmem(full, (size_t)st.st_size, "body 100,", 9)) != NULL) {
+			p[0] ^= 0x20;
+			if (pwrite(fd, p, 1, p - full) != 1)
+				diag("pwrite: %s", strerror(errno));
+		}
+		close(fd);
+	}
+	free(full);
+	{
+		char c[300], p2[600];
+		struct dirent *de;
+		DIR *dp;
+
+		snprintf(c, sizeof(c), "%s/corrupt", tdir);
+		if ((dp = opendir(c)) != NULL) {
+			while ((de = readdir(dp)) != NULL)
+				if (de->d_name[0] != '.') {
+					snprintf(p2, sizeof(p2), "%s/%s", c, de->d_name);
+					unlink(p2);
+				}
+			closedir(dp);
+		}
+		rmdir(c);
+		close(open(c, O_WRONLY | O_CREAT, 0600));
+		q = topen();
+		ok(q != NULL && queue_get(q, ids[1], &e) == Q_OK, "reopened: the good one loads");
+		if (e)
+			q_envelope_free(e);
+		e = NULL;
+		ok(queue_get(q, ids[0], &e) != Q_OK, "the damaged one is not queued");
+		queue_close(q);
+		unlink(c);
+		mkdir(c, 0700);
+	}
+	q = topen();
+	is_int(count_dir("corrupt"), 1, "its copy failed, so it stayed in its segment: "
+	    "at the next start it is quarantined, a copy in corrupt/");
+	(void)queue_delete(q, ids[1]);
+	is_int(count_dir("seg"), 0, "the other purged: the segment is gone");
 	queue_close(q);
 	return done_testing();
 }
