@@ -21,8 +21,9 @@ New messages go to shared append-only files <spool>/seg/<16 hex> (record
   append     OTPMAIL_FAULT=seg_after_append (abort after the append, before
              its sync): no answer; the restart answers, the acknowledged
              messages are queued, the unacknowledged one at most once
-  deferred   a tempfailed message moves to its own msg/ file; kill -9;
-             retried and delivered once, not again from its segment copy
+  deferred   a tempfailed message moves to its own msg/ file (V marker);
+             kill -9, its V marker cut off: the file wins, the segment
+             goes; retried and delivered once, not again from its segment
   corrupt    daemon stopped: a flipped payload byte (that message to
              corrupt/, logged, the others delivered); a torn tail (cut,
              the earlier ones delivered); a garbage header (a copy of the
@@ -344,11 +345,24 @@ def part_deferred():
         t.ok("M" in marks and "V" in marks,
              "%s: its segment has its M record and a V marker" % name, marks)
         d.kill9()
+        # as if the crash came between its file and the V marker: the
+        # marker cut off; the file must win over the segment's copy
+        seg = [p for p in seg_files(d) if any(r[2] == qid for r in records(p))]
+        recs = records(seg[0]) if seg else []
+        cut = bool(recs) and recs[-1][2] == qid and recs[-1][3] == "V"
+        if cut:
+            os.truncate(seg[0], recs[-1][0])
+        t.ok(cut, "%s: its V marker, the segment's last record, cut off (kill -9 "
+             "before the marker)" % name, recs)
         DSINK.restart(extra_args=[])
         try:
             d.start()
             ids = list_ids(d) or []
-            t.is_(ids.count(qid), 1, "%s: after kill -9, queued once" % name)
+            t.is_(ids.count(qid), 1, "%s: after kill -9, queued once (the file wins)"
+                  % name)
+            if cut and {r[2] for r in recs} == {qid}:
+                t.ok(wait_for(lambda: not os.path.exists(seg[0]), 5),
+                     "%s: its segment, with no other message, is unlinked" % name)
             d.call({"op": "queue.flush", "ids": [qid]})
             ok = wait_for(lambda: delivered(DSINK)["dfr"] >= 1, 20)
             t.ok(ok, "%s: retried and delivered" % name)
