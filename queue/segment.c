@@ -67,6 +67,10 @@
 #define SEG_HDR_MAX	96
 #define SEG_END		"END\n"
 #define SEG_END_LEN	4
+/* bytes of a payload: a message part (header, envelope, body, END) at
+ * most; a longer one is refused when written, since the scan would take
+ * its header for garbage and cut it and everything after it */
+#define SEG_LEN_MAX	((uint64_t)Q_MAX_ENV + Q_MAX_BODY + 4096)
 
 struct seg {
 	uint64_t	 no;
@@ -133,6 +137,27 @@ segs_log(const struct segs *ss, int prio, const char *fmt, ...)
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	ss->log(prio, line);
+}
+
+/* The outcome of a failed write or sync. */
+static enum q_status
+segs_status(int e)
+{
+	return e == ENOSPC || e == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+}
+
+/* 1 if iov (n pieces) is a payload segs_scan will read back. */
+static int
+segs_payload_ok(const struct iovec *iov, int n)
+{
+	uint64_t len = 0;
+	int i;
+
+	if (n < 0 || n > 8)
+		return 0;
+	for (i = 0; i < n; i++)
+		len += iov[i].iov_len;
+	return len <= SEG_LEN_MAX;
 }
 
 static struct seg *
@@ -511,7 +536,7 @@ segs_append(struct segs *ss, const char *id, const struct iovec *iov, int n,
 	int e;
 
 	loc->seg = 0;			/* no segment: segs_mark does nothing */
-	if (n < 0 || n > 8 || !qid_valid(id))
+	if (!segs_payload_ok(iov, n) || !qid_valid(id))
 		return Q_BADINPUT;
 	pthread_mutex_lock(&ss->mu);
 	if ((s = ss->cur) == NULL || s->broken || s->size >= ss->roll) {
@@ -520,7 +545,7 @@ segs_append(struct segs *ss, const char *id, const struct iovec *iov, int n,
 			e = errno;
 			pthread_mutex_unlock(&ss->mu);
 			segs_log(ss, LOG_ERR, "queue: a new segment: %s", strerror(e));
-			return e == ENOSPC || e == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+			return segs_status(e);
 		}
 		if (old != NULL)
 			segs_drop_if_empty_locked(ss, old);
@@ -530,7 +555,7 @@ segs_append(struct segs *ss, const char *id, const struct iovec *iov, int n,
 		if (s->broken)
 			ss->cur = NULL;
 		pthread_mutex_unlock(&ss->mu);
-		return e == ENOSPC || e == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+		return segs_status(e);
 	}
 	loc->seg = s->no;
 	loc->off = s->size - len - SEG_END_LEN;
@@ -555,7 +580,7 @@ segs_append(struct segs *ss, const char *id, const struct iovec *iov, int n,
 	*pp = w.next;
 	pthread_mutex_unlock(&ss->mu);
 	if (w.rc == -1)
-		return w.err == ENOSPC || w.err == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+		return segs_status(w.err);
 	return Q_OK;
 }
 
@@ -602,7 +627,7 @@ segs_state(struct segs *ss, uint64_t no, const char *id, const struct iovec *iov
 	size_t hl;
 	int rc, e = 0;
 
-	if (n < 0 || n > 8 || !qid_valid(id))
+	if (!segs_payload_ok(iov, n) || !qid_valid(id))
 		return Q_BADINPUT;
 	pthread_mutex_lock(&ss->mu);
 	if ((s = segs_find(ss, no)) == NULL || s->live == 0 || s->broken) {
@@ -618,7 +643,7 @@ segs_state(struct segs *ss, uint64_t no, const char *id, const struct iovec *iov
 	}
 	pthread_mutex_unlock(&ss->mu);
 	if (rc == -1)
-		return e == ENOSPC || e == EDQUOT ? Q_NOSPACE : Q_TEMPFAIL;
+		return segs_status(e);
 	return Q_OK;
 }
 
@@ -629,6 +654,8 @@ segs_mark(struct segs *ss, uint64_t no, const char *id, char kind)
 	uint64_t len;
 	size_t hl;
 
+	if (!qid_valid(id))	/* it would make a header the scan cuts at */
+		return;
 	pthread_mutex_lock(&ss->mu);
 	if ((s = segs_find(ss, no)) == NULL || s->live == 0) {
 		pthread_mutex_unlock(&ss->mu);
@@ -661,7 +688,7 @@ segs_parse_hdr(const char *p, size_t n, char id[QUEUE_ID_LEN + 1], char *kind,
 	if (sscanf(line, SEG_MAGIC " %24[0-9a-f] %c %llu %8x %8x%c", id, &k, &l, &c, &hc,
 	    &tail) != 5 ||
 	    !qid_valid(id) || (k != SEG_MESSAGE && k != SEG_STATE && k != SEG_REMOVED &&
-	    k != SEG_MOVED && k != SEG_CANCEL) || l > Q_MAX_ENV + Q_MAX_BODY + 4096)
+	    k != SEG_MOVED && k != SEG_CANCEL) || l > SEG_LEN_MAX)
 		return -1;
 	/* the canonical form only: no signs, leading zeros or spaces */
 	al = snprintf(again, sizeof(again), SEG_MAGIC " %s %c %llu %08x", id, k, l, c);
@@ -763,11 +790,16 @@ segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const 
 		loc.len = len;
 		if (memcmp(buf + len, SEG_END, SEG_END_LEN) != 0 ||
 		    spool_crc32(0, buf, len) != crc) {
-			/* the last record: torn (never acknowledged); else the
-			 * header (its own CRC) is good and says where the next
-			 * one starts: a damaged message, named to the caller */
-			if (off + hl + len + SEG_END_LEN == size)
+			/* the last record: torn (never acknowledged), and cut;
+			 * a copy is kept if its END is there (it may be a
+			 * damaged acknowledged one); else the header (its own
+			 * CRC) is good and says where the next one starts: a
+			 * damaged message, named to the caller */
+			if (off + hl + len + SEG_END_LEN == size) {
+				if (memcmp(buf + len, SEG_END, SEG_END_LEN) == 0)
+					lost = 1;
 				break;
+			}
 			segs_log(ss, LOG_ERR, "queue: segment %016" PRIx64 ": record of %s "
 			    "at %" PRIu64 " damaged", s->no, id, off);
 			if (kind == SEG_MESSAGE) {

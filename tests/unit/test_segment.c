@@ -11,7 +11,9 @@
  * names that are not a segment's (signs, capitals, symlinks) are left
  * alone; a marker for no live message of its segment counts nothing out;
  * fn's -1 cuts nothing; garbage with no copy in corrupt/ is not cut; a
- * read past the whole records is refused.
+ * read past the whole records is refused; a marker with a bad id and a
+ * payload too long to read back are refused; a damaged last record with
+ * its END there is cut with a copy kept.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -622,6 +624,59 @@ test_garbage_no_copy(void)
 	rmdir(cdir);
 }
 
+static void
+test_limits(void)
+{
+	char id[QUEUE_ID_LEN + 1], path[600], cdir[400], small[8] = "x";
+	struct seg_loc loc, l2;
+	struct segs *ss = sopen(0);
+	struct iovec iov;
+	off_t size;
+	int fd;
+
+	append_one(ss, 16000, &loc, id);
+	size = seg_size(loc.seg);
+	segs_mark(ss, loc.seg, "../../etc/x y\nOTPG1", SEG_REMOVED);
+	ok(seg_size(loc.seg) == size && segs_live(ss, loc.seg) == 1,
+	    "a marker for a bad id writes nothing and counts nothing out");
+	iov.iov_base = small;
+	iov.iov_len = (size_t)Q_MAX_ENV + Q_MAX_BODY + 8192;
+	snprintf(id, sizeof(id), "%016x%08x", 16001, 0x7u);
+	is_int(segs_append(ss, id, &iov, 1, &l2), Q_BADINPUT,
+	    "a payload longer than the scan reads back is refused before it is written");
+	ok(seg_size(loc.seg) == size, "nothing written");
+	segs_close(ss);
+	/* the last record damaged with its END there: cut, and a copy kept */
+	snprintf(path, sizeof(path), "%s/%016llx", sdir, (unsigned long long)loc.seg);
+	fd = open(path, O_RDWR);
+	if (pwrite(fd, "#", 1, (off_t)loc.off + 3) != 1)
+		diag("pwrite");
+	close(fd);
+	snprintf(cdir, sizeof(cdir), "%s/corrupt", tdir);
+	mkdir(cdir, 0700);
+	ss = sopen(0);
+	segs_scan(ss, NULL, NULL);
+	ok(seg_size(loc.seg) <= 0 && files_in(cdir) == 1,
+	    "a last record whose CRC fails but whose END is there: cut (the segment, "
+	    "empty, goes), a copy kept");
+	segs_close(ss);
+	{
+		struct dirent *de;
+		DIR *dp = opendir(cdir);
+		char p2[700];
+
+		while (dp != NULL && (de = readdir(dp)) != NULL)
+			if (de->d_name[0] != '.') {
+				snprintf(p2, sizeof(p2), "%s/%s", cdir, de->d_name);
+				unlink(p2);
+			}
+		if (dp != NULL)
+			closedir(dp);
+	}
+	rmdir(cdir);
+	unlink(path);
+}
+
 int
 main(void)
 {
@@ -638,6 +693,7 @@ main(void)
 	test_markers();
 	test_fn_stop();
 	test_garbage_no_copy();
+	test_limits();
 	rmdir(sdir);
 	rmdir(tdir);
 	return done_testing();
