@@ -1407,8 +1407,11 @@ spool_seg_state(struct spool *sp, const struct smap_ent *e, const char *etext, s
 		/* its segment takes no more records (a failed sync): the
 		 * message moves to a file of its own, as for a durable state */
 	}
-	if ((buf = spool_seg_payload(sp, &e->msg, why, sizeof(why))) == NULL)
+	if ((buf = spool_seg_payload(sp, &e->msg, why, sizeof(why))) == NULL) {
+		spool_log(sp, LOG_ERR, "queue: id=%s: moving it out of segment %016llx: %s",
+		    e->id, (unsigned long long)e->msg.seg, why);
 		return Q_TEMPFAIL;
+	}
 	iov[0].iov_base = buf;
 	iov[0].iov_len = (size_t)e->msg.len;
 	iov[1].iov_base = hdr;

@@ -677,6 +677,69 @@ test_limits(void)
 	unlink(path);
 }
 
+/* Appends, reads, states and markers from many threads over small
+ * segments that roll and go while others are written (TSan). */
+struct churn {
+	struct segs	*ss;
+	int		 k, bad;
+};
+
+static void *
+churner(void *arg)
+{
+	struct churn *c = arg;
+	char id[QUEUE_ID_LEN + 1], body[256], buf[256];
+	struct seg_loc loc;
+	struct iovec iov;
+	int i;
+
+	for (i = 0; i < 100; i++) {
+		snprintf(id, sizeof(id), "%016x%08x", 17000 + c->k * 1000 + i, 0x9u);
+		body_of(id, body, sizeof(body));
+		iov.iov_base = body;
+		iov.iov_len = strlen(body);
+		if (segs_append(c->ss, id, &iov, 1, &loc) != Q_OK) {
+			c->bad++;
+			continue;
+		}
+		if (segs_read(c->ss, &loc, buf) != 0 || memcmp(buf, body, loc.len) != 0)
+			c->bad++;
+		iov.iov_base = "v 1\n.\n";
+		iov.iov_len = 6;
+		if (segs_state(c->ss, loc.seg, id, &iov, 1, NULL) != Q_OK)
+			c->bad++;
+		segs_mark(c->ss, loc.seg, id, SEG_REMOVED);
+	}
+	return NULL;
+}
+
+static void
+test_churn(void)
+{
+	pthread_t th[4];
+	struct churn c[4];
+	struct segs *ss = sopen(600);
+	int i, bad = 0;
+
+	for (i = 0; i < 4; i++) {
+		c[i].ss = ss;
+		c[i].k = i;
+		c[i].bad = 0;
+		pthread_create(&th[i], NULL, churner, &c[i]);
+	}
+	for (i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		bad += c[i].bad;
+	}
+	is_int(bad, 0, "4 threads append, read, state and remove over rolling segments");
+	ok(segs_count(ss) <= 1 && files_in(sdir) == segs_count(ss),
+	    "every segment but the current one went, file and all");
+	segs_close(ss);
+	ss = sopen(600);
+	ok(segs_scan(ss, NULL, NULL) == 0 && segs_count(ss) == 0, "reopened: nothing left");
+	segs_close(ss);
+}
+
 int
 main(void)
 {
@@ -694,6 +757,7 @@ main(void)
 	test_fn_stop();
 	test_garbage_no_copy();
 	test_limits();
+	test_churn();
 	rmdir(sdir);
 	rmdir(tdir);
 	return done_testing();
