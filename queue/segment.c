@@ -881,8 +881,10 @@ segs_scan(struct segs *ss, int (*fn)(void *, uint64_t, const char *, char,
 	if (ss->scanned)
 		return 0;
 	ss->scanned = 1;
-	if ((dp = opendir(ss->dir)) == NULL)
+	if ((dp = opendir(ss->dir)) == NULL) {
+		segs_log(ss, LOG_ERR, "queue: opendir %s: %s", ss->dir, strerror(errno));
 		return -1;
+	}
 	while ((de = readdir(dp)) != NULL) {
 		if (strlen(de->d_name) != 16 || !segs_name_ok(de->d_name, &v))
 			continue;

@@ -2246,9 +2246,7 @@ spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 	int d;
 
 	if (sp->segs != NULL && segs_scan(sp->segs, spool_seg_collect, sp) == -1)
-		spool_log(sp, LOG_ERR, "queue: reading the segments: %s", strerror(errno));
-	if (sp->segs != NULL)
-		spool_seg_damaged(sp);
+		spool_log(sp, LOG_ERR, "queue: the segments were not all read (see above)");
 	for (d = 0; d < Q_NDIRS; d++) {
 		snprintf(path, sizeof(path), "%s/msg/%02x", sp->dir, d);
 		if ((dp = opendir(path)) == NULL) {
@@ -2294,6 +2292,10 @@ spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 			fn(arg, old[i].id);
 			n++;
 		}
+	/* after the files: a message moved to its file before a crash (no V
+	 * marker yet) is not quarantined for a damaged segment copy */
+	if (sp->segs != NULL)
+		spool_seg_damaged(sp);
 	n += spool_seg_list(sp, fn, arg);
 	if (nold > 0)
 		spool_log(sp, LOG_INFO, "queue: %zu message files of an older layout "

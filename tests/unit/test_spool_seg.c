@@ -6,7 +6,8 @@
  * purging all removes the segment; a torn tail is cut and the whole
  * records before it load; a flipped body byte is refused and the message
  * goes to corrupt/; a damaged message whose copy to corrupt/ fails stays
- * in its segment and is quarantined at the next start.
+ * in its segment and is quarantined at the next start; a file wins over a
+ * damaged segment copy, which is then not quarantined.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -304,5 +305,60 @@ main(void)
 	(void)queue_delete(q, ids[1]);
 	is_int(count_dir("seg"), 0, "the other purged: the segment is gone");
 	queue_close(q);
+
+	/* moved to its file before a crash (no V marker), then its segment
+	 * copy damaged: the file wins, nothing is quarantined */
+	{
+		char hid[QUEUE_ID_LEN + 1], c[300], mpath[600], *p;
+		unsigned long long plen;
+		int hl;
+
+		snprintf(c, sizeof(c), "%s/corrupt", tdir);
+		q = topen();
+		ok(q != NULL && enq(q, 200, ids[0]) == Q_OK && enq(q, 201, ids[1]) == Q_OK,
+		    "two more queued");
+		queue_close(q);
+		the_segment(seg, sizeof(seg));
+		full = NULL;
+		fd = -1;
+		if (stat(seg, &st) == 0 && (full = malloc((size_t)st.st_size + 1)) != NULL &&
+		    (fd = open(seg, O_RDWR)) != -1 &&
+		    read(fd, full, (size_t)st.st_size) == st.st_size) {
+			full[st.st_size] = '\0';
+			/* the first record is ids[0]'s: its payload is a message file */
+			if (sscanf(full, "OTPG1 %24s M %llu %*x %*x\n%n", hid, &plen, &hl) == 2 &&
+			    strcmp(hid, ids[0]) == 0) {
+				spool_path(ids[0], b, sizeof(b));
+				snprintf(mpath, sizeof(mpath), "%s/%s", tdir, b);
+				close(open(mpath, O_WRONLY | O_CREAT, 0600));
+				if (truncate(mpath, 0) == 0) {
+					int mf = open(mpath, O_WRONLY);
+
+					if (write(mf, full + hl, (size_t)plen) != (ssize_t)plen)
+						diag("write %s", mpath);
+					close(mf);
+				}
+			}
+			if ((p = memmem(full, (size_t)st.st_size, "body 200,", 9)) != NULL) {
+				p[0] ^= 0x20;
+				if (pwrite(fd, p, 1, p - full) != 1)
+					diag("pwrite: %s", strerror(errno));
+			}
+		}
+		if (fd != -1)
+			close(fd);
+		free(full);
+		q = topen();
+		body_of(200, b, sizeof(b));
+		ok(q != NULL && queue_body(q, ids[0], &data, &len) == Q_OK && len == strlen(b) &&
+		    memcmp(data, b, len) == 0, "reopened: the message loads from its file");
+		free(data);
+		is_int(count_dir("corrupt"), 1, "its damaged segment copy is not quarantined "
+		    "(corrupt/ holds only the earlier one)");
+		(void)queue_delete(q, ids[0]);
+		(void)queue_delete(q, ids[1]);
+		is_int(count_dir("seg") + count_msgs(), 0, "both purged: no segment, no file");
+		queue_close(q);
+	}
 	return done_testing();
 }
