@@ -12,7 +12,8 @@
  *              it to an OS crash repeats one delivery
  *           R  purged (no payload)
  *           V  moved to a file of its own (a durable state was needed)
- *           C  refused: its group's fdatasync failed, the sender was told
+ *           C  refused (its group's fdatasync failed, the sender was
+ *              told), or quarantined (spool.c keeps a copy in corrupt/)
  *   R, V and C count the message out of its segment; the last S wins.
  *
  * A marker goes to the segment of its message, so a segment holds all
@@ -24,12 +25,16 @@
  *
  * Appends go under one mutex, in order, so no hole can precede a synced
  * record: a crash leaves whole records and at most one torn one at the
- * end.  Reading back, the first record that does not parse (or whose CRC
- * fails) ends the segment; what follows was never acknowledged, since an
- * acknowledgement waits for a sync that covers every earlier write.  No
- * resynchronisation past a bad record: a message body may hold text that
- * looks like a record, and a reader that searched for the next magic
- * could be fed one.
+ * end.  Reading back, a header that does not parse (it carries its own
+ * CRC) ends the segment and the rest is cut off: a torn tail was never
+ * acknowledged, since an acknowledgement waits for a sync that covers
+ * every earlier write; anything else (a whole line that is not a header,
+ * or a last record whose END is there but whose CRC fails) is copied to
+ * corrupt/ first.  A good header whose payload fails its CRC, before the
+ * last record, names a damaged message (SEG_DAMAGED) and the walk goes on
+ * by the header's length.  No resynchronisation past a bad header: a
+ * message body may hold text that looks like a record, and a reader that
+ * searched for the next magic could be fed one.
  *
  * Group commit: a writer appends, takes a ticket and waits; when no sync
  * runs, one waiter syncs every segment written since the last round (a
