@@ -793,6 +793,7 @@ segs_scan_one(struct segs *ss, struct seg *s, int (*fn)(void *, uint64_t, const 
 		loc.seg = s->no;
 		loc.off = off + hl;
 		loc.len = len;
+		s->size = off + hl + len + SEG_END_LEN;	/* fn may segs_read it */
 		if (memcmp(buf + len, SEG_END, SEG_END_LEN) != 0 ||
 		    spool_crc32(0, buf, len) != crc) {
 			/* the last record: torn (never acknowledged), and cut;

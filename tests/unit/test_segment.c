@@ -35,6 +35,8 @@
 static char	 tdir[256], sdir[300];
 
 struct seen {
+	struct segs	*ss;		/* given: fn reads each state record */
+	char	 lastbuf[256];
 	struct seg_loc last;
 	int	 n, m, d, st, x, bad;
 	char	 ids[1000][QUEUE_ID_LEN + 1];
@@ -57,7 +59,10 @@ collect(void *arg, uint64_t seg, const char *id, char kind, const struct seg_loc
 		s->x++;
 	else if (kind == SEG_STATE) {
 		s->st++;
-		s->last = *loc;		/* read after the scan: fn may not call back */
+		s->last = *loc;
+		if (s->ss != NULL && loc->len < sizeof(s->lastbuf) &&
+		    segs_read(s->ss, loc, s->lastbuf) == 0)
+			s->lastbuf[loc->len] = '\0';
 	}
 	else
 		s->bad++;
@@ -278,7 +283,10 @@ test_state(void)
 	is_int(segs_live(ss, loc.seg), 1, "state records do not count the message out");
 	segs_close(ss);
 	ss = sopen(0);
+	s->ss = ss;
 	segs_scan(ss, collect, s);
+	ok(strcmp(s->lastbuf, "v 1\nstate two\n.\n") == 0,
+	    "fn reads a record with segs_read during the scan");
 	memset(body, 0, sizeof(body));
 	ok(s->m == 1 && s->st == 2 && s->last.len < sizeof(body) &&
 	    segs_read(ss, &s->last, body) == 0 && strcmp(body, "v 1\nstate two\n.\n") == 0,
