@@ -714,14 +714,24 @@ segs_parse_hdr(const char *p, size_t n, char id[QUEUE_ID_LEN + 1], char *kind,
 static int
 segs_keep_copy(struct segs *ss, struct seg *s)
 {
-	char path[PATH_MAX], buf[65536];
+	char path[PATH_MAX], cdir[PATH_MAX], buf[65536];
 	ssize_t r = 0;
 	off_t o = 0;
-	int fd, rc = 0;
+	int fd = -1, rc = 0, i;
 
+	snprintf(cdir, sizeof(cdir), "%s/../corrupt", ss->dir);
+
+	/* a name taken (the same segment number, the same second) gets .N */
 	snprintf(path, sizeof(path), "%s/../corrupt/segment-%016" PRIx64 "-%ld", ss->dir,
 	    s->no, (long)time(NULL));
-	if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
+	for (i = 1; i < 100; i++) {
+		if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) != -1 ||
+		    errno != EEXIST)
+			break;
+		snprintf(path, sizeof(path), "%s/../corrupt/segment-%016" PRIx64 "-%ld.%d",
+		    ss->dir, s->no, (long)time(NULL), i);
+	}
+	if (fd == -1) {
 		segs_log(ss, LOG_ERR, "queue: %s: %s", path, strerror(errno));
 		return -1;
 	}
@@ -732,7 +742,9 @@ segs_keep_copy(struct segs *ss, struct seg *s)
 		}
 		o += r;
 	}
-	if (rc == -1 || r == -1 || fsync(fd) == -1) {
+	/* the copy and its name durable before the cut that follows is */
+	if (rc == -1 || r == -1 || fsync(fd) == -1 ||
+	    segs_fsync_path(cdir) == -1) {
 		segs_log(ss, LOG_ERR, "queue: copy of segment %016" PRIx64 " to %s: %s", s->no,
 		    path, errno != 0 ? strerror(errno) : "short write");
 		rc = -1;

@@ -685,6 +685,72 @@ test_limits(void)
 	unlink(path);
 }
 
+/* Hostile headers after one good record: each with its own header CRC
+ * right, so only the fields can refuse it. */
+static void
+test_hostile_headers(void)
+{
+	static const char *const bad[] = {
+		"OTPG1 %s M 1099511627776 00000000",	/* 1 TiB: past the bound */
+		"OTPG1 %s M -1 00000000",		/* negative */
+		"OTPG1 %s M 18446744073709551617 00000000",	/* wraps */
+		"OTPG1 ../../../../etc/passwd00 M 2 00000000",	/* not an id */
+		"OTPG1 00000000000000000000000G M 2 00000000",	/* not hex */
+		"OTPG1 %s Z 2 00000000",		/* unknown kind */
+		"OTPG1 %s M 02 00000000",		/* not canonical */
+	};
+	char id[QUEUE_ID_LEN + 1], path[600], cdir[400], line[200], rec[300], p2[700];
+	struct seg_loc loc;
+	struct segs *ss;
+	struct seen *s = calloc(1, sizeof(*s));
+	struct dirent *de;
+	size_t k, wrong = 0, copies = 0, kept = 0;
+	off_t good;
+	DIR *dp;
+	int fd, n;
+
+	snprintf(cdir, sizeof(cdir), "%s/corrupt", tdir);
+	mkdir(cdir, 0700);
+	for (k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+		ss = sopen(0);
+		append_one(ss, 18000 + (int)k, &loc, id);
+		segs_close(ss);
+		good = seg_size(loc.seg);
+		snprintf(line, sizeof(line), bad[k], id);
+		n = snprintf(rec, sizeof(rec), "%s %08x\nab\nEND\n", line,
+		    (unsigned)spool_crc32(0, line, strlen(line)));
+		snprintf(path, sizeof(path), "%s/%016llx", sdir, (unsigned long long)loc.seg);
+		fd = open(path, O_WRONLY | O_APPEND);
+		if (write(fd, rec, (size_t)n) != n)
+			diag("write");
+		close(fd);
+		memset(s, 0, sizeof(*s));
+		ss = sopen(0);
+		if (segs_scan(ss, collect, s) != 0 || s->m != 1 || s->bad != 0 || s->x != 0)
+			wrong++;
+		if (seg_size(loc.seg) == good)
+			kept++;
+		segs_mark(ss, loc.seg, id, SEG_REMOVED);
+		segs_close(ss);
+		unlink(path);
+	}
+	if ((dp = opendir(cdir)) != NULL) {
+		while ((de = readdir(dp)) != NULL)
+			if (de->d_name[0] != '.') {
+				snprintf(p2, sizeof(p2), "%s/%s", cdir, de->d_name);
+				unlink(p2);
+				copies++;
+			}
+		closedir(dp);
+	}
+	rmdir(cdir);
+	is_int(wrong, 0, "7 hostile headers (huge, negative, wrapping lengths, a path for "
+	    "an id, non-hex, unknown kind, leading zero): never a record");
+	is_int(kept, 7, "each cut off, the good record before it kept");
+	is_int(copies, 7, "each segment copied to corrupt/ first (garbage, not a torn tail)");
+	free(s);
+}
+
 /* Appends, reads, states and markers from many threads over small
  * segments that roll and go while others are written (TSan). */
 struct churn {
@@ -765,6 +831,7 @@ main(void)
 	test_fn_stop();
 	test_garbage_no_copy();
 	test_limits();
+	test_hostile_headers();
 	test_churn();
 	rmdir(sdir);
 	rmdir(tdir);
