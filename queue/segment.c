@@ -659,7 +659,9 @@ segs_mark(struct segs *ss, uint64_t no, const char *id, char kind)
 	uint64_t len;
 	size_t hl;
 
-	if (!qid_valid(id))	/* it would make a header the scan cuts at */
+	/* a bad id would make a header the scan cuts at; an M or S kind
+	 * without its payload would be read back as one */
+	if (!qid_valid(id) || (kind != SEG_REMOVED && kind != SEG_MOVED && kind != SEG_CANCEL))
 		return;
 	pthread_mutex_lock(&ss->mu);
 	if ((s = segs_find(ss, no)) == NULL || s->live == 0) {

@@ -66,7 +66,8 @@ enum q_status	 segs_state(struct segs *, uint64_t seg, const char *id,
 
 /* Appends marker kind (SEG_REMOVED, SEG_MOVED, SEG_CANCEL) for id to its
  * segment seg (not synced) and counts the message out; a segment with
- * none left (and not current) goes. */
+ * none left (and not current) goes.  Another kind, or an id that is not
+ * a queue id, does nothing.  Once per message: spool.c's map ensures it. */
 void		 segs_mark(struct segs *, uint64_t seg, const char *id, char kind);
 
 /* Reads loc's payload into buf (loc->len bytes).  0, or -1 with errno

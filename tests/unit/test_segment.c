@@ -647,6 +647,9 @@ test_limits(void)
 	segs_mark(ss, loc.seg, "../../etc/x y\nOTPG1", SEG_REMOVED);
 	ok(seg_size(loc.seg) == size && segs_live(ss, loc.seg) == 1,
 	    "a marker for a bad id writes nothing and counts nothing out");
+	segs_mark(ss, loc.seg, id, SEG_MESSAGE);
+	ok(seg_size(loc.seg) == size && segs_live(ss, loc.seg) == 1,
+	    "nor does a marker of a kind that is not R, V or C");
 	iov.iov_base = small;
 	iov.iov_len = (size_t)Q_MAX_ENV + Q_MAX_BODY + 8192;
 	snprintf(id, sizeof(id), "%016x%08x", 16001, 0x7u);
