@@ -1309,7 +1309,7 @@ spool_seg_parse(const char *buf, size_t len, const char *id, struct q_envelope *
 static void
 spool_seg_quarantine(struct spool *sp, const struct smap_ent *e, const char *why)
 {
-	char path[PATH_MAX], w2[64], *buf;
+	char path[PATH_MAX], cdir[PATH_MAX], w2[64], *buf;
 	int fd = -1, i, rc = -1, saved = 0;
 
 	if ((buf = spool_seg_payload(sp, &e->msg, w2, sizeof(w2))) == NULL) {
@@ -1330,8 +1330,8 @@ spool_seg_quarantine(struct spool *sp, const struct smap_ent *e, const char *why
 			rc = 0;
 		saved = errno;
 		close(fd);
-		snprintf(w2, sizeof(w2), "%s/corrupt", sp->dir);
-		if (rc == 0 && spool_fsync_path(w2) == -1) {
+		snprintf(cdir, sizeof(cdir), "%s/corrupt", sp->dir);
+		if (rc == 0 && spool_fsync_path(cdir) == -1) {
 			saved = errno;
 			rc = -1;
 		}

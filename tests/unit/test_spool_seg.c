@@ -161,7 +161,8 @@ main(void)
 	int i, fd;
 
 	setenv("OTPMAIL_SPOOL_SEGMENTS", "1", 1);
-	snprintf(tdir, sizeof(tdir), "/tmp/otpmail-sseg-XXXXXX");
+	/* a long spool path: no buffer of a path in it may be short */
+	snprintf(tdir, sizeof(tdir), "/tmp/otpmail-sseg-a-spool-directory-with-a-long-name-XXXXXX");
 	if (mkdtemp(tdir) == NULL)
 		return 1;
 	q = topen();
