@@ -261,6 +261,8 @@ def part_load():
             th.start()
         wait_for(lambda: len(acked) >= 150, 20, 0.005)
         d.kill9()
+        # the sink may still be reading what the daemon sent before it died
+        time.sleep(0.5)
         before = {x for x in seen_any(SINK) if x.startswith("load")}
         stop.set()
         for th in ths:
