@@ -1325,8 +1325,10 @@ spool_seg_quarantine(struct spool *sp, const struct smap_ent *e, const char *why
 		snprintf(path, sizeof(path), "%s/corrupt/%s.%d", sp->dir, e->id, i);
 	}
 	if (fd != -1) {
-		if (spool_pwritev_all(fd, &(struct iovec){ buf, (size_t)e->msg.len }, 1, 0) == 0 &&
-		    fsync(fd) == 0)
+		/* an empty payload (a damaged record can have one) is an
+		 * empty copy: spool_pwritev_all takes a 0-byte write for EIO */
+		if ((e->msg.len == 0 || spool_pwritev_all(fd,
+		    &(struct iovec){ buf, (size_t)e->msg.len }, 1, 0) == 0) && fsync(fd) == 0)
 			rc = 0;
 		saved = errno;
 		close(fd);

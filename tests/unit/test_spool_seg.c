@@ -7,7 +7,8 @@
  * records before it load; a flipped body byte is refused and the message
  * goes to corrupt/; a damaged message whose copy to corrupt/ fails stays
  * in its segment and is quarantined at the next start; a file wins over a
- * damaged segment copy, which is then not quarantined.
+ * damaged segment copy, which is then not quarantined; a damaged record
+ * with an empty payload is quarantined too.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -359,6 +360,27 @@ main(void)
 		(void)queue_delete(q, ids[0]);
 		(void)queue_delete(q, ids[1]);
 		is_int(count_dir("seg") + count_msgs(), 0, "both purged: no segment, no file");
+		queue_close(q);
+	}
+
+	/* a damaged message record with an empty payload, a record after it
+	 * (tests/fuzz/crashes/segment-damaged-empty-payload-not-quarantined) */
+	{
+		static const char rec[] =
+		    "OTPG1 00000000000000010000beef M 0 00000001 c553e212\nEND\n"
+		    "OTPG1 00000000000000010000beef S 1 8cdc1683 7c2a5058\nxEND\n";
+		char path[400];
+
+		snprintf(path, sizeof(path), "%s/seg/0000000000000001", tdir);
+		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		if (write(fd, rec, sizeof(rec) - 1) != (ssize_t)sizeof(rec) - 1)
+			diag("write %s", path);
+		close(fd);
+		q = topen();
+		snprintf(path, sizeof(path), "%s/corrupt/00000000000000010000beef", tdir);
+		ok(q != NULL && stat(path, &st) == 0 && st.st_size == 0,
+		    "a damaged record with an empty payload: quarantined, an empty copy");
+		is_int(count_dir("seg"), 0, "and its segment, nothing left in it, is gone");
 		queue_close(q);
 	}
 	return done_testing();
