@@ -12,8 +12,9 @@ New messages go to shared append-only files <spool>/seg/<16 hex> (record
 "OTPG1 id kind len crc hcrc\\n" payload "END\\n"; queue/segment.c).  Parts:
   deliver    acknowledged messages are in segments, not in msg/ files,
              reach the sink exactly once; once delivered and purged
-             (queue_keep_done = 1s) their segments go (at the next start:
-             the open segment stays while it is the one appended to)
+             (queue_keep_done = 1s) their segment is unlinked while the
+             daemon runs, but the open one (appended to), which goes at
+             the next start
   load       kill -9 under concurrent mail.send / otp.issue with the queue
              running: every acknowledged message delivered after the
              restart, none twice (but one the sink had before the kill:
@@ -218,22 +219,35 @@ def part_deliver():
               "%s: each acknowledged message is an M record of a segment" % name)
         t.is_([q for q in acked.values() if msg_file(d, q)], [],
               "%s: no msg/ file for them" % name)
+        # a restart: the next message opens a new segment, so the first
+        # one is no longer appended to and can go while the daemon runs
+        d.stop()
+        d.start()
+        r = send(d, "dlv-cur")
+        if r.get("ok"):
+            acked["dlv-cur"] = r["id"]
+        cur = [p for p in seg_files(d) if p not in segs]
+        t.ok(r.get("ok") and len(cur) == 1, "%s: after a restart a new message goes to "
+             "a new segment" % name, (r, seg_files(d)))
         d.call({"op": "queue.resume"})
-        got = wait_delivered(SINK, tags)
-        wait_for(lambda: any(got[x] > 1 for x in tags), 1)
+        want = tags + ["dlv-cur"]
+        wait_delivered(SINK, want)
+        wait_for(lambda: any(delivered(SINK)[x] > 1 for x in want), 1)
         got = delivered(SINK)
-        t.is_({x: got[x] for x in tags}, {x: 1 for x in tags},
+        t.is_({x: got[x] for x in want}, {x: 1 for x in want},
               "%s: each delivered to smtp-sink exactly once" % name)
         purged = wait_for(lambda: not set(acked.values()) & set(list_ids(d) or []), 15)
         t.ok(purged, "%s: delivered and purged (queue_keep_done = 1s)" % name,
              list_ids(d))
-        t.diag("%s: segments after the purge, running: %s" %
-               (name, [os.path.basename(p) for p in seg_files(d)]))
+        t.ok(wait_for(lambda: not [p for p in segs if os.path.exists(p)], 5),
+             "%s: the first segment, all purged, is unlinked while the daemon runs" %
+             name, seg_files(d))
+        t.ok(all(os.path.exists(p) for p in cur),
+             "%s: the segment appended to stays while it is the open one" % name)
         d.stop()
         d.start()
-        left = [p for p in segs if os.path.exists(p)]
-        t.is_(left, [], "%s: after a restart the purged messages' segments are unlinked"
-              % name)
+        t.is_([p for p in cur if os.path.exists(p)], [],
+              "%s: it goes at the next start (no message left in it)" % name)
         r = send(d, "dlv-after")
         t.ok(r.get("ok") and wait_for(lambda: delivered(SINK)["dlv-after"] == 1, 15),
              "%s: a new message after the restart is delivered" % name, r)
