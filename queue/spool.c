@@ -118,6 +118,7 @@ static enum q_status spool_compact(struct spool *, const char *id, int fd,
 static int	spool_env_check(const char *, size_t, uint32_t crc, const char *id,
 		    const struct q_envelope *base, struct q_envelope *, char *, size_t);
 static int	spool_mkdir(const char *);
+static int	spool_fsync_path(const char *);
 static void	spool_fault(const char *step);
 static struct spool_smap *smap_new(void);
 static void	smap_free(struct spool_smap *);
@@ -209,12 +210,25 @@ spool_log(const struct spool *sp, int prio, const char *fmt, ...)
 
 /* --- set-up ---------------------------------------------------------- */
 
+/*
+ * Makes the directory path unless it exists; one it makes is durable in
+ * its parent (fsync of the parent) before a file in it is acknowledged.
+ */
 static int
 spool_mkdir(const char *path)
 {
-	if (mkdir(path, 0700) == -1 && errno != EEXIST)
-		return -1;
-	return 0;
+	char parent[PATH_MAX], *slash;
+
+	if (mkdir(path, 0700) == -1)
+		return errno == EEXIST ? 0 : -1;
+	snprintf(parent, sizeof(parent), "%s", path);
+	if ((slash = strrchr(parent, '/')) == NULL)
+		snprintf(parent, sizeof(parent), ".");
+	else if (slash == parent)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	return spool_fsync_path(parent);
 }
 
 int
