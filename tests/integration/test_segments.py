@@ -700,10 +700,10 @@ def part_idem(how, op):
         if how == "kill9":
             first = fn(d, tg, key=tg)
             t.ok(first.get("ok"), "%s: answered ok" % name, first)
-            ids = list_ids(d) or []
-            in_seg = any(r[2] == first.get("id") and r[3] == "M"
+            qid = first.get("id") or "-"
+            in_seg = any(r[2] == qid and r[3] == "M"
                          for p in seg_files(d) for r in records(p))
-            t.ok(in_seg and not msg_file(d, first.get("id")),
+            t.ok(in_seg and not msg_file(d, qid),
                  "%s: its mail lives in a segment" % name)
             d.kill9()
             d.start()
