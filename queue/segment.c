@@ -40,11 +40,11 @@
  * runs, one waiter syncs every segment written since the last round (a
  * segment rolled over meanwhile included) for every ticket taken so far,
  * then answers each waiter it covered.  A failed sync fails its round
- * and every segment it synced takes no more records (the next append
- * opens a new one); a waiter whose record is in such a segment is refused
- * too, even if its ticket came after the round began: what a failed
- * fdatasync left on disk is unknown.  The caller appends a C record for
- * each refused id where it can.
+ * and every segment it synced takes no more messages or states (the next
+ * append opens a new one); a waiter whose record is in such a segment is
+ * refused too, even if its ticket came after the round began: what a
+ * failed fdatasync left on disk is unknown.  The caller appends a C
+ * marker for each refused id, which such a segment still takes.
  *
  * A segment is made durable before its first record: created, then its
  * directory fsynced (and seg/ itself, with the spool directory, when
@@ -84,7 +84,8 @@ struct seg {
 	uint64_t	 live;		/* M records without R, V or C */
 	int		 dirty;		/* written since the last sync round began */
 	int		 insync;	/* synced by the running round (its leader's) */
-	int		 broken;	/* a sync or a cut failed: no more records */
+	int		 broken;	/* a sync or a cut failed: no more M or S
+					 * records (markers still go) */
 	int		 kept;		/* not read whole at the scan: never removed */
 	struct seg	*next;
 };
@@ -493,11 +494,11 @@ segs_write_locked(struct segs *ss, struct seg *s, const char *id, char kind,
     const struct iovec *iov, int n, size_t *hlp, uint64_t *lenp)
 {
 	char hdr[SEG_HDR_MAX];
-	struct iovec v[10];
+	struct iovec v[10], *vp;
 	uint32_t crc = 0;
-	size_t len = 0, total;
-	ssize_t wr;
-	int hl, i, e;
+	size_t len = 0, total, done, left;
+	ssize_t wr = 0;
+	int hl, i, e, vn;
 
 	for (i = 0; i < n; i++) {
 		crc = spool_crc32(crc, iov[i].iov_base, iov[i].iov_len);
@@ -514,8 +515,28 @@ segs_write_locked(struct segs *ss, struct seg *s, const char *id, char kind,
 	v[n + 1].iov_base = (void *)SEG_END;
 	v[n + 1].iov_len = SEG_END_LEN;
 	total = (size_t)hl + len + SEG_END_LEN;
-	wr = writev(s->fd, v, n + 2);
-	if (wr != (ssize_t)total) {
+	/*
+	 * A short write (a full disk gives one before ENOSPC) goes on with
+	 * the rest: it is whole after all, or the next write says why not.
+	 * mu is held, so nothing comes between the pieces.
+	 */
+	vp = v;
+	vn = n + 2;
+	for (done = 0; done < total; done += (size_t)wr) {
+		if ((wr = writev(s->fd, vp, vn)) == -1 && errno == EINTR) {
+			wr = 0;
+			continue;
+		}
+		if (wr <= 0)
+			break;
+		for (left = (size_t)wr; vn > 0 && left >= vp->iov_len; vp++, vn--)
+			left -= vp->iov_len;
+		if (vn > 0) {
+			vp->iov_base = (char *)vp->iov_base + left;
+			vp->iov_len -= left;
+		}
+	}
+	if (done != total) {
 		e = wr == -1 ? errno : EIO;
 		if (ftruncate(s->fd, (off_t)s->size) == -1)
 			s->broken = 1;
@@ -668,9 +689,17 @@ segs_mark(struct segs *ss, uint64_t no, const char *id, char kind)
 		pthread_mutex_unlock(&ss->mu);
 		return;
 	}
-	/* not synced: lost to an OS crash, the message is read back once
-	 * more (see the top); a failed write says so and counts it out */
-	if (!s->broken)
+	/*
+	 * Not synced: lost to an OS crash, the message is read back once
+	 * more (see the top); a failed write says so and counts it out.  A
+	 * segment that takes no more records (a failed sync) still takes
+	 * markers: they need no sync, and without its C a message refused by
+	 * that sync came back at the next start and was delivered.  If what
+	 * precedes the marker did not reach the disk, the scan cuts there
+	 * and the marker with it, which is no worse than no marker.  Not in a
+	 * segment the scan could not read whole.
+	 */
+	if (!s->kept)
 		(void)segs_write_locked(ss, s, id, kind, NULL, 0, &hl, &len);
 	s->live--;
 	segs_drop_if_empty_locked(ss, s);

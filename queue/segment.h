@@ -65,8 +65,9 @@ enum q_status	 segs_state(struct segs *, uint64_t seg, const char *id,
 		    const struct iovec *, int n, struct seg_loc *loc);
 
 /* Appends marker kind (SEG_REMOVED, SEG_MOVED, SEG_CANCEL) for id to its
- * segment seg (not synced) and counts the message out; a segment with
- * none left (and not current) goes.  Another kind, or an id that is not
+ * segment seg (not synced; also to a segment whose sync failed) and
+ * counts the message out; a segment with none left (and not current)
+ * goes.  Another kind, or an id that is not
  * a queue id, does nothing.  Once per message: spool.c's map ensures it. */
 void		 segs_mark(struct segs *, uint64_t seg, const char *id, char kind);
 

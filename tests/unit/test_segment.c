@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -402,10 +404,14 @@ static void
 test_sync_fail(void)
 {
 	struct segs *ss = sopen(0);
-	struct failjob first, second, third;
+	struct failjob first, second, third, before;
 	char id[QUEUE_ID_LEN + 1];
 	struct iovec iov;
 
+	memset(&before, 0, sizeof(before));
+	before.ss = ss;
+	before.k = 0;
+	fail_writer(&before);
 	memset(&first, 0, sizeof(first));
 	memset(&second, 0, sizeof(second));
 	memset(&third, 0, sizeof(third));
@@ -431,15 +437,78 @@ test_sync_fail(void)
 	fail_writer(&third);
 	ok(third.st == Q_OK && third.loc.seg != first.loc.seg,
 	    "the next append goes to a new segment and is acknowledged");
+	ok(before.st == Q_OK && before.loc.seg == first.loc.seg,
+	    "(a message acknowledged before, in the same segment)");
 	segs_mark(ss, first.loc.seg, id, SEG_CANCEL);
 	snprintf(id, sizeof(id), "%016x%08x", 11002, 0x5u);
 	segs_mark(ss, second.loc.seg, id, SEG_CANCEL);
-	is_int(segs_count(ss), 1, "both refused marked: the broken segment goes");
-	snprintf(id, sizeof(id), "%016x%08x", 11003, 0x5u);
-	segs_mark(ss, third.loc.seg, id, SEG_REMOVED);
+	is_int(segs_live(ss, first.loc.seg), 1, "both refused marked C: the acknowledged "
+	    "one is left in the broken segment");
 	segs_close(ss);
 	ss = sopen(0);
 	segs_scan(ss, NULL, NULL);
+	is_int(segs_live(ss, first.loc.seg), 1, "reopened: the refused ones do not come back "
+	    "(their C markers went to the broken segment)");
+	snprintf(id, sizeof(id), "%016x%08x", 11000, 0x5u);
+	segs_mark(ss, before.loc.seg, id, SEG_REMOVED);
+	snprintf(id, sizeof(id), "%016x%08x", 11003, 0x5u);
+	segs_mark(ss, third.loc.seg, id, SEG_REMOVED);
+	is_int(segs_count(ss), 0, "all removed: both segments go");
+	segs_close(ss);
+}
+
+/* --- a short write ----------------------------------------------------- */
+
+static void	append_one(struct segs *, int, struct seg_loc *, char[QUEUE_ID_LEN + 1]);
+
+static char	 last_log[512];
+
+static void
+keep_log(int prio, const char *line)
+{
+	(void)prio;
+	snprintf(last_log, sizeof(last_log), "%s", line);
+}
+
+static void
+test_short_write(void)
+{
+	char err[256], id[QUEUE_ID_LEN + 1], body[400];
+	struct segs *ss = segs_open(sdir, 0, keep_log, err, sizeof(err));
+	struct seg_loc loc, l2;
+	struct rlimit old, lim;
+	struct iovec iov;
+	enum q_status st;
+	off_t size;
+
+	append_one(ss, 19000, &loc, id);
+	size = seg_size(loc.seg);
+	/* the file may grow by 10 bytes: the first writev is short, the
+	 * next fails with EFBIG (as a full disk gives a short write, then
+	 * ENOSPC) */
+	signal(SIGXFSZ, SIG_IGN);
+	getrlimit(RLIMIT_FSIZE, &old);
+	lim = old;
+	lim.rlim_cur = (rlim_t)size + 10;
+	setrlimit(RLIMIT_FSIZE, &lim);
+	snprintf(id, sizeof(id), "%016x%08x", 19001, 0x7u);
+	memset(body, 'b', sizeof(body));
+	iov.iov_base = body;
+	iov.iov_len = sizeof(body);
+	st = segs_append(ss, id, &iov, 1, &l2);
+	setrlimit(RLIMIT_FSIZE, &old);
+	is_int(st, Q_TEMPFAIL, "a short write, then a failed one: refused");
+	ok(strstr(last_log, strerror(EFBIG)) != NULL, "the log says why (the second "
+	    "write's errno, not EIO)");
+	if (strstr(last_log, strerror(EFBIG)) == NULL)
+		diag("log: %s", last_log);
+	ok(seg_size(loc.seg) == size, "the piece written is cut off again");
+	snprintf(id, sizeof(id), "%016x%08x", 19000, 0x7u);
+	segs_mark(ss, loc.seg, id, SEG_REMOVED);
+	segs_close(ss);
+	ss = sopen(0);
+	segs_scan(ss, NULL, NULL);
+	is_int(segs_count(ss), 0, "reopened: nothing left");
 	segs_close(ss);
 }
 
@@ -829,6 +898,7 @@ main(void)
 	test_state();
 	test_roll();
 	test_sync_fail();
+	test_short_write();
 	test_names();
 	test_markers();
 	test_fn_stop();
