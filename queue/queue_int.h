@@ -47,7 +47,8 @@ struct spool {
 	int		 dirfd;		/* the spool directory (O_PATH), or -1 */
 	_Atomic int64_t	 space_ok_until;	/* ms, CLOCK_MONOTONIC_COARSE */
 	struct spool_dsync *dsync;	/* [Q_NDIRS]: shared fsyncs of msg/XX */
-	struct segs	*segs;		/* new messages in segments, or NULL */
+	struct segs	*segs;		/* the segments, or NULL (none, not on) */
+	int		 seg_new;	/* new messages go to segments */
 	struct spool_smap *smap;	/* id -> its place in a segment */
 };
 

@@ -619,12 +619,13 @@ segs_read(struct segs *ss, const struct seg_loc *loc, char *buf)
 	int fd;
 
 	pthread_mutex_lock(&ss->mu);
+	fd = -1;
 	if ((s = segs_find(ss, loc->seg)) == NULL)
 		errno = ENOENT;
 	else if (loc->off > s->size || loc->len > s->size - loc->off)
 		errno = EINVAL;		/* not a place of a whole record */
-	/* a dup: a segment that goes meanwhile is still read whole */
-	fd = s != NULL && errno != EINVAL ? dup(s->fd) : -1;
+	else		/* a dup: a segment that goes meanwhile is still read whole */
+		fd = dup(s->fd);
 	pthread_mutex_unlock(&ss->mu);
 	if (fd == -1)
 		return -1;

@@ -282,10 +282,13 @@ spool_init(struct spool *sp, const char *dir, int segments, uint64_t min_bytes,
 		}
 	/* new messages in segment files (see "segments" below) when
 	 * queue_segments is on; OTPMAIL_SPOOL_SEGMENTS=1 turns them on for a
-	 * whole test suite */
-	if (segments || (getenv("OTPMAIL_SPOOL_SEGMENTS") != NULL &&
-	    strcmp(getenv("OTPMAIL_SPOOL_SEGMENTS"), "1") == 0)) {
-		snprintf(path, sizeof(path), "%s/seg", dir);
+	 * whole test suite.  With it off, segments a run with it on left are
+	 * still read (and emptied as their messages go): turning it off
+	 * across a restart loses nothing. */
+	sp->seg_new = segments || (getenv("OTPMAIL_SPOOL_SEGMENTS") != NULL &&
+	    strcmp(getenv("OTPMAIL_SPOOL_SEGMENTS"), "1") == 0);
+	snprintf(path, sizeof(path), "%s/seg", dir);
+	if (sp->seg_new || access(path, F_OK) == 0) {
 		if ((sp->smap = smap_new()) == NULL)
 			snprintf(err, errlen, "queue: out of memory");
 		else if ((sp->segs = segs_open(path, 0, log, err, errlen)) == NULL) {
@@ -1470,7 +1473,7 @@ spool_store_message(struct spool *sp, const struct q_envelope *env,
 	iov[2].iov_len = len;
 	iov[3].iov_base = (void *)SPOOL_END;
 	iov[3].iov_len = SPOOL_END_LEN;
-	st = sp->segs != NULL ? spool_seg_store(sp, env, iov, 4, barrier, arg) :
+	st = sp->seg_new ? spool_seg_store(sp, env, iov, 4, barrier, arg) :
 	    spool_write_file(sp, rel, iov, 4, 0, barrier, arg);
 	free(etext);
 	return st;

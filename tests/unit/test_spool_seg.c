@@ -383,5 +383,40 @@ main(void)
 		is_int(count_dir("seg"), 0, "and its segment, nothing left in it, is gone");
 		queue_close(q);
 	}
+
+	/* segments on, then off across a restart: what they hold is still
+	 * read and delivered, new messages get files */
+	{
+		size_t files;
+		char nid[QUEUE_ID_LEN + 1];
+
+		q = topen();
+		for (i = 0; i < 3; i++)
+			if (q == NULL || enq(q, 300 + i, ids[i]) != Q_OK)
+				break;
+		is_int(i, 3, "three messages queued in a segment");
+		files = count_msgs();
+		if (q != NULL)
+			queue_close(q);
+		unsetenv("OTPMAIL_SPOOL_SEGMENTS");
+		q = topen();
+		for (i = 0, good = 0; q != NULL && i < 3; i++) {
+			body_of(300 + i, b, sizeof(b));
+			if (queue_body(q, ids[i], &data, &len) == Q_OK && len == strlen(b) &&
+			    memcmp(data, b, len) == 0)
+				good++;
+			free(data);
+		}
+		is_int(good, 3, "segments off: the three are read from their segment");
+		ok(q != NULL && enq(q, 310, nid) == Q_OK && count_msgs() == files + 1,
+		    "a new message gets a file of its own");
+		for (i = 0; q != NULL && i < 3; i++)
+			(void)queue_delete(q, ids[i]);
+		(void)queue_delete(q, nid);
+		is_int(count_dir("seg"), 0, "the three purged: their segment is gone");
+		if (q != NULL)
+			queue_close(q);
+		setenv("OTPMAIL_SPOOL_SEGMENTS", "1", 1);
+	}
 	return done_testing();
 }
