@@ -177,8 +177,9 @@ segs_find(struct segs *ss, uint64_t no)
 	return NULL;
 }
 
-/* fsync of the directory path.  0, or -1 with errno. */
-static int
+/* fsync of the directory path (the spool's files use it too).  0, or -1
+ * with errno. */
+int
 segs_fsync_path(const char *path)
 {
 	int fd, rc, e;

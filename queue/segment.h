@@ -81,6 +81,8 @@ int		 segs_read(struct segs *, const struct seg_loc *, char *buf);
  * daemon.
  */
 extern int	(*segs_sync_test_hook)(uint64_t seg);
+/* fsync of the directory at path: 0, or -1 with errno. */
+int		 segs_fsync_path(const char *path);
 /* The live messages of segment seg (tests). */
 uint64_t	 segs_live(struct segs *, uint64_t seg);
 /* Sync rounds run since the open (tests). */

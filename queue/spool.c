@@ -118,7 +118,6 @@ static enum q_status spool_compact(struct spool *, const char *id, int fd,
 static int	spool_env_check(const char *, size_t, uint32_t crc, const char *id,
 		    const struct q_envelope *base, struct q_envelope *, char *, size_t);
 static int	spool_mkdir(const char *);
-static int	spool_fsync_path(const char *);
 static void	spool_fault(const char *step);
 static struct spool_smap *smap_new(void);
 static void	smap_free(struct spool_smap *);
@@ -228,7 +227,7 @@ spool_mkdir(const char *path)
 		slash[1] = '\0';
 	else
 		*slash = '\0';
-	return spool_fsync_path(parent);
+	return segs_fsync_path(parent);
 }
 
 int
@@ -411,21 +410,6 @@ spool_fault(const char *step)
 		abort();
 }
 
-/* fsync of the directory path. */
-static int
-spool_fsync_path(const char *path)
-{
-	int fd, rc, e;
-
-	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
-		return -1;
-	rc = fsync(fd);
-	e = errno;
-	close(fd);
-	errno = e;
-	return rc;
-}
-
 /* The index of msg/XX in rel ("msg/XX/<name>"), or -1. */
 static int
 spool_msg_dir(const char *rel)
@@ -469,7 +453,7 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	if ((slash = strrchr(path, '/')) != NULL)
 		*slash = '\0';
 	if (sp->dsync == NULL || (d = spool_msg_dir(rel)) == -1)
-		return spool_fsync_path(path);
+		return segs_fsync_path(path);
 	g = &sp->dsync[d];
 	pthread_mutex_lock(&g->mu);
 	w.t = ++g->ticket;
@@ -498,7 +482,7 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	    spool_dsync_test_hook(sp, d, from, upto) == -1)
 		rc = -1;
 	else
-		rc = spool_fsync_path(path);
+		rc = segs_fsync_path(path);
 	e = errno;
 	pthread_mutex_lock(&g->mu);
 	g->synced = upto;
@@ -1350,7 +1334,7 @@ spool_seg_quarantine(struct spool *sp, const struct smap_ent *e, const char *why
 		saved = errno;
 		close(fd);
 		snprintf(cdir, sizeof(cdir), "%s/corrupt", sp->dir);
-		if (rc == 0 && spool_fsync_path(cdir) == -1) {
+		if (rc == 0 && segs_fsync_path(cdir) == -1) {
 			saved = errno;
 			rc = -1;
 		}
