@@ -1003,8 +1003,9 @@ queue_open(const struct queue_params *params, char *err, size_t errlen)
 	pthread_cond_init(&q->lcv, &ca);
 	pthread_condattr_destroy(&ca);
 	sched_init(&q->sched);
-	if (q->dir == NULL || spool_init(&q->sp, q->dir, params->min_free_bytes,
-	    params->min_free_inodes, params->log, err, errlen) == -1) {
+	if (q->dir == NULL || spool_init(&q->sp, q->dir, params->segments,
+	    params->min_free_bytes, params->min_free_inodes, params->log, err,
+	    errlen) == -1) {
 		if (q->dir == NULL)
 			snprintf(err, errlen, "queue: no spool directory");
 		goto fail;

@@ -98,6 +98,7 @@ struct queue_params {
 	struct q_class_params klass[Q_CLASS_COUNT];
 	uint64_t	 min_free_bytes;	/* enqueue refuses below this */
 	uint64_t	 min_free_inodes;
+	int		 segments;	/* new messages in segment files (segment.c) */
 	int		 keep_done;	/* seconds a finished message stays listable */
 	const char	*bounce_from;	/* MAILER-DAEMON@host for DSNs */
 	const char	*hostname;	/* Reporting-MTA in DSNs */

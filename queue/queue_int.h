@@ -35,6 +35,8 @@ int		 qid_valid(const char *s);
 
 /* --- spool.c -------------------------------------------------------- */
 struct spool_dsync;
+struct spool_smap;
+struct segs;
 
 struct spool {
 	char		*dir;
@@ -45,9 +47,12 @@ struct spool {
 	int		 dirfd;		/* the spool directory (O_PATH), or -1 */
 	_Atomic int64_t	 space_ok_until;	/* ms, CLOCK_MONOTONIC_COARSE */
 	struct spool_dsync *dsync;	/* [Q_NDIRS]: shared fsyncs of msg/XX */
+	struct segs	*segs;		/* the segments, or NULL (none, not on) */
+	int		 seg_new;	/* new messages go to segments */
+	struct spool_smap *smap;	/* id -> its place in a segment */
 };
 
-int		 spool_init(struct spool *, const char *dir, uint64_t min_bytes,
+int		 spool_init(struct spool *, const char *dir, int segments, uint64_t min_bytes,
 		    uint64_t min_inodes, void (*log)(int, const char *),
 		    char *err, size_t errlen);
 void		 spool_free(struct spool *);

@@ -51,6 +51,7 @@
 #include <linux/futex.h>
 
 #include "queue/queue_int.h"
+#include "queue/segment.h"
 
 #define SPOOL_MSG_MAGIC		"OTPQ1"
 #define SPOOL_ST_MAGIC		"OTPS1"
@@ -118,7 +119,10 @@ static int	spool_env_check(const char *, size_t, uint32_t crc, const char *id,
 		    const struct q_envelope *base, struct q_envelope *, char *, size_t);
 static int	spool_mkdir(const char *);
 static void	spool_fault(const char *step);
+static struct spool_smap *smap_new(void);
+static void	smap_free(struct spool_smap *);
 static void	spool_cut(struct spool *, int, off_t, const char *);
+static pthread_mutex_t *spool_lock_of(const char *id);
 
 static uint32_t		 spool_crc_tab[256];
 static pthread_once_t	 spool_crc_once = PTHREAD_ONCE_INIT;
@@ -205,16 +209,29 @@ spool_log(const struct spool *sp, int prio, const char *fmt, ...)
 
 /* --- set-up ---------------------------------------------------------- */
 
+/*
+ * Makes the directory path unless it exists; one it makes is durable in
+ * its parent (fsync of the parent) before a file in it is acknowledged.
+ */
 static int
 spool_mkdir(const char *path)
 {
-	if (mkdir(path, 0700) == -1 && errno != EEXIST)
-		return -1;
-	return 0;
+	char parent[PATH_MAX], *slash;
+
+	if (mkdir(path, 0700) == -1)
+		return errno == EEXIST ? 0 : -1;
+	snprintf(parent, sizeof(parent), "%s", path);
+	if ((slash = strrchr(parent, '/')) == NULL)
+		snprintf(parent, sizeof(parent), ".");
+	else if (slash == parent)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+	return segs_fsync_path(parent);
 }
 
 int
-spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
+spool_init(struct spool *sp, const char *dir, int segments, uint64_t min_bytes,
     uint64_t min_inodes, void (*log)(int, const char *), char *err, size_t errlen)
 {
 	char path[PATH_MAX];
@@ -262,6 +279,26 @@ spool_init(struct spool *sp, const char *dir, uint64_t min_bytes,
 		for (i = 0; i < Q_NDIRS; i++) {
 			pthread_mutex_init(&sp->dsync[i].mu, NULL);
 		}
+	/* new messages in segment files (see "segments" below) when
+	 * queue_segments is on; OTPMAIL_SPOOL_SEGMENTS=1 turns them on for a
+	 * whole test suite.  With it off, segments a run with it on left are
+	 * still read (and emptied as their messages go): turning it off
+	 * across a restart loses nothing. */
+	sp->seg_new = segments || (getenv("OTPMAIL_SPOOL_SEGMENTS") != NULL &&
+	    strcmp(getenv("OTPMAIL_SPOOL_SEGMENTS"), "1") == 0);
+	snprintf(path, sizeof(path), "%s/seg", dir);
+	if (sp->seg_new || access(path, F_OK) == 0) {
+		if ((sp->smap = smap_new()) == NULL)
+			snprintf(err, errlen, "queue: out of memory");
+		else if ((sp->segs = segs_open(path, 0, log, err, errlen)) == NULL) {
+			smap_free(sp->smap);
+			sp->smap = NULL;
+		}
+		if (sp->segs == NULL) {
+			spool_free(sp);
+			return -1;
+		}
+	}
 	return 0;
 fail:
 	snprintf(err, errlen, "queue: mkdir %s: %s", path, strerror(errno));
@@ -281,6 +318,10 @@ spool_free(struct spool *sp)
 		}
 	free(sp->dsync);
 	sp->dsync = NULL;
+	segs_close(sp->segs);
+	sp->segs = NULL;
+	smap_free(sp->smap);
+	sp->smap = NULL;
 	free(sp->dir);
 	sp->dir = NULL;
 	if (sp->dirfd != -1)
@@ -369,21 +410,6 @@ spool_fault(const char *step)
 		abort();
 }
 
-/* fsync of the directory path. */
-static int
-spool_fsync_path(const char *path)
-{
-	int fd, rc, e;
-
-	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
-		return -1;
-	rc = fsync(fd);
-	e = errno;
-	close(fd);
-	errno = e;
-	return rc;
-}
-
 /* The index of msg/XX in rel ("msg/XX/<name>"), or -1. */
 static int
 spool_msg_dir(const char *rel)
@@ -427,7 +453,7 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	if ((slash = strrchr(path, '/')) != NULL)
 		*slash = '\0';
 	if (sp->dsync == NULL || (d = spool_msg_dir(rel)) == -1)
-		return spool_fsync_path(path);
+		return segs_fsync_path(path);
 	g = &sp->dsync[d];
 	pthread_mutex_lock(&g->mu);
 	w.t = ++g->ticket;
@@ -456,7 +482,7 @@ spool_fsync_dir(struct spool *sp, const char *rel)
 	    spool_dsync_test_hook(sp, d, from, upto) == -1)
 		rc = -1;
 	else
-		rc = spool_fsync_path(path);
+		rc = segs_fsync_path(path);
 	e = errno;
 	pthread_mutex_lock(&g->mu);
 	g->synced = upto;
@@ -1027,6 +1053,386 @@ bad:
 
 /* --- message file and state records ------------------------------------ */
 
+/* --- segments (queue_segments = yes, or OTPMAIL_SPOOL_SEGMENTS=1) ------- */
+
+/*
+ * New messages go to segment files (segment.c) when segments are on: one
+ * fdatasync per group of concurrent writers instead of a file, an inode
+ * and two fsyncs each.  The map says where each such message is.  What
+ * happens to one:
+ *   - queued: an M record, durable;
+ *   - finished: an S record (its envelope, not synced, as a finished
+ *     record in a file), read back as its state; the body stays;
+ *   - a durable state (deferred, held, ...): it moves to a file of its
+ *     own (the message part, then the state record), then a V marker;
+ *   - purged: an R marker;  refused (a failed sync): a C marker;
+ *   - quarantined: a copy in corrupt/ (fsynced), then a C marker.
+ * After a crash a file wins over a segment's copy.  A move, a purge and a
+ * quarantine of one id run under the id's lock (spool_lock_of), so a
+ * purge cannot slip between a move's copy and its V marker and leave a
+ * file behind that a restart would deliver again.  Readers of a body take
+ * no lock: a read that loses the race with a move finds the file, which
+ * is in place before the entry leaves the map.
+ */
+struct smap_ent {
+	char		 id[QUEUE_ID_LEN + 1];
+	struct seg_loc	 msg;		/* the M record's payload */
+	struct seg_loc	 st;		/* the last S record's, or len 0 */
+	int		 damaged;	/* its record failed its CRC at the scan */
+	struct smap_ent	*next;
+};
+
+struct spool_smap {
+	pthread_mutex_t	 mu;
+	struct smap_ent	**b;
+	size_t		 nb, n;
+};
+
+static size_t
+smap_hash(const struct spool_smap *m, const char *id)
+{
+	return spool_crc32(0, id, QUEUE_ID_LEN) % m->nb;
+}
+
+static struct spool_smap *
+smap_new(void)
+{
+	struct spool_smap *m;
+
+	if ((m = calloc(1, sizeof(*m))) == NULL)
+		return NULL;
+	m->nb = 1024;
+	if ((m->b = calloc(m->nb, sizeof(*m->b))) == NULL) {
+		free(m);
+		return NULL;
+	}
+	pthread_mutex_init(&m->mu, NULL);
+	return m;
+}
+
+static void
+smap_free(struct spool_smap *m)
+{
+	struct smap_ent *e, *nx;
+	size_t i;
+
+	if (m == NULL)
+		return;
+	for (i = 0; i < m->nb; i++)
+		for (e = m->b[i]; e != NULL; e = nx) {
+			nx = e->next;
+			free(e);
+		}
+	free(m->b);
+	pthread_mutex_destroy(&m->mu);
+	free(m);
+}
+
+/* Holding mu: the entry of id, or NULL; *pp its link when pp is given. */
+static struct smap_ent *
+smap_find_locked(struct spool_smap *m, const char *id, struct smap_ent ***pp)
+{
+	struct smap_ent **l;
+
+	for (l = &m->b[smap_hash(m, id)]; *l != NULL; l = &(*l)->next)
+		if (memcmp((*l)->id, id, QUEUE_ID_LEN) == 0) {
+			if (pp != NULL)
+				*pp = l;
+			return *l;
+		}
+	return NULL;
+}
+
+static int
+smap_put(struct spool_smap *m, const char *id, const struct seg_loc *msg)
+{
+	struct smap_ent *e, **nb, *it, *nx;
+	size_t i, n2, h;
+
+	if ((e = calloc(1, sizeof(*e))) == NULL)
+		return -1;
+	memcpy(e->id, id, QUEUE_ID_LEN + 1);
+	e->msg = *msg;
+	pthread_mutex_lock(&m->mu);
+	if (m->n >= m->nb * 2 && (nb = calloc(m->nb * 2, sizeof(*nb))) != NULL) {
+		n2 = m->nb * 2;
+		for (i = 0; i < m->nb; i++)
+			for (it = m->b[i]; it != NULL; it = nx) {
+				nx = it->next;
+				h = spool_crc32(0, it->id, QUEUE_ID_LEN) % n2;
+				it->next = nb[h];
+				nb[h] = it;
+			}
+		free(m->b);
+		m->b = nb;
+		m->nb = n2;
+	}
+	h = smap_hash(m, id);
+	e->next = m->b[h];
+	m->b[h] = e;
+	m->n++;
+	pthread_mutex_unlock(&m->mu);
+	return 0;
+}
+
+/* A copy of id's entry: 1, or 0 when it is not in a segment. */
+static int
+smap_get(struct spool_smap *m, const char *id, struct smap_ent *out)
+{
+	struct smap_ent *e;
+
+	if (m == NULL || strlen(id) != QUEUE_ID_LEN)
+		return 0;
+	pthread_mutex_lock(&m->mu);
+	if ((e = smap_find_locked(m, id, NULL)) != NULL)
+		*out = *e;
+	pthread_mutex_unlock(&m->mu);
+	return e != NULL;
+}
+
+/* id's newest state record, if id's message is in the same segment. */
+static void
+smap_set_state(struct spool_smap *m, const char *id, const struct seg_loc *st)
+{
+	struct smap_ent *e;
+
+	pthread_mutex_lock(&m->mu);
+	if ((e = smap_find_locked(m, id, NULL)) != NULL && e->msg.seg == st->seg)
+		e->st = *st;
+	pthread_mutex_unlock(&m->mu);
+}
+
+static void
+smap_set_damaged(struct spool_smap *m, const char *id)
+{
+	struct smap_ent *e;
+
+	pthread_mutex_lock(&m->mu);
+	if ((e = smap_find_locked(m, id, NULL)) != NULL)
+		e->damaged = 1;
+	pthread_mutex_unlock(&m->mu);
+}
+
+/* Takes id out: 1 (and its entry in *out), or 0. */
+static int
+smap_del(struct spool_smap *m, const char *id, struct smap_ent *out)
+{
+	struct smap_ent *e, **pp;
+
+	if (m == NULL || strlen(id) != QUEUE_ID_LEN)
+		return 0;
+	pthread_mutex_lock(&m->mu);
+	if ((e = smap_find_locked(m, id, &pp)) != NULL) {
+		*pp = e->next;
+		m->n--;
+	}
+	pthread_mutex_unlock(&m->mu);
+	if (e == NULL)
+		return 0;
+	if (out != NULL)
+		*out = *e;
+	free(e);
+	return 1;
+}
+
+/* The payload at loc, malloc'd (NUL after it), or NULL with why. */
+static char *
+spool_seg_payload(struct spool *sp, const struct seg_loc *loc, char *why, size_t whylen)
+{
+	char *buf;
+
+	if (loc->len > Q_MAX_ENV + Q_MAX_BODY + SPOOL_HDR_MAX + SPOOL_END_LEN) {
+		snprintf(why, whylen, "bad length");
+		return NULL;
+	}
+	if ((buf = malloc(loc->len + 1)) == NULL) {
+		snprintf(why, whylen, "out of memory");
+		return NULL;
+	}
+	if (segs_read(sp->segs, loc, buf) == -1) {
+		snprintf(why, whylen, "segment read: %s", strerror(errno));
+		free(buf);
+		return NULL;
+	}
+	buf[loc->len] = '\0';
+	return buf;
+}
+
+/*
+ * A message part in memory (an M record's payload): header, exact
+ * lengths, end marker, envelope; the body's place when body is given
+ * (its CRC checked).  0, or -1 with why.
+ */
+static int
+spool_seg_parse(const char *buf, size_t len, const char *id, struct q_envelope *env,
+    const char **body, size_t *blen, char *why, size_t whylen)
+{
+	uint64_t nums[4];
+	size_t hl;
+
+	if (spool_parse_header(buf, len, SPOOL_MSG_MAGIC, 2, nums, &hl) == -1) {
+		snprintf(why, whylen, "bad header");
+		return -1;
+	}
+	if (nums[0] > Q_MAX_ENV || nums[1] > Q_MAX_BODY ||
+	    hl + nums[0] + nums[1] + SPOOL_END_LEN != len ||
+	    memcmp(buf + len - SPOOL_END_LEN, SPOOL_END, SPOOL_END_LEN) != 0) {
+		snprintf(why, whylen, "bad lengths");
+		return -1;
+	}
+	if (env != NULL) {
+		if (spool_env_check(buf + hl, (size_t)nums[0], (uint32_t)nums[2], id, NULL,
+		    env, why, whylen) == -1)
+			return -1;
+		if (env->size != nums[1]) {
+			snprintf(why, whylen, "size mismatch");
+			q_envelope_clear(env);
+			return -1;
+		}
+	}
+	if (body != NULL) {
+		if (spool_crc32(0, buf + hl + nums[0], (size_t)nums[1]) != (uint32_t)nums[3]) {
+			snprintf(why, whylen, "body checksum mismatch");
+			return -1;
+		}
+		*body = buf + hl + nums[0];
+		*blen = (size_t)nums[1];
+	}
+	return 0;
+}
+
+/*
+ * A segment message's payload to corrupt/<id> (or <id>.N), fsynced with
+ * its directory, then a C marker.  Without a copy there is no marker: the
+ * message stays in its segment (out of the map, so not delivered) and is
+ * read back at the next start, as a quarantined file would stay in msg/.
+ */
+static void
+spool_seg_quarantine(struct spool *sp, const struct smap_ent *e, const char *why)
+{
+	char path[PATH_MAX], cdir[PATH_MAX], w2[64], *buf;
+	int fd = -1, i, rc = -1, saved = 0;
+
+	if ((buf = spool_seg_payload(sp, &e->msg, w2, sizeof(w2))) == NULL) {
+		spool_log(sp, LOG_ERR, "queue: corrupt message %s in segment %016llx left "
+		    "there (no copy: %s): %s", e->id, (unsigned long long)e->msg.seg, w2, why);
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/corrupt/%s", sp->dir, e->id);
+	for (i = 1; i < 100; i++) {
+		if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) != -1 ||
+		    errno != EEXIST)
+			break;
+		snprintf(path, sizeof(path), "%s/corrupt/%s.%d", sp->dir, e->id, i);
+	}
+	if (fd != -1) {
+		/* an empty payload (a damaged record can have one) is an
+		 * empty copy: spool_pwritev_all takes a 0-byte write for EIO */
+		if ((e->msg.len == 0 || spool_pwritev_all(fd,
+		    &(struct iovec){ buf, (size_t)e->msg.len }, 1, 0) == 0) && fsync(fd) == 0)
+			rc = 0;
+		saved = errno;
+		close(fd);
+		snprintf(cdir, sizeof(cdir), "%s/corrupt", sp->dir);
+		if (rc == 0 && segs_fsync_path(cdir) == -1) {
+			saved = errno;
+			rc = -1;
+		}
+		if (rc == -1)
+			unlink(path);
+	} else
+		saved = errno;
+	free(buf);
+	if (rc == -1) {
+		spool_log(sp, LOG_ERR, "queue: corrupt message %s in segment %016llx left "
+		    "there (copy to corrupt/: %s): %s", e->id, (unsigned long long)e->msg.seg,
+		    strerror(saved), why);
+		return;
+	}
+	segs_mark(sp->segs, e->msg.seg, e->id, SEG_CANCEL);
+	spool_log(sp, LOG_WARNING, "queue: corrupt message %s in segment %016llx moved to "
+	    "corrupt/: %s", e->id, (unsigned long long)e->msg.seg, why);
+}
+
+static enum q_status
+spool_seg_store(struct spool *sp, const struct q_envelope *env, const struct iovec *iov,
+    int n, int (*barrier)(void *), void *arg)
+{
+	struct seg_loc loc;
+	enum q_status st;
+
+	/* the record is there once durable: what must come first does */
+	if (barrier != NULL && barrier(arg) == -1) {
+		spool_log(sp, LOG_ERR, "queue: barrier of %s refused", env->id);
+		return Q_TEMPFAIL;
+	}
+	if ((st = segs_append(sp->segs, env->id, iov, n, &loc)) != Q_OK) {
+		segs_mark(sp->segs, loc.seg, env->id, SEG_CANCEL);
+		if (st == Q_NOSPACE)	/* the detail the answer gives */
+			queue_nospace_why = "the spool's file system is full";
+		return st;
+	}
+	spool_fault("seg_after_sync");
+	if (smap_put(sp->smap, env->id, &loc) == -1) {
+		segs_mark(sp->segs, loc.seg, env->id, SEG_CANCEL);
+		return Q_TEMPFAIL;
+	}
+	return Q_OK;
+}
+
+/*
+ * A state for a message in a segment: finished, an S record there;
+ * anything else, the message moves to a file of its own (the message
+ * part, then this state as its record), then a V marker.
+ */
+static enum q_status
+spool_seg_state(struct spool *sp, const struct smap_ent *e, const char *etext, size_t elen,
+    int durable)
+{
+	char hdr[SPOOL_HDR_MAX], rel[128], why[160], *buf;
+	struct iovec iov[4];
+	struct seg_loc st;
+	enum q_status r;
+	int n;
+
+	n = snprintf(hdr, sizeof(hdr), SPOOL_ST_MAGIC " %zu %08x\n", elen,
+	    (unsigned)spool_crc32(0, etext, elen));
+	if (!durable) {
+		iov[0].iov_base = (void *)etext;
+		iov[0].iov_len = elen;
+		r = segs_state(sp->segs, e->msg.seg, e->id, iov, 1, &st);
+		if (r == Q_OK) {
+			smap_set_state(sp->smap, e->id, &st);	/* the newest wins */
+			return Q_OK;
+		}
+		if (r != Q_NOTFOUND)
+			return r;
+		/* its segment takes no more records (a failed sync): the
+		 * message moves to a file of its own, as for a durable state */
+	}
+	if ((buf = spool_seg_payload(sp, &e->msg, why, sizeof(why))) == NULL) {
+		spool_log(sp, LOG_ERR, "queue: id=%s: moving it out of segment %016llx: %s",
+		    e->id, (unsigned long long)e->msg.seg, why);
+		return Q_TEMPFAIL;
+	}
+	iov[0].iov_base = buf;
+	iov[0].iov_len = (size_t)e->msg.len;
+	iov[1].iov_base = hdr;
+	iov[1].iov_len = (size_t)n;
+	iov[2].iov_base = (void *)etext;
+	iov[2].iov_len = elen;
+	iov[3].iov_base = (void *)SPOOL_END;
+	iov[3].iov_len = SPOOL_END_LEN;
+	spool_path(e->id, rel, sizeof(rel));
+	r = spool_write_file(sp, rel, iov, 4, 0, NULL, NULL);
+	free(buf);
+	if (r != Q_OK)
+		return r;
+	if (smap_del(sp->smap, e->id, NULL))
+		segs_mark(sp->segs, e->msg.seg, e->id, SEG_MOVED);
+	return Q_OK;
+}
+
 enum q_status
 spool_store_message(struct spool *sp, const struct q_envelope *env,
     const char *body, size_t len, int (*barrier)(void *), void *arg)
@@ -1051,7 +1457,8 @@ spool_store_message(struct spool *sp, const struct q_envelope *env,
 	iov[2].iov_len = len;
 	iov[3].iov_base = (void *)SPOOL_END;
 	iov[3].iov_len = SPOOL_END_LEN;
-	st = spool_write_file(sp, rel, iov, 4, 0, barrier, arg);
+	st = sp->seg_new ? spool_seg_store(sp, env, iov, 4, barrier, arg) :
+	    spool_write_file(sp, rel, iov, 4, 0, barrier, arg);
 	free(etext);
 	return st;
 }
@@ -1093,7 +1500,19 @@ spool_store_state_text(struct spool *sp, const char *id, const char *etext, size
 	size_t hl;
 	int fd, n, saved;
 	const char *what = "open";
+	struct smap_ent se;
 
+	if (sp->smap != NULL) {
+		/* looked up under the id's lock: a move by another thread is
+		 * seen, not done twice */
+		pthread_mutex_lock(lk);
+		if (smap_get(sp->smap, id, &se)) {
+			st = spool_seg_state(sp, &se, etext, elen, durable);
+			pthread_mutex_unlock(lk);
+			return st;
+		}
+		pthread_mutex_unlock(lk);
+	}
 	n = snprintf(hdr, sizeof(hdr), SPOOL_ST_MAGIC " %zu %08x\n", elen,
 	    (unsigned)spool_crc32(0, etext, elen));
 	iov[0].iov_base = hdr;
@@ -1432,6 +1851,43 @@ done:
 	return rc;
 }
 
+/*
+ * Loads a message of a segment: its envelope, or its last S record's.
+ * 0, 1 if it is not in a segment, -1 with why.
+ */
+static int
+spool_seg_load(struct spool *sp, const char *id, struct q_envelope *env, char *why,
+    size_t whylen)
+{
+	struct q_envelope rec;
+	struct smap_ent e;
+	char *buf, *sbuf;
+	int rc;
+
+	if (!smap_get(sp->smap, id, &e))
+		return 1;
+	if ((buf = spool_seg_payload(sp, &e.msg, why, whylen)) == NULL)
+		return smap_get(sp->smap, id, &e) ? -1 : 1;	/* moved meanwhile */
+	rc = spool_seg_parse(buf, (size_t)e.msg.len, id, env, NULL, NULL, why, whylen);
+	free(buf);
+	if (rc == -1 || e.st.len == 0)
+		return rc;
+	/* a bad state record: the message's own envelope stands (it was
+	 * whole at the scan, so this is a read error) */
+	if ((sbuf = spool_seg_payload(sp, &e.st, why, whylen)) == NULL)
+		return 0;
+	memset(&rec, 0, sizeof(rec));
+	if (spool_env_check(sbuf, (size_t)e.st.len, spool_crc32(0, sbuf, (size_t)e.st.len),
+	    id, env, &rec, why, whylen) == 0) {
+		q_envelope_clear(env);
+		*env = rec;
+	} else
+		spool_log(sp, LOG_WARNING, "queue: id=%s: segment state record refused (%s), "
+		    "the state before it is used", id, why);
+	free(sbuf);
+	return 0;
+}
+
 int
 spool_load(struct spool *sp, const char *id, struct q_envelope **out,
     char *why, size_t whylen)
@@ -1446,7 +1902,8 @@ spool_load(struct spool *sp, const char *id, struct q_envelope **out,
 		return -1;
 	}
 	pthread_mutex_lock(lk);
-	rc = spool_load_file(sp, id, m, why, whylen);
+	if ((rc = spool_seg_load(sp, id, m, why, whylen)) == 1)
+		rc = spool_load_file(sp, id, m, why, whylen);
 	pthread_mutex_unlock(lk);
 	if (rc != 0) {
 		free(m);
@@ -1504,11 +1961,37 @@ enum q_status
 spool_read_body(struct spool *sp, const char *id, char **data, size_t *len)
 {
 	char path[PATH_MAX], rel[128], why[256];
+	struct smap_ent se;
 	uint64_t total;
 	int fd, rc;
 
 	*data = NULL;
 	*len = 0;
+	if (smap_get(sp->smap, id, &se)) {
+		const char *b;
+		size_t bl;
+		char *buf, *out;
+
+		if ((buf = spool_seg_payload(sp, &se.msg, why, sizeof(why))) == NULL) {
+			/* moved to its file (and its segment gone) meanwhile? */
+			if (!smap_get(sp->smap, id, &se))
+				return spool_read_body(sp, id, data, len);
+			return Q_TEMPFAIL;
+		}
+		if (spool_seg_parse(buf, (size_t)se.msg.len, id, NULL, &b, &bl, why,
+		    sizeof(why)) == -1) {
+			free(buf);
+			spool_quarantine(sp, id, why);
+			return Q_NOTFOUND;
+		}
+		/* the body moved to the front of its buffer: one allocation */
+		out = buf;
+		memmove(out, b, bl);
+		out[bl] = '\0';
+		*data = out;
+		*len = bl;
+		return Q_OK;
+	}
 	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) == -1)
@@ -1565,7 +2048,18 @@ void
 spool_remove(struct spool *sp, const char *id, int sync)
 {
 	char path[PATH_MAX], rel[128];
+	struct smap_ent se;
 
+	if (sp->smap != NULL) {
+		/* not between a move's copy and its V marker (see "segments") */
+		pthread_mutex_lock(spool_lock_of(id));
+		if (smap_del(sp->smap, id, &se)) {
+			segs_mark(sp->segs, se.msg.seg, id, SEG_REMOVED);
+			pthread_mutex_unlock(spool_lock_of(id));
+			return;
+		}
+		pthread_mutex_unlock(spool_lock_of(id));
+	}
 	spool_path(id, rel, sizeof(rel));
 	snprintf(path, sizeof(path), "%s/%s", sp->dir, rel);
 	if (unlink(path) == -1 && errno != ENOENT)
@@ -1600,7 +2094,17 @@ void
 spool_quarantine(struct spool *sp, const char *id, const char *why)
 {
 	char rel[128];
+	struct smap_ent se;
 
+	if (sp->smap != NULL) {
+		pthread_mutex_lock(spool_lock_of(id));
+		if (smap_del(sp->smap, id, &se)) {
+			spool_seg_quarantine(sp, &se, why);
+			pthread_mutex_unlock(spool_lock_of(id));
+			return;
+		}
+		pthread_mutex_unlock(spool_lock_of(id));
+	}
 	spool_path(id, rel, sizeof(rel));
 	spool_quarantine_path(sp, rel, why);
 }
@@ -1635,6 +2139,105 @@ spool_move_old(struct spool *sp, int from, const char *id)
 	return 0;
 }
 
+/* segs_scan's callback: the map as the records say. */
+static int
+spool_seg_collect(void *arg, uint64_t seg, const char *id, char kind,
+    const struct seg_loc *loc)
+{
+	struct spool *sp = arg;
+
+	(void)seg;
+	switch (kind) {
+	case SEG_MESSAGE:
+		(void)smap_del(sp->smap, id, NULL);	/* the same id twice: the later */
+		if (smap_put(sp->smap, id, loc) == -1)
+			spool_log(sp, LOG_ERR, "queue: out of memory for %s: loaded at "
+			    "the next start", id);
+		break;
+	case SEG_STATE:
+		smap_set_state(sp->smap, id, loc);
+		break;
+	case SEG_DAMAGED:	/* quarantined after the scan, unless a marker
+				 * says it was done with (spool_seg_damaged) */
+		(void)smap_del(sp->smap, id, NULL);
+		if (smap_put(sp->smap, id, loc) == 0)
+			smap_set_damaged(sp->smap, id);
+		break;
+	default:
+		(void)smap_del(sp->smap, id, NULL);
+		break;
+	}
+	return 0;
+}
+
+/* After the scan: the messages whose record was damaged, to corrupt/. */
+static void
+spool_seg_damaged(struct spool *sp)
+{
+	struct spool_smap *m = sp->smap;
+	struct smap_ent *e, se;
+	char (*ids)[QUEUE_ID_LEN + 1] = NULL, (*nid)[QUEUE_ID_LEN + 1];
+	size_t i, k = 0, cap = 0;
+
+	pthread_mutex_lock(&m->mu);
+	for (i = 0; i < m->nb; i++)
+		for (e = m->b[i]; e != NULL; e = e->next) {
+			if (!e->damaged)
+				continue;
+			if (k == cap) {
+				cap = cap ? cap * 2 : 16;
+				if ((nid = realloc(ids, cap * sizeof(*ids))) == NULL)
+					break;
+				ids = nid;
+			}
+			memcpy(ids[k++], e->id, QUEUE_ID_LEN + 1);
+		}
+	pthread_mutex_unlock(&m->mu);
+	for (i = 0; i < k; i++)
+		if (smap_del(m, ids[i], &se))
+			spool_seg_quarantine(sp, &se, "damaged in its segment (checksum)");
+	free(ids);
+}
+
+/* fn for each message of the segments; how many. */
+static size_t
+spool_seg_list(struct spool *sp, void (*fn)(void *, const char *), void *arg)
+{
+	struct spool_smap *m = sp->smap;
+	struct smap_ent *e;
+	char (*ids)[QUEUE_ID_LEN + 1];
+	size_t i, k = 0, n;
+
+	if (m == NULL)
+		return 0;
+	/* copied out: fn may come back to the spool */
+	pthread_mutex_lock(&m->mu);
+	n = m->n;
+	if ((ids = calloc(n ? n : 1, sizeof(*ids))) != NULL)
+		for (i = 0; i < m->nb; i++)
+			for (e = m->b[i]; e != NULL && k < n; e = e->next)
+				memcpy(ids[k++], e->id, QUEUE_ID_LEN + 1);
+	pthread_mutex_unlock(&m->mu);
+	if (ids == NULL) {
+		spool_log(sp, LOG_ERR, "queue: out of memory listing the segments");
+		return 0;
+	}
+	for (i = 0; i < k; i++)
+		fn(arg, ids[i]);
+	free(ids);
+	return k;
+}
+
+/* A file id at the scan: a segment's copy of it gives way. */
+static void
+spool_seg_file_wins(struct spool *sp, const char *id)
+{
+	struct smap_ent se;
+
+	if (smap_del(sp->smap, id, &se))
+		segs_mark(sp->segs, se.msg.seg, id, SEG_MOVED);
+}
+
 size_t
 spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 {
@@ -1645,6 +2248,8 @@ spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 	DIR *dp;
 	int d;
 
+	if (sp->segs != NULL && segs_scan(sp->segs, spool_seg_collect, sp) == -1)
+		spool_log(sp, LOG_ERR, "queue: the segments were not all read (see above)");
 	for (d = 0; d < Q_NDIRS; d++) {
 		snprintf(path, sizeof(path), "%s/msg/%02x", sp->dir, d);
 		if ((dp = opendir(path)) == NULL) {
@@ -1657,6 +2262,7 @@ spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 			nl = strlen(de->d_name);
 			if (nl == QUEUE_ID_LEN && qid_valid(de->d_name) &&
 			    (int)spool_dir_of(de->d_name) == d) {
+				spool_seg_file_wins(sp, de->d_name);
 				fn(arg, de->d_name);
 				n++;
 				continue;
@@ -1685,9 +2291,15 @@ spool_scan(struct spool *sp, void (*fn)(void *, const char *), void *arg)
 	}
 	for (i = 0; i < nold; i++)
 		if (spool_move_old(sp, old[i].from, old[i].id) == 0) {
+			spool_seg_file_wins(sp, old[i].id);
 			fn(arg, old[i].id);
 			n++;
 		}
+	/* after the files: a message moved to its file before a crash (no V
+	 * marker yet) is not quarantined for a damaged segment copy */
+	if (sp->segs != NULL)
+		spool_seg_damaged(sp);
+	n += spool_seg_list(sp, fn, arg);
 	if (nold > 0)
 		spool_log(sp, LOG_INFO, "queue: %zu message files of an older layout "
 		    "moved to their directories", nold);

@@ -112,6 +112,7 @@ static const struct cfg_key config_table[] = {
 	INT(max_recipients, "100", 1, 100000),
 	U64(queue_min_free_space, "100M"),
 	U64(queue_min_free_inodes, "1000"),
+	BOOL(queue_segments, "no"),
 	DUR(otp_retry_min, "5s", 1, DAY),
 	DUR(otp_retry_max, "60s", 1, DAY),
 	DUR(default_retry_min, "300s", 1, DAY),

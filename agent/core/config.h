@@ -100,6 +100,7 @@ struct config {
 	int		 max_recipients;
 	uint64_t	 queue_min_free_space;
 	uint64_t	 queue_min_free_inodes;
+	int		 queue_segments;	/* new messages in segment files */
 	int		 otp_retry_min;
 	int		 otp_retry_max;
 	int		 default_retry_min;

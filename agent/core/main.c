@@ -63,6 +63,7 @@ main_queue_params(const struct config *c, struct queue_params *qp, char *spool)
 	qp->klass[Q_CLASS_DEFAULT].jitter = c->retry_jitter;
 	qp->min_free_bytes = c->queue_min_free_space;
 	qp->min_free_inodes = c->queue_min_free_inodes;
+	qp->segments = c->queue_segments;
 	qp->keep_done = c->queue_keep_done;
 	qp->bounce_from = c->bounce_from;
 	qp->hostname = c->hostname;

@@ -75,7 +75,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "spool_fill: body-bytes out of range\n");
 		return 2;
 	}
-	if (spool_init(&sp, argv[1], 0, 0, NULL, err, sizeof(err)) == -1) {
+	if (spool_init(&sp, argv[1], 0, 0, 0, NULL, err, sizeof(err)) == -1) {
 		fprintf(stderr, "spool_fill: %s\n", err);
 		return 1;
 	}

@@ -39,7 +39,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 
 	if ((dir = mkdtemp(tmpl)) == NULL && (dir = mkdtemp(tmpl2)) == NULL)
 		abort();
-	if (spool_init(&fz_sp, dir, 0, 0, NULL, err, sizeof(err)) == -1) {
+	if (spool_init(&fz_sp, dir, 0, 0, 0, NULL, err, sizeof(err)) == -1) {
 		fprintf(stderr, "spool_init: %s\n", err);
 		abort();
 	}

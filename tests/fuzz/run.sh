@@ -29,7 +29,7 @@ while getopts t: opt; do
 	esac
 done
 shift $((OPTIND - 1))
-all_targets="addr header config spool_env spool_file smtp ctl dlproto"
+all_targets="addr header config spool_env spool_file segment smtp ctl dlproto"
 targets=${*:-$all_targets}
 work=${FUZZ_WORK:-$builddir/tests/fuzz/work}
 CC=${FUZZ_CC:-clang}
@@ -61,7 +61,7 @@ sources() {
 	addr) echo agent/mail/address.c ;;
 	header) echo agent/mail/message.c ;;
 	config) echo agent/core/config.c agent/core/config_app.c dkim/keys.c ;;
-	spool_env|spool_file) (cd "$srcdir" && ls queue/*.c | grep -v bench) ;;
+	spool_env|spool_file|segment) (cd "$srcdir" && ls queue/*.c | grep -v bench) ;;
 	smtp) echo agent/delivery/tlsstream.c agent/mail/address.c ;;
 	dlproto) echo agent/delivery/dlproto.c ;;
 	repl_wire) (cd "$srcdir" && ls store/*.c) ;;

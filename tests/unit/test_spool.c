@@ -367,7 +367,7 @@ test_truncation(void)
 		int good;
 
 		spit(path, full, off);
-		spool_init(&sp, tdir, 0, 0, NULL, err, sizeof(err));
+		spool_init(&sp, tdir, 0, 0, 0, NULL, err, sizeof(err));
 		if (spool_load(&sp, id, &e, why, sizeof(why)) == 0) {
 			loaded++;
 			if (off < len1)
