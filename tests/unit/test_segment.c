@@ -113,6 +113,25 @@ writer(void *arg)
 	return NULL;
 }
 
+/* Removes dir and the files in it. */
+static void
+rm_dir(const char *dir)
+{
+	struct dirent *de;
+	char path[700];
+	DIR *dp;
+
+	if ((dp = opendir(dir)) != NULL) {
+		while ((de = readdir(dp)) != NULL)
+			if (de->d_name[0] != '.') {
+				snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+				unlink(path);
+			}
+		closedir(dp);
+	}
+	rmdir(dir);
+}
+
 static size_t
 files_in(const char *dir)
 {
@@ -685,20 +704,7 @@ test_garbage_no_copy(void)
 	    "with corrupt/: a copy there, then the garbage cut");
 	segs_mark(ss, loc.seg, id, SEG_REMOVED);
 	segs_close(ss);
-	{
-		struct dirent *de;
-		DIR *dp = opendir(cdir);
-		char p2[700];
-
-		while (dp != NULL && (de = readdir(dp)) != NULL)
-			if (de->d_name[0] != '.') {
-				snprintf(p2, sizeof(p2), "%s/%s", cdir, de->d_name);
-				unlink(p2);
-			}
-		if (dp != NULL)
-			closedir(dp);
-	}
-	rmdir(cdir);
+	rm_dir(cdir);
 }
 
 static void
@@ -740,20 +746,7 @@ test_limits(void)
 	    "a last record whose CRC fails but whose END is there: cut (the segment, "
 	    "empty, goes), a copy kept");
 	segs_close(ss);
-	{
-		struct dirent *de;
-		DIR *dp = opendir(cdir);
-		char p2[700];
-
-		while (dp != NULL && (de = readdir(dp)) != NULL)
-			if (de->d_name[0] != '.') {
-				snprintf(p2, sizeof(p2), "%s/%s", cdir, de->d_name);
-				unlink(p2);
-			}
-		if (dp != NULL)
-			closedir(dp);
-	}
-	rmdir(cdir);
+	rm_dir(cdir);
 	unlink(path);
 }
 
